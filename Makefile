@@ -1,0 +1,78 @@
+# Two-command setup: `make demo` and `make test` create .venv on first use.
+#
+#   make demo        spectral analysis of a generated batch, written to runs/demo/
+#   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2)
+#   make test-slow   the tests marked `slow` (none collected counts as success)
+#   make bench       the timing scripts in benchmarks/
+#   make clean       caches and outputs; `make distclean` also removes .venv
+#
+# Override the interpreter that creates the venv with `make PYTHON=python3.11 ...`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install; older than pyproject.toml means "install again".
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+DEMO_WORKDIR ?= runs/demo
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+# Plots are written to files; never open a window (CI has no display).
+export MPLBACKEND := Agg
+
+.PHONY: help .venv venv demo test lint test-slow bench clean distclean
+
+help:
+	@sed -n '3,9s/^# \{0,1\}//p' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+.venv venv: $(STAMP)
+
+demo: .venv
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(BIN)/python -m experiments.demo --workdir $(DEMO_WORKDIR)
+
+lint: .venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits with 5 when it collects no tests; for `make test` that is a failure.
+test: lint
+	@rc=0; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+# There may be no slow tests yet: exit code 5 (none collected) counts as success here.
+test-slow: .venv
+	@rc=0; $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-slow: no slow tests collected"; rc=0; fi; \
+	exit $$rc
+
+# Each benchmarks/<name>.py runs as `python -m benchmarks.<name>` from the repository root.
+bench: .venv
+	@shopt -s nullglob; scripts=(benchmarks/[!_]*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no scripts in benchmarks/" >&2; exit 1; fi; \
+	for script in "$${scripts[@]}"; do \
+	  module=$$(basename "$$script" .py); \
+	  echo "+ $(BIN)/python -m benchmarks.$$module"; \
+	  $(BIN)/python -m "benchmarks.$$module"; \
+	done
+
+clean:
+	rm -rf runs build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

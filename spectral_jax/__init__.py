@@ -1,0 +1,28 @@
+"""spectral_jax: spectral analysis of semantic segmentation networks in JAX."""
+
+from spectral_jax.bands import band_index as band_index
+from spectral_jax.bands import band_limit_of_grid as band_limit_of_grid
+from spectral_jax.bands import band_sizes as band_sizes
+from spectral_jax.bands import centered_frequencies as centered_frequencies
+from spectral_jax.bands import centered_spectrum as centered_spectrum
+from spectral_jax.bands import grid_of_band_limit as grid_of_band_limit
+from spectral_jax.bands import half_band_index as half_band_index
+from spectral_jax.bands import half_spectrum_weights as half_spectrum_weights
+from spectral_jax.bands import num_bands as num_bands
+from spectral_jax.bands import signed_frequencies as signed_frequencies
+from spectral_jax.iou import IoUTerms as IoUTerms
+from spectral_jax.iou import iou_from_terms as iou_from_terms
+from spectral_jax.iou import spectral_iou as spectral_iou
+from spectral_jax.iou import spectral_iou_terms as spectral_iou_terms
+from spectral_jax.loss_spectrum import MagnitudeProfiles as MagnitudeProfiles
+from spectral_jax.loss_spectrum import band_limit_sweep as band_limit_sweep
+from spectral_jax.loss_spectrum import band_profile as band_profile
+from spectral_jax.loss_spectrum import ce_half_spectrum as ce_half_spectrum
+from spectral_jax.loss_spectrum import ce_spectrum as ce_spectrum
+from spectral_jax.loss_spectrum import magnitude_profiles as magnitude_profiles
+from spectral_jax.loss_spectrum import relative_discrepancy as relative_discrepancy
+from spectral_jax.loss_spectrum import sweep_from_band_profile as sweep_from_band_profile
+from spectral_jax.loss_spectrum import truncated_ce as truncated_ce
+from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
+
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+r"""Spectral form of the intersection-over-union score (main paper, Sec. 2.2, Eq. 6-8).
+
+For one class, a soft segmentation ``S(t)`` and the label map ``B(t)``, the continuous
+IoU of Eq. 6 is ``int B S / (int B + int S - int B S)``. In the frequency domain
+(Eq. 7-8), with ``s = DFT(S)`` and ``b = DFT(B)`` on an ``H x W`` grid,
+
+.. math::
+
+   \mathrm{IoU}(s, b) = \frac{1}{\frac{s(0) + b(0)}{O} - 1}, \qquad
+   O = \frac{1}{H W} \sum_\nu \mathrm{Re}\,\overline{b(\nu)}\, s(\nu)
+     = \sum_t B(t) S(t),
+
+since ``s(0) = sum_t S(t)`` and ``b(0) = sum_t B(t)``. This equals the spatial soft
+IoU; for binarised maps (``S`` one-hot of the arg-max) it is the usual hard IoU.
+Ignored pixels are removed from both maps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from spectral_jax import _checks
+from spectral_jax import bands as bands_lib
+
+
+class IoUTerms(NamedTuple):
+    """The three terms of Eq. 8, per image and class (each ``[B, C]``).
+
+    Attributes:
+      overlap: ``O = (1/HW) sum_nu Re conj(b(nu)) s(nu)`` (the intersection).
+      prediction_mass: ``s(0)``, the summed prediction.
+      label_mass: ``b(0)``, the number of labelled pixels.
+    """
+
+    overlap: jax.Array
+    prediction_mass: jax.Array
+    label_mass: jax.Array
+
+
+def spectral_iou_terms(
+    probs: chex.Array,
+    labels: chex.Array,
+    *,
+    ignore_index: int = 255,
+    binarize: bool = False,
+) -> IoUTerms:
+    """The terms ``O``, ``s(0)``, ``b(0)`` of the spectral IoU (Eq. 7-8).
+
+    Sum them over images to get a data set's IoU (:func:`iou_from_terms`).
+
+    Args:
+      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``).
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
+      ignore_index: label of pixels left out of both maps.
+      binarize: replace ``S`` with the one-hot of its arg-max over classes (hard IoU).
+
+    Returns:
+      :class:`IoUTerms` of ``[B, C]`` arrays.
+
+    Raises:
+      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs.
+    """
+    _, height, width, num_classes = _checks.check_logits_and_labels(
+        probs, labels, ignore_index=ignore_index, logits_name="probs"
+    )
+    probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
+    labels = jnp.asarray(labels)
+    valid = labels != ignore_index  # [B, H, W]
+    probs = jnp.where(valid[..., None], probs, 0.0)  # also keeps NaN there out of gradients
+    if binarize:
+        probs = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=probs.dtype)
+    weights = bands_lib.half_spectrum_weights((height, width)).astype(probs.dtype)
+
+    def class_terms(_, inputs):  # one class per step: two [B, H, W] maps transformed
+        prediction, class_id = inputs  # [B, H, W], []
+        prediction = jnp.where(valid, prediction, 0.0)  # binarize sets ignored pixels to 1
+        target = (valid & (labels == class_id)).astype(probs.dtype)
+        s, b = jnp.fft.rfft2(jnp.stack([prediction, target]))  # [B, H, Kw] each
+        overlap = jnp.sum((s.real * b.real + s.imag * b.imag) * weights, axis=(-2, -1))
+        return None, (overlap / (height * width), s[:, 0, 0].real, b[:, 0, 0].real)
+
+    inputs = (jnp.moveaxis(probs, -1, 0), jnp.arange(num_classes))  # [C, B, H, W], [C]
+    _, per_class = jax.lax.scan(class_terms, None, inputs)  # 3 x [C, B]
+    terms = IoUTerms(*(term.T for term in per_class))  # 3 x [B, C]
+    return jax.tree.map(
+        lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), terms
+    )
+
+
+def iou_from_terms(terms: IoUTerms) -> jax.Array:
+    """IoU ``O / (s(0) + b(0) - O)`` from :class:`IoUTerms` of any shape ``[..., C]``.
+
+    Returns:
+      ``[..., C]``; NaN where the union is 0 (the class is in neither map), so that
+      ``jnp.nanmean`` over classes gives the mean IoU of the classes that occur.
+    """
+    union = terms.prediction_mass + terms.label_mass - terms.overlap
+    nonzero = union != 0
+    return jnp.where(nonzero, terms.overlap / jnp.where(nonzero, union, 1), jnp.nan)
+
+
+def spectral_iou(
+    probs: chex.Array,
+    labels: chex.Array,
+    *,
+    ignore_index: int = 255,
+    binarize: bool = False,
+) -> jax.Array:
+    r"""Per-image, per-class IoU through its spectral form (Eq. 8).
+
+    .. math:: \mathrm{IoU}(s, b) = \frac{1}{\frac{s(0) + b(0)}{O} - 1},\quad
+       O = \frac{1}{HW}\sum_\nu \mathrm{Re}\,\overline{b(\nu)}\,s(\nu)
+
+    Equal to the spatial soft IoU ``sum B S / (sum B + sum S - sum B S)``; with
+    ``binarize=True``, to the hard IoU of the arg-max prediction.
+
+    Args:
+      probs: ``[B, H, W, C]`` soft segmentation (for example ``jax.nn.softmax(logits)``).
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
+      ignore_index: label of pixels left out.
+      binarize: use the one-hot of the arg-max prediction (hard IoU).
+
+    Returns:
+      ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
+
+    Example:
+      >>> iou = spectral_iou(jax.nn.softmax(logits), labels)   # [B, C]
+      >>> miou = jnp.nanmean(iou, axis=-1)                      # [B]
+    """
+    terms = spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    return iou_from_terms(terms)

@@ -1,0 +1,233 @@
+"""Streaming reduction of the spectral statistics over a whole data set.
+
+Table 1 of the paper reports ``R(nu_max)`` over a validation set, not one batch.
+:class:`SpectralStatistics` is a pytree of running sums, updated batch by batch
+(``jit``-able, ``merge``-able across hosts or shards), from which the data-set
+quantities are read at the end:
+
+* ``relative_discrepancy()``: ``R(nu_max)`` for every band limit, a ratio of means over
+  the images (``|sum_i T_i(nu_max) - sum_i L_i| / sum_i L_i``);
+* ``band_profile()`` and ``mean_ce()``: the mean over images of the band sums and of the
+  CE;
+* ``iou()`` and ``mean_iou()``: the data-set IoU per class of the arg-max predictions,
+  from the summed terms of Eq. 8 (intersections and unions are summed over images before
+  the ratio, as mIoU is computed);
+* ``magnitude_profiles()``: the mean over images of ``|b|(r)`` and ``|y_hat|(r)``, when
+  created with ``with_magnitudes=True`` (it transforms all classes).
+
+Images without a valid pixel add nothing and are not counted.
+
+Example:
+  >>> stats = SpectralStatistics.create((129, 129), num_classes=21)
+  >>> update = jax.jit(SpectralStatistics.update)
+  >>> for logits, labels in batches:
+  ...   stats = update(stats, logits, labels)
+  >>> stats.relative_discrepancy()[[8, 16, 32, 64]]
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from spectral_jax import bands as bands_lib
+from spectral_jax import iou as iou_lib
+from spectral_jax import loss_spectrum as ce_lib
+from spectral_jax.bands import Radius
+
+
+def _spatial_ce(logits, labels, ignore_index: int) -> jax.Array:
+    """``[B]`` mean CE over each image's valid pixels, computed in space (0 if none)."""
+    logits = jnp.asarray(logits, jnp.promote_types(jnp.result_type(logits), jnp.float32))
+    valid = labels != ignore_index
+    logits = jnp.where(valid[..., None], logits, 0.0)
+    safe_labels = jnp.where(valid, labels, 0)[..., None]
+    label_logits = jnp.take_along_axis(logits, safe_labels, axis=-1)[..., 0]
+    losses = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - label_logits, 0.0)
+    return jnp.sum(losses, axis=(1, 2)) / jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1)
+
+
+@flax.struct.dataclass
+class SpectralStatistics:
+    """Running sums of the spectral statistics (a pytree; see the module docstring).
+
+    Attributes:
+      band_ce: ``[R]`` sum over images of the per-band CE components.
+      spatial_ce: ``[]`` sum over images of the CE computed directly in space, the
+        reference of :meth:`parseval_error`.
+      num_images: ``[]`` number of images with at least one valid pixel.
+      overlap, prediction_mass, label_mass: ``[C]`` summed IoU terms
+        (:class:`spectral_jax.IoUTerms`) of the arg-max predictions.
+      label_magnitude, logit_magnitude: ``[R]`` summed magnitude profiles (zeros unless
+        ``with_magnitudes``).
+      shape, num_classes, radius, ignore_index, with_magnitudes, max_classes_present:
+        static settings.
+    """
+
+    band_ce: jax.Array
+    spatial_ce: jax.Array
+    num_images: jax.Array
+    overlap: jax.Array
+    prediction_mass: jax.Array
+    label_mass: jax.Array
+    label_magnitude: jax.Array
+    logit_magnitude: jax.Array
+    shape: tuple[int, int] = flax.struct.field(pytree_node=False)
+    num_classes: int = flax.struct.field(pytree_node=False)
+    radius: str = flax.struct.field(pytree_node=False, default="chebyshev")
+    ignore_index: int = flax.struct.field(pytree_node=False, default=255)
+    with_magnitudes: bool = flax.struct.field(pytree_node=False, default=False)
+    max_classes_present: int | None = flax.struct.field(pytree_node=False, default=None)
+
+    @classmethod
+    def create(
+        cls,
+        shape: tuple[int, int],
+        num_classes: int,
+        *,
+        radius: Radius = "chebyshev",
+        ignore_index: int = 255,
+        with_magnitudes: bool = False,
+        max_classes_present: int | None = None,
+        dtype=jnp.float32,
+    ) -> SpectralStatistics:
+        """Empty statistics for ``[H, W]`` maps of ``num_classes`` classes.
+
+        Args:
+          shape: spatial shape ``(H, W)`` of the logits and labels to come.
+          num_classes: ``C``.
+          radius: band radius (:mod:`spectral_jax.bands`).
+          ignore_index: label of pixels that contribute nothing.
+          with_magnitudes: also accumulate the magnitude profiles (costs a dense
+            transform of all classes per batch).
+          max_classes_present: passed to :func:`spectral_jax.ce_spectrum`.
+          dtype: accumulator dtype (float64 needs ``jax_enable_x64``).
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        shape = tuple(int(n) for n in shape)
+        bands = bands_lib.num_bands(shape, radius=radius)
+        zeros_bands = jnp.zeros((bands,), dtype)
+        zeros_classes = jnp.zeros((num_classes,), dtype)
+        return cls(
+            band_ce=zeros_bands,
+            spatial_ce=jnp.zeros((), dtype),
+            num_images=jnp.zeros((), jnp.int32),
+            overlap=zeros_classes,
+            prediction_mass=zeros_classes,
+            label_mass=zeros_classes,
+            label_magnitude=zeros_bands,
+            logit_magnitude=zeros_bands,
+            shape=shape,
+            num_classes=num_classes,
+            radius=radius,
+            ignore_index=ignore_index,
+            with_magnitudes=with_magnitudes,
+            max_classes_present=max_classes_present,
+        )
+
+    def update(self, logits: chex.Array, labels: chex.Array) -> SpectralStatistics:
+        """Adds a batch: ``logits [B, H, W, C]``, ``labels [B, H, W]``.
+
+        Raises:
+          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'.
+        """
+        if tuple(jnp.shape(logits)[1:]) != (*self.shape, self.num_classes):
+            raise ValueError(
+                f"logits must have shape [B, {self.shape[0]}, {self.shape[1]}, "
+                f"{self.num_classes}] for these statistics, got {jnp.shape(logits)}."
+            )
+        settings = dict(ignore_index=self.ignore_index)
+        profile = ce_lib.band_profile(
+            logits,
+            labels,
+            radius=self.radius,
+            max_classes_present=self.max_classes_present,
+            **settings,
+        )  # [B, R]
+        counted = jnp.any(jnp.asarray(labels) != self.ignore_index, axis=(1, 2))  # [B]
+        terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
+        updates = dict(
+            band_ce=self.band_ce + jnp.sum(profile, axis=0).astype(self.band_ce.dtype),
+            spatial_ce=self.spatial_ce
+            + jnp.sum(_spatial_ce(logits, labels, self.ignore_index)).astype(self.band_ce.dtype),
+            num_images=self.num_images + jnp.sum(counted, dtype=jnp.int32),
+            overlap=self.overlap + jnp.sum(terms.overlap, axis=0).astype(self.overlap.dtype),
+            prediction_mass=self.prediction_mass
+            + jnp.sum(terms.prediction_mass, axis=0).astype(self.overlap.dtype),
+            label_mass=self.label_mass
+            + jnp.sum(terms.label_mass, axis=0).astype(self.overlap.dtype),
+        )
+        if self.with_magnitudes:
+            magnitudes = ce_lib.magnitude_profiles(logits, labels, radius=self.radius, **settings)
+            mask = counted[:, None]
+            updates["label_magnitude"] = self.label_magnitude + jnp.sum(
+                jnp.where(mask, magnitudes.labels, 0.0), axis=0
+            ).astype(self.band_ce.dtype)
+            updates["logit_magnitude"] = self.logit_magnitude + jnp.sum(
+                jnp.where(mask, magnitudes.logits, 0.0), axis=0
+            ).astype(self.band_ce.dtype)
+        return self.replace(**updates)
+
+    def merge(self, other: SpectralStatistics) -> SpectralStatistics:
+        """Sum of two statistics with the same settings (for example two hosts')."""
+        if (self.shape, self.num_classes, self.radius, self.ignore_index) != (
+            other.shape,
+            other.num_classes,
+            other.radius,
+            other.ignore_index,
+        ):
+            raise ValueError("can only merge SpectralStatistics with the same settings.")
+        return jax.tree.map(jnp.add, self, other)
+
+    def _per_image(self, total: jax.Array) -> jax.Array:
+        count = self.num_images.astype(total.dtype)
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+    def mean_ce(self) -> jax.Array:
+        """Mean over images of each image's mean CE (NaN before any image)."""
+        return self._per_image(jnp.sum(self.band_ce))
+
+    def parseval_error(self) -> jax.Array:
+        """``|sum_nu L_ce(nu) - CE| / CE`` summed over images: the decomposition's rounding.
+
+        In float32 this grows as the CE shrinks against the size of the components (a
+        confident model): check it before reading small ``R(nu_max)`` values, and use
+        float64 (``jax_enable_x64``) when it is not small.
+        """
+        total = jnp.sum(self.band_ce)
+        nonzero = self.spatial_ce != 0
+        relative = jnp.abs(total - self.spatial_ce) / jnp.where(nonzero, self.spatial_ce, 1)
+        return jnp.where(nonzero, relative, 0.0)
+
+    def band_profile(self) -> jax.Array:
+        """``[R]`` mean over images of the band sums of the CE components."""
+        return self._per_image(self.band_ce)
+
+    def truncated_ce(self) -> jax.Array:
+        """``[R]`` mean over images of the truncated CE at every band limit (Eq. 13)."""
+        return self._per_image(jnp.cumsum(self.band_ce))
+
+    def relative_discrepancy(self) -> jax.Array:
+        """``[R]`` data-set ``R(nu_max)`` at every band limit (Eq. 14, ratio of means)."""
+        return ce_lib.sweep_from_band_profile(self.band_ce[None, :])
+
+    def iou(self) -> jax.Array:
+        """``[C]`` data-set IoU per class of the arg-max predictions (NaN: class unseen)."""
+        terms = iou_lib.IoUTerms(self.overlap, self.prediction_mass, self.label_mass)
+        return iou_lib.iou_from_terms(terms)
+
+    def mean_iou(self) -> jax.Array:
+        """Mean IoU over the classes seen in the labels or the predictions."""
+        return jnp.nanmean(self.iou())
+
+    def magnitude_profiles(self) -> ce_lib.MagnitudeProfiles:
+        """Mean over images of the magnitude profiles (needs ``with_magnitudes=True``)."""
+        if not self.with_magnitudes:
+            raise ValueError("create the statistics with with_magnitudes=True.")
+        return ce_lib.MagnitudeProfiles(
+            labels=self._per_image(self.label_magnitude),
+            logits=self._per_image(self.logit_magnitude),
+        )

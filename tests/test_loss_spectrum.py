@@ -1,0 +1,782 @@
+"""Tests for spectral_jax.loss_spectrum: CE components, band profiles, truncation and R.
+
+Every numeric check is against tests/references.py (float64 NumPy, full ``fft2``, bands
+from loops), a closed form, or Parseval's identity (the components of an image sum to its
+spatial mean CE, computed with ``log_softmax``).
+
+Tolerances, relative to each image's CE:
+  float32: sums 1e-5, single components 1e-6 (observed ~1e-7 up to 33x33x150).
+  float64 (x64): sums and components 1e-12 (observed ~1e-15).
+
+Numeric tests call ``jax.jit`` wrappers (one compilation per shape, ~0.2 s; eager
+dispatch compiles every primitive, ~1.5 s a shape). Eager-only behaviour (the label
+ValueError) and one eager-vs-jit check call the library directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spectral_jax as sj
+from tests import references
+
+SUM_RTOL = {"float32": 1e-5, "float64": 1e-12}
+COMPONENT_ATOL = {"float32": 1e-6, "float64": 1e-12}  # times the image's CE
+DTYPES = ["float32", "float64"]
+RADII = ["chebyshev", "euclidean"]
+
+ce_spectrum = jax.jit(sj.ce_spectrum, static_argnames=("ignore_index", "max_classes_present"))
+ce_half_spectrum = jax.jit(
+    sj.ce_half_spectrum, static_argnames=("ignore_index", "max_classes_present")
+)
+band_profile = jax.jit(
+    sj.band_profile, static_argnames=("ignore_index", "radius", "max_classes_present")
+)
+truncated_ce = jax.jit(
+    sj.truncated_ce, static_argnames=("ignore_index", "radius", "max_classes_present")
+)
+relative_discrepancy = jax.jit(
+    sj.relative_discrepancy,
+    static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
+)
+band_limit_sweep = jax.jit(
+    sj.band_limit_sweep,
+    static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
+)
+magnitude_profiles = jax.jit(sj.magnitude_profiles, static_argnames=("ignore_index", "radius"))
+
+
+def precision(dtype: str):
+    """float64 logits need x64 in JAX; everything else runs with the default."""
+    return jax.enable_x64(dtype == "float64")
+
+
+# (B, H, W, C, ignored fraction): odd, even, non-square, 1-pixel and 1-class cases.
+CASES = [
+    (2, 7, 9, 5, 0.2),
+    (2, 8, 8, 21, 0.1),
+    (3, 16, 12, 2, 0.3),
+    (2, 33, 33, 150, 0.1),
+    (2, 12, 5, 21, 0.0),
+    (1, 9, 16, 1, 0.2),
+    (2, 1, 6, 2, 0.2),
+    (2, 1, 1, 3, 0.0),
+]
+CASE_IDS = [f"B{b}-{h}x{w}-C{c}-ign{f}" for b, h, w, c, f in CASES]
+
+
+def assert_within(actual, desired, atol) -> None:
+    """``|actual - desired| <= atol`` elementwise, with ``atol`` broadcast (per image)."""
+    error = np.abs(np.asarray(actual, np.float64) - desired)
+    assert error.shape == np.shape(desired)
+    assert np.all(error <= atol), f"max error {error.max():.3g}, allowed {np.min(atol):.3g}"
+
+
+def make_case(rng, case, dtype):
+    batch, height, width, num_classes, ignore_fraction = case
+    logits, labels = references.make_batch(
+        rng, batch, height, width, num_classes, ignore_fraction=ignore_fraction
+    )
+    logits = logits.astype(dtype)
+    return logits, labels
+
+
+# ---------------------------------------------------------------------------------------
+# Exactness: Parseval, the full spectrum, symmetry.
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_components_sum_to_spatial_ce(rng, case, dtype):
+    logits, labels = make_case(rng, case, dtype)
+    expected = references.spatial_ce(logits, labels)  # log_softmax, no FFT
+    with precision(dtype):
+        spectrum = np.asarray(ce_spectrum(logits, labels))
+    assert spectrum.dtype == dtype
+    assert spectrum.shape == labels.shape
+    np.testing.assert_allclose(spectrum.sum(axis=(1, 2)), expected, rtol=SUM_RTOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_spectrum_matches_full_fft_reference(rng, case, dtype):
+    logits, labels = make_case(rng, case, dtype)
+    expected = references.ce_spectrum(logits, labels)
+    ce = references.spatial_ce(logits, labels)
+    with precision(dtype):
+        spectrum = np.asarray(ce_spectrum(logits, labels))
+    assert_within(spectrum, expected, COMPONENT_ATOL[dtype] * ce[:, None, None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES[:4], ids=CASE_IDS[:4])
+def test_spectrum_is_even_in_frequency(rng, case, dtype):
+    logits, labels = make_case(rng, case, dtype)
+    with precision(dtype):
+        spectrum = np.asarray(ce_spectrum(logits, labels))
+    height, width = labels.shape[1:]
+    mirror_h, mirror_w = (-np.arange(height)) % height, (-np.arange(width)) % width
+    mirrored = spectrum[:, mirror_h][:, :, mirror_w]  # L(-nu)
+    # Equal up to rounding: columns 0 and W / 2 pair rows h and -h of the same rfft2.
+    ce = references.spatial_ce(logits, labels)
+    assert_within(mirrored, spectrum, COMPONENT_ATOL[dtype] * ce[:, None, None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES[:4], ids=CASE_IDS[:4])
+def test_half_spectrum_is_left_columns_and_weighted_sum_is_ce(rng, case, dtype):
+    logits, labels = make_case(rng, case, dtype)
+    width = labels.shape[2]
+    with precision(dtype):
+        half = np.asarray(ce_half_spectrum(logits, labels))
+        full = np.asarray(ce_spectrum(logits, labels))
+    assert half.shape == labels.shape[:2] + (width // 2 + 1,)
+    np.testing.assert_array_equal(half, full[..., : width // 2 + 1])
+    weighted = (half * sj.half_spectrum_weights(labels.shape[1:])).sum(axis=(1, 2))
+    np.testing.assert_allclose(
+        weighted, references.spatial_ce(logits, labels), rtol=SUM_RTOL[dtype]
+    )
+
+
+def test_single_class_has_zero_components_and_zero_discrepancy(rng):
+    # With C = 1, log_softmax is 0: CE, every component and (by definition) R vanish.
+    logits, labels = references.make_batch(rng, 2, 6, 7, 1, ignore_fraction=0.2)
+    logits = logits.astype(np.float32)
+    np.testing.assert_array_equal(ce_spectrum(logits, labels), 0.0)
+    np.testing.assert_array_equal(band_limit_sweep(logits, labels), 0.0)
+    np.testing.assert_array_equal(band_limit_sweep(logits, labels, per_image=True), 0.0)
+    np.testing.assert_array_equal(relative_discrepancy(logits, labels, 0, per_image=True), 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_logits_are_computed_in_float32(rng, dtype):
+    logits, labels = references.make_batch(rng, 2, 8, 9, 5, ignore_fraction=0.1)
+    low = jnp.asarray(logits, dtype)
+    exact = np.asarray(low.astype(jnp.float32), np.float64)  # the values the library saw
+    spectrum = ce_spectrum(low, labels)
+    assert spectrum.dtype == jnp.float32
+    ce = references.spatial_ce(exact, labels)
+    np.testing.assert_allclose(spectrum.sum(axis=(1, 2)), ce, rtol=SUM_RTOL["float32"])
+    # Same as handing in the float32 values: the computation itself is float32.
+    np.testing.assert_array_equal(spectrum, ce_spectrum(low.astype(jnp.float32), labels))
+
+
+def test_float32_logits_stay_float32_under_x64(rng, x64):
+    logits, labels = references.make_batch(rng, 1, 4, 5, 3)
+    assert ce_spectrum(logits.astype(np.float32), labels).dtype == jnp.float32
+    assert ce_spectrum(logits, labels).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("label_dtype", ["uint8", "int16", "int32", "int64"])
+def test_label_dtypes_agree(rng, label_dtype, x64):
+    logits, labels = references.make_batch(rng, 2, 6, 5, 4, ignore_fraction=0.3)
+    expected = references.ce_spectrum(logits, labels)
+    spectrum = ce_spectrum(logits, labels.astype(label_dtype))
+    np.testing.assert_allclose(spectrum, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [-1, 4, 1000])
+def test_custom_ignore_index(rng, ignore_index, x64):
+    logits, labels = references.make_batch(
+        rng, 2, 6, 5, 4, ignore_fraction=0.3, ignore_index=ignore_index
+    )
+    assert np.any(labels == ignore_index)
+    expected = references.ce_spectrum(logits, labels, ignore_index=ignore_index)
+    spectrum = ce_spectrum(logits, labels, ignore_index=ignore_index)
+    np.testing.assert_allclose(spectrum, expected, rtol=0, atol=1e-12)
+    # Ignored pixels are ignored: changing their logits changes nothing.
+    changed = np.where((labels == ignore_index)[..., None], 1e3, logits)
+    np.testing.assert_array_equal(ce_spectrum(changed, labels, ignore_index=ignore_index), spectrum)
+
+
+def test_eager_call_matches_jit(rng):
+    logits, labels = references.make_batch(rng, 2, 5, 6, 3, ignore_fraction=0.2)
+    logits = logits.astype(np.float32)
+    np.testing.assert_allclose(
+        sj.ce_spectrum(logits, labels), ce_spectrum(logits, labels), rtol=1e-6, atol=1e-7
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The class-sparse path (max_classes_present).
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("max_classes_present", "path"),
+    [(3, "sparse"), (5, "sparse"), (2, "overflow fallback"), (10, "k == C"), (12, "k > C")],
+)
+def test_class_sparse_path_equals_dense_and_reference(rng, dtype, max_classes_present, path):
+    # Images hold exactly 3 of the 10 classes (and one image holds none: all ignored).
+    logits, labels = references.make_batch(rng, 3, 8, 7, 10, classes_per_image=3)
+    labels[:, ::3, ::2] = 255
+    labels[2] = 255
+    logits = logits.astype(dtype)
+    assert all(len(np.unique(image[image != 255])) == 3 for image in labels[:2])
+    with precision(dtype):
+        dense = np.asarray(ce_spectrum(logits, labels))
+        sparse = np.asarray(ce_spectrum(logits, labels, max_classes_present=max_classes_present))
+    expected = references.ce_spectrum(logits, labels)
+    ce = references.spatial_ce(logits, labels)
+    np.testing.assert_allclose(sparse, dense, rtol=0, atol=COMPONENT_ATOL[dtype] * ce.max())
+    assert np.all(np.abs(sparse - expected) <= COMPONENT_ATOL[dtype] * ce[:, None, None])
+    np.testing.assert_array_equal(sparse[2], 0.0)
+
+
+def test_class_sparse_overflow_in_one_image_keeps_the_batch_exact(rng, x64):
+    # Image 0 has 2 classes, image 1 all 6: k = 2 must fall back for the whole batch.
+    logits, labels = references.make_batch(rng, 2, 6, 6, 6, classes_per_image=2)
+    labels[1] = np.arange(36).reshape(6, 6) % 6
+    expected = references.ce_spectrum(logits, labels)
+    sparse = ce_spectrum(logits, labels, max_classes_present=2)
+    np.testing.assert_allclose(sparse, expected, rtol=0, atol=1e-12)
+
+
+def test_class_sparse_path_flows_through_the_reductions(rng, x64):
+    logits, labels = references.make_batch(rng, 2, 9, 8, 7, classes_per_image=2)
+    spectrum = references.ce_spectrum(logits, labels)
+    profile = band_profile(logits, labels, radius="euclidean", max_classes_present=2)
+    np.testing.assert_allclose(profile, references.band_sums(spectrum, "euclidean"), atol=1e-12)
+    truncated = truncated_ce(logits, labels, 2, max_classes_present=2)
+    np.testing.assert_allclose(
+        truncated, references.truncated_ce(spectrum, 2, "chebyshev"), atol=1e-12
+    )
+    per_image = relative_discrepancy(logits, labels, 2, per_image=True, max_classes_present=2)
+    ce = references.spatial_ce(logits, labels)
+    np.testing.assert_allclose(per_image, np.abs(truncated - ce) / ce, atol=1e-12)
+    sweep = band_limit_sweep(logits, labels, max_classes_present=2)
+    cumulative = np.cumsum(references.band_sums(spectrum, "chebyshev").sum(0))
+    np.testing.assert_allclose(sweep, np.abs(cumulative - ce.sum()) / ce.sum(), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2"])
+def test_bad_max_classes_present_raises(rng, bad):
+    logits, labels = references.make_batch(rng, 1, 4, 4, 3)
+    with pytest.raises(ValueError, match="max_classes_present"):
+        sj.ce_spectrum(logits.astype(np.float32), labels, max_classes_present=bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Band profiles, truncation, R and the sweep.
+
+BAND_SHAPES = [(7, 9), (8, 8), (16, 12), (1, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("shape", BAND_SHAPES)
+def test_band_profile_matches_reference_loops(rng, shape, radius, dtype):
+    logits, labels = references.make_batch(rng, 2, *shape, 4, ignore_fraction=0.2)
+    logits = logits.astype(dtype)
+    expected = references.band_sums(references.ce_spectrum(logits, labels), radius)
+    ce = references.spatial_ce(logits, labels)
+    with precision(dtype):
+        profile = np.asarray(band_profile(logits, labels, radius=radius))
+    assert profile.shape == (2, sj.num_bands(shape, radius=radius))
+    assert np.all(np.abs(profile - expected) <= COMPONENT_ATOL[dtype] * ce[:, None])
+    np.testing.assert_allclose(profile.sum(axis=1), ce, rtol=SUM_RTOL[dtype])
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "dtype"),
+    [
+        ((7, 9), "chebyshev", "float32"),
+        ((8, 6), "euclidean", "float32"),
+        ((16, 12), "chebyshev", "float64"),
+        ((7, 9), "euclidean", "float64"),
+    ],
+)
+def test_truncated_ce_and_discrepancy_match_reference_at_every_band_limit(
+    rng, shape, radius, dtype
+):
+    logits, labels = references.make_batch(rng, 3, *shape, 5, ignore_fraction=0.2)
+    logits = logits.astype(dtype)
+    spectrum = references.ce_spectrum(logits, labels)
+    ce = references.spatial_ce(logits, labels)
+    num_bands = sj.num_bands(shape, radius=radius)
+    tol = COMPONENT_ATOL[dtype] * 10
+    with precision(dtype):
+        # Band limits -1 (nothing kept) .. R (everything kept) and a non-integer one.
+        for band_limit in [-1, *range(num_bands + 1), 1.5]:
+            truncated_ref = references.truncated_ce(spectrum, band_limit, radius)
+            truncated = truncated_ce(logits, labels, band_limit, radius=radius)
+            assert_within(truncated, truncated_ref, tol * ce)
+            per_image = relative_discrepancy(
+                logits, labels, band_limit, radius=radius, per_image=True
+            )
+            np.testing.assert_allclose(
+                per_image, np.abs(truncated_ref - ce) / ce, rtol=0, atol=10 * tol
+            )
+            batch = relative_discrepancy(logits, labels, band_limit, radius=radius)
+            assert batch.shape == ()
+            np.testing.assert_allclose(
+                batch, references.ratio_of_sums(truncated_ref, ce), rtol=0, atol=10 * tol
+            )
+        np.testing.assert_array_equal(truncated_ce(logits, labels, -1, radius=radius), 0.0)
+        full = truncated_ce(logits, labels, num_bands - 1, radius=radius)
+        np.testing.assert_allclose(full, ce, rtol=SUM_RTOL[dtype])
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "per_image"),
+    [
+        ((7, 9), "chebyshev", False),
+        ((7, 9), "euclidean", True),
+        ((8, 6), "chebyshev", True),
+        ((8, 6), "euclidean", False),
+    ],
+)
+def test_sweep_equals_discrepancy_at_every_band_limit(rng, shape, radius, per_image):
+    logits, labels = references.make_batch(rng, 3, *shape, 4, ignore_fraction=0.2)
+    logits = logits.astype(np.float32)
+    sweep = np.asarray(band_limit_sweep(logits, labels, radius=radius, per_image=per_image))
+    num_bands = sj.num_bands(shape, radius=radius)
+    assert sweep.shape == ((3, num_bands) if per_image else (num_bands,))
+    for band_limit in range(num_bands):
+        at_limit = relative_discrepancy(
+            logits, labels, band_limit, radius=radius, per_image=per_image
+        )
+        np.testing.assert_allclose(sweep[..., band_limit], at_limit, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sweep[..., -1], 0.0)  # exactly, by construction
+    assert np.all(sweep >= 0)
+
+
+def test_discrepancy_is_a_ratio_of_batch_sums_by_hand():
+    # 1 x 2 images, C = 2: band 0 is nu = 0, band 1 is nu = 1, and with N = H W = 2
+    #   L(1) = 1/4 sum_c (B0c - B1c)(A0c - A1c),  A = -log_softmax.
+    # Image 0: labels [0, 1], logits (0, 0), (0, ln 3): A = (ln2, ln2), (ln4, ln 4/3).
+    #   CE0 = (ln2 + ln 4/3) / 2 = ln(8/3) / 2 and L0(1) = ((ln2 - ln4) - (ln2 - ln 4/3)) / 4
+    #   = -ln(3) / 4, so the truncated CE at band 0 exceeds the CE by ln(3) / 4.
+    # Image 1: labels [0, 0] (b(1) = 0, nothing lost), logits (0, ln 3), (0, 0):
+    #   CE1 = (ln4 + ln2) / 2 = ln(8) / 2.
+    # Image 2: every pixel ignored (CE 0): counts for nothing in the batch ratio.
+    logits = np.log(np.array([[[[1, 1], [1, 3]]], [[[1, 3], [1, 1]]], [[[1, 1], [1, 1]]]]))
+    labels = np.array([[[0, 1]], [[0, 0]], [[255, 255]]])
+    logits = logits.astype(np.float32)
+    ce = np.array([math.log(8 / 3) / 2, math.log(8) / 2, 0.0])
+    lost = np.array([math.log(3) / 4, 0.0, 0.0])
+    np.testing.assert_allclose(band_profile(logits, labels)[:, 1], -lost, atol=1e-6)
+    np.testing.assert_allclose(truncated_ce(logits, labels, 0), ce + lost, rtol=1e-6)
+
+    batch = math.log(3) / (2 * math.log(64 / 3))  # (ln3 / 4) / ((ln(8/3) + ln 8) / 2)
+    per_image = [math.log(3) / (2 * math.log(8 / 3)), 0.0, 0.0]
+    np.testing.assert_allclose(relative_discrepancy(logits, labels, 0), batch, rtol=1e-5)
+    np.testing.assert_allclose(
+        relative_discrepancy(logits, labels, 0, per_image=True), per_image, rtol=1e-5
+    )
+    np.testing.assert_allclose(band_limit_sweep(logits, labels), [batch, 0.0], rtol=1e-5)
+    # A ratio of means (0.1795), not a mean of ratios (0.1867 with the empty image, 0.28
+    # without): the checks above tell them apart.
+    assert not np.isclose(batch, np.mean(per_image), rtol=1e-2)
+    assert not np.isclose(batch, np.mean(per_image[:2]), rtol=1e-2)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_sweep_from_band_profile_over_leading_axes(rng, per_image):
+    profiles = rng.uniform(-0.1, 1.0, size=(2, 3, 4, 5)).astype(np.float32)  # [A, A', B, R]
+    sweep_fn = jax.jit(sj.sweep_from_band_profile, static_argnames="per_image")
+    sweep = np.asarray(sweep_fn(profiles, per_image=per_image))
+    assert sweep.shape == ((2, 3, 4, 5) if per_image else (2, 3, 5))
+    cumulative = np.cumsum(profiles.astype(np.float64), axis=-1)
+    total = cumulative[..., -1:]
+    if per_image:
+        expected = np.abs(cumulative - total) / total
+    else:
+        expected = np.abs(cumulative.sum(-2) - total.sum(-2)) / total.sum(-2)
+    np.testing.assert_allclose(sweep, expected, rtol=1e-5, atol=1e-6)
+    for leading in [(0,), (1, 2)]:
+        one = sweep_fn(profiles[leading], per_image=per_image)
+        np.testing.assert_allclose(sweep[leading], one, rtol=1e-6)
+
+
+def test_sweep_from_band_profile_rejects_a_single_profile():
+    with pytest.raises(AssertionError):
+        sj.sweep_from_band_profile(np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("fn", ["truncated_ce", "relative_discrepancy"])
+def test_vmap_over_band_limits_traces_once_and_equals_the_loop(rng, fn):
+    logits, labels = references.make_batch(rng, 2, 7, 8, 3, ignore_fraction=0.1)
+    logits = logits.astype(np.float32)
+    library_fn = getattr(sj, fn)
+    traces = 0
+
+    def at_band_limits(logits, labels, band_limits):
+        nonlocal traces
+        traces += 1
+        return jax.vmap(lambda r: library_fn(logits, labels, r))(band_limits)
+
+    jitted = jax.jit(at_band_limits)
+    num_bands = sj.num_bands((7, 8))
+    band_limits = jnp.arange(-1, num_bands + 1)
+    swept = jitted(logits, labels, band_limits)
+    jitted(logits, labels, band_limits[::-1])  # new values, same shape: no new trace
+    assert traces == 1
+    # A traced scalar band limit also reuses one compilation.
+    looped = []
+    for band_limit in band_limits:
+        looped.append(jitted(logits, labels, band_limit[None])[0])
+    assert traces == 2
+    np.testing.assert_allclose(swept, np.stack(looped), rtol=1e-6, atol=1e-7)
+    spectrum = references.ce_spectrum(logits, labels)
+    expected = [references.truncated_ce(spectrum, r, "chebyshev") for r in band_limits]
+    if fn == "relative_discrepancy":
+        ce = references.spatial_ce(logits, labels)
+        expected = [references.ratio_of_sums(truncated, ce) for truncated in expected]
+    np.testing.assert_allclose(swept, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients.
+
+
+@pytest.mark.parametrize("radius", RADII)
+def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, x64):
+    logits, labels = references.make_batch(rng, 2, 3, 4, 3)
+    labels[0, 1, 2] = labels[1, 0, 0] = 255
+    weights = np.array([0.7, 1.3])  # distinguishes the images
+    band_limit = 1
+
+    def reference_loss(x):
+        spectrum = references.ce_spectrum(x, labels)
+        return weights @ references.truncated_ce(spectrum, band_limit, radius)
+
+    def loss(x):
+        return jnp.dot(weights, sj.truncated_ce(x, labels, band_limit, radius=radius))
+
+    grad = np.asarray(jax.jit(jax.grad(loss))(logits))
+    eps = 1e-6
+    numeric = np.zeros_like(logits)
+    for index in np.ndindex(logits.shape):
+        step = np.zeros_like(logits)
+        step[index] = eps
+        numeric[index] = (reference_loss(logits + step) - reference_loss(logits - step)) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-8)
+    # The truncated loss does not depend on ignored pixels at all.
+    np.testing.assert_array_equal(grad[0, 1, 2], 0.0)
+    np.testing.assert_array_equal(grad[1, 0, 0], 0.0)
+    # Truncation changes the gradient (otherwise this test could not tell them apart).
+    full = jax.jit(jax.grad(lambda x: jnp.dot(weights, sj.truncated_ce(x, labels, 99))))(logits)
+    assert np.abs(grad - full).max() > 1e-3
+
+
+@pytest.mark.parametrize("max_classes_present", [None, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_of_untruncated_ce_is_softmax_minus_one_hot(rng, dtype, max_classes_present):
+    logits, labels = references.make_batch(rng, 2, 5, 6, 4, ignore_fraction=0.3)
+    logits = logits.astype(dtype)
+    weights = np.array([0.5, 2.0], dtype)
+
+    def loss(x):
+        truncated = sj.truncated_ce(x, labels, 1000, max_classes_present=max_classes_present)
+        return jnp.dot(weights, truncated)
+
+    with precision(dtype):
+        grad = np.asarray(jax.jit(jax.grad(loss))(logits))
+    valid = labels != 255
+    one_hot = (labels[..., None] == np.arange(4)) & valid[..., None]
+    softmax = np.exp(references.log_softmax(logits))
+    num_valid = valid.sum(axis=(1, 2))[:, None, None, None]
+    expected = np.where(valid[..., None], softmax - one_hot, 0.0) * weights[:, None, None, None]
+    expected /= num_valid
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=SUM_RTOL[dtype] / 10)
+    np.testing.assert_array_equal(grad[~valid], 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Input errors and degenerate inputs.
+
+ALL_FUNCTIONS = {
+    "ce_spectrum": sj.ce_spectrum,
+    "ce_half_spectrum": sj.ce_half_spectrum,
+    "band_profile": sj.band_profile,
+    "truncated_ce": functools.partial(sj.truncated_ce, band_limit=2),
+    "relative_discrepancy": functools.partial(sj.relative_discrepancy, band_limit=2),
+    "band_limit_sweep": sj.band_limit_sweep,
+    "magnitude_profiles": sj.magnitude_profiles,
+}
+
+
+@pytest.fixture
+def small_batch(rng):
+    logits, labels = references.make_batch(rng, 3, 5, 6, 4, ignore_fraction=0.2)
+    return logits.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+def test_rank_and_shape_errors(small_batch, name):
+    fn = ALL_FUNCTIONS[name]
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="logits"):
+        fn(logits[0], labels)  # [H, W, C]
+    with pytest.raises(ValueError, match="labels"):
+        fn(logits, labels[0])  # [H, W]
+    with pytest.raises(ValueError, match="disagree"):
+        fn(logits, labels[:, :, :-1])
+    with pytest.raises(ValueError, match="disagree"):
+        fn(logits[:2], labels)
+    with pytest.raises(ValueError, match="at least one class"):
+        fn(logits[..., :0], labels)
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+def test_dtype_errors(small_batch, name):
+    fn = ALL_FUNCTIONS[name]
+    logits, labels = small_batch
+    with pytest.raises(TypeError, match="logits"):
+        fn(logits.astype(np.int32), labels)
+    with pytest.raises(TypeError, match="labels"):
+        fn(logits, labels.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+@pytest.mark.parametrize("bad_label", [4, -1, 254])
+def test_out_of_range_label_raises_eagerly(small_batch, name, bad_label):
+    logits, labels = small_batch
+    labels = labels.copy()
+    labels[1, 2, 3] = bad_label
+    with pytest.raises(ValueError, match="labels must lie in"):
+        ALL_FUNCTIONS[name](logits, labels)
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+@pytest.mark.parametrize("ignore_index", [0, 3])
+def test_ignore_index_inside_the_classes_raises(small_batch, name, ignore_index):
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="ignore_index"):
+        ALL_FUNCTIONS[name](logits, np.minimum(labels, 3), ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("fn", [sj.truncated_ce, sj.relative_discrepancy])
+def test_non_scalar_band_limit_raises(small_batch, fn):
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="band_limit"):
+        fn(logits, labels, jnp.array([1, 2]))
+    with pytest.raises(ValueError, match="band_limit"):
+        fn(logits, labels, np.ones((1,)))
+
+
+@pytest.mark.parametrize("fn", [band_profile, band_limit_sweep, magnitude_profiles])
+def test_bad_radius_raises(small_batch, fn):
+    # Jitted wrappers: radius is static, so the error comes from tracing (no compile).
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="radius"):
+        fn(logits, labels, radius="manhattan")
+
+
+def test_out_of_range_label_under_jit_poisons_only_its_image(small_batch):
+    logits, labels = small_batch
+    bad = labels.copy()
+    bad[1, 2, 3] = 7  # C = 4
+    expected = references.ce_spectrum(logits, labels)
+    ce = references.spatial_ce(logits, labels)
+    good = np.array([0, 2])
+
+    spectrum = np.asarray(ce_spectrum(logits, bad))
+    assert np.all(np.isnan(spectrum[1]))
+    np.testing.assert_allclose(spectrum[good], expected[good], atol=1e-6)
+    sparse = np.asarray(ce_spectrum(logits, bad, max_classes_present=2))
+    assert np.all(np.isnan(sparse[1])) and not np.any(np.isnan(sparse[good]))
+
+    profile = np.asarray(band_profile(logits, bad))
+    assert np.all(np.isnan(profile[1])) and not np.any(np.isnan(profile[good]))
+    truncated = np.asarray(truncated_ce(logits, bad, 1))
+    assert np.isnan(truncated[1])
+    np.testing.assert_allclose(
+        truncated[good], references.truncated_ce(expected, 1, "chebyshev")[good], rtol=1e-5
+    )
+    per_image = np.asarray(relative_discrepancy(logits, bad, 1, per_image=True))
+    assert np.isnan(per_image[1]) and not np.any(np.isnan(per_image[good]))
+    assert np.isnan(relative_discrepancy(logits, bad, 1))  # the batch ratio cannot be trusted
+    assert np.all(np.isnan(band_limit_sweep(logits, bad)))
+    sweep = np.asarray(band_limit_sweep(logits, bad, per_image=True))
+    assert np.all(np.isnan(sweep[1])) and not np.any(np.isnan(sweep[good]))
+    magnitudes = magnitude_profiles(logits, bad)
+    for profile in map(np.asarray, magnitudes):
+        assert np.all(np.isnan(profile[1])) and not np.any(np.isnan(profile[good]))
+    np.testing.assert_allclose(np.asarray(ce_spectrum(logits, labels)).sum((1, 2)), ce, rtol=1e-5)
+
+
+def test_all_ignored_image_gives_zeros_not_nan(small_batch):
+    logits, labels = small_batch
+    labels = labels.copy()
+    labels[1] = 255
+    spectrum = np.asarray(ce_spectrum(logits, labels))
+    np.testing.assert_array_equal(spectrum[1], 0.0)
+    np.testing.assert_array_equal(band_profile(logits, labels)[1], 0.0)
+    np.testing.assert_array_equal(truncated_ce(logits, labels, 1)[1], 0.0)
+    np.testing.assert_array_equal(relative_discrepancy(logits, labels, 1, per_image=True)[1], 0.0)
+    np.testing.assert_array_equal(band_limit_sweep(logits, labels, per_image=True)[1], 0.0)
+    for profile in magnitude_profiles(logits, labels):
+        np.testing.assert_array_equal(profile[1], 0.0)
+    # The empty image adds nothing to the batch ratio.
+    others = [0, 2]
+    np.testing.assert_allclose(
+        relative_discrepancy(logits, labels, 1),
+        relative_discrepancy(logits[others], labels[others], 1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # A batch without any valid pixel: CE 0, so R = 0.
+    empty = np.full_like(labels, 255)
+    np.testing.assert_array_equal(relative_discrepancy(logits, empty, 1), 0.0)
+    np.testing.assert_array_equal(band_limit_sweep(logits, empty), 0.0)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits(small_batch, bad_value):
+    logits, labels = small_batch
+    labels = labels.copy()
+    labels[0, 1, 1] = 255  # an ignored pixel
+    labels[2, 3, 4] = 1  # a valid pixel
+    at_ignored = logits.copy()
+    at_ignored[0, 1, 1, 2] = bad_value
+    expected = references.ce_spectrum(logits, labels)
+    # At an ignored pixel: ignored.
+    np.testing.assert_allclose(ce_spectrum(at_ignored, labels), expected, atol=1e-6)
+    for profile in magnitude_profiles(at_ignored, labels):
+        assert np.all(np.isfinite(profile))
+    # At a valid pixel (and any class): that image's components are not finite (NaN, or
+    # +inf at nu = 0 for a -inf logit), the others are untouched.
+    at_valid = logits.copy()
+    at_valid[2, 3, 4, 0] = bad_value
+    spectrum = np.asarray(ce_spectrum(at_valid, labels))
+    assert not np.any(np.isfinite(spectrum[2]))
+    if np.isnan(bad_value):
+        assert np.all(np.isnan(spectrum[2]))
+    np.testing.assert_allclose(spectrum[:2], expected[:2], atol=1e-6)
+    truncated = np.asarray(truncated_ce(at_valid, labels, 1))
+    assert not np.isfinite(truncated[2]) and np.all(np.isfinite(truncated[:2]))
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_grad_ignores_non_finite_logits_at_ignored_pixels(small_batch, bad_value):
+    # Ignored pixels contribute nothing, so the gradient there is 0, whatever the logits
+    # (padding is often filled with NaN or inf). A NaN here would spread to every weight.
+    logits, labels = small_batch
+    labels = labels.copy()
+    labels[0, 1, 1] = 255
+    at_ignored = logits.copy()
+    at_ignored[0, 1, 1, 2] = bad_value
+    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(sj.truncated_ce(x, labels, 1))))
+    grad = np.asarray(grad_fn(at_ignored))
+    np.testing.assert_array_equal(grad[0, 1, 1], 0.0)
+    np.testing.assert_allclose(grad, grad_fn(logits), rtol=1e-6, atol=1e-9)
+
+
+EMPTY_BATCH_OUTPUTS = {
+    # name: (function, expected output shapes for B = 0 on a 4 x 5 grid with C = 3)
+    "ce_spectrum": (sj.ce_spectrum, (0, 4, 5)),
+    "ce_spectrum_sparse": (functools.partial(sj.ce_spectrum, max_classes_present=2), (0, 4, 5)),
+    "band_profile": (sj.band_profile, (0, 3)),
+    "truncated_ce": (functools.partial(sj.truncated_ce, band_limit=1), (0,)),
+    "relative_discrepancy": (functools.partial(sj.relative_discrepancy, band_limit=1), ()),
+    "band_limit_sweep": (sj.band_limit_sweep, (3,)),
+    "band_limit_sweep_per_image": (functools.partial(sj.band_limit_sweep, per_image=True), (0, 3)),
+    "magnitude_profiles": (sj.magnitude_profiles, (0, 3)),
+}
+
+
+@pytest.mark.parametrize("name", EMPTY_BATCH_OUTPUTS)
+def test_empty_batch(name):
+    # B = 0 (say, the empty remainder of a data set split over hosts) is a valid shape:
+    # no image, so nothing to decompose, and R over no images is 0 (CE 0).
+    fn, shape = EMPTY_BATCH_OUTPUTS[name]
+    logits, labels = np.zeros((0, 4, 5, 3), np.float32), np.zeros((0, 4, 5), np.int32)
+    for out in jax.tree.leaves(fn(logits, labels)):
+        assert out.shape == shape
+        np.testing.assert_array_equal(out, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Magnitude profiles.
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("shape", [(7, 9), (8, 8), (1, 4)])
+def test_magnitude_profiles_match_reference(rng, shape, radius, dtype):
+    logits, labels = references.make_batch(rng, 2, *shape, 5, ignore_fraction=0.2)
+    logits = logits.astype(dtype)
+    expected_labels, expected_logits = references.magnitude_profiles(logits, labels, radius)
+    with precision(dtype):
+        profiles = jax.tree.map(np.asarray, magnitude_profiles(logits, labels, radius=radius))
+    assert isinstance(profiles, sj.MagnitudeProfiles)
+    assert profiles.labels.shape == (2, sj.num_bands(shape, radius=radius))
+    assert profiles.labels.dtype == dtype and profiles.logits.dtype == dtype
+    rtol = {"float32": 2e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(profiles.labels, expected_labels, rtol=rtol, atol=rtol * 1e-2)
+    np.testing.assert_allclose(profiles.logits, expected_logits, rtol=rtol, atol=rtol * 1e-2)
+    # Closed forms at nu = 0: the class counts and the summed -log p, over C H W.
+    height, width = shape
+    valid = labels != 255
+    np.testing.assert_allclose(
+        profiles.labels[:, 0], valid.sum((1, 2)) / (5 * height * width), rtol=rtol
+    )
+    neg_log_probs = np.where(valid[..., None], -references.log_softmax(logits), 0.0)
+    np.testing.assert_allclose(
+        profiles.logits[:, 0], neg_log_probs.sum((1, 2, 3)) / (5 * height * width), rtol=rtol
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Properties over random shapes.
+
+
+@st.composite
+def batches(draw):
+    batch = draw(st.integers(1, 3))
+    height, width = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    num_classes = draw(st.integers(1, 6))
+    ignore_fraction = draw(st.sampled_from([0.0, 0.3, 0.9]))
+    radius = draw(st.sampled_from(RADII))
+    seed = draw(st.integers(0, 2**32 - 1))
+    logits, labels = references.make_batch(
+        np.random.default_rng(seed),
+        batch,
+        height,
+        width,
+        num_classes,
+        ignore_fraction=ignore_fraction,
+    )
+    return logits.astype(np.float32), labels, radius
+
+
+@functools.partial(jax.jit, static_argnames="radius")
+def _spectrum_sweep_and_ends(logits, labels, radius):
+    num_bands = sj.num_bands(labels.shape[1:], radius=radius)
+    return (
+        sj.ce_spectrum(logits, labels),
+        sj.band_limit_sweep(logits, labels, radius=radius, per_image=True),
+        sj.truncated_ce(logits, labels, -1, radius=radius),
+        sj.truncated_ce(logits, labels, num_bands - 1, radius=radius),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches())
+def test_property_parseval_and_sweep_endpoints(batch):
+    logits, labels, radius = batch
+    spectrum, sweep, nothing, everything = _spectrum_sweep_and_ends(logits, labels, radius)
+    ce = references.spatial_ce(logits, labels)
+    # Parseval; an image with no valid pixel (or C = 1) has CE 0 and zero components.
+    np.testing.assert_allclose(np.sum(spectrum, axis=(1, 2)), ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spectrum, references.ce_spectrum(logits, labels), atol=1e-6)
+    assert sweep.shape == (labels.shape[0], sj.num_bands(labels.shape[1:], radius=radius))
+    assert np.all(np.isfinite(sweep)) and np.all(sweep >= 0)
+    np.testing.assert_array_equal(sweep[:, -1], 0.0)
+    np.testing.assert_array_equal(nothing, 0.0)
+    np.testing.assert_allclose(everything, ce, rtol=1e-5, atol=1e-6)
+    # Band 0 alone keeps only nu = 0: R(0) = |L(0) - CE| / CE.
+    zero = np.asarray(spectrum)[:, 0, 0].astype(np.float64)
+    expected = np.divide(np.abs(zero - ce), ce, out=np.zeros_like(ce), where=ce > 1e-3)
+    checked = ce > 1e-3
+    np.testing.assert_allclose(sweep[checked, 0], expected[checked], rtol=1e-3, atol=1e-4)
