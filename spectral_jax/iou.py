@@ -70,14 +70,13 @@ def spectral_iou_terms(
     probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
     labels = jnp.asarray(labels)
     valid = labels != ignore_index  # [B, H, W]
-    probs = jnp.where(valid[..., None], probs, 0.0)  # also keeps NaN there out of gradients
     if binarize:
         probs = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=probs.dtype)
     weights = bands_lib.half_spectrum_weights((height, width)).astype(probs.dtype)
 
     def class_terms(_, inputs):  # one class per step: two [B, H, W] maps transformed
         prediction, class_id = inputs  # [B, H, W], []
-        prediction = jnp.where(valid, prediction, 0.0)  # binarize sets ignored pixels to 1
+        prediction = jnp.where(valid, prediction, 0.0)  # [B, H, W]
         target = (valid & (labels == class_id)).astype(probs.dtype)
         s, b = jnp.fft.rfft2(jnp.stack([prediction, target]))  # [B, H, Kw] each
         overlap = jnp.sum((s.real * b.real + s.imag * b.imag) * weights, axis=(-2, -1))

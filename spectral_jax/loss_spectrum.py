@@ -66,16 +66,6 @@ def _check_max_classes_present(max_classes_present: int | None) -> None:
         )
 
 
-def _zero_ignored(logits, valid):
-    """Logits with ignored pixels set to 0.
-
-    Ignored pixels are masked out of every map anyway; zeroing their logits first also
-    keeps NaN or Inf there out of the gradient (``0 * NaN`` would otherwise leak through
-    the masking ``where``).
-    """
-    return jnp.where(valid[..., None], logits, 0.0)
-
-
 def _classes_present(labels, valid, num_classes: int):
     """``[B, C]`` booleans: which classes occur among each image's valid pixels."""
     batch, height, width = labels.shape
@@ -98,11 +88,30 @@ def _class_spectra(log_partition, logit, class_id, labels, valid):
     return jnp.fft.rfft2(jnp.stack([neg_log_prob, target]))
 
 
-def _all_classes(logits):
-    """Scan inputs over all classes: logits ``[C, B, H, W]`` and class ids ``[C, B]``."""
-    num_classes, batch = logits.shape[-1], logits.shape[0]
-    class_ids = jnp.broadcast_to(jnp.arange(num_classes)[:, None], (num_classes, batch))
-    return jnp.moveaxis(logits, -1, 0), class_ids
+def _scan_inputs(logits, valid, classes):
+    """What the scans over classes read: ``log_partition``, per-class logits and ids.
+
+    The logits are transposed as they are (XLA's plain transpose is several times faster
+    than a transpose fused with a mask); each step masks its maps. Only the
+    ``logsumexp`` reads logits with ignored pixels set to 0 (the select fuses into the
+    reduction): it is the one place where NaN or Inf at an ignored pixel would reach the
+    gradient (``0 * softmax(NaN)`` is NaN).
+
+    Args:
+      logits: ``[B, H, W, C]``.
+      valid: ``[B, H, W]`` booleans.
+      classes: ``None`` for all classes, or ``[B, K]`` class indices per image.
+
+    Returns:
+      ``log_partition [B, H, W]``, ``class_logits [K, B, H, W]``, ``class_ids [K, B]``.
+    """
+    log_partition = jax.nn.logsumexp(jnp.where(valid[..., None], logits, 0.0), axis=-1)
+    if classes is None:
+        num_classes, batch = logits.shape[-1], logits.shape[0]
+        class_ids = jnp.broadcast_to(jnp.arange(num_classes)[:, None], (num_classes, batch))
+        return log_partition, jnp.moveaxis(logits, -1, 0), class_ids  # [C, B, H, W]
+    selected = jnp.take_along_axis(logits, classes[:, None, None, :], axis=-1)  # [B, H, W, K]
+    return log_partition, jnp.moveaxis(selected, -1, 0), classes.T
 
 
 def _half_spectrum_of_classes(logits, labels, valid, classes):
@@ -123,13 +132,7 @@ def _half_spectrum_of_classes(logits, labels, valid, classes):
     Returns:
       ``[B, H, Kw]`` real, ``Kw = W // 2 + 1``.
     """
-    log_partition = jax.nn.logsumexp(logits, axis=-1)  # [B, H, W]
-    if classes is None:
-        class_logits, class_ids = _all_classes(logits)  # [C, B, H, W], [C, B]
-    else:
-        selected = jnp.take_along_axis(logits, classes[:, None, None, :], axis=-1)  # [B,H,W,K]
-        class_logits = jnp.moveaxis(selected, -1, 0)  # [K, B, H, W]
-        class_ids = classes.T  # [K, B]
+    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, classes)
 
     def add_class(total, inputs):
         y_hat, b = _class_spectra(log_partition, *inputs, labels, valid)  # [B, H, Kw] each
@@ -166,7 +169,6 @@ def ce_half_spectrum(
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     labels = jnp.asarray(labels)
     valid = labels != ignore_index  # [B, H, W]
-    logits = _zero_ignored(logits, valid)
     num_valid = jnp.sum(valid, axis=(1, 2))  # [B]
     # An image without valid pixels has all-zero components; max(N, 1) keeps them zero.
     scale = 1.0 / (height * width * jnp.maximum(num_valid, 1).astype(logits.dtype))
@@ -495,8 +497,7 @@ def magnitude_profiles(
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     labels = jnp.asarray(labels)
     valid = labels != ignore_index  # [B, H, W]
-    logits = _zero_ignored(logits, valid)
-    log_partition = jax.nn.logsumexp(logits, axis=-1)  # [B, H, W]
+    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, None)
 
     def add_class(totals, inputs):  # one class per step, as in _half_spectrum_of_classes
         spectra = _class_spectra(log_partition, *inputs, labels, valid)  # [2, B, H, Kw]
@@ -504,7 +505,7 @@ def magnitude_profiles(
 
     batch = labels.shape[0]
     totals = jnp.zeros((2, batch, height, width // 2 + 1), logits.dtype)
-    totals, _ = jax.lax.scan(add_class, totals, _all_classes(logits))  # [2, B, H, Kw]
+    totals, _ = jax.lax.scan(add_class, totals, (class_logits, class_ids))  # [2, B, H, Kw]
     shape = (height, width)
     sizes = bands_lib.band_sizes(shape, radius=radius).astype(logits.dtype)
     norm = 1.0 / (num_classes * height * width)
