@@ -88,14 +88,38 @@ def _class_spectra(log_partition, logit, class_id, labels, valid):
     return jnp.fft.rfft2(jnp.stack([neg_log_prob, target]))
 
 
+@jax.custom_jvp
+def _log_partition(logits, valid):
+    """``logsumexp`` of ``logits [B, H, W, C]`` over classes, ``[B, H, W]``.
+
+    Its derivative is masked to the ``valid [B, H, W]`` pixels. The value at an ignored
+    pixel is never used (every map is zero there), but without the mask NaN or Inf logits
+    there would reach the gradient as ``0 * softmax(NaN)``. Masking in the derivative rule
+    rather than the logits keeps the forward pass a plain reduction: a select feeding the
+    reduction is materialised on CPU and cost more than the reduction itself. A
+    ``custom_jvp`` (not ``custom_vjp``) so that forward mode (``jacfwd``) works too.
+    """
+    del valid
+    return jax.nn.logsumexp(logits, axis=-1)
+
+
+@_log_partition.defjvp
+def _log_partition_jvp(primals, tangents):
+    logits, valid = primals
+    logits_tangent, _ = tangents
+    log_partition = _log_partition(logits, valid)
+    mask = valid[..., None]
+    probs = jnp.where(mask, jnp.exp(logits - log_partition[..., None]), 0.0)
+    tangent = jnp.sum(probs * jnp.where(mask, logits_tangent, 0.0), axis=-1)
+    return log_partition, tangent
+
+
 def _scan_inputs(logits, valid, classes):
     """What the scans over classes read: ``log_partition``, per-class logits and ids.
 
     The logits are transposed as they are (XLA's plain transpose is several times faster
-    than a transpose fused with a mask); each step masks its maps. Only the
-    ``logsumexp`` reads logits with ignored pixels set to 0 (the select fuses into the
-    reduction): it is the one place where NaN or Inf at an ignored pixel would reach the
-    gradient (``0 * softmax(NaN)`` is NaN).
+    than a transpose fused with a mask); each step masks its maps, and
+    :func:`_log_partition` masks its derivative.
 
     Args:
       logits: ``[B, H, W, C]``.
@@ -105,7 +129,7 @@ def _scan_inputs(logits, valid, classes):
     Returns:
       ``log_partition [B, H, W]``, ``class_logits [K, B, H, W]``, ``class_ids [K, B]``.
     """
-    log_partition = jax.nn.logsumexp(jnp.where(valid[..., None], logits, 0.0), axis=-1)
+    log_partition = _log_partition(logits, valid)  # [B, H, W]
     if classes is None:
         num_classes, batch = logits.shape[-1], logits.shape[0]
         class_ids = jnp.broadcast_to(jnp.arange(num_classes)[:, None], (num_classes, batch))
