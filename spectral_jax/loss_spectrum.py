@@ -59,7 +59,9 @@ from spectral_jax.bands import Radius
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
     if max_classes_present is not None and (
-        not isinstance(max_classes_present, int | np.integer) or max_classes_present < 1
+        isinstance(max_classes_present, bool)
+        or not isinstance(max_classes_present, int | np.integer)
+        or max_classes_present < 1
     ):
         raise ValueError(
             f"max_classes_present must be a positive int or None, got {max_classes_present!r}."
@@ -263,7 +265,8 @@ def ce_spectrum(
       ValueError: wrong ranks, ``[B, H, W]`` mismatch, ``ignore_index`` inside
         ``[0, C)``, a bad ``max_classes_present``, or (eagerly) a label outside
         ``[0, C)``. Under ``jit`` the images with such a label get NaN components.
-        NaN or Inf logits at valid pixels make the image's components NaN.
+        NaN or Inf logits at valid pixels make the image's components non-finite
+        (NaN, or Inf at ``nu = 0``); at ignored pixels they are ignored, also by gradients.
 
     Example:
       >>> spectrum = ce_spectrum(logits, labels)          # [B, H, W]

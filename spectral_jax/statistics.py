@@ -173,13 +173,20 @@ class SpectralStatistics:
 
     def merge(self, other: SpectralStatistics) -> SpectralStatistics:
         """Sum of two statistics with the same settings (for example two hosts')."""
-        if (self.shape, self.num_classes, self.radius, self.ignore_index) != (
-            other.shape,
-            other.num_classes,
-            other.radius,
-            other.ignore_index,
-        ):
-            raise ValueError("can only merge SpectralStatistics with the same settings.")
+        settings = lambda stats: (  # noqa: E731
+            stats.shape,
+            stats.num_classes,
+            stats.radius,
+            stats.ignore_index,
+            stats.with_magnitudes,
+            stats.max_classes_present,
+        )
+        if settings(self) != settings(other):
+            raise ValueError(
+                "can only merge SpectralStatistics with the same settings (shape, "
+                "num_classes, radius, ignore_index, with_magnitudes, max_classes_present); "
+                f"got {settings(self)} and {settings(other)}."
+            )
         return jax.tree.map(jnp.add, self, other)
 
     def _per_image(self, total: jax.Array) -> jax.Array:

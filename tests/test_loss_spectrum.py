@@ -8,9 +8,10 @@ Tolerances, relative to each image's CE:
   float32: sums 1e-5, single components 1e-6 (observed ~1e-7 up to 33x33x150).
   float64 (x64): sums and components 1e-12 (observed ~1e-15).
 
-Numeric tests call ``jax.jit`` wrappers (one compilation per shape, ~0.2 s; eager
-dispatch compiles every primitive, ~1.5 s a shape). Eager-only behaviour (the label
-ValueError) and one eager-vs-jit check call the library directly.
+Numeric tests call ``jax.jit`` wrappers (one compilation per shape, ~0.3 s; eager
+dispatch compiles every primitive, ~1.5 s a shape); ``all_outputs`` runs every public
+function in one compilation. Eager-only behaviour (the label ValueError) and one
+eager-vs-jit check call the library directly.
 """
 
 from __future__ import annotations
@@ -40,18 +41,41 @@ ce_half_spectrum = jax.jit(
 band_profile = jax.jit(
     sj.band_profile, static_argnames=("ignore_index", "radius", "max_classes_present")
 )
-truncated_ce = jax.jit(
-    sj.truncated_ce, static_argnames=("ignore_index", "radius", "max_classes_present")
-)
-relative_discrepancy = jax.jit(
-    sj.relative_discrepancy,
-    static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
-)
 band_limit_sweep = jax.jit(
     sj.band_limit_sweep,
     static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
 )
 magnitude_profiles = jax.jit(sj.magnitude_profiles, static_argnames=("ignore_index", "radius"))
+
+
+@functools.partial(jax.jit, static_argnames=("radius", "max_classes_present"))
+def _all_outputs(logits, labels, band_limit, radius, max_classes_present):
+    settings = dict(radius=radius, max_classes_present=max_classes_present)
+    magnitudes = sj.magnitude_profiles(logits, labels, radius=radius)
+    return {
+        "ce_spectrum": sj.ce_spectrum(logits, labels, max_classes_present=max_classes_present),
+        "band_profile": sj.band_profile(logits, labels, **settings),
+        "truncated_ce": sj.truncated_ce(logits, labels, band_limit, **settings),
+        "relative_discrepancy": sj.relative_discrepancy(logits, labels, band_limit, **settings),
+        "relative_discrepancy_per_image": sj.relative_discrepancy(
+            logits, labels, band_limit, per_image=True, **settings
+        ),
+        "band_limit_sweep": sj.band_limit_sweep(logits, labels, **settings),
+        "band_limit_sweep_per_image": sj.band_limit_sweep(
+            logits, labels, per_image=True, **settings
+        ),
+        "magnitude_labels": magnitudes.labels,
+        "magnitude_logits": magnitudes.logits,
+    }
+
+
+def all_outputs(logits, labels, band_limit=1, *, radius="chebyshev", max_classes_present=None):
+    """Every public function of the module on one batch, as NumPy arrays.
+
+    One compilation per shape instead of one per function keeps the suite fast.
+    """
+    outputs = _all_outputs(logits, labels, band_limit, radius, max_classes_present)
+    return jax.tree.map(np.asarray, outputs)
 
 
 def precision(dtype: str):
@@ -65,7 +89,6 @@ CASES = [
     (2, 8, 8, 21, 0.1),
     (3, 16, 12, 2, 0.3),
     (2, 33, 33, 150, 0.1),
-    (2, 12, 5, 21, 0.0),
     (1, 9, 16, 1, 0.2),
     (2, 1, 6, 2, 0.2),
     (2, 1, 1, 3, 0.0),
@@ -149,11 +172,12 @@ def test_half_spectrum_is_left_columns_and_weighted_sum_is_ce(rng, case, dtype):
 def test_single_class_has_zero_components_and_zero_discrepancy(rng):
     # With C = 1, log_softmax is 0: CE, every component and (by definition) R vanish.
     logits, labels = references.make_batch(rng, 2, 6, 7, 1, ignore_fraction=0.2)
-    logits = logits.astype(np.float32)
-    np.testing.assert_array_equal(ce_spectrum(logits, labels), 0.0)
-    np.testing.assert_array_equal(band_limit_sweep(logits, labels), 0.0)
-    np.testing.assert_array_equal(band_limit_sweep(logits, labels, per_image=True), 0.0)
-    np.testing.assert_array_equal(relative_discrepancy(logits, labels, 0, per_image=True), 0.0)
+    outputs = all_outputs(logits.astype(np.float32), labels, 0)
+    for name in ["ce_spectrum", "truncated_ce", "relative_discrepancy_per_image"]:
+        np.testing.assert_array_equal(outputs[name], 0.0, err_msg=name)
+    np.testing.assert_array_equal(outputs["relative_discrepancy"], 0.0)
+    np.testing.assert_array_equal(outputs["band_limit_sweep"], 0.0)
+    np.testing.assert_array_equal(outputs["band_limit_sweep_per_image"], 0.0)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -209,12 +233,19 @@ def test_eager_call_matches_jit(rng):
 # The class-sparse path (max_classes_present).
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("max_classes_present", "path"),
-    [(3, "sparse"), (5, "sparse"), (2, "overflow fallback"), (10, "k == C"), (12, "k > C")],
+    ("max_classes_present", "dtype", "path"),
+    [
+        (3, "float32", "sparse"),
+        (3, "float64", "sparse"),
+        (5, "float64", "sparse"),
+        (2, "float32", "overflow fallback"),
+        (2, "float64", "overflow fallback"),
+        (10, "float32", "k == C"),
+        (12, "float64", "k > C"),
+    ],
 )
-def test_class_sparse_path_equals_dense_and_reference(rng, dtype, max_classes_present, path):
+def test_class_sparse_path_equals_dense_and_reference(rng, max_classes_present, dtype, path):
     # Images hold exactly 3 of the 10 classes (and one image holds none: all ignored).
     logits, labels = references.make_batch(rng, 3, 8, 7, 10, classes_per_image=3)
     labels[:, ::3, ::2] = 255
@@ -243,18 +274,17 @@ def test_class_sparse_overflow_in_one_image_keeps_the_batch_exact(rng, x64):
 def test_class_sparse_path_flows_through_the_reductions(rng, x64):
     logits, labels = references.make_batch(rng, 2, 9, 8, 7, classes_per_image=2)
     spectrum = references.ce_spectrum(logits, labels)
-    profile = band_profile(logits, labels, radius="euclidean", max_classes_present=2)
-    np.testing.assert_allclose(profile, references.band_sums(spectrum, "euclidean"), atol=1e-12)
-    truncated = truncated_ce(logits, labels, 2, max_classes_present=2)
-    np.testing.assert_allclose(
-        truncated, references.truncated_ce(spectrum, 2, "chebyshev"), atol=1e-12
-    )
-    per_image = relative_discrepancy(logits, labels, 2, per_image=True, max_classes_present=2)
+    outputs = all_outputs(logits, labels, 2, radius="euclidean", max_classes_present=2)
+    profiles = references.band_sums(spectrum, "euclidean")
+    np.testing.assert_allclose(outputs["band_profile"], profiles, atol=1e-12)
+    truncated = references.truncated_ce(spectrum, 2, "euclidean")
+    np.testing.assert_allclose(outputs["truncated_ce"], truncated, atol=1e-12)
     ce = references.spatial_ce(logits, labels)
+    per_image = outputs["relative_discrepancy_per_image"]
     np.testing.assert_allclose(per_image, np.abs(truncated - ce) / ce, atol=1e-12)
-    sweep = band_limit_sweep(logits, labels, max_classes_present=2)
-    cumulative = np.cumsum(references.band_sums(spectrum, "chebyshev").sum(0))
-    np.testing.assert_allclose(sweep, np.abs(cumulative - ce.sum()) / ce.sum(), atol=1e-12)
+    cumulative = np.cumsum(profiles.sum(0))
+    sweep = np.abs(cumulative - ce.sum()) / ce.sum()
+    np.testing.assert_allclose(outputs["band_limit_sweep"], sweep, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2"])
@@ -267,12 +297,20 @@ def test_bad_max_classes_present_raises(rng, bad):
 # ---------------------------------------------------------------------------------------
 # Band profiles, truncation, R and the sweep.
 
-BAND_SHAPES = [(7, 9), (8, 8), (16, 12), (1, 5)]
+# Every shape with both radii, and every radius with both dtypes.
+BAND_CASES = [
+    ((7, 9), "chebyshev", "float32"),
+    ((7, 9), "euclidean", "float64"),
+    ((8, 8), "euclidean", "float32"),
+    ((8, 8), "chebyshev", "float64"),
+    ((16, 12), "chebyshev", "float32"),
+    ((16, 12), "euclidean", "float32"),
+    ((1, 5), "euclidean", "float64"),
+    ((1, 5), "chebyshev", "float32"),
+]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("radius", RADII)
-@pytest.mark.parametrize("shape", BAND_SHAPES)
+@pytest.mark.parametrize(("shape", "radius", "dtype"), BAND_CASES)
 def test_band_profile_matches_reference_loops(rng, shape, radius, dtype):
     logits, labels = references.make_batch(rng, 2, *shape, 4, ignore_fraction=0.2)
     logits = logits.astype(dtype)
@@ -302,51 +340,45 @@ def test_truncated_ce_and_discrepancy_match_reference_at_every_band_limit(
     spectrum = references.ce_spectrum(logits, labels)
     ce = references.spatial_ce(logits, labels)
     num_bands = sj.num_bands(shape, radius=radius)
-    tol = COMPONENT_ATOL[dtype] * 10
-    with precision(dtype):
-        # Band limits -1 (nothing kept) .. R (everything kept) and a non-integer one.
-        for band_limit in [-1, *range(num_bands + 1), 1.5]:
-            truncated_ref = references.truncated_ce(spectrum, band_limit, radius)
-            truncated = truncated_ce(logits, labels, band_limit, radius=radius)
-            assert_within(truncated, truncated_ref, tol * ce)
-            per_image = relative_discrepancy(
-                logits, labels, band_limit, radius=radius, per_image=True
-            )
-            np.testing.assert_allclose(
-                per_image, np.abs(truncated_ref - ce) / ce, rtol=0, atol=10 * tol
-            )
-            batch = relative_discrepancy(logits, labels, band_limit, radius=radius)
-            assert batch.shape == ()
-            np.testing.assert_allclose(
-                batch, references.ratio_of_sums(truncated_ref, ce), rtol=0, atol=10 * tol
-            )
-        np.testing.assert_array_equal(truncated_ce(logits, labels, -1, radius=radius), 0.0)
-        full = truncated_ce(logits, labels, num_bands - 1, radius=radius)
-        np.testing.assert_allclose(full, ce, rtol=SUM_RTOL[dtype])
+    tol = 10 * COMPONENT_ATOL[dtype]  # a sum of components; R divides by the CE
+    # Band limits -1 (nothing kept) .. R (everything kept) and a non-integer one, all as
+    # float32 so that one compilation serves them all (other tests pass Python ints).
+    for band_limit in [-1, *range(num_bands + 1), 1.5]:
+        with precision(dtype):
+            outputs = all_outputs(logits, labels, np.float32(band_limit), radius=radius)
+        truncated = references.truncated_ce(spectrum, band_limit, radius)
+        assert_within(outputs["truncated_ce"], truncated, tol * ce)
+        per_image = np.abs(truncated - ce) / ce
+        assert_within(outputs["relative_discrepancy_per_image"], per_image, tol)
+        assert outputs["relative_discrepancy"].shape == ()
+        batch = references.ratio_of_sums(truncated, ce)
+        assert_within(outputs["relative_discrepancy"], batch, tol)
+        if band_limit < 0:
+            np.testing.assert_array_equal(outputs["truncated_ce"], 0.0)
+        if band_limit >= num_bands - 1:
+            np.testing.assert_allclose(outputs["truncated_ce"], ce, rtol=SUM_RTOL[dtype])
 
 
-@pytest.mark.parametrize(
-    ("shape", "radius", "per_image"),
-    [
-        ((7, 9), "chebyshev", False),
-        ((7, 9), "euclidean", True),
-        ((8, 6), "chebyshev", True),
-        ((8, 6), "euclidean", False),
-    ],
-)
-def test_sweep_equals_discrepancy_at_every_band_limit(rng, shape, radius, per_image):
+@pytest.mark.parametrize(("shape", "radius"), [((7, 9), "chebyshev"), ((8, 6), "euclidean")])
+def test_sweep_equals_discrepancy_at_every_band_limit(rng, shape, radius):
     logits, labels = references.make_batch(rng, 3, *shape, 4, ignore_fraction=0.2)
     logits = logits.astype(np.float32)
-    sweep = np.asarray(band_limit_sweep(logits, labels, radius=radius, per_image=per_image))
     num_bands = sj.num_bands(shape, radius=radius)
-    assert sweep.shape == ((3, num_bands) if per_image else (num_bands,))
+    sweep = all_outputs(logits, labels, radius=radius)["band_limit_sweep"]
+    sweep_per_image = all_outputs(logits, labels, radius=radius)["band_limit_sweep_per_image"]
+    assert sweep.shape == (num_bands,) and sweep_per_image.shape == (3, num_bands)
     for band_limit in range(num_bands):
-        at_limit = relative_discrepancy(
-            logits, labels, band_limit, radius=radius, per_image=per_image
+        outputs = all_outputs(logits, labels, band_limit, radius=radius)
+        at_limit, per_image = (
+            outputs["relative_discrepancy"],
+            outputs["relative_discrepancy_per_image"],
         )
-        np.testing.assert_allclose(sweep[..., band_limit], at_limit, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(sweep[..., -1], 0.0)  # exactly, by construction
-    assert np.all(sweep >= 0)
+        np.testing.assert_allclose(sweep[band_limit], at_limit, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sweep_per_image[:, band_limit], per_image, rtol=1e-5, atol=1e-6)
+    # Exactly 0 at the last band, by construction; never negative.
+    np.testing.assert_array_equal(sweep[-1], 0.0)
+    np.testing.assert_array_equal(sweep_per_image[:, -1], 0.0)
+    assert np.all(sweep >= 0) and np.all(sweep_per_image >= 0)
 
 
 def test_discrepancy_is_a_ratio_of_batch_sums_by_hand():
@@ -360,19 +392,17 @@ def test_discrepancy_is_a_ratio_of_batch_sums_by_hand():
     # Image 2: every pixel ignored (CE 0): counts for nothing in the batch ratio.
     logits = np.log(np.array([[[[1, 1], [1, 3]]], [[[1, 3], [1, 1]]], [[[1, 1], [1, 1]]]]))
     labels = np.array([[[0, 1]], [[0, 0]], [[255, 255]]])
-    logits = logits.astype(np.float32)
+    outputs = all_outputs(logits.astype(np.float32), labels, 0)
     ce = np.array([math.log(8 / 3) / 2, math.log(8) / 2, 0.0])
     lost = np.array([math.log(3) / 4, 0.0, 0.0])
-    np.testing.assert_allclose(band_profile(logits, labels)[:, 1], -lost, atol=1e-6)
-    np.testing.assert_allclose(truncated_ce(logits, labels, 0), ce + lost, rtol=1e-6)
+    np.testing.assert_allclose(outputs["band_profile"][:, 1], -lost, atol=1e-6)
+    np.testing.assert_allclose(outputs["truncated_ce"], ce + lost, rtol=1e-6)
 
     batch = math.log(3) / (2 * math.log(64 / 3))  # (ln3 / 4) / ((ln(8/3) + ln 8) / 2)
     per_image = [math.log(3) / (2 * math.log(8 / 3)), 0.0, 0.0]
-    np.testing.assert_allclose(relative_discrepancy(logits, labels, 0), batch, rtol=1e-5)
-    np.testing.assert_allclose(
-        relative_discrepancy(logits, labels, 0, per_image=True), per_image, rtol=1e-5
-    )
-    np.testing.assert_allclose(band_limit_sweep(logits, labels), [batch, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(outputs["relative_discrepancy"], batch, rtol=1e-5)
+    np.testing.assert_allclose(outputs["relative_discrepancy_per_image"], per_image, rtol=1e-5)
+    np.testing.assert_allclose(outputs["band_limit_sweep"], [batch, 0.0], rtol=1e-5)
     # A ratio of means (0.1795), not a mean of ratios (0.1867 with the empty image, 0.28
     # without): the checks above tell them apart.
     assert not np.isclose(batch, np.mean(per_image), rtol=1e-2)
@@ -407,24 +437,24 @@ def test_vmap_over_band_limits_traces_once_and_equals_the_loop(rng, fn):
     logits, labels = references.make_batch(rng, 2, 7, 8, 3, ignore_fraction=0.1)
     logits = logits.astype(np.float32)
     library_fn = getattr(sj, fn)
-    traces = 0
+    traces = {"vmapped": 0, "scalar": 0}
 
     def at_band_limits(logits, labels, band_limits):
-        nonlocal traces
-        traces += 1
+        traces["vmapped"] += 1
         return jax.vmap(lambda r: library_fn(logits, labels, r))(band_limits)
 
-    jitted = jax.jit(at_band_limits)
+    def at_band_limit(logits, labels, band_limit):
+        traces["scalar"] += 1
+        return library_fn(logits, labels, band_limit)
+
+    vmapped, scalar = jax.jit(at_band_limits), jax.jit(at_band_limit)
     num_bands = sj.num_bands((7, 8))
     band_limits = jnp.arange(-1, num_bands + 1)
-    swept = jitted(logits, labels, band_limits)
-    jitted(logits, labels, band_limits[::-1])  # new values, same shape: no new trace
-    assert traces == 1
-    # A traced scalar band limit also reuses one compilation.
-    looped = []
-    for band_limit in band_limits:
-        looped.append(jitted(logits, labels, band_limit[None])[0])
-    assert traces == 2
+    swept = vmapped(logits, labels, band_limits)
+    vmapped(logits, labels, band_limits[::-1])  # new values, same shape: no new trace
+    # A band limit is traced, not static: a loop over plain ints compiles once too.
+    looped = [scalar(logits, labels, band_limit) for band_limit in range(-1, num_bands + 1)]
+    assert traces == {"vmapped": 1, "scalar": 1}
     np.testing.assert_allclose(swept, np.stack(looped), rtol=1e-6, atol=1e-7)
     spectrum = references.ce_spectrum(logits, labels)
     expected = [references.truncated_ce(spectrum, r, "chebyshev") for r in band_limits]
@@ -460,6 +490,9 @@ def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, x64):
         step[index] = eps
         numeric[index] = (reference_loss(logits + step) - reference_loss(logits - step)) / (2 * eps)
     np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-8)
+    # Forward mode agrees with reverse mode (the library defines a custom JVP).
+    forward = np.asarray(jax.jit(jax.jacfwd(loss))(logits))
+    np.testing.assert_allclose(forward, grad, rtol=0, atol=1e-12)
     # The truncated loss does not depend on ignored pixels at all.
     np.testing.assert_array_equal(grad[0, 1, 2], 0.0)
     np.testing.assert_array_equal(grad[1, 0, 0], 0.0)
@@ -468,8 +501,9 @@ def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, x64):
     assert np.abs(grad - full).max() > 1e-3
 
 
-@pytest.mark.parametrize("max_classes_present", [None, 3])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("dtype", "max_classes_present"), [("float32", None), ("float64", None), ("float32", 3)]
+)
 def test_grad_of_untruncated_ce_is_softmax_minus_one_hot(rng, dtype, max_classes_present):
     logits, labels = references.make_batch(rng, 2, 5, 6, 4, ignore_fraction=0.3)
     logits = logits.astype(dtype)
@@ -572,63 +606,42 @@ def test_bad_radius_raises(small_batch, fn):
         fn(logits, labels, radius="manhattan")
 
 
-def test_out_of_range_label_under_jit_poisons_only_its_image(small_batch):
+@pytest.mark.parametrize("max_classes_present", [None, 2])
+def test_out_of_range_label_under_jit_poisons_only_its_image(small_batch, max_classes_present):
     logits, labels = small_batch
     bad = labels.copy()
     bad[1, 2, 3] = 7  # C = 4
-    expected = references.ce_spectrum(logits, labels)
-    ce = references.spatial_ce(logits, labels)
     good = np.array([0, 2])
-
-    spectrum = np.asarray(ce_spectrum(logits, bad))
-    assert np.all(np.isnan(spectrum[1]))
-    np.testing.assert_allclose(spectrum[good], expected[good], atol=1e-6)
-    sparse = np.asarray(ce_spectrum(logits, bad, max_classes_present=2))
-    assert np.all(np.isnan(sparse[1])) and not np.any(np.isnan(sparse[good]))
-
-    profile = np.asarray(band_profile(logits, bad))
-    assert np.all(np.isnan(profile[1])) and not np.any(np.isnan(profile[good]))
-    truncated = np.asarray(truncated_ce(logits, bad, 1))
-    assert np.isnan(truncated[1])
-    np.testing.assert_allclose(
-        truncated[good], references.truncated_ce(expected, 1, "chebyshev")[good], rtol=1e-5
-    )
-    per_image = np.asarray(relative_discrepancy(logits, bad, 1, per_image=True))
-    assert np.isnan(per_image[1]) and not np.any(np.isnan(per_image[good]))
-    assert np.isnan(relative_discrepancy(logits, bad, 1))  # the batch ratio cannot be trusted
-    assert np.all(np.isnan(band_limit_sweep(logits, bad)))
-    sweep = np.asarray(band_limit_sweep(logits, bad, per_image=True))
-    assert np.all(np.isnan(sweep[1])) and not np.any(np.isnan(sweep[good]))
-    magnitudes = magnitude_profiles(logits, bad)
-    for profile in map(np.asarray, magnitudes):
-        assert np.all(np.isnan(profile[1])) and not np.any(np.isnan(profile[good]))
-    np.testing.assert_allclose(np.asarray(ce_spectrum(logits, labels)).sum((1, 2)), ce, rtol=1e-5)
+    outputs = all_outputs(logits, bad, max_classes_present=max_classes_present)
+    expected = all_outputs(logits, labels, max_classes_present=max_classes_present)
+    for name, value in outputs.items():
+        if name in ["relative_discrepancy", "band_limit_sweep"]:
+            assert np.all(np.isnan(value)), name  # a batch ratio that cannot be trusted
+        else:
+            assert np.all(np.isnan(value[1])), name
+            np.testing.assert_array_equal(value[good], expected[name][good], err_msg=name)
+    spectrum = references.ce_spectrum(logits, labels)
+    np.testing.assert_allclose(outputs["ce_spectrum"][good], spectrum[good], atol=1e-6)
 
 
 def test_all_ignored_image_gives_zeros_not_nan(small_batch):
     logits, labels = small_batch
     labels = labels.copy()
     labels[1] = 255
-    spectrum = np.asarray(ce_spectrum(logits, labels))
-    np.testing.assert_array_equal(spectrum[1], 0.0)
-    np.testing.assert_array_equal(band_profile(logits, labels)[1], 0.0)
-    np.testing.assert_array_equal(truncated_ce(logits, labels, 1)[1], 0.0)
-    np.testing.assert_array_equal(relative_discrepancy(logits, labels, 1, per_image=True)[1], 0.0)
-    np.testing.assert_array_equal(band_limit_sweep(logits, labels, per_image=True)[1], 0.0)
-    for profile in magnitude_profiles(logits, labels):
-        np.testing.assert_array_equal(profile[1], 0.0)
+    outputs = all_outputs(logits, labels)
+    for name, value in outputs.items():
+        if name not in ["relative_discrepancy", "band_limit_sweep"]:
+            np.testing.assert_array_equal(value[1], 0.0, err_msg=name)
+        assert not np.any(np.isnan(value)), name
     # The empty image adds nothing to the batch ratio.
-    others = [0, 2]
-    np.testing.assert_allclose(
-        relative_discrepancy(logits, labels, 1),
-        relative_discrepancy(logits[others], labels[others], 1),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    others = np.array([0, 2])
+    without = all_outputs(logits[others], labels[others])
+    for name in ["relative_discrepancy", "band_limit_sweep"]:
+        np.testing.assert_allclose(outputs[name], without[name], rtol=1e-5, atol=1e-6)
     # A batch without any valid pixel: CE 0, so R = 0.
-    empty = np.full_like(labels, 255)
-    np.testing.assert_array_equal(relative_discrepancy(logits, empty, 1), 0.0)
-    np.testing.assert_array_equal(band_limit_sweep(logits, empty), 0.0)
+    empty = all_outputs(logits, np.full_like(labels, 255))
+    for name, value in empty.items():
+        np.testing.assert_array_equal(value, 0.0, err_msg=name)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
@@ -637,24 +650,22 @@ def test_non_finite_logits(small_batch, bad_value):
     labels = labels.copy()
     labels[0, 1, 1] = 255  # an ignored pixel
     labels[2, 3, 4] = 1  # a valid pixel
+    expected = all_outputs(logits, labels)
+    # At an ignored pixel: ignored.
     at_ignored = logits.copy()
     at_ignored[0, 1, 1, 2] = bad_value
-    expected = references.ce_spectrum(logits, labels)
-    # At an ignored pixel: ignored.
-    np.testing.assert_allclose(ce_spectrum(at_ignored, labels), expected, atol=1e-6)
-    for profile in magnitude_profiles(at_ignored, labels):
-        assert np.all(np.isfinite(profile))
-    # At a valid pixel (and any class): that image's components are not finite (NaN, or
-    # +inf at nu = 0 for a -inf logit), the others are untouched.
+    for name, value in all_outputs(at_ignored, labels).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    # At a valid pixel (and any class): that image's results are not finite (NaN, or
+    # +inf at nu = 0 for a -inf logit), the other images' are untouched.
     at_valid = logits.copy()
     at_valid[2, 3, 4, 0] = bad_value
-    spectrum = np.asarray(ce_spectrum(at_valid, labels))
-    assert not np.any(np.isfinite(spectrum[2]))
+    outputs = all_outputs(at_valid, labels)
+    for name in ["ce_spectrum", "band_profile", "truncated_ce", "band_limit_sweep_per_image"]:
+        assert not np.any(np.isfinite(outputs[name][2])), name
+        np.testing.assert_array_equal(outputs[name][:2], expected[name][:2], err_msg=name)
     if np.isnan(bad_value):
-        assert np.all(np.isnan(spectrum[2]))
-    np.testing.assert_allclose(spectrum[:2], expected[:2], atol=1e-6)
-    truncated = np.asarray(truncated_ce(at_valid, labels, 1))
-    assert not np.isfinite(truncated[2]) and np.all(np.isfinite(truncated[:2]))
+        assert np.all(np.isnan(outputs["ce_spectrum"][2]))
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
@@ -672,37 +683,36 @@ def test_grad_ignores_non_finite_logits_at_ignored_pixels(small_batch, bad_value
     np.testing.assert_allclose(grad, grad_fn(logits), rtol=1e-6, atol=1e-9)
 
 
-EMPTY_BATCH_OUTPUTS = {
-    # name: (function, expected output shapes for B = 0 on a 4 x 5 grid with C = 3)
-    "ce_spectrum": (sj.ce_spectrum, (0, 4, 5)),
-    "ce_spectrum_sparse": (functools.partial(sj.ce_spectrum, max_classes_present=2), (0, 4, 5)),
-    "band_profile": (sj.band_profile, (0, 3)),
-    "truncated_ce": (functools.partial(sj.truncated_ce, band_limit=1), (0,)),
-    "relative_discrepancy": (functools.partial(sj.relative_discrepancy, band_limit=1), ()),
-    "band_limit_sweep": (sj.band_limit_sweep, (3,)),
-    "band_limit_sweep_per_image": (functools.partial(sj.band_limit_sweep, per_image=True), (0, 3)),
-    "magnitude_profiles": (sj.magnitude_profiles, (0, 3)),
-}
-
-
-@pytest.mark.parametrize("name", EMPTY_BATCH_OUTPUTS)
-def test_empty_batch(name):
+@pytest.mark.parametrize("max_classes_present", [None, 2])
+def test_empty_batch(max_classes_present):
     # B = 0 (say, the empty remainder of a data set split over hosts) is a valid shape:
     # no image, so nothing to decompose, and R over no images is 0 (CE 0).
-    fn, shape = EMPTY_BATCH_OUTPUTS[name]
     logits, labels = np.zeros((0, 4, 5, 3), np.float32), np.zeros((0, 4, 5), np.int32)
-    for out in jax.tree.leaves(fn(logits, labels)):
-        assert out.shape == shape
-        np.testing.assert_array_equal(out, 0.0)
+    outputs = all_outputs(logits, labels, max_classes_present=max_classes_present)
+    num_bands = sj.num_bands((4, 5))
+    expected_shapes = {
+        "ce_spectrum": (0, 4, 5),
+        "band_profile": (0, num_bands),
+        "truncated_ce": (0,),
+        "relative_discrepancy": (),
+        "relative_discrepancy_per_image": (0,),
+        "band_limit_sweep": (num_bands,),
+        "band_limit_sweep_per_image": (0, num_bands),
+        "magnitude_labels": (0, num_bands),
+        "magnitude_logits": (0, num_bands),
+    }
+    assert {name: value.shape for name, value in outputs.items()} == expected_shapes
+    np.testing.assert_array_equal(outputs["relative_discrepancy"], 0.0)
+    np.testing.assert_array_equal(outputs["band_limit_sweep"], 0.0)
 
 
 # ---------------------------------------------------------------------------------------
 # Magnitude profiles.
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("radius", RADII)
-@pytest.mark.parametrize("shape", [(7, 9), (8, 8), (1, 4)])
+@pytest.mark.parametrize(
+    ("shape", "radius", "dtype"), BAND_CASES[:4] + [((1, 4), "euclidean", "float32")]
+)
 def test_magnitude_profiles_match_reference(rng, shape, radius, dtype):
     logits, labels = references.make_batch(rng, 2, *shape, 5, ignore_fraction=0.2)
     logits = logits.astype(dtype)
@@ -756,16 +766,15 @@ def _spectrum_sweep_and_ends(logits, labels, radius):
     return (
         sj.ce_spectrum(logits, labels),
         sj.band_limit_sweep(logits, labels, radius=radius, per_image=True),
-        sj.truncated_ce(logits, labels, -1, radius=radius),
         sj.truncated_ce(logits, labels, num_bands - 1, radius=radius),
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(batches())
 def test_property_parseval_and_sweep_endpoints(batch):
     logits, labels, radius = batch
-    spectrum, sweep, nothing, everything = _spectrum_sweep_and_ends(logits, labels, radius)
+    spectrum, sweep, everything = _spectrum_sweep_and_ends(logits, labels, radius)
     ce = references.spatial_ce(logits, labels)
     # Parseval; an image with no valid pixel (or C = 1) has CE 0 and zero components.
     np.testing.assert_allclose(np.sum(spectrum, axis=(1, 2)), ce, rtol=1e-5, atol=1e-6)
@@ -773,10 +782,8 @@ def test_property_parseval_and_sweep_endpoints(batch):
     assert sweep.shape == (labels.shape[0], sj.num_bands(labels.shape[1:], radius=radius))
     assert np.all(np.isfinite(sweep)) and np.all(sweep >= 0)
     np.testing.assert_array_equal(sweep[:, -1], 0.0)
-    np.testing.assert_array_equal(nothing, 0.0)
     np.testing.assert_allclose(everything, ce, rtol=1e-5, atol=1e-6)
-    # Band 0 alone keeps only nu = 0: R(0) = |L(0) - CE| / CE.
+    # Band 0 alone keeps only nu = 0: R(0) CE = |L(0) - CE| (compared as a product, since
+    # a ratio to a small CE would amplify float32 rounding).
     zero = np.asarray(spectrum)[:, 0, 0].astype(np.float64)
-    expected = np.divide(np.abs(zero - ce), ce, out=np.zeros_like(ce), where=ce > 1e-3)
-    checked = ce > 1e-3
-    np.testing.assert_allclose(sweep[checked, 0], expected[checked], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(sweep[:, 0] * ce, np.abs(zero - ce), rtol=0, atol=1e-5)
