@@ -23,6 +23,19 @@ from spectral_jax.loss_spectrum import magnitude_profiles as magnitude_profiles
 from spectral_jax.loss_spectrum import relative_discrepancy as relative_discrepancy
 from spectral_jax.loss_spectrum import sweep_from_band_profile as sweep_from_band_profile
 from spectral_jax.loss_spectrum import truncated_ce as truncated_ce
+from spectral_jax.spectral_gradient import ce_spectral_gradient as ce_spectral_gradient
+from spectral_jax.spectral_gradient import diagonal_energy_fraction as diagonal_energy_fraction
+from spectral_jax.spectral_gradient import energy_by_distance as energy_by_distance
+from spectral_jax.spectral_gradient import frequency_distance as frequency_distance
+from spectral_jax.spectral_gradient import spectral_jacobian as spectral_jacobian
+from spectral_jax.spectral_gradient import (
+    spectral_jacobian_band_energy as spectral_jacobian_band_energy,
+)
+from spectral_jax.spectral_gradient import spectral_jacobian_columns as spectral_jacobian_columns
+from spectral_jax.spectral_gradient import spectral_jacobian_rows as spectral_jacobian_rows
+from spectral_jax.spectral_gradient import (
+    within_radius_energy_fraction as within_radius_energy_fraction,
+)
 from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
 
 __version__ = "0.1.0"
