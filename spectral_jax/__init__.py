@@ -1,5 +1,6 @@
 """spectral_jax: spectral analysis of semantic segmentation networks in JAX."""
 
+from spectral_jax import models as models
 from spectral_jax.bands import band_index as band_index
 from spectral_jax.bands import band_limit_of_grid as band_limit_of_grid
 from spectral_jax.bands import band_sizes as band_sizes
@@ -10,6 +11,11 @@ from spectral_jax.bands import half_band_index as half_band_index
 from spectral_jax.bands import half_spectrum_weights as half_spectrum_weights
 from spectral_jax.bands import num_bands as num_bands
 from spectral_jax.bands import signed_frequencies as signed_frequencies
+from spectral_jax.flops import ConvLayer as ConvLayer
+from spectral_jax.flops import FlopCount as FlopCount
+from spectral_jax.flops import conv_layers as conv_layers
+from spectral_jax.flops import conv_macs as conv_macs
+from spectral_jax.flops import count_flops as count_flops
 from spectral_jax.iou import IoUTerms as IoUTerms
 from spectral_jax.iou import iou_from_terms as iou_from_terms
 from spectral_jax.iou import spectral_iou as spectral_iou
@@ -37,5 +43,7 @@ from spectral_jax.spectral_gradient import (
     within_radius_energy_fraction as within_radius_energy_fraction,
 )
 from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
+from spectral_jax.truncation import resize_features as resize_features
+from spectral_jax.truncation import spectral_resize as spectral_resize
 
 __version__ = "0.1.0"

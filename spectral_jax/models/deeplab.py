@@ -1,0 +1,268 @@
+"""DeepLab v3+ (Chen et al. 2018) with feature truncation in the decoder (paper Fig. 3).
+
+Encoder: a dilated ResNet (:mod:`spectral_jax.models.resnet`) and ASPP: a 1x1
+convolution, three 3x3 atrous convolutions (rates 6, 12, 18 at output stride 16,
+doubled at 8, halved at 32) and image pooling, each with ``aspp_channels`` outputs,
+BatchNorm and ReLU, concatenated and projected by a 1x1 convolution (BatchNorm, ReLU,
+dropout).
+
+Decoder, run on a static ``feature_size x feature_size`` grid (the paper's feature
+truncation, Sec. 3.2): the ASPP output and the backbone's low-level features (stride 4,
+before the 48-channel projection, so that the projection also runs on the small grid)
+are both resampled to ``feature_size``; the low-level features are projected by a 1x1
+convolution to ``low_level_channels`` (48); the two are concatenated (the "decoder
+input"), passed through two 3x3 convolutions with ``decoder_channels`` (256) outputs
+and a 1x1 classifier, and the logits are up-sampled bilinearly to the input size.
+``feature_size=None`` runs the decoder on the low-level grid (129 at 513 input), the
+untruncated model. The resampling method is one of
+:data:`spectral_jax.truncation.RESAMPLE_METHODS`; the final up-sampling of the logits
+is always bilinear, as in the paper.
+
+Intermediates: :meth:`DeepLabV3Plus.encode` and :meth:`DeepLabV3Plus.decode` split the
+model at the ASPP output, so that a loss can be differentiated with respect to it;
+:meth:`DeepLabV3Plus.intermediates` returns every named stage in one pass. Call them
+with ``model.apply(variables, x, method=...)``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spectral_jax.models.resnet import (
+    RESNET_CONFIGS,
+    _batch_norm,
+    create_resnet,
+    stage_dilations,
+)
+from spectral_jax.truncation import RESAMPLE_METHODS, Resample, resize_features
+
+
+def aspp_rates(output_stride: int) -> tuple[int, int, int]:
+    """ASPP atrous rates: (6, 12, 18) at output stride 16, doubled at 8, halved at 32."""
+    stage_dilations(output_stride)
+    scale = 16 / output_stride
+    return tuple(int(r * scale) for r in (6, 12, 18))
+
+
+def _conv_bn_relu(x, features, kernel, train, name, dilation=1, dtype=jnp.float32):
+    pad = dilation * (kernel - 1) // 2
+    x = nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=dilation,
+        use_bias=False,
+        dtype=dtype,
+        name=f"{name}_conv",
+    )(x)
+    return nn.relu(_batch_norm(train, f"{name}_bn")(x))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: ``[B, h, w, Cin] -> [B, h, w, features]``.
+
+    Attributes:
+      rates: the three atrous rates of the 3x3 branches.
+      features: channels of every branch and of the projection (256).
+      dropout_rate: dropout after the projection in training (0.5 in torchvision).
+      dtype: computation dtype.
+    """
+
+    rates: tuple[int, int, int] = (6, 12, 18)
+    features: int = 256
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        branches = [_conv_bn_relu(x, self.features, 1, train, "branch0", dtype=self.dtype)]
+        for i, rate in enumerate(self.rates):
+            branches.append(
+                _conv_bn_relu(
+                    x, self.features, 3, train, f"branch{i + 1}", dilation=rate, dtype=self.dtype
+                )
+            )
+        pooled = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, Cin]
+        pooled = _conv_bn_relu(pooled, self.features, 1, train, "pool", dtype=self.dtype)
+        branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.features)))
+        y = jnp.concatenate(branches, axis=-1)  # [B, h, w, 5 * features]
+        y = _conv_bn_relu(y, self.features, 1, train, "project", dtype=self.dtype)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+
+
+class Decoder(nn.Module):
+    """DeepLab v3+ decoder on a static grid; returns logits at that grid.
+
+    Attributes:
+      num_classes: output classes ``C``.
+      resample: how both inputs reach the grid (``"bilinear"``, ``"area"``, ``"spectral"``).
+      low_level_channels: the low-level projection's outputs (48).
+      features: channels of the two 3x3 convolutions (256).
+      dtype: computation dtype.
+    """
+
+    num_classes: int
+    resample: Resample = "bilinear"
+    low_level_channels: int = 48
+    features: int = 256
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        aspp: jax.Array,
+        low_level: jax.Array,
+        size: tuple[int, int],
+        train: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
+        """``aspp [B, h, w, Ca]``, ``low_level [B, H4, W4, Cl]`` -> ``(decoder_input, logits)``.
+
+        ``decoder_input`` is ``[B, Fh, Fw, Ca + low_level_channels]`` and ``logits``
+        ``[B, Fh, Fw, C]``, with ``(Fh, Fw) = size`` (static).
+        """
+        low_level = resize_features(low_level, size, method=self.resample)
+        low_level = _conv_bn_relu(
+            low_level, self.low_level_channels, 1, train, "low_level", dtype=self.dtype
+        )
+        aspp = resize_features(aspp, size, method=self.resample)
+        decoder_input = jnp.concatenate([aspp, low_level], axis=-1)  # [B, F, F, Ca + 48]
+        y = _conv_bn_relu(decoder_input, self.features, 3, train, "fuse1", dtype=self.dtype)
+        y = _conv_bn_relu(y, self.features, 3, train, "fuse2", dtype=self.dtype)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+        return decoder_input, logits
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLab v3+ with a static decoder grid (feature truncation, paper Sec. 3.2).
+
+    Attributes:
+      num_classes: output classes ``C`` (21 for PASCAL VOC).
+      backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
+      output_stride: 8, 16 or 32.
+      feature_size: decoder grid ``F``; ``None`` for the low-level grid (untruncated,
+        129 at 513 input); 65 and 33 are the paper's truncations (``nu_max`` = 32, 16,
+        ``F = 2 nu_max + 1``).
+      resample: ``"bilinear"``, ``"area"`` or ``"spectral"``
+        (:func:`spectral_jax.truncation.resize_features`).
+      aspp_channels: ASPP channels (256).
+      low_level_channels: low-level projection channels (48).
+      decoder_channels: channels of the decoder's 3x3 convolutions (256).
+      dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
+        needs ``rngs={"dropout": key}``.
+      dtype: computation dtype.
+
+    Example:
+      >>> model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", feature_size=5)
+      >>> x = jnp.zeros((2, 33, 33, 3))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape
+      (2, 33, 33, 3)
+    """
+
+    num_classes: int = 21
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    feature_size: int | None = None
+    resample: Resample = "bilinear"
+    aspp_channels: int = 256
+    low_level_channels: int = 48
+    decoder_channels: int = 256
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if self.backbone not in RESNET_CONFIGS:
+            raise ValueError(
+                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
+            )
+        if self.resample not in RESAMPLE_METHODS:
+            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
+        if self.feature_size is not None and self.feature_size < 1:
+            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        self.encoder = create_resnet(
+            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        )
+        self.aspp = ASPP(
+            aspp_rates(self.output_stride),
+            self.aspp_channels,
+            self.dropout_rate,
+            dtype=self.dtype,
+        )
+        self.decoder = Decoder(
+            self.num_classes,
+            self.resample,
+            self.low_level_channels,
+            self.decoder_channels,
+            dtype=self.dtype,
+        )
+
+    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
+        if self.feature_size is None:
+            return low_level_size
+        if self.feature_size > min(low_level_size):
+            raise ValueError(
+                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
+                f"{low_level_size} (the stride-4 low-level features of this input)."
+            )
+        return self.feature_size, self.feature_size
+
+    def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Backbone and ASPP.
+
+        Args:
+          x: images ``[B, H, W, 3]``.
+          train: BatchNorm batch statistics and dropout.
+
+        Returns:
+          ``(aspp, low_level)``: ``[B, Hs, Ws, aspp_channels]`` at the output stride and
+          ``[B, H4, W4, 4 * width]`` at stride 4 (33 and 129 at 513 input, stride 16).
+        """
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
+        low_level, high_level = self.encoder(x, train)
+        return self.aspp(high_level, train), low_level
+
+    def decode(
+        self,
+        aspp: jax.Array,
+        low_level: jax.Array,
+        image_size: tuple[int, int],
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Decoder on the ``F x F`` grid and bilinear up-sampling to the image.
+
+        ``F = feature_size``; with ``feature_size=None`` the decoder runs on the
+        low-level grid ``H4 x W4`` instead.
+
+        Args:
+          aspp: ``[B, Hs, Ws, aspp_channels]`` from :meth:`encode`.
+          low_level: ``[B, H4, W4, Cl]`` from :meth:`encode`.
+          image_size: static ``(H, W)`` of the input images.
+          train: BatchNorm batch statistics.
+
+        Returns:
+          ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
+          "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
+        """
+        size = self._decoder_size(low_level.shape[1:3])
+        decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
+        batch, height, width = aspp.shape[0], *image_size
+        logits = jax.image.resize(
+            decoder_logits,
+            (batch, height, width, self.num_classes),
+            method="linear",
+            antialias=False,
+        )
+        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+
+    def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""
+        aspp, low_level = self.encode(x, train)
+        outputs = self.decode(aspp, low_level, x.shape[1:3], train)
+        return {"aspp": aspp, "low_level": low_level, **outputs}
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits ``[B, H, W, C]`` for images ``x [B, H, W, 3]``."""
+        return self.intermediates(x, train)["logits"]

@@ -1,0 +1,188 @@
+"""Dilated ResNet backbones (He et al. 2016) as DeepLab v3+ uses them, in Flax linen.
+
+The layout follows torchvision's ResNet v1.5 (stride on the 3x3 convolution of the
+bottleneck, PyTorch-style explicit padding), so that torchvision weights map onto it
+one to one. For an output stride of 16 the last stage keeps stride 1 and dilates its
+3x3 convolutions by 2; for 8 the last two stages dilate by 2 and 4. As in torchvision's
+``replace_stride_with_dilation``, the first block of a dilated stage keeps the previous
+stage's dilation.
+
+Maps are channels-last ``[B, H, W, C]``. BatchNorm uses running averages unless
+``train=True``; in training, apply with ``mutable=["batch_stats"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig:
+    """Depth and width of a bottleneck ResNet.
+
+    Attributes:
+      stage_sizes: number of bottleneck blocks in each of the four stages.
+      width: channels of the stem and of the first stage's bottleneck; stage ``s`` has
+        bottleneck width ``width * 2**s`` and ``4 * width * 2**s`` output channels.
+    """
+
+    stage_sizes: tuple[int, int, int, int]
+    width: int = 64
+
+
+RESNET_CONFIGS: dict[str, ResNetConfig] = {
+    "resnet50": ResNetConfig((3, 4, 6, 3)),
+    "resnet101": ResNetConfig((3, 4, 23, 3)),
+    # For tests and CPU demos: one block per stage, 4 channels wide.
+    "resnet_tiny": ResNetConfig((1, 1, 1, 1), width=4),
+}
+
+
+def stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
+    """(stride, dilation) of each of the four stages for an output stride of 8, 16 or 32.
+
+    Raises:
+      ValueError: for another output stride.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}.")
+    if output_stride == 32:
+        return ((1, 1), (2, 1), (2, 1), (2, 1))
+    if output_stride == 16:
+        return ((1, 1), (2, 1), (2, 1), (1, 2))
+    return ((1, 1), (2, 1), (1, 2), (1, 4))
+
+
+def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+    # PyTorch's defaults (momentum 0.1 of the new value, eps 1e-5), so that converted
+    # torchvision statistics behave the same.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class Bottleneck(nn.Module):
+    """Bottleneck block: 1x1, 3x3 (strided, dilated), 1x1 with ``4 * features`` outputs.
+
+    Attributes:
+      features: bottleneck width.
+      strides: stride of the 3x3 convolution (and of the projection shortcut).
+      dilation: dilation of the 3x3 convolution (its padding equals it).
+      dtype: computation dtype.
+    """
+
+    features: int
+    strides: int = 1
+    dilation: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), 4 * features]``."""
+        conv = lambda f, k, **kw: nn.Conv(f, k, use_bias=False, dtype=self.dtype, **kw)
+        d = self.dilation
+        y = conv(self.features, (1, 1), name="conv1")(x)
+        y = nn.relu(_batch_norm(train, "bn1")(y))
+        y = conv(
+            self.features,
+            (3, 3),
+            strides=self.strides,
+            padding=((d, d), (d, d)),
+            kernel_dilation=d,
+            name="conv2",
+        )(y)
+        y = nn.relu(_batch_norm(train, "bn2")(y))
+        y = conv(4 * self.features, (1, 1), name="conv3")(y)
+        y = _batch_norm(train, "bn3")(y)
+        if x.shape[-1] != 4 * self.features or self.strides != 1:
+            x = conv(4 * self.features, (1, 1), strides=self.strides, name="downsample_conv")(x)
+            x = _batch_norm(train, "downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """Dilated bottleneck ResNet returning low-level (stride 4) and high-level features.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. ``(3, 4, 23, 3)`` for ResNet-101.
+      width: stem channels and first bottleneck width (64 for the standard models).
+      output_stride: 8, 16 or 32, the input-to-high-level stride.
+      dtype: computation dtype.
+
+    Example:
+      >>> model = create_resnet("resnet_tiny", output_stride=16)
+      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+      >>> low, high = model.apply(variables, jnp.zeros((1, 33, 33, 3)))
+      >>> low.shape, high.shape
+      ((1, 9, 9, 16), (1, 3, 3, 128))
+    """
+
+    stage_sizes: Sequence[int]
+    width: int = 64
+    output_stride: int = 16
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Runs the backbone.
+
+        Args:
+          x: images ``[B, H, W, 3]``.
+          train: batch statistics (and their update) instead of running averages.
+
+        Returns:
+          ``(low_level, high_level)``: the first stage's output ``[B, H4, W4, 4 * width]``
+          with ``H4 = ceil(ceil(H / 2) / 2)`` (129 at 513), and the last stage's output
+          ``[B, Hs, Ws, 32 * width]`` at the output stride (33 at 513 for stride 16).
+        """
+        chex.assert_rank(x, 4)
+        if len(self.stage_sizes) != 4:
+            raise ValueError(f"stage_sizes must have four stages, got {self.stage_sizes!r}.")
+        plan = stage_dilations(self.output_stride)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            strides=2,
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv1",
+        )(x)
+        x = nn.relu(_batch_norm(train, "bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        previous_dilation = 1
+        for stage, (num_blocks, (strides, dilation)) in enumerate(
+            zip(self.stage_sizes, plan, strict=True)
+        ):
+            for block in range(num_blocks):
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    strides=strides if block == 0 else 1,
+                    # The first block of a dilated stage keeps the previous dilation.
+                    dilation=previous_dilation if block == 0 else dilation,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_block{block}",
+                )(x, train)
+            previous_dilation = dilation
+            if stage == 0:
+                low_level = x
+        return low_level, x
+
+
+def create_resnet(name: str, *, output_stride: int = 16, dtype: jnp.dtype = jnp.float32) -> ResNet:
+    """A ResNet by name: ``"resnet50"``, ``"resnet101"`` or ``"resnet_tiny"``.
+
+    Raises:
+      ValueError: for an unknown name or output stride.
+    """
+    if name not in RESNET_CONFIGS:
+        raise ValueError(f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {name!r}.")
+    stage_dilations(output_stride)
+    config = RESNET_CONFIGS[name]
+    return ResNet(config.stage_sizes, config.width, output_stride=output_stride, dtype=dtype)

@@ -1,0 +1,192 @@
+"""Tests for spectral_jax.models.deeplab: shapes at every feature size, the encode/decode
+split, gradients with respect to the ASPP features, retracing and bad configurations.
+
+Full-size models are checked with ``jax.eval_shape`` only (no compilation). The tiny
+model runs on 33 x 33 inputs: low-level grid 9, ASPP grid 3 at output stride 16.
+Tolerance for comparing two float32 evaluations of the same graph: 1e-5.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spectral_jax import truncation
+from spectral_jax.models import DeepLabV3Plus, aspp_rates
+
+TINY = dict(
+    num_classes=3,
+    backbone="resnet_tiny",
+    aspp_channels=8,
+    low_level_channels=4,
+    decoder_channels=8,
+    dropout_rate=0.0,
+)
+
+
+def _random_variables(model, shape, seed=0):
+    """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
+
+    ``model.init`` compiles the random initialisers and a forward pass (seconds on the
+    CPU); filling ``jax.eval_shape``'s shapes with NumPy draws takes milliseconds.
+    """
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _tiny_variables():
+    # Parameter shapes do not depend on the feature size, the resampling method or the
+    # output stride, so one set of variables serves every tiny model.
+    return _random_variables(DeepLabV3Plus(**TINY), (2, 33, 33, 3))
+
+
+def _num_params(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+@functools.lru_cache(maxsize=1)
+def _full_size_variables():
+    model = DeepLabV3Plus()
+    x = jax.ShapeDtypeStruct((1, 513, 513, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+def test_full_size_parameter_counts():
+    params = _full_size_variables()["params"]
+    # ResNet-101 as torchvision counts it (no classifier); ASPP and decoder of the
+    # paper's 256-channel DeepLab v3+ (decoder: "1.3 million parameters", Sec. 3.2).
+    assert _num_params(params["encoder"]) == 42_500_160
+    assert _num_params(params["aspp"]) == 15_535_104
+    assert _num_params(params["decoder"]) == 1_309_045
+
+
+@pytest.mark.parametrize(
+    "feature_size, decoder_size", [(None, 129), (129, 129), (65, 65), (33, 33)]
+)
+def test_full_size_shapes_at_513(feature_size, decoder_size):
+    model = DeepLabV3Plus(feature_size=feature_size, resample="spectral")
+    x = jax.ShapeDtypeStruct((2, 513, 513, 3), jnp.float32)
+    out = jax.eval_shape(
+        functools.partial(model.apply, method=model.intermediates), _full_size_variables(), x
+    )
+    assert out["aspp"].shape == (2, 33, 33, 256)
+    assert out["low_level"].shape == (2, 129, 129, 256)
+    assert out["decoder_input"].shape == (2, decoder_size, decoder_size, 304)
+    assert out["decoder_logits"].shape == (2, decoder_size, decoder_size, 21)
+    assert out["logits"].shape == (2, 513, 513, 21)
+
+
+@pytest.mark.parametrize("method", truncation.RESAMPLE_METHODS)
+@pytest.mark.parametrize("feature_size, decoder_size", [(None, 9), (9, 9), (5, 5), (3, 3)])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_tiny_shapes(method, feature_size, decoder_size, output_stride):
+    model = DeepLabV3Plus(
+        **TINY, output_stride=output_stride, feature_size=feature_size, resample=method
+    )
+    x = jax.ShapeDtypeStruct((2, 33, 33, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    out = jax.eval_shape(functools.partial(model.apply, method=model.intermediates), variables, x)
+    aspp_size = 33 // output_stride + 1
+    assert out["aspp"].shape == (2, aspp_size, aspp_size, 8)
+    assert out["decoder_input"].shape == (2, decoder_size, decoder_size, 12)
+    assert out["logits"].shape == (2, 33, 33, 3)
+
+
+@pytest.mark.parametrize("feature_size, decoder_shape", [(None, (9, 5)), (5, (5, 5)), (3, (3, 3))])
+def test_non_square_input(feature_size, decoder_shape):
+    model = DeepLabV3Plus(**TINY, feature_size=feature_size)
+    x = jax.ShapeDtypeStruct((1, 33, 17, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    out = jax.eval_shape(functools.partial(model.apply, method=model.intermediates), variables, x)
+    assert out["decoder_input"].shape == (1, *decoder_shape, 12)
+    assert out["logits"].shape == (1, 33, 17, 3)
+
+
+@pytest.mark.parametrize("method", truncation.RESAMPLE_METHODS)
+def test_tiny_forward_encode_decode_and_grad(rng, method):
+    model = DeepLabV3Plus(**TINY, feature_size=5, resample=method)
+    x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
+    variables = _tiny_variables()
+    out = jax.jit(functools.partial(model.apply, method="intermediates"))(variables, x)
+    assert out["logits"].shape == (2, 33, 33, 3)
+    assert np.isfinite(np.asarray(out["logits"])).all()
+    aspp, low_level = out["aspp"], out["low_level"]
+    # The decoder input starts with the ASPP features resampled to the decoder grid.
+    expected = truncation.resize_features(aspp, 5, method=method)
+    np.testing.assert_allclose(out["decoder_input"][..., :8], expected, atol=1e-5)
+
+    # The split at the ASPP output: d(loss)/d(aspp) through the decoder alone.
+    def loss(aspp):
+        decoded = model.apply(variables, aspp, low_level, (33, 33), method=model.decode)
+        return jnp.mean(jax.nn.logsumexp(decoded["logits"], axis=-1))
+
+    grad = jax.jit(jax.grad(loss))(aspp)
+    assert grad.shape == aspp.shape
+    assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
+
+
+def test_untruncated_equals_explicit_low_level_size(rng):
+    x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
+    untruncated = DeepLabV3Plus(**TINY, feature_size=None)
+    explicit = DeepLabV3Plus(**TINY, feature_size=9)
+    variables = _tiny_variables()
+    np.testing.assert_allclose(
+        jax.jit(untruncated.apply)(variables, x), jax.jit(explicit.apply)(variables, x), atol=1e-5
+    )
+
+
+def test_train_mode_updates_batch_stats_and_no_retrace(rng):
+    model = DeepLabV3Plus(**TINY, feature_size=5, resample="spectral")
+    x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
+    variables = _tiny_variables()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_apply(variables, x):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    for _ in range(2):
+        logits, updates = train_apply(variables, x)
+        variables = {**variables, **updates}
+    assert logits.shape == (2, 33, 33, 3)
+    assert set(updates) == {"batch_stats"}
+
+
+def test_aspp_rates():
+    assert aspp_rates(16) == (6, 12, 18)
+    assert aspp_rates(8) == (12, 24, 36)
+    assert aspp_rates(32) == (3, 6, 9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(feature_size=17), "feature_size"),
+        (dict(feature_size=0), "feature_size"),
+        (dict(resample="nearest"), "resample"),
+        (dict(output_stride=4), "output_stride"),
+        (dict(backbone="resnet18"), "backbone"),
+    ],
+)
+def test_bad_configuration_raises(kwargs, match):
+    model = DeepLabV3Plus(**{**TINY, **kwargs})
+    x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(model.init, jax.random.key(0), x)
