@@ -18,47 +18,13 @@ import pytest
 
 from spectral_jax import truncation
 from spectral_jax.models import DeepLabV3Plus, aspp_rates
-
-TINY = dict(
-    num_classes=3,
-    backbone="resnet_tiny",
-    aspp_channels=8,
-    low_level_channels=4,
-    decoder_channels=8,
-    dropout_rate=0.0,
-)
-
-
-def _random_variables(model, shape, seed=0):
-    """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
-
-    ``model.init`` compiles the random initialisers and a forward pass (seconds on the
-    CPU); filling ``jax.eval_shape``'s shapes with NumPy draws takes milliseconds.
-    """
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
-        if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+from tests.model_helpers import TINY_DEEPLAB, num_params, random_variables
 
 
 def _tiny_variables():
     # Parameter shapes do not depend on the feature size, the resampling method or the
     # output stride, so one set of variables serves every tiny model.
-    return _random_variables(DeepLabV3Plus(**TINY), (2, 33, 33, 3))
-
-
-def _num_params(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+    return random_variables(DeepLabV3Plus(**TINY_DEEPLAB), (2, 33, 33, 3))
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,9 +38,9 @@ def test_full_size_parameter_counts():
     params = _full_size_variables()["params"]
     # ResNet-101 as torchvision counts it (no classifier); ASPP and decoder of the
     # paper's 256-channel DeepLab v3+ (decoder: "1.3 million parameters", Sec. 3.2).
-    assert _num_params(params["encoder"]) == 42_500_160
-    assert _num_params(params["aspp"]) == 15_535_104
-    assert _num_params(params["decoder"]) == 1_309_045
+    assert num_params(params["encoder"]) == 42_500_160
+    assert num_params(params["aspp"]) == 15_535_104
+    assert num_params(params["decoder"]) == 1_309_045
 
 
 @pytest.mark.parametrize(
@@ -98,7 +64,7 @@ def test_full_size_shapes_at_513(feature_size, decoder_size):
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_tiny_shapes(method, feature_size, decoder_size, output_stride):
     model = DeepLabV3Plus(
-        **TINY, output_stride=output_stride, feature_size=feature_size, resample=method
+        **TINY_DEEPLAB, output_stride=output_stride, feature_size=feature_size, resample=method
     )
     x = jax.ShapeDtypeStruct((2, 33, 33, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -111,7 +77,7 @@ def test_tiny_shapes(method, feature_size, decoder_size, output_stride):
 
 @pytest.mark.parametrize("feature_size, decoder_shape", [(None, (9, 5)), (5, (5, 5)), (3, (3, 3))])
 def test_non_square_input(feature_size, decoder_shape):
-    model = DeepLabV3Plus(**TINY, feature_size=feature_size)
+    model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=feature_size)
     x = jax.ShapeDtypeStruct((1, 33, 17, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     out = jax.eval_shape(functools.partial(model.apply, method=model.intermediates), variables, x)
@@ -121,7 +87,7 @@ def test_non_square_input(feature_size, decoder_shape):
 
 @pytest.mark.parametrize("method", truncation.RESAMPLE_METHODS)
 def test_tiny_forward_encode_decode_and_grad(rng, method):
-    model = DeepLabV3Plus(**TINY, feature_size=5, resample=method)
+    model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5, resample=method)
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     variables = _tiny_variables()
     out = jax.jit(functools.partial(model.apply, method="intermediates"))(variables, x)
@@ -144,8 +110,8 @@ def test_tiny_forward_encode_decode_and_grad(rng, method):
 
 def test_untruncated_equals_explicit_low_level_size(rng):
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    untruncated = DeepLabV3Plus(**TINY, feature_size=None)
-    explicit = DeepLabV3Plus(**TINY, feature_size=9)
+    untruncated = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=None)
+    explicit = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=9)
     variables = _tiny_variables()
     np.testing.assert_allclose(
         jax.jit(untruncated.apply)(variables, x), jax.jit(explicit.apply)(variables, x), atol=1e-5
@@ -153,7 +119,7 @@ def test_untruncated_equals_explicit_low_level_size(rng):
 
 
 def test_train_mode_updates_batch_stats_and_no_retrace(rng):
-    model = DeepLabV3Plus(**TINY, feature_size=5, resample="spectral")
+    model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5, resample="spectral")
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     variables = _tiny_variables()
 
@@ -186,7 +152,7 @@ def test_aspp_rates():
     ],
 )
 def test_bad_configuration_raises(kwargs, match):
-    model = DeepLabV3Plus(**{**TINY, **kwargs})
+    model = DeepLabV3Plus(**{**TINY_DEEPLAB, **kwargs})
     x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(model.init, jax.random.key(0), x)

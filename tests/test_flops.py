@@ -18,15 +18,7 @@ import pytest
 
 from spectral_jax import flops
 from spectral_jax.models import DeepLabV3Plus
-
-TINY = dict(
-    num_classes=3,
-    backbone="resnet_tiny",
-    aspp_channels=8,
-    low_level_channels=4,
-    decoder_channels=8,
-    dropout_rate=0.0,
-)
+from tests.model_helpers import TINY_DEEPLAB
 
 
 @pytest.mark.parametrize(
@@ -70,7 +62,7 @@ def _kernel_shapes(params) -> collections.Counter:
 
 @pytest.mark.parametrize("feature_size", [None, 5, 3])
 def test_conv_layers_are_the_parameter_kernels(feature_size):
-    model = DeepLabV3Plus(**TINY, feature_size=feature_size)
+    model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=feature_size)
     shape = (2, 33, 33, 3)
     layers = flops.conv_layers(model, shape)
     variables = jax.eval_shape(
@@ -83,7 +75,7 @@ def test_conv_layers_are_the_parameter_kernels(feature_size):
 
 @pytest.mark.parametrize("feature_size", [None, 5])
 def test_xla_conv_flops_agree_with_analytic_on_tiny_model(feature_size):
-    model = DeepLabV3Plus(**TINY, feature_size=feature_size)
+    model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=feature_size)
     layers = flops.conv_layers(model, (2, 33, 33, 3))
     xla_conv = sum(layer.xla_flops() for layer in layers)
     analytic = 2 * flops.conv_macs(layers)
@@ -104,9 +96,11 @@ def test_whole_model_flops_agree_with_analytic_conv_count():
 def test_truncation_and_encoder_split():
     shape = (1, 33, 33, 3)
     counts = {
-        size: flops.count_flops(DeepLabV3Plus(**TINY, feature_size=size), shape).flops
+        size: flops.count_flops(DeepLabV3Plus(**TINY_DEEPLAB, feature_size=size), shape).flops
         for size in (9, 5, 3)
     }
     assert counts[9] > counts[5] > counts[3]
-    encoder = flops.count_flops(DeepLabV3Plus(**TINY, feature_size=5), shape, method="encode")
+    encoder = flops.count_flops(
+        DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5), shape, method="encode"
+    )
     assert 0 < encoder.flops < counts[3]

@@ -16,32 +16,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models import resnet as resnet_lib  # the module
-
-
-def _random_variables(model, shape, seed=0):
-    """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
-
-    ``model.init`` compiles the random initialisers and a forward pass (seconds on the
-    CPU); filling ``jax.eval_shape``'s shapes with NumPy draws takes milliseconds.
-    """
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
-        if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _num_params(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+from tests.model_helpers import num_params, random_variables
 
 
 @pytest.mark.parametrize("name, expected", [("resnet50", 23_508_032), ("resnet101", 42_500_160)])
@@ -49,7 +24,7 @@ def test_parameter_counts_match_torchvision(name, expected):
     model = resnet_lib.create_resnet(name)
     x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    assert _num_params(variables["params"]) == expected
+    assert num_params(variables["params"]) == expected
 
 
 @pytest.mark.parametrize("output_stride, high_size", [(8, 65), (16, 33), (32, 17)])
@@ -93,7 +68,7 @@ def test_first_block_of_dilated_stage_keeps_previous_dilation():
 def test_tiny_forward_shapes_and_batch_norm(rng, output_stride, size):
     model = resnet_lib.create_resnet("resnet_tiny", output_stride=output_stride)
     x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
-    variables = _random_variables(resnet_lib.create_resnet("resnet_tiny"), x.shape)
+    variables = random_variables(resnet_lib.create_resnet("resnet_tiny"), x.shape)
     apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
     (low, high), updates = apply(variables, x, train=True, mutable=("batch_stats",))
     low_size = math.ceil(math.ceil(size / 2) / 2)

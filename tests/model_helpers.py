@@ -1,0 +1,42 @@
+"""Helpers shared by the model tests: tiny settings and variables from shapes alone."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TINY_DEEPLAB = dict(
+    num_classes=3,
+    backbone="resnet_tiny",
+    aspp_channels=8,
+    low_level_channels=4,
+    decoder_channels=8,
+    dropout_rate=0.0,
+)
+
+
+def random_variables(model, shape, seed=0):
+    """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
+
+    ``model.init`` compiles the random initialisers and a forward pass (seconds on the
+    CPU); filling ``jax.eval_shape``'s shapes with NumPy draws takes milliseconds.
+    """
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def num_params(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
