@@ -1,0 +1,273 @@
+"""Helpers shared by the builders of the real data sets (private).
+
+The PASCAL VOC + SBD, Cityscapes and DeepGlobe builders read files that the user
+downloaded by hand (TFDS's ``manual_dir``) and write ``array_record`` files that
+``tfds.data_source`` reads without TensorFlow. Every element has the same features:
+
+- ``image``: ``uint8 [H, W, 3]`` RGB, stored as the source file's own JPEG or PNG bytes
+  (so that reading back gives exactly the pixels a PIL decode of the source gives);
+- ``label``: ``uint8 [H, W]`` class indices, ``255`` = ignore, stored zlib-compressed;
+- ``file_name``: the image's path relative to ``manual_dir`` (``bytes`` when read back
+  through ``tfds.data_source``, as TFDS returns text features).
+
+Bad data raise ``ValueError`` naming the offending file: a missing folder or file, an
+image and label of different sizes, a label value outside the class set, an image or
+label PIL cannot decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+from etils import epath
+
+# The ignore label and ImageNet's RGB statistics on the [0, 1] scale, as the pipeline
+# normalises (``(image / 255 - mean) / std``); the backbones are pre-trained on ImageNet-1k.
+from spectral_jax.data.pipeline import IGNORE_LABEL as IGNORE_LABEL
+from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
+from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDatasetInfo:
+    """One real segmentation data set: its builder, classes, normalisation and sizes.
+
+    ``pipeline.SegmentationDatasetInfo(name, class_names, ignore_label, mean, std)``
+    holds the fields the pipeline reads; this adds the builder and the split sizes.
+
+    Attributes:
+      name: the data set's name in the registry of ``spectral_jax.data``.
+      builder_class: the TFDS builder; ``builder_class.name`` is its TFDS name.
+      num_classes: C, the number of classes; labels lie in ``[0, C)`` or are
+        ``ignore_label``.
+      ignore_label: the label value of pixels left out of the loss and the metrics.
+      class_names: ``C`` names, in label order.
+      mean: per-channel RGB mean on the ``[0, 1]`` scale (``(image / 255 - mean) / std``).
+      std: per-channel RGB standard deviation on the ``[0, 1]`` scale.
+      split_sizes: ``(split, number of examples)`` pairs of the full data set, checked
+        by :func:`check_split_sizes`.
+    """
+
+    name: str
+    builder_class: type[tfds.core.GeneratorBasedBuilder]
+    num_classes: int
+    ignore_label: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    split_sizes: tuple[tuple[str, int], ...]
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}."
+            )
+        if 0 <= self.ignore_label < self.num_classes:
+            raise ValueError(
+                f"ignore_label={self.ignore_label} is a class index for C={self.num_classes}."
+            )
+
+
+def check_split_sizes(builder: tfds.core.DatasetBuilder, info: RealDatasetInfo) -> dict[str, int]:
+    """Checks that a prepared builder holds the full data set's split sizes.
+
+    The builders accept any subset of the data (tests build tiny fake trees), so the
+    sizes are checked only when asked, after ``download_and_prepare``.
+
+    Args:
+      builder: a prepared builder of ``info.builder_class``.
+      info: the data set's :class:`RealDatasetInfo`.
+
+    Returns:
+      The split sizes found, ``{split: number of examples}``.
+
+    Raises:
+      ValueError: if a split is missing or its size differs from ``info.split_sizes``.
+    """
+    found = {name: split.num_examples for name, split in builder.info.splits.items()}
+    wrong = [
+        f"{split}: expected {size}, found {found.get(split, 'no such split')}"
+        for split, size in info.split_sizes
+        if found.get(split) != size
+    ]
+    if wrong:
+        raise ValueError(
+            f"{builder.name} in {builder.data_dir} is not the full {info.name} data set: "
+            + "; ".join(wrong)
+            + "."
+        )
+    return found
+
+
+def segmentation_features() -> tfds.features.FeaturesDict:
+    """The features of every real builder: image ``[H, W, 3]``, label ``[H, W]``, name."""
+    return tfds.features.FeaturesDict(
+        {
+            # Only the dtype and channel count matter: the bytes are the source file's.
+            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+            "label": tfds.features.Tensor(
+                shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+            ),
+            "file_name": tfds.features.Text(),
+        }
+    )
+
+
+def resolve_manual_dir(dl_manager: tfds.download.DownloadManager, *, layout: str) -> epath.Path:
+    """Returns the manual directory, or raises ``ValueError`` saying what to put there.
+
+    Args:
+      dl_manager: the builder's download manager.
+      layout: the expected layout, quoted in the error.
+
+    Raises:
+      ValueError: if the manual directory is missing or empty.
+    """
+    try:
+        return epath.Path(dl_manager.manual_dir)
+    except AssertionError as error:  # TFDS asserts that the folder exists and is not empty.
+        raise ValueError(
+            f"manual_dir is missing or empty ({error.args[0].splitlines()[0]}). "
+            f"Expected layout:\n{layout}"
+        ) from error
+
+
+def require_dir(path: epath.Path, *, layout: str) -> epath.Path:
+    """Returns ``path`` if it is a folder; otherwise raises ``ValueError`` naming it."""
+    if not path.is_dir():
+        raise ValueError(f"Expected folder {path} is missing. Expected layout:\n{layout}")
+    return path
+
+
+def require_file(path: epath.Path, *, what: str, layout: str) -> epath.Path:
+    """Returns ``path`` if it is a file; otherwise raises ``ValueError`` naming it."""
+    if not path.is_file():
+        raise ValueError(f"Expected {what} {path} is missing. Expected layout:\n{layout}")
+    return path
+
+
+def read_id_list(path: epath.Path, *, layout: str) -> list[str]:
+    """Reads a list of image ids, one a line (blank lines skipped)."""
+    require_file(path, what="id list", layout=layout)
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_image(path: epath.Path) -> tuple[bytes, tuple[int, int]]:
+    """Reads an RGB image file for the ``image`` feature.
+
+    The source bytes are kept when the file decodes to RGB (JPEG stays bit-exact JPEG);
+    any other mode (grayscale, CMYK, RGBA) is converted to RGB and stored as PNG.
+
+    Args:
+      path: a JPEG or PNG file.
+
+    Returns:
+      ``(encoded bytes, (H, W))``.
+
+    Raises:
+      ValueError: naming the file if PIL cannot decode it.
+    """
+    data = path.read_bytes()
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            image.load()  # Decode fully now, so a broken file fails here, named.
+            if image.mode != "RGB":
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, format="PNG")
+                data = buffer.getvalue()
+            return data, (image.height, image.width)
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot decode image {path}: {error}") from error
+
+
+def read_png_array(path: epath.Path, *, modes: Sequence[str]) -> np.ndarray:
+    """Reads a label PNG as stored, without any colour conversion.
+
+    Args:
+      path: the PNG file.
+      modes: the PIL modes accepted (``"P"``: palette indices; ``"L"``: 8-bit gray;
+        ``"RGB"``).
+
+    Returns:
+      ``uint8 [H, W]`` for ``"P"``/``"L"``, ``uint8 [H, W, 3]`` for ``"RGB"``: for a
+      palette PNG, the palette indices (VOC stores the class index as the index).
+
+    Raises:
+      ValueError: naming the file if it cannot be decoded or its mode is not in ``modes``.
+    """
+    try:
+        with PIL.Image.open(io.BytesIO(path.read_bytes())) as image:
+            if image.mode not in modes:
+                raise ValueError(
+                    f"Label file {path} has PIL mode {image.mode!r}; expected one of "
+                    f"{tuple(modes)}."
+                )
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot decode label file {path}: {error}") from error
+
+
+def check_same_size(
+    image_path: epath.Path, image_size: tuple[int, int], label_path: epath.Path, label: np.ndarray
+) -> None:
+    """Raises ``ValueError`` naming both files if image ``(H, W)`` != label ``[H, W]``."""
+    if tuple(image_size) != tuple(label.shape[:2]):
+        raise ValueError(
+            f"Image {image_path} is {image_size[0]}x{image_size[1]} (HxW) but its label "
+            f"{label_path} is {label.shape[0]}x{label.shape[1]}."
+        )
+
+
+def check_label_values(label: np.ndarray, allowed: Iterable[int], *, path: epath.Path) -> None:
+    """Raises ``ValueError`` naming ``path`` if ``label`` holds a value not in ``allowed``."""
+    allowed = np.asarray(sorted(allowed))
+    bad = ~np.isin(label, allowed)
+    if bad.any():
+        values = np.unique(label[bad])
+        raise ValueError(
+            f"Label file {path} holds value(s) {values.tolist()[:10]} in {int(bad.sum())} "
+            f"pixel(s); allowed values are {_ranges(allowed)}."
+        )
+
+
+def remap_labels(label: np.ndarray, table: Mapping[int, int], *, path: epath.Path) -> np.ndarray:
+    """Maps source label values to class indices with a lookup table.
+
+    Args:
+      label: ``uint8 [H, W]`` source values.
+      table: source value -> class index or ``IGNORE_LABEL``; every source value must
+        be a key.
+      path: the label file, named in errors.
+
+    Returns:
+      ``uint8 [H, W]`` class indices.
+
+    Raises:
+      ValueError: naming ``path`` if a value is not a key of ``table``.
+    """
+    check_label_values(label, table.keys(), path=path)
+    lookup = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+    for source, target in table.items():
+        lookup[source] = target
+    return lookup[label]
+
+
+def _ranges(values: np.ndarray) -> str:
+    """``[0, 1, 2, 5, 255]`` -> ``"0-2, 5, 255"``."""
+    parts = []
+    start = previous = None
+    for value in (int(v) for v in values):
+        if previous is not None and value == previous + 1:
+            previous = value
+            continue
+        if start is not None:
+            parts.append(f"{start}" if start == previous else f"{start}-{previous}")
+        start = previous = value
+    if start is not None:
+        parts.append(f"{start}" if start == previous else f"{start}-{previous}")
+    return ", ".join(parts)
