@@ -1,0 +1,287 @@
+"""DeepLab v3+ on frequency-domain input (Xu et al. 2020, Sec. 3.1, Fig. 3).
+
+The model takes the DCT coefficients ``[B, h, w, 192]`` of :func:`spectral_jax.dct_input.
+images_to_dct` (normalised per channel, :class:`spectral_jax.dct_input.ChannelStatistics`),
+one position per 8 x 8 block of an ``H x W = 8 h x 8 w`` image, not the images: the
+transform and normalisation belong to the input pipeline, as in the paper (Fig. 1,
+done on the CPU before transfer), and are not trained. Static selection
+(``channels``) happens inside the model so that one data pipeline feeds every pattern;
+a bandwidth-saving pipeline would select before transfer instead.
+
+Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
+
+* **No stem**: the 7x7 stride-2 convolution, its BatchNorm and the max pool are removed
+  ("the three input layers ... are removed", Fig. 3); the first bottleneck of stage 1
+  takes the ``K`` input channels (24/32/48/64/192 static, or 192 behind the gate) in its
+  1x1 convolution and projection shortcut.
+* **Strides**: the input is already at stride 8. Stage 1 runs at stride 8; the later
+  stages follow the atrous rule "a stride that would exceed the output stride becomes a
+  dilation" (:func:`dct_stage_dilations`): output stride 16 (w.r.t. the image) gives
+  (stride, dilation) ``(1, 1), (2, 1), (1, 2), (1, 4)``, output stride 8 gives
+  ``(1, 1), (1, 2), (1, 4), (1, 8)``. The ASPP grid and rates are those of the RGB model
+  at the same output stride (33 at 513, here 32 at 512, stride 16).
+* **Low-level features** come from stage 1, at stride 8 (not 4): the untruncated decoder
+  grid is ``H / 8`` (64 at 512) instead of ``ceil(H / 4)`` (129 at 513), the logits are
+  up-sampled 8x instead of 4x, and of the paper's truncations only ``feature_size=33``
+  fits a 512 input (65 > 64; it needs ``H >= 520``).
+* **Gate** (``gate=True``): :class:`spectral_jax.models.dct_gate.FrequencyGate` on the
+  (selected) channels before the backbone; random gates in training (RNG stream
+  ``"gumbel"``), argmax gates otherwise. :meth:`DCTDeepLabV3Plus.intermediates` returns
+  ``"gates"`` for :func:`spectral_jax.models.dct_gate.gate_regularizer`.
+
+Input size policy: H and W multiples of 8 (the DCT needs whole blocks). The DCT models
+use ``512 x 512`` crops where the RGB models use 513 (pad or crop to 512; the RGB
+pipeline's ``513 = 16 k + 1`` aligns corners, which blocks cannot).
+
+Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block{b}``), so
+RGB weights of stages 1-4 map one to one except the two input convolutions of
+``layer1_block0``, whose input width changes from ``width`` to ``K``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectral_jax.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
+from spectral_jax.models.dct_gate import FrequencyGate
+from spectral_jax.models.deeplab import ASPP, Decoder, aspp_rates
+from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
+from spectral_jax.truncation import RESAMPLE_METHODS, Resample
+
+INPUT_STRIDE = BLOCK_SIZE  # one DCT position per 8 x 8 block
+
+
+def dct_stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
+    """(stride, dilation) of the four stages when the input is at stride 8.
+
+    Strides ``(1, 2, 2, 2)`` as in ResNet after its stem; once the running stride would
+    exceed ``output_stride``, the stage keeps stride 1 and multiplies the dilation by 2.
+
+    Args:
+      output_stride: 8, 16 or 32, w.r.t. the image.
+
+    Raises:
+      ValueError: for another output stride.
+    """
+    stage_dilations(output_stride)  # validates
+    plan, stride, dilation = [], INPUT_STRIDE, 1
+    for stage_stride in (1, 2, 2, 2):
+        if stride * stage_stride > output_stride:
+            dilation *= stage_stride
+            plan.append((1, dilation))
+        else:
+            stride *= stage_stride
+            plan.append((stage_stride, dilation))
+    return tuple(plan)
+
+
+class DCTResNet(nn.Module):
+    """Bottleneck ResNet without its stem, for DCT input at stride 8.
+
+    Attributes:
+      stage_sizes: blocks per stage.
+      width: first bottleneck width (64 for the standard models).
+      output_stride: 8, 16 or 32 w.r.t. the image (stride 8 at the input).
+      dtype: computation dtype.
+    """
+
+    stage_sizes: Sequence[int]
+    width: int = 64
+    output_stride: int = 16
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """``x [B, h, w, K]`` -> ``(low_level [B, h, w, 4 width], high_level [B, hs, ws,
+        32 width])``, ``hs = ceil(h / (output_stride / 8))``."""
+        chex.assert_rank(x, 4)
+        if len(self.stage_sizes) != 4:
+            raise ValueError(f"stage_sizes must have four stages, got {self.stage_sizes!r}.")
+        previous_dilation = 1
+        for stage, (num_blocks, (strides, dilation)) in enumerate(
+            zip(self.stage_sizes, dct_stage_dilations(self.output_stride), strict=True)
+        ):
+            for block in range(num_blocks):
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    strides=strides if block == 0 else 1,
+                    # The first block of a dilated stage keeps the previous dilation.
+                    dilation=previous_dilation if block == 0 else dilation,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_block{block}",
+                )(x, train)
+            previous_dilation = dilation
+            if stage == 0:
+                low_level = x
+        return low_level, x
+
+
+class DCTDeepLabV3Plus(nn.Module):
+    """DeepLab v3+ on DCT coefficients (module docstring); the interface of DeepLabV3Plus.
+
+    Attributes:
+      num_classes: output classes ``C``.
+      backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
+      output_stride: 8, 16 or 32, w.r.t. the image.
+      feature_size: decoder grid ``F``; ``None`` for the low-level grid ``h x w``.
+      resample: ``"bilinear"``, ``"area"`` or ``"spectral"``.
+      channels: static selection, indices into the 192 DCT channels
+        (:func:`spectral_jax.dct_input.selection_pattern`); ``None`` keeps all 192.
+      gate: learned gate on the (selected) channels.
+      gate_temperature: Gumbel-softmax temperature of the gate.
+      aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype: as in
+        :class:`spectral_jax.models.DeepLabV3Plus`.
+
+    Example:
+      >>> model = DCTDeepLabV3Plus(num_classes=3, backbone="resnet_tiny",
+      ...                          channels=tuple(selection_pattern(24)))
+      >>> x = jnp.zeros((2, 6, 6, 192))  # DCT of 48 x 48 images
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape
+      (2, 48, 48, 3)
+    """
+
+    num_classes: int = 21
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    feature_size: int | None = None
+    resample: Resample = "bilinear"
+    channels: tuple[int, ...] | None = None
+    gate: bool = False
+    gate_temperature: float = 1.0
+    aspp_channels: int = 256
+    low_level_channels: int = 48
+    decoder_channels: int = 256
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if self.backbone not in RESNET_CONFIGS:
+            raise ValueError(
+                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
+            )
+        if self.resample not in RESAMPLE_METHODS:
+            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
+        if self.feature_size is not None and self.feature_size < 1:
+            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        if self.channels is not None:
+            channels = np.asarray(self.channels)
+            if (
+                channels.ndim != 1
+                or channels.size == 0
+                or channels.min() < 0
+                or channels.max() >= NUM_DCT_CHANNELS
+                or np.unique(channels).size != channels.size
+            ):
+                raise ValueError(
+                    f"channels must be distinct indices in [0, 192), got {tuple(self.channels)!r}."
+                )
+        config = RESNET_CONFIGS[self.backbone]
+        self.encoder = DCTResNet(
+            config.stage_sizes, config.width, output_stride=self.output_stride, dtype=self.dtype
+        )
+        if self.gate:
+            self.frequency_gate = FrequencyGate(self.gate_temperature, dtype=self.dtype)
+        self.aspp = ASPP(
+            aspp_rates(self.output_stride), self.aspp_channels, self.dropout_rate, dtype=self.dtype
+        )
+        self.decoder = Decoder(
+            self.num_classes,
+            self.resample,
+            self.low_level_channels,
+            self.decoder_channels,
+            dtype=self.dtype,
+        )
+
+    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
+        if self.feature_size is None:
+            return low_level_size
+        if self.feature_size > min(low_level_size):
+            raise ValueError(
+                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
+                f"{low_level_size} (the stride-8 low-level features of this input)."
+            )
+        return self.feature_size, self.feature_size
+
+    def _inputs(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+        """Selection and gate: ``x [B, h, w, 192]`` -> ``{"inputs": [B, h, w, K], ...}``."""
+        if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != NUM_DCT_CHANNELS:
+            raise ValueError(f"x must have shape [B, h, w, 192], got {jnp.shape(x)}.")
+        if self.channels is not None:
+            x = jnp.take(x, jnp.asarray(self.channels), axis=-1)  # [B, h, w, K]
+        if not self.gate:
+            return {"inputs": x}
+        out = self.frequency_gate(x, deterministic=not train)
+        return {
+            "inputs": out["gated"],
+            "gates": out["gates"],
+            "gate_probabilities": out["gate_probabilities"],
+        }
+
+    def _encode(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+        inputs = self._inputs(x, train)
+        low_level, high_level = self.encoder(inputs["inputs"], train)
+        return {"aspp": self.aspp(high_level, train), "low_level": low_level, **inputs}
+
+    def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Selection, gate, backbone and ASPP.
+
+        Args:
+          x: DCT coefficients ``[B, h, w, 192]`` (normalised).
+          train: BatchNorm batch statistics, dropout and random gates (``rngs=
+            {"gumbel": key}`` when ``gate``).
+
+        Returns:
+          ``(aspp, low_level)``: ``[B, hs, ws, aspp_channels]`` at the output stride and
+          ``[B, h, w, 4 * width]`` at stride 8 (32 and 64 at 512 input, stride 16).
+        """
+        out = self._encode(x, train)
+        return out["aspp"], out["low_level"]
+
+    def decode(
+        self,
+        aspp: jax.Array,
+        low_level: jax.Array,
+        image_size: tuple[int, int],
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Decoder on the ``F x F`` grid and bilinear up-sampling to the image.
+
+        Args:
+          aspp: ``[B, hs, ws, aspp_channels]`` from :meth:`encode`.
+          low_level: ``[B, h, w, Cl]`` from :meth:`encode`.
+          image_size: static ``(H, W) = (8 h, 8 w)``.
+          train: BatchNorm batch statistics.
+
+        Returns:
+          ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
+          "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
+        """
+        size = self._decoder_size(low_level.shape[1:3])
+        decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
+        batch, height, width = aspp.shape[0], *image_size
+        logits = jax.image.resize(
+            decoder_logits,
+            (batch, height, width, self.num_classes),
+            method="linear",
+            antialias=False,
+        )
+        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+
+    def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """One pass returning ``"inputs"`` (selected, gated), ``"aspp"``, ``"low_level"``,
+        :meth:`decode`'s dict and, with the gate, ``"gates"`` and ``"gate_probabilities"``
+        ``[B, K]``."""
+        out = self._encode(x, train)
+        image_size = (INPUT_STRIDE * x.shape[1], INPUT_STRIDE * x.shape[2])
+        return {**out, **self.decode(out["aspp"], out["low_level"], image_size, train)}
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits ``[B, 8 h, 8 w, C]`` for DCT coefficients ``x [B, h, w, 192]``."""
+        return self.intermediates(x, train)["logits"]

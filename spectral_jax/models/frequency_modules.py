@@ -1,0 +1,217 @@
+"""Frequency modules against aliasing, in Flax linen: the de-aliasing filter and FreqMix.
+
+After *When Semantic Segmentation Meets Frequency Aliasing* (Chen, Gu, Fu, ICLR 2024) and
+its code (``mmseg_custom/models/backbones/resnet.py`` of
+github.com/Linwei-Chen/Seg-Aliasing). Both modules map ``[B, H, W, C]`` to
+``[B, H, W, C]`` and split frequencies with the square mask of
+:mod:`spectral_jax.frequency_masking` at :func:`spectral_jax.aliasing.nyquist_cutoff`
+(``0.35`` cycles per sample before a stride-2 layer).
+
+* :class:`DeAliasingFilter`: the parameter-free DAF (:func:`spectral_jax.aliasing.de_alias`).
+  The authors place it on the input of the strided stages 2-4 of ResNet (the input of the
+  first, strided bottleneck, which feeds both its strided 3x3 convolution and its strided
+  shortcut), not before the stem max pool. :func:`insert_de_aliasing_filters` does the same
+  to our :class:`spectral_jax.models.ResNet` (and any model that contains it) at apply time,
+  with a Flax method interceptor, without touching the model code.
+* :class:`FreqMix`: frequency mixing, with learned spatial gates and channel attention
+  on the low and the high part. Having parameters, it needs a place in the model's
+  parameter tree, so it cannot be inserted by an interceptor: a model takes it as a
+  module factory, ``factory(stride=s, name="downsample_filter")`` applied to the input
+  of each strided block (both modules here accept that call), e.g. through a
+  ``downsample_filter`` attribute of ``ResNet`` and ``Bottleneck``. The authors put
+  FreqMix elsewhere: after the 3x3 convolution of every bottleneck of stages 2-4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spectral_jax import aliasing, frequency_masking
+
+Placement = Literal["block_input", "strided_conv_input"]
+PLACEMENTS: tuple[str, ...] = ("block_input", "strided_conv_input")
+Descriptor = Literal["spectrum_mean", "spectrum_magnitude"]
+DESCRIPTORS: tuple[str, ...] = ("spectrum_mean", "spectrum_magnitude")
+
+
+class DeAliasingFilter(nn.Module):
+    """The de-aliasing filter (DAF): an ideal square low-pass before a down-sampling.
+
+    Attributes:
+      stride: the down-sampling factor that follows (sets the default cutoff).
+      cutoff: cycles per sample in ``(0, 0.5]``; ``None`` for
+        :func:`spectral_jax.aliasing.nyquist_cutoff` ``(stride)`` (0.35 for stride 2).
+    """
+
+    stride: int = 2
+    cutoff: float | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[B, H, W, C] -> [B, H, W, C]``, the frequencies below the cutoff only."""
+        return aliasing.de_alias(x, stride=self.stride, cutoff=self.cutoff)
+
+
+class _ChannelAttention(nn.Module):
+    """Squeeze-and-excitation gates ``[B, C] -> [B, C]``: dense, ReLU, dense, sigmoid.
+
+    The authors' 1x1 convolutions on a pooled ``[B, 1, 1, C]`` descriptor, as dense layers.
+    """
+
+    reduction: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, descriptor: jax.Array) -> jax.Array:
+        channels = descriptor.shape[-1]
+        hidden = max(1, channels // self.reduction)
+        y = nn.relu(nn.Dense(hidden, dtype=self.dtype, name="squeeze")(descriptor))
+        return nn.sigmoid(nn.Dense(channels, dtype=self.dtype, name="excite")(y))
+
+
+class FreqMix(nn.Module):
+    """Frequency mixing: gated, channel-attended low and high parts, summed.
+
+    With ``low, high`` the parts of ``x`` at the cutoff
+    (:func:`spectral_jax.frequency_masking.split_frequencies`, ``high = x - low``) and
+    ``X_low, X_high`` their spectra (spatial 2-D DFT),
+
+    .. math::
+
+       g = \\sigma(\\mathrm{conv}_{3 \\times 3}(x)) \\in (0, 1)^{B \\times H \\times W \\times 2},
+       \\qquad
+       y = g_0 \\odot a_{low} \\odot low + g_1 \\odot a_{high} \\odot high,
+
+    where ``g_0, g_1`` are per-pixel spatial gates shared by all channels and
+    ``a_low, a_high [B, 1, 1, C]`` per-channel attentions, one squeeze-and-excitation
+    network per part. As in the authors' code (``_FrequencyMix`` with
+    ``lp_type="freq_channel_att"``), the attention of a part is computed from its
+    spectrum: with ``d = mean over frequencies of X_part`` (``"spectrum_mean"``),
+    ``a = sqrt(SE(Re d)**2 + SE(Im d)**2 + 1e-8)``, so ``a`` lies in ``(0, sqrt 2)``.
+    Note that the mean of a spectrum is the map's value at pixel ``(0, 0)``, and with our
+    symmetric mask ``Im d = 0``; ``"spectrum_magnitude"`` uses ``SE(mean |X_part|)``, the
+    descriptor of the authors' commented-out variant, a proper energy descriptor. The
+    authors use no residual (``channel_res=False``), one gate group
+    (``spatial_group=1``), a reduction of 16 (here at least one hidden unit) and place
+    the module after the 3x3 convolution of every bottleneck of stages 2-4.
+
+    Inferred or changed: the mask is our symmetric one (module docstring of
+    :mod:`spectral_jax.frequency_masking`); the authors' ``fftshift`` without ``dim``
+    also rolls the batch and channel axes of the spectrum that feeds the channel
+    attention, so an image's attention is computed from another image of the batch; here
+    each image uses its own spectrum. Initialisation is Flax's default (LeCun normal
+    kernels, zero biases), not PyTorch's.
+
+    Attributes:
+      stride: the down-sampling the cutoff is set for.
+      cutoff: cycles per sample; ``None`` for :func:`spectral_jax.aliasing.nyquist_cutoff`.
+      reduction: squeeze ratio of the channel attention (16).
+      descriptor: ``"spectrum_mean"`` (authors' final code) or ``"spectrum_magnitude"``.
+      dtype: computation dtype of the convolution and the attention.
+    """
+
+    stride: int = 2
+    cutoff: float | None = None
+    reduction: int = 16
+    descriptor: Descriptor = "spectrum_mean"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[B, H, W, C] -> [B, H, W, C]``."""
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"x must have shape [B, H, W, C], got shape {jnp.shape(x)}.")
+        if self.descriptor not in DESCRIPTORS:
+            raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {self.descriptor!r}.")
+        if self.reduction < 1:
+            raise ValueError(f"reduction must be a positive int, got {self.reduction!r}.")
+        cutoff = aliasing.nyquist_cutoff(self.stride) if self.cutoff is None else self.cutoff
+        gates = nn.sigmoid(
+            nn.Conv(2, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="gate_conv")(x)
+        )  # [B, H, W, 2]
+        low, high = frequency_masking.split_frequencies(x, cutoff=cutoff)
+        h, w = x.shape[1:3]
+        real_dtype = jnp.float64 if jnp.result_type(x) == jnp.float64 else jnp.float32
+        spectrum = jnp.fft.fft2(x.astype(real_dtype), axes=(1, 2))  # [B, H, W, C]
+        mask = jnp.asarray(frequency_masking.low_frequency_mask((h, w), cutoff=cutoff))
+        mask = mask[None, :, :, None]  # [1, H, W, 1]
+        attentions = []
+        for part, part_mask in (("low", mask), ("high", ~mask)):
+            part_spectrum = jnp.where(part_mask, spectrum, 0)
+            attention = _ChannelAttention(self.reduction, self.dtype, name=f"{part}_attention")
+            if self.descriptor == "spectrum_mean":
+                d = jnp.mean(part_spectrum, axis=(1, 2))  # [B, C] complex
+                a = jnp.sqrt(attention(jnp.real(d)) ** 2 + attention(jnp.imag(d)) ** 2 + 1e-8)
+            else:
+                a = attention(jnp.mean(jnp.abs(part_spectrum), axis=(1, 2)))
+            attentions.append(a[:, None, None, :].astype(x.dtype))  # [B, 1, 1, C]
+        return (
+            gates[..., 0:1].astype(x.dtype) * attentions[0] * low
+            + gates[..., 1:2].astype(x.dtype) * attentions[1] * high
+        )
+
+
+@contextlib.contextmanager
+def insert_de_aliasing_filters(
+    *,
+    cutoff: float | None = None,
+    equivalent_sampling_factor: float = aliasing.EQUIVALENT_SAMPLING_FACTOR,
+    placement: Placement = "block_input",
+):
+    """Applies the de-aliasing filter before the down-sampling layers of models, at apply time.
+
+    Inside the context, every ``model.apply`` (also under ``jit``: enter the context in
+    the traced function) filters, without changing parameters or model code:
+
+    * ``"block_input"`` (the authors' placement): the input of every
+      :class:`spectral_jax.models.Bottleneck` with a stride above 1, i.e. the input of
+      stages 2-4 at output stride 32 (both the strided 3x3 convolution, through
+      ``conv1``, and the strided shortcut see filtered features);
+    * ``"strided_conv_input"``: the input of every ``nn.Conv`` with a stride above 1,
+      including the stem's 7x7 convolution on the image.
+
+    The stem max pool of :class:`spectral_jax.models.ResNet` is a function inside the
+    model's code and is not filtered (nor is it by the authors).
+
+    Args:
+      cutoff: cycles per sample for every layer; ``None`` for
+        :func:`spectral_jax.aliasing.nyquist_cutoff` of each layer's stride.
+      equivalent_sampling_factor: ``kappa`` of that default cutoff (1.4).
+      placement: ``"block_input"`` or ``"strided_conv_input"``.
+
+    Yields:
+      Nothing; use as ``with insert_de_aliasing_filters(): model.apply(...)``.
+
+    Raises:
+      ValueError: for an unknown placement.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+
+    def layer_cutoff(stride: int) -> float:
+        if cutoff is not None:
+            return cutoff
+        return aliasing.nyquist_cutoff(
+            stride, equivalent_sampling_factor=equivalent_sampling_factor
+        )
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__" or not args:
+            return next_fun(*args, **kwargs)
+        stride = None
+        if placement == "block_input" and aliasing._is_strided_block(module):
+            stride = int(module.strides)
+        elif placement == "strided_conv_input" and isinstance(module, nn.Conv):
+            stride = aliasing._strides_of(module)
+        if stride is None:
+            return next_fun(*args, **kwargs)
+        filtered = aliasing.de_alias(args[0], cutoff=layer_cutoff(stride))
+        return next_fun(filtered, *args[1:], **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield
