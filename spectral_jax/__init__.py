@@ -70,6 +70,12 @@ from spectral_jax.loss_spectrum import magnitude_profiles as magnitude_profiles
 from spectral_jax.loss_spectrum import relative_discrepancy as relative_discrepancy
 from spectral_jax.loss_spectrum import sweep_from_band_profile as sweep_from_band_profile
 from spectral_jax.loss_spectrum import truncated_ce as truncated_ce
+from spectral_jax.pruning import PruningPlan as PruningPlan
+from spectral_jax.pruning import PruningRates as PruningRates
+from spectral_jax.pruning import hard_prune as hard_prune
+from spectral_jax.pruning import hard_pruned_model as hard_pruned_model
+from spectral_jax.pruning import pruning_plan as pruning_plan
+from spectral_jax.pruning import soft_prune as soft_prune
 from spectral_jax.spectral_gradient import ce_spectral_gradient as ce_spectral_gradient
 from spectral_jax.spectral_gradient import diagonal_energy_fraction as diagonal_energy_fraction
 from spectral_jax.spectral_gradient import energy_by_distance as energy_by_distance

@@ -223,3 +223,51 @@ def test_insert_de_aliasing_filters_at_strided_convs(tiny_resnet):
     with pytest.raises(ValueError, match="placement"):
         with fmod.insert_de_aliasing_filters(placement="everywhere"):
             pass
+
+
+@pytest.mark.parametrize("model_name", ["deeplab", "dan"])
+def test_downsample_filter_attribute_equals_the_interceptor(model_name):
+    """The model attribute places the DAF where the interceptor does, with equal outputs."""
+    from spectral_jax.models import DAN, DeepLabV3Plus
+    from tests.model_helpers import TINY_DEEPLAB
+
+    cls = DeepLabV3Plus if model_name == "deeplab" else DAN
+    settings = dict(TINY_DEEPLAB)
+    if model_name == "dan":
+        settings = dict(num_classes=3, backbone="resnet_tiny", aspp_channels=8, dropout_rate=0.0)
+    shape = (1, 33, 29, 3)
+    plain = cls(**settings)
+    variables = random_variables(plain, shape, seed=5)
+    images = jnp.asarray(np.random.default_rng(6).normal(size=shape), jnp.float32)
+    filtered = cls(**settings, downsample_filter=functools.partial(fmod.DeAliasingFilter))
+    # The DAF has no parameters: the same variables fit both models.
+    assert jax.tree.structure(
+        jax.eval_shape(filtered.init, jax.random.key(0), images)
+    ) == jax.tree.structure(variables)
+    with fmod.insert_de_aliasing_filters(placement="block_input"):
+        expected = plain.apply(variables, images)
+    np.testing.assert_allclose(filtered.apply(variables, images), expected, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(plain.apply(variables, images) - expected))) > 1e-4
+
+
+def test_freqmix_as_downsample_filter_trains():
+    from spectral_jax.models import DeepLabV3Plus
+    from tests.model_helpers import TINY_DEEPLAB
+
+    model = DeepLabV3Plus(
+        **TINY_DEEPLAB, downsample_filter=functools.partial(fmod.FreqMix, reduction=4)
+    )
+    images = jnp.asarray(np.random.default_rng(7).normal(size=(2, 33, 33, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    strided = [k for k, v in variables["params"]["encoder"].items() if "downsample_filter" in v]
+    assert strided == ["layer2_block0", "layer3_block0"]  # output stride 16
+
+    def loss(params):
+        logits, _ = model.apply(
+            {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean(logits**2)
+
+    grads = jax.grad(loss)(variables["params"])
+    gate = grads["encoder"]["layer2_block0"]["downsample_filter"]["gate_conv"]["kernel"]
+    assert np.all(np.isfinite(gate)) and float(jnp.max(jnp.abs(gate))) > 0

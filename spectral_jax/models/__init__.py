@@ -1,12 +1,41 @@
-"""Segmentation models in Flax linen: dilated ResNet backbones and DeepLab v3+."""
+"""Segmentation models in Flax linen: dilated ResNet backbones, DeepLab v3+ and DAN.
 
+Also: DeepLab v3+ on DCT-domain input with its channel gate (paper 002), the de-aliasing
+filter and FreqMix (paper 004), and torchvision checkpoint loading.
+"""
+
+from spectral_jax.models.dan import DAN as DAN
+from spectral_jax.models.dan import AggregationDecoder as AggregationDecoder
+from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus as DCTDeepLabV3Plus
+from spectral_jax.models.dct_deeplab import DCTResNet as DCTResNet
+from spectral_jax.models.dct_deeplab import dct_stage_dilations as dct_stage_dilations
+from spectral_jax.models.dct_gate import FrequencyGate as FrequencyGate
+from spectral_jax.models.dct_gate import GateFrequency as GateFrequency
+from spectral_jax.models.dct_gate import binary_gates as binary_gates
+from spectral_jax.models.dct_gate import gate_regularizer as gate_regularizer
+from spectral_jax.models.dct_gate import gumbel_softmax as gumbel_softmax
+from spectral_jax.models.dct_gate import plot_selection_heat_map as plot_selection_heat_map
+from spectral_jax.models.dct_gate import selection_heat_map as selection_heat_map
 from spectral_jax.models.deeplab import ASPP as ASPP
 from spectral_jax.models.deeplab import Decoder as Decoder
 from spectral_jax.models.deeplab import DeepLabV3Plus as DeepLabV3Plus
 from spectral_jax.models.deeplab import aspp_rates as aspp_rates
+from spectral_jax.models.frequency_modules import DeAliasingFilter as DeAliasingFilter
+from spectral_jax.models.frequency_modules import FreqMix as FreqMix
+from spectral_jax.models.frequency_modules import (
+    insert_de_aliasing_filters as insert_de_aliasing_filters,
+)
+from spectral_jax.models.pretrained import load_pretrained_backbone as load_pretrained_backbone
+from spectral_jax.models.pretrained import (
+    load_torchvision_state_dict as load_torchvision_state_dict,
+)
+from spectral_jax.models.pretrained import (
+    torchvision_to_flax_resnet as torchvision_to_flax_resnet,
+)
 from spectral_jax.models.resnet import RESNET_CONFIGS as RESNET_CONFIGS
 from spectral_jax.models.resnet import Bottleneck as Bottleneck
 from spectral_jax.models.resnet import ResNet as ResNet
 from spectral_jax.models.resnet import ResNetConfig as ResNetConfig
+from spectral_jax.models.resnet import Widths as Widths
 from spectral_jax.models.resnet import create_resnet as create_resnet
 from spectral_jax.models.resnet import stage_dilations as stage_dilations

@@ -18,6 +18,11 @@ untruncated model. The resampling method is one of
 :data:`spectral_jax.truncation.RESAMPLE_METHODS`; the final up-sampling of the logits
 is always bilinear, as in the paper.
 
+Widths: ``widths`` overrides the output channels of single layers by their path in the
+parameter tree (``"encoder/layer1_block0/conv1"``, ``"aspp/branch1_conv"``,
+``"decoder/fuse1_conv"``, ...), which is how :func:`spectral_jax.pruning.hard_prune`
+builds a filter-pruned model; ``None`` gives the standard widths.
+
 Intermediates: :meth:`DeepLabV3Plus.encode` and :meth:`DeepLabV3Plus.decode` split the
 model at the ASPP output, so that a loss can be differentiated with respect to it;
 :meth:`DeepLabV3Plus.intermediates` returns every named stage in one pass. Call them
@@ -26,13 +31,18 @@ with ``model.apply(variables, x, method=...)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from spectral_jax.models.resnet import (
     RESNET_CONFIGS,
+    Widths,
     _batch_norm,
+    _check_widths,
+    _widths_under,
     create_resnet,
     stage_dilations,
 )
@@ -44,6 +54,27 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     stage_dilations(output_stride)
     scale = 16 / output_stride
     return tuple(int(r * scale) for r in (6, 12, 18))
+
+
+def _check_widths_prefixes(widths: Widths | None, prefixes: tuple[str, ...], owner: str) -> None:
+    """Checks that every path of ``widths`` starts with one of the submodules ``prefixes``.
+
+    Raises:
+      ValueError: naming ``widths`` for a malformed entry or a path outside ``prefixes``.
+    """
+    if widths is None:
+        return
+    if not isinstance(widths, tuple) or not all(
+        isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) for item in widths
+    ):
+        raise ValueError(
+            f"widths of {owner} must be a tuple of (path, channels) pairs, got {widths!r}."
+        )
+    for path, _ in widths:
+        if path.split("/", 1)[0] not in prefixes or "/" not in path:
+            raise ValueError(
+                f"widths of {owner}: {path!r} is not below one of the submodules {prefixes}."
+            )
 
 
 def _conv_bn_relu(x, features, kernel, train, name, dilation=1, dtype=jnp.float32):
@@ -68,27 +99,40 @@ class ASPP(nn.Module):
       features: channels of every branch and of the projection (256).
       dropout_rate: dropout after the projection in training (0.5 in torchvision).
       dtype: computation dtype.
+      widths: output channels of single layers (paths in :attr:`PRUNABLE_LAYERS`);
+        ``None`` for ``features`` everywhere.
     """
+
+    PRUNABLE_LAYERS = (
+        "branch0_conv",
+        "branch1_conv",
+        "branch2_conv",
+        "branch3_conv",
+        "pool_conv",
+        "project_conv",
+    )
 
     rates: tuple[int, int, int] = (6, 12, 18)
     features: int = 256
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        branches = [_conv_bn_relu(x, self.features, 1, train, "branch0", dtype=self.dtype)]
+        widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "ASPP")
+        width = lambda name: widths.get(f"{name}_conv", self.features)
+        branches = [_conv_bn_relu(x, width("branch0"), 1, train, "branch0", dtype=self.dtype)]
         for i, rate in enumerate(self.rates):
+            name = f"branch{i + 1}"
             branches.append(
-                _conv_bn_relu(
-                    x, self.features, 3, train, f"branch{i + 1}", dilation=rate, dtype=self.dtype
-                )
+                _conv_bn_relu(x, width(name), 3, train, name, dilation=rate, dtype=self.dtype)
             )
         pooled = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, Cin]
-        pooled = _conv_bn_relu(pooled, self.features, 1, train, "pool", dtype=self.dtype)
-        branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.features)))
+        pooled = _conv_bn_relu(pooled, width("pool"), 1, train, "pool", dtype=self.dtype)
+        branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], pooled.shape[-1])))
         y = jnp.concatenate(branches, axis=-1)  # [B, h, w, 5 * features]
-        y = _conv_bn_relu(y, self.features, 1, train, "project", dtype=self.dtype)
+        y = _conv_bn_relu(y, width("project"), 1, train, "project", dtype=self.dtype)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
@@ -101,13 +145,18 @@ class Decoder(nn.Module):
       low_level_channels: the low-level projection's outputs (48).
       features: channels of the two 3x3 convolutions (256).
       dtype: computation dtype.
+      widths: output channels of single layers (paths in :attr:`PRUNABLE_LAYERS`);
+        ``None`` for the standard widths.
     """
+
+    PRUNABLE_LAYERS = ("low_level_conv", "fuse1_conv", "fuse2_conv")
 
     num_classes: int
     resample: Resample = "bilinear"
     low_level_channels: int = 48
     features: int = 256
     dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
 
     @nn.compact
     def __call__(
@@ -122,14 +171,21 @@ class Decoder(nn.Module):
         ``decoder_input`` is ``[B, Fh, Fw, Ca + low_level_channels]`` and ``logits``
         ``[B, Fh, Fw, C]``, with ``(Fh, Fw) = size`` (static).
         """
+        widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "Decoder")
         low_level = resize_features(low_level, size, method=self.resample)
         low_level = _conv_bn_relu(
-            low_level, self.low_level_channels, 1, train, "low_level", dtype=self.dtype
+            low_level,
+            widths.get("low_level_conv", self.low_level_channels),
+            1,
+            train,
+            "low_level",
+            dtype=self.dtype,
         )
         aspp = resize_features(aspp, size, method=self.resample)
         decoder_input = jnp.concatenate([aspp, low_level], axis=-1)  # [B, F, F, Ca + 48]
-        y = _conv_bn_relu(decoder_input, self.features, 3, train, "fuse1", dtype=self.dtype)
-        y = _conv_bn_relu(y, self.features, 3, train, "fuse2", dtype=self.dtype)
+        features = lambda name: widths.get(f"{name}_conv", self.features)
+        y = _conv_bn_relu(decoder_input, features("fuse1"), 3, train, "fuse1", dtype=self.dtype)
+        y = _conv_bn_relu(y, features("fuse2"), 3, train, "fuse2", dtype=self.dtype)
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
         return decoder_input, logits
 
@@ -152,6 +208,12 @@ class DeepLabV3Plus(nn.Module):
       dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
         needs ``rngs={"dropout": key}``.
       dtype: computation dtype.
+      widths: output channels of single layers, ``((path, channels), ...)`` with paths
+        such as ``"encoder/layer1_block0/conv1"``, ``"aspp/project_conv"``,
+        ``"decoder/fuse1_conv"`` (a filter-pruned model); ``None`` for the standard.
+      downsample_filter: module factory applied to the input of every strided
+        bottleneck of the backbone (:class:`spectral_jax.models.DeAliasingFilter`,
+        ``functools.partial(FreqMix, reduction=16)``); ``None`` for none.
 
     Example:
       >>> model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", feature_size=5)
@@ -171,8 +233,11 @@ class DeepLabV3Plus(nn.Module):
     decoder_channels: int = 256
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+    downsample_filter: Callable[..., nn.Module] | None = None
 
     def setup(self):
+        _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DeepLabV3Plus")
         if self.backbone not in RESNET_CONFIGS:
             raise ValueError(
                 f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
@@ -182,13 +247,18 @@ class DeepLabV3Plus(nn.Module):
         if self.feature_size is not None and self.feature_size < 1:
             raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
         self.encoder = create_resnet(
-            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+            self.backbone,
+            output_stride=self.output_stride,
+            dtype=self.dtype,
+            widths=_widths_under(self.widths, "encoder"),
+            downsample_filter=self.downsample_filter,
         )
         self.aspp = ASPP(
             aspp_rates(self.output_stride),
             self.aspp_channels,
             self.dropout_rate,
             dtype=self.dtype,
+            widths=_widths_under(self.widths, "aspp"),
         )
         self.decoder = Decoder(
             self.num_classes,
@@ -196,6 +266,7 @@ class DeepLabV3Plus(nn.Module):
             self.low_level_channels,
             self.decoder_channels,
             dtype=self.dtype,
+            widths=_widths_under(self.widths, "decoder"),
         )
 
     def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:

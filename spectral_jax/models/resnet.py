@@ -9,12 +9,20 @@ stage's dilation.
 
 Maps are channels-last ``[B, H, W, C]``. BatchNorm uses running averages unless
 ``train=True``; in training, apply with ``mutable=["batch_stats"]``.
+
+Widths. Every model here takes an optional ``widths``: a tuple of ``(layer path,
+channels)`` pairs that override the output channels of single convolutions, with paths
+as in the parameter tree, e.g. ``("layer1_block0/conv1", 3)``. Only convolutions whose
+output goes through their own BatchNorm and ReLU into other convolutions can be
+narrowed (the stem and the bottlenecks' ``conv1``/``conv2``); the residual path keeps
+its width. ``None`` gives the standard widths. Hard filter pruning
+(:mod:`spectral_jax.pruning`) builds its smaller models this way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import flax.linen as nn
@@ -22,6 +30,44 @@ import jax
 import jax.numpy as jnp
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+# ((layer path, output channels), ...): hashable, so that a model stays a static value.
+Widths = tuple[tuple[str, int], ...]
+
+
+def _widths_under(widths: Widths | None, prefix: str) -> Widths | None:
+    """The entries of ``widths`` below ``prefix + "/"``, with that prefix removed."""
+    if not widths:
+        return None
+    head = prefix + "/"
+    inner = tuple((path[len(head) :], n) for path, n in widths if path.startswith(head))
+    return inner or None
+
+
+def _check_widths(widths: Widths | None, names, owner: str) -> dict[str, int]:
+    """``widths`` as a dict, after checking its form, its paths and its channel counts.
+
+    Raises:
+      ValueError: naming ``widths`` for a malformed entry, an unknown path or a
+        non-positive channel count.
+    """
+    if widths is None:
+        return {}
+    if not isinstance(widths, tuple) or not all(
+        isinstance(item, tuple) and len(item) == 2 for item in widths
+    ):
+        raise ValueError(
+            f"widths of {owner} must be a tuple of (path, channels) pairs, got {widths!r}."
+        )
+    known = set(names)
+    for path, channels in widths:
+        if path not in known:
+            raise ValueError(
+                f"widths of {owner}: unknown or non-prunable layer {path!r}; known: {sorted(known)}."
+            )
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"widths of {owner}: {path!r} needs a positive int, got {channels!r}.")
+    return dict(widths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,22 +121,36 @@ class Bottleneck(nn.Module):
       strides: stride of the 3x3 convolution (and of the projection shortcut).
       dilation: dilation of the 3x3 convolution (its padding equals it).
       dtype: computation dtype.
+      conv1_features: outputs of ``conv1`` if not ``features`` (a pruned block).
+      conv2_features: outputs of ``conv2`` if not ``features`` (a pruned block).
+      downsample_filter: optional factory of a module ``[B, H, W, C] -> [B, H, W, C]``
+        applied to the input of a strided block (feeding both its strided 3x3
+        convolution and its strided shortcut), called as
+        ``downsample_filter(stride=strides, name="downsample_filter")``; e.g.
+        :class:`spectral_jax.models.DeAliasingFilter` or
+        ``functools.partial(spectral_jax.models.FreqMix, reduction=16)``.
     """
 
     features: int
     strides: int = 1
     dilation: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv1_features: int | None = None
+    conv2_features: int | None = None
+    downsample_filter: Callable[..., nn.Module] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), 4 * features]``."""
+        if self.downsample_filter is not None and self.strides > 1:
+            # Before both strided paths, as the de-aliasing filter of Chen et al. (2024).
+            x = self.downsample_filter(stride=self.strides, name="downsample_filter")(x)
         conv = lambda f, k, **kw: nn.Conv(f, k, use_bias=False, dtype=self.dtype, **kw)
         d = self.dilation
-        y = conv(self.features, (1, 1), name="conv1")(x)
+        y = conv(self.conv1_features or self.features, (1, 1), name="conv1")(x)
         y = nn.relu(_batch_norm(train, "bn1")(y))
         y = conv(
-            self.features,
+            self.conv2_features or self.features,
             (3, 3),
             strides=self.strides,
             padding=((d, d), (d, d)),
@@ -114,6 +174,11 @@ class ResNet(nn.Module):
       width: stem channels and first bottleneck width (64 for the standard models).
       output_stride: 8, 16 or 32, the input-to-high-level stride.
       dtype: computation dtype.
+      widths: output channels of single layers, ``(("conv1", 48),
+        ("layer2_block0/conv2", 100), ...)`` (paths :meth:`prunable_layers` lists);
+        ``None`` for the standard widths.
+      downsample_filter: module factory applied to the input of every strided
+        bottleneck (see :class:`Bottleneck`); ``None`` for none.
 
     Example:
       >>> model = create_resnet("resnet_tiny", output_stride=16)
@@ -127,8 +192,17 @@ class ResNet(nn.Module):
     width: int = 64
     output_stride: int = 16
     dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+    downsample_filter: Callable[..., nn.Module] | None = None
 
-    @nn.compact
+    def prunable_layers(self) -> tuple[str, ...]:
+        """Paths of the convolutions whose width ``widths`` may set, in program order."""
+        paths = ["conv1"]
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                paths += [f"layer{stage + 1}_block{block}/conv{i}" for i in (1, 2)]
+        return tuple(paths)
+
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Runs the backbone.
 
@@ -141,12 +215,31 @@ class ResNet(nn.Module):
           with ``H4 = ceil(ceil(H / 2) / 2)`` (129 at 513), and the last stage's output
           ``[B, Hs, Ws, 32 * width]`` at the output stride (33 at 513 for stride 16).
         """
+        stages = self.stages(x, train)
+        return stages[0], stages[3]
+
+    @nn.compact
+    def stages(
+        self, x: jax.Array, train: bool = False
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Runs the backbone and returns the output of every stage.
+
+        Args:
+          x: images ``[B, H, W, 3]``.
+          train: batch statistics (and their update) instead of running averages.
+
+        Returns:
+          The four stages' outputs ``[B, Hk, Wk, 4 * width * 2**k]``, ``k = 0..3``, at
+          strides 4, 8, 16, 32 for output stride 32 (4, 8, 16, 16 for 16; 4, 8, 8, 8
+          for 8): 129, 65, 33, 33 at 513 input and output stride 16.
+        """
         chex.assert_rank(x, 4)
         if len(self.stage_sizes) != 4:
             raise ValueError(f"stage_sizes must have four stages, got {self.stage_sizes!r}.")
         plan = stage_dilations(self.output_stride)
+        widths = _check_widths(self.widths, self.prunable_layers(), "ResNet")
         x = nn.Conv(
-            self.width,
+            widths.get("conv1", self.width),
             (7, 7),
             strides=2,
             padding=((3, 3), (3, 3)),
@@ -157,26 +250,45 @@ class ResNet(nn.Module):
         x = nn.relu(_batch_norm(train, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         previous_dilation = 1
+        outputs = []
         for stage, (num_blocks, (strides, dilation)) in enumerate(
             zip(self.stage_sizes, plan, strict=True)
         ):
             for block in range(num_blocks):
+                name = f"layer{stage + 1}_block{block}"
                 x = Bottleneck(
                     self.width * 2**stage,
                     strides=strides if block == 0 else 1,
                     # The first block of a dilated stage keeps the previous dilation.
                     dilation=previous_dilation if block == 0 else dilation,
                     dtype=self.dtype,
-                    name=f"layer{stage + 1}_block{block}",
+                    conv1_features=widths.get(f"{name}/conv1"),
+                    conv2_features=widths.get(f"{name}/conv2"),
+                    downsample_filter=self.downsample_filter,
+                    name=name,
                 )(x, train)
             previous_dilation = dilation
-            if stage == 0:
-                low_level = x
-        return low_level, x
+            outputs.append(x)
+        return tuple(outputs)
 
 
-def create_resnet(name: str, *, output_stride: int = 16, dtype: jnp.dtype = jnp.float32) -> ResNet:
+def create_resnet(
+    name: str,
+    *,
+    output_stride: int = 16,
+    dtype: jnp.dtype = jnp.float32,
+    widths: Widths | None = None,
+    downsample_filter: Callable[..., nn.Module] | None = None,
+) -> ResNet:
     """A ResNet by name: ``"resnet50"``, ``"resnet101"`` or ``"resnet_tiny"``.
+
+    Args:
+      name: the configuration in :data:`RESNET_CONFIGS`.
+      output_stride: 8, 16 or 32.
+      dtype: computation dtype.
+      widths: per-layer output channels (see :class:`ResNet`); ``None`` for the standard.
+      downsample_filter: module factory before every strided bottleneck (see
+        :class:`ResNet`); ``None`` for none.
 
     Raises:
       ValueError: for an unknown name or output stride.
@@ -185,4 +297,11 @@ def create_resnet(name: str, *, output_stride: int = 16, dtype: jnp.dtype = jnp.
         raise ValueError(f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {name!r}.")
     stage_dilations(output_stride)
     config = RESNET_CONFIGS[name]
-    return ResNet(config.stage_sizes, config.width, output_stride=output_stride, dtype=dtype)
+    return ResNet(
+        config.stage_sizes,
+        config.width,
+        output_stride=output_stride,
+        dtype=dtype,
+        widths=widths,
+        downsample_filter=downsample_filter,
+    )

@@ -1,0 +1,287 @@
+"""DAN, a Deep Aggregation Net (Kuo et al., CVPR Workshops 2018), with feature truncation.
+
+Sources, and what is ours. Only the abstract of Kuo et al., "Deep aggregation net for
+land cover classification", was available: a deep aggregation network "which extracts
+and combines multi-layer features during the segmentation process", trained with "soft
+semantic labels" and refined by "graph-based fine tuning". The main paper (Chen, Chiu,
+Wu, Sec. 3.2) adds that DAN uses the same ResNet-101 encoder with ASPP as DeepLab v3+
+(95.6 G FLOPs, 60.1 M parameters), that its decoder has 11.1 G FLOPs and only 0.4 M
+parameters, and that its decoder features are truncated from 129 to 65 or 33 as
+DeepLab v3+'s are. Everything below the ASPP is therefore our own design, chosen to
+match that description, not DAN's published layers:
+
+* Encoder: exactly :class:`~spectral_jax.models.deeplab.DeepLabV3Plus`'s, the dilated
+  ResNet (:mod:`spectral_jax.models.resnet`) and
+  :class:`~spectral_jax.models.deeplab.ASPP`, so that the two models share the encoder
+  and its parameter names.
+* Aggregation decoder, on a static ``feature_size`` grid (``None``: the stride-4 grid,
+  129 at 513 input): the outputs of ResNet stages 1, 2 and 3 (strides 4, 8, 16 at
+  output stride 16; 256, 512, 1024 channels) are each projected by a 1x1 convolution,
+  BatchNorm and ReLU to ``projection_channels`` (48, DeepLab v3+'s low-level width);
+  they and the ASPP output are resampled to the grid and concatenated in the order
+  ``[aspp, stage1, stage2, stage3]`` (the "decoder input"); two 3x3 convolutions with
+  ``decoder_channels`` (64) outputs, BatchNorm and ReLU fuse them; a 1x1 classifier
+  gives the logits, which are up-sampled bilinearly to the input. The widths were
+  chosen for a decoder of about 0.4 M parameters (355,189 with 21 classes), as the
+  main paper states; the FLOPs were not tuned to the paper's.
+* Order of projection and resampling: each stage is brought to the grid at its
+  cheaper end. A stage with more positions than the grid (stage 1 once truncated) is
+  resampled first and then projected, so that the projection runs on the small grid,
+  as :class:`~spectral_jax.models.deeplab.Decoder` does with the low-level features; a
+  stage with fewer positions is projected first, so that only ``projection_channels``
+  channels are up-sampled. The choice is static (from the shapes).
+
+Truncation semantics, resampling methods (:data:`spectral_jax.truncation.RESAMPLE_METHODS`)
+and errors are those of :class:`~spectral_jax.models.deeplab.DeepLabV3Plus`.
+
+Not implemented: DAN's soft semantic labels (a training target) and its graph-based
+fine tuning (a post-processing step); neither changes the network, and the main paper
+does not use them in its analysis.
+
+Interface: as :class:`~spectral_jax.models.deeplab.DeepLabV3Plus`: :meth:`DAN.encode`
+returns ``(aspp, low_level)`` with ``low_level`` the tuple of the three stage outputs,
+:meth:`DAN.decode` takes them back, :meth:`DAN.intermediates` returns every named stage,
+so that spectral Jacobians and training treat both models alike. ``widths`` narrows
+single layers (paths such as ``"decoder/stage2_conv"``) for hard filter pruning
+(:mod:`spectral_jax.pruning`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spectral_jax.models.deeplab import (
+    ASPP,
+    _check_widths_prefixes,
+    _conv_bn_relu,
+    aspp_rates,
+)
+from spectral_jax.models.resnet import (
+    RESNET_CONFIGS,
+    Widths,
+    _check_widths,
+    _widths_under,
+    create_resnet,
+)
+from spectral_jax.truncation import RESAMPLE_METHODS, Resample, resize_features
+
+# The ResNet stages (0-based) whose outputs the decoder aggregates.
+AGGREGATED_STAGES: tuple[int, ...] = (0, 1, 2)
+
+
+class AggregationDecoder(nn.Module):
+    """DAN's decoder (our design, see the module docstring); returns logits on the grid.
+
+    Attributes:
+      num_classes: output classes ``C``.
+      resample: how the inputs reach the grid (``"bilinear"``, ``"area"``, ``"spectral"``).
+      projection_channels: outputs of each stage's 1x1 projection (48).
+      features: channels of the two 3x3 fusing convolutions (64).
+      dtype: computation dtype.
+      widths: output channels of single layers (paths in :attr:`PRUNABLE_LAYERS`);
+        ``None`` for the standard widths.
+    """
+
+    PRUNABLE_LAYERS = ("stage1_conv", "stage2_conv", "stage3_conv", "fuse1_conv", "fuse2_conv")
+
+    num_classes: int
+    resample: Resample = "bilinear"
+    projection_channels: int = 48
+    features: int = 64
+    dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        aspp: jax.Array,
+        stages: tuple[jax.Array, ...],
+        size: tuple[int, int],
+        train: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
+        """``aspp [B, h, w, Ca]`` and three stage outputs -> ``(decoder_input, logits)``.
+
+        ``decoder_input`` is ``[B, Fh, Fw, Ca + 3 * projection_channels]`` and ``logits``
+        ``[B, Fh, Fw, C]``, with ``(Fh, Fw) = size`` (static).
+        """
+        widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "AggregationDecoder")
+        width = lambda name, default: widths.get(f"{name}_conv", default)
+        resize = lambda x: resize_features(x, size, method=self.resample)
+        projected = []
+        for i, stage in enumerate(stages):
+            name = f"stage{i + 1}"
+            project = lambda x, name=name: _conv_bn_relu(
+                x, width(name, self.projection_channels), 1, train, name, dtype=self.dtype
+            )
+            # Project on whichever grid is smaller (see the module docstring).
+            if math.prod(stage.shape[1:3]) > math.prod(size):
+                projected.append(project(resize(stage)))
+            else:
+                projected.append(resize(project(stage)))
+        decoder_input = jnp.concatenate([resize(aspp), *projected], axis=-1)  # [B, F, F, Ca + 3P]
+        y = _conv_bn_relu(
+            decoder_input, width("fuse1", self.features), 3, train, "fuse1", dtype=self.dtype
+        )
+        y = _conv_bn_relu(y, width("fuse2", self.features), 3, train, "fuse2", dtype=self.dtype)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+        return decoder_input, logits
+
+
+class DAN(nn.Module):
+    """Deep Aggregation Net with a static decoder grid (feature truncation, paper Sec. 3.2).
+
+    Attributes:
+      num_classes: output classes ``C``.
+      backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
+      output_stride: 8, 16 or 32.
+      feature_size: decoder grid ``F``; ``None`` for the stride-4 grid (untruncated,
+        129 at 513 input); 65 and 33 are the paper's truncations.
+      resample: ``"bilinear"``, ``"area"`` or ``"spectral"``
+        (:func:`spectral_jax.truncation.resize_features`).
+      aspp_channels: ASPP channels (256).
+      projection_channels: channels of each stage's projection (48).
+      decoder_channels: channels of the two 3x3 fusing convolutions (64).
+      dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
+        needs ``rngs={"dropout": key}``.
+      dtype: computation dtype.
+      widths: output channels of single layers, ``((path, channels), ...)`` with paths
+        such as ``"encoder/layer1_block0/conv1"``, ``"aspp/project_conv"``,
+        ``"decoder/stage1_conv"`` (a filter-pruned model); ``None`` for the standard.
+      downsample_filter: module factory applied to the input of every strided
+        bottleneck of the backbone (see :class:`spectral_jax.models.DeepLabV3Plus`).
+
+    Example:
+      >>> model = DAN(num_classes=3, backbone="resnet_tiny", feature_size=5)
+      >>> x = jnp.zeros((2, 33, 33, 3))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape
+      (2, 33, 33, 3)
+    """
+
+    num_classes: int = 21
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    feature_size: int | None = None
+    resample: Resample = "bilinear"
+    aspp_channels: int = 256
+    projection_channels: int = 48
+    decoder_channels: int = 64
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+    downsample_filter: Callable[..., nn.Module] | None = None
+
+    def setup(self):
+        _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DAN")
+        if self.backbone not in RESNET_CONFIGS:
+            raise ValueError(
+                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
+            )
+        if self.resample not in RESAMPLE_METHODS:
+            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
+        if self.feature_size is not None and self.feature_size < 1:
+            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        self.encoder = create_resnet(
+            self.backbone,
+            output_stride=self.output_stride,
+            dtype=self.dtype,
+            widths=_widths_under(self.widths, "encoder"),
+            downsample_filter=self.downsample_filter,
+        )
+        self.aspp = ASPP(
+            aspp_rates(self.output_stride),
+            self.aspp_channels,
+            self.dropout_rate,
+            dtype=self.dtype,
+            widths=_widths_under(self.widths, "aspp"),
+        )
+        self.decoder = AggregationDecoder(
+            self.num_classes,
+            self.resample,
+            self.projection_channels,
+            self.decoder_channels,
+            dtype=self.dtype,
+            widths=_widths_under(self.widths, "decoder"),
+        )
+
+    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
+        if self.feature_size is None:
+            return low_level_size
+        if self.feature_size > min(low_level_size):
+            raise ValueError(
+                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
+                f"{low_level_size} (the stride-4 features of this input)."
+            )
+        return self.feature_size, self.feature_size
+
+    def encode(
+        self, x: jax.Array, train: bool = False
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+        """Backbone and ASPP.
+
+        Args:
+          x: images ``[B, H, W, 3]``.
+          train: BatchNorm batch statistics and dropout.
+
+        Returns:
+          ``(aspp, low_level)``: ``[B, Hs, Ws, aspp_channels]`` at the output stride and
+          the outputs of stages 1, 2, 3, ``[B, Hk, Wk, 4 * width * 2**k]`` (129, 65, 33
+          and 256, 512, 1024 channels at 513 input, ResNet-101, output stride 16).
+        """
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
+        stages = self.encoder.stages(x, train)
+        low_level = tuple(stages[k] for k in AGGREGATED_STAGES)
+        return self.aspp(stages[-1], train), low_level
+
+    def decode(
+        self,
+        aspp: jax.Array,
+        low_level: tuple[jax.Array, jax.Array, jax.Array],
+        image_size: tuple[int, int],
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Aggregation decoder on the ``F x F`` grid and bilinear up-sampling to the image.
+
+        ``F = feature_size``; with ``feature_size=None`` the decoder runs on the stride-4
+        grid ``H4 x W4`` of the first stage instead.
+
+        Args:
+          aspp: ``[B, Hs, Ws, aspp_channels]`` from :meth:`encode`.
+          low_level: the three stage outputs from :meth:`encode`.
+          image_size: static ``(H, W)`` of the input images.
+          train: BatchNorm batch statistics.
+
+        Returns:
+          ``{"decoder_input": [B, F, F, aspp_channels + 3 * projection_channels],
+          "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
+        """
+        if len(low_level) != len(AGGREGATED_STAGES):
+            raise ValueError(
+                f"low_level must hold {len(AGGREGATED_STAGES)} stage outputs, got {len(low_level)}."
+            )
+        size = self._decoder_size(low_level[0].shape[1:3])
+        decoder_input, decoder_logits = self.decoder(aspp, tuple(low_level), size, train)
+        batch, height, width = aspp.shape[0], *image_size
+        logits = jax.image.resize(
+            decoder_logits,
+            (batch, height, width, self.num_classes),
+            method="linear",
+            antialias=False,
+        )
+        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+
+    def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""
+        aspp, low_level = self.encode(x, train)
+        outputs = self.decode(aspp, low_level, x.shape[1:3], train)
+        return {"aspp": aspp, "low_level": low_level, **outputs}
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits ``[B, H, W, C]`` for images ``x [B, H, W, 3]``."""
+        return self.intermediates(x, train)["logits"]
