@@ -46,6 +46,7 @@ from spectral_jax.flops import FlopCount as FlopCount
 from spectral_jax.flops import conv_layers as conv_layers
 from spectral_jax.flops import conv_macs as conv_macs
 from spectral_jax.flops import count_flops as count_flops
+from spectral_jax.flops import flops_per_iou as flops_per_iou
 from spectral_jax.frequency_masking import band_energies as band_energies
 from spectral_jax.frequency_masking import class_activation_maps as class_activation_maps
 from spectral_jax.frequency_masking import classifier_frequency_cams as classifier_frequency_cams

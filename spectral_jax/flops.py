@@ -205,3 +205,24 @@ def conv_layers(
 def conv_macs(layers: Sequence[ConvLayer], *, dense: bool = False) -> int:
     """Total multiply-accumulates of ``layers`` (valid taps, or every tap if ``dense``)."""
     return sum(layer.dense_macs if dense else layer.macs for layer in layers)
+
+
+def flops_per_iou(flops: float, mean_iou: float) -> float:
+    """FLOPs per IoU score (the paper's FPI, Sec. 3.2): ``flops / mean_iou``.
+
+    Lower is more efficient. The paper divides its "FLOPs" (Table 2: 139e9 for DeepLab
+    v3+ at 513 x 513) by the mIoU as a fraction (0.786), giving 177e9.
+
+    Args:
+      flops: the model's cost in any unit (FLOPs or MACs; the result has the same unit).
+      mean_iou: mIoU as a fraction in (0, 1].
+
+    Raises:
+      ValueError: for a negative cost or an mIoU outside (0, 1] (a percentage, e.g. 78.6,
+        is rejected rather than silently giving a 100x smaller FPI).
+    """
+    if not flops >= 0:
+        raise ValueError(f"flops must be non-negative, got {flops!r}.")
+    if not 0 < mean_iou <= 1:
+        raise ValueError(f"mean_iou must be a fraction in (0, 1], got {mean_iou!r}.")
+    return flops / mean_iou

@@ -104,3 +104,19 @@ def test_truncation_and_encoder_split():
         DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5), shape, method="encode"
     )
     assert 0 < encoder.flops < counts[3]
+
+
+@pytest.mark.parametrize(
+    "total, miou, fpi",
+    # The paper's Table 2 (DeepLab v3+, PASCAL): 139 G at 78.6 % -> 177; 107 G at 78.1 %
+    # -> 137 (printed 136); 70 G at 73.2 % -> 96.
+    [(139e9, 0.786, 176.8e9), (107e9, 0.781, 137.0e9), (70e9, 0.732, 95.6e9)],
+)
+def test_flops_per_iou_reproduces_table2(total, miou, fpi):
+    np.testing.assert_allclose(flops.flops_per_iou(total, miou), fpi, rtol=1e-3)
+
+
+@pytest.mark.parametrize("total, miou", [(1e9, 0.0), (1e9, 78.6), (-1.0, 0.5), (1e9, float("nan"))])
+def test_flops_per_iou_rejects_bad_input(total, miou):
+    with pytest.raises(ValueError, match="mean_iou|flops"):
+        flops.flops_per_iou(total, miou)
