@@ -1,0 +1,155 @@
+"""orbax checkpoints of the train state, with resumption and clear errors.
+
+A run's checkpoints live in ``workdir/checkpoints/<step>/`` with two items: ``state``
+(the :class:`~spectral_jax.training.train_state.TrainState` pytree, ``StandardSave``)
+and ``metadata`` (JSON: the model configuration and anything that must match to resume).
+
+:func:`restore_latest` never starts afresh silently: when the directory holds
+checkpoints it either restores the latest one or raises :class:`CheckpointError` naming
+the checkpoint directory, for a corrupt checkpoint (a truncated or garbled file) and for
+an incompatible one (different model configuration, tree structure, shapes or dtypes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+_STATE = "state"
+_METADATA = "metadata"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored into this run."""
+
+
+def create_checkpoint_manager(
+    workdir: str | os.PathLike, *, max_to_keep: int = 3, asynchronous: bool = True
+) -> ocp.CheckpointManager:
+    """A ``CheckpointManager`` over ``workdir/checkpoints`` keeping ``max_to_keep`` steps.
+
+    Steps are saved when :func:`save_checkpoint` is called (the caller decides when).
+
+    Raises:
+      ValueError: if ``max_to_keep`` is not positive.
+    """
+    if max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be positive, got {max_to_keep}.")
+    directory = os.path.abspath(os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        # A run killed while saving leaves a temporary directory; remove it on restart.
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=asynchronous,
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=(_STATE, _METADATA))
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager, step: int, state: Any, metadata: dict[str, Any]
+) -> None:
+    """Saves ``state`` and the JSON-serialisable ``metadata`` at ``step`` (asynchronously)."""
+    manager.save(
+        int(step),
+        args=ocp.args.Composite(
+            **{_STATE: ocp.args.StandardSave(state), _METADATA: ocp.args.JsonSave(metadata)}
+        ),
+        force=True,
+    )
+
+
+def _normalise(value):
+    """JSON round trip, so that tuples and lists (and int/float keys) compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _step_entries(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: Any, *, metadata: dict[str, Any]
+) -> tuple[Any, int] | None:
+    """Restores the latest checkpoint into the structure of ``abstract_state``.
+
+    Args:
+      manager: from :func:`create_checkpoint_manager`.
+      abstract_state: the state to restore into, as arrays or ``jax.ShapeDtypeStruct``
+        (with shardings, where the restored arrays should be placed).
+      metadata: what was saved with :func:`save_checkpoint` must equal this (after a JSON
+        round trip) for the checkpoint to be accepted.
+
+    Returns:
+      ``(state, step)``, or ``None`` when the directory holds no checkpoint.
+
+    Raises:
+      CheckpointError: naming the checkpoint directory, when the latest checkpoint is
+        corrupt, incompatible (metadata, tree structure, shapes or dtypes differ), or
+        when the directory holds entries but no finished checkpoint.
+    """
+    directory = os.fspath(manager.directory)
+    step = manager.latest_step()
+    if step is None:
+        entries = [name for name in _step_entries(directory) if "tmp" not in name]
+        if entries:
+            raise CheckpointError(
+                f"checkpoint directory {directory} holds {entries} but no complete checkpoint "
+                "that orbax can read; move it away to start afresh."
+            )
+        return None
+    step_dir = os.path.join(directory, str(step))
+    try:
+        saved = manager.restore(
+            step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
+        )[_METADATA]
+    except Exception as error:
+        raise CheckpointError(
+            f"could not read the metadata of checkpoint {step_dir}: {error!r}"
+        ) from error
+    if _normalise(saved) != _normalise(metadata):
+        expected, found = _normalise(metadata), _normalise(saved)
+        differences = {
+            key: (found.get(key), expected.get(key))
+            for key in sorted(set(expected) | set(found))
+            if found.get(key) != expected.get(key)
+        }
+        raise CheckpointError(
+            f"checkpoint {step_dir} was written by an incompatible run: (saved, this run) = "
+            f"{differences}. Use another workdir, or the same configuration."
+        )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}),
+        )[_STATE]
+    except Exception as error:
+        raise CheckpointError(
+            f"could not restore checkpoint {step_dir} (corrupt, or incompatible with this "
+            f"model): {error!r}"
+        ) from error
+    expected_leaves = jax.tree.leaves_with_path(abstract_state)
+    restored_leaves = jax.tree.leaves_with_path(restored)
+    if jax.tree.structure(restored) != jax.tree.structure(abstract_state):
+        raise CheckpointError(
+            f"checkpoint {step_dir} has another tree structure than this run's state."
+        )
+    for (path, want), (_, got) in zip(expected_leaves, restored_leaves, strict=True):
+        if tuple(want.shape) != tuple(got.shape) or want.dtype != got.dtype:
+            raise CheckpointError(
+                f"checkpoint {step_dir}: {jax.tree_util.keystr(path)} is "
+                f"{got.dtype}{list(got.shape)}, this run expects {want.dtype}{list(want.shape)}."
+            )
+    return restored, int(step)
+
+
+def restore_args_without_target() -> ocp.args.Composite:
+    """Restore arguments for the state item as saved (no abstract target)."""
+    return ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()})

@@ -1,0 +1,102 @@
+r"""Segmentation metrics: the confusion matrix and the IoU read from it.
+
+The confusion matrix ``M`` counts pixels by (true class, predicted class), pixels whose
+label is ``ignore_label`` left out. Per class ``c``,
+
+.. math::
+
+   \mathrm{IoU}_c = \frac{M_{cc}}{\sum_k M_{ck} + \sum_k M_{kc} - M_{cc}},
+
+the intersection over the union of the pixels labelled ``c`` and those predicted ``c``.
+A class absent from both the labels and the predictions has an empty union: its IoU is
+NaN and the mean IoU skips it (``nanmean``), the convention of the PASCAL VOC and
+Cityscapes evaluation scripts, which average over the classes that occur. A class that is
+predicted but never labelled, or labelled but never predicted, has IoU 0 and counts.
+
+Per-batch matrices are computed in ``int32`` under ``jit`` (:func:`confusion_matrix`) and
+summed on the host in ``int64`` (:func:`iou_from_confusion`), which a validation set of
+more than ``2**31`` pixels needs.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_matrix(
+    predictions: chex.Array,
+    labels: chex.Array,
+    *,
+    num_classes: int,
+    ignore_label: int = 255,
+) -> jax.Array:
+    """Pixel counts by (true class, predicted class).
+
+    Args:
+      predictions: ``[B, H, W]`` integer predicted classes in ``[0, C)``.
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_label``; any other
+        value is treated as ignored too.
+      num_classes: ``C`` (static).
+      ignore_label: label of pixels left out.
+
+    Returns:
+      ``[C, C]`` int32 matrix, rows true classes, columns predicted classes.
+
+    Raises:
+      ValueError: if ``num_classes`` is not positive.
+
+    Example:
+      >>> confusion_matrix(jnp.array([[[0, 1]]]), jnp.array([[[0, 0]]]), num_classes=2)
+      Array([[1, 1],
+             [0, 0]], dtype=int32)
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}.")
+    chex.assert_rank([predictions, labels], 3)
+    chex.assert_equal_shape([predictions, labels])
+    labels = jnp.asarray(labels, jnp.int32)
+    predictions = jnp.asarray(predictions, jnp.int32)
+    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)  # [B, H, W]
+    index = jnp.where(valid, labels * num_classes + predictions, 0)  # [B, H, W]
+    counts = jnp.zeros((num_classes * num_classes,), jnp.int32)
+    counts = counts.at[index.reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
+    return counts.reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(matrix: np.ndarray) -> np.ndarray:
+    """``[C]`` IoU per class from a ``[C, C]`` confusion matrix (NaN: class unseen).
+
+    Args:
+      matrix: ``[C, C]`` counts, rows true classes, columns predicted classes.
+
+    Returns:
+      ``[C]`` float64 IoU; NaN for the classes absent from both labels and predictions.
+
+    Raises:
+      ValueError: if ``matrix`` is not square.
+    """
+    matrix = np.asarray(matrix, np.int64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square [C, C], got shape {matrix.shape}.")
+    intersection = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - np.diag(matrix)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    """Mean IoU over the classes present in the labels or the predictions (NaN if none)."""
+    iou = iou_from_confusion(matrix)
+    if np.all(np.isnan(iou)):
+        return float("nan")
+    return float(np.nanmean(iou))
+
+
+def pixel_accuracy(matrix: np.ndarray) -> float:
+    """Fraction of the valid pixels predicted correctly (NaN without valid pixels)."""
+    matrix = np.asarray(matrix, np.int64)
+    total = matrix.sum()
+    return float(np.trace(matrix) / total) if total > 0 else float("nan")

@@ -1,0 +1,99 @@
+"""Tests of spectral_jax.training.metrics against NumPy loop references."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from spectral_jax.training import metrics
+
+
+def _reference_confusion(predictions, labels, num_classes, ignore_label):
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    for p, t in zip(predictions.ravel(), labels.ravel(), strict=True):
+        if t != ignore_label:
+            matrix[t, p] += 1
+    return matrix
+
+
+def _reference_iou(matrix):
+    """Loop over classes: NaN when the class is in neither labels nor predictions."""
+    out = []
+    for c in range(matrix.shape[0]):
+        tp = matrix[c, c]
+        labelled = matrix[c, :].sum()
+        predicted = matrix[:, c].sum()
+        out.append(np.nan if labelled + predicted == 0 else tp / (labelled + predicted - tp))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (3, 8, 8), (2, 9, 4)])
+@pytest.mark.parametrize("num_classes", [1, 4, 21])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.uint8])
+def test_confusion_matrix_matches_loop(rng, shape, num_classes, label_dtype):
+    labels = rng.integers(0, num_classes, size=shape)
+    labels[rng.random(shape) < 0.2] = 255
+    predictions = rng.integers(0, num_classes, size=shape)
+    got = jax.jit(metrics.confusion_matrix, static_argnames=("num_classes", "ignore_label"))(
+        predictions, labels.astype(label_dtype), num_classes=num_classes, ignore_label=255
+    )
+    want = _reference_confusion(predictions, labels, num_classes, 255)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert got.dtype == np.int32
+
+
+def test_confusion_matrix_other_ignore_label(rng):
+    labels = rng.integers(-1, 3, size=(2, 6, 6))
+    predictions = rng.integers(0, 3, size=(2, 6, 6))
+    got = metrics.confusion_matrix(predictions, labels, num_classes=3, ignore_label=-1)
+    np.testing.assert_array_equal(np.asarray(got), _reference_confusion(predictions, labels, 3, -1))
+
+
+@pytest.mark.parametrize("num_classes", [4, 6])
+def test_iou_with_absent_classes(rng, num_classes):
+    # Classes 3.. are in neither labels nor predictions; class 1 is predicted but
+    # never labelled (IoU 0, counted); class 0 is labelled but never predicted (IoU 0).
+    labels = rng.choice([0, 2], size=(2, 7, 5))
+    predictions = rng.choice([1, 2], size=(2, 7, 5))
+    matrix = np.asarray(metrics.confusion_matrix(predictions, labels, num_classes=num_classes))
+    iou = metrics.iou_from_confusion(matrix)
+    np.testing.assert_allclose(iou, _reference_iou(matrix), rtol=1e-12)
+    assert np.all(np.isnan(iou[3:]))
+    assert iou[0] == 0.0 and iou[1] == 0.0
+    present = [c for c in range(num_classes) if not np.isnan(_reference_iou(matrix)[c])]
+    want_mean = np.mean([_reference_iou(matrix)[c] for c in present])
+    assert metrics.mean_iou(matrix) == pytest.approx(want_mean, rel=1e-12)
+
+
+def test_iou_closed_form():
+    # 2x2 image: labels [[0, 0], [1, 1]], predictions [[0, 1], [1, 1]].
+    matrix = np.asarray(
+        metrics.confusion_matrix(
+            np.array([[[0, 1], [1, 1]]]), np.array([[[0, 0], [1, 1]]]), num_classes=2
+        )
+    )
+    np.testing.assert_array_equal(matrix, [[1, 1], [0, 2]])
+    np.testing.assert_allclose(metrics.iou_from_confusion(matrix), [1 / 2, 2 / 3])
+    assert metrics.mean_iou(matrix) == pytest.approx(7 / 12)
+    assert metrics.pixel_accuracy(matrix) == pytest.approx(3 / 4)
+
+
+def test_empty_matrix_gives_nan():
+    matrix = np.zeros((3, 3), np.int64)
+    assert np.all(np.isnan(metrics.iou_from_confusion(matrix)))
+    assert np.isnan(metrics.mean_iou(matrix))
+    assert np.isnan(metrics.pixel_accuracy(matrix))
+
+
+def test_large_counts_do_not_overflow():
+    matrix = np.array([[2**31 + 5, 7], [3, 2**31]], np.int64)
+    want = np.array([(2**31 + 5) / (2**31 + 15), 2**31 / (2**31 + 10)])
+    np.testing.assert_allclose(metrics.iou_from_confusion(matrix), want, rtol=1e-15)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        metrics.confusion_matrix(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int), num_classes=0)
+    with pytest.raises(ValueError, match="matrix"):
+        metrics.iou_from_confusion(np.zeros((2, 3)))
