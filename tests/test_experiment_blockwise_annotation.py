@@ -1,0 +1,192 @@
+"""Experiment 4 (block-wise annotation): rank correlation, band limits and the script's outputs.
+
+The end-to-end test runs ``main`` on the smallest setting (one data set, band limits 4
+and 8 plus pixel-wise, 2 training steps, 33-pixel crops) and checks the outputs against
+independent computations: relative IoU from the CSV's own mIoU, R(nu_max) recomputed in
+float64 NumPy (``tests/references.py``) from the restored pixel-wise model's logits, the
+rank correlation against ``scipy.stats.spearmanr``, the example figure's block-wise labels
+against :func:`spectral_jax.blockwise_annotation_numpy` and its predictions against the
+restored models.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import jax
+import numpy as np
+import pytest
+import scipy.stats
+
+from experiments import blockwise_annotation as bw
+from experiments import paper_values
+from spectral_jax.blockwise import blockwise_annotation_numpy
+from tests import references
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.mark.parametrize("n", [2, 5, 12, 31])
+@pytest.mark.parametrize("ties", [False, True])
+def test_rank_data_and_spearman_match_scipy(rng, n, ties):
+    x = rng.normal(size=n)
+    y = 0.5 * x + rng.normal(size=n)
+    if ties:
+        x = np.round(x)  # many ties
+        y[: n // 2] = y[0]
+    np.testing.assert_allclose(bw.rank_data(x), scipy.stats.rankdata(x), rtol=0, atol=0)
+    expected = scipy.stats.spearmanr(x, y).statistic
+    np.testing.assert_allclose(bw.spearman_correlation(x, y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_spearman_rejects_bad_input():
+    with pytest.raises(ValueError, match="length"):
+        bw.spearman_correlation([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        bw.spearman_correlation([1.0], [1.0])
+    assert math.isnan(bw.spearman_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+
+
+def test_paper_correlation_matches_scipy():
+    (paper,) = [c for c in bw.correlation_rows([]) if c["source"] == "paper"]
+    x = [
+        paper_values.TABLE1_RELATIVE_DISCREPANCY[m][d][paper_values.TABLE1_BAND_LIMITS.index(nu)]
+        for m in paper_values.MODELS
+        for d in paper_values.DATASETS
+        for nu in (8, 16, 32)
+    ]
+    y = [
+        paper_values.TABLE3_RELATIVE_MIOU[m][d][paper_values.TABLE3_BAND_LIMITS.index(nu)]
+        for m in paper_values.MODELS
+        for d in paper_values.DATASETS
+        for nu in (8, 16, 32)
+    ]
+    assert paper["points"] == 18
+    np.testing.assert_allclose(paper["spearman"], scipy.stats.spearmanr(x, y).statistic)
+    assert paper["spearman"] < -0.8  # the paper's claim: larger R, lower relative IoU
+
+
+@pytest.mark.parametrize(
+    ("band_limit", "crop", "eval_size", "expected"),
+    [(2, 65, 129, 1), (4, 65, 129, 2), (8, 65, 129, 4), (16, 513, 513, 16), (4, 33, 129, 1)],
+)
+def test_training_band_limit_keeps_the_block_size(band_limit, crop, eval_size, expected):
+    assert bw.training_band_limit(band_limit, crop_size=crop, eval_size=eval_size) == expected
+    # Blocks on the crop within a factor of 2 of those on the evaluation grid.
+    block_eval = eval_size / (2 * band_limit + 1)
+    block_crop = crop / (2 * expected + 1)
+    assert 0.5 < block_crop / block_eval < 2
+
+
+def test_paper_band_limit():
+    assert [bw.paper_band_limit(nu, 129) for nu in (2, 4, 8, 3)] == [8, 16, 32, None]
+    assert bw.paper_band_limit("pixel", 129) == 256
+    assert bw.paper_band_limit(16, 513) == 16
+
+
+def test_read_ce_spectrum(tmp_path):
+    rows = [
+        {"model": "deeplabv3plus", "dataset": "synthetic_scenes/pascal_like", "stage": "trained",
+         "band_limit": "4", "relative_discrepancy": "0.5"},
+        {"model": "deeplabv3plus", "dataset": "synthetic_scenes/pascal_like", "stage": "init",
+         "band_limit": "4", "relative_discrepancy": "9.0"},
+        {"model": "dan", "dataset": "cityscapes", "stage": "final",
+         "band_limit": "8", "relative_discrepancy": "0.25"},
+    ]  # fmt: skip
+    with open(tmp_path / "table1.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert bw.read_ce_spectrum(tmp_path) == {
+        ("deeplab", "pascal", 4): 0.5,
+        ("dan", "cityscapes", 8): 0.25,
+    }
+    with pytest.raises(ValueError, match="from-ce-spectrum"):
+        bw.read_ce_spectrum(tmp_path / "missing")
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _restored_logits(workdir, band_limit, data_dir):
+    """Logits ``[N, H, W, C]`` and labels ``[N, H, W]`` of a run's model on the validation set."""
+    from experiments import common
+    from spectral_jax.training import create_input_pipeline
+
+    config = bw.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33,
+                                  batch_size=4, data_dir=data_dir)  # fmt: skip
+    run = workdir / bw._run_name("deeplab", "pascal", band_limit)
+    model, variables = common.restore_trained(config, run)
+    apply = jax.jit(model.apply)
+    logits, labels = [], []
+    for batch in create_input_pipeline(config).eval_batches(4, 0, 1):
+        logits.append(np.asarray(apply(variables, batch["image"]), np.float64))
+        labels.append(batch["label"])
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+@pytest.mark.slow
+def test_main_smallest_setting(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    argv = ["--workdir", str(workdir), "--config", "tiny", "--data-dir", data_dir,
+            "--datasets", "pascal", "--band-limits", "4", "8", "--steps", "2",
+            "--crop-size", "33", "--batch-size", "4"]  # fmt: skip
+    assert bw.main(argv) == 0
+    rows = {r["band_limit"]: r for r in _read_csv(workdir / "blockwise_annotation.csv")}
+    assert set(rows) == {"4", "8", "pixel"}
+    pixel_miou = float(rows["pixel"]["mean_iou"])
+    for band, row in rows.items():
+        np.testing.assert_allclose(float(row["relative_iou"]), float(row["mean_iou"]) / pixel_miou)
+        expected_train = {"4": 1, "8": 2, "pixel": None}[band]  # 33-pixel crops, 129 grid
+        assert (row["train_band_limit"] or None) == (
+            None if expected_train is None else str(expected_train)
+        )
+    np.testing.assert_allclose(float(rows["pixel"]["relative_iou"]), 1.0)
+    # Paper's columns at the same relative block size: 4 -> 16, 8 -> 32.
+    assert (
+        float(rows["4"]["paper_relative_iou"])
+        == paper_values.TABLE3_RELATIVE_MIOU["deeplab"]["pascal"][1]
+    )
+
+    # R(nu_max) of the pixel-wise model's predictions, recomputed in float64 NumPy.
+    logits, labels = _restored_logits(workdir, "pixel", data_dir)
+    spectrum = references.ce_spectrum(logits, labels)  # [N, H, W]
+    total = spectrum.sum(axis=(1, 2))
+    for band in ("4", "8"):
+        truncated = references.truncated_ce(spectrum, int(band), "chebyshev")
+        expected = references.ratio_of_sums(truncated, total)
+        np.testing.assert_allclose(
+            float(rows[band]["relative_discrepancy"]), expected, rtol=2e-3, atol=1e-5
+        )
+
+    # Rank correlation of the two block-wise points against scipy.
+    (ours,) = [
+        c for c in _read_csv(workdir / "correlation.csv")
+        if c["source"] == "ours" and c["group"] == "all"
+    ]  # fmt: skip
+    x = [float(rows[b]["relative_discrepancy"]) for b in ("4", "8")]
+    y = [float(rows[b]["relative_iou"]) for b in ("4", "8")]
+    np.testing.assert_allclose(float(ours["spearman"]), scipy.stats.spearmanr(x, y).statistic)
+
+    # The example figure's arrays.
+    with np.load(workdir / "examples_pascal.npz") as f:
+        arrays = dict(f)
+    assert arrays["labels"].shape == (bw.NUM_EXAMPLES, 129, 129)
+    np.testing.assert_array_equal(arrays["labels"], labels[: bw.NUM_EXAMPLES])
+    for nu in (4, 8):
+        np.testing.assert_array_equal(
+            arrays[f"blockwise_{nu}"],
+            blockwise_annotation_numpy(arrays["labels"], nu, num_classes=21),
+        )
+    np.testing.assert_array_equal(
+        arrays["prediction_deeplab_pixel"], np.argmax(logits[: bw.NUM_EXAMPLES], axis=-1)
+    )
+    assert arrays["images"].min() >= 0 and arrays["images"].max() <= 1
+    assert (workdir / "examples.png").stat().st_size > 0
+    assert "relative_iou_vs_r.png" in (workdir / "report.md").read_text()

@@ -1,0 +1,196 @@
+"""Experiment 3 (feature truncation with SFP): grid settings, FLOPs and the script's CSV.
+
+The end-to-end test runs ``main`` on the smallest grid (2 training steps, 33-pixel crops,
+encoder pruning 0 and 40 %, feature sizes 129 and 33) and checks the CSV against
+independent computations: MACs of the model rebuilt from its widths, the widths from
+the pruning rates, the mIoU of the soft-pruned full-width model (hard pruning must not
+change the function), and the derived columns (drop, pruned %, FPI).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import feature_truncation as ft
+from experiments import paper_values
+from spectral_jax import flops
+from spectral_jax.models import DeepLabV3Plus
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.mark.parametrize(
+    ("input_size", "expected"),
+    [(513, (None, 65, 33)), (129, (None, 17, 9)), (65, (None, 9, 5)), (64, (None, 7, 3))],
+)
+def test_feature_size_for(input_size, expected):
+    # The paper's 129 / 65 / 33 are F = 2 nu + 1 at nu_L, nu_L / 2, nu_L / 4 of the
+    # untruncated grid L = 129 (nu_L = 64).
+    assert tuple(ft.feature_size_for(f, input_size) for f in ft.PAPER_FEATURE_SIZES) == expected
+
+
+@pytest.mark.parametrize("input_size", [33, 64, 65, 129])
+def test_low_level_grid_matches_the_model(input_size):
+    model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", aspp_channels=8,
+                          low_level_channels=4, decoder_channels=8)  # fmt: skip
+    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    _, low_level = jax.eval_shape(functools.partial(model.apply, method="encode"), variables, x)
+    assert low_level.shape[1:3] == (ft.low_level_grid(input_size),) * 2
+
+
+def test_pruning_rates_follow_the_paper():
+    assert ft.pruning_rates(0.0) == {"encoder": 0.0, "decoder": 0.0}
+    assert ft.pruning_rates(0.6) == {"encoder": 0.6, "decoder": 0.2}
+    with pytest.raises(ValueError, match="encoder_rate"):
+        ft.pruning_rates(1.0)
+
+
+@pytest.mark.parametrize("model", ["deeplab", "dan"])
+def test_experiment_config_builds_the_model(model):
+    from spectral_jax.models import DAN
+    from spectral_jax.training import create_model
+
+    config = ft.experiment_config("tiny", model=model, dataset="cityscapes", steps=7)
+    assert config.dataset == "synthetic_scenes/cityscapes_like"
+    assert config.num_train_steps == 7
+    built = create_model(config.model, num_classes=19)
+    assert isinstance(built, DAN if model == "dan" else DeepLabV3Plus)
+    if model == "dan":  # The tiny low-level width becomes DAN's projection width.
+        assert built.projection_channels == 8
+    x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+    variables = jax.eval_shape(built.init, jax.random.key(0), x)
+    assert jax.eval_shape(built.apply, variables, x).shape == (1, 33, 33, 19)
+    with pytest.raises(ValueError, match="model must be one of"):
+        ft.experiment_config("tiny", model="unet")
+
+
+def test_full_size_macs_unpruned_and_pruned():
+    # Unpruned: exactly the plain ResNet-101 DeepLab v3+ at 513 (feature size 65).
+    plain = DeepLabV3Plus(num_classes=21, backbone="resnet101", feature_size=65)
+    reference = flops.conv_macs(flops.conv_layers(plain, (1, 513, 513, 3)))
+    assert ft.full_size_macs("deeplab", 65, ft.pruning_rates(0.0)) == reference
+    # Pruned at 40 % / 20 %: every pruned layer keeps C - floor(r C) filters, and a
+    # 1x1 or 3x3 convolution between two pruned layers costs (1 - r)^2 as much.
+    pruned = ft.full_size_macs("deeplab", 65, ft.pruning_rates(0.4))
+    assert 0.36 * reference < pruned < 0.8 * reference
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _float(value):
+    return None if value in ("", "None") else float(value)
+
+
+@pytest.mark.slow
+def test_main_smallest_grid(tmp_path, data_dir):
+    from experiments import common
+    from spectral_jax import pruning
+
+    workdir = tmp_path / "run"
+    argv = ["--workdir", str(workdir), "--config", "tiny", "--data-dir", data_dir,
+            "--steps", "2", "--crop-size", "33", "--batch-size", "4",
+            "--pruning-rates", "0", "0.4", "--feature-sizes", "129", "33",
+            "--no-full-size-flops"]  # fmt: skip
+    assert ft.main(argv) == 0
+    rows = {
+        (float(r["encoder_rate"]), int(r["paper_feature_size"])): r
+        for r in _read_csv(workdir / "feature_truncation.csv")
+    }
+    assert set(rows) == {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
+    base = rows[(0.0, 129)]
+    config = ft.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33)
+    unpruned = DeepLabV3Plus(
+        num_classes=21,
+        backbone="resnet_tiny",
+        aspp_channels=config.model.aspp_channels,
+        low_level_channels=config.model.low_level_channels,
+        decoder_channels=config.model.decoder_channels,
+    )
+    x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+    kernels = {
+        "/".join(k.key for k in path[1:-1]): leaf.shape[-1]
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            jax.eval_shape(unpruned.init, jax.random.key(0), x)
+        )
+        if path[0].key == "params" and path[-1].key == "kernel"
+    }
+    for (rate, size), row in rows.items():
+        name = f"deeplab_pascal_enc{round(100 * rate):02d}_f{size}"
+        cell = json.loads((workdir / name / "cell.json").read_text())
+        # Feature sizes: 33-pixel crops (L = 9) in training, 129 (L = 33) at evaluation.
+        expected_sizes = {129: (None, None), 33: (3, 9)}[size]
+        assert (cell["feature_size_train"], cell["feature_size_eval"]) == expected_sizes
+        widths = dict(map(tuple, cell["widths"]))
+        if rate == 0:
+            assert widths == {}
+        else:
+            # Every stem, bottleneck conv1/conv2 and ASPP layer at 40 %, decoder at 20 %.
+            for path, channels in kernels.items():
+                layer = path.rsplit("/", 1)[-1]
+                prunable = (
+                    path == "encoder/conv1"
+                    or layer in ("conv1", "conv2")
+                    or path.startswith("aspp/")
+                    or path in ("decoder/low_level_conv", "decoder/fuse1_conv",
+                                "decoder/fuse2_conv")
+                )  # fmt: skip
+                if not prunable:
+                    assert path not in widths
+                    continue
+                layer_rate = 0.2 if path.startswith("decoder/") else 0.4
+                kept = channels - math.floor(round(layer_rate * channels, 9))
+                assert widths.get(path, channels) == kept, path
+        # MACs of the model rebuilt from the widths, at the evaluation input.
+        rebuilt = unpruned.clone(
+            feature_size=cell["feature_size_eval"], widths=tuple(sorted(widths.items())) or None
+        )
+        macs = flops.conv_macs(flops.conv_layers(rebuilt, (1, 129, 129, 3)))
+        assert float(row["macs_eval"]) == macs
+        miou = float(row["mean_iou"])
+        assert 0 <= miou <= 1
+        assert math.isclose(float(row["fpi_eval_mmacs"]), macs / 1e6 / miou, rel_tol=1e-12)
+        assert math.isclose(float(row["miou_drop"]), float(base["mean_iou"]) - miou, abs_tol=1e-12)
+        assert math.isclose(
+            float(row["pruned_flops_percent_eval"]),
+            100 * (1 - macs / float(base["macs_eval"])),
+            abs_tol=1e-9,
+        )
+        index = ft.PAPER_FEATURE_SIZES.index(size)
+        paper_miou = paper_values.TABLE2_MIOU[rate]["pascal"][index]
+        assert math.isclose(float(row["paper_miou"]), paper_miou / 100)
+        assert math.isclose(
+            float(row["paper_fpi"]),
+            paper_values.TABLE2_FLOPS[rate][index] / (paper_miou / 100),
+        )
+        assert _float(row["gmacs_513"]) is None
+    # Truncation and pruning both cut the MACs.
+    assert float(rows[(0.0, 33)]["macs_eval"]) < float(base["macs_eval"])
+    assert float(rows[(0.4, 129)]["macs_eval"]) < float(base["macs_eval"])
+
+    # Hard pruning keeps the function: the soft-pruned full-width model, truncated the
+    # same way, has the same mIoU.
+    cell_dir = workdir / "deeplab_pascal_enc40_f33"
+    config.model.feature_size = 3
+    config.data_dir = data_dir
+    model, variables = common.restore_trained(config, cell_dir)
+    plan = pruning.pruning_plan(model, pruning.PruningRates(encoder=0.4, decoder=0.2))
+    soft, _ = pruning.soft_prune(variables, plan)
+    result = ft.evaluate_model(model.clone(feature_size=9), soft, config)
+    np.testing.assert_allclose(result["mean_iou"], float(rows[(0.4, 33)]["mean_iou"]), atol=2e-3)
+    report = (workdir / "report.md").read_text()
+    assert "fpi.png" in report and (workdir / "fpi.png").stat().st_size > 0
