@@ -1,6 +1,6 @@
 # Two-command setup: `make demo` and `make test` create .venv on first use.
 #
-#   make demo        spectral analysis of a generated batch, written to runs/demo/
+#   make demo        the paper's analyses end to end on the embedded data (~2 min CPU) -> runs/demo/
 #   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2)
 #   make test-slow   the tests marked `slow` (none collected counts as success)
 #   make bench       the timing scripts in benchmarks/

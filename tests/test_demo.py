@@ -1,0 +1,180 @@
+"""The demo (``experiments/demo.py``) end to end on its smallest setting.
+
+One run of ``main`` (3 training steps per model, 4 validation scenes, one block-wise band
+limit, no full-size FLOPs) into a temporary directory; the tests then check its numbers
+against independent computations: R(nu_max) recomputed in float64 NumPy
+(``tests/references.py``) from the logits of the model restored from the saved
+checkpoint, the vmapped sweep against ``SpectralStatistics``, the FLOPs against
+``conv_macs`` of the rebuilt model, the untruncated mIoU against the trainer's summary,
+the relative mIoU against the two summaries' ratio, and the circular convolution's
+diagonal energy fraction against its closed form (1).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import spectral_jax as sj
+from experiments import common, demo
+from spectral_jax import flops
+from spectral_jax.data import synthetic
+from spectral_jax.models import DeepLabV3Plus
+from tests import references
+
+NUM_EVAL = 4
+STEPS = 3
+BAND_LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    data_dir = tmp_path_factory.mktemp("tfds")
+    report = demo.main(
+        [
+            "--workdir", str(workdir), "--quick", "--data-dir", str(data_dir),
+            "--steps", str(STEPS), "--num-eval", str(NUM_EVAL),
+            "--block-band-limits", str(BAND_LIMIT),
+        ]
+    )  # fmt: skip
+    results = json.loads((workdir / "results.json").read_text())
+    settings = demo.Settings(
+        steps=STEPS,
+        num_eval=NUM_EVAL,
+        block_band_limits=(BAND_LIMIT,),
+        full_size_flops=False,
+        data_dir=str(data_dir),
+    )
+    return workdir, report, results, settings
+
+
+@pytest.fixture(scope="module")
+def restored(run):
+    workdir, _, _, settings = run
+    config = demo.training_config(settings)
+    model, variables = common.restore_trained(config, workdir / "train")
+    images, labels = demo.validation_arrays(settings)
+    logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, images))
+    return model, variables, images, labels, logits
+
+
+def test_report_and_figures_are_written(run):
+    workdir, report, results, _ = run
+    assert report == workdir / "report.md"
+    text = report.read_text()
+    for name in ("data_examples", "ce_spectrum", "band_limit_sweep", "ce_spectral_gradient",
+                 "layer_spectral_rows", "blockwise"):  # fmt: skip
+        assert (workdir / f"{name}.png").stat().st_size > 1000
+        assert f"({name}.png)" in text
+    assert results["training"]["steps"] == STEPS
+    assert results["time"]["cpu_s"] > 0
+
+
+def test_r_table_matches_float64_reference_of_the_checkpoint(run, restored):
+    _, report, results, _ = run
+    _, _, _, labels, logits = restored
+    spectrum = references.ce_spectrum(logits.astype(np.float64), labels)  # [N, H, W]
+    total = spectrum.sum(axis=(1, 2))
+    table = results["ce_spectrum"]["trained"]["table"]
+    text = report.read_text()
+    for nu in demo.TABLE_BAND_LIMITS:
+        truncated = references.truncated_ce(spectrum, nu, "chebyshev")
+        expected = references.ratio_of_sums(truncated, total)
+        np.testing.assert_allclose(table[str(nu)], expected, rtol=2e-3, atol=2e-5)
+        assert f"{table[str(nu)]:.3f}" in text
+    assert table["64"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sweep_row_equals_spectral_statistics(run, restored):
+    _, _, results, _ = run
+    _, _, _, labels, logits = restored
+    stats = demo.spectral_statistics(logits, labels)
+    sweep = np.asarray(results["sweep"]["relative_discrepancy"])  # [4, R]
+    assert sweep.shape == (4, sj.num_bands(labels.shape[1:]))
+    assert results["sweep"]["compilations"] == 1
+    np.testing.assert_allclose(
+        sweep[0], np.asarray(stats.relative_discrepancy()), rtol=1e-3, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        results["ce_spectrum"]["trained"]["relative_discrepancy"],
+        np.asarray(stats.relative_discrepancy()),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_padded_preset_rows_equal_unpadded(run):
+    """The presets' rows, padded to 21 classes, equal R of their unpadded predictions."""
+    _, _, results, _ = run
+    sweep = np.asarray(results["sweep"]["relative_discrepancy"])
+    for row, name in zip(sweep[1:], demo.PRESETS, strict=True):
+        config = synthetic.preset(name)
+        labels = np.stack(
+            [synthetic.generate_example(config, "validation", i)["label"] for i in range(NUM_EVAL)]
+        ).astype(np.int32)
+        logits = synthetic.blurred_label_logits(labels, num_classes=config.num_classes)
+        spectrum = references.ce_spectrum(logits, labels)
+        total = spectrum.sum(axis=(1, 2))
+        for nu in (4, 8, 16):
+            expected = references.ratio_of_sums(
+                references.truncated_ce(spectrum, nu, "chebyshev"), total
+            )
+            np.testing.assert_allclose(row[nu], expected, rtol=2e-3, atol=2e-5)
+
+
+def test_truncation_flops_and_miou(run, restored):
+    _, _, results, settings = run
+    model, _, _, _, _ = restored
+    rows = results["truncation"]["rows"]
+    assert [r["feature_size"] for r in rows] == [33, 17, 9]
+    for row in rows:
+        layers = flops.conv_layers(
+            model.clone(feature_size=row["feature_size"]), (1, demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
+        )
+        assert row["macs"] == flops.conv_macs(layers)
+        assert row["fpi"] == pytest.approx(row["macs"] / 1e6 / row["mean_iou"])
+    # The untruncated grid is the model as trained: the trainer's own evaluation agrees.
+    assert rows[0]["mean_iou"] == pytest.approx(results["training"]["mean_iou"], abs=1e-6)
+    assert rows[0]["macs"] > rows[1]["macs"] > rows[2]["macs"]
+
+
+def test_blockwise_relative_miou_is_the_ratio_of_summaries(run):
+    workdir, _, results, _ = run
+    (record,) = results["blockwise"]
+    pixel = json.loads((workdir / "train" / "summary.json").read_text())
+    weak = json.loads((workdir / f"train_blockwise_nu{BAND_LIMIT}" / "summary.json").read_text())
+    assert record["relative_mean_iou"] == pytest.approx(weak["mean_iou"] / pixel["mean_iou"])
+    assert record["eval_band_limit"] == round(BAND_LIMIT * 129 / 65)
+    r = results["ce_spectrum"]["trained"]["relative_discrepancy"][record["eval_band_limit"]]
+    assert record["relative_discrepancy"] == r
+
+
+def test_circular_convolution_is_diagonal(run):
+    _, _, results, _ = run
+    fractions = results["spectral_gradient"]["layer_diagonal_fraction"]
+    np.testing.assert_allclose(fractions["3x3 conv, circular padding"], 1.0, atol=1e-5)
+    for name, values in fractions.items():
+        assert all(0.0 <= v <= 1.0 + 1e-6 for v in values), name
+
+
+def test_initial_variables_are_the_trainers(run):
+    """The demo's initial variables are the trainer's (its key split, a jitted init)."""
+    _, _, _, settings = run
+    config = demo.training_config(settings)
+    model = DeepLabV3Plus(
+        num_classes=21, **{k: v for k, v in config.model.to_dict().items() if k != "name"}
+    )
+    variables = demo.initial_variables(model, config)
+    key = jax.random.split(jax.random.key(int(config.seed)))[0]
+    zeros = np.zeros((1, config.crop_size, config.crop_size, 3), np.float32)
+    # Compiled like the demo's (without backend optimisations: 4 s instead of 12 s), but
+    # through model.init directly rather than the trainer's init_variables.
+    compiled = jax.jit(model.init).lower(key, zeros)
+    expected = compiled.compile(compiler_options={"xla_backend_optimization_level": 0})(key, zeros)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
