@@ -60,15 +60,16 @@ from spectral_jax.models.deeplab import (
     _check_widths_prefixes,
     _conv_bn_relu,
     aspp_rates,
+    check_model_settings,
+    decoder_grid,
 )
 from spectral_jax.models.resnet import (
-    RESNET_CONFIGS,
     Widths,
     _check_widths,
     _widths_under,
     create_resnet,
 )
-from spectral_jax.truncation import RESAMPLE_METHODS, Resample, resize_features
+from spectral_jax.truncation import Resample, resize_features
 
 # The ResNet stages (0-based) whose outputs the decoder aggregates.
 AGGREGATED_STAGES: tuple[int, ...] = (0, 1, 2)
@@ -178,14 +179,7 @@ class DAN(nn.Module):
 
     def setup(self):
         _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DAN")
-        if self.backbone not in RESNET_CONFIGS:
-            raise ValueError(
-                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
-            )
-        if self.resample not in RESAMPLE_METHODS:
-            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
-        if self.feature_size is not None and self.feature_size < 1:
-            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        check_model_settings(self.backbone, self.resample, self.feature_size)
         self.encoder = create_resnet(
             self.backbone,
             output_stride=self.output_stride,
@@ -208,16 +202,6 @@ class DAN(nn.Module):
             dtype=self.dtype,
             widths=_widths_under(self.widths, "decoder"),
         )
-
-    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
-        if self.feature_size is None:
-            return low_level_size
-        if self.feature_size > min(low_level_size):
-            raise ValueError(
-                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
-                f"{low_level_size} (the stride-4 features of this input)."
-            )
-        return self.feature_size, self.feature_size
 
     def encode(
         self, x: jax.Array, train: bool = False
@@ -265,7 +249,7 @@ class DAN(nn.Module):
             raise ValueError(
                 f"low_level must hold {len(AGGREGATED_STAGES)} stage outputs, got {len(low_level)}."
             )
-        size = self._decoder_size(low_level[0].shape[1:3])
+        size = decoder_grid(self.feature_size, low_level[0].shape[1:3])
         decoder_input, decoder_logits = self.decoder(aspp, tuple(low_level), size, train)
         batch, height, width = aspp.shape[0], *image_size
         logits = jax.image.resize(

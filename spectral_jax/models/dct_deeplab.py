@@ -50,9 +50,15 @@ import numpy as np
 
 from spectral_jax.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
 from spectral_jax.models.dct_gate import FrequencyGate
-from spectral_jax.models.deeplab import ASPP, Decoder, aspp_rates
+from spectral_jax.models.deeplab import (
+    ASPP,
+    Decoder,
+    aspp_rates,
+    check_model_settings,
+    decoder_grid,
+)
 from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
-from spectral_jax.truncation import RESAMPLE_METHODS, Resample
+from spectral_jax.truncation import Resample
 
 INPUT_STRIDE = BLOCK_SIZE  # one DCT position per 8 x 8 block
 
@@ -162,14 +168,7 @@ class DCTDeepLabV3Plus(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        if self.backbone not in RESNET_CONFIGS:
-            raise ValueError(
-                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
-            )
-        if self.resample not in RESAMPLE_METHODS:
-            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
-        if self.feature_size is not None and self.feature_size < 1:
-            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        check_model_settings(self.backbone, self.resample, self.feature_size)
         if self.channels is not None:
             channels = np.asarray(self.channels)
             if (
@@ -198,16 +197,6 @@ class DCTDeepLabV3Plus(nn.Module):
             self.decoder_channels,
             dtype=self.dtype,
         )
-
-    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
-        if self.feature_size is None:
-            return low_level_size
-        if self.feature_size > min(low_level_size):
-            raise ValueError(
-                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
-                f"{low_level_size} (the stride-8 low-level features of this input)."
-            )
-        return self.feature_size, self.feature_size
 
     def _inputs(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
         """Selection and gate: ``x [B, h, w, 192]`` -> ``{"inputs": [B, h, w, K], ...}``."""
@@ -263,7 +252,7 @@ class DCTDeepLabV3Plus(nn.Module):
           ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
-        size = self._decoder_size(low_level.shape[1:3])
+        size = decoder_grid(self.feature_size, low_level.shape[1:3], stride=8)
         decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
         batch, height, width = aspp.shape[0], *image_size
         logits = jax.image.resize(

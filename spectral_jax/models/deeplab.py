@@ -56,6 +56,44 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     return tuple(int(r * scale) for r in (6, 12, 18))
 
 
+def check_model_settings(backbone: str, resample: str, feature_size: int | None) -> None:
+    """Validates the settings shared by the segmentation models (DeepLab v3+, DAN, DCT).
+
+    Raises:
+      ValueError: for an unknown backbone or resampling method, or a non-positive
+        ``feature_size``.
+    """
+    if backbone not in RESNET_CONFIGS:
+        raise ValueError(f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {backbone!r}.")
+    if resample not in RESAMPLE_METHODS:
+        raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {resample!r}.")
+    if feature_size is not None and feature_size < 1:
+        raise ValueError(f"feature_size must be positive or None, got {feature_size}.")
+
+
+def decoder_grid(
+    feature_size: int | None, low_level_size: tuple[int, int], stride: int = 4
+) -> tuple[int, int]:
+    """The static decoder grid: ``feature_size`` squared, or the low-level grid if None.
+
+    Args:
+      feature_size: the truncated grid ``F`` (``2 nu_max + 1``), or None.
+      low_level_size: ``(H_l, W_l)`` of the low-level features, the untruncated grid.
+      stride: their stride, for the error message.
+
+    Raises:
+      ValueError: when ``feature_size`` exceeds the untruncated grid.
+    """
+    if feature_size is None:
+        return tuple(low_level_size)
+    if feature_size > min(low_level_size):
+        raise ValueError(
+            f"feature_size={feature_size} exceeds the untruncated decoder grid "
+            f"{tuple(low_level_size)} (the stride-{stride} low-level features of this input)."
+        )
+    return feature_size, feature_size
+
+
 def _check_widths_prefixes(widths: Widths | None, prefixes: tuple[str, ...], owner: str) -> None:
     """Checks that every path of ``widths`` starts with one of the submodules ``prefixes``.
 
@@ -238,14 +276,7 @@ class DeepLabV3Plus(nn.Module):
 
     def setup(self):
         _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DeepLabV3Plus")
-        if self.backbone not in RESNET_CONFIGS:
-            raise ValueError(
-                f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {self.backbone!r}."
-            )
-        if self.resample not in RESAMPLE_METHODS:
-            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {self.resample!r}.")
-        if self.feature_size is not None and self.feature_size < 1:
-            raise ValueError(f"feature_size must be positive or None, got {self.feature_size}.")
+        check_model_settings(self.backbone, self.resample, self.feature_size)
         self.encoder = create_resnet(
             self.backbone,
             output_stride=self.output_stride,
@@ -268,16 +299,6 @@ class DeepLabV3Plus(nn.Module):
             dtype=self.dtype,
             widths=_widths_under(self.widths, "decoder"),
         )
-
-    def _decoder_size(self, low_level_size: tuple[int, int]) -> tuple[int, int]:
-        if self.feature_size is None:
-            return low_level_size
-        if self.feature_size > min(low_level_size):
-            raise ValueError(
-                f"feature_size={self.feature_size} exceeds the untruncated decoder grid "
-                f"{low_level_size} (the stride-4 low-level features of this input)."
-            )
-        return self.feature_size, self.feature_size
 
     def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Backbone and ASPP.
@@ -317,7 +338,7 @@ class DeepLabV3Plus(nn.Module):
           ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
-        size = self._decoder_size(low_level.shape[1:3])
+        size = decoder_grid(self.feature_size, low_level.shape[1:3])
         decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
         batch, height, width = aspp.shape[0], *image_size
         logits = jax.image.resize(
