@@ -1,0 +1,175 @@
+"""Experiment 1 (``experiments/ce_spectrum.py``): configs, and one tiny end-to-end run.
+
+The end-to-end run (marked ``slow``: about 80 s of CPU time, mostly compiling the
+training and evaluation steps) trains DeepLab v3+ for one step on ``pascal_like`` (33 x 33 crops) and
+evaluates 3 validation scenes; its CSVs are checked against float64 NumPy references
+(:mod:`tests.references`) computed from the restored models' own predictions, and
+against the trainer's evaluation and experiment 5's vmapped sweep of the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from experiments import band_limit_sweep, ce_spectrum, common
+from tests import references
+
+EVAL_SPLIT = "validation[:3]"
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# --------------------------------------------------------------------------------------
+# Configs.
+
+
+def test_dan_config_takes_the_low_level_width_as_projection_width():
+    config = ce_spectrum.experiment_config("tiny", model="dan", dataset="deepglobe", steps=7)
+    deeplab = common.get_config("tiny")
+    assert config.model.name == "dan"
+    assert "low_level_channels" not in config.model
+    assert config.model.projection_channels == deeplab.model.low_level_channels
+    assert config.dataset == "synthetic_scenes/deepglobe_like"
+    assert config.num_train_steps == 7
+    model = ce_spectrum.create_model(config)
+    assert model.num_classes == 7
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "cityscapes"])
+def test_paper_config_uses_each_data_sets_own_config(dataset):
+    config = ce_spectrum.experiment_config("pascal", model="deeplab", dataset=dataset)
+    assert config.dataset == common.get_config(dataset).dataset
+    assert config.learning_rate == common.get_config(dataset).learning_rate
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(model="unet", dataset="pascal"), dict(model="dan", dataset="ade20k")]
+)
+def test_bad_model_or_dataset_raises(kwargs):
+    with pytest.raises(ValueError, match="model|dataset"):
+        ce_spectrum.experiment_config("tiny", **kwargs)
+
+
+@pytest.mark.parametrize("num_bands", [65, 257, 9])
+def test_table_band_limits_map_above_the_grid_to_its_last_band(num_bands):
+    pairs = ce_spectrum.table_band_limits(num_bands)
+    assert [p for p, _ in pairs] == [8, 16, 32, 64, 256]
+    assert [o for _, o in pairs] == [min(p, num_bands - 1) for p, _ in pairs]
+
+
+# --------------------------------------------------------------------------------------
+# End to end.
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ce_spectrum")
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    argv = [
+        "--workdir", str(workdir), "--data-dir", data_dir, "--models", "deeplab",
+        "--datasets", "pascal", "--steps", "1", "--crop-size", "33",
+        "--eval-split", EVAL_SPLIT,
+    ]  # fmt: skip
+    report = ce_spectrum.main(argv)
+    return workdir, data_dir, argv, report
+
+
+def _reference_predictions(workdir, data_dir):
+    """Logits ``[B, H, W, C]`` (init and trained) and labels of the evaluated scenes."""
+    config = ce_spectrum.experiment_config(
+        "tiny", model="deeplab", dataset="pascal", steps=1, data_dir=data_dir,
+        crop_size=33, eval_split=EVAL_SPLIT,
+    )  # fmt: skip
+    images, labels = band_limit_sweep.evaluation_batch(config, 3)
+    model = ce_spectrum.create_model(config)
+    variables = {
+        "init": ce_spectrum.initial_variables(model, config),
+        "trained": common.restore_trained(config, workdir / "deeplab_pascal")[1],
+    }
+    logits = {
+        stage: np.asarray(model.apply(v, images, train=False), np.float64)
+        for stage, v in variables.items()
+    }
+    return logits, labels
+
+
+@pytest.mark.slow
+def test_csvs_match_float64_references(tiny_run):
+    workdir, data_dir, _, report = tiny_run
+    assert report == workdir / "report.md" and report.exists()
+    assert (workdir / "fig1_profiles.png").stat().st_size > 10_000
+    assert (workdir / "fig2_init_vs_trained.png").stat().st_size > 10_000
+    logits, labels = _reference_predictions(workdir, data_dir)
+    table = _read_csv(workdir / "table1.csv")
+    profiles = _read_csv(workdir / "profiles.csv")
+    for stage, stage_logits in logits.items():
+        spectrum = references.ce_spectrum(stage_logits, labels)  # [B, H, W]
+        bands = references.band_sums(spectrum, "chebyshev")  # [B, R]
+        total = references.spatial_ce(stage_logits, labels)  # [B]
+        np.testing.assert_allclose(bands.sum(axis=1), total, rtol=1e-10)  # Parseval
+        rows = [r for r in table if r["stage"] == stage]
+        assert [int(r["paper_nu_max"]) for r in rows] == [8, 16, 32, 64, 256]
+        for row in rows:
+            nu = int(row["nu_max"])
+            expected = references.ratio_of_sums(bands[:, : nu + 1].sum(axis=1), total)
+            # float32 decomposition against float64: R is a difference of CE-sized sums.
+            assert float(row["relative_discrepancy"]) == pytest.approx(expected, abs=2e-5)
+        assert float(rows[-1]["relative_discrepancy"]) == 0.0  # nu = 256 -> last band 64
+        curve = [r for r in profiles if r["stage"] == stage]
+        assert len(curve) == bands.shape[1] == 65
+        np.testing.assert_allclose(
+            [float(r["ce_component"]) for r in curve], bands.mean(axis=0), rtol=1e-3, atol=1e-6
+        )
+        label_ref, logit_ref = references.magnitude_profiles(stage_logits, labels, "chebyshev")
+        np.testing.assert_allclose(
+            [float(r["label_magnitude"]) for r in curve], label_ref.mean(0), rtol=1e-4, atol=1e-9
+        )
+        np.testing.assert_allclose(
+            [float(r["logit_magnitude"]) for r in curve], logit_ref.mean(0), rtol=1e-4, atol=1e-9
+        )
+        normalised = [float(r["logit_magnitude_normalised"]) for r in curve]
+        assert max(normalised) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_summary_agrees_with_the_trainers_evaluation(tiny_run):
+    workdir = tiny_run[0]
+    (trained,) = [r for r in _read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
+    trainer = json.loads((workdir / "deeplab_pascal" / "summary.json").read_text())
+    assert float(trained["r16"]) == pytest.approx(trainer["relative_discrepancy"]["16"], rel=1e-4)
+    assert int(trained["num_images"]) == 3
+    manifest = json.loads((workdir / "runs.json").read_text())
+    assert [(e["model"], e["dataset"]) for e in manifest] == [("deeplab", "pascal")]
+
+
+@pytest.mark.slow
+def test_rerun_resumes_without_retraining(tiny_run):
+    workdir, _, argv, _ = tiny_run
+    checkpoint_files = sorted((workdir / "deeplab_pascal").rglob("*"))
+    mtimes = [p.stat().st_mtime_ns for p in checkpoint_files]
+    before = (workdir / "table1.csv").read_text()
+    ce_spectrum.main(argv)
+    assert (workdir / "table1.csv").read_text() == before
+    assert [p.stat().st_mtime_ns for p in checkpoint_files] == mtimes
+
+
+@pytest.mark.slow
+def test_band_limit_sweep_of_the_trained_runs_equals_experiment_1(tiny_run, tmp_path):
+    workdir, _, _, _ = tiny_run
+    sweep_dir = tmp_path / "sweep"
+    band_limit_sweep.main(
+        ["--workdir", str(sweep_dir), "--from-ce-spectrum", str(workdir), "--num-images", "3"]
+    )
+    ours = {int(r["band_limit"]): float(r["R"]) for r in _read_csv(sweep_dir / "table.csv")}
+    table = [r for r in _read_csv(workdir / "table1.csv") if r["stage"] == "trained"]
+    for row in table[:4]:  # nu = 8, 16, 32, 64
+        nu = int(row["nu_max"])
+        assert ours[nu] == pytest.approx(float(row["relative_discrepancy"]), abs=1e-6)
+    assert json.loads((sweep_dir / "compilations.json").read_text())["compilations"] == 1

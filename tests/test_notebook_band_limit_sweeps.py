@@ -1,0 +1,84 @@
+"""Executes ``notebooks/band_limit_sweeps.ipynb`` (nbclient) and checks what it computed.
+
+The notebook's vmapped grid is read back from the kernel and compared with float64
+NumPy references (:mod:`tests.references`) of the same predictions; its trace counter
+must read one compilation. The notebook in git has no outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import nbclient
+import nbformat
+import numpy as np
+
+from tests import references
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "band_limit_sweeps.ipynb"
+
+# Run in the kernel after the notebook: its results, as JSON on stdout.
+_EXPORT = """
+import json as _json
+print(_json.dumps({
+    "r": r.tolist(), "traces": len(traces), "sigmas": list(SIGMAS), "presets": list(PRESETS),
+    "num_images": NUM_IMAGES,
+}))
+"""
+
+
+def test_notebook_is_stored_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+def test_notebook_executes_and_its_grid_matches_the_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+    root = str(NOTEBOOK.parent.parent)  # the kernel imports spectral_jax from the tree
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(_EXPORT))
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    )
+    client.execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors
+    exported = json.loads(notebook.cells[-1].outputs[0]["text"])
+    assert exported["traces"] == 1
+    r = np.asarray(exported["r"])  # [S, D, K]
+    assert r.shape == (len(exported["sigmas"]), 3, 65)
+
+    # Independent recomputation of one preset and one blur width, float64 NumPy.
+    from spectral_jax.data import blurred_label_logits, synthetic
+
+    d, s = 2, 1  # deepglobe_like (7 of the 21 padded classes), sigma = 1
+    config = synthetic.preset(exported["presets"][d])
+    labels = np.stack(
+        [
+            synthetic.generate_example(config, "validation", i)["label"]
+            for i in range(exported["num_images"])
+        ]
+    ).astype(np.int64)
+    logits = blurred_label_logits(
+        labels, num_classes=config.num_classes, sigma=exported["sigmas"][s]
+    )
+    spectrum = references.ce_spectrum(logits, labels)
+    total = references.spatial_ce(logits, labels)
+    expected = [
+        references.ratio_of_sums(references.truncated_ce(spectrum, nu, "chebyshev"), total)
+        for nu in range(65)
+    ]
+    np.testing.assert_allclose(r[s, d], expected, rtol=0, atol=5e-5)
