@@ -166,11 +166,7 @@ def experiment_config(
             )
         if config_name in ("tiny", "default"):
             config.dataset = paper_values.PRESET_OF_DATASET[dataset]
-    config.model.name = MODEL_NAMES[model]
-    if model == "dan" and "low_level_channels" in config.model:
-        width = config.model.low_level_channels
-        del config.model["low_level_channels"]
-        config.model.projection_channels = width
+    common.select_model(config, MODEL_NAMES[model])
     if steps is not None:
         config.num_train_steps = int(steps)
     if data_dir is not None:

@@ -323,10 +323,7 @@ def model_config(config: ml_collections.ConfigDict, model: str) -> ml_collection
     config = ml_collections.ConfigDict(config.to_dict())
     if model not in MODELS:
         raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}.")
-    config.model.name = MODELS[model]
-    if model == "dan" and "low_level_channels" in config.model:
-        config.model.projection_channels = config.model.low_level_channels
-        del config.model["low_level_channels"]
+    common.select_model(config, MODELS[model])
     return config
 
 
