@@ -5,7 +5,6 @@ Resuming a whole run (in process, and after SIGKILL) is tested in test_training.
 
 from __future__ import annotations
 
-import gc
 import os
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.training import checkpointing, train_state
+from tests.training_helpers import run_python_isolated
 
 
 class _Small(nn.Module):
@@ -86,25 +86,54 @@ def test_incompatible_metadata_raises_naming_directory(tmp_path):
 
 def test_incompatible_shapes_raise(tmp_path):
     _save(tmp_path, _state(features=3))
-    with pytest.raises(checkpointing.CheckpointError, match=str(tmp_path)):
+    with pytest.raises(checkpointing.CheckpointError, match=str(tmp_path)) as info:
         _restore(tmp_path, _abstract(_state(features=5)))
+    # Named from the saved metadata, before any array is read.
+    assert "params/Dense_0/kernel is float32[4, 3], this run expects float32[4, 5]" in str(
+        info.value
+    )
 
 
-# orbax leaves an un-awaited read coroutine behind when a restore fails; collected (and
-# its warning silenced) within the test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_corrupt_checkpoint_raises_naming_directory(tmp_path):
+def test_incompatible_dtype_raises(tmp_path):
     state = _state()
     _save(tmp_path, state)
+    wide = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float16), state.params)
+    with pytest.raises(checkpointing.CheckpointError, match="float16"):
+        _restore(tmp_path, _abstract(state).replace(params=wide))
+
+
+def test_missing_leaf_raises(tmp_path):
+    state = _state()
+    _save(tmp_path, state)
+    fewer = _abstract(state).replace(batch_stats={})
+    with pytest.raises(checkpointing.CheckpointError, match="tree structure.*batch_stats"):
+        _restore(tmp_path, fewer)
+
+
+_RESTORE_CORRUPT = """
+import sys
+from spectral_jax.training.checkpointing import CheckpointError
+from tests.test_checkpointing import _abstract, _restore, _state
+try:
+    _restore(sys.argv[1], _abstract(_state()))
+    print("restored")
+except CheckpointError as error:
+    print("CheckpointError:", error)
+"""
+
+
+def test_corrupt_checkpoint_raises_naming_directory(tmp_path):
+    _save(tmp_path, _state())
     state_dir = tmp_path / "checkpoints" / "1" / "state"
     files = [p for p in state_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
     assert files
     for path in files:  # Truncate every file of the state item to half its size.
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(checkpointing.CheckpointError, match=str(tmp_path / "checkpoints")):
-        _restore(tmp_path, _abstract(state))
-    gc.collect()
+    # In a child process: a restore that fails half-way leaves orbax reads in flight.
+    out = run_python_isolated(_RESTORE_CORRUPT, str(tmp_path))
+    assert out.startswith("CheckpointError:"), out
+    assert str(tmp_path / "checkpoints" / "1") in out
 
 
 def test_directory_without_complete_checkpoint_raises(tmp_path):

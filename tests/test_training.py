@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
@@ -21,7 +20,12 @@ import pytest
 
 from spectral_jax.training import checkpointing, train_state
 from spectral_jax.training import train as train_lib
-from tests.training_helpers import NUM_CLASSES, generated_pipeline, tiny_test_config
+from tests.training_helpers import (
+    NUM_CLASSES,
+    generated_pipeline,
+    run_python_isolated,
+    tiny_test_config,
+)
 
 # ---------------------------------------------------------------------------------------
 # Loss, schedule, optimizer.
@@ -285,19 +289,37 @@ def test_incompatible_model_config_is_refused(trained_run, tmp_path):
     assert str(other / "checkpoints") in str(info.value)
 
 
-# orbax leaves an un-awaited read coroutine behind when a restore fails; collected (and
-# its warning silenced) within the test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+_TRAIN_ON_CORRUPT = """
+import sys
+from spectral_jax.training import checkpointing
+from spectral_jax.training import train as train_lib
+from tests.test_training import STEPS
+from tests.training_helpers import generated_pipeline, tiny_test_config
+config = tiny_test_config(steps=STEPS)
+config.tensorboard = True
+try:
+    train_lib.train_and_evaluate(
+        config, sys.argv[1], input_pipeline=generated_pipeline(crop_size=config.crop_size)
+    )
+    print("trained")
+except checkpointing.CheckpointError as error:
+    print("CheckpointError:", error)
+"""
+
+
 def test_corrupt_checkpoint_is_refused(trained_run, tmp_path):
-    config, pipeline, workdir, _ = trained_run
+    """The loop refuses a garbled checkpoint instead of starting afresh over it."""
+    _, _, workdir, _ = trained_run
     corrupt = tmp_path / "corrupt"
     shutil.copytree(workdir, corrupt)
     for path in (corrupt / "checkpoints" / "4" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\x00garbled" + path.read_bytes()[8:])
-    with pytest.raises(checkpointing.CheckpointError, match=str(corrupt / "checkpoints")):
-        train_lib.train_and_evaluate(config, corrupt, input_pipeline=pipeline)
-    gc.collect()
+    # In a child process: a restore that fails half-way leaves orbax reads in flight.
+    out = run_python_isolated(_TRAIN_ON_CORRUPT, str(corrupt))
+    assert out.startswith("CheckpointError:"), out
+    assert str(corrupt / "checkpoints" / "4") in out
+    assert sorted(p.name for p in (corrupt / "checkpoints").iterdir()) == ["2", "4"]
 
 
 def test_soft_filter_pruning_at_epoch_ends(trained_run, tmp_path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from experiments.configs import tiny
@@ -86,3 +90,29 @@ def tiny_test_config(*, crop_size: int = 33, steps: int = 4):
     config.progress_bar = False
     config.tensorboard = False
     return config
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python_isolated(source: str, *args: str, timeout: float = 300) -> str:
+    """Runs ``source`` in a fresh interpreter at the repository root; returns its stdout.
+
+    For code that makes orbax fail half-way through a read (a corrupt checkpoint): orbax
+    then closes its event loop while tensorstore reads are still in flight, and their
+    callbacks raise "Event loop is closed" from tensorstore's threads, at any later time.
+    In the test process those would surface as unraisable-exception errors in whichever
+    test runs next; in a child process they end with it.
+    """
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-c", source, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout

@@ -48,7 +48,8 @@ def create_checkpoint_manager(
         cleanup_tmp_directories=True,
         enable_async_checkpointing=asynchronous,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=(_STATE, _METADATA))
+    handlers = {_STATE: ocp.StandardCheckpointHandler(), _METADATA: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save_checkpoint(
@@ -67,6 +68,58 @@ def save_checkpoint(
 def _normalise(value):
     """JSON round trip, so that tuples and lists (and int/float keys) compare equal."""
     return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _key_name(key) -> str:
+    """One path element as a plain name: dict key, attribute or sequence index."""
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _leaf_table(tree) -> dict[tuple[str, ...], tuple[tuple[int, ...], Any]]:
+    """``{path: (shape, dtype)}`` of the array leaves of ``tree``, with plain-name paths.
+
+    Works alike on the run's state (a dataclass, optax named tuples) and on orbax's saved
+    tree metadata (nested dicts and lists), so the two can be compared before reading.
+    """
+    return {
+        tuple(_key_name(key) for key in path): (tuple(leaf.shape), jax.numpy.dtype(leaf.dtype))
+        for path, leaf in jax.tree.leaves_with_path(tree)
+    }
+
+
+def _check_saved_layout(manager: ocp.CheckpointManager, step: int, abstract_state, step_dir):
+    """Raises CheckpointError if the saved arrays' paths, shapes or dtypes differ.
+
+    Done from the checkpoint's metadata, before any array is read: an orbax restore that
+    fails half-way leaves reads in flight on its event loop.
+    """
+    try:
+        saved_tree = manager.item_metadata(step)[_STATE]
+    except Exception as error:
+        raise CheckpointError(
+            f"could not read the array metadata of checkpoint {step_dir}: {error!r}"
+        ) from error
+    if saved_tree is None:
+        raise CheckpointError(f"checkpoint {step_dir} has no readable state item.")
+    saved, expected = _leaf_table(saved_tree), _leaf_table(abstract_state)
+    missing = sorted("/".join(path) for path in expected.keys() - saved.keys())
+    unexpected = sorted("/".join(path) for path in saved.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {step_dir} has another tree structure than this run's state: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    mismatches = [
+        f"{'/'.join(path)} is {saved[path][1]}{list(saved[path][0])}, "
+        f"this run expects {want_dtype}{list(want_shape)}"
+        for path, (want_shape, want_dtype) in sorted(expected.items())
+        if saved[path] != (want_shape, want_dtype)
+    ]
+    if mismatches:
+        raise CheckpointError(f"checkpoint {step_dir}: " + "; ".join(mismatches) + ".")
 
 
 def _step_entries(directory: str) -> list[str]:
@@ -125,6 +178,7 @@ def restore_latest(
             f"checkpoint {step_dir} was written by an incompatible run: (saved, this run) = "
             f"{differences}. Use another workdir, or the same configuration."
         )
+    _check_saved_layout(manager, step, abstract_state, step_dir)
     try:
         restored = manager.restore(
             step,
