@@ -113,7 +113,7 @@ def experiment_config(
         config = common.get_config(dataset)
     else:
         raise ValueError(f"config must be one of {common.CONFIG_NAMES}, got {config_name!r}.")
-    common.select_model(config, MODEL_NAMES[model])
+    config.model.name = MODEL_NAMES[model]
     if steps is not None:
         config.num_train_steps = int(steps)
     if data_dir is not None:

@@ -48,19 +48,6 @@ def get_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
-def select_model(config: ml_collections.ConfigDict, name: str) -> None:
-    """Sets ``config.model.name`` in place, carrying the low-level width over to DAN.
-
-    DAN calls the width of its stage projections ``projection_channels`` where DeepLab v3+
-    has ``low_level_channels``; the configs are written for DeepLab v3+, so for
-    ``name="dan"`` the value moves to DAN's field (48 in the paper's configs, 8 in tiny).
-    """
-    config.model.name = name
-    if name == "dan" and "low_level_channels" in config.model:
-        config.model.projection_channels = config.model.low_level_channels
-        del config.model["low_level_channels"]
-
-
 def log(message: str) -> None:
     """Progress to stderr (stdout carries the report)."""
     print(message, file=sys.stderr, flush=True)

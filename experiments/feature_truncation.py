@@ -166,7 +166,7 @@ def experiment_config(
             )
         if config_name in ("tiny", "default"):
             config.dataset = paper_values.PRESET_OF_DATASET[dataset]
-    common.select_model(config, MODEL_NAMES[model])
+    config.model.name = MODEL_NAMES[model]
     if steps is not None:
         config.num_train_steps = int(steps)
     if data_dir is not None:

@@ -317,13 +317,13 @@ def _add_summaries(case: dict, all_rows, nu_all: np.ndarray) -> None:
 def model_config(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
     """``config`` for ``model`` (``"deeplab"`` or ``"dan"``), same widths.
 
-    DAN has ``projection_channels`` where DeepLab v3+ has ``low_level_channels``; the
-    value carries over (48 in the paper's configs, 8 in the tiny one).
+    DAN takes the config's ``low_level_channels`` as its ``projection_channels``
+    (:func:`spectral_jax.training.create_model`): 48 in the paper's configs, 8 in tiny.
     """
     config = ml_collections.ConfigDict(config.to_dict())
     if model not in MODELS:
         raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}.")
-    common.select_model(config, MODELS[model])
+    config.model.name = MODELS[model]
     return config
 
 

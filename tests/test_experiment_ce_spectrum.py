@@ -34,12 +34,12 @@ def test_dan_config_takes_the_low_level_width_as_projection_width():
     config = ce_spectrum.experiment_config("tiny", model="dan", dataset="deepglobe", steps=7)
     deeplab = common.get_config("tiny")
     assert config.model.name == "dan"
-    assert "low_level_channels" not in config.model
-    assert config.model.projection_channels == deeplab.model.low_level_channels
+    assert config.model.low_level_channels == deeplab.model.low_level_channels
     assert config.dataset == "synthetic_scenes/deepglobe_like"
     assert config.num_train_steps == 7
     model = ce_spectrum.create_model(config)
     assert model.num_classes == 7
+    assert model.projection_channels == deeplab.model.low_level_channels
 
 
 @pytest.mark.parametrize("dataset", ["pascal", "cityscapes"])

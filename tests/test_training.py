@@ -111,6 +111,24 @@ def test_tiny_config_is_small():
     assert config.num_train_steps > 0 and "mIoU" in tiny.__doc__
 
 
+@pytest.mark.parametrize("config_name", ["tiny", "pascal"])
+def test_any_config_builds_dan(config_name):
+    """``--config.model.name=dan`` alone works: low_level_channels becomes DAN's width."""
+    config = importlib.import_module(f"experiments.configs.{config_name}").get_config()
+    config.model.name = "dan"
+    model = train_lib.create_model(config.model, num_classes=5)
+    assert type(model).__name__ == "DAN"
+    # The paper's configs keep the default 48 of both models.
+    assert model.projection_channels == config.model.get("low_level_channels", 48)
+    x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 65, 65, 5)
+    config.model.low_level_channels = 8
+    config.model.projection_channels = 16
+    with pytest.raises(ValueError, match="both low_level_channels and projection_channels"):
+        train_lib.create_model(config.model, num_classes=5)
+
+
 # ---------------------------------------------------------------------------------------
 # train_step on a per-pixel linear classifier, whose CE gradient has a closed form.
 

@@ -569,15 +569,26 @@ def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int):
     """The model named by ``model_config.name`` with the other fields as attributes.
 
     ``downsample_filter`` (``None``, ``"daf"`` or ``"freqmix"``) names a module of
-    :data:`DOWNSAMPLE_FILTERS`; list values (``channels``) become tuples.
+    :data:`DOWNSAMPLE_FILTERS`; list values (``channels``) become tuples. The configs are
+    written for DeepLab v3+: for ``name="dan"`` their ``low_level_channels`` is DAN's
+    ``projection_channels`` (the width of its stage projections, the same role), so
+    ``--config.model.name=dan`` works on any of them.
 
     Raises:
-      ValueError: for an unknown name or filter, or a name whose module is not available.
+      ValueError: for an unknown name or filter, a name whose module is not available,
+        or a DAN config with both ``low_level_channels`` and ``projection_channels``.
     """
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config).items()}
     name = fields.pop("name")
     if name not in _MODEL_CLASSES:
         raise ValueError(f"config.model.name must be one of {tuple(_MODEL_CLASSES)}, got {name!r}.")
+    if name == "dan" and "low_level_channels" in fields:
+        if "projection_channels" in fields:
+            raise ValueError(
+                "config.model for DAN sets both low_level_channels and projection_channels; "
+                "they are the same width, set one."
+            )
+        fields["projection_channels"] = fields.pop("low_level_channels")
     cls = getattr(models_lib, _MODEL_CLASSES[name], None)
     if cls is None:
         raise ValueError(f"config.model.name={name!r}: spectral_jax.models has no {name}.")
