@@ -21,7 +21,6 @@ configs on the real data sets (GPU/TPU).
 from __future__ import annotations
 
 import argparse
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,15 +54,7 @@ METRICS = ("mean_iou", "biou", "bacc", "ferr", "merr", "derr")
 
 def experiment_config(args: argparse.Namespace, downsample_filter: str | None):
     """The training config of one variant."""
-    overrides: dict[str, Any] = {"data_dir": args.data_dir}
-    if args.steps is not None:
-        overrides["num_train_steps"] = args.steps
-    if args.crop_size is not None:
-        overrides["crop_size"] = args.crop_size
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-        overrides["eval_batch_size"] = args.batch_size
-    config = common.get_config(args.config, **overrides)
+    config = common.get_config(args.config, **common.run_overrides(args))
     config.model.downsample_filter = downsample_filter
     config.progress_bar = False
     config.tensorboard = False
@@ -142,13 +133,8 @@ def plot_metrics(rows: list[dict[str, Any]]):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/aliasing"))
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (tests)")
+    parser = common.experiment_parser("aliasing", __doc__)
+    common.add_training_overrides(parser)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=tuple(VARIANTS))
     parser.add_argument(
         "--eval-images", type=int, default=16, help="validation images for the aliasing scores"

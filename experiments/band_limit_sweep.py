@@ -165,7 +165,7 @@ def _entries_trained_here(args: argparse.Namespace) -> list[dict[str, Any]]:
     entries = []
     for model in args.models:
         for dataset in args.datasets:
-            config = ce_spectrum.experiment_config(
+            config = common.experiment_config(
                 args.config, model=model, dataset=dataset, steps=args.steps,
                 data_dir=args.data_dir, crop_size=args.crop_size,
             )  # fmt: skip
@@ -319,20 +319,13 @@ def write_report(workdir, args, models, datasets, logits_shape, sweep, compilati
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.band_limit_sweep", description=__doc__.split("\n", 1)[0]
-    )
-    parser.add_argument(
-        "--workdir", type=pathlib.Path, default=pathlib.Path("runs/band_limit_sweep")
-    )
+    parser = common.experiment_parser("band_limit_sweep", __doc__)
     parser.add_argument(
         "--from-ce-spectrum",
         type=pathlib.Path,
         default=None,
         help="work directory of experiments.ce_spectrum: use its trained runs",
     )
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument(
         "--models",
         nargs="+",

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from experiments import common, paper_values
-from experiments.feature_truncation import MODEL_TITLES, evaluate_model, experiment_config
+from experiments.common import MODEL_TITLES
 
 PAPER_INPUT_SIZE = 513
 #: Examples per data set in Fig. 7.
@@ -216,7 +216,7 @@ def run_one(
     if run_path.exists():
         common.log(f"  {workdir}: finished earlier, reading {run_path.name}")
         return json.loads(run_path.read_text())
-    config = experiment_config(
+    config = common.experiment_config(
         config_name,
         model=model,
         dataset=dataset,
@@ -224,6 +224,7 @@ def run_one(
         data_dir=data_dir,
         crop_size=crop_size,
         batch_size=batch_size,
+        self_evaluated=True,
     )
     eval_size = int(config.eval_crop_size)
     train_band_limit = None
@@ -235,7 +236,7 @@ def run_one(
     summary = common.train_once(config, workdir)
     trained_model, variables = common.restore_trained(config, workdir)
     pixelwise = band_limit == PIXELWISE
-    result = evaluate_model(
+    result = common.evaluate_model(
         trained_model,
         variables,
         config,
@@ -698,12 +699,7 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--workdir", type=pathlib.Path, default=pathlib.Path("runs/blockwise_annotation")
-    )
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser = common.experiment_parser("blockwise_annotation", __doc__)
     parser.add_argument("--models", nargs="+", default=None, choices=tuple(MODEL_TITLES))
     parser.add_argument(
         "--datasets",
@@ -719,9 +715,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="block-wise band limits on the evaluation grid (pixel-wise is always run)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (tests)")
+    common.add_training_overrides(parser)
     parser.add_argument(
         "--from-ce-spectrum",
         type=pathlib.Path,

@@ -61,8 +61,7 @@ import numpy as np
 from experiments import common, paper_values
 from spectral_jax.statistics import SpectralStatistics
 
-MODEL_NAMES = {"deeplab": "deeplabv3plus", "dan": "dan"}
-MODEL_TITLES = {"deeplab": "DeepLab v3+", "dan": "DAN"}
+MODEL_NAMES, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 STAGES = ("init", "trained")
 DATASET_TITLES = {"pascal": "PASCAL", "deepglobe": "DeepGlobe", "cityscapes": "Cityscapes"}
 DATASET_COLORS = {"pascal": "C0", "deepglobe": "C2", "cityscapes": "C3"}
@@ -72,59 +71,6 @@ TINY_DEFAULT_STEPS = 100
 
 # --------------------------------------------------------------------------------------
 # Configurations and runs.
-
-
-def experiment_config(
-    config_name: str,
-    *,
-    model: str,
-    dataset: str,
-    steps: int | None = None,
-    data_dir: str | None = None,
-    crop_size: int | None = None,
-    eval_split: str | None = None,
-) -> ml_collections.ConfigDict:
-    """The training config of ``model`` on ``dataset``.
-
-    Args:
-      config_name: ``"tiny"`` (the data set's embedded preset,
-        :data:`experiments.paper_values.PRESET_OF_DATASET`) or a paper config name; with
-        a paper config every data set takes its own paper config
-        (``experiments/configs/<dataset>.py``).
-      model: ``"deeplab"`` or ``"dan"``; DAN takes the config's low-level width as the
-        width of its stage projections.
-      dataset: ``"pascal"``, ``"deepglobe"`` or ``"cityscapes"``.
-      steps: training steps (``num_train_steps``); None keeps the config's.
-      data_dir: TFDS data directory.
-      crop_size: training crop; None keeps the config's.
-      eval_split: evaluation split (TFDS slicing such as ``"validation[:8]"``).
-
-    Raises:
-      ValueError: for an unknown config, model or data set.
-    """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"model must be one of {tuple(MODEL_NAMES)}, got {model!r}.")
-    if dataset not in paper_values.PRESET_OF_DATASET:
-        raise ValueError(f"dataset must be one of {paper_values.DATASETS}, got {dataset!r}.")
-    if config_name in ("tiny", "default"):
-        config = common.get_config(config_name)
-        config.dataset = paper_values.PRESET_OF_DATASET[dataset]
-    elif config_name in paper_values.DATASETS:
-        config = common.get_config(dataset)
-    else:
-        raise ValueError(f"config must be one of {common.CONFIG_NAMES}, got {config_name!r}.")
-    config.model.name = MODEL_NAMES[model]
-    if steps is not None:
-        config.num_train_steps = int(steps)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if crop_size is not None:
-        config.crop_size = int(crop_size)
-    if eval_split is not None:
-        config.eval_split = eval_split
-    config.progress_bar = False
-    config.tensorboard = False
-    return config
 
 
 def initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -572,12 +518,7 @@ def write_report(workdir: pathlib.Path, cells, args: argparse.Namespace, seconds
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.ce_spectrum", description=__doc__.split("\n", 1)[0]
-    )
-    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/ce_spectrum"))
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser = common.experiment_parser("ce_spectrum", __doc__)
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument(
         "--datasets",
@@ -621,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     for index, (model, dataset) in enumerate(grid):
         name = f"{model}_{dataset}"
         common.log(f"[{index + 1}/{len(grid)}] {name}")
-        config = experiment_config(
+        config = common.experiment_config(
             args.config,
             model=model,
             dataset=dataset,

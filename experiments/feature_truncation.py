@@ -58,8 +58,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from experiments import common, paper_values
@@ -72,8 +70,7 @@ PAPER_INPUT_SIZE = 513
 PAPER_NUM_CLASSES = 21
 #: The decoder's pruning rate whenever the encoder is pruned (paper, Sec. 3.2).
 DECODER_RATE = 0.2
-MODEL_NAMES = {"deeplab": "deeplabv3plus", "dan": "dan"}
-MODEL_TITLES = {"deeplab": "DeepLab v3+", "dan": "DAN"}
+MODEL_NAMES, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 
 
 # --------------------------------------------------------------------------------------
@@ -129,130 +126,8 @@ def pruning_rates(encoder_rate: float) -> dict[str, float]:
     return {"encoder": float(encoder_rate), "decoder": DECODER_RATE if encoder_rate > 0 else 0.0}
 
 
-def experiment_config(
-    config_name: str,
-    *,
-    model: str,
-    dataset: str | None = None,
-    steps: int | None = None,
-    data_dir: str | None = None,
-    crop_size: int | None = None,
-    batch_size: int | None = None,
-) -> ml_collections.ConfigDict:
-    """A training config for ``model`` (``"deeplab"`` or ``"dan"``) and ``dataset``.
-
-    Args:
-      config_name: one of :data:`experiments.common.CONFIG_NAMES`.
-      model: ``"deeplab"`` or ``"dan"``; DAN takes the config's low-level width as the
-        width of its stage projections.
-      dataset: the paper's data set name (``"pascal"``...), mapped to the embedded preset
-        (:data:`experiments.paper_values.PRESET_OF_DATASET`) for the tiny config; None
-        keeps the config's data set.
-      steps: training steps (``num_train_steps``); None keeps the config's.
-      data_dir: TFDS data directory.
-      crop_size: training crop; None keeps the config's.
-      batch_size: training and evaluation batch size; None keeps the config's.
-
-    Raises:
-      ValueError: for an unknown model or data set.
-    """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"model must be one of {tuple(MODEL_NAMES)}, got {model!r}.")
-    config = common.get_config(config_name)
-    if dataset is not None:
-        if dataset not in paper_values.PRESET_OF_DATASET:
-            raise ValueError(
-                f"dataset must be one of {tuple(paper_values.PRESET_OF_DATASET)}, got {dataset!r}."
-            )
-        if config_name in ("tiny", "default"):
-            config.dataset = paper_values.PRESET_OF_DATASET[dataset]
-    config.model.name = MODEL_NAMES[model]
-    if steps is not None:
-        config.num_train_steps = int(steps)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if crop_size is not None:
-        config.crop_size = int(crop_size)
-    if batch_size is not None:
-        config.batch_size = config.eval_batch_size = int(batch_size)
-    # The experiments evaluate the trained models themselves (hard-pruned, truncated,
-    # with their own statistics): the trainer evaluates once, at the end, without them.
-    config.eval_every_steps = -1
-    config.spectral_statistics = False
-    config.progress_bar = False
-    config.tensorboard = False
-    return config
-
-
 # --------------------------------------------------------------------------------------
 # Evaluation of a (possibly hard-pruned) model.
-
-
-def evaluate_model(
-    model,
-    variables,
-    config: ml_collections.ConfigDict,
-    *,
-    spectral_statistics: bool = False,
-    num_examples: int = 0,
-) -> dict[str, Any]:
-    """Confusion matrix (and optionally spectral statistics) over the evaluation split.
-
-    Args:
-      model: a Flax segmentation model ``[B, H, W, 3] -> [B, H, W, C]``.
-      variables: its variables.
-      config: gives the data set, split, evaluation crop and batch size.
-      spectral_statistics: also accumulate :class:`spectral_jax.SpectralStatistics` of
-        the logits (for ``R(nu_max)``).
-      num_examples: keep the first ``num_examples`` normalised images ``[N, H, W, 3]``,
-        labels ``[N, H, W]`` and predictions ``[N, H, W]``.
-
-    Returns:
-      ``{"confusion": [C, C] int64, "iou": [C], "mean_iou": float, "statistics":
-      SpectralStatistics or None, "images", "labels", "predictions"}``.
-    """
-    from spectral_jax.statistics import SpectralStatistics
-    from spectral_jax.training import create_input_pipeline, metrics
-
-    pipeline = create_input_pipeline(config)
-    num_classes = pipeline.num_classes
-    apply = jax.jit(functools.partial(model.apply, train=False))
-    update = jax.jit(SpectralStatistics.update)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    statistics = None
-    kept: dict[str, list[np.ndarray]] = {"images": [], "labels": [], "predictions": []}
-    for batch in pipeline.eval_batches(int(config.eval_batch_size), 0, 1):
-        images = jnp.asarray(batch["image"])
-        labels = jnp.asarray(batch["label"], jnp.int32)
-        logits = apply(variables, images)  # [B, H, W, C]
-        predictions = jnp.argmax(logits, axis=-1)  # [B, H, W]
-        confusion += np.asarray(
-            metrics.confusion_matrix(
-                predictions, labels, num_classes=num_classes, ignore_label=pipeline.ignore_label
-            ),
-            np.int64,
-        )
-        if spectral_statistics:
-            if statistics is None:
-                statistics = SpectralStatistics.create(
-                    labels.shape[1:3], num_classes, ignore_index=pipeline.ignore_label
-                )
-            statistics = update(statistics, logits.astype(jnp.float32), labels)
-        have = sum(len(a) for a in kept["images"])
-        if have < num_examples:
-            take = num_examples - have
-            kept["images"].append(np.asarray(images[:take]))
-            kept["labels"].append(np.asarray(labels[:take]))
-            kept["predictions"].append(np.asarray(predictions[:take]))
-    result = {
-        "confusion": confusion,
-        "iou": metrics.iou_from_confusion(confusion),
-        "mean_iou": metrics.mean_iou(confusion),
-        "statistics": statistics,
-    }
-    for key, arrays in kept.items():
-        result[key] = np.concatenate(arrays) if arrays else None
-    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -341,7 +216,7 @@ def run_cell(
     if cell_path.exists():
         common.log(f"  {workdir}: finished earlier, reading {cell_path.name}")
         return json.loads(cell_path.read_text())
-    config = experiment_config(
+    config = common.experiment_config(
         config_name,
         model=model,
         dataset=dataset,
@@ -349,6 +224,7 @@ def run_cell(
         data_dir=data_dir,
         crop_size=crop_size,
         batch_size=batch_size,
+        self_evaluated=True,
     )
     rates = pruning_rates(encoder_rate)
     train_size = feature_size_for(paper_feature_size, int(config.crop_size))
@@ -366,7 +242,7 @@ def run_cell(
     small_model, small_variables = pruning.hard_prune(trained_model, variables, plan)
     eval_model = small_model.clone(feature_size=eval_size)
     common.log(f"  evaluating the hard-pruned model (feature size {eval_size})")
-    result = evaluate_model(eval_model, small_variables, config)
+    result = common.evaluate_model(eval_model, small_variables, config)
     layers = flops.conv_layers(eval_model, (1, eval_input, eval_input, 3))
     cell = {
         "model": model,
@@ -715,12 +591,7 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--workdir", type=pathlib.Path, default=pathlib.Path("runs/feature_truncation")
-    )
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser = common.experiment_parser("feature_truncation", __doc__)
     parser.add_argument("--models", nargs="+", default=None, choices=tuple(MODEL_NAMES))
     parser.add_argument(
         "--datasets",
@@ -734,9 +605,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--feature-sizes", nargs="+", type=int, default=list(PAPER_FEATURE_SIZES),
         choices=PAPER_FEATURE_SIZES, help="the paper's feature sizes to run",
     )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help="training steps per cell")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (tests)")
+    common.add_training_overrides(parser)
     parser.add_argument(
         "--no-full-size-flops",
         action="store_true",

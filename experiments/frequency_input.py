@@ -22,7 +22,6 @@ import argparse
 import json
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +45,7 @@ PAPER_RESULTS = (
 
 
 def experiment_config(args: argparse.Namespace, variant: str):
-    overrides: dict[str, Any] = {"data_dir": args.data_dir}
-    if args.steps is not None:
-        overrides["num_train_steps"] = args.steps
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-        overrides["eval_batch_size"] = args.batch_size
-    config = common.get_config(args.config, **overrides)
-    if args.crop_size is not None:
-        config.crop_size = args.crop_size
+    config = common.get_config(args.config, **common.run_overrides(args))
     if variant != "rgb":
         tiny = args.config == "tiny"
         crop = 16 * (int(config.crop_size) // 16)
@@ -103,18 +94,11 @@ def _last_train_metric(workdir: pathlib.Path, name: str) -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--workdir", type=pathlib.Path, default=pathlib.Path("runs/frequency_input")
-    )
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser = common.experiment_parser("frequency_input", __doc__)
     parser.add_argument(
         "--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=tuple(dct_configs.VARIANTS)
     )
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (tests)")
+    common.add_training_overrides(parser)
     parser.add_argument(
         "--statistics-batches", type=int, default=None, help="batches for the DCT statistics"
     )

@@ -22,7 +22,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,15 +40,7 @@ CLASSIFIER_PATH = "decoder/classifier"
 
 
 def experiment_config(args: argparse.Namespace):
-    overrides: dict[str, Any] = {"data_dir": args.data_dir}
-    if args.steps is not None:
-        overrides["num_train_steps"] = args.steps
-    if args.crop_size is not None:
-        overrides["crop_size"] = args.crop_size
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-        overrides["eval_batch_size"] = args.batch_size
-    config = common.get_config(args.config, **overrides)
+    config = common.get_config(args.config, **common.run_overrides(args))
     config.progress_bar = False
     config.tensorboard = False
     return config
@@ -202,15 +193,8 @@ def plot_cams(examples, class_names, num_images: int = 2):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--workdir", type=pathlib.Path, default=pathlib.Path("runs/frequency_masking")
-    )
-    parser.add_argument("--config", default="tiny", choices=common.CONFIG_NAMES)
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--steps", type=int, default=None, help="training steps")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (tests)")
+    parser = common.experiment_parser("frequency_masking", __doc__)
+    common.add_training_overrides(parser)
     parser.add_argument("--mus", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.6, 0.8])
     args = parser.parse_args(argv)
     if args.steps is None and args.config == "tiny":

@@ -82,8 +82,7 @@ PROBE_TITLES = {
     "relu": "ReLU",
     "upsample": "Upsample (bilinear x2)",
 }
-MODELS = {"deeplab": "deeplabv3plus", "dan": "dan"}
-MODEL_TITLES = {"deeplab": "DeepLab v3+", "dan": "DAN"}
+MODELS, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 RADII = (0, 1, 2)
 DEFAULT_PROBE_SIZE = {"tiny": 33}  # the paper configs: 65
 DEFAULT_TINY_STEPS = 150
@@ -545,10 +544,9 @@ def _datasets_of(config_name: str) -> dict[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/spectral_gradient")
-    parser.add_argument("--config", default="tiny", choices=("tiny", *paper_values.DATASETS))
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory.")
+    parser = common.experiment_parser(
+        "spectral_gradient", __doc__, configs=("tiny", *paper_values.DATASETS)
+    )
     parser.add_argument(
         "--datasets",
         default=None,

@@ -119,8 +119,8 @@ def _restored_logits(workdir, band_limit, data_dir):
     from experiments import common
     from spectral_jax.training import create_input_pipeline
 
-    config = bw.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33,
-                                  batch_size=4, data_dir=data_dir)  # fmt: skip
+    config = common.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33,
+                                      batch_size=4, data_dir=data_dir, self_evaluated=True)  # fmt: skip
     run = workdir / bw._run_name("deeplab", "pascal", band_limit)
     model, variables = common.restore_trained(config, run)
     apply = jax.jit(model.apply)

@@ -31,7 +31,7 @@ def _read_csv(path):
 
 
 def test_dan_config_takes_the_low_level_width_as_projection_width():
-    config = ce_spectrum.experiment_config("tiny", model="dan", dataset="deepglobe", steps=7)
+    config = common.experiment_config("tiny", model="dan", dataset="deepglobe", steps=7)
     deeplab = common.get_config("tiny")
     assert config.model.name == "dan"
     assert config.model.low_level_channels == deeplab.model.low_level_channels
@@ -44,7 +44,7 @@ def test_dan_config_takes_the_low_level_width_as_projection_width():
 
 @pytest.mark.parametrize("dataset", ["pascal", "cityscapes"])
 def test_paper_config_uses_each_data_sets_own_config(dataset):
-    config = ce_spectrum.experiment_config("pascal", model="deeplab", dataset=dataset)
+    config = common.experiment_config("pascal", model="deeplab", dataset=dataset)
     assert config.dataset == common.get_config(dataset).dataset
     assert config.learning_rate == common.get_config(dataset).learning_rate
 
@@ -54,7 +54,7 @@ def test_paper_config_uses_each_data_sets_own_config(dataset):
 )
 def test_bad_model_or_dataset_raises(kwargs):
     with pytest.raises(ValueError, match="model|dataset"):
-        ce_spectrum.experiment_config("tiny", **kwargs)
+        common.experiment_config("tiny", **kwargs)
 
 
 @pytest.mark.parametrize("num_bands", [65, 257, 9])
@@ -83,7 +83,7 @@ def tiny_run(tmp_path_factory):
 
 def _reference_predictions(workdir, data_dir):
     """Logits ``[B, H, W, C]`` (init and trained) and labels of the evaluated scenes."""
-    config = ce_spectrum.experiment_config(
+    config = common.experiment_config(
         "tiny", model="deeplab", dataset="pascal", steps=1, data_dir=data_dir,
         crop_size=33, eval_split=EVAL_SPLIT,
     )  # fmt: skip

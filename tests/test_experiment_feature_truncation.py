@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import common, paper_values
 from experiments import feature_truncation as ft
-from experiments import paper_values
 from spectral_jax import flops
 from spectral_jax.models import DeepLabV3Plus
 
@@ -62,7 +62,7 @@ def test_experiment_config_builds_the_model(model):
     from spectral_jax.models import DAN
     from spectral_jax.training import create_model
 
-    config = ft.experiment_config("tiny", model=model, dataset="cityscapes", steps=7)
+    config = common.experiment_config("tiny", model=model, dataset="cityscapes", steps=7)
     assert config.dataset == "synthetic_scenes/cityscapes_like"
     assert config.num_train_steps == 7
     built = create_model(config.model, num_classes=19)
@@ -73,7 +73,7 @@ def test_experiment_config_builds_the_model(model):
     variables = jax.eval_shape(built.init, jax.random.key(0), x)
     assert jax.eval_shape(built.apply, variables, x).shape == (1, 33, 33, 19)
     with pytest.raises(ValueError, match="model must be one of"):
-        ft.experiment_config("tiny", model="unet")
+        common.experiment_config("tiny", model="unet")
 
 
 def test_full_size_macs_unpruned_and_pruned():
@@ -113,7 +113,9 @@ def test_main_smallest_grid(tmp_path, data_dir):
     }
     assert set(rows) == {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
     base = rows[(0.0, 129)]
-    config = ft.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33)
+    config = common.experiment_config(
+        "tiny", model="deeplab", dataset="pascal", crop_size=33, self_evaluated=True
+    )
     unpruned = DeepLabV3Plus(
         num_classes=21,
         backbone="resnet_tiny",
@@ -190,7 +192,7 @@ def test_main_smallest_grid(tmp_path, data_dir):
     model, variables = common.restore_trained(config, cell_dir)
     plan = pruning.pruning_plan(model, pruning.PruningRates(encoder=0.4, decoder=0.2))
     soft, _ = pruning.soft_prune(variables, plan)
-    result = ft.evaluate_model(model.clone(feature_size=9), soft, config)
+    result = common.evaluate_model(model.clone(feature_size=9), soft, config)
     np.testing.assert_allclose(result["mean_iou"], float(rows[(0.4, 33)]["mean_iou"]), atol=2e-3)
     report = (workdir / "report.md").read_text()
     assert "fpi.png" in report and (workdir / "fpi.png").stat().st_size > 0
