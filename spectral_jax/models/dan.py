@@ -56,19 +56,12 @@ import jax
 import jax.numpy as jnp
 
 from spectral_jax.models.deeplab import (
-    ASPP,
-    _check_widths_prefixes,
     _conv_bn_relu,
-    aspp_rates,
-    check_model_settings,
+    create_encoder_and_aspp,
     decoder_grid,
+    decoder_outputs,
 )
-from spectral_jax.models.resnet import (
-    Widths,
-    _check_widths,
-    _widths_under,
-    create_resnet,
-)
+from spectral_jax.models.resnet import Widths, _check_widths, _widths_under
 from spectral_jax.truncation import Resample, resize_features
 
 # The ResNet stages (0-based) whose outputs the decoder aggregates.
@@ -178,22 +171,7 @@ class DAN(nn.Module):
     downsample_filter: Callable[..., nn.Module] | None = None
 
     def setup(self):
-        _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DAN")
-        check_model_settings(self.backbone, self.resample, self.feature_size)
-        self.encoder = create_resnet(
-            self.backbone,
-            output_stride=self.output_stride,
-            dtype=self.dtype,
-            widths=_widths_under(self.widths, "encoder"),
-            downsample_filter=self.downsample_filter,
-        )
-        self.aspp = ASPP(
-            aspp_rates(self.output_stride),
-            self.aspp_channels,
-            self.dropout_rate,
-            dtype=self.dtype,
-            widths=_widths_under(self.widths, "aspp"),
-        )
+        self.encoder, self.aspp = create_encoder_and_aspp(self)
         self.decoder = AggregationDecoder(
             self.num_classes,
             self.resample,
@@ -250,15 +228,7 @@ class DAN(nn.Module):
                 f"low_level must hold {len(AGGREGATED_STAGES)} stage outputs, got {len(low_level)}."
             )
         size = decoder_grid(self.feature_size, low_level[0].shape[1:3])
-        decoder_input, decoder_logits = self.decoder(aspp, tuple(low_level), size, train)
-        batch, height, width = aspp.shape[0], *image_size
-        logits = jax.image.resize(
-            decoder_logits,
-            (batch, height, width, self.num_classes),
-            method="linear",
-            antialias=False,
-        )
-        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+        return decoder_outputs(*self.decoder(aspp, tuple(low_level), size, train), image_size)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""

@@ -51,11 +51,11 @@ import numpy as np
 from spectral_jax.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
 from spectral_jax.models.dct_gate import FrequencyGate
 from spectral_jax.models.deeplab import (
-    ASPP,
     Decoder,
-    aspp_rates,
     check_model_settings,
+    create_aspp,
     decoder_grid,
+    decoder_outputs,
 )
 from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
 from spectral_jax.truncation import Resample
@@ -187,9 +187,7 @@ class DCTDeepLabV3Plus(nn.Module):
         )
         if self.gate:
             self.frequency_gate = FrequencyGate(self.gate_temperature, dtype=self.dtype)
-        self.aspp = ASPP(
-            aspp_rates(self.output_stride), self.aspp_channels, self.dropout_rate, dtype=self.dtype
-        )
+        self.aspp = create_aspp(self)
         self.decoder = Decoder(
             self.num_classes,
             self.resample,
@@ -253,15 +251,7 @@ class DCTDeepLabV3Plus(nn.Module):
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
         size = decoder_grid(self.feature_size, low_level.shape[1:3], stride=8)
-        decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
-        batch, height, width = aspp.shape[0], *image_size
-        logits = jax.image.resize(
-            decoder_logits,
-            (batch, height, width, self.num_classes),
-            method="linear",
-            antialias=False,
-        )
-        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+        return decoder_outputs(*self.decoder(aspp, low_level, size, train), image_size)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """One pass returning ``"inputs"`` (selected, gated), ``"aspp"``, ``"low_level"``,

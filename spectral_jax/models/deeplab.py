@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from spectral_jax.models.resnet import (
     RESNET_CONFIGS,
+    ResNet,
     Widths,
     _batch_norm,
     _check_widths,
@@ -228,6 +229,89 @@ class Decoder(nn.Module):
         return decoder_input, logits
 
 
+def create_aspp(model: nn.Module, widths: Widths | None = None) -> ASPP:
+    """The ASPP of a segmentation model, from its shared settings.
+
+    Args:
+      model: a module with the fields ``output_stride``, ``aspp_channels``,
+        ``dropout_rate`` and ``dtype`` (:class:`DeepLabV3Plus`, DAN, the DCT model).
+      widths: the ASPP's own ``widths`` (paths below ``"aspp/"``); ``None`` for the
+        standard widths.
+    """
+    return ASPP(
+        aspp_rates(model.output_stride),
+        model.aspp_channels,
+        model.dropout_rate,
+        dtype=model.dtype,
+        widths=widths,
+    )
+
+
+def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
+    """Validates a segmentation model's shared settings and builds its backbone and ASPP.
+
+    Call it in ``setup`` and assign the two modules to ``self.encoder`` and
+    ``self.aspp``, which names them (``"encoder"``, ``"aspp"``) in the parameter tree.
+
+    Args:
+      model: a module with the fields of :class:`DeepLabV3Plus` that configure the
+        encoder (``backbone``, ``output_stride``, ``feature_size``, ``resample``,
+        ``aspp_channels``, ``dropout_rate``, ``dtype``, ``widths``,
+        ``downsample_filter``): :class:`DeepLabV3Plus` or DAN.
+
+    Returns:
+      ``(encoder, aspp)``: the dilated ResNet (:func:`create_resnet`) and the
+      :class:`ASPP`, each with its part of ``model.widths``.
+
+    Raises:
+      ValueError: for widths outside ``encoder``, ``aspp`` and ``decoder`` (naming the
+        model's class), and as :func:`check_model_settings`.
+    """
+    _check_widths_prefixes(model.widths, ("encoder", "aspp", "decoder"), type(model).__name__)
+    check_model_settings(model.backbone, model.resample, model.feature_size)
+    encoder = create_resnet(
+        model.backbone,
+        output_stride=model.output_stride,
+        dtype=model.dtype,
+        widths=_widths_under(model.widths, "encoder"),
+        downsample_filter=model.downsample_filter,
+    )
+    return encoder, create_aspp(model, _widths_under(model.widths, "aspp"))
+
+
+def upsample_logits(decoder_logits: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+    """Bilinear up-sampling of the decoder's logits to the image (always bilinear).
+
+    Args:
+      decoder_logits: ``[B, Fh, Fw, C]`` on the decoder grid.
+      image_size: static ``(H, W)`` of the input images.
+
+    Returns:
+      ``[B, H, W, C]``.
+    """
+    batch, *_, num_classes = decoder_logits.shape
+    height, width = image_size
+    return jax.image.resize(
+        decoder_logits,
+        (batch, height, width, num_classes),
+        method="linear",
+        antialias=False,
+    )
+
+
+def decoder_outputs(
+    decoder_input: jax.Array, decoder_logits: jax.Array, image_size: tuple[int, int]
+) -> dict[str, jax.Array]:
+    """The dict returned by the models' ``decode``: the decoder's input and logits on the
+    grid ``[B, F, F, Cd]``, ``[B, F, F, C]`` and the up-sampled ``"logits" [B, H, W, C]``.
+    """
+    return {
+        "decoder_input": decoder_input,
+        "decoder_logits": decoder_logits,
+        "logits": upsample_logits(decoder_logits, image_size),
+    }
+
+
 class DeepLabV3Plus(nn.Module):
     """DeepLab v3+ with a static decoder grid (feature truncation, paper Sec. 3.2).
 
@@ -275,22 +359,7 @@ class DeepLabV3Plus(nn.Module):
     downsample_filter: Callable[..., nn.Module] | None = None
 
     def setup(self):
-        _check_widths_prefixes(self.widths, ("encoder", "aspp", "decoder"), "DeepLabV3Plus")
-        check_model_settings(self.backbone, self.resample, self.feature_size)
-        self.encoder = create_resnet(
-            self.backbone,
-            output_stride=self.output_stride,
-            dtype=self.dtype,
-            widths=_widths_under(self.widths, "encoder"),
-            downsample_filter=self.downsample_filter,
-        )
-        self.aspp = ASPP(
-            aspp_rates(self.output_stride),
-            self.aspp_channels,
-            self.dropout_rate,
-            dtype=self.dtype,
-            widths=_widths_under(self.widths, "aspp"),
-        )
+        self.encoder, self.aspp = create_encoder_and_aspp(self)
         self.decoder = Decoder(
             self.num_classes,
             self.resample,
@@ -339,15 +408,7 @@ class DeepLabV3Plus(nn.Module):
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
         size = decoder_grid(self.feature_size, low_level.shape[1:3])
-        decoder_input, decoder_logits = self.decoder(aspp, low_level, size, train)
-        batch, height, width = aspp.shape[0], *image_size
-        logits = jax.image.resize(
-            decoder_logits,
-            (batch, height, width, self.num_classes),
-            method="linear",
-            antialias=False,
-        )
-        return {"decoder_input": decoder_input, "decoder_logits": decoder_logits, "logits": logits}
+        return decoder_outputs(*self.decoder(aspp, low_level, size, train), image_size)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""
