@@ -17,9 +17,12 @@ label PIL cannot decode.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import io
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import PIL.Image
@@ -31,6 +34,9 @@ from etils import epath
 from spectral_jax.data.pipeline import IGNORE_LABEL as IGNORE_LABEL
 from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD
+
+# One example's files, as a builder's ``find_sources`` lists them: (key, image, label).
+Source = tuple[str, epath.Path, epath.Path]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +261,88 @@ def remap_labels(label: np.ndarray, table: Mapping[int, int], *, path: epath.Pat
     for source, target in table.items():
         lookup[source] = target
     return lookup[label]
+
+
+class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the real builders: files in ``manual_dir`` -> :func:`segmentation_features`.
+
+    A subclass sets TFDS's ``VERSION``, ``RELEASE_NOTES`` and
+    ``MANUAL_DOWNLOAD_INSTRUCTIONS``, and :attr:`LAYOUT`, :attr:`HOMEPAGE` and
+    :attr:`CITATION`; it implements the data-set-specific steps :meth:`_find_splits`
+    (which files form which split), :meth:`_read_label` (a label file as stored) and
+    :meth:`_to_classes` (stored values -> class indices). The description is the first
+    paragraph of the subclass's module docstring.
+
+    Each example is read and checked in this order, so that the first problem met is
+    the one reported: image file, label file, image and label sizes, label values.
+    Examples keep the order :meth:`_find_splits` gives (``disable_shuffling``).
+
+    The base is abstract and not registered with TFDS; each subclass is, under its
+    class name in snake case.
+    """
+
+    LAYOUT: ClassVar[str]  # The expected layout of manual_dir, quoted in errors.
+    HOMEPAGE: ClassVar[str]
+    CITATION: ClassVar[str]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=sys.modules[type(self).__module__].__doc__.split("\n\n")[0],
+            features=segmentation_features(),
+            supervised_keys=("image", "label"),
+            # Keep the sorted order of the ids: source[split][i] is the i-th id.
+            disable_shuffling=True,
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual_dir = resolve_manual_dir(dl_manager, layout=self.LAYOUT)
+        return {
+            split: self._generate_examples(sources, manual_dir)
+            for split, sources in self._find_splits(manual_dir).items()
+        }
+
+    def _generate_examples(
+        self, sources: Iterable[Source], manual_dir: epath.Path
+    ) -> Iterator[tuple[str, dict]]:
+        for key, image_path, label_path in sources:
+            image, image_size = read_image(image_path)
+            stored = self._read_label(label_path)
+            check_same_size(image_path, image_size, label_path, stored)
+            yield (
+                key,
+                {
+                    "image": image,
+                    "label": self._to_classes(stored, path=label_path),
+                    "file_name": str(image_path.relative_to(manual_dir)),
+                },
+            )
+
+    @abc.abstractmethod
+    def _find_splits(self, manual_dir: epath.Path) -> dict[str, list[Source]]:
+        """Lists each split's examples, ``{split: [(key, image file, label file), ...]}``.
+
+        Raises:
+          ValueError: naming a missing folder or file (with :attr:`LAYOUT`).
+        """
+
+    @abc.abstractmethod
+    def _read_label(self, path: epath.Path) -> np.ndarray:
+        """Reads a label file as stored: ``uint8 [H, W]`` or ``[H, W, 3]``.
+
+        Raises:
+          ValueError: naming ``path`` if it cannot be read.
+        """
+
+    @abc.abstractmethod
+    def _to_classes(self, stored: np.ndarray, *, path: epath.Path) -> np.ndarray:
+        """Maps a stored label to ``uint8 [H, W]`` class indices or ``IGNORE_LABEL``.
+
+        Raises:
+          ValueError: naming ``path`` if a stored value is no class and not ignored.
+        """
 
 
 def _ranges(values: np.ndarray) -> str:

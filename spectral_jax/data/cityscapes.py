@@ -85,7 +85,7 @@ _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 
-class CityscapesFine(tfds.core.GeneratorBasedBuilder):
+class CityscapesFine(utils.ManualSegmentationBuilder):
     """Cityscapes gtFine: 19 train-id classes, 2975 train / 500 validation."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -94,43 +94,23 @@ class CityscapesFine(tfds.core.GeneratorBasedBuilder):
 Log in at https://www.cityscapes-dataset.com/downloads/, download
 leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and extract both into manual_dir:
 {LAYOUT}"""
+    LAYOUT = LAYOUT
+    HOMEPAGE = "https://www.cityscapes-dataset.com/"
+    CITATION = (
+        "Cordts et al., The Cityscapes Dataset for Semantic Urban Scene Understanding, CVPR 2016."
+    )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=utils.segmentation_features(),
-            supervised_keys=("image", "label"),
-            # Keep the sorted order of the ids: source[split][i] is the i-th id.
-            disable_shuffling=True,
-            homepage="https://www.cityscapes-dataset.com/",
-            citation=(
-                "Cordts et al., The Cityscapes Dataset for Semantic Urban Scene "
-                "Understanding, CVPR 2016."
-            ),
-        )
-
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = utils.resolve_manual_dir(dl_manager, layout=LAYOUT)
+    def _find_splits(self, manual_dir):
         return {
-            split: self._generate_examples(find_sources(manual_dir, folder), manual_dir)
+            split: find_sources(manual_dir, folder)
             for split, folder in (("train", "train"), ("validation", "val"))
         }
 
-    def _generate_examples(self, items, manual_dir):
-        for key, image_path, label_path in items:
-            image, image_size = utils.read_image(image_path)
-            label_ids = utils.read_png_array(label_path, modes=("L", "P"))
-            utils.check_same_size(image_path, image_size, label_path, label_ids)
-            label = utils.remap_labels(label_ids, LABEL_ID_TO_TRAIN_ID, path=label_path)
-            yield (
-                key,
-                {
-                    "image": image,
-                    "label": label,
-                    "file_name": str(image_path.relative_to(manual_dir)),
-                },
-            )
+    def _read_label(self, path):
+        return utils.read_png_array(path, modes=("L", "P"))  # Label ids 0..33.
+
+    def _to_classes(self, stored, *, path):
+        return utils.remap_labels(stored, LABEL_ID_TO_TRAIN_ID, path=path)
 
 
 def find_sources(manual_dir: epath.Path, folder: str) -> list[tuple[str, epath.Path, epath.Path]]:

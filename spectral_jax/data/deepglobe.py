@@ -86,7 +86,7 @@ for _index, (_, _color) in enumerate(CLASS_COLORS):
     _CODE_TO_CLASS[_color_code(*_color)] = _index
 
 
-class DeepglobeLandCover(tfds.core.GeneratorBasedBuilder):
+class DeepglobeLandCover(utils.ManualSegmentationBuilder):
     """DeepGlobe land cover: 7 classes, 701 train / 102 validation of the 803 labelled images."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -96,43 +96,21 @@ Download the DeepGlobe land cover training data (the challenge's starting kit, o
 Kaggle's "deepglobe-land-cover-classification-dataset") and place its train/ folder
 in manual_dir:
 {LAYOUT}"""
+    LAYOUT = LAYOUT
+    HOMEPAGE = "http://deepglobe.org/"
+    CITATION = (
+        "Demir et al., DeepGlobe 2018: A Challenge to Parse the Earth through Satellite "
+        "Images, CVPR Workshops 2018."
+    )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=utils.segmentation_features(),
-            supervised_keys=("image", "label"),
-            # Keep the sorted order of the ids: source[split][i] is the i-th id.
-            disable_shuffling=True,
-            homepage="http://deepglobe.org/",
-            citation=(
-                "Demir et al., DeepGlobe 2018: A Challenge to Parse the Earth through "
-                "Satellite Images, CVPR Workshops 2018."
-            ),
-        )
+    def _find_splits(self, manual_dir):
+        return find_sources(manual_dir)
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = utils.resolve_manual_dir(dl_manager, layout=LAYOUT)
-        sources = find_sources(manual_dir)
-        return {
-            split: self._generate_examples(sources[split], manual_dir)
-            for split in ("train", "validation")
-        }
+    def _read_label(self, path):
+        return utils.read_png_array(path, modes=("RGB",))
 
-    def _generate_examples(self, items, manual_dir):
-        for image_id, image_path, mask_path in items:
-            image, image_size = utils.read_image(image_path)
-            mask = utils.read_png_array(mask_path, modes=("RGB",))
-            utils.check_same_size(image_path, image_size, mask_path, mask)
-            yield (
-                image_id,
-                {
-                    "image": image,
-                    "label": mask_to_label(mask, path=mask_path),
-                    "file_name": str(image_path.relative_to(manual_dir)),
-                },
-            )
+    def _to_classes(self, stored, *, path):
+        return mask_to_label(stored, path=path)
 
 
 def mask_to_label(mask: np.ndarray, *, path: epath.Path | str = "<mask>") -> np.ndarray:

@@ -84,7 +84,7 @@ LAYOUT = """\
     val.txt                               2857 ids"""
 
 
-class VocSbd(tfds.core.GeneratorBasedBuilder):
+class VocSbd(utils.ManualSegmentationBuilder):
     """PASCAL VOC 2012 + SBD (``train_aug``): 21 classes, 10582 train / 1449 validation."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -95,48 +95,25 @@ and SBD's benchmark.tgz
 (http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/),
 extract both into manual_dir:
 {LAYOUT}"""
+    LAYOUT = LAYOUT
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+    CITATION = (
+        "Everingham et al., The PASCAL Visual Object Classes Challenge: A Retrospective, "
+        "IJCV 2015; Hariharan et al., Semantic Contours from Inverse Detectors, ICCV 2011."
+    )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__.split("\n\n")[0],
-            features=utils.segmentation_features(),
-            supervised_keys=("image", "label"),
-            # Keep the sorted order of the ids: source[split][i] is the i-th id.
-            disable_shuffling=True,
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-            citation=(
-                "Everingham et al., The PASCAL Visual Object Classes Challenge: A "
-                "Retrospective, IJCV 2015; Hariharan et al., Semantic Contours from "
-                "Inverse Detectors, ICCV 2011."
-            ),
-        )
+    def _find_splits(self, manual_dir):
+        return find_sources(manual_dir)
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = utils.resolve_manual_dir(dl_manager, layout=LAYOUT)
-        sources = find_sources(manual_dir)
-        return {
-            "train": self._generate_examples(sources["train"], manual_dir),
-            "validation": self._generate_examples(sources["validation"], manual_dir),
-        }
+    def _read_label(self, path):
+        if path.suffix == ".mat":  # SBD
+            return read_sbd_label(path)
+        return utils.read_png_array(path, modes=("P", "L"))  # VOC: palette indices.
 
-    def _generate_examples(self, items, manual_dir):
-        for image_id, image_path, label_path in items:
-            image, image_size = utils.read_image(image_path)
-            if label_path.suffix == ".mat":
-                label = read_sbd_label(label_path)
-            else:
-                label = utils.read_png_array(label_path, modes=("P", "L"))
-            utils.check_same_size(image_path, image_size, label_path, label)
-            utils.check_label_values(label, _ALLOWED_LABELS, path=label_path)
-            yield (
-                image_id,
-                {
-                    "image": image,
-                    "label": label,
-                    "file_name": str(image_path.relative_to(manual_dir)),
-                },
-            )
+    def _to_classes(self, stored, *, path):
+        # VOC and SBD store class indices already (255 = void): only check them.
+        utils.check_label_values(stored, _ALLOWED_LABELS, path=path)
+        return stored
 
 
 def find_sources(manual_dir: epath.Path) -> dict[str, list[tuple[str, epath.Path, epath.Path]]]:
