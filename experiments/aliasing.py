@@ -21,6 +21,7 @@ configs on the real data sets (GPU/TPU).
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,9 +77,8 @@ def validation_images(config, num_images: int) -> np.ndarray:
 
 def layer_scores(model, variables, images: np.ndarray) -> dict[str, float]:
     """Mean aliasing score over ``images`` of the input of each strided layer."""
-    scores = aliasing_lib.downsampling_aliasing_scores(
-        model, variables, jnp.asarray(images), train=False
-    )
+    score = functools.partial(aliasing_lib.downsampling_aliasing_scores, model, train=False)
+    scores = jax.jit(score)(variables, jnp.asarray(images))
     return {name: float(np.mean(value)) for name, value in scores.items()}
 
 

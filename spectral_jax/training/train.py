@@ -794,9 +794,12 @@ def _training_program(
 
     def init_state():
         if dct_input:  # One position per 8 x 8 block, 192 channels.
-            size = image_size // dct_input_lib.BLOCK_SIZE
-            inputs = jnp.zeros((1, size, size, dct_input_lib.NUM_DCT_CHANNELS), jnp.float32)
-            variables = dict(model.init(init_key, inputs, train=False))
+            variables = state_lib.init_variables(
+                model,
+                init_key,
+                image_size=image_size // dct_input_lib.BLOCK_SIZE,
+                channels=dct_input_lib.NUM_DCT_CHANNELS,
+            )
         else:
             variables = state_lib.init_variables(model, init_key, image_size=image_size)
         return state_lib.create_train_state(model, variables, optimizer)

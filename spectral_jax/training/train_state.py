@@ -15,6 +15,7 @@ classifier bias are not decayed, as in the TF DeepLab code.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -105,8 +106,12 @@ def create_train_state(
 
 
 def init_variables(
-    model: nn.Module, key: jax.Array, *, image_size: int, batch_size: int = 1
+    model: nn.Module, key: jax.Array, *, image_size: int, batch_size: int = 1, channels: int = 3
 ) -> dict[str, Any]:
-    """``model.init`` on a zero batch ``[batch_size, image_size, image_size, 3]``."""
-    images = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
-    return dict(model.init(key, images, train=False))
+    """``model.init`` on a zero batch ``[batch_size, image_size, image_size, channels]``.
+
+    Jitted: run eagerly, a ResNet's initialisation compiles every operation on its own
+    (seconds for even the tiny model on CPU).
+    """
+    images = jnp.zeros((batch_size, image_size, image_size, channels), jnp.float32)
+    return dict(jax.jit(functools.partial(model.init, train=False))(key, images))
