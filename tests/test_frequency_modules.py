@@ -258,7 +258,7 @@ def test_freqmix_as_downsample_filter_trains():
         **TINY_DEEPLAB, downsample_filter=functools.partial(fmod.FreqMix, reduction=4)
     )
     images = jnp.asarray(np.random.default_rng(7).normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), images)
+    variables = jax.jit(model.init)(jax.random.key(0), images)
     strided = [k for k, v in variables["params"]["encoder"].items() if "downsample_filter" in v]
     assert strided == ["layer2_block0", "layer3_block0"]  # output stride 16
 
@@ -268,6 +268,6 @@ def test_freqmix_as_downsample_filter_trains():
         )
         return jnp.mean(logits**2)
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     gate = grads["encoder"]["layer2_block0"]["downsample_filter"]["gate_conv"]["kernel"]
     assert np.all(np.isfinite(gate)) and float(jnp.max(jnp.abs(gate))) > 0

@@ -6,6 +6,7 @@ de-aliasing filter / FreqMix backbones, each a few steps on generated data.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -69,9 +70,10 @@ def _predictions_of_checkpoint(config, workdir, pipeline, *, dct_pipeline=None):
     tree, _ = train_lib.load_checkpoint(workdir)
     variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
     batches = (dct_pipeline or pipeline).eval_batches(4, 0, 1)
+    apply = jax.jit(functools.partial(model.apply, train=False))
     predictions, labels = [], []
     for batch in batches:
-        logits = model.apply(variables, jnp.asarray(batch["image"]), train=False)
+        logits = apply(variables, jnp.asarray(batch["image"]))
         predictions.append(np.asarray(jnp.argmax(logits, -1)))
         labels.append(batch["label"])
     return np.concatenate(predictions), np.concatenate(labels)
