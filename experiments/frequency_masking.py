@@ -25,7 +25,6 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,24 +47,10 @@ def experiment_config(args: argparse.Namespace):
 
 def classifier_inputs(model, variables, images) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(features [B, F, F, K], kernel [K, C], bias [C])`` of the decoder's classifier."""
-    found = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if (
-            context.method_name == "__call__"
-            and isinstance(module, nn.Conv)
-            and "/".join(module.path) == CLASSIFIER_PATH
-        ):
-            found["features"] = args[0]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        model.apply(variables, images, train=False)
-    params = variables["params"]
-    for part in CLASSIFIER_PATH.split("/"):
-        params = params[part]
-    return found["features"], params["kernel"][0, 0], params["bias"]
+    features, params = masking.classifier_inputs(
+        model, variables, images, classifier_path=CLASSIFIER_PATH, train=False
+    )
+    return features, params["kernel"][0, 0], params["bias"]
 
 
 def _logits_of(features, kernel, bias, image_size):

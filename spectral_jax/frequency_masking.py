@@ -308,6 +308,56 @@ def frequency_class_activation_maps(
     return cam_low, cam_high
 
 
+def classifier_inputs(
+    model: nn.Module,
+    variables,
+    images: chex.Array,
+    *,
+    classifier_path: str = "decoder/classifier",
+    method=None,
+    **apply_kwargs,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The input features and the parameters of a model's classifier convolution.
+
+    Runs ``model.apply(variables, images, method=method, **apply_kwargs)`` under a method
+    interceptor and captures the input of the ``nn.Conv`` at ``classifier_path``.
+    Jittable (close over ``model``).
+
+    Args:
+      model: a Flax module with a convolution classifier.
+      variables: its variables.
+      images: ``[B, H, W, 3]``.
+      classifier_path: ``/``-joined path of the classifier module.
+      method: the model method to run (default ``__call__``).
+      **apply_kwargs: passed on to ``model.apply``.
+
+    Returns:
+      ``(features [B, Fh, Fw, K], params)``: ``params`` holds the ``"kernel"``
+      ``[kh, kw, K, C]`` and, with a bias, the ``"bias"`` ``[C]``.
+
+    Raises:
+      ValueError: if no ``nn.Conv`` runs at ``classifier_path``.
+    """
+    found = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (
+            context.method_name == "__call__"
+            and isinstance(module, nn.Conv)
+            and "/".join(module.path) == classifier_path
+        ):
+            found["features"] = args[0]
+            found["params"] = module.variables["params"]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, images, method=method, **apply_kwargs)
+    if not found:
+        raise ValueError(f"classifier_path {classifier_path!r}: no nn.Conv ran at that path.")
+    return found["features"], found["params"]
+
+
 def classifier_frequency_cams(
     model: nn.Module,
     variables,
@@ -344,26 +394,11 @@ def classifier_frequency_cams(
     Raises:
       ValueError: if no 1x1 ``nn.Conv`` runs at ``classifier_path``.
     """
-    found = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if (
-            context.method_name == "__call__"
-            and isinstance(module, nn.Conv)
-            and "/".join(module.path) == classifier_path
-        ):
-            found["features"] = args[0]
-            found["params"] = module.variables["params"]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        model.apply(variables, images, method=method, **apply_kwargs)
-    if not found:
-        raise ValueError(f"classifier_path {classifier_path!r}: no nn.Conv ran at that path.")
-    params = found["params"]
+    features, params = classifier_inputs(
+        model, variables, images, classifier_path=classifier_path, method=method, **apply_kwargs
+    )
     return frequency_class_activation_maps(
-        found["features"], params["kernel"], mu=mu, bias=params.get("bias"), normalize=normalize
+        features, params["kernel"], mu=mu, bias=params.get("bias"), normalize=normalize
     )
 
 
