@@ -8,16 +8,14 @@ must read one compilation. The notebook in git has no outputs.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 
-import nbclient
 import nbformat
 import numpy as np
 
 from tests import references
+from tests.notebook_helpers import NOTEBOOKS, execute_notebook
 
-NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "band_limit_sweeps.ipynb"
+NOTEBOOK = NOTEBOOKS / "band_limit_sweeps.ipynb"
 
 # Run in the kernel after the notebook: its results, as JSON on stdout.
 _EXPORT = """
@@ -36,26 +34,7 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_notebook_executes_and_its_grid_matches_the_reference(tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
-    root = str(NOTEBOOK.parent.parent)  # the kernel imports spectral_jax from the tree
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    )
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(_EXPORT))
-    client = nbclient.NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
-    )
-    client.execute()
-    errors = [
-        output
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.get("outputs", [])
-        if output.get("output_type") == "error"
-    ]
-    assert not errors
+    notebook = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, extra_cells=[_EXPORT])
     exported = json.loads(notebook.cells[-1].outputs[0]["text"])
     assert exported["traces"] == 1
     r = np.asarray(exported["r"])  # [S, D, K]
