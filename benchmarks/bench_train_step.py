@@ -75,7 +75,7 @@ from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
 from spectral_jax.training import train as train_lib
 from spectral_jax.training import train_state as state_lib
 
-IGNORE_LABEL = 255
+IGNORE_INDEX = 255
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -131,8 +131,8 @@ def make_batch(config: BenchConfig, seed: int = 0) -> dict[str, np.ndarray]:
     shape = (config.batch_size, config.crop_size, config.crop_size)
     images = rng.normal(size=(*shape, 3)).astype(np.float32)  # [B, H, W, 3]
     labels = rng.integers(0, config.num_classes, size=shape).astype(np.int32)  # [B, H, W]
-    labels[:, :4] = IGNORE_LABEL
-    labels[:, :, -4:] = IGNORE_LABEL
+    labels[:, :4] = IGNORE_INDEX
+    labels[:, :, -4:] = IGNORE_INDEX
     return {"image": images, "label": labels}
 
 
@@ -340,7 +340,7 @@ def make_jax_step(model: DeepLabV3Plus, variables: dict[str, Any]):
             train_lib.train_step,
             learning_rate_fn=schedule,
             dropout_key=jax.random.key(1),
-            ignore_label=IGNORE_LABEL,
+            ignore_index=IGNORE_INDEX,
         ),
         donate_argnums=0,
     )
@@ -364,11 +364,11 @@ def make_torch_step(module, torch):
     def step(images, labels):
         optimizer.zero_grad(set_to_none=True)
         logits = module(images)
-        loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
+        loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            valid = labels != IGNORE_LABEL
+            valid = labels != IGNORE_INDEX
             correct = (logits.argmax(dim=1) == labels) & valid
             accuracy = correct.sum() / valid.sum().clamp(min=1)
             grads = [p.grad for p in module.parameters()]

@@ -3,7 +3,7 @@
 1. The aliasing score (share of the feature energy above the Nyquist cutoff of the
    following down-sampling, :func:`spectral_jax.aliasing_score`) of the input of every
    strided layer of the DeepLab v3+ backbone, untrained and trained, averaged over
-   validation images (:func:`spectral_jax.aliasing.downsampling_aliasing_scores`).
+   validation images (:func:`spectral_jax.models.anti_aliasing.downsampling_aliasing_scores`).
 2. The baseline trained beside the same model with the de-aliasing filter (DAF) or
    FreqMix before every strided block (``config.model.downsample_filter``), evaluated
    with mIoU and the boundary metrics BIoU, BAcc, FErr, MErr, DErr.
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from spectral_jax import aliasing as aliasing_lib
+from spectral_jax.models import anti_aliasing
 
 #: ``config.model.downsample_filter`` of each trained variant.
 VARIANTS = {"baseline": None, "daf": "daf", "freqmix": "freqmix"}
@@ -77,7 +77,7 @@ def validation_images(config, num_images: int) -> np.ndarray:
 
 def layer_scores(model, variables, images: np.ndarray) -> dict[str, float]:
     """Mean aliasing score over ``images`` of the input of each strided layer."""
-    score = functools.partial(aliasing_lib.downsampling_aliasing_scores, model, train=False)
+    score = functools.partial(anti_aliasing.downsampling_aliasing_scores, model, train=False)
     scores = jax.jit(score)(variables, jnp.asarray(images))
     return {name: float(np.mean(value)) for name, value in scores.items()}
 

@@ -469,12 +469,12 @@ def plot_scatter(rows: Sequence[dict[str, Any]]):
     return figure
 
 
-def _colour_labels(labels: np.ndarray, num_classes: int, ignore_label: int = 255) -> np.ndarray:
+def _colour_labels(labels: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
     """``[H, W]`` labels -> ``[H, W, 3]`` colours (ignored pixels white)."""
     plt = _pyplot()
     cmap = plt.get_cmap("tab20", max(num_classes, 2))
     colours = cmap(np.clip(labels, 0, num_classes - 1) % cmap.N)[..., :3]
-    colours[labels == ignore_label] = 1.0
+    colours[labels == ignore_index] = 1.0
     return colours
 
 

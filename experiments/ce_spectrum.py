@@ -118,7 +118,7 @@ def evaluate_spectra(model, variables, config: ml_collections.ConfigDict) -> dic
             stats = SpectralStatistics.create(
                 labels.shape[1:],
                 pipeline.num_classes,
-                ignore_index=pipeline.ignore_label,
+                ignore_index=pipeline.ignore_index,
                 with_magnitudes=True,
             )
         stats = update(stats, logits, labels)

@@ -186,8 +186,9 @@ def evaluate_model(
       ``{"confusion": [C, C] int64, "iou": [C], "mean_iou": float, "statistics":
       SpectralStatistics or None, "images", "labels", "predictions"}``.
     """
+    from spectral_jax.evaluation import metrics
     from spectral_jax.statistics import SpectralStatistics
-    from spectral_jax.training import create_input_pipeline, metrics
+    from spectral_jax.training import create_input_pipeline
 
     pipeline = create_input_pipeline(config)
     num_classes = pipeline.num_classes
@@ -203,14 +204,14 @@ def evaluate_model(
         predictions = jnp.argmax(logits, axis=-1)  # [B, H, W]
         confusion += np.asarray(
             metrics.confusion_matrix(
-                predictions, labels, num_classes=num_classes, ignore_label=pipeline.ignore_label
+                predictions, labels, num_classes=num_classes, ignore_index=pipeline.ignore_index
             ),
             np.int64,
         )
         if spectral_statistics:
             if statistics is None:
                 statistics = SpectralStatistics.create(
-                    labels.shape[1:3], num_classes, ignore_index=pipeline.ignore_label
+                    labels.shape[1:3], num_classes, ignore_index=pipeline.ignore_index
                 )
             statistics = update(statistics, logits.astype(jnp.float32), labels)
         have = sum(len(a) for a in kept["images"])

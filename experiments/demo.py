@@ -174,7 +174,7 @@ def spectral_statistics(logits: np.ndarray, labels: np.ndarray) -> sj.SpectralSt
 
 
 def mean_iou(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The trainer's mIoU (:mod:`spectral_jax.training.metrics`) of arg-max predictions."""
+    """The trainer's mIoU (:mod:`spectral_jax.evaluation.metrics`) of arg-max predictions."""
     num_classes = logits.shape[-1]
     confusion = np.asarray(
         training_lib.confusion_matrix(

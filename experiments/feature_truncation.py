@@ -10,9 +10,9 @@ Launch from the repository root::
       --models deeplab dan --pruning-rates 0 0.2 0.4 0.6     # the paper's setting (GPU/TPU)
 
 Grid: decoder feature sizes x encoder pruning rates, per model and data set. Every cell
-trains a model with soft filter pruning (SFP, :mod:`spectral_jax.pruning`: the encoder at
+trains a model with soft filter pruning (SFP, :mod:`spectral_jax.models.pruning`: the encoder at
 the given rate and the decoder at 20 % when the encoder is pruned, as in the paper),
-removes the pruned filters for good (:func:`spectral_jax.pruning.hard_prune`), and
+removes the pruned filters for good (:func:`spectral_jax.models.pruning.hard_prune`), and
 evaluates the hard-pruned, truncated model on the pixel-wise validation labels.
 
 Feature sizes. The paper truncates the decoder grid (129 at 513 input, ``nu_max = 64``)
@@ -31,7 +31,7 @@ Costs. FLOPs are multiply-accumulates of the hard-pruned model's convolutions
 ``G MACs`` = 1e9 MACs, only taps inside the unpadded input, as XLA counts), at the
 evaluation input (one image) and, for the full-size architecture of the paper
 (ResNet-101, 21 classes, output stride 16) pruned at the same rates, at 513 x 513; the
-latter is a pure shape computation (:func:`spectral_jax.pruning.hard_pruned_model`). The
+latter is a pure shape computation (:func:`spectral_jax.models.pruning.hard_pruned_model`). The
 paper's own convention is reconstructed beside it
 (:func:`experiments.flops_table.paper_convention`: 2 x dense MACs, encoder at output
 stride 32). Pruned FLOPs % = ``1 - FLOPs / FLOPs(unpruned, untruncated)``;
@@ -148,7 +148,7 @@ def _full_size_model(model: str, feature_size: int | None, output_stride: int = 
 
 def pruned_architecture(model_instance, rates: dict[str, float]):
     """The hard-pruned architecture of ``model_instance`` at ``rates`` (no variables)."""
-    from spectral_jax import pruning
+    from spectral_jax.models import pruning
 
     plan = pruning.pruning_plan(model_instance, pruning.PruningRates(**rates))
     return pruning.hard_pruned_model(model_instance, plan)
@@ -210,7 +210,8 @@ def run_cell(
     full_size: bool = True,
 ) -> dict[str, Any]:
     """Trains, hard-prunes, truncates and evaluates one cell; cached in ``cell.json``."""
-    from spectral_jax import flops, pruning
+    from spectral_jax import flops
+    from spectral_jax.models import pruning
 
     cell_path = workdir / "cell.json"
     if cell_path.exists():
@@ -562,7 +563,7 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
             f"({worst[0]:.1f} vs {worst[1]} G at {100 * worst[2]:.0f} %, F {worst[3]}). "
             "The paper does not say which layers SFP prunes; ours prunes the stem, the "
             "bottlenecks' first two convolutions, ASPP and the decoder "
-            "(`spectral_jax.pruning`), never the residual outputs that every block shares, "
+            "(`spectral_jax.models.pruning`), never the residual outputs that every block shares, "
             "so pruned counts can differ from the paper's by a few percent."
         )
     if any(r["model"] == "dan" for r in rows):

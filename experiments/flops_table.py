@@ -34,8 +34,8 @@ from collections.abc import Sequence
 import jax
 
 from experiments import paper_values
-from spectral_jax import flops, pruning
-from spectral_jax.models import DAN, DeepLabV3Plus
+from spectral_jax import flops
+from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 INPUT_SHAPE = (1, 513, 513, 3)
 FEATURE_SIZES = (None, 65, 33)

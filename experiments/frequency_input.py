@@ -1,6 +1,6 @@
 """Learning in the frequency domain (Xu et al., CVPR 2020): DCT-input DeepLab v3+.
 
-Trains DeepLab v3+ on JPEG-style DCT coefficients (:mod:`spectral_jax.dct_input`,
+Trains DeepLab v3+ on JPEG-style DCT coefficients (:mod:`spectral_jax.related.dct_input`,
 :class:`spectral_jax.models.DCTDeepLabV3Plus`) with static channel selections (DCT-24S,
 DCT-24T, DCT-64S), with all 192 channels behind the learned gate, and the RGB model
 beside them; reports mIoU and the boundary metrics per variant, and the gate's selection
@@ -109,7 +109,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from spectral_jax.models.dct_gate import plot_selection_heat_map, selection_heat_map
+    from spectral_jax.models.dct_gate import selection_heat_map
+    from spectral_jax.plotting import plot_selection_heat_map
 
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

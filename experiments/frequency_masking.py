@@ -1,7 +1,7 @@
 """Frequency feature masking (FFR supplementary): the mu ablation on a trained tiny DeepLab.
 
 FFR splits the decoder's features by a square low-frequency mask whose side is ``mu``
-times the spectrum's (:func:`spectral_jax.frequency_masking.split_by_masking_ratio`) and
+times the spectrum's (:func:`spectral_jax.related.frequency_masking.split_by_masking_ratio`) and
 compares the class activation maps (CAMs) of the two parts. Here, training-free, on a
 trained DeepLab v3+: for every ``mu``, over the validation split,
 
@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from spectral_jax import frequency_masking as masking
-from spectral_jax.training import metrics as metrics_lib
+from spectral_jax import plotting
+from spectral_jax.evaluation import metrics as metrics_lib
+from spectral_jax.related import frequency_masking as masking
 
 #: FFR's ablation (PASCAL VOC 2012 val, supplementary Table 1): mu -> (CAM mIoU, seg. mIoU).
 PAPER_MU_ABLATION = {0.1: (60.2, 57.3), 0.2: (68.2, 66.1), 0.3: (73.1, 70.9), 0.4: (76.8, 74.8)}
@@ -165,7 +166,7 @@ def plot_cams(examples, class_names, num_images: int = 2):
     for (b, c), axis_row in zip(rows, axes, strict=True):
         image = examples["image"][b]
         image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
-        masking.plot_frequency_cams(
+        plotting.plot_frequency_cams(
             examples["cam_low"][b],
             examples["cam_high"][b],
             class_index=c,

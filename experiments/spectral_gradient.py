@@ -345,11 +345,11 @@ def validation_example(config: ml_collections.ConfigDict, index: int):
                 crop_size=config.eval_crop_size,
                 mean=info.mean,
                 std=info.std,
-                ignore_label=info.ignore_label,
+                ignore_index=info.ignore_index,
             )
         )
     )
-    return batch["image"], batch["label"][0], info.ignore_label
+    return batch["image"], batch["label"][0], info.ignore_index
 
 
 def ce_rows_of_model(model, variables, image, labels, *, ignore_index: int):

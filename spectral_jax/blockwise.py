@@ -14,8 +14,8 @@ Conventions (the paper leaves them open; these are ours):
   ``ceil(n / G)`` pixels, spread evenly, and for ``n <= G`` every pixel is its own block
   (the annotation is the identity).
 * **Ignore label.** The majority is taken over the block's valid pixels only: ignored
-  pixels (``ignore_label``, e.g. VOC's object borders, the padding of a crop) do not vote.
-  A block gets ``ignore_label`` only when none of its pixels is valid.
+  pixels (``ignore_index``, e.g. VOC's object borders, the padding of a crop) do not vote.
+  A block gets ``ignore_index`` only when none of its pixels is valid.
 * **Ties** go to the smallest class index.
 
 .. math::
@@ -52,29 +52,29 @@ def _check_band_limit(band_limit) -> int:
     return int(band_limit)
 
 
-def _check_classes(num_classes, ignore_label) -> None:
+def _check_classes(num_classes, ignore_index) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
         raise ValueError(f"num_classes must be an int, got {num_classes!r}.")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}.")
-    if 0 <= ignore_label < num_classes:
+    if 0 <= ignore_index < num_classes:
         raise ValueError(
-            f"ignore_label={ignore_label} is a valid class index for num_classes={num_classes}; "
+            f"ignore_index={ignore_index} is a valid class index for num_classes={num_classes}; "
             "it must lie outside [0, num_classes)."
         )
 
 
-def _check_labels(labels, num_classes: int, ignore_label: int) -> None:
+def _check_labels(labels, num_classes: int, ignore_index: int) -> None:
     if jnp.ndim(labels) < 2:
         raise ValueError(f"labels must have shape [..., H, W], got shape {jnp.shape(labels)}.")
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be an integer array, got dtype {jnp.result_type(labels)}.")
     if not _checks.is_traced(labels):
         values = np.asarray(labels)
-        bad = (values != ignore_label) & ((values < 0) | (values >= num_classes))
+        bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
         if bad.any():
             raise ValueError(
-                f"labels must lie in [0, {num_classes}) or equal ignore_label={ignore_label}; "
+                f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
                 f"found {int(bad.sum())} pixel(s) with values such as {int(values[bad][0])}."
             )
 
@@ -106,30 +106,30 @@ def blockwise_annotation(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
 ) -> jax.Array:
     """Block-wise annotation of label maps at band limit ``band_limit`` (JAX).
 
     See the module docstring for the partition, the ignore label and ties.
 
     Args:
-      labels: integer labels ``[..., H, W]`` in ``[0, C)`` or ``ignore_label``.
+      labels: integer labels ``[..., H, W]`` in ``[0, C)`` or ``ignore_index``.
       band_limit: ``nu_max`` (static): blocks of a ``(2 nu_max + 1)``-sized grid.
       num_classes: ``C`` (static).
-      ignore_label: label of pixels that do not vote; blocks without a valid pixel get it.
+      ignore_index: label of pixels that do not vote; blocks without a valid pixel get it.
 
     Returns:
       ``[..., H, W]`` labels of the dtype of ``labels``, constant on every block.
 
     Raises:
-      ValueError: if ``band_limit`` or ``num_classes`` is not a valid int, ``ignore_label``
+      ValueError: if ``band_limit`` or ``num_classes`` is not a valid int, ``ignore_index``
         lies in ``[0, C)``, ``labels`` has rank below 2 or a non-integer dtype, or (for
-        concrete ``labels``) a label lies outside ``[0, C)`` and is not ``ignore_label``.
+        concrete ``labels``) a label lies outside ``[0, C)`` and is not ``ignore_index``.
         Under ``jit``/``vmap`` such a label cannot be checked and is treated as ignored.
     """
-    _check_classes(num_classes, ignore_label)
+    _check_classes(num_classes, ignore_index)
     band_limit = _check_band_limit(band_limit)
-    _check_labels(labels, num_classes, ignore_label)
+    _check_labels(labels, num_classes, ignore_index)
     labels = jnp.asarray(labels)
     height, width = labels.shape[-2:]
     rows = block_partition(height, band_limit)
@@ -138,12 +138,12 @@ def blockwise_annotation(
     # is two small matrix products, exact in float32 while a block has < 2**24 pixels.
     row_blocks = jnp.asarray(rows[None, :] == np.arange(rows[-1] + 1)[:, None], jnp.float32)
     col_blocks = jnp.asarray(cols[None, :] == np.arange(cols[-1] + 1)[:, None], jnp.float32)
-    # one_hot gives a zero row for ignore_label (outside [0, C)), so ignored pixels do not vote.
+    # one_hot gives a zero row for ignore_index (outside [0, C)), so ignored pixels do not vote.
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # [..., H, W, C]
     counts = jnp.einsum("gh,...hwc,kw->...gkc", row_blocks, one_hot, col_blocks)  # [..., Gh, Gw, C]
     # argmax returns the first maximum: ties go to the smallest class index.
     block_labels = jnp.argmax(counts, axis=-1)  # [..., Gh, Gw]
-    block_labels = jnp.where(jnp.sum(counts, axis=-1) > 0, block_labels, ignore_label)
+    block_labels = jnp.where(jnp.sum(counts, axis=-1) > 0, block_labels, ignore_index)
     expanded = block_labels[..., rows, :][..., :, cols]  # [..., H, W]
     return expanded.astype(labels.dtype)
 
@@ -153,7 +153,7 @@ def blockwise_annotation_numpy(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
 ) -> np.ndarray:
     """Block-wise annotation of label maps at band limit ``band_limit`` (NumPy).
 
@@ -161,10 +161,10 @@ def blockwise_annotation_numpy(
     ``label_transform`` (bind the settings with ``functools.partial``).
 
     Args:
-      labels: integer labels ``[..., H, W]`` in ``[0, C)`` or ``ignore_label``.
+      labels: integer labels ``[..., H, W]`` in ``[0, C)`` or ``ignore_index``.
       band_limit: ``nu_max``: blocks of a ``(2 nu_max + 1)``-sized grid.
       num_classes: ``C``.
-      ignore_label: label of pixels that do not vote; blocks without a valid pixel get it.
+      ignore_index: label of pixels that do not vote; blocks without a valid pixel get it.
 
     Returns:
       ``[..., H, W]`` labels of the dtype of ``labels``, constant on every block.
@@ -172,17 +172,17 @@ def blockwise_annotation_numpy(
     Raises:
       ValueError: as :func:`blockwise_annotation` (labels are always checked).
     """
-    _check_classes(num_classes, ignore_label)
+    _check_classes(num_classes, ignore_index)
     band_limit = _check_band_limit(band_limit)
     labels = np.asarray(labels)
-    _check_labels(labels, num_classes, ignore_label)
+    _check_labels(labels, num_classes, ignore_index)
     *batch_shape, height, width = labels.shape
     rows = block_partition(height, band_limit)
     cols = block_partition(width, band_limit)
     grid_h, grid_w = int(rows[-1]) + 1, int(cols[-1]) + 1
     flat = labels.reshape(-1, height, width).astype(np.int64)  # [B, H, W]
     num_images = flat.shape[0]
-    valid = flat != ignore_label
+    valid = flat != ignore_index
     # One bin per (image, block row, block column, class); ignored pixels are left out.
     block = (np.arange(num_images)[:, None, None] * grid_h + rows[None, :, None]) * grid_w + cols[
         None, None, :
@@ -190,6 +190,6 @@ def blockwise_annotation_numpy(
     bins = block[valid] * num_classes + flat[valid]
     counts = np.bincount(bins, minlength=num_images * grid_h * grid_w * num_classes)
     counts = counts.reshape(num_images, grid_h, grid_w, num_classes)
-    block_labels = np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_label)  # [B, Gh, Gw]
+    block_labels = np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_index)  # [B, Gh, Gw]
     expanded = block_labels[:, rows[:, None], cols[None, :]]  # [B, H, W]
     return expanded.reshape(*batch_shape, height, width).astype(labels.dtype)

@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.aliasing.
+"""Tests for spectral_jax.related.aliasing.
 
 References: the aliasing score from NumPy's complex ``fft2`` on the ``fftshift``-ed
 spectrum in float64; closed forms for pure and mixed cosines; identities (the DAF is a
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import aliasing
-from spectral_jax.models import DeepLabV3Plus, create_resnet
+from spectral_jax.models import DeepLabV3Plus, anti_aliasing, create_resnet
 from spectral_jax.models.resnet import Bottleneck
+from spectral_jax.related import aliasing
 from tests.model_helpers import TINY_DEEPLAB, random_variables
 
 SHAPES = [(8, 8), (9, 7), (12, 10), (5, 6)]
@@ -168,7 +168,7 @@ def _record_inputs(model, variables, images):
         return next_fun(*args, **kwargs)
 
     with (
-        nn.intercept_methods(aliasing.downsampling_inputs_interceptor(record)),
+        nn.intercept_methods(anti_aliasing.downsampling_inputs_interceptor(record)),
         nn.intercept_methods(block_inputs),
     ):
         model.apply(variables, images)
@@ -177,7 +177,7 @@ def _record_inputs(model, variables, images):
 
 def _scores(model, variables, images):
     # Jitted: eager op-by-op dispatch of the model takes ~10x longer on the CPU.
-    return jax.jit(functools.partial(aliasing.downsampling_aliasing_scores, model))(
+    return jax.jit(functools.partial(anti_aliasing.downsampling_aliasing_scores, model))(
         variables, images
     )
 
@@ -218,13 +218,13 @@ def test_probe_reports_every_downsampling_input(tiny_resnet):
 
 
 def test_probe_under_the_de_aliasing_filter_and_jit(tiny_resnet):
-    from spectral_jax.models.frequency_modules import insert_de_aliasing_filters
+    from spectral_jax.models.anti_aliasing import insert_de_aliasing_filters
 
     model, variables, images = tiny_resnet
 
     def probe(variables, images):
         with insert_de_aliasing_filters():
-            return aliasing.downsampling_aliasing_scores(model, variables, images)
+            return anti_aliasing.downsampling_aliasing_scores(model, variables, images)
 
     filtered = jax.jit(probe)(variables, images)
     plain = _scores(model, variables, images)

@@ -136,8 +136,8 @@ def test_bad_inputs_raise(fn):
         fn(labels, -1, num_classes=4)
     with pytest.raises(ValueError, match="band_limit"):
         fn(labels, 1.5, num_classes=4)
-    with pytest.raises(ValueError, match="ignore_label"):
-        fn(labels, 1, num_classes=4, ignore_label=2)
+    with pytest.raises(ValueError, match="ignore_index"):
+        fn(labels, 1, num_classes=4, ignore_index=2)
     with pytest.raises(ValueError, match="integer"):
         fn(labels.astype(np.float32), 1, num_classes=4)
     with pytest.raises(ValueError, match=r"\[\.\.\., H, W\]"):

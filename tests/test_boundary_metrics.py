@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.boundary_metrics.
+"""Tests for spectral_jax.related.boundary_metrics.
 
 References: an independent NumPy/SciPy version of the authors' evaluation
 (``scipy.ndimage.laplace`` with ``mode="mirror"`` for ``cv2.Laplacian``,
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spectral_jax import boundary_metrics as bm
+from spectral_jax.related import boundary_metrics as bm
 
 IGNORE = 255
 

@@ -18,11 +18,11 @@ import numpy as np
 import optax
 import pytest
 
-from spectral_jax.dct_input import selection_pattern
 from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus, dct_stage_dilations
 from spectral_jax.models.dct_gate import gate_regularizer
 from spectral_jax.models.deeplab import DeepLabV3Plus
 from spectral_jax.models.resnet import stage_dilations
+from spectral_jax.related.dct_input import selection_pattern
 from tests.model_helpers import TINY_DEEPLAB, num_params, random_variables
 
 GRID = 6  # DCT positions per side of the tiny inputs

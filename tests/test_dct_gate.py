@@ -197,25 +197,3 @@ def test_heat_map_of_a_gated_subset_is_nan_elsewhere():
     assert np.isnan(heat_map).sum() == 192 - 5
     with pytest.raises(ValueError, match="192"):
         dct_gate.selection_heat_map(np.zeros(24))
-
-
-def test_plot_selection_heat_map(rng):
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    heat_map = rng.uniform(size=(3, 8, 8))
-    figure = dct_gate.plot_selection_heat_map(heat_map, title="gate")
-    try:
-        panels = [ax for ax in figure.axes if ax.get_title() in ("Y", "Cb", "Cr")]
-        assert [ax.get_title() for ax in panels] == ["Y", "Cb", "Cr"]
-        for ax, panel in zip(panels, heat_map, strict=True):
-            np.testing.assert_allclose(ax.images[0].get_array(), panel)
-        labels = {(t.get_position(), t.get_text()) for t in panels[0].texts}
-        assert len(labels) == 64
-        # Zig-zag labels: (u, v) = (0, 2) is the 6th coefficient of the scan, (2, 0) the 4th.
-        assert ((2, 0), "5") in labels and ((0, 2), "3") in labels
-    finally:
-        plt.close(figure)
-    with pytest.raises(ValueError, match=r"\[3, 8, 8\]"):
-        dct_gate.plot_selection_heat_map(np.zeros((192,)))

@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.dct_input: the JPEG-style block DCT against scipy per block
+"""Tests for spectral_jax.related.dct_input: the JPEG-style block DCT against scipy per block
 (float64), Parseval and inverse round trips, the up-scaled chroma against its closed
 form, the static selection patterns and the streaming channel statistics.
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from spectral_jax import dct_input
+from spectral_jax.related import dct_input
 
 # The authors' DCT-24 square (their dct_channel_index.py), row-major u * 8 + v.
 AUTHORS_DCT24_Y = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]

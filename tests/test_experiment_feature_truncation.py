@@ -99,7 +99,7 @@ def _float(value):
 @pytest.mark.slow
 def test_main_smallest_grid(tmp_path, data_dir):
     from experiments import common
-    from spectral_jax import pruning
+    from spectral_jax.models import pruning
 
     workdir = tmp_path / "run"
     argv = ["--workdir", str(workdir), "--config", "tiny", "--data-dir", data_dir,

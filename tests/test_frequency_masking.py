@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.frequency_masking.
+"""Tests for spectral_jax.related.frequency_masking.
 
 References: the centred mask from NumPy's ``fftfreq`` in cycles per sample; the low part
 by NumPy's complex ``fft2``/``ifft2`` in float64; identities (``low + high = x``,
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import frequency_masking as fm
 from spectral_jax.models import DeepLabV3Plus
+from spectral_jax.related import frequency_masking as fm
 from tests.model_helpers import TINY_DEEPLAB, random_variables
 
 SHAPES = [(8, 8), (7, 9), (6, 5), (16, 12)]
@@ -208,22 +208,3 @@ def test_classifier_frequency_cams_of_the_deeplab_decoder():
     assert float(jnp.abs(scores_high).max()) > 1e-3
     with pytest.raises(ValueError, match="classifier_path"):
         fm.classifier_frequency_cams(model, variables, images, classifier_path="decoder/nothing")
-
-
-def test_plot_frequency_cams_draws_the_maps(rng):
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cam_low = rng.uniform(size=(6, 7, 3))
-    cam_high = rng.uniform(size=(6, 7, 3))
-    image = rng.uniform(size=(6, 7, 3))
-    figure = fm.plot_frequency_cams(cam_low, cam_high, class_index=2, image=image, title="t")
-    try:
-        assert len(figure.axes) == 3
-        np.testing.assert_array_equal(figure.axes[1].images[0].get_array(), cam_low[..., 2])
-        np.testing.assert_array_equal(figure.axes[2].images[0].get_array(), cam_high[..., 2])
-        with pytest.raises(ValueError, match="class_index"):
-            fm.plot_frequency_cams(cam_low, cam_high, class_index=3)
-    finally:
-        plt.close("all")

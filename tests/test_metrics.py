@@ -1,4 +1,4 @@
-"""Tests of spectral_jax.training.metrics against NumPy loop references."""
+"""Tests of spectral_jax.evaluation.metrics against NumPy loop references."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from spectral_jax.training import metrics
+from spectral_jax.evaluation import metrics
 
 
-def _reference_confusion(predictions, labels, num_classes, ignore_label):
+def _reference_confusion(predictions, labels, num_classes, ignore_index):
     matrix = np.zeros((num_classes, num_classes), np.int64)
     for p, t in zip(predictions.ravel(), labels.ravel(), strict=True):
-        if t != ignore_label:
+        if t != ignore_index:
             matrix[t, p] += 1
     return matrix
 
@@ -35,18 +35,18 @@ def test_confusion_matrix_matches_loop(rng, shape, num_classes, label_dtype):
     labels = rng.integers(0, num_classes, size=shape)
     labels[rng.random(shape) < 0.2] = 255
     predictions = rng.integers(0, num_classes, size=shape)
-    got = jax.jit(metrics.confusion_matrix, static_argnames=("num_classes", "ignore_label"))(
-        predictions, labels.astype(label_dtype), num_classes=num_classes, ignore_label=255
+    got = jax.jit(metrics.confusion_matrix, static_argnames=("num_classes", "ignore_index"))(
+        predictions, labels.astype(label_dtype), num_classes=num_classes, ignore_index=255
     )
     want = _reference_confusion(predictions, labels, num_classes, 255)
     np.testing.assert_array_equal(np.asarray(got), want)
     assert got.dtype == np.int32
 
 
-def test_confusion_matrix_other_ignore_label(rng):
+def test_confusion_matrix_other_ignore_index(rng):
     labels = rng.integers(-1, 3, size=(2, 6, 6))
     predictions = rng.integers(0, 3, size=(2, 6, 6))
-    got = metrics.confusion_matrix(predictions, labels, num_classes=3, ignore_label=-1)
+    got = metrics.confusion_matrix(predictions, labels, num_classes=3, ignore_index=-1)
     np.testing.assert_array_equal(np.asarray(got), _reference_confusion(predictions, labels, 3, -1))
 
 

@@ -91,7 +91,7 @@ def _batch_fn(examples, **kwargs):
         flip=True,
         mean=MEAN,
         std=STD,
-        ignore_label=255,
+        ignore_index=255,
         label_transform=None,
         shard_index=0,
         shard_count=1,
@@ -290,7 +290,7 @@ def test_bad_arguments_raise(rng):
 def test_dataset_info():
     for name, count in [("voc_sbd", 21), ("cityscapes", 19), ("deepglobe_land_cover", 7)]:
         info = data.dataset_info(name)
-        assert info.num_classes == count and info.ignore_label == 255
+        assert info.num_classes == count and info.ignore_index == 255
         assert info.mean == data.IMAGENET_MEAN and info.std == data.IMAGENET_STD
     info = data.dataset_info("synthetic_scenes/cityscapes_like")
     assert info.class_names == synthetic.CITYSCAPES_CLASSES

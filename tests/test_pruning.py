@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.pruning: the prunable layers, smallest-L2 selection against a
+"""Tests for spectral_jax.models.pruning: the prunable layers, smallest-L2 selection against a
 NumPy reference, exact counts, the zeroed BatchNorm, soft-pruned == hard-pruned outputs,
 gradients reaching pruned filters, FLOPs of the hard-pruned models and bad input.
 
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import flops, pruning
-from spectral_jax.models import DAN, DeepLabV3Plus
+from spectral_jax import flops
+from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 from tests.model_helpers import TINY_DEEPLAB, random_variables
 
 TINY_DAN = dict(

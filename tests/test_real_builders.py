@@ -148,7 +148,7 @@ def test_voc_sbd_labels_and_images_match_the_files(voc_built):
 
 def test_voc_sbd_info():
     info = voc_sbd.INFO
-    assert info.num_classes == 21 and info.ignore_label == 255
+    assert info.num_classes == 21 and info.ignore_index == 255
     assert info.class_names[0] == "background" and info.class_names[15] == "person"
     assert dict(info.split_sizes) == {"train": 10582, "validation": 1449}
     np.testing.assert_allclose(info.mean, [0.485, 0.456, 0.406])  # [0, 1] scale
@@ -253,7 +253,7 @@ def test_cityscapes_splits_labels_and_images(cityscapes_built):
 
 def test_cityscapes_info():
     info = cityscapes.INFO
-    assert info.num_classes == 19 and info.ignore_label == 255
+    assert info.num_classes == 19 and info.ignore_index == 255
     assert info.class_names == tuple(CITYSCAPES_TRAIN_CLASSES)
     assert dict(info.split_sizes) == {"train": 2975, "validation": 500}
     assert cityscapes.CityscapesFine.name == "cityscapes_fine"
@@ -332,7 +332,7 @@ def test_deepglobe_mask_to_label_thresholds_at_128():
 
 def test_deepglobe_info():
     info = deepglobe.INFO
-    assert info.num_classes == 7 and info.ignore_label == 255
+    assert info.num_classes == 7 and info.ignore_index == 255
     assert info.class_names[-1] == "unknown" and len(info.class_names) == 7
     assert dict(info.split_sizes) == {"train": 701, "validation": 102}
 
@@ -371,7 +371,7 @@ def test_pipeline_registry_reads_the_builders(name, explicit_manual_dir, tmp_pat
     info = pipeline.dataset_info(name)
     assert info.class_names == module.INFO.class_names
     assert info.num_classes == module.INFO.num_classes
-    assert info.ignore_label == module.INFO.ignore_label == 255
+    assert info.ignore_index == module.INFO.ignore_index == 255
     np.testing.assert_allclose(info.mean, module.INFO.mean)
     np.testing.assert_allclose(info.std, module.INFO.std)
     source = pipeline.load_split(

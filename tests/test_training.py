@@ -31,10 +31,10 @@ from tests.training_helpers import (
 # Loss, schedule, optimizer.
 
 
-def _reference_ce(logits, labels, ignore_label=255):
+def _reference_ce(logits, labels, ignore_index=255):
     """float64 mean CE over the valid pixels (0 if none)."""
     logits = np.asarray(logits, np.float64)
-    valid = labels != ignore_label
+    valid = labels != ignore_index
     if not valid.any():
         return 0.0
     z = logits[valid]  # [N, C]
@@ -346,7 +346,7 @@ def test_soft_filter_pruning_at_epoch_ends(trained_run, tmp_path):
     Every planned convolution then has exactly ``floor(rate * C)`` all-zero filters
     (counted in NumPy from the checkpoint), with zero BatchNorm offsets.
     """
-    from spectral_jax import pruning
+    from spectral_jax.models import pruning
 
     config, _, _, _ = trained_run
     config = config.copy_and_resolve_references()

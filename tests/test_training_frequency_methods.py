@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import boundary_metrics
+from spectral_jax.related import boundary_metrics
 from spectral_jax.training import train as train_lib
 from tests.training_helpers import NUM_CLASSES, generated_pipeline, tiny_test_config
 

@@ -66,7 +66,7 @@ def generated_pipeline(
         train_batches=train_batches,
         eval_batches=eval_batches,
         num_classes=NUM_CLASSES,
-        ignore_label=255,
+        ignore_index=255,
         num_train_examples=num_train,
         class_names=("background", "rectangle", "disk"),
     )

@@ -3,7 +3,7 @@
 :func:`apply_variant` switches ``config.model`` to ``"dct_deeplabv3plus"``
 (:class:`spectral_jax.models.DCTDeepLabV3Plus`: DCT coefficients of 8 x 8 blocks,
 192 channels, the ResNet stem removed) with a static channel selection (DCT-24/48/64
-S or T, :func:`spectral_jax.dct_input.selection_pattern`), all 192 channels, or all 192
+S or T, :func:`spectral_jax.related.dct_input.selection_pattern`), all 192 channels, or all 192
 behind the learned gate (``gate_weight`` the regulariser's weight). Crops must be
 multiples of 16: the RGB configs' 513 becomes 512 (module docstring of
 ``spectral_jax/models/dct_deeplab.py``). The per-channel DCT statistics are estimated
@@ -52,7 +52,7 @@ def apply_variant(
     Raises:
       ValueError: for an unknown variant.
     """
-    from spectral_jax.dct_input import selection_pattern
+    from spectral_jax.related.dct_input import selection_pattern
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}.")

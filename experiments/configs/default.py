@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.spectral_statistics = True  # Band profile, mean CE, R(nu_max) at evaluation.
     # Boundary metrics at evaluation (BIoU, BAcc, FErr, MErr, DErr of Chen, Gu, Fu 2024,
-    # spectral_jax.boundary_metrics), on the unpadded images.
+    # spectral_jax.related.boundary_metrics), on the unpadded images.
     config.boundary_metrics = True
 
     # Frequency-domain input (Xu et al. 2020), read when model.name = "dct_deeplabv3plus":

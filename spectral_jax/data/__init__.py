@@ -1,6 +1,6 @@
 """Data: segmentation data sets (TFDS builders) and the input pipeline."""
 
-from spectral_jax.data.pipeline import IGNORE_LABEL as IGNORE_LABEL
+from spectral_jax.data.pipeline import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD
 from spectral_jax.data.pipeline import SegmentationDatasetInfo as SegmentationDatasetInfo

@@ -31,7 +31,7 @@ from etils import epath
 
 # The ignore label and ImageNet's RGB statistics on the [0, 1] scale, as the pipeline
 # normalises (``(image / 255 - mean) / std``); the backbones are pre-trained on ImageNet-1k.
-from spectral_jax.data.pipeline import IGNORE_LABEL as IGNORE_LABEL
+from spectral_jax.data.pipeline import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD
 
@@ -43,15 +43,15 @@ Source = tuple[str, epath.Path, epath.Path]
 class RealDatasetInfo:
     """One real segmentation data set: its builder, classes, normalisation and sizes.
 
-    ``pipeline.SegmentationDatasetInfo(name, class_names, ignore_label, mean, std)``
+    ``pipeline.SegmentationDatasetInfo(name, class_names, ignore_index, mean, std)``
     holds the fields the pipeline reads; this adds the builder and the split sizes.
 
     Attributes:
       name: the data set's name in the registry of ``spectral_jax.data``.
       builder_class: the TFDS builder; ``builder_class.name`` is its TFDS name.
       num_classes: C, the number of classes; labels lie in ``[0, C)`` or are
-        ``ignore_label``.
-      ignore_label: the label value of pixels left out of the loss and the metrics.
+        ``ignore_index``.
+      ignore_index: the label value of pixels left out of the loss and the metrics.
       class_names: ``C`` names, in label order.
       mean: per-channel RGB mean on the ``[0, 1]`` scale (``(image / 255 - mean) / std``).
       std: per-channel RGB standard deviation on the ``[0, 1]`` scale.
@@ -62,7 +62,7 @@ class RealDatasetInfo:
     name: str
     builder_class: type[tfds.core.GeneratorBasedBuilder]
     num_classes: int
-    ignore_label: int
+    ignore_index: int
     class_names: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -73,9 +73,9 @@ class RealDatasetInfo:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}."
             )
-        if 0 <= self.ignore_label < self.num_classes:
+        if 0 <= self.ignore_index < self.num_classes:
             raise ValueError(
-                f"ignore_label={self.ignore_label} is a class index for C={self.num_classes}."
+                f"ignore_index={self.ignore_index} is a class index for C={self.num_classes}."
             )
 
 
@@ -246,7 +246,7 @@ def remap_labels(label: np.ndarray, table: Mapping[int, int], *, path: epath.Pat
 
     Args:
       label: ``uint8 [H, W]`` source values.
-      table: source value -> class index or ``IGNORE_LABEL``; every source value must
+      table: source value -> class index or ``IGNORE_INDEX``; every source value must
         be a key.
       path: the label file, named in errors.
 
@@ -257,7 +257,7 @@ def remap_labels(label: np.ndarray, table: Mapping[int, int], *, path: epath.Pat
       ValueError: naming ``path`` if a value is not a key of ``table``.
     """
     check_label_values(label, table.keys(), path=path)
-    lookup = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+    lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for source, target in table.items():
         lookup[source] = target
     return lookup[label]
@@ -338,7 +338,7 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrati
 
     @abc.abstractmethod
     def _to_classes(self, stored: np.ndarray, *, path: epath.Path) -> np.ndarray:
-        """Maps a stored label to ``uint8 [H, W]`` class indices or ``IGNORE_LABEL``.
+        """Maps a stored label to ``uint8 [H, W]`` class indices or ``IGNORE_INDEX``.
 
         Raises:
           ValueError: naming ``path`` if a stored value is no class and not ignored.

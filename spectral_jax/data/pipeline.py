@@ -18,13 +18,13 @@ is example ``perm_e[p mod N]`` of epoch ``e = p // N`` (``perm_e`` drawn from
 
 Augmentation (DeepLab's): scale by ``s ~ U(scale_range)`` (bilinear image, nearest
 label), pad to at least ``crop_size`` at the bottom and right (image: the mean colour,
-i.e. 0 after normalisation; label: ``ignore_label``), take a uniformly random
+i.e. 0 after normalisation; label: ``ignore_index``), take a uniformly random
 ``crop_size`` window, flip horizontally with probability 1/2, then normalise
 ``(image / 255 - mean) / std`` and apply ``label_transform`` (e.g. block-wise annotation,
 :func:`spectral_jax.blockwise.blockwise_annotation_numpy`) to the label crop.
 
 **Evaluation stream.** :func:`eval_batches` yields every example once, in order, padded
-at the bottom and right to a common size (label: ``ignore_label``); the last batch is
+at the bottom and right to a common size (label: ``ignore_index``); the last batch is
 filled with all-ignore examples (``mask`` False), so that summed IoU terms over the
 batches give the split's exact mIoU.
 
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-IGNORE_LABEL = 255
+IGNORE_INDEX = 255
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -68,14 +68,14 @@ class SegmentationDatasetInfo:
     Attributes:
       name: the TFDS name (``"synthetic_scenes/pascal_like"``, ``"voc_sbd"``, ...).
       class_names: ``C`` class names, index = label value.
-      ignore_label: label of pixels that are not scored.
+      ignore_index: label of pixels that are not scored.
       mean, std: per-channel RGB normalisation on the ``[0, 1]`` scale
         (``(image / 255 - mean) / std``).
     """
 
     name: str
     class_names: tuple[str, ...]
-    ignore_label: int = IGNORE_LABEL
+    ignore_index: int = IGNORE_INDEX
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -152,7 +152,7 @@ def dataset_info(name: str) -> SegmentationDatasetInfo:
     return SegmentationDatasetInfo(
         name=name,
         class_names=tuple(info.class_names),
-        ignore_label=int(info.ignore_label),
+        ignore_index=int(info.ignore_index),
         mean=tuple(info.mean),
         std=tuple(info.std),
     )
@@ -241,7 +241,7 @@ def augment_example(
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    ignore_label: int = IGNORE_LABEL,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random scale, padded random crop, random flip and normalisation of one example.
 
@@ -256,7 +256,7 @@ def augment_example(
       scale_range: ``(low, high)`` of the uniform scale factor.
       flip: whether to flip (horizontally, with probability 1/2).
       mean, std: normalisation on the ``[0, 1]`` scale.
-      ignore_label: label of the padding.
+      ignore_index: label of the padding.
 
     Returns:
       ``(image, label)``: float32 ``[crop, crop, 3]`` and int32 ``[crop, crop]``.
@@ -275,7 +275,7 @@ def augment_example(
     left = int(rng.integers(0, max(new_w, crop_size) - crop_size + 1))
     flipped = bool(rng.random() < 0.5) and flip
     out_image = np.zeros((crop_size, crop_size, 3), np.float32)  # the mean colour
-    out_label = np.full((crop_size, crop_size), ignore_label, np.int32)
+    out_label = np.full((crop_size, crop_size), ignore_index, np.int32)
     rows, cols = min(new_h - top, crop_size), min(new_w - left, crop_size)
     window = (slice(top, top + rows), slice(left, left + cols))
     out_image[:rows, :cols] = _normalise(image[window], mean, std)
@@ -315,7 +315,7 @@ class TrainBatchFn:
     flip: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    ignore_label: int
+    ignore_index: int
     label_transform: LabelTransform | None
     shard_index: int
     shard_count: int
@@ -352,7 +352,7 @@ class TrainBatchFn:
                 flip=self.flip,
                 mean=self.mean,
                 std=self.std,
-                ignore_label=self.ignore_label,
+                ignore_index=self.ignore_index,
             )
             if self.label_transform is not None:
                 label = np.asarray(self.label_transform(label), np.int32)
@@ -415,7 +415,7 @@ def train_batches(
     flip: bool = True,
     mean: Sequence[float],
     std: Sequence[float],
-    ignore_label: int = IGNORE_LABEL,
+    ignore_index: int = IGNORE_INDEX,
     label_transform: LabelTransform | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
@@ -436,7 +436,7 @@ def train_batches(
       scale_range: ``(low, high)`` of the random scale factor.
       flip: random horizontal flips.
       mean, std: normalisation on the ``[0, 1]`` scale (:func:`dataset_info`).
-      ignore_label: label of the crop padding.
+      ignore_index: label of the crop padding.
       label_transform: NumPy function ``[crop, crop] -> [crop, crop]`` applied to each
         augmented label (e.g. block-wise annotation). Must be picklable for workers.
       shard_index, shard_count: this host's share: rows ``[s B/S, (s+1) B/S)``.
@@ -478,7 +478,7 @@ def train_batches(
         flip=bool(flip),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
-        ignore_label=int(ignore_label),
+        ignore_index=int(ignore_index),
         label_transform=label_transform,
         shard_index=int(shard_index),
         shard_count=int(shard_count),
@@ -508,7 +508,7 @@ def eval_batches(
     crop_size: int | None,
     mean: Sequence[float],
     std: Sequence[float],
-    ignore_label: int = IGNORE_LABEL,
+    ignore_index: int = IGNORE_INDEX,
     label_transform: LabelTransform | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
@@ -517,7 +517,7 @@ def eval_batches(
     """Every example exactly once, in order, padded to a common size.
 
     Images are normalised and padded at the bottom and right with 0 (the mean colour);
-    labels with ``ignore_label``. The last batch is completed with all-ignore examples.
+    labels with ``ignore_index``. The last batch is completed with all-ignore examples.
 
     Args:
       source: random-access source of ``{"image", "label"}`` examples.
@@ -526,7 +526,7 @@ def eval_batches(
         example larger than that raises. None: pad each batch to its largest example
         (one shape when the split's images share a size, as the synthetic ones do).
       mean, std: normalisation on the ``[0, 1]`` scale.
-      ignore_label: label of the padding.
+      ignore_index: label of the padding.
       label_transform: NumPy function applied to each (unpadded) label.
       shard_index, shard_count: this host's rows ``[s B/S, (s+1) B/S)`` of each batch.
       progress: show a progress bar or counter.
@@ -566,7 +566,7 @@ def eval_batches(
                 sizes = [im.shape[:2] for im, _ in examples] or [(1, 1)]
                 height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
             images = np.zeros((local, height, width, 3), np.float32)
-            labels = np.full((local, height, width), ignore_label, np.int32)
+            labels = np.full((local, height, width), ignore_index, np.int32)
             mask = np.zeros((local,), bool)
             for row, (image, label) in enumerate(examples):
                 h, w = label.shape

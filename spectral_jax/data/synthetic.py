@@ -62,7 +62,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-IGNORE_LABEL = 255
+IGNORE_INDEX = 255
 SPLITS: tuple[str, ...] = ("train", "validation")
 _SPLIT_CODES = {"train": 0, "validation": 1}
 # Appearance (class colours and textures) is fixed per scene kind, not per config seed, so
@@ -300,7 +300,7 @@ def _pascal_layout(rng, size: int, num_classes: int, ignore_border: int):
             inside |= (along / length) ** 2 + (across / width) ** 2 <= 1
         classes[inside] = label
     band = _boundary_band(classes, ignore_border)
-    return classes, np.where(band, IGNORE_LABEL, classes), np.zeros_like(band)
+    return classes, np.where(band, IGNORE_INDEX, classes), np.zeros_like(band)
 
 
 def _cityscapes_layout(rng, size: int):
@@ -387,7 +387,7 @@ def _cityscapes_layout(rng, size: int):
     # Void: the ego vehicle's bonnet.
     hood = rng.uniform(0.05, 0.1) * size
     void = v >= size - hood * (1 - ((u - size / 2) / (size / 2)) ** 2)
-    return classes, np.where(void, IGNORE_LABEL, classes), void
+    return classes, np.where(void, IGNORE_INDEX, classes), void
 
 
 def _deepglobe_layout(rng, size: int):
@@ -495,7 +495,7 @@ def blurred_label_logits(
     num_classes: int,
     sigma: float = 1.0,
     smoothing: float = 0.1,
-    ignore_label: int = IGNORE_LABEL,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     r"""Log-probabilities of the ground truth seen through a Gaussian point spread (float64).
 
@@ -518,7 +518,7 @@ def blurred_label_logits(
       num_classes: ``C``.
       sigma: Gaussian standard deviation, pixels (reflecting at the image border).
       smoothing: ``eps`` in ``(0, 1]``, the weight of the uniform distribution.
-      ignore_label: label of ignored pixels.
+      ignore_index: label of ignored pixels.
 
     Returns:
       ``[B, H, W, C]`` float64 logits (log-probabilities).
@@ -535,7 +535,7 @@ def blurred_label_logits(
         raise ValueError(f"sigma must be non-negative, got {sigma}.")
     if not 0 < smoothing <= 1:
         raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}.")
-    one_hot = (labels[..., None] == np.arange(num_classes)) & (labels[..., None] != ignore_label)
+    one_hot = (labels[..., None] == np.arange(num_classes)) & (labels[..., None] != ignore_index)
     blurred = scipy.ndimage.gaussian_filter(
         one_hot.astype(np.float64), sigma=(0, sigma, sigma, 0), mode="reflect"
     )  # [B, H, W, C]
@@ -579,7 +579,7 @@ def preset_relative_discrepancy(
     size = config.image_size
     with jax.enable_x64(True):
         stats = SpectralStatistics.create(
-            (size, size), config.num_classes, dtype=np.float64, ignore_index=IGNORE_LABEL
+            (size, size), config.num_classes, dtype=np.float64, ignore_index=IGNORE_INDEX
         )
         update = jax.jit(SpectralStatistics.update)  # one compilation per batch shape
         for start in range(0, count, batch_size):

@@ -68,7 +68,7 @@ SPLIT_SIZES = (("train", 10582), ("validation", 1449))
 # Sizes of the full source lists, used to check the train_aug logic on the full data.
 _FULL_SOURCE_SIZES = {"sbd_train": 8498, "sbd_val": 2857, "voc_train": 1464, "voc_val": 1449}
 
-_ALLOWED_LABELS = (*range(NUM_CLASSES), utils.IGNORE_LABEL)
+_ALLOWED_LABELS = (*range(NUM_CLASSES), utils.IGNORE_INDEX)
 
 LAYOUT = """\
 <manual_dir>/
@@ -220,7 +220,7 @@ INFO = utils.RealDatasetInfo(
     name="voc_sbd",
     builder_class=VocSbd,
     num_classes=NUM_CLASSES,
-    ignore_label=utils.IGNORE_LABEL,
+    ignore_index=utils.IGNORE_INDEX,
     class_names=CLASS_NAMES,
     mean=utils.IMAGENET_MEAN,
     std=utils.IMAGENET_STD,

@@ -1,9 +1,22 @@
 """Segmentation models in Flax linen: dilated ResNet backbones, DeepLab v3+ and DAN.
 
 Also: DeepLab v3+ on DCT-domain input with its channel gate (paper 002), the de-aliasing
-filter and FreqMix (paper 004), and torchvision checkpoint loading.
+filter and FreqMix with the interceptors that place them (paper 004), soft filter pruning
+and its hard-pruned export, torchvision checkpoint loading, and
+:func:`~spectral_jax.models.registry.create_model`, the one place a config becomes a model.
 """
 
+from spectral_jax.models.anti_aliasing import DeAliasingFilter as DeAliasingFilter
+from spectral_jax.models.anti_aliasing import FreqMix as FreqMix
+from spectral_jax.models.anti_aliasing import (
+    downsampling_aliasing_scores as downsampling_aliasing_scores,
+)
+from spectral_jax.models.anti_aliasing import (
+    downsampling_inputs_interceptor as downsampling_inputs_interceptor,
+)
+from spectral_jax.models.anti_aliasing import (
+    insert_de_aliasing_filters as insert_de_aliasing_filters,
+)
 from spectral_jax.models.dan import DAN as DAN
 from spectral_jax.models.dan import AggregationDecoder as AggregationDecoder
 from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus as DCTDeepLabV3Plus
@@ -14,17 +27,11 @@ from spectral_jax.models.dct_gate import GateFrequency as GateFrequency
 from spectral_jax.models.dct_gate import binary_gates as binary_gates
 from spectral_jax.models.dct_gate import gate_regularizer as gate_regularizer
 from spectral_jax.models.dct_gate import gumbel_softmax as gumbel_softmax
-from spectral_jax.models.dct_gate import plot_selection_heat_map as plot_selection_heat_map
 from spectral_jax.models.dct_gate import selection_heat_map as selection_heat_map
 from spectral_jax.models.deeplab import ASPP as ASPP
 from spectral_jax.models.deeplab import Decoder as Decoder
 from spectral_jax.models.deeplab import DeepLabV3Plus as DeepLabV3Plus
 from spectral_jax.models.deeplab import aspp_rates as aspp_rates
-from spectral_jax.models.frequency_modules import DeAliasingFilter as DeAliasingFilter
-from spectral_jax.models.frequency_modules import FreqMix as FreqMix
-from spectral_jax.models.frequency_modules import (
-    insert_de_aliasing_filters as insert_de_aliasing_filters,
-)
 from spectral_jax.models.pretrained import load_pretrained_backbone as load_pretrained_backbone
 from spectral_jax.models.pretrained import (
     load_torchvision_state_dict as load_torchvision_state_dict,
@@ -32,6 +39,12 @@ from spectral_jax.models.pretrained import (
 from spectral_jax.models.pretrained import (
     torchvision_to_flax_resnet as torchvision_to_flax_resnet,
 )
+from spectral_jax.models.pruning import PruningPlan as PruningPlan
+from spectral_jax.models.pruning import PruningRates as PruningRates
+from spectral_jax.models.pruning import hard_prune as hard_prune
+from spectral_jax.models.pruning import hard_pruned_model as hard_pruned_model
+from spectral_jax.models.pruning import pruning_plan as pruning_plan
+from spectral_jax.models.pruning import soft_prune as soft_prune
 from spectral_jax.models.resnet import RESNET_CONFIGS as RESNET_CONFIGS
 from spectral_jax.models.resnet import Bottleneck as Bottleneck
 from spectral_jax.models.resnet import ResNet as ResNet

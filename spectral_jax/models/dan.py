@@ -43,7 +43,7 @@ returns ``(aspp, low_level)`` with ``low_level`` the tuple of the three stage ou
 :meth:`DAN.decode` takes them back, :meth:`DAN.intermediates` returns every named stage,
 so that spectral Jacobians and training treat both models alike. ``widths`` narrows
 single layers (paths such as ``"decoder/stage2_conv"``) for hard filter pruning
-(:mod:`spectral_jax.pruning`).
+(:mod:`spectral_jax.models.pruning`).
 """
 
 from __future__ import annotations

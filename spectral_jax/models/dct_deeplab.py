@@ -1,7 +1,7 @@
 """DeepLab v3+ on frequency-domain input (Xu et al. 2020, Sec. 3.1, Fig. 3).
 
-The model takes the DCT coefficients ``[B, h, w, 192]`` of :func:`spectral_jax.dct_input.
-images_to_dct` (normalised per channel, :class:`spectral_jax.dct_input.ChannelStatistics`),
+The model takes the DCT coefficients ``[B, h, w, 192]`` of :func:`spectral_jax.related.dct_input.
+images_to_dct` (normalised per channel, :class:`spectral_jax.related.dct_input.ChannelStatistics`),
 one position per 8 x 8 block of an ``H x W = 8 h x 8 w`` image, not the images: the
 transform and normalisation belong to the input pipeline, as in the paper (Fig. 1,
 done on the CPU before transfer), and are not trained. Static selection
@@ -48,7 +48,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
 from spectral_jax.models.dct_gate import FrequencyGate
 from spectral_jax.models.deeplab import (
     Decoder,
@@ -58,6 +57,7 @@ from spectral_jax.models.deeplab import (
     decoder_outputs,
 )
 from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
+from spectral_jax.related.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
 from spectral_jax.truncation import Resample
 
 INPUT_STRIDE = BLOCK_SIZE  # one DCT position per 8 x 8 block
@@ -138,7 +138,7 @@ class DCTDeepLabV3Plus(nn.Module):
       feature_size: decoder grid ``F``; ``None`` for the low-level grid ``h x w``.
       resample: ``"bilinear"``, ``"area"`` or ``"spectral"``.
       channels: static selection, indices into the 192 DCT channels
-        (:func:`spectral_jax.dct_input.selection_pattern`); ``None`` keeps all 192.
+        (:func:`spectral_jax.related.dct_input.selection_pattern`); ``None`` keeps all 192.
       gate: learned gate on the (selected) channels.
       gate_temperature: Gumbel-softmax temperature of the gate.
       aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype: as in

@@ -37,8 +37,6 @@ frequencies out as ``[3, 8, 8]`` (Y, Cb, Cr; vertical ``u``, horizontal ``v``) a
 
 from __future__ import annotations
 
-from typing import Literal
-
 import chex
 import flax.linen as nn
 import flax.struct
@@ -46,11 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.dct_input import (
+from spectral_jax.related.dct_input import (
     BLOCK_SIZE,
     COMPONENTS,
     NUM_DCT_CHANNELS,
-    zigzag_order,
 )
 
 GUMBEL_RNG = "gumbel"
@@ -256,66 +253,3 @@ def selection_heat_map(frequency: chex.Array, channels: chex.Array | None = None
     heat_map = np.full(NUM_DCT_CHANNELS, np.nan)
     heat_map[channels] = frequency
     return heat_map.reshape(len(COMPONENTS), BLOCK_SIZE, BLOCK_SIZE)
-
-
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_selection_heat_map needs matplotlib: pip install 'spectral_jax[plot]'."
-        ) from error
-    return plt
-
-
-def plot_selection_heat_map(
-    heat_map: chex.Array,
-    *,
-    index_labels: Literal["zigzag", "row_major", "none"] = "zigzag",
-    title: str | None = None,
-    cmap: str = "viridis",
-    axes=None,
-):
-    """Fig. 5: one ``8 x 8`` panel per component (Y, Cb, Cr) of the selection frequency.
-
-    Args:
-      heat_map: ``[3, 8, 8]`` from :func:`selection_heat_map` (values in ``[0, 1]``).
-      index_labels: number written in each box: the JPEG zig-zag index (as the paper's
-        figure, low index = low frequency), the row-major channel index ``8 u + v`` used
-        by the channel layout, or none.
-      title: optional title above the panels.
-      cmap: matplotlib colour map (shared ``[0, 1]`` scale).
-      axes: optional three matplotlib axes to draw into.
-
-    Returns:
-      The matplotlib ``Figure``.
-    """
-    plt = _pyplot()
-    heat_map = np.asarray(heat_map, np.float64)
-    if heat_map.shape != (len(COMPONENTS), BLOCK_SIZE, BLOCK_SIZE):
-        raise ValueError(f"heat_map must have shape [3, 8, 8], got {heat_map.shape}.")
-    if index_labels not in ("zigzag", "row_major", "none"):
-        raise ValueError(
-            f"index_labels must be 'zigzag', 'row_major' or 'none', got {index_labels!r}."
-        )
-    if axes is None:
-        figure, axes = plt.subplots(1, 3, figsize=(9.6, 3.4), squeeze=False, layout="constrained")
-        axes = axes[0]
-    else:
-        figure = axes[0].figure
-    labels = np.arange(64).reshape(8, 8)
-    if index_labels == "zigzag":
-        labels = np.argsort(zigzag_order()).reshape(8, 8)
-    for ax, panel, name in zip(axes, heat_map, COMPONENTS, strict=True):
-        image = ax.imshow(panel, vmin=0.0, vmax=1.0, cmap=cmap)
-        if index_labels != "none":
-            for u in range(BLOCK_SIZE):
-                for v in range(BLOCK_SIZE):
-                    ax.text(v, u, str(labels[u, v]), ha="center", va="center", fontsize=7)
-        ax.set_title(name)
-        ax.set_xlabel("v (horizontal frequency)")
-        ax.set_ylabel("u (vertical frequency)")
-    figure.colorbar(image, ax=list(axes), shrink=0.8, label="selection frequency")
-    if title:
-        figure.suptitle(title)
-    return figure

@@ -20,7 +20,7 @@ is always bilinear, as in the paper.
 
 Widths: ``widths`` overrides the output channels of single layers by their path in the
 parameter tree (``"encoder/layer1_block0/conv1"``, ``"aspp/branch1_conv"``,
-``"decoder/fuse1_conv"``, ...), which is how :func:`spectral_jax.pruning.hard_prune`
+``"decoder/fuse1_conv"``, ...), which is how :func:`spectral_jax.models.pruning.hard_prune`
 builds a filter-pruned model; ``None`` gives the standard widths.
 
 Intermediates: :meth:`DeepLabV3Plus.encode` and :meth:`DeepLabV3Plus.decode` split the

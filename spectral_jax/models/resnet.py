@@ -16,7 +16,7 @@ as in the parameter tree, e.g. ``("layer1_block0/conv1", 3)``. Only convolutions
 output goes through their own BatchNorm and ReLU into other convolutions can be
 narrowed (the stem and the bottlenecks' ``conv1``/``conv2``); the residual path keeps
 its width. ``None`` gives the standard widths. Hard filter pruning
-(:mod:`spectral_jax.pruning`) builds its smaller models this way.
+(:mod:`spectral_jax.models.pruning`) builds its smaller models this way.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Training of the segmentation models: steps, loop, checkpoints, metrics, sharding."""
 
+from spectral_jax.evaluation.metrics import confusion_matrix as confusion_matrix
+from spectral_jax.evaluation.metrics import iou_from_confusion as iou_from_confusion
+from spectral_jax.evaluation.metrics import mean_iou as mean_iou
+from spectral_jax.evaluation.metrics import pixel_accuracy as pixel_accuracy
 from spectral_jax.training.checkpointing import CheckpointError as CheckpointError
 from spectral_jax.training.checkpointing import (
     create_checkpoint_manager as create_checkpoint_manager,
 )
 from spectral_jax.training.checkpointing import restore_latest as restore_latest
 from spectral_jax.training.checkpointing import save_checkpoint as save_checkpoint
-from spectral_jax.training.metrics import confusion_matrix as confusion_matrix
-from spectral_jax.training.metrics import iou_from_confusion as iou_from_confusion
-from spectral_jax.training.metrics import mean_iou as mean_iou
-from spectral_jax.training.metrics import pixel_accuracy as pixel_accuracy
 from spectral_jax.training.sharding import batch_sharding as batch_sharding
 from spectral_jax.training.sharding import create_mesh as create_mesh
 from spectral_jax.training.sharding import replicate as replicate

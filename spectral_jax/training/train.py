@@ -26,13 +26,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from spectral_jax import boundary_metrics as boundary_lib
-from spectral_jax import dct_input as dct_input_lib
 from spectral_jax import models as models_lib
+from spectral_jax.evaluation import metrics as metrics_lib
 from spectral_jax.models import dct_gate
+from spectral_jax.related import boundary_metrics as boundary_lib
+from spectral_jax.related import dct_input as dct_input_lib
 from spectral_jax.statistics import SpectralStatistics
 from spectral_jax.training import checkpointing, sharding
-from spectral_jax.training import metrics as metrics_lib
 from spectral_jax.training import train_state as state_lib
 from spectral_jax.training import writers as writers_lib
 
@@ -52,7 +52,7 @@ Batch = dict[str, Any]
 
 
 def cross_entropy_loss(
-    logits: chex.Array, labels: chex.Array, *, ignore_label: int = 255
+    logits: chex.Array, labels: chex.Array, *, ignore_index: int = 255
 ) -> tuple[jax.Array, jax.Array]:
     r"""Pixel cross-entropy, the mean over the valid pixels of the whole batch.
 
@@ -61,12 +61,12 @@ def cross_entropy_loss(
        \mathcal{L} = \frac{1}{|V|} \sum_{(b, t) \in V}
          \Big(\log \sum_c e^{z_{b,t,c}} - z_{b,t,y_{b,t}}\Big),
 
-    with ``V`` the pixels whose label is not ``ignore_label`` (0 if there are none).
+    with ``V`` the pixels whose label is not ``ignore_index`` (0 if there are none).
 
     Args:
       logits: ``[B, H, W, C]``.
-      labels: ``[B, H, W]`` integers in ``[0, C)`` or ``ignore_label``.
-      ignore_label: label of pixels left out.
+      labels: ``[B, H, W]`` integers in ``[0, C)`` or ``ignore_index``.
+      ignore_index: label of pixels left out.
 
     Returns:
       ``(loss, num_valid)``: the float32 mean and the float32 count of valid pixels.
@@ -76,7 +76,7 @@ def cross_entropy_loss(
     chex.assert_equal_shape_prefix([logits, labels], 3)
     logits = jnp.asarray(logits, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    valid = labels != ignore_label  # [B, H, W]
+    valid = labels != ignore_index  # [B, H, W]
     safe_labels = jnp.where(valid, labels, 0)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)  # [B, H, W]
     num_valid = jnp.sum(valid, dtype=jnp.float32)
@@ -90,7 +90,7 @@ def train_step(
     *,
     learning_rate_fn: optax.Schedule,
     dropout_key: jax.Array,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
     gate_weight: float | None = None,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     """One SGD step: loss, gradient, optimizer update and metrics.
@@ -111,7 +111,7 @@ def train_step(
         model ``"image"`` holds the normalised coefficients ``[B, H / 8, W / 8, 192]``.
       learning_rate_fn: the schedule, only to report the step's learning rate.
       dropout_key: base key of the dropout masks (and of the gate's Gumbel noise).
-      ignore_label: label of pixels left out of the loss and the accuracy.
+      ignore_index: label of pixels left out of the loss and the accuracy.
       gate_weight: static weight ``lambda`` of the gate regulariser; ``None`` for a
         model without a gate.
 
@@ -148,7 +148,7 @@ def train_step(
             )
             logits = out["logits"]
             regularizer = dct_gate.gate_regularizer(out["gates"]).astype(jnp.float32)
-        loss, num_valid = cross_entropy_loss(logits, labels, ignore_label=ignore_label)
+        loss, num_valid = cross_entropy_loss(logits, labels, ignore_index=ignore_index)
         total = loss if gate_weight is None else loss + gate_weight * regularizer
         # A model without BatchNorm has no "batch_stats" to update.
         batch_stats = updates.get("batch_stats", state.batch_stats)
@@ -157,7 +157,7 @@ def train_step(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (loss, regularizer, logits, num_valid, batch_stats)), grads = grad_fn(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    correct = (jnp.argmax(logits, axis=-1) == labels) & (labels != ignore_label)
+    correct = (jnp.argmax(logits, axis=-1) == labels) & (labels != ignore_index)
     metrics = {
         "loss": loss,
         "accuracy": jnp.sum(correct, dtype=jnp.float32) / jnp.maximum(num_valid, 1.0),
@@ -170,9 +170,9 @@ def train_step(
     return new_state, metrics
 
 
-def _valid_extent(labels: jax.Array, ignore_label: int) -> tuple[jax.Array, jax.Array]:
+def _valid_extent(labels: jax.Array, ignore_index: int) -> tuple[jax.Array, jax.Array]:
     """``[B]`` heights and widths of the region up to the last row / column with a label."""
-    valid = labels != ignore_label  # [B, H, W]
+    valid = labels != ignore_index  # [B, H, W]
     rows = jnp.arange(labels.shape[1])
     cols = jnp.arange(labels.shape[2])
     height = jnp.max(jnp.where(jnp.any(valid, axis=2), rows + 1, 0), axis=1)  # [B]
@@ -192,18 +192,18 @@ def valid_region_boundary_statistics(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
     dilation: int = 15,
 ) -> boundary_lib.BoundaryStatistics:
     """Boundary-metric counts of padded evaluation crops, on the unpadded images only.
 
     The evaluation pipeline pads every image at the bottom and right with the ignore
-    label. :func:`spectral_jax.boundary_metrics.boundary_statistics` would take the border
+    label. :func:`spectral_jax.related.boundary_metrics.boundary_statistics` would take the border
     of that padding for an edge of the ground truth and count the valid pixels within
     ``dilation // 2`` of it as boundary pixels. Here each image's valid region is taken
     to end at its last row and last column holding a non-ignored label; beyond it both
     maps are filled by reflection without repeating the edge pixel (the border mode of
-    :func:`spectral_jax.boundary_metrics.label_edges`), so the edges inside the region are
+    :func:`spectral_jax.related.boundary_metrics.label_edges`), so the edges inside the region are
     those of the unpadded image, and the reflected edges, lying farther away than the
     edges they mirror, add no band pixel. Only pixels inside the region are counted: the
     result equals ``boundary_statistics`` of the unpadded images (an image whose last
@@ -212,20 +212,20 @@ def valid_region_boundary_statistics(
 
     Args:
       predictions: ``[B, H, W]`` integer predicted classes in ``[0, C)``.
-      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_label``.
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       num_classes: static ``C``.
-      ignore_label: the label of padding and of ignored pixels.
+      ignore_index: the label of padding and of ignored pixels.
       dilation: static odd side of the band's square (15).
 
     Returns:
-      :class:`spectral_jax.boundary_metrics.BoundaryStatistics` with ``[4, C]`` counts.
+      :class:`spectral_jax.related.boundary_metrics.BoundaryStatistics` with ``[4, C]`` counts.
     """
     chex.assert_rank([predictions, labels], 3)
     chex.assert_equal_shape([predictions, labels])
     labels = jnp.asarray(labels, jnp.int32)
     predictions = jnp.asarray(predictions, jnp.int32)
     batch, h, w = labels.shape
-    height, width = _valid_extent(labels, ignore_label)
+    height, width = _valid_extent(labels, ignore_index)
     row_index = _reflect_index(h, height)[:, :, None]  # [B, H, 1]
     col_index = _reflect_index(w, width)[:, None, :]  # [B, 1, W]
     batch_index = jnp.arange(batch)[:, None, None]
@@ -239,7 +239,7 @@ def valid_region_boundary_statistics(
     inside = (jnp.arange(h)[None, :, None] < height[:, None, None]) & (
         jnp.arange(w)[None, None, :] < width[:, None, None]
     )  # [B, H, W]
-    label_ok = (labels >= 0) & (labels < num_classes) & (labels != ignore_label) & inside
+    label_ok = (labels >= 0) & (labels < num_classes) & (labels != ignore_index) & inside
     counted = regions & label_ok  # [4, B, H, W]
     prediction_ok = (predictions >= 0) & (predictions < num_classes)
     num_regions = len(boundary_lib.REGIONS)
@@ -264,7 +264,7 @@ def eval_step(
     statistics: SpectralStatistics | None,
     *,
     num_classes: int,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
     boundary_metrics: bool = False,
 ) -> tuple[dict[str, jax.Array], SpectralStatistics | None]:
     """Forward pass in inference mode; the batch's confusion matrix and loss sums.
@@ -272,34 +272,34 @@ def eval_step(
     Args:
       state: the train state (BatchNorm uses the running statistics).
       batch: ``{"image": [B, H, W, 3], "label": [B, H, W]}``; padded pixels and padded
-        examples carry ``ignore_label``.
+        examples carry ``ignore_index``.
       statistics: spectral statistics of ``[H, W]`` maps to add the batch to, or None.
       num_classes: ``C`` (static).
-      ignore_label: label of pixels left out.
+      ignore_index: label of pixels left out.
       boundary_metrics: static; also count the boundary metrics of Chen, Gu, Fu (2024)
         on the unpadded images (:func:`valid_region_boundary_statistics`).
 
     Returns:
       ``(sums, statistics)``: ``sums`` has ``confusion`` ``[C, C]`` int32, ``loss_sum``
       (CE summed over the valid pixels), ``num_valid`` and, with ``boundary_metrics``,
-      ``boundary`` (:class:`spectral_jax.boundary_metrics.BoundaryStatistics`, ``[4, C]``
+      ``boundary`` (:class:`spectral_jax.related.boundary_metrics.BoundaryStatistics`, ``[4, C]``
       int32 counts); ``statistics`` updated.
     """
     images, labels = batch["image"], batch["label"]
     logits = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
     )
-    loss, num_valid = cross_entropy_loss(logits, labels, ignore_label=ignore_label)
+    loss, num_valid = cross_entropy_loss(logits, labels, ignore_index=ignore_index)
     predictions = jnp.argmax(logits, axis=-1)
     confusion = metrics_lib.confusion_matrix(
-        predictions, labels, num_classes=num_classes, ignore_label=ignore_label
+        predictions, labels, num_classes=num_classes, ignore_index=ignore_index
     )
     if statistics is not None:
         statistics = statistics.update(logits.astype(jnp.float32), labels)
     sums = {"confusion": confusion, "loss_sum": loss * num_valid, "num_valid": num_valid}
     if boundary_metrics:
         sums["boundary"] = valid_region_boundary_statistics(
-            predictions, labels, num_classes=num_classes, ignore_label=ignore_label
+            predictions, labels, num_classes=num_classes, ignore_index=ignore_index
         )
     return sums, statistics
 
@@ -321,7 +321,7 @@ class InputPipeline:
         dicts over the evaluation split, every example once, padded with ignore labels
         (other keys, such as ``"mask"``, are ignored).
       num_classes: ``C``.
-      ignore_label: the ignored label (255).
+      ignore_index: the ignored label (255).
       num_train_examples: size of the training split (for the epoch length).
       class_names: ``C`` names, for the per-class IoU of the summary.
       image_mean, image_std: the per-channel normalisation of the images on the
@@ -332,7 +332,7 @@ class InputPipeline:
     train_batches: Callable[[int, int, int, int], Iterator[Batch]]
     eval_batches: Callable[[int, int, int], Iterable[Batch]]
     num_classes: int
-    ignore_label: int
+    ignore_index: int
     num_train_examples: int
     class_names: tuple[str, ...]
     image_mean: tuple[float, ...] = (0.0, 0.0, 0.0)
@@ -349,7 +349,7 @@ def _label_transform(config: ml_collections.ConfigDict, info):
         blockwise.blockwise_annotation_numpy,
         band_limit=int(band_limit),
         num_classes=int(info.num_classes),
-        ignore_label=int(info.ignore_label),
+        ignore_index=int(info.ignore_index),
     )
 
 
@@ -371,7 +371,7 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
             start_step=start_step,
             scale_range=tuple(config.scale_range),
             flip=config.flip,
-            ignore_label=info.ignore_label,
+            ignore_index=info.ignore_index,
             label_transform=label_transform,
             shard_index=shard_index,
             shard_count=shard_count,
@@ -384,7 +384,7 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
             eval_source,
             batch_size=batch_size,
             crop_size=config.eval_crop_size,
-            ignore_label=info.ignore_label,
+            ignore_index=info.ignore_index,
             shard_index=shard_index,
             shard_count=shard_count,
             **normalisation,
@@ -394,7 +394,7 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
         train_batches=train_batches,
         eval_batches=eval_batches,
         num_classes=int(info.num_classes),
-        ignore_label=int(info.ignore_label),
+        ignore_index=int(info.ignore_index),
         num_train_examples=len(train_source),
         class_names=tuple(info.class_names),
         image_mean=tuple(float(m) for m in info.mean),
@@ -525,7 +525,7 @@ def _dct_run_pipeline(config, pipeline: InputPipeline, workdir: str) -> InputPip
     return dct_input_pipeline(pipeline, mean, std)
 
 
-def _pad_batch(batch: Batch, batch_size: int, ignore_label: int) -> Batch:
+def _pad_batch(batch: Batch, batch_size: int, ignore_index: int) -> Batch:
     """Keeps image and label; pads a short batch with zero images and ignored labels."""
     batch = {"image": batch["image"], "label": batch["label"]}
     size = len(batch["label"])
@@ -537,7 +537,7 @@ def _pad_batch(batch: Batch, batch_size: int, ignore_label: int) -> Batch:
             [batch["image"], np.zeros((pad, *batch["image"].shape[1:]), np.float32)]
         ),
         "label": np.concatenate(
-            [batch["label"], np.full((pad, *batch["label"].shape[1:]), ignore_label, np.int32)]
+            [batch["label"], np.full((pad, *batch["label"].shape[1:]), ignore_index, np.int32)]
         ),
     }
 
@@ -613,14 +613,14 @@ def create_soft_prune_fn(model, pruning: dict[str, float]) -> Callable[[Any], An
     """Soft filter pruning (He et al. 2018) of a train state, for the ends of epochs.
 
     Args:
-      model: the model (its layer names give the plan, :func:`spectral_jax.pruning.pruning_plan`).
+      model: the model (its layer names give the plan, :func:`spectral_jax.models.pruning.pruning_plan`).
       pruning: rates by group, ``{"encoder": r_e, "decoder": r_d}``.
 
     Returns:
       a jitted ``state -> state`` that zeroes the smallest filters of every planned layer
       (params and the matching BatchNorm statistics).
     """
-    pruning_lib = importlib.import_module("spectral_jax.pruning")
+    pruning_lib = importlib.import_module("spectral_jax.models.pruning")
     plan = pruning_lib.pruning_plan(model, pruning_lib.PruningRates(**pruning))
 
     def prune(state: state_lib.TrainState) -> state_lib.TrainState:
@@ -652,12 +652,12 @@ def _evaluate(
         int(config.eval_batch_size), jax.process_index(), jax.process_count()
     )
     for batch in batches:
-        batch = _pad_batch(batch, local_batch_size, pipeline.ignore_label)
+        batch = _pad_batch(batch, local_batch_size, pipeline.ignore_index)
         if statistics is None and config.spectral_statistics:
             # Created from the first batch, so that eval_crop_size=None (each split's own
             # size) works; the statistics need one size over the whole split.
             statistics = SpectralStatistics.create(
-                batch["label"].shape[1:3], pipeline.num_classes, ignore_index=pipeline.ignore_label
+                batch["label"].shape[1:3], pipeline.num_classes, ignore_index=pipeline.ignore_index
             )
             statistics = sharding.replicate(statistics, mesh)
         sums, statistics = eval_fn(state, sharding.shard_batch(batch, mesh), statistics)
@@ -772,7 +772,7 @@ def _training_program(
     seed: int,
     image_size: int,
     num_classes: int,
-    ignore_label: int,
+    ignore_index: int,
     devices: tuple[jax.Device, ...],
     dct_input: bool = False,
     gate_weight: float | None = None,
@@ -815,7 +815,7 @@ def _training_program(
             train_step,
             learning_rate_fn=schedule,
             dropout_key=dropout_key,
-            ignore_label=ignore_label,
+            ignore_index=ignore_index,
             gate_weight=gate_weight,
         ),
         in_shardings=(replicated, batch_shardings),
@@ -826,7 +826,7 @@ def _training_program(
         functools.partial(
             eval_step,
             num_classes=num_classes,
-            ignore_label=ignore_label,
+            ignore_index=ignore_index,
             boundary_metrics=boundary_metrics,
         ),
         in_shardings=(replicated, batch_shardings, replicated),
@@ -919,7 +919,7 @@ def train_and_evaluate(
         seed=int(config.seed),
         image_size=int(config.crop_size),
         num_classes=pipeline.num_classes,
-        ignore_label=pipeline.ignore_label,
+        ignore_index=pipeline.ignore_index,
         devices=tuple(jax.devices()),
         dct_input=dct,
         gate_weight=gate_weight,

@@ -4,10 +4,10 @@ After *When Semantic Segmentation Meets Frequency Aliasing* (Chen, Gu, Fu, ICLR 
 its code (``mmseg_custom/models/backbones/resnet.py`` of
 github.com/Linwei-Chen/Seg-Aliasing). Both modules map ``[B, H, W, C]`` to
 ``[B, H, W, C]`` and split frequencies with the square mask of
-:mod:`spectral_jax.frequency_masking` at :func:`spectral_jax.aliasing.nyquist_cutoff`
+:mod:`spectral_jax.related.frequency_masking` at :func:`spectral_jax.related.aliasing.nyquist_cutoff`
 (``0.35`` cycles per sample before a stride-2 layer).
 
-* :class:`DeAliasingFilter`: the parameter-free DAF (:func:`spectral_jax.aliasing.de_alias`).
+* :class:`DeAliasingFilter`: the parameter-free DAF (:func:`spectral_jax.related.aliasing.de_alias`).
   The authors place it on the input of the strided stages 2-4 of ResNet (the input of the
   first, strided bottleneck, which feeds both its strided 3x3 convolution and its strided
   shortcut), not before the stem max pool. :func:`insert_de_aliasing_filters` does the same
@@ -25,13 +25,16 @@ github.com/Linwei-Chen/Seg-Aliasing). Both modules map ``[B, H, W, C]`` to
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Literal
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spectral_jax import aliasing, frequency_masking
+from spectral_jax.models.resnet import Bottleneck, ResNet
+from spectral_jax.related import aliasing, frequency_masking
 
 Placement = Literal["block_input", "strided_conv_input"]
 PLACEMENTS: tuple[str, ...] = ("block_input", "strided_conv_input")
@@ -45,7 +48,7 @@ class DeAliasingFilter(nn.Module):
     Attributes:
       stride: the down-sampling factor that follows (sets the default cutoff).
       cutoff: cycles per sample in ``(0, 0.5]``; ``None`` for
-        :func:`spectral_jax.aliasing.nyquist_cutoff` ``(stride)`` (0.35 for stride 2).
+        :func:`spectral_jax.related.aliasing.nyquist_cutoff` ``(stride)`` (0.35 for stride 2).
     """
 
     stride: int = 2
@@ -77,7 +80,7 @@ class FreqMix(nn.Module):
     """Frequency mixing: gated, channel-attended low and high parts, summed.
 
     With ``low, high`` the parts of ``x`` at the cutoff
-    (:func:`spectral_jax.frequency_masking.split_frequencies`, ``high = x - low``) and
+    (:func:`spectral_jax.related.frequency_masking.split_frequencies`, ``high = x - low``) and
     ``X_low, X_high`` their spectra (spatial 2-D DFT),
 
     .. math::
@@ -100,7 +103,7 @@ class FreqMix(nn.Module):
     the module after the 3x3 convolution of every bottleneck of stages 2-4.
 
     Inferred or changed: the mask is our symmetric one (module docstring of
-    :mod:`spectral_jax.frequency_masking`); the authors' ``fftshift`` without ``dim``
+    :mod:`spectral_jax.related.frequency_masking`); the authors' ``fftshift`` without ``dim``
     also rolls the batch and channel axes of the spectrum that feeds the channel
     attention, so an image's attention is computed from another image of the batch; here
     each image uses its own spectrum. Initialisation is Flax's default (LeCun normal
@@ -108,7 +111,7 @@ class FreqMix(nn.Module):
 
     Attributes:
       stride: the down-sampling the cutoff is set for.
-      cutoff: cycles per sample; ``None`` for :func:`spectral_jax.aliasing.nyquist_cutoff`.
+      cutoff: cycles per sample; ``None`` for :func:`spectral_jax.related.aliasing.nyquist_cutoff`.
       reduction: squeeze ratio of the channel attention (16).
       descriptor: ``"spectrum_mean"`` (authors' final code) or ``"spectrum_magnitude"``.
       dtype: computation dtype of the convolution and the attention.
@@ -179,7 +182,7 @@ def insert_de_aliasing_filters(
 
     Args:
       cutoff: cycles per sample for every layer; ``None`` for
-        :func:`spectral_jax.aliasing.nyquist_cutoff` of each layer's stride.
+        :func:`spectral_jax.related.aliasing.nyquist_cutoff` of each layer's stride.
       equivalent_sampling_factor: ``kappa`` of that default cutoff (1.4).
       placement: ``"block_input"`` or ``"strided_conv_input"``.
 
@@ -204,10 +207,10 @@ def insert_de_aliasing_filters(
         if context.method_name != "__call__" or not args:
             return next_fun(*args, **kwargs)
         stride = None
-        if placement == "block_input" and aliasing._is_strided_block(module):
+        if placement == "block_input" and _is_strided_block(module):
             stride = int(module.strides)
         elif placement == "strided_conv_input" and isinstance(module, nn.Conv):
-            stride = aliasing._strides_of(module)
+            stride = _strides_of(module)
         if stride is None:
             return next_fun(*args, **kwargs)
         filtered = aliasing.de_alias(args[0], cutoff=layer_cutoff(stride))
@@ -215,3 +218,134 @@ def insert_de_aliasing_filters(
 
     with nn.intercept_methods(interceptor):
         yield
+
+
+def _strides_of(module: nn.Module) -> int | None:
+    """The single stride of a strided ``nn.Conv`` (``None`` for stride 1)."""
+    strides = module.strides
+    if strides is None:
+        return None
+    pair = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    if all(s == 1 for s in pair):
+        return None
+    if len(set(pair)) != 1:
+        raise ValueError(
+            f"layer {'/'.join(module.path)} has unequal strides {pair}; the aliasing score "
+            "needs one stride."
+        )
+    return int(pair[0])
+
+
+def _is_resnet_stem_norm(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.BatchNorm)
+        and module.name == "bn1"
+        and isinstance(module.parent, ResNet)
+    )
+
+
+def _is_strided_block(module: nn.Module) -> bool:
+    return isinstance(module, Bottleneck) and module.strides > 1
+
+
+def downsampling_inputs_interceptor(record: Callable[[str, jax.Array, int], None]):
+    """A Flax method interceptor that reports the input of every down-sampling layer.
+
+    ``record(name, x, stride)`` is called with ``x [B, H, W, C]`` for:
+
+    * every ``nn.Conv`` with a stride above 1: ``name`` is its path (``"encoder/conv1"``,
+      ``"encoder/layer2_block0/conv2"``, ``"encoder/layer2_block0/downsample_conv"``);
+    * every :class:`spectral_jax.models.Bottleneck` with a stride above 1, whose input
+      feeds both its strided 3x3 convolution (through ``conv1``) and its strided
+      shortcut: ``name`` is the block's path (``"encoder/layer2_block0"``). This is where
+      the authors measure and filter;
+    * the stem max pool of :class:`spectral_jax.models.ResNet` (3x3, stride 2), which is a
+      function, not a module: its input is ``relu(bn1(...))``, taken from the stem
+      BatchNorm's output; ``name`` is ``".../max_pool"``.
+
+    Other pooling written as a function (``nn.max_pool``, ``nn.avg_pool``) is invisible to
+    method interceptors and is not reported.
+
+    Args:
+      record: callback; it runs at trace time, with traced arrays under ``jit``.
+
+    Returns:
+      The interceptor, for :func:`flax.linen.intercept_methods`.
+    """
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = "/".join(module.path)
+        if isinstance(module, nn.Conv):
+            stride = _strides_of(module)
+            if stride is not None:
+                record(path, args[0], stride)
+        elif _is_strided_block(module):
+            record(path, args[0], int(module.strides))
+        out = next_fun(*args, **kwargs)
+        if _is_resnet_stem_norm(module):
+            parent = "/".join(module.parent.path)
+            record(f"{parent}/max_pool" if parent else "max_pool", jax.nn.relu(out), 2)
+        return out
+
+    return interceptor
+
+
+def downsampling_aliasing_scores(
+    model: nn.Module,
+    variables,
+    images: chex.Array,
+    *,
+    equivalent_sampling_factor: float = aliasing.EQUIVALENT_SAMPLING_FACTOR,
+    method: str | Callable | None = None,
+    **apply_kwargs,
+) -> dict[str, jax.Array]:
+    """Aliasing score of the input of every down-sampling layer of a model, in one pass.
+
+    Runs ``model.apply(variables, images, method=method, **apply_kwargs)`` under
+    :func:`downsampling_inputs_interceptor` and scores each captured input with
+    :func:`aliasing_score` at :func:`nyquist_cutoff` ``(stride,
+    equivalent_sampling_factor)`` of that layer's stride. Pure and jittable (close over
+    ``model`` and the static settings). Applied inside another interceptor context (e.g.
+    :func:`spectral_jax.models.anti_aliasing.insert_de_aliasing_filters`), it scores
+    the inputs as that interceptor leaves them.
+
+    Args:
+      model: a Flax module, e.g. :class:`spectral_jax.models.DeepLabV3Plus` or
+        :class:`spectral_jax.models.ResNet`.
+      variables: its variables.
+      images: ``[B, H, W, 3]``.
+      equivalent_sampling_factor: ``kappa`` of :func:`nyquist_cutoff`.
+      method: the model method to run (default ``__call__``).
+      **apply_kwargs: passed on to ``model.apply`` (e.g. ``train=False``).
+
+    Returns:
+      ``{layer path: [B] scores}``, in program order when run eagerly (``jax.jit``
+      returns dicts sorted by key); a module that runs several times (shared) is
+      reported once per call, with ``#1``, ``#2``, ... appended to the later calls.
+
+    Example:
+      >>> model = spectral_jax.models.create_resnet("resnet_tiny", output_stride=32)
+      >>> images = jnp.zeros((1, 32, 32, 3))
+      >>> variables = model.init(jax.random.key(0), images)
+      >>> scores = downsampling_aliasing_scores(model, variables, images)
+      >>> list(scores)[:4]
+      ['conv1', 'max_pool', 'layer2_block0', 'layer2_block0/conv2']
+    """
+    chex.assert_rank(images, 4)
+    scores: dict[str, jax.Array] = {}
+
+    def record(name: str, x: jax.Array, stride: int) -> None:
+        cutoff = aliasing.nyquist_cutoff(
+            stride, equivalent_sampling_factor=equivalent_sampling_factor
+        )
+        key, copy = name, 1
+        while key in scores:
+            key, copy = f"{name}#{copy}", copy + 1
+        scores[key] = aliasing.aliasing_score(x, cutoff=cutoff)
+
+    with nn.intercept_methods(downsampling_inputs_interceptor(record)):
+        model.apply(variables, images, method=method, **apply_kwargs)
+    return scores

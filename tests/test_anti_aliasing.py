@@ -1,9 +1,9 @@
-"""Tests for spectral_jax.models.frequency_modules.
+"""Tests for spectral_jax.models.anti_aliasing.
 
 References: closed forms for FreqMix with fixed parameters (zero kernels give gates and
 attentions of sigmoid(0)); a NumPy float64 re-derivation of FreqMix from its formula with
 random parameters; the de-aliasing filter as the projection of
-:func:`spectral_jax.aliasing.de_alias`; the ResNet's block inputs seen through an
+:func:`spectral_jax.related.aliasing.de_alias`; the ResNet's block inputs seen through an
 interceptor. Tolerances: float64 1e-10; float32 1e-5.
 """
 
@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import aliasing, frequency_masking
+from spectral_jax.models import anti_aliasing as fmod
 from spectral_jax.models import create_resnet
-from spectral_jax.models import frequency_modules as fmod
 from spectral_jax.models.resnet import Bottleneck
+from spectral_jax.related import aliasing, frequency_masking
 from tests.model_helpers import random_variables
 
 SHAPES = [(2, 8, 8, 4), (1, 9, 7, 3), (3, 12, 10, 20)]
@@ -209,7 +209,7 @@ def test_insert_de_aliasing_filters_at_block_inputs(tiny_resnet):
 
 def test_insert_de_aliasing_filters_at_strided_convs(tiny_resnet):
     model, variables, images = tiny_resnet
-    probe = functools.partial(aliasing.downsampling_aliasing_scores, model)
+    probe = functools.partial(fmod.downsampling_aliasing_scores, model)
 
     def scores(variables, images):
         with fmod.insert_de_aliasing_filters(placement="strided_conv_input"):

@@ -1,7 +1,7 @@
 """Low- and high-frequency parts of feature maps, and their class activation maps.
 
 One split serves two papers: the de-aliasing filter and FreqMix of *When Semantic
-Segmentation Meets Frequency Aliasing* (ICLR 2024, :mod:`spectral_jax.aliasing`) and the
+Segmentation Meets Frequency Aliasing* (ICLR 2024, :mod:`spectral_jax.related.aliasing`) and the
 frequency masking of *FFR: Frequency Feature Rectification* (CVPR 2025, supplementary
 Sec. 4-5), which splits a feature map at a masking ratio ``mu`` and draws the class
 activation maps (CAMs) of the two parts.
@@ -400,65 +400,3 @@ def classifier_frequency_cams(
     return frequency_class_activation_maps(
         features, params["kernel"], mu=mu, bias=params.get("bias"), normalize=normalize
     )
-
-
-def plot_frequency_cams(
-    cam_low,
-    cam_high,
-    *,
-    class_index: int,
-    image=None,
-    title: str | None = None,
-    axes=None,
-):
-    """Panels of one image's low- and high-frequency CAMs of one class (matplotlib).
-
-    matplotlib is imported on call (``pip install 'spectral_jax[plot]'``).
-
-    Args:
-      cam_low: ``[H, W, C]`` CAMs of one image (from :func:`frequency_class_activation_maps`).
-      cam_high: ``[H, W, C]``.
-      class_index: the class to show.
-      image: optional ``[Hi, Wi, 3]`` image in ``[0, 1]`` drawn in a first panel.
-      title: optional figure title.
-      axes: optional sequence of 2 (3 with ``image``) matplotlib axes to draw into.
-
-    Returns:
-      The matplotlib ``Figure``.
-
-    Raises:
-      ValueError: for CAMs that are not ``[H, W, C]`` of equal shape, or a bad class.
-    """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_frequency_cams needs matplotlib: pip install 'spectral_jax[plot]'."
-        ) from error
-    cam_low = np.asarray(cam_low)
-    cam_high = np.asarray(cam_high)
-    if cam_low.ndim != 3 or cam_low.shape != cam_high.shape:
-        raise ValueError(
-            f"cam_low and cam_high must both be [H, W, C], got {cam_low.shape} and "
-            f"{cam_high.shape}."
-        )
-    if not 0 <= class_index < cam_low.shape[-1]:
-        raise ValueError(f"class_index must lie in [0, {cam_low.shape[-1]}), got {class_index}.")
-    panels = [] if image is None else [("image", np.asarray(image), None)]
-    panels += [
-        ("low-frequency CAM", cam_low[..., class_index], "jet"),
-        ("high-frequency CAM", cam_high[..., class_index], "jet"),
-    ]
-    if axes is None:
-        figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
-    else:
-        figure = axes[0].figure
-    if len(axes) != len(panels):
-        raise ValueError(f"axes must hold {len(panels)} axes, got {len(axes)}.")
-    for ax, (name, data, cmap) in zip(axes, panels, strict=True):
-        ax.imshow(data, cmap=cmap, vmin=None if cmap is None else 0.0)
-        ax.set_title(name)
-        ax.set_axis_off()
-    if title:
-        figure.suptitle(title)
-    return figure

@@ -1,7 +1,7 @@
 r"""Segmentation metrics: the confusion matrix and the IoU read from it.
 
 The confusion matrix ``M`` counts pixels by (true class, predicted class), pixels whose
-label is ``ignore_label`` left out. Per class ``c``,
+label is ``ignore_index`` left out. Per class ``c``,
 
 .. math::
 
@@ -31,16 +31,16 @@ def confusion_matrix(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_label: int = 255,
+    ignore_index: int = 255,
 ) -> jax.Array:
     """Pixel counts by (true class, predicted class).
 
     Args:
       predictions: ``[B, H, W]`` integer predicted classes in ``[0, C)``.
-      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_label``; any other
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``; any other
         value is treated as ignored too.
       num_classes: ``C`` (static).
-      ignore_label: label of pixels left out.
+      ignore_index: label of pixels left out.
 
     Returns:
       ``[C, C]`` int32 matrix, rows true classes, columns predicted classes.
@@ -59,7 +59,7 @@ def confusion_matrix(
     chex.assert_equal_shape([predictions, labels])
     labels = jnp.asarray(labels, jnp.int32)
     predictions = jnp.asarray(predictions, jnp.int32)
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)  # [B, H, W]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)  # [B, H, W]
     index = jnp.where(valid, labels * num_classes + predictions, 0)  # [B, H, W]
     counts = jnp.zeros((num_classes * num_classes,), jnp.int32)
     counts = counts.at[index.reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
