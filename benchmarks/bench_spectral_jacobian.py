@@ -37,6 +37,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import spectral_jax as sj
+from spectral_jax import probes
+
 DEFAULT_CASES = (
     "baseline:129",
     "full:33:forward",
@@ -59,13 +66,6 @@ def _peak_mib() -> float:
 
 def _run_case(case: str, repeats: int, chunk_size: int) -> dict:
     """Runs one case in this process; returns its timings."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import spectral_jax as sj
-    from spectral_jax import probes
-
     kind, size, *rest = case.split(":")
     size = int(size)
     rng = np.random.default_rng(0)

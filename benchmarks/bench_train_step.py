@@ -15,7 +15,7 @@ Both frameworks train the same model with the same step on the CPU:
 * the step is pixel-wise cross-entropy with ignore label 255, BatchNorm in training
   mode, SGD with momentum 0.9 and L2 weight decay 1e-4 on the convolution kernels, plus
   the step's metrics (accuracy, gradient norm). In JAX it is
-  :func:`spectral_jax.training.train.train_step` compiled with
+  :func:`spectral_jax.training.steps.train_step` compiled with
   ``jax.jit(functools.partial(train_step, ...), donate_argnums=0)``; in PyTorch
   ``zero_grad``, forward, ``backward`` and ``torch.optim.SGD.step`` (parameter groups
   with ``weight_decay=1e-4`` for the convolution weights, 0 for the rest);
@@ -72,7 +72,7 @@ from flax import traverse_util
 from spectral_jax.models import DeepLabV3Plus
 from spectral_jax.models.deeplab import aspp_rates
 from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
-from spectral_jax.training import train as train_lib
+from spectral_jax.training import steps as steps_lib
 from spectral_jax.training import train_state as state_lib
 
 IGNORE_INDEX = 255
@@ -337,7 +337,7 @@ def make_jax_step(model: DeepLabV3Plus, variables: dict[str, Any]):
     state = state_lib.create_train_state(model, variables, optimizer)
     step = jax.jit(
         functools.partial(
-            train_lib.train_step,
+            steps_lib.train_step,
             learning_rate_fn=schedule,
             dropout_key=jax.random.key(1),
             ignore_index=IGNORE_INDEX,

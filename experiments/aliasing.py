@@ -10,26 +10,31 @@
 
 Run::
 
-  python -m experiments.aliasing --workdir runs/aliasing --config tiny
+  python -m experiments.aliasing --workdir runs/aliasing \
+      --config experiments/configs/tiny.py --config.num_train_steps=150
 
 Writes ``report.md``, ``aliasing_scores.csv``, ``boundary_metrics.csv`` and figures. The
-tiny setting trains the tiny DeepLab on the embedded PASCAL-like scenes for 150 steps
-per variant (CPU, minutes); the others use the paper settings of the main paper's
-configs on the real data sets (GPU/TPU).
+command above trains the tiny DeepLab on the embedded PASCAL-like scenes for 150 steps
+per variant (CPU, minutes); the paper configs (``experiments/configs/pascal.py``, ...)
+train on the real data sets (GPU/TPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
 
-from experiments import common
+from experiments import cli, runs
+from experiments.report import Report, log, pyplot, write_csv
+from spectral_jax.data import create_input_pipeline, take_examples
 from spectral_jax.models import anti_aliasing
 
 #: ``config.model.downsample_filter`` of each trained variant.
@@ -53,26 +58,18 @@ PAPER_RESULTS = {
 METRICS = ("mean_iou", "biou", "bacc", "ferr", "merr", "derr")
 
 
-def experiment_config(args: argparse.Namespace, downsample_filter: str | None):
-    """The training config of one variant."""
-    config = common.get_config(args.config, **common.run_overrides(args))
+def experiment_config(config: ml_collections.ConfigDict, downsample_filter: str | None):
+    """A copy of the DeepLab v3+ training ``config`` with ``downsample_filter`` (a variant)."""
+    config = runs.experiment_config(config, model="deeplab")
     config.model.downsample_filter = downsample_filter
-    config.progress_bar = False
-    config.tensorboard = False
     return config
 
 
 def validation_images(config, num_images: int) -> np.ndarray:
     """The first ``num_images`` validation images ``[N, S, S, 3]`` (normalised, padded)."""
-    from spectral_jax.training import create_input_pipeline
-
     pipeline = create_input_pipeline(config)
-    images = []
-    for batch in pipeline.eval_batches(int(config.eval_batch_size), 0, 1):
-        images.extend(np.asarray(batch["image"])[np.asarray(batch.get("mask", True), bool)])
-        if len(images) >= num_images:
-            break
-    return np.stack(images[:num_images])
+    batches = pipeline.eval_batches(int(config.eval_batch_size), 0, 1)
+    return take_examples(batches, num_images)[0]
 
 
 def layer_scores(model, variables, images: np.ndarray) -> dict[str, float]:
@@ -83,14 +80,9 @@ def layer_scores(model, variables, images: np.ndarray) -> dict[str, float]:
 
 
 def plot_layer_scores(rows: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     states = list(dict.fromkeys(r["model"] for r in rows))
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(layers)), 3.5))
+    figure, axis = pyplot().subplots(figsize=(max(6, 0.6 * len(layers)), 3.5))
     width = 0.8 / len(states)
     for k, state in enumerate(states):
         values = {r["layer"]: r["aliasing_score"] for r in rows if r["model"] == state}
@@ -111,12 +103,7 @@ def plot_layer_scores(rows: list[dict[str, Any]]):
 
 
 def plot_metrics(rows: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = pyplot().subplots(figsize=(7, 3.5))
     width = 0.8 / len(rows)
     for k, row in enumerate(rows):
         axis.bar(
@@ -132,55 +119,64 @@ def plot_metrics(rows: list[dict[str, Any]]):
     return figure
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("aliasing", __doc__)
-    common.add_training_overrides(parser)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=tuple(VARIANTS))
-    parser.add_argument(
-        "--eval-images", type=int, default=16, help="validation images for the aliasing scores"
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.aliasing`` besides ``--config``, ``--workdir``."""
+    cli.define_list(
+        flag_values,
+        "variants",
+        list(VARIANTS),
+        "Variants to train (baseline included).",
+        choices=VARIANTS,
     )
-    args = parser.parse_args(argv)
-    if args.steps is None and args.config == "tiny":
-        args.steps = 150
-    if "baseline" not in args.variants:
-        parser.error("--variants must include baseline.")
-    return args
+    flags.register_validator(
+        "variants",
+        lambda variants: "baseline" in variants,
+        "--variants must include baseline.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "eval_images",
+        16,
+        "Validation images for the aliasing scores.",
+        lower_bound=1,
+        flag_values=flag_values,
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the experiment on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="aliasing", doc=__doc__, define_flags=define_flags)
+    variants = flag_values.variants
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     summaries, configs = {}, {}
-    for index, variant in enumerate(args.variants):
-        common.log(f"[{index + 1}/{len(args.variants)}] {variant}")
-        configs[variant] = experiment_config(args, VARIANTS[variant])
-        summaries[variant] = common.train_once(configs[variant], args.workdir / variant)
+    for index, variant in enumerate(variants):
+        log(f"[{index + 1}/{len(variants)}] {variant}")
+        configs[variant] = experiment_config(flag_values.config, VARIANTS[variant])
+        summaries[variant] = runs.train_once(configs[variant], workdir / variant)
 
     # 1. Aliasing score per layer: the baseline at initialisation and trained, and the
     # trained variants (block inputs before their filter).
-    from spectral_jax.training import train_state as state_lib
-
     baseline_config = configs["baseline"]
-    images = validation_images(baseline_config, args.eval_images)
-    np.save(args.workdir / "aliasing_images.npy", images)
+    images = validation_images(baseline_config, flag_values.eval_images)
+    np.save(workdir / "aliasing_images.npy", images)
     model_and_variables = {}
-    model, _ = common.restore_trained(baseline_config, args.workdir / "baseline")
-    init_key, _ = jax.random.split(jax.random.key(int(baseline_config.seed)))
-    untrained = state_lib.init_variables(model, init_key, image_size=int(baseline_config.crop_size))
+    model, _ = runs.restore_trained(baseline_config, workdir / "baseline")
+    untrained = runs.initial_variables(model, baseline_config)
     model_and_variables["baseline (init)"] = (model, untrained)
-    for variant in args.variants:
-        model_and_variables[f"{variant} (trained)"] = common.restore_trained(
-            configs[variant], args.workdir / variant
+    for variant in variants:
+        model_and_variables[f"{variant} (trained)"] = runs.restore_trained(
+            configs[variant], workdir / variant
         )
     score_rows = []
     for state, (model, variables) in model_and_variables.items():
         for layer, score in layer_scores(model, variables, images).items():
             score_rows.append({"model": state, "layer": layer, "aliasing_score": score})
-    common.write_csv(args.workdir / "aliasing_scores.csv", score_rows)
+    write_csv(workdir / "aliasing_scores.csv", score_rows)
 
     # 2. mIoU and boundary metrics per variant.
     metric_rows = []
-    for variant in args.variants:
+    for variant in variants:
         summary = summaries[variant]
         boundary = summary.get("boundary") or {}
         metric_rows.append(
@@ -191,11 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "steps": summary["steps"],
             }
         )
-    common.write_csv(args.workdir / "boundary_metrics.csv", metric_rows)
+    write_csv(workdir / "boundary_metrics.csv", metric_rows)
 
-    report = common.Report(args.workdir, "Frequency aliasing: scores per layer, DAF and FreqMix")
+    report = Report(workdir, "Frequency aliasing: scores per layer, DAF and FreqMix")
     report.paragraph(
-        f"Setting `{args.config}`: {baseline_config.dataset}, backbone "
+        f"Config `{cli.config_file(flag_values)}`: {baseline_config.dataset}, backbone "
         f"{baseline_config.model.backbone}, crop {baseline_config.crop_size}, batch "
         f"{baseline_config.batch_size}, {summaries['baseline']['steps']} training steps per "
         f"variant; aliasing scores over {len(images)} validation images. Boundary metrics "
@@ -239,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "FreqMix models a block's own row scores its input before the filter, the rows of its "
         "strided convolutions (`/conv2`, `/downsample_conv`) their inputs after it."
     )
-    report.write()
-    print(args.workdir / "report.md")
-    return 0
+    path = report.write()
+    print(path)
+    return path
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

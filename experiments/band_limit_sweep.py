@@ -3,9 +3,10 @@ r"""Experiment 5: R(nu_max) of several models on several data sets, one vmapped 
 Launch from the repository root::
 
   python -m experiments.band_limit_sweep --workdir runs/band_limit_sweep \
-      --from-ce-spectrum runs/ce_spectrum        # the trained runs of experiment 1
-  python -m experiments.band_limit_sweep --workdir runs/band_limit_sweep --config tiny
-  python -m experiments.band_limit_sweep --workdir runs/sweep_init --config tiny --stage init
+      --from_ce_spectrum runs/ce_spectrum        # the trained runs of experiment 1
+  python -m experiments.band_limit_sweep --workdir runs/band_limit_sweep \
+      --config experiments/configs/tiny.py --config.num_train_steps=100
+  python -m experiments.band_limit_sweep --workdir runs/sweep_init --stage init
 
 The predictions of ``M`` models on ``D`` data sets (``N`` evaluation images each, the
 first ``N`` of every validation split, so that the batches have equal sizes) are stacked
@@ -30,24 +31,26 @@ Data sets have different class counts (21, 7, 19): the logits are padded to the 
 adds ``exp(PAD_LOGIT - max) = 0`` (exactly, in float32) to the softmax normaliser, so it
 changes no CE component: the padded R equals the unpadded one.
 
-Models: the trained runs of :mod:`experiments.ce_spectrum` (``--from-ce-spectrum``, read
-from its ``runs.json``), else trained here with the same configs
-(:func:`experiments.common.train_once`); ``--stage init`` uses their initial variables.
+Models: the trained runs of :mod:`experiments.ce_spectrum` (``--from_ce_spectrum``, read
+from its ``runs.json``), else trained here with ``--config``
+(:func:`experiments.runs.train_once`); ``--stage init`` uses their initial variables.
 With the tiny config and all 50 validation images of each preset, the R values equal
-experiment 1's (the same images and the same ratio of means), to float32 rounding.
+experiment 1's (the same images and the same ratio of means), to float32 rounding. The
+models predict ``config.eval_batch_size`` images at a time.
 
 Writes ``report.md``, ``relative_discrepancy.csv`` (model, dataset, band_limit, R),
 ``table.csv`` (R at 8/16/32/64 beside Table 1) and ``relative_discrepancy.png``;
-``--save-predictions`` also writes the stacked ``predictions.npz`` (for checks).
+``--save_predictions`` also writes the stacked ``predictions.npz`` (for checks).
+
+:func:`preset_section` is the demo's sweep: one trained model beside the blurred ground
+truth of the three embedded presets (computed by :func:`preset_sweep`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -57,10 +60,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 import spectral_jax as sj
-from experiments import ce_spectrum, common, paper_values
+from experiments import ce_spectrum, cli, paper_values, runs
+from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot, write_csv
+from experiments.runs import DATASET_TITLES, MODEL_TITLES
 from spectral_jax.bands import Radius
+from spectral_jax.data import blurred_label_logits, create_input_pipeline, synthetic
 
 #: Logit of the classes a data set does not have, when data sets are stacked.
 PAD_LOGIT = -1e4
@@ -153,7 +160,7 @@ def count_compilations():
 def _entries_from_ce_spectrum(directory: pathlib.Path) -> list[dict[str, Any]]:
     path = directory / "runs.json"
     if not path.exists():
-        raise ValueError(f"--from-ce-spectrum {directory}: no runs.json (run ce_spectrum first).")
+        raise ValueError(f"--from_ce_spectrum {directory}: no runs.json (run ce_spectrum first).")
     entries = json.loads(path.read_text())
     for entry in entries:
         entry["config"] = ml_collections.ConfigDict(entry["config"])
@@ -161,19 +168,23 @@ def _entries_from_ce_spectrum(directory: pathlib.Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _entries_trained_here(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _entries_trained_here(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    *,
+    models: Sequence[str],
+    datasets: Sequence[str],
+    stage: str,
+) -> list[dict[str, Any]]:
     entries = []
-    for model in args.models:
-        for dataset in args.datasets:
-            config = common.experiment_config(
-                args.config, model=model, dataset=dataset, steps=args.steps,
-                data_dir=args.data_dir, crop_size=args.crop_size,
-            )  # fmt: skip
-            run_dir = args.workdir / f"{model}_{dataset}"
-            if args.stage == "trained":
-                common.train_once(config, run_dir)
+    for model in models:
+        for dataset in datasets:
+            entry_config = runs.experiment_config(config, model=model, dataset=dataset)
+            run_dir = workdir / f"{model}_{dataset}"
+            if stage == "trained":
+                runs.train_once(entry_config, run_dir)
             entries.append(
-                {"model": model, "dataset": dataset, "run_dir": run_dir, "config": config}
+                {"model": model, "dataset": dataset, "run_dir": run_dir, "config": entry_config}
             )
     return entries
 
@@ -188,20 +199,30 @@ def evaluation_batch(config: ml_collections.ConfigDict, num_images: int):
     Raises:
       ValueError: if the split has fewer than ``num_images`` examples.
     """
-    from spectral_jax.training import create_input_pipeline
-
     pipeline = create_input_pipeline(config)
     batch = next(iter(pipeline.eval_batches(num_images, 0, 1)))
     if not batch["mask"].all():
         raise ValueError(
-            f"--num-images {num_images}: {config.dataset} {config.eval_split} has only "
+            f"--num_images {num_images}: {config.dataset} {config.eval_split} has only "
             f"{int(batch['mask'].sum())} examples."
         )
     return batch["image"], batch["label"]
 
 
-def stacked_predictions(entries, *, stage: str, num_images: int, batch_size: int):
+def predict(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits ``[N, H, W, C]`` (float32) of ``images [N, H, W, 3]``, ``batch_size`` at a time."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    chunks = [
+        np.asarray(apply(variables, jnp.asarray(images[i : i + batch_size])), np.float32)
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def stacked_predictions(entries, *, stage: str, num_images: int):
     """Logits ``[M, D, N, H, W, C_max]`` (padded) and labels ``[D, N, H, W]``.
+
+    Every model predicts ``config.eval_batch_size`` images at a time.
 
     Raises:
       ValueError: if the entries do not form a full model x data set grid, or the data
@@ -218,20 +239,16 @@ def stacked_predictions(entries, *, stage: str, num_images: int, batch_size: int
         raise ValueError(f"the data sets' evaluation maps differ in size: {shapes}.")
     per_entry = {}
     for (model_key, dataset), entry in by_key.items():
-        common.log(f"  predicting: {model_key} on {dataset} ({stage})")
+        log(f"  predicting: {model_key} on {dataset} ({stage})")
         config = entry["config"]
-        model = ce_spectrum.create_model(config)
+        model = runs.create_model(config)
         if stage == "init":
-            variables = ce_spectrum.initial_variables(model, config)
+            variables = runs.initial_variables(model, config)
         else:
-            _, variables = common.restore_trained(config, entry["run_dir"])
-        apply = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
-        images = batches[dataset][0]
-        chunks = [
-            np.asarray(apply(variables, jnp.asarray(images[i : i + batch_size])), np.float32)
-            for i in range(0, len(images), batch_size)
-        ]
-        per_entry[model_key, dataset] = np.concatenate(chunks)  # [N, H, W, C_d]
+            _, variables = runs.restore_trained(config, entry["run_dir"])
+        per_entry[model_key, dataset] = predict(  # [N, H, W, C_d]
+            model, variables, batches[dataset][0], int(config.eval_batch_size)
+        )
     num_classes = max(p.shape[-1] for p in per_entry.values())
     logits = np.stack(
         [np.stack([pad_classes(per_entry[m, d], num_classes) for d in datasets]) for m in models]
@@ -246,21 +263,16 @@ def stacked_predictions(entries, *, stage: str, num_images: int, batch_size: int
 
 def plot_curves(models, datasets, band_limits, sweep):
     """R(nu_max) per model and data set, log y (zeros, at the last band, left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.8), layout="constrained")
     for m, model in enumerate(models):
         for d, dataset in enumerate(datasets):
             values = np.asarray(sweep[m, d], np.float64)
             ax.semilogy(
                 band_limits,
                 np.where(values > 0, values, np.nan),
-                ce_spectrum.MODEL_STYLES[model],
-                color=ce_spectrum.DATASET_COLORS[dataset],
-                label=f"{ce_spectrum.MODEL_TITLES[model]}, {ce_spectrum.DATASET_TITLES[dataset]}",
+                MODEL_STYLES[model],
+                color=DATASET_COLORS[dataset],
+                label=f"{MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}",
             )
     for nu in TABLE_BAND_LIMITS:
         ax.axvline(nu, color="gray", linewidth=0.6, linestyle=":")
@@ -270,18 +282,20 @@ def plot_curves(models, datasets, band_limits, sweep):
     return fig
 
 
-def write_report(workdir, args, models, datasets, logits_shape, sweep, compilations, seconds):
-    report = common.Report(workdir, "Experiment 5: band-limit sweep in one vmapped computation")
+def write_report(
+    workdir, *, stage, command, models, datasets, logits_shape, sweep, compilations, seconds
+):
+    report = Report(workdir, "Experiment 5: band-limit sweep in one vmapped computation")
     num_bands = sweep.shape[-1]
     report.paragraph(
-        f"Models {', '.join(models)} ({args.stage}), data sets {', '.join(datasets)}, "
+        f"Models {', '.join(models)} ({stage}), data sets {', '.join(datasets)}, "
         f"the first {logits_shape[2]} validation images of each. Stacked logits "
         f"[M, D, N, H, W, C] = {list(logits_shape)} (classes padded to the largest C), "
         f"band limits 0..{num_bands - 1}: {sweep.size} values of R from one jitted call "
         f"of a triply vmapped `relative_discrepancy`, **compiled {compilations} time(s)** "
         f"(XLA compilations counted during the call). Sweep time "
         f"{seconds:.1f} s on {jax.devices()[0].platform} (compilation included).\n\n"
-        f"Command: `python -m experiments.band_limit_sweep {' '.join(args.argv)}`"
+        f"Command: `{command}`"
     )
     report.heading("R(ν_max), ours (paper's Table 1)")
     header = ["model", "data set"] + [f"ν={nu}" for nu in TABLE_BAND_LIMITS]
@@ -292,8 +306,8 @@ def write_report(workdir, args, models, datasets, logits_shape, sweep, compilati
             cells = []
             for i, nu in enumerate(TABLE_BAND_LIMITS):
                 ours = f"{float(sweep[m, d, min(nu, num_bands - 1)]):.3f}"
-                cells.append(f"{ours} ({paper[i]:.3f})" if args.stage == "trained" else ours)
-            rows.append([ce_spectrum.MODEL_TITLES[model], ce_spectrum.DATASET_TITLES[dataset]])
+                cells.append(f"{ours} ({paper[i]:.3f})" if stage == "trained" else ours)
+            rows.append([MODEL_TITLES[model], DATASET_TITLES[dataset]])
             rows[-1] += cells
     report.table(header, rows)
     report.paragraph(
@@ -315,78 +329,182 @@ def write_report(workdir, args, models, datasets, logits_shape, sweep, compilati
 
 
 # --------------------------------------------------------------------------------------
+# One trained model beside the blurred ground truth of the presets (the demo).
+
+
+def blurred_label_predictions(num_images: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred-label log-probabilities of the three presets, padded to ``num_classes``.
+
+    The presets' own yardstick (:func:`spectral_jax.data.blurred_label_logits`) on their
+    first ``num_images`` validation scenes, in the order of
+    :data:`experiments.paper_values.DATASETS`.
+
+    Returns:
+      ``(logits [3, N, H, W, C] float32, labels [3, N, H, W] int32)``.
+    """
+    all_logits, all_labels = [], []
+    for dataset in paper_values.DATASETS:
+        preset = synthetic.preset(paper_values.PRESET_OF_DATASET[dataset].split("/")[1])
+        examples = [synthetic.generate_example(preset, "validation", i) for i in range(num_images)]
+        labels = np.stack([example["label"] for example in examples]).astype(np.int32)
+        logits = blurred_label_logits(labels, num_classes=preset.num_classes)
+        all_logits.append(pad_classes(logits, num_classes).astype(np.float32))
+        all_labels.append(labels)
+    return np.stack(all_logits), np.stack(all_labels)
+
+
+def _order_sentence(preset_r: np.ndarray) -> str:
+    """The presets (rows of ``preset_r [3, R]``) ordered by R at 8 and 16, and Table 1's order."""
+    sentences = []
+    presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
+    for nu in (8, 16):
+        ours = [presets[k] for k in np.argsort(-preset_r[:, nu])]
+        table1 = {
+            p: paper_values.table1_relative_discrepancy("deeplab", d, nu)
+            for p, d in zip(presets, paper_values.DATASETS, strict=True)
+        }
+        paper = sorted(presets, key=lambda p: -table1[p])
+        verdict = "as in Table 1" if ours == paper else f"Table 1: {' > '.join(paper)}"
+        sentences.append(f"R({nu}): {' > '.join(ours)} ({verdict})")
+    return "Order of the presets, largest R first: " + "; ".join(sentences) + "."
+
+
+def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> dict[str, Any]:
+    """R(nu_max) of a model's predictions and of the presets' blurred ground truth.
+
+    One jitted :func:`relative_discrepancy_grid` call over the four predictions (as four
+    "data sets" of one "model") and every band limit.
+
+    Args:
+      logits: ``[N, H, W, C]`` the model's logits on the ``pascal_like`` validation scenes.
+      labels: ``[N, H, W]`` their labels.
+      name: the model's name.
+
+    Returns:
+      ``names`` (of the four predictions), ``relative_discrepancy`` (``[4, R]`` as lists),
+      ``compilations`` (XLA compilations of the call) and ``seconds`` (of the call,
+      compiling included).
+    """
+    num_images = len(labels)
+    preset_logits, preset_labels = blurred_label_predictions(num_images, logits.shape[-1])
+    all_logits = np.concatenate([logits[None], preset_logits])  # [4, N, H, W, C]
+    all_labels = np.concatenate([labels[None], preset_labels])  # [4, N, H, W]
+    band_limits = np.arange(sj.num_bands(all_labels.shape[-2:]), dtype=np.int32)  # [R]
+    start = time.perf_counter()
+    with count_compilations() as compilations:
+        r = jax.jit(relative_discrepancy_grid)(all_logits[None], all_labels, band_limits)
+        r = np.asarray(r)[0]  # [4, R]
+    presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
+    return {
+        "names": [name] + [f"blurred ground truth, {preset}" for preset in presets],
+        "relative_discrepancy": r.tolist(),
+        "compilations": compilations[0],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def preset_section(report: Report, sweep: dict[str, Any], *, heading: str, num_images: int) -> None:
+    """Adds :func:`preset_sweep` (on ``num_images`` scenes) beside Table 1's DeepLab v3+ rows."""
+    names, r = sweep["names"], np.asarray(sweep["relative_discrepancy"], np.float32)
+    fig, ax = pyplot().subplots(figsize=(7, 4), layout="constrained")
+    for k, (label, curve) in enumerate(zip(names, r, strict=True)):
+        shown = curve > 0
+        ax.semilogy(np.arange(curve.size)[shown], curve[shown], color=f"C{k}", label=label)
+    for k, dataset in enumerate(paper_values.DATASETS):
+        paper = ce_spectrum.paper_r_row(dataset)[:3]
+        label = f"paper DeepLab, {dataset}"
+        limits = ce_spectrum.MODEL_BAND_LIMITS
+        ax.semilogy(limits, paper, "o", mfc="none", color=f"C{k + 1}", label=label)
+    ax.set(xlabel="ν_max", ylabel="R(ν_max)", title="one vmap over predictions x band limits")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="x-small")
+    report.heading(heading)
+    report.paragraph(
+        f"`jax.vmap` of `relative_discrepancy` over {len(names)} predictions x {r.shape[1]} "
+        f"band limits on {num_images} scenes each (`relative_discrepancy_grid`), "
+        f"compiled {sweep['compilations']} time(s) (XLA compilations counted) and called once "
+        f"({sweep['seconds']:.1f} s including the compilation). The band limit only "
+        "selects bands, so it is traced. The three presets' rows use the ground truth "
+        "blurred by a 1-pixel Gaussian with 10 % uniform mixing (the presets' own yardstick, "
+        "`spectral_jax.data.blurred_label_logits`), logits padded to 21 classes with "
+        f"{PAD_LOGIT:g} (a padded class changes no component). " + _order_sentence(r[1:])
+    )
+    rows = [[label, *ce_spectrum.r_row(curve)] for label, curve in zip(names, r, strict=True)]
+    rows += [
+        [f"paper DeepLab v3+, {d}", *ce_spectrum.paper_r_row(d)] for d in paper_values.DATASETS
+    ]
+    report.table(["prediction", "R(8)", "R(16)", "R(32)", "R(Nyquist)"], rows)
+    report.figure(fig, "band_limit_sweep.png", "R(ν_max) of four predictions, one vmapped call.")
+
+
+# --------------------------------------------------------------------------------------
 # Main.
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("band_limit_sweep", __doc__)
-    parser.add_argument(
-        "--from-ce-spectrum",
-        type=pathlib.Path,
-        default=None,
-        help="work directory of experiments.ce_spectrum: use its trained runs",
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.band_limit_sweep`` besides ``--config``, ``--workdir``."""
+    flags.DEFINE_string(
+        "from_ce_spectrum",
+        None,
+        "Work directory of experiments.ce_spectrum: sweep its trained runs (and their "
+        "configs) instead of training with --config.",
+        flag_values=flag_values,
     )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=list(ce_spectrum.MODEL_NAMES),
-        choices=ce_spectrum.MODEL_NAMES,
+    cli.define_models(flag_values, paper_values.MODELS)
+    cli.define_datasets(flag_values, paper_values.DATASETS)
+    flags.DEFINE_enum(
+        "stage",
+        "trained",
+        ce_spectrum.STAGES,
+        "The trained or the initial models.",
+        flag_values=flag_values,
     )
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(paper_values.DATASETS), choices=paper_values.DATASETS
+    flags.DEFINE_integer(
+        "num_images",
+        None,
+        "Validation images per data set; default 50 on the embedded data, 8 otherwise.",
+        lower_bound=1,
+        flag_values=flag_values,
     )
-    parser.add_argument("--stage", default="trained", choices=ce_spectrum.STAGES)
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"training steps (tiny default {ce_spectrum.TINY_DEFAULT_STEPS})",
+    flags.DEFINE_boolean(
+        "save_predictions",
+        False,
+        "Also write the stacked predictions.npz.",
+        flag_values=flag_values,
     )
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument(
-        "--num-images",
-        type=int,
-        default=None,
-        help="validation images per data set (default: 50 for tiny, 8 otherwise)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=8, help="images per forward pass when predicting"
-    )
-    parser.add_argument(
-        "--save-predictions", action="store_true", help="write the stacked predictions.npz"
-    )
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.steps is None and args.config == "tiny":
-        args.steps = ce_spectrum.TINY_DEFAULT_STEPS
-    if args.num_images is None:
-        args.num_images = 50 if args.config == "tiny" else 8
-    if args.num_images < 1 or args.batch_size < 1:
-        parser.error("--num-images and --batch-size must be positive.")
-    return args
 
 
-def main(argv: Sequence[str] | None = None) -> pathlib.Path:
-    """Runs the sweep; returns the path of ``report.md``."""
-    args = parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.from_ce_spectrum is not None:
-        entries = _entries_from_ce_spectrum(args.from_ce_spectrum)
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the sweep on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="band_limit_sweep", doc=__doc__, define_flags=define_flags)
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if flag_values.from_ce_spectrum is not None:
+        entries = _entries_from_ce_spectrum(pathlib.Path(flag_values.from_ce_spectrum))
     else:
-        entries = _entries_trained_here(args)
+        entries = _entries_trained_here(
+            flag_values.config,
+            workdir,
+            models=flag_values.models,
+            datasets=flag_values.datasets,
+            stage=flag_values.stage,
+        )
+    num_images = flag_values.num_images
+    if num_images is None:
+        num_images = 50 if runs.is_embedded(entries[0]["config"]) else 8
     models, datasets, logits, labels = stacked_predictions(
-        entries, stage=args.stage, num_images=args.num_images, batch_size=args.batch_size
+        entries, stage=flag_values.stage, num_images=num_images
     )
     band_limits = np.arange(sj.num_bands(labels.shape[-2:]), dtype=np.int32)  # [R]
-    common.log(f"  sweeping {len(models)} x {len(datasets)} x {band_limits.size} band limits")
+    log(f"  sweeping {len(models)} x {len(datasets)} x {band_limits.size} band limits")
     start = time.perf_counter()
     with count_compilations() as compilations:
         sweep = jax.jit(relative_discrepancy_grid)(logits, labels, band_limits)  # [M, D, R]
         sweep = np.asarray(sweep, np.float64)
     seconds = time.perf_counter() - start
-    if args.save_predictions:
+    if flag_values.save_predictions:
         np.savez_compressed(
-            args.workdir / "predictions.npz",
+            workdir / "predictions.npz",
             logits=logits,
             labels=labels,
             models=np.asarray(models),
@@ -398,26 +516,40 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
         for d, dataset in enumerate(datasets)
         for nu in band_limits
     ]
-    common.write_csv(args.workdir / "relative_discrepancy.csv", rows)
+    write_csv(workdir / "relative_discrepancy.csv", rows)
     table = []
     for m, model in enumerate(models):
         for d, dataset in enumerate(datasets):
             for i, nu in enumerate(TABLE_BAND_LIMITS):
+                r_value = float(sweep[m, d, min(nu, band_limits[-1])])
                 paper = paper_values.TABLE1_RELATIVE_DISCREPANCY[model][dataset][i]
                 table.append(
-                    {"model": model, "dataset": dataset, "band_limit": nu,
-                     "R": float(sweep[m, d, min(nu, band_limits[-1])]), "paper_R": paper}
-                )  # fmt: skip
-    common.write_csv(args.workdir / "table.csv", table)
-    (args.workdir / "compilations.json").write_text(
+                    {
+                        "model": model,
+                        "dataset": dataset,
+                        "band_limit": nu,
+                        "R": r_value,
+                        "paper_R": paper,
+                    }
+                )
+    write_csv(workdir / "table.csv", table)
+    (workdir / "compilations.json").write_text(
         json.dumps({"compilations": compilations[0], "seconds": seconds})
     )
     path = write_report(
-        args.workdir, args, models, datasets, logits.shape, sweep, compilations[0], seconds
+        workdir,
+        stage=flag_values.stage,
+        command=cli.command("band_limit_sweep", argv),
+        models=models,
+        datasets=datasets,
+        logits_shape=logits.shape,
+        sweep=sweep,
+        compilations=compilations[0],
+        seconds=seconds,
     )
     print(path)
     return path
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

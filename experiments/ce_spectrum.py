@@ -2,14 +2,21 @@ r"""Experiment 1: the spectrum of the cross-entropy (paper Sec. 3.1, Fig. 1, Fig
 
 Launch from the repository root::
 
-  python -m experiments.ce_spectrum --workdir runs/ce_spectrum --config tiny
-  python -m experiments.ce_spectrum --workdir runs/ce_spectrum --config tiny --steps 300
-  python -m experiments.ce_spectrum --workdir runs/ce_pascal --config pascal   # GPU/TPU
-  python -m experiments.ce_spectrum --workdir runs/ce_paper --config pascal \
-      --datasets pascal deepglobe cityscapes          # each with its own paper config
+  python -m experiments.ce_spectrum --workdir runs/ce_spectrum \
+      --config experiments/configs/tiny.py --config.num_train_steps=100   # ~10 min, CPU
+  python -m experiments.ce_spectrum --workdir runs/ce_spectrum_300    # tiny.py's 300 steps
+  python -m experiments.ce_spectrum --workdir runs/ce_pascal \
+      --config experiments/configs/pascal.py                             # GPU/TPU
+  python -m experiments.ce_spectrum --workdir runs/ce_small --models=deeplab \
+      --datasets=pascal --config.num_train_steps=1 --config.crop_size=33 \
+      --config.eval_split='validation[:4]'                               # seconds
+
+A config on the embedded data (``tiny.py``) runs the three embedded presets (or those
+``--datasets`` names); a paper config (``pascal.py``, ``deepglobe.py``,
+``cityscapes.py``) runs its own data set: one invocation per paper data set.
 
 For every model (DeepLab v3+ and DAN) and data set, the script trains the model
-(:func:`experiments.common.train_once`) and evaluates, at initialisation (the variables
+(:func:`experiments.runs.train_once`) and evaluates, at initialisation (the variables
 the trainer starts from: same seed, same ``init_variables``) and after training, on the
 validation split:
 
@@ -30,9 +37,9 @@ maps to our last band 64 (also 0). A band ``nu`` is ``nu`` cycles per image side
 both grids, so ``R(8)``, ``R(16)`` and ``R(32)`` compare the same frequencies of scenes
 of the same layout; what lies above 64 cycles per image the 129 grid cannot hold.
 
-The default tiny run is reduced to fit in about 10 minutes on 2 CPU cores: the three
+The first command above is reduced to fit in about 10 minutes on 2 CPU cores: the three
 embedded presets x two models = six trainings of the tiny config (``resnet_tiny``
-backbone, 65 x 65 crops, batch 8) with ``--steps 100`` instead of the config's 300, and
+backbone, 65 x 65 crops, batch 8) of 100 steps instead of the config's 300, and
 evaluation on the 50 validation scenes of each preset.
 
 Writes to ``--workdir``: ``report.md``; ``table1.csv`` (R at the paper's band limits,
@@ -45,52 +52,22 @@ finished trainings and evaluations are read back.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
-from experiments import common, paper_values
-from spectral_jax.statistics import SpectralStatistics
+from experiments import cli, paper_values, runs
+from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot, write_csv
+from experiments.runs import DATASET_TITLES, MODEL_TITLES
 
-MODEL_NAMES, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 STAGES = ("init", "trained")
-DATASET_TITLES = {"pascal": "PASCAL", "deepglobe": "DeepGlobe", "cityscapes": "Cityscapes"}
-DATASET_COLORS = {"pascal": "C0", "deepglobe": "C2", "cityscapes": "C3"}
-MODEL_STYLES = {"deeplab": "-", "dan": "--"}
-TINY_DEFAULT_STEPS = 100
-
-
-# --------------------------------------------------------------------------------------
-# Configurations and runs.
-
-
-def initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The variables the trainer starts from (same seed and initialiser, no pretraining).
-
-    :func:`spectral_jax.training.train_and_evaluate` splits ``key(config.seed)`` into
-    ``(init_key, dropout_key)`` and calls ``init_variables(model, init_key, ...)``.
-    """
-    from spectral_jax.training import train_state
-
-    init_key, _ = jax.random.split(jax.random.key(int(config.seed)))
-    return train_state.init_variables(model, init_key, image_size=int(config.crop_size))
-
-
-def create_model(config: ml_collections.ConfigDict):
-    """The untrained model of ``config`` (classes from the data set)."""
-    from spectral_jax.data import dataset_info
-    from spectral_jax.training import create_model as create
-
-    return create(config.model, num_classes=dataset_info(config.dataset).num_classes)
 
 
 # --------------------------------------------------------------------------------------
@@ -105,23 +82,9 @@ def evaluate_spectra(model, variables, config: ml_collections.ConfigDict) -> dic
       ``logit_magnitude``: ``[R]`` NumPy arrays (``R`` bands of the evaluation maps);
       scalars ``mean_ce``, ``parseval_error``, ``mean_iou`` and ``num_images``.
     """
-    from spectral_jax.training import create_input_pipeline
-
-    pipeline = create_input_pipeline(config)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    update = jax.jit(SpectralStatistics.update)
-    stats = None
-    for batch in pipeline.eval_batches(int(config.eval_batch_size), 0, 1):
-        labels = jnp.asarray(batch["label"])  # [B, H, W]
-        logits = apply(variables, jnp.asarray(batch["image"])).astype(jnp.float32)  # [B, H, W, C]
-        if stats is None:
-            stats = SpectralStatistics.create(
-                labels.shape[1:],
-                pipeline.num_classes,
-                ignore_index=pipeline.ignore_index,
-                with_magnitudes=True,
-            )
-        stats = update(stats, logits, labels)
+    stats = runs.evaluate_model(
+        model, variables, config, spectral_statistics=True, with_magnitudes=True
+    ).statistics
     if stats is None:
         raise ValueError(f"evaluation split {config.eval_split!r} of {config.dataset} is empty.")
     magnitudes = stats.magnitude_profiles()
@@ -153,17 +116,17 @@ def run_cell(
 ) -> dict[str, Any]:
     """Trains (or reads back) one model and evaluates it at initialisation and trained."""
     run_dir = workdir / name
-    summary = common.train_once(config, run_dir)
-    model = create_model(config)
+    summary = runs.train_once(config, run_dir)
+    model = runs.create_model(config)
     results = {"summary": summary, "run_dir": str(run_dir)}
     for stage in STAGES:
 
         def evaluate(stage=stage):
-            common.log(f"  {name}: evaluating the {stage} model")
+            log(f"  {name}: evaluating the {stage} model")
             if stage == "init":
-                variables = initial_variables(model, config)
+                variables = runs.initial_variables(model, config)
             else:
-                _, variables = common.restore_trained(config, run_dir)
+                _, variables = runs.restore_trained(config, run_dir)
             return evaluate_spectra(model, variables, config)
 
         results[stage] = _load_or_evaluate(workdir / "spectra" / f"{name}_{stage}.npz", evaluate)
@@ -262,12 +225,7 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 def plot_profiles(cells, stage: str = "trained"):
     """Fig. 1: |b(nu)|, |y_hat(nu)| (normalised), |L_ce(nu)| and R(nu_max), log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), layout="constrained")
+    fig, axes = pyplot().subplots(1, 4, figsize=(19, 4.4), layout="constrained")
     seen_labels = set()
     for (model, dataset), cell in cells.items():
         result = cell[stage]
@@ -299,13 +257,8 @@ def plot_profiles(cells, stage: str = "trained"):
 
 def plot_init_vs_trained(cells):
     """Fig. 2: |L_ce(nu)| and R(nu_max) at initialisation and after training, per data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = list(dict.fromkeys(dataset for _, dataset in cells))
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         2, len(datasets), figsize=(5.5 * len(datasets), 7.5), layout="constrained", squeeze=False
     )
     for (model, dataset), cell in cells.items():
@@ -343,7 +296,7 @@ def _cell_text(ours: float, paper: float | None) -> str:
     return f"{ours:.3f}" if paper is None else f"{ours:.3f} ({paper:.3f})"
 
 
-def _table1_markdown(report: common.Report, cells, stage: str) -> None:
+def _table1_markdown(report: Report, cells, stage: str) -> None:
     any_cell = next(iter(cells.values()))
     limits = table_band_limits(any_cell[stage]["relative_discrepancy"].size)
     header = ["model", "data set"] + [
@@ -374,11 +327,13 @@ def _observations(cells) -> list[str]:
         datasets = [d for m, d in cells if m == model]
         if len(datasets) > 1:
             for nu in (8, 16):
-                ours = {d: float(cells[model, d]["trained"]["relative_discrepancy"][nu])
-                        for d in datasets}  # fmt: skip
-                index = paper_values.TABLE1_BAND_LIMITS.index(nu)
-                paper = {d: paper_values.TABLE1_RELATIVE_DISCREPANCY[model][d][index]
-                         for d in datasets}  # fmt: skip
+                ours = {
+                    d: float(cells[model, d]["trained"]["relative_discrepancy"][nu])
+                    for d in datasets
+                }
+                paper = {
+                    d: paper_values.table1_relative_discrepancy(model, d, nu) for d in datasets
+                }
                 same = _order(ours) == _order(paper)
                 lines.append(
                     f"- {MODEL_TITLES[model]}, R({nu}): ours {_order(ours)}, paper "
@@ -401,10 +356,9 @@ def _observations(cells) -> list[str]:
 def _differences(cells) -> str:
     """The explanation of the differences, with the direction taken from the numbers."""
     trained = [(m, d) for m, d in cells]
-    index = paper_values.TABLE1_BAND_LIMITS.index(16)
     below = sum(
         float(cells[key]["trained"]["relative_discrepancy"][16])
-        < paper_values.TABLE1_RELATIVE_DISCREPANCY[key[0]][key[1]][index]
+        < paper_values.table1_relative_discrepancy(*key, 16)
         for key in trained
     )
     steps = next(iter(cells.values()))["summary"]["steps"]
@@ -442,20 +396,35 @@ def _differences(cells) -> str:
     )
 
 
-def write_report(workdir: pathlib.Path, cells, args: argparse.Namespace, seconds: float):
+def _summary_cells(row: dict[str, Any]) -> list[Any]:
+    keys = ("model", "dataset", "stage", "steps", "num_images", "mean_ce", "mean_iou")
+    trainer = row["trainer_r16"]
+    return [
+        *(row[key] for key in keys),
+        f"{row['parseval_error']:.1e}",
+        f"{row['r16']:.4f}",
+        "-" if trainer == "" else f"{trainer:.4f}",
+    ]
+
+
+def write_report(
+    workdir: pathlib.Path, cells, *, config_file: str, command: str, seconds: float
+) -> pathlib.Path:
     """``report.md`` with Table 1, the summary, both figures and the comparison."""
-    report = common.Report(workdir, "Experiment 1: the spectrum of the cross-entropy")
+    report = Report(workdir, "Experiment 1: the spectrum of the cross-entropy")
     any_cell = next(iter(cells.values()))
     num_bands = any_cell["trained"]["band_profile"].size
     size = 2 * (num_bands - 1) + 1
+    models = ", ".join(dict.fromkeys(model for model, _ in cells))
+    datasets = ", ".join(dict.fromkeys(dataset for _, dataset in cells))
     report.paragraph(
-        f"Config `{args.config}`, models {', '.join(args.models)}, data sets "
-        f"{', '.join(args.datasets)}; {any_cell['summary']['steps']} training steps per "
+        f"Config `{config_file}`, models {models}, data sets "
+        f"{datasets}; {any_cell['summary']['steps']} training steps per "
         f"model; evaluation on `{any_cell['trainer_config'].eval_split}` "
         f"({any_cell['trained']['num_images']} images of about {size} x {size}: bands "
         f"0..{num_bands - 1}). Wall time of this invocation: {seconds:.0f} s on "
         f"{jax.devices()[0].platform} ({jax.device_count()} device(s)).\n\n"
-        f"Command: `python -m experiments.ce_spectrum {' '.join(args.argv)}`"
+        f"Command: `{command}`"
     )
     report.heading("Table 1: R(ν_max) of the trained models, ours (paper)")
     report.paragraph(
@@ -470,14 +439,9 @@ def write_report(workdir: pathlib.Path, cells, args: argparse.Namespace, seconds
     report.heading("R(ν_max) at initialisation (the paper gives no table)")
     _table1_markdown(report, cells, "init")
     report.heading("Summary")
-    rows = summary_rows(cells)
-    report.table(
-        ["model", "data set", "stage", "steps", "images", "mean CE", "mIoU",
-         "Parseval error", "R(16)", "R(16), trainer's evaluation"],
-        [[r["model"], r["dataset"], r["stage"], r["steps"], r["num_images"], r["mean_ce"],
-          r["mean_iou"], f"{r['parseval_error']:.1e}", f"{r['r16']:.4f}",
-          f"{r['trainer_r16']:.4f}" if r["trainer_r16"] != "" else "-"] for r in rows],
-    )  # fmt: skip
+    header = ["model", "data set", "stage", "steps", "images", "mean CE", "mIoU"]
+    header += ["Parseval error", "R(16)", "R(16), trainer's evaluation"]
+    report.table(header, [_summary_cells(row) for row in summary_rows(cells)])
     report.paragraph(
         "The Parseval error is |Σ_ν L_ce(ν) − CE| / CE of the float32 decomposition: R "
         "values far above it are resolved. The last column is R(16) from the trainer's "
@@ -507,70 +471,187 @@ def write_report(workdir: pathlib.Path, cells, args: argparse.Namespace, seconds
         "`table1.csv` (R at the paper's band limits, ours and the paper's), "
         "`profiles.csv` (every curve at every band, raw and normalised magnitudes), "
         "`summary.csv`, `runs.json` (trained runs and configs, for "
-        "`experiments.band_limit_sweep --from-ce-spectrum`), `spectra/*.npz`, one "
+        "`experiments.band_limit_sweep --from_ce_spectrum`), `spectra/*.npz`, one "
         "training directory per model and data set."
     )
     return report.write()
 
 
 # --------------------------------------------------------------------------------------
+# One model at initialisation and trained, beside the paper's PASCAL row (the demo).
+
+#: Table 1's band limits that a 129 x 129 grid holds (with its last band, R = 0).
+MODEL_BAND_LIMITS = (8, 16, 32)
+
+
+def r_row(discrepancy: np.ndarray) -> list[float]:
+    """``R`` at :data:`MODEL_BAND_LIMITS` and at the last band (the Nyquist band)."""
+    return [float(discrepancy[nu]) for nu in MODEL_BAND_LIMITS] + [float(discrepancy[-1])]
+
+
+def paper_r_row(dataset: str) -> list[float]:
+    """Table 1's DeepLab v3+ ``R`` on ``dataset`` at :data:`MODEL_BAND_LIMITS` and 256."""
+    return [
+        paper_values.table1_relative_discrepancy("deeplab", dataset, nu)
+        for nu in (*MODEL_BAND_LIMITS, 256)
+    ]
+
+
+def _sign_sentence(profile: np.ndarray, discrepancy: np.ndarray) -> str:
+    """Where the trained band profile is negative, and where R(nu_max) has its minimum."""
+    negative = np.flatnonzero(profile < 0)
+    if negative.size == 0:
+        return "Every band of the trained profile is positive, so R falls monotonically."
+    # The dip: where the cumulative sum, pushed above the CE by the positive low bands,
+    # is brought back across it by the negative ones.
+    window = discrepancy[: min(int(negative.max()) + 2, discrepancy.size - 1)]
+    low = int(np.argmin(window))
+    return (
+        f"{negative.size} bands of the trained profile are negative (x in the figure, "
+        f"between bands {negative.min()} and {negative.max()}): the truncated CE overshoots "
+        f"the CE at small ν_max and R(ν_max) is not monotone (it dips to "
+        f"{discrepancy[low]:.4f} at ν_max = {low}, where the truncated CE crosses the CE)."
+    )
+
+
+def _compare_with_paper(initial: np.ndarray, trained: np.ndarray) -> str:
+    """Sentences that read the R table: training's effect and the ratio to the paper."""
+    paper = paper_r_row("pascal")
+    parts = []
+    for k, nu in enumerate(MODEL_BAND_LIMITS):
+        change = "fell" if trained[nu] < initial[nu] else "rose"
+        ratio = trained[nu] / paper[k]
+        parts.append(
+            f"R({nu}) {change} from {initial[nu]:.3f} to {trained[nu]:.3f} in training "
+            f"({ratio:.2g} x the paper's {paper[k]:.3f})"
+        )
+    return (
+        "; ".join(parts) + ". At initialisation the logits hardly depend on the position, so "
+        "the CE sits at the lowest bands and R is small; a model that learns the objects "
+        "moves its remaining error to their boundaries, which are high frequencies. How far "
+        "R moves depends on how well the model has learnt: a tiny model trained for minutes "
+        f"on 129 x 129 scenes is far from the paper's ResNet-101 "
+        f"({paper_values.TABLE2_MIOU[0.0]['pascal'][0]} % mIoU on PASCAL VOC)."
+    )
+
+
+def _plot_model(spectra: dict[str, dict[str, Any]]):
+    """Band profile, R(nu_max) (the paper's PASCAL row as circles) and magnitude profiles."""
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4), layout="constrained")
+    for k, (stage, result) in enumerate(spectra.items()):
+        profile, r = result["band_profile"], result["relative_discrepancy"]
+        bands = np.arange(profile.size)
+        axes[0].semilogy(bands, np.abs(profile), color=f"C{k}", label=f"{stage} |P(r)|")
+        negative = profile < 0
+        axes[0].semilogy(bands[negative], -profile[negative], "x", color=f"C{k}", ms=4)
+        shown = r > 0
+        axes[1].semilogy(bands[shown], r[shown], color=f"C{k}", label=stage)
+        for name, key, style in (("|b|", "label_magnitude", "-"), ("|ŷ|", "logit_magnitude", "--")):
+            curve = result[key]
+            label = f"{stage} {name}"
+            axes[2].semilogy(bands, curve / curve.max(), style, color=f"C{k}", label=label)
+    paper = paper_r_row("pascal")[:3]
+    label = "paper, PASCAL (Table 1)"
+    axes[1].semilogy(MODEL_BAND_LIMITS, paper, "o", mfc="none", color="k", label=label)
+    axes[0].set(title="band profile (x: negative)", xlabel="band r", ylabel="|Σ L_ce| per band")
+    axes[1].set(title="relative discrepancy R(ν_max)", xlabel="ν_max", ylabel="R")
+    axes[2].set(title="magnitude profiles (÷ max)", xlabel="band r")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def model_section(
+    report: Report, spectra: dict[str, dict[str, Any]], *, heading: str, title: str
+) -> dict[str, Any]:
+    """Adds the CE spectrum of one DeepLab v3+ at initialisation and trained (129 x 129 maps).
+
+    Args:
+      report: the report to add the section to.
+      spectra: ``{"init": ..., "trained": ...}``, each :func:`evaluate_spectra` of the
+        model on validation scenes of the embedded PASCAL-like set.
+      heading: the section's heading.
+      title: the model's name in the table.
+
+    Returns:
+      The section's numbers per stage: ``relative_discrepancy`` and ``band_profile``
+      (lists over the bands), ``mean_ce``, ``parseval_error`` and ``table`` (R at 8, 16,
+      32 and the last band, keyed "8", "16", "32", "64").
+    """
+    numbers = {
+        stage: {
+            "relative_discrepancy": result["relative_discrepancy"].tolist(),
+            "band_profile": result["band_profile"].tolist(),
+            "mean_ce": result["mean_ce"],
+            "parseval_error": result["parseval_error"],
+            "table": dict(
+                zip(["8", "16", "32", "64"], r_row(result["relative_discrepancy"]), strict=True)
+            ),
+        }
+        for stage, result in spectra.items()
+    }
+    report.heading(heading)
+    r64 = paper_values.table1_relative_discrepancy("deeplab", "pascal", 64)
+    report.paragraph(
+        "CE components L_ce(ν) (Eq. 5) summed per Chebyshev band r = max(|ν_h|, |ν_w|) and "
+        "averaged over the validation scenes; R(ν_max) (Eq. 14) is a ratio of means over "
+        "the scenes (Table 1's convention), from `SpectralStatistics`. Grids: the paper's "
+        "maps are 513 x 513 (bands 0..256), ours 129 x 129 (bands 0..64). A band ν is ν "
+        "cycles per image side on both grids and a 129 scene stands for a whole 513 crop "
+        "of a VOC image, so ν_max = 8, 16, 32 compare the same frequencies; the highest "
+        "band of each grid (paper 256, ours 64) holds the whole CE, R = 0 by definition. "
+        f"The paper's R(64) = {r64:.3f} has no counterpart below our Nyquist band."
+    )
+    header = ["model", "mean CE", "R(8)", "R(16)", "R(32)", "R(Nyquist: 256 / 64)"]
+    rows = [
+        [f"{title}, {stage}", result["mean_ce"], *r_row(result["relative_discrepancy"])]
+        for stage, result in spectra.items()
+    ]
+    rows.append(["DeepLab v3+ (paper, Table 1, PASCAL)", None, *paper_r_row("pascal")])
+    report.table(header, rows)
+    errors = ", ".join(f"{r['parseval_error']:.1e} ({stage})" for stage, r in spectra.items())
+    init, trained = spectra["init"], spectra["trained"]
+    report.paragraph(
+        f"Decomposition check: |Σ_ν L_ce(ν) − CE| / CE = {errors}. "
+        + _compare_with_paper(init["relative_discrepancy"], trained["relative_discrepancy"])
+        + " "
+        + _sign_sentence(trained["band_profile"], trained["relative_discrepancy"])
+    )
+    report.figure(
+        _plot_model(spectra),
+        "ce_spectrum.png",
+        "Band profile, R(ν_max) (paper's PASCAL row as circles) and class-averaged |b(ν)|, "
+        "|ŷ(ν)| at initialisation and after training.",
+    )
+    return numbers
+
+
+# --------------------------------------------------------------------------------------
 # Main.
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("ce_spectrum", __doc__)
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
-    parser.add_argument(
-        "--datasets",
-        nargs="+",
-        default=None,
-        choices=paper_values.DATASETS,
-        help="the paper's data sets (tiny: their embedded presets); default: all three for "
-        "tiny, the config's own for a paper config",
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.ce_spectrum`` besides ``--config``, ``--workdir``."""
+    cli.define_models(flag_values, paper_values.MODELS)
+    cli.define_datasets(
+        flag_values, None, "Default: all three on the embedded data, else the config's own."
     )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"training steps per model (tiny default {TINY_DEFAULT_STEPS}; the config's "
-        "otherwise)",
-    )
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop (tests)")
-    parser.add_argument(
-        "--eval-split", default=None, help="evaluation split, e.g. 'validation[:8]' (tests)"
-    )
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.datasets is None:
-        in_paper = args.config in paper_values.DATASETS
-        args.datasets = [args.config] if in_paper else list(paper_values.DATASETS)
-    if args.steps is None and args.config == "tiny":
-        args.steps = TINY_DEFAULT_STEPS
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be positive, got {args.steps}")
-    return args
 
 
-def main(argv: Sequence[str] | None = None) -> pathlib.Path:
-    """Runs the experiment; returns the path of ``report.md``."""
-    args = parse_args(argv)
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the experiment on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="ce_spectrum", doc=__doc__, define_flags=define_flags)
     start = time.perf_counter()
-    workdir = args.workdir
+    workdir = pathlib.Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    grid = [(model, dataset) for model in args.models for dataset in args.datasets]
+    datasets = flag_values.datasets or runs.datasets_of(flag_values.config)
+    grid = [(model, dataset) for model in flag_values.models for dataset in datasets]
     cells, manifest = {}, []
     for index, (model, dataset) in enumerate(grid):
         name = f"{model}_{dataset}"
-        common.log(f"[{index + 1}/{len(grid)}] {name}")
-        config = common.experiment_config(
-            args.config,
-            model=model,
-            dataset=dataset,
-            steps=args.steps,
-            data_dir=args.data_dir,
-            crop_size=args.crop_size,
-            eval_split=args.eval_split,
-        )
+        log(f"[{index + 1}/{len(grid)}] {name}")
+        config = runs.experiment_config(flag_values.config, model=model, dataset=dataset)
         cell = run_cell(config, workdir=workdir, name=name)
         cell["trainer_config"] = config
         cells[model, dataset] = cell
@@ -578,13 +659,19 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
             {"model": model, "dataset": dataset, "run_dir": name, "config": config.to_dict()}
         )
     (workdir / "runs.json").write_text(json.dumps(manifest, indent=2))
-    common.write_csv(workdir / "table1.csv", table1_rows(cells))
-    common.write_csv(workdir / "profiles.csv", profile_rows(cells))
-    common.write_csv(workdir / "summary.csv", summary_rows(cells))
-    path = write_report(workdir, cells, args, time.perf_counter() - start)
+    write_csv(workdir / "table1.csv", table1_rows(cells))
+    write_csv(workdir / "profiles.csv", profile_rows(cells))
+    write_csv(workdir / "summary.csv", summary_rows(cells))
+    path = write_report(
+        workdir,
+        cells,
+        config_file=cli.config_file(flag_values),
+        command=cli.command("ce_spectrum", argv),
+        seconds=time.perf_counter() - start,
+    )
     print(path)
     return path
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -2,12 +2,13 @@ r"""Experiment 3: feature truncation with soft filter pruning (paper Table 2, Ta
 
 Launch from the repository root::
 
-  python -m experiments.feature_truncation --workdir runs/feature_truncation --config tiny
-  python -m experiments.feature_truncation --workdir runs/ft_full --config tiny \
-      --models deeplab dan --datasets pascal deepglobe cityscapes \
-      --pruning-rates 0 0.2 0.4 0.6 --steps 300        # the full tiny grid, 72 trainings
-  python -m experiments.feature_truncation --workdir runs/ft_pascal --config pascal \
-      --models deeplab dan --pruning-rates 0 0.2 0.4 0.6     # the paper's setting (GPU/TPU)
+  python -m experiments.feature_truncation --workdir runs/feature_truncation \
+      --config experiments/configs/tiny.py --config.num_train_steps=120
+  python -m experiments.feature_truncation --workdir runs/ft_full \
+      --models=deeplab,dan --datasets=pascal,deepglobe,cityscapes \
+      --pruning_rates=0,0.2,0.4,0.6       # the full tiny grid (tiny.py's 300 steps), 72 trainings
+  python -m experiments.feature_truncation --workdir runs/ft_pascal \
+      --config experiments/configs/pascal.py     # the paper's setting (GPU/TPU)
 
 Grid: decoder feature sizes x encoder pruning rates, per model and data set. Every cell
 trains a model with soft filter pruning (SFP, :mod:`spectral_jax.models.pruning`: the encoder at
@@ -38,10 +39,12 @@ stride 32). Pruned FLOPs % = ``1 - FLOPs / FLOPs(unpruned, untruncated)``;
 FPI = ``FLOPs / mIoU`` (mIoU as a fraction; the paper's 107 G / 0.781 = 137).
 mIoU drop = mIoU(unpruned, untruncated) - mIoU, in percentage points.
 
-The default tiny grid is reduced to fit in about 10 minutes on 2 CPU cores: DeepLab v3+
-only, ``pascal_like`` only, encoder pruning 0 and 40 %, three feature sizes, 120 steps
-(six trainings: about 5 min of CPU time, measured as 19 min wall clock on a 2-core machine
-shared with other jobs); the flags above run the full grid.
+With a config on the embedded data the grid defaults to DeepLab v3+ only, the config's
+preset only (``pascal_like`` for ``tiny.py``) and encoder pruning 0 and 40 %, at three
+feature sizes; with 120 steps (the first command: six trainings, about 5 min of CPU time,
+measured as 19 min wall clock on a 2-core machine shared with other jobs) it fits in
+about 10 minutes on 2 CPU cores. With a paper config it defaults to both models and the
+four pruning rates of Tables 2 and 4.
 
 Writes ``report.md``, ``feature_truncation.csv``, ``fpi.png`` and one training directory
 per cell; rerunning resumes (finished cells are read back from ``cell.json``).
@@ -49,19 +52,23 @@ per cell; rerunning resumes (finished cells are read back from ``cell.json``).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
+from absl import flags
 
-from experiments import common, paper_values
+from experiments import cli, paper_values, runs
 from experiments import flops_table as flops_table_lib
+from experiments.report import Report, log, pyplot, write_csv
+from experiments.runs import MODEL_TITLES
+from spectral_jax import flops
+from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 #: The paper's feature sizes and the fraction of the untruncated band each keeps.
 PAPER_FEATURE_SIZES = (129, 65, 33)
@@ -70,7 +77,6 @@ PAPER_INPUT_SIZE = 513
 PAPER_NUM_CLASSES = 21
 #: The decoder's pruning rate whenever the encoder is pruned (paper, Sec. 3.2).
 DECODER_RATE = 0.2
-MODEL_NAMES, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 
 
 # --------------------------------------------------------------------------------------
@@ -107,12 +113,22 @@ def feature_size_for(paper_feature_size: int, input_size: int) -> int | None:
       >>> [feature_size_for(f, 129) for f in (129, 65, 33)]
       [None, 17, 9]
     """
+    grid = decoder_grid(paper_feature_size, input_size)
+    return None if paper_feature_size == 129 else grid
+
+
+def decoder_grid(paper_feature_size: int, input_size: int) -> int:
+    """``F = 2 floor(nu_L / d) + 1`` of :func:`feature_size_for`, also for 129 (``d = 1``).
+
+    For 129 this is the untruncated grid ``L`` when ``L`` is odd (``L - 1`` when even).
+
+    Raises:
+      ValueError: for another paper size, or an input too small to truncate.
+    """
     if paper_feature_size not in BAND_FRACTIONS:
         raise ValueError(
             f"paper_feature_size must be one of {PAPER_FEATURE_SIZES}, got {paper_feature_size}."
         )
-    if paper_feature_size == 129:
-        return None
     band_limit = (low_level_grid(input_size) - 1) // 2 // BAND_FRACTIONS[paper_feature_size]
     if band_limit < 1:
         raise ValueError(f"input_size={input_size} is too small to truncate the decoder grid.")
@@ -127,16 +143,10 @@ def pruning_rates(encoder_rate: float) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------
-# Evaluation of a (possibly hard-pruned) model.
-
-
-# --------------------------------------------------------------------------------------
 # FLOPs.
 
 
 def _full_size_model(model: str, feature_size: int | None, output_stride: int = 16):
-    from spectral_jax.models import DAN, DeepLabV3Plus
-
     cls = DeepLabV3Plus if model == "deeplab" else DAN
     return cls(
         num_classes=PAPER_NUM_CLASSES,
@@ -148,8 +158,6 @@ def _full_size_model(model: str, feature_size: int | None, output_stride: int = 
 
 def pruned_architecture(model_instance, rates: dict[str, float]):
     """The hard-pruned architecture of ``model_instance`` at ``rates`` (no variables)."""
-    from spectral_jax.models import pruning
-
     plan = pruning.pruning_plan(model_instance, pruning.PruningRates(**rates))
     return pruning.hard_pruned_model(model_instance, plan)
 
@@ -160,8 +168,6 @@ def full_size_macs(model: str, paper_feature_size: int, rates: dict[str, float])
     Returns:
       ``conv_macs`` of one 513 x 513 image (valid taps), in units of 1.
     """
-    from spectral_jax import flops
-
     feature_size = feature_size_for(paper_feature_size, PAPER_INPUT_SIZE)
     pruned = pruned_architecture(_full_size_model(model, feature_size), rates)
     input_shape = (1, PAPER_INPUT_SIZE, PAPER_INPUT_SIZE, 3)
@@ -196,37 +202,26 @@ def _full_size_counts(model: str, paper_feature_size: int, rates: tuple) -> dict
 
 
 def run_cell(
-    config_name: str,
+    config: ml_collections.ConfigDict,
     *,
     model: str,
     dataset: str,
     paper_feature_size: int,
     encoder_rate: float,
     workdir: pathlib.Path,
-    steps: int | None,
-    data_dir: str | None,
-    crop_size: int | None = None,
-    batch_size: int | None = None,
     full_size: bool = True,
 ) -> dict[str, Any]:
-    """Trains, hard-prunes, truncates and evaluates one cell; cached in ``cell.json``."""
-    from spectral_jax import flops
-    from spectral_jax.models import pruning
+    """Trains, hard-prunes, truncates and evaluates one cell; cached in ``cell.json``.
 
+    Args:
+      config: the training config (``--config``); the cell sets the model, the data set,
+        the feature size and the pruning rates of a copy.
+    """
     cell_path = workdir / "cell.json"
     if cell_path.exists():
-        common.log(f"  {workdir}: finished earlier, reading {cell_path.name}")
+        log(f"  {workdir}: finished earlier, reading {cell_path.name}")
         return json.loads(cell_path.read_text())
-    config = common.experiment_config(
-        config_name,
-        model=model,
-        dataset=dataset,
-        steps=steps,
-        data_dir=data_dir,
-        crop_size=crop_size,
-        batch_size=batch_size,
-        self_evaluated=True,
-    )
+    config = runs.experiment_config(config, model=model, dataset=dataset, self_evaluated=True)
     rates = pruning_rates(encoder_rate)
     train_size = feature_size_for(paper_feature_size, int(config.crop_size))
     eval_input = int(config.eval_crop_size)
@@ -234,16 +229,16 @@ def run_cell(
     config.model.feature_size = train_size
     config.pruning.encoder = rates["encoder"]
     config.pruning.decoder = rates["decoder"]
-    summary = common.train_once(config, workdir)
+    summary = runs.train_once(config, workdir)
 
-    trained_model, variables = common.restore_trained(config, workdir)
+    trained_model, variables = runs.restore_trained(config, workdir)
     plan = pruning.pruning_plan(trained_model, pruning.PruningRates(**rates))
     # hard_prune soft-prunes once more first: the last epoch end may lie before the last
     # step, and SFP ends with a pruning step before the filters are removed.
     small_model, small_variables = pruning.hard_prune(trained_model, variables, plan)
     eval_model = small_model.clone(feature_size=eval_size)
-    common.log(f"  evaluating the hard-pruned model (feature size {eval_size})")
-    result = common.evaluate_model(eval_model, small_variables, config)
+    log(f"  evaluating the hard-pruned model (feature size {eval_size})")
+    result = runs.evaluate_model(eval_model, small_variables, config)
     layers = flops.conv_layers(eval_model, (1, eval_input, eval_input, 3))
     cell = {
         "model": model,
@@ -256,7 +251,7 @@ def run_cell(
         "encoder_rate": rates["encoder"],
         "decoder_rate": rates["decoder"],
         "steps": summary["steps"],
-        "mean_iou": float(result["mean_iou"]),
+        "mean_iou": float(result.mean_iou),
         "trainer_mean_iou": summary["mean_iou"],
         "macs_eval": float(flops.conv_macs(layers)),
         "params_eval": int(
@@ -287,8 +282,13 @@ def _paper_cell(model: str, dataset: str, rate: float, paper_feature_size: int) 
         "paper_miou_drop": (base - miou) / 100,
         "paper_gflops": flops_g,
         "paper_pruned_flops_percent": paper_values.TABLE2_PRUNED_FLOPS_PERCENT[rate][index],
-        "paper_fpi": flops_g / (miou / 100),
+        "paper_fpi": flops.flops_per_iou(flops_g, miou / 100),
     }
+
+
+def _fpi(cost: float, mean_iou: float) -> float | None:
+    """:func:`spectral_jax.flops.flops_per_iou`, None for an mIoU of 0 (no FPI)."""
+    return flops.flops_per_iou(cost, mean_iou) if mean_iou > 0 else None
 
 
 def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -323,7 +323,7 @@ def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "pruned_flops_percent_eval": (
                 None if base is None else 100 * (1 - c["macs_eval"] / base["macs_eval"])
             ),
-            "fpi_eval_mmacs": c["macs_eval"] / 1e6 / miou if miou > 0 else None,
+            "fpi_eval_mmacs": _fpi(c["macs_eval"] / 1e6, miou),
             "gmacs_513": None,
             "pruned_flops_percent_513": None,
             "fpi_513": None,
@@ -331,7 +331,7 @@ def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         if "macs_513" in c:
             row["gmacs_513"] = c["macs_513"] / 1e9
-            row["fpi_513"] = row["gmacs_513"] / miou if miou > 0 else None
+            row["fpi_513"] = _fpi(row["gmacs_513"], miou)
             if base is not None and "macs_513" in base:
                 row["pruned_flops_percent_513"] = 100 * (1 - c["macs_513"] / base["macs_513"])
         row.update(
@@ -364,13 +364,8 @@ def _fs_label(row) -> str:
 
 def plot_fpi(rows: Sequence[dict[str, Any]]):
     """Fig. 5: FPI bars grouped by pruning rate, one bar per feature size; ours and paper's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = sorted({(r["model"], r["dataset"]) for r in rows})
-    figure, axes = plt.subplots(
+    figure, axes = pyplot().subplots(
         len(groups), 2, figsize=(10, 3.2 * len(groups)), squeeze=False, constrained_layout=True
     )
     colors = {129: "#4c72b0", 65: "#dd8452", 33: "#55a868"}
@@ -414,13 +409,12 @@ def plot_fpi(rows: Sequence[dict[str, Any]]):
 
 
 def write_report(
-    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], args: argparse.Namespace
+    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], *, config_file: str, crop: int
 ) -> pathlib.Path:
-    report = common.Report(workdir, "Feature truncation with soft filter pruning (Tables 2, 4)")
+    report = Report(workdir, "Feature truncation with soft filter pruning (Tables 2, 4)")
     example = rows[0]
-    crop = args.crop_size or int(common.get_config(args.config).crop_size)
     report.paragraph(
-        f"Config `{args.config}`, {example['steps']} training steps per cell, evaluation on "
+        f"Config `{config_file}`, {example['steps']} training steps per cell, evaluation on "
         f"the {example['eval_input_size']} x {example['eval_input_size']} validation images "
         "with the pixel-wise labels. Every cell is trained with soft filter pruning "
         f"(encoder at the given rate, decoder at {100 * DECODER_RATE:.0f} % when the encoder "
@@ -588,82 +582,141 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# One trained model's decoder truncated, without pruning or fine-tuning (the demo).
+
+
+def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) -> list[dict]:
+    """The mIoU, MACs and FPI of ``model`` with its decoder on the paper's three grids.
+
+    The grids are :func:`decoder_grid` of 129 / 65 / 33 at ``config.eval_crop_size``; the
+    same weights are evaluated on ``config.eval_split`` at every grid (the parameters do
+    not depend on it).
+
+    Returns:
+      Per grid: ``feature_size``, ``paper_feature_size``, ``mean_iou``, ``macs`` (one
+      image at the evaluation size) and ``fpi`` (M MACs per unit mIoU).
+    """
+    input_size = int(config.eval_crop_size)
+    records = []
+    for paper_size in PAPER_FEATURE_SIZES:
+        feature_size = decoder_grid(paper_size, input_size)
+        truncated = model.clone(feature_size=feature_size)
+        miou = float(runs.evaluate_model(truncated, variables, config).mean_iou)
+        macs = flops.conv_macs(flops.conv_layers(truncated, (1, input_size, input_size, 3)))
+        records.append(
+            {
+                "feature_size": feature_size,
+                "paper_feature_size": paper_size,
+                "mean_iou": miou,
+                "macs": macs,
+                "fpi": _fpi(macs / 1e6, miou),
+            }
+        )
+    return records
+
+
+def model_section(
+    report: Report, records: Sequence[dict[str, Any]], *, heading: str, input_size: int
+) -> None:
+    """Adds :func:`truncated_model_rows` (of an ``input_size`` evaluation) beside Table 2."""
+    rows = []
+    for index, record in enumerate(records):
+        feature_size, macs = record["feature_size"], record["macs"]
+        paper_miou = paper_values.TABLE2_MIOU[0.0]["pascal"][index] / 100
+        paper_fpi = flops.flops_per_iou(paper_values.TABLE2_FLOPS[0.0][index], paper_miou)
+        saving = 100 * (1 - macs / records[0]["macs"])
+        grid = f"{feature_size} (ν_max {(feature_size - 1) // 2})"
+        paper_size = record["paper_feature_size"]
+        rows.append(
+            [grid, paper_size, record["mean_iou"], paper_miou, macs / 1e6, saving]
+            + [record["fpi"], paper_fpi]
+        )
+    sizes = [record["feature_size"] for record in records]
+    report.heading(heading)
+    report.paragraph(
+        f"The trained model's decoder run on smaller grids: at {input_size} x {input_size} "
+        f"input the untruncated decoder grid (stride 4) is {sizes[0]}, band limit "
+        f"{(sizes[0] - 1) // 2}; a half and a quarter of that band limit give F = "
+        f"{sizes[1]} and {sizes[2]} (F = 2ν_max + 1), as 129 -> 65 -> 33 in the paper at 513. "
+        "The parameters do not depend on the grid, so the same weights are evaluated "
+        "(no fine-tuning: the paper trains every size; `experiments/feature_truncation.py` "
+        f"does). FLOPs: multiply-accumulates of every convolution at one {input_size} x "
+        f"{input_size} image (`flops.conv_layers`, taps inside the unpadded input, as XLA "
+        "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit mIoU)."
+    )
+    header = ["decoder grid F", "paper's F", "mIoU", "paper mIoU", "M MACs", "saving %"]
+    report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], rows)
+
+
+# --------------------------------------------------------------------------------------
 # Main.
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("feature_truncation", __doc__)
-    parser.add_argument("--models", nargs="+", default=None, choices=tuple(MODEL_NAMES))
-    parser.add_argument(
-        "--datasets",
-        nargs="+",
-        default=None,
-        choices=paper_values.DATASETS,
-        help="the paper's data sets (tiny: their embedded presets); default pascal",
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.feature_truncation`` besides ``--config``, ``--workdir``."""
+    cli.define_models(flag_values, None, "Default: deeplab on the embedded data, else both.")
+    cli.define_datasets(flag_values, None, "Default: the config's own (tiny.py: pascal).")
+    cli.define_list(
+        flag_values,
+        "pruning_rates",
+        None,
+        "Encoder pruning rates; default: 0,0.4 on the embedded data, Table 2's four otherwise.",
+        element=float,
     )
-    parser.add_argument("--pruning-rates", nargs="+", type=float, default=None)
-    parser.add_argument(
-        "--feature-sizes", nargs="+", type=int, default=list(PAPER_FEATURE_SIZES),
-        choices=PAPER_FEATURE_SIZES, help="the paper's feature sizes to run",
-    )  # fmt: skip
-    common.add_training_overrides(parser)
-    parser.add_argument(
-        "--no-full-size-flops",
-        action="store_true",
-        help="skip the 513 x 513 ResNet-101 FLOP counts (a few seconds per cell)",
+    cli.define_list(
+        flag_values,
+        "feature_sizes",
+        PAPER_FEATURE_SIZES,
+        "The paper's feature sizes to run.",
+        element=int,
+        choices=PAPER_FEATURE_SIZES,
     )
-    args = parser.parse_args(argv)
-    tiny = args.config == "tiny"
-    if args.models is None:
-        args.models = ["deeplab"] if tiny else list(MODEL_NAMES)
-    if args.datasets is None:
-        args.datasets = [args.config] if args.config in paper_values.DATASETS else ["pascal"]
-    if args.pruning_rates is None:
-        args.pruning_rates = [0.0, 0.4] if tiny else list(paper_values.PRUNING_RATES)
-    if args.steps is None and tiny:
-        args.steps = 120
-    if 129 not in args.feature_sizes or 0.0 not in args.pruning_rates:
-        common.log("note: without the 0 %, 129 cell there is no baseline for the drops.")
-    if not tiny and len(args.datasets) > 1:
-        parser.error("--datasets selects presets of the tiny config; the others name one.")
-    return args
+    flags.DEFINE_boolean(
+        "full_size_flops",
+        True,
+        "Count the 513 x 513 ResNet-101 FLOPs of every cell (a few seconds per cell).",
+        flag_values=flag_values,
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    grid = [
-        (model, dataset, rate, size)
-        for model in args.models
-        for dataset in args.datasets
-        for rate in args.pruning_rates
-        for size in args.feature_sizes
-    ]
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the grid on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="feature_truncation", doc=__doc__, define_flags=define_flags)
+    config = flag_values.config
+    embedded = runs.is_embedded(config)
+    models = flag_values.models or (["deeplab"] if embedded else list(runs.MODEL_NAMES))
+    datasets = flag_values.datasets or [runs.paper_dataset(config)]
+    rates = flag_values.pruning_rates
+    rates = rates or ([0.0, 0.4] if embedded else list(paper_values.PRUNING_RATES))
+    sizes = flag_values.feature_sizes
+    if 129 not in sizes or 0.0 not in rates:
+        log("note: without the 0 %, 129 cell there is no baseline for the drops.")
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    grid = [(m, d, r, f) for m in models for d in datasets for r in rates for f in sizes]
     cells = []
     for index, (model, dataset, rate, size) in enumerate(grid):
         name = f"{model}_{dataset}_enc{round(100 * rate):02d}_f{size}"
-        common.log(f"[{index + 1}/{len(grid)}] {name}")
+        log(f"[{index + 1}/{len(grid)}] {name}")
         cells.append(
             run_cell(
-                args.config,
+                config,
                 model=model,
                 dataset=dataset,
                 paper_feature_size=size,
                 encoder_rate=rate,
-                workdir=args.workdir / name,
-                steps=args.steps,
-                data_dir=args.data_dir,
-                crop_size=args.crop_size,
-                batch_size=args.batch_size,
-                full_size=not args.no_full_size_flops,
+                workdir=workdir / name,
+                full_size=flag_values.full_size_flops,
             )
         )
     rows = table_rows(cells)
-    common.write_csv(args.workdir / "feature_truncation.csv", rows)
-    path = write_report(args.workdir, rows, args)
+    write_csv(workdir / "feature_truncation.csv", rows)
+    path = write_report(
+        workdir, rows, config_file=cli.config_file(flag_values), crop=int(config.crop_size)
+    )
     print(path)
-    return 0
+    return path
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -5,6 +5,8 @@ Launch from the repository root::
   python -m experiments.flops_table --workdir runs/flops          # analytic, ~1 min
   python -m experiments.flops_table --workdir runs/flops --xla    # + XLA compiles, ~10 min
 
+Nothing is trained: the script takes no ``--config``.
+
 Counts are for one 513 x 513 image, ResNet-101, 21 classes, output stride 16 (the
 paper's setting) and decoder grids 129 (untruncated), 65 and 33.
 
@@ -19,21 +21,24 @@ Encoder = backbone + ASPP (``method="encode"``); decoder = total - encoder.
 
 The report also reconstructs how the paper's numbers arise; see :func:`paper_convention`.
 Nothing here is tuned to the paper: the reconstruction is a separate, labelled table.
+:func:`full_size_section` is the demo's short version (DeepLab v3+ only).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
+import functools
 import pathlib
-import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
+from absl import flags
 
-from experiments import paper_values
+from experiments import cli, paper_values
+from experiments.report import Report, log
 from spectral_jax import flops
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
@@ -101,6 +106,23 @@ def _xla_conv_macs(layers: Sequence[flops.ConvLayer]) -> float:
     return sum(distinct[key].xla_flops() / 2 * n for key, n in multiplicity.items())
 
 
+# The encoder does not depend on the decoder grid: traced once per architecture.
+@functools.cache
+def _encoder_dense_macs(make_model, output_stride: int) -> int:
+    model = make_model(None, output_stride=output_stride)
+    return flops.conv_macs(flops.conv_layers(model, INPUT_SHAPE, method="encode"), dense=True)
+
+
+def paper_convention_macs(make_model, feature_size) -> tuple[int, int]:
+    """Dense MACs of the encoder at output stride 32 and of the decoder at stride 16.
+
+    The two counts of :func:`paper_convention`, exact integers (one 513 x 513 image).
+    """
+    total = flops.conv_layers(make_model(feature_size, output_stride=16), INPUT_SHAPE)
+    decoder = flops.conv_macs(total, dense=True) - _encoder_dense_macs(make_model, 16)
+    return _encoder_dense_macs(make_model, 32), decoder
+
+
 def paper_convention(make_model, feature_size) -> tuple[float, float]:
     """(encoder, decoder) in the convention that reproduces the paper's numbers, G FLOPs.
 
@@ -109,9 +131,8 @@ def paper_convention(make_model, feature_size) -> tuple[float, float]:
     decoder runs on the stride-4 grid. Neither factor alone fits: at output stride 16,
     2 x dense MACs gives an encoder of 142 G; MACs alone give 71 G.
     """
-    stride32 = count_model(make_model(feature_size, output_stride=32))
-    stride16 = count_model(make_model(feature_size, output_stride=16))
-    return 2 * stride32.encoder_dense, 2 * stride16.decoder_dense
+    encoder, decoder = paper_convention_macs(make_model, feature_size)
+    return 2 * encoder / 1e9, 2 * decoder / 1e9
 
 
 def _deeplab(feature_size, output_stride=16):
@@ -141,7 +162,7 @@ def _fs(feature_size) -> str:
     return "129 (none)" if feature_size is None else str(feature_size)
 
 
-def truncation_table(name: str, *, xla: bool, log=print) -> list[str]:
+def truncation_table(name: str, *, xla: bool) -> list[str]:
     """Encoder/decoder/total G MACs of model ``name`` at the three decoder grids."""
     counts = {}
     for feature_size in FEATURE_SIZES:
@@ -179,7 +200,7 @@ def truncation_table(name: str, *, xla: bool, log=print) -> list[str]:
     return lines
 
 
-def pruning_table(log=print) -> list[str]:
+def pruning_table() -> list[str]:
     """Total G MACs of the hard-pruned models (SFP), ours and in the paper's convention."""
     lines = [
         "| model | encoder rate | feature size | total | pruned | paper-convention total "
@@ -190,11 +211,13 @@ def pruning_table(log=print) -> list[str]:
         base = base_paper = None
         for rate in ENCODER_PRUNING_RATES:
             start = time.perf_counter()
+
+            def make_pruned(size, output_stride=16, make=make, rate=rate):
+                return pruned(make(size, output_stride=output_stride), rate)
+
             for column, feature_size in enumerate(FEATURE_SIZES):
-                stride16 = count_model(pruned(make(feature_size), rate))
-                stride32 = count_model(pruned(make(feature_size, output_stride=32), rate))
-                total = stride16.total
-                paper_convention_total = 2 * (stride32.encoder_dense + stride16.decoder_dense)
+                total = count_model(make_pruned(feature_size)).total
+                paper_convention_total = sum(paper_convention(make_pruned, feature_size))
                 if base is None:
                     base, base_paper = total, paper_convention_total
                 lines.append(
@@ -237,14 +260,61 @@ def reconstruction_table() -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/flops"))
-    parser.add_argument("--xla", action="store_true", help="also compile and read XLA's count")
-    args = parser.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"JAX {jax.__version__} on {jax.default_backend()}; counting ...", file=sys.stderr)
-    log = lambda msg: print(msg, file=sys.stderr)
+def full_size_rows() -> list[dict[str, Any]]:
+    """DeepLab v3+ at 513 x 513 and decoder grids 129 / 65 / 33: ours and the paper's.
+
+    Returns:
+      Per grid: ``feature_size``, ``g_macs`` (valid taps), ``paper_convention_g_flops``
+      (:func:`paper_convention`) and ``paper_g_flops`` (Table 2).
+    """
+    rows = []
+    for feature_size in FEATURE_SIZES:
+        total = flops.conv_macs(flops.conv_layers(_deeplab(feature_size), INPUT_SHAPE))
+        encoder, decoder = paper_convention_macs(_deeplab, feature_size)
+        rows.append(
+            {
+                "feature_size": feature_size or 129,
+                "g_macs": total / 1e9,
+                "paper_convention_g_flops": 2 * (encoder + decoder) / 1e9,
+                "paper_g_flops": PAPER_DEEPLAB["total"][feature_size],
+            }
+        )
+    return rows
+
+
+def full_size_section(report: Report) -> list[dict[str, Any]]:
+    """Adds :func:`full_size_rows` (shapes only, ~15 s on CPU) to ``report``; returns them."""
+    rows = full_size_rows()
+    report.paragraph(
+        "The paper's architecture (ResNet-101, 21 classes, output stride 16, 513 x 513), "
+        "counted from shapes alone. Our unit is G MACs in XLA's convention; the paper's "
+        "numbers are reproduced by `experiments/flops_table.py`'s reconstruction "
+        "(2 x dense MACs, the encoder counted at output stride 32, the decoder on the "
+        "stride-4 grid), computed here the same way."
+    )
+    report.table(
+        ["decoder grid", "G MACs (ours)", "paper convention (G FLOPs)", "paper (G FLOPs)"],
+        [list(row.values()) for row in rows],
+        digits=1,
+    )
+    return rows
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.flops_table`` besides ``--workdir``."""
+    flags.DEFINE_boolean(
+        "xla", False, "Also compile every model and read XLA's count.", flag_values=flag_values
+    )
+
+
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Counts and writes the report; returns the path of ``report.md``."""
+    flag_values = cli.parse(
+        argv, name="flops_table", doc=__doc__, define_flags=define_flags, config=None
+    )
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"JAX {jax.__version__} on {jax.default_backend()}; counting ...")
     sections = [
         "# FLOPs of DeepLab v3+ and DAN (ResNet-101, 513 x 513, output stride 16)",
         "",
@@ -255,18 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "## DeepLab v3+",
         "",
-        *truncation_table("DeepLab v3+", xla=args.xla, log=log),
+        *truncation_table("DeepLab v3+", xla=flag_values.xla),
         "",
         "## DAN (paper: encoder 95.6 G, decoder 11.1 G FLOPs)",
         "",
-        *truncation_table("DAN", xla=args.xla, log=log),
+        *truncation_table("DAN", xla=flag_values.xla),
         "",
         "## Soft filter pruning (hard-pruned widths; decoder rate 20 % when pruned)",
         "",
         "Ours: G MACs as above. Paper convention: 2 x dense MACs, encoder at output",
         "stride 32 (see below). The paper's FLOPs column is the same in Tables 2 and 4.",
         "",
-        *pruning_table(log=log),
+        *pruning_table(),
         "",
         "## How the paper's numbers arise (reconstruction, G FLOPs = 2 x dense MACs)",
         "",
@@ -277,11 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     report = "\n".join(sections)
-    (args.workdir / "report.md").write_text(report)
+    path = workdir / "report.md"
+    path.write_text(report)
     print(report)
-    print(f"wrote {args.workdir / 'report.md'}", file=sys.stderr)
-    return 0
+    log(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

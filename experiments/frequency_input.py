@@ -8,27 +8,35 @@ frequency over the validation split as the paper's Fig. 5 heat map.
 
 Run::
 
-  python -m experiments.frequency_input --workdir runs/frequency_input --config tiny
+  python -m experiments.frequency_input --workdir runs/frequency_input \
+      --config experiments/configs/tiny.py --config.num_train_steps=200
 
 The tiny setting trains the tiny models on the embedded PASCAL-like scenes (RGB: 65
 crops, evaluated on the 129 x 129 scenes; DCT: 64 crops, evaluation padded to 144 with
 ignored labels, a multiple of 16). The real data sets' settings are in
-``experiments/configs/dct_{pascal,cityscapes,deepglobe}.py`` (512 crops).
+``experiments/configs/dct_{pascal,cityscapes,deepglobe}.py`` (512 crops). The DCT
+statistics are estimated over ``config.dct_statistics_batches`` training batches.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import pathlib
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
 
-from experiments import common
+from experiments import cli, runs
 from experiments.configs import dct as dct_configs
+from experiments.report import Report, log, write_csv
+from spectral_jax.data import create_input_pipeline, dct_input_pipeline, load_dct_statistics
+from spectral_jax.evaluation import Evaluator
+from spectral_jax.models.dct_gate import GateFrequency, selection_heat_map
+from spectral_jax.plotting import plot_selection_heat_map
 
 DEFAULT_VARIANTS = ("rgb", "dct24s", "dct24t", "dct64s", "dct192_gate")
 
@@ -44,41 +52,48 @@ PAPER_RESULTS = (
 )
 
 
-def experiment_config(args: argparse.Namespace, variant: str):
-    config = common.get_config(args.config, **common.run_overrides(args))
+def experiment_config(config: ml_collections.ConfigDict, variant: str):
+    """A copy of the RGB DeepLab v3+ training ``config`` as ``variant``.
+
+    DCT crops are multiples of 16: the embedded data's evaluation pads its 129 x 129
+    scenes to 144, a paper config's evaluates at 512.
+    """
+    config = runs.experiment_config(config, model="deeplab")
     if variant != "rgb":
-        tiny = args.config == "tiny"
         crop = 16 * (int(config.crop_size) // 16)
-        if tiny:
+        if runs.is_embedded(config):
             eval_crop = 16 * -(-int(config.eval_crop_size) // 16)  # 129 -> 144
         else:
             eval_crop = 512 if config.eval_crop_size is not None else None
         dct_configs.apply_variant(config, variant, crop_size=crop, eval_crop_size=eval_crop)
-        if args.statistics_batches is not None:
-            config.dct_statistics_batches = args.statistics_batches
-    config.progress_bar = False
-    config.tensorboard = False
     return config
+
+
+# One predict function per model: evaluators of the same model share their compilation.
+@functools.cache
+def _logits_and_gates_fn(model):
+    def apply_fn(variables, images):
+        out = model.apply(variables, images, train=False, method="intermediates")
+        return {"logits": out["logits"], "gates": out["gates"]}  # [B, H, W, C], [B, K]
+
+    return apply_fn
 
 
 def gate_frequency(config, workdir: pathlib.Path) -> np.ndarray:
     """``[K]`` fraction of validation images whose gate is open, per (selected) channel."""
-    from spectral_jax.models.dct_gate import GateFrequency
-    from spectral_jax.training import create_input_pipeline, dct_input_pipeline, load_dct_statistics
-
-    model, variables = common.restore_trained(config, workdir)
+    model, variables = runs.restore_trained(config, workdir)
     mean, std = load_dct_statistics(workdir)
     pipeline = dct_input_pipeline(create_input_pipeline(config), mean, std)
-    gates_of = jax.jit(
-        lambda x: model.apply(variables, x, train=False, method="intermediates")["gates"]
+    evaluator = Evaluator(
+        _logits_and_gates_fn(model),
+        num_classes=pipeline.num_classes,
+        ignore_index=pipeline.ignore_index,
     )
-    frequency = None
-    for batch in pipeline.eval_batches(int(config.eval_batch_size), 0, 1):
-        keep = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)), bool)
-        gates = np.asarray(gates_of(jnp.asarray(batch["image"])))[keep]
-        if frequency is None:
-            frequency = GateFrequency.create(gates.shape[1])
-        frequency = frequency.update(gates)
+    result = evaluator(variables, pipeline.eval_batches(int(config.eval_batch_size), 0, 1))
+    frequency = GateFrequency(
+        open_sum=jnp.asarray(result.output_sums["gates"], jnp.float32),
+        num_images=jnp.asarray(result.num_evaluated, jnp.float32),
+    )
     return np.asarray(frequency.frequency())
 
 
@@ -93,32 +108,28 @@ def _last_train_metric(workdir: pathlib.Path, name: str) -> float:
     return value
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("frequency_input", __doc__)
-    parser.add_argument(
-        "--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=tuple(dct_configs.VARIANTS)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.frequency_input`` besides ``--config``, ``--workdir``."""
+    cli.define_list(
+        flag_values,
+        "variants",
+        DEFAULT_VARIANTS,
+        "Input variants to train (experiments/configs/dct.py).",
+        choices=dct_configs.VARIANTS,
     )
-    common.add_training_overrides(parser)
-    parser.add_argument(
-        "--statistics-batches", type=int, default=None, help="batches for the DCT statistics"
-    )
-    args = parser.parse_args(argv)
-    if args.steps is None and args.config == "tiny":
-        args.steps = 200
-    return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from spectral_jax.models.dct_gate import selection_heat_map
-    from spectral_jax.plotting import plot_selection_heat_map
-
-    args = parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the experiment on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="frequency_input", doc=__doc__, define_flags=define_flags)
+    variants = flag_values.variants
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     rows, configs = [], {}
-    for index, variant in enumerate(args.variants):
-        common.log(f"[{index + 1}/{len(args.variants)}] {variant}")
-        config = configs[variant] = experiment_config(args, variant)
-        summary = common.train_once(config, args.workdir / variant)
+    for index, variant in enumerate(variants):
+        log(f"[{index + 1}/{len(variants)}] {variant}")
+        config = configs[variant] = experiment_config(flag_values.config, variant)
+        summary = runs.train_once(config, workdir / variant)
         channels = config.model.get("channels") if variant != "rgb" else None
         boundary = summary.get("boundary") or {}
         rows.append(
@@ -134,12 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "steps": summary["steps"],
             }
         )
-    common.write_csv(args.workdir / "frequency_input.csv", rows)
+    write_csv(workdir / "frequency_input.csv", rows)
 
-    report = common.Report(args.workdir, "Learning in the frequency domain: DCT-input DeepLab v3+")
-    first = configs[args.variants[0]]
+    report = Report(workdir, "Learning in the frequency domain: DCT-input DeepLab v3+")
+    first = configs[variants[0]]
     report.paragraph(
-        f"Setting `{args.config}`: {first.dataset}, backbone {first.model.backbone}, batch "
+        f"Config `{cli.config_file(flag_values)}`: {first.dataset}, backbone {first.model.backbone}, batch "
         f"{first.batch_size}, {rows[0]['steps']} training steps per variant, one seed. The "
         "DCT models take the 8 x 8 block DCT of YCbCr (chroma from the 2x up-scaled image, "
         "as the authors' code), normalised per channel by statistics of the first "
@@ -162,15 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in rows
         ],
     )
-    gated = [v for v in args.variants if dct_configs.VARIANTS.get(v) and dct_configs.VARIANTS[v][2]]
+    gated = [v for v in variants if dct_configs.VARIANTS.get(v) and dct_configs.VARIANTS[v][2]]
     for variant in gated:
         config = configs[variant]
-        frequency = gate_frequency(config, args.workdir / variant)
+        frequency = gate_frequency(config, workdir / variant)
         channels = config.model.get("channels")
         heat_map = selection_heat_map(frequency, None if channels is None else np.asarray(channels))
-        np.save(args.workdir / f"gate_frequency_{variant}.npy", frequency)
-        common.write_csv(
-            args.workdir / f"gate_frequency_{variant}.csv",
+        np.save(workdir / f"gate_frequency_{variant}.npy", frequency)
+        write_csv(
+            workdir / f"gate_frequency_{variant}.csv",
             [
                 {
                     "channel": int(c),
@@ -188,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heat_map, title=f"{variant}: fraction of validation images with the gate open"
         )
         report.heading(f"Gate selection heat map ({variant})")
-        train_open = _last_train_metric(args.workdir / variant, "train/gate_regularizer")
+        train_open = _last_train_metric(workdir / variant, "train/gate_regularizer")
         report.paragraph(
             f"{int(np.sum(frequency > 0.5))} of {frequency.size} channels open on more than "
             f"half of the validation images; mean open gates per validation image "
@@ -214,10 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model's decoder works at stride 8 (not 4) and its crops are 64 (not 65), so "
         "boundaries are coarser than the RGB model's by construction."
     )
-    report.write()
-    print(args.workdir / "report.md")
-    return 0
+    path = report.write()
+    print(path)
+    return path
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -14,36 +14,34 @@ trained DeepLab v3+: for every ``mu``, over the validation split,
 
 plus the low / high CAMs of example images (supplementary Fig. 2 style).
 
-Run::
+Run (the tiny config's 300 steps)::
 
-  python -m experiments.frequency_masking --workdir runs/frequency_masking --config tiny
+  python -m experiments.frequency_masking --workdir runs/frequency_masking \
+      --config experiments/configs/tiny.py
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from experiments import common
+from experiments import cli, runs
+from experiments.report import Report, log, pyplot, write_csv
 from spectral_jax import plotting
-from spectral_jax.evaluation import metrics as metrics_lib
+from spectral_jax.data import create_input_pipeline
+from spectral_jax.evaluation import Evaluator
 from spectral_jax.related import frequency_masking as masking
 
 #: FFR's ablation (PASCAL VOC 2012 val, supplementary Table 1): mu -> (CAM mIoU, seg. mIoU).
 PAPER_MU_ABLATION = {0.1: (60.2, 57.3), 0.2: (68.2, 66.1), 0.3: (73.1, 70.9), 0.4: (76.8, 74.8)}
 CLASSIFIER_PATH = "decoder/classifier"
-
-
-def experiment_config(args: argparse.Namespace):
-    config = common.get_config(args.config, **common.run_overrides(args))
-    config.progress_bar = False
-    config.tensorboard = False
-    return config
 
 
 def classifier_inputs(model, variables, images) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -62,41 +60,37 @@ def _logits_of(features, kernel, bias, image_size):
     )
 
 
-def mu_statistics(model, variables, pipeline, config, mus: Sequence[float]):
-    """Energies, output shares and confusion matrices per ``mu`` over the validation split.
+def _per_image_sum(x: jax.Array) -> jax.Array:
+    """``[B]`` float32 sums over all but the first axis."""
+    return jnp.sum(x.astype(jnp.float32), axis=tuple(range(1, x.ndim)))
 
-    Returns:
-      ``(totals, confusions, examples)``: ``totals[mu]`` float64 sums ``energy_low``,
-      ``energy_high``, ``energy_total`` (sum of squared features), ``score_low``,
-      ``score_high`` (sums of squared raw scores); ``confusions[(mu, part)]`` int64 ``[C, C]``
-      for part ``low`` / ``high`` and ``confusions[(None, "full")]``; ``examples`` the
-      first batch's images, labels and CAMs at ``mu = 0.4`` (or the first ``mu``).
-    """
-    num_classes = pipeline.num_classes
-    forward = jax.jit(lambda images: classifier_inputs(model, variables, images))
-    totals = {
-        mu: dict.fromkeys(
-            ("energy_low", "energy_high", "energy_total", "score_low", "score_high"), 0.0
-        )
-        for mu in mus
-    }
-    confusions: dict[Any, np.ndarray] = {}
-    examples = None
-    example_mu = 0.4 if 0.4 in mus else mus[0]
 
-    def add(key, logits, labels):
-        matrix = metrics_lib.confusion_matrix(
-            jnp.argmax(logits, -1), labels, num_classes=num_classes
-        )
-        confusions[key] = confusions.get(key, 0) + np.asarray(matrix, np.int64)
+# One predict function per model and setting, so that the evaluators of equal settings
+# share their compiled steps (spectral_jax.evaluation.Evaluator).
+@functools.cache
+def _part_logits_fn(model, mu: float, part: str):
+    """``(variables, images) -> logits`` of the classifier on the ``part`` of its input."""
 
-    for batch in pipeline.eval_batches(int(config.eval_batch_size), 0, 1):
-        images = jnp.asarray(batch["image"])
-        labels = jnp.asarray(batch["label"])
-        features, kernel, bias = forward(images)
-        image_size = images.shape[1:3]
-        add((None, "full"), _logits_of(features, kernel, bias, image_size), labels)
-        total_energy = float(jnp.sum(features.astype(jnp.float32) ** 2))
+    def apply_fn(variables, images):
+        features, kernel, bias = classifier_inputs(model, variables, images)
+        low, high = masking.split_by_masking_ratio(features, mu=mu)
+        if part == "low":
+            return _logits_of(low, kernel, bias, images.shape[1:3])
+        return _logits_of(high, kernel, 0.0 * bias, images.shape[1:3])
+
+    return apply_fn
+
+
+@functools.cache
+def _energies_fn(model, mus: tuple[float, ...], example_mu: float):
+    """``(variables, images) -> {"logits" of the whole input, per-image energies, CAMs}``."""
+
+    def apply_fn(variables, images):
+        features, kernel, bias = classifier_inputs(model, variables, images)
+        out = {
+            "logits": _logits_of(features, kernel, bias, images.shape[1:3]),
+            "energy_total": _per_image_sum(features**2),
+        }
         for mu in mus:
             low, high = masking.split_by_masking_ratio(features, mu=mu)
             energy_low, energy_high = masking.band_energies(
@@ -104,36 +98,65 @@ def mu_statistics(model, variables, pipeline, config, mus: Sequence[float]):
             )
             scores_low = jnp.einsum("bhwk,kc->bhwc", low, kernel) + bias
             scores_high = jnp.einsum("bhwk,kc->bhwc", high, kernel)
-            t = totals[mu]
-            t["energy_low"] += float(jnp.sum(energy_low))
-            t["energy_high"] += float(jnp.sum(energy_high))
-            t["energy_total"] += total_energy
-            t["score_low"] += float(jnp.sum(scores_low**2))
-            t["score_high"] += float(jnp.sum(scores_high**2))
-            add((mu, "low"), _logits_of(low, kernel, bias, image_size), labels)
-            add((mu, "high"), _logits_of(high, kernel, 0.0 * bias, image_size), labels)
-            if examples is None and mu == example_mu:
-                cam_low, cam_high = masking.frequency_class_activation_maps(
-                    features, kernel, mu=mu, bias=bias
-                )
-                examples = {
-                    "image": np.asarray(images),
-                    "label": np.asarray(labels),
-                    "cam_low": np.asarray(cam_low),
-                    "cam_high": np.asarray(cam_high),
-                    "mu": mu,
-                }
-    return totals, confusions, examples
+            out[f"energy_low/{mu}"] = _per_image_sum(energy_low)
+            out[f"energy_high/{mu}"] = _per_image_sum(energy_high)
+            out[f"score_low/{mu}"] = _per_image_sum(scores_low**2)
+            out[f"score_high/{mu}"] = _per_image_sum(scores_high**2)
+        out["cam_low"], out["cam_high"] = masking.frequency_class_activation_maps(
+            features, kernel, mu=example_mu, bias=bias
+        )
+        return out
+
+    return apply_fn
+
+
+def mu_statistics(model, variables, pipeline, config, mus: Sequence[float]):
+    """Energies, output shares and mIoUs per ``mu`` over the validation split.
+
+    One evaluation (:class:`spectral_jax.evaluation.Evaluator`) of the classifier on its
+    whole input gives the per-image energies and the example CAMs; one per ``mu`` and
+    part gives the mIoU of the classifier on that part alone.
+
+    Returns:
+      ``(totals, mious, examples)``: ``totals[mu]`` float64 sums over the validation
+      images of ``energy_low``, ``energy_high``, ``energy_total`` (sum of squared
+      features), ``score_low``, ``score_high`` (sums of squared raw scores);
+      ``mious[(mu, part)]`` for part ``low`` / ``high`` and ``mious[(None, "full")]``;
+      ``examples`` the first batch's images, labels and CAMs at ``mu = 0.4`` (or the
+      first ``mu``).
+    """
+    mus = tuple(mus)
+    example_mu = 0.4 if 0.4 in mus else mus[0]
+    batch_size = int(config.eval_batch_size)
+    settings = dict(num_classes=pipeline.num_classes, ignore_index=pipeline.ignore_index)
+
+    def evaluate(apply_fn, **options):
+        evaluator = Evaluator(apply_fn, **settings, **options)
+        return evaluator(variables, pipeline.eval_batches(batch_size, 0, 1))
+
+    full = evaluate(_energies_fn(model, mus, example_mu), num_examples=batch_size)
+    sums = full.output_sums
+    totals = {
+        mu: {
+            "energy_low": float(sums[f"energy_low/{mu}"]),
+            "energy_high": float(sums[f"energy_high/{mu}"]),
+            "energy_total": float(sums["energy_total"]),
+            "score_low": float(sums[f"score_low/{mu}"]),
+            "score_high": float(sums[f"score_high/{mu}"]),
+        }
+        for mu in mus
+    }
+    mious: dict[Any, float] = {(None, "full"): full.mean_iou}
+    for mu in mus:
+        for part in ("low", "high"):
+            mious[(mu, part)] = evaluate(_part_logits_fn(model, mu, part)).mean_iou
+    examples = {name: full.examples[name] for name in ("image", "label", "cam_low", "cam_high")}
+    return totals, mious, {**examples, "mu": example_mu}
 
 
 def plot_mu_ablation(rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mus = [r["mu"] for r in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.5))
     left.plot(mus, [r["energy_share_low"] for r in rows], "o-", label="feature energy, low")
     left.plot(mus, [r["score_share_low"] for r in rows], "s-", label="classifier output, low")
     left.set_xlabel("mu")
@@ -153,16 +176,11 @@ def plot_mu_ablation(rows):
 
 
 def plot_cams(examples, class_names, num_images: int = 2):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = []
     for b in range(min(num_images, len(examples["label"]))):
         present = [c for c in np.unique(examples["label"][b]) if 0 < c < 255]
         rows.append((b, int(present[0]) if present else 0))
-    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    figure, axes = pyplot().subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for (b, c), axis_row in zip(rows, axes, strict=True):
         image = examples["image"][b]
         image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
@@ -178,32 +196,37 @@ def plot_cams(examples, class_names, num_images: int = 2):
     return figure
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser("frequency_masking", __doc__)
-    common.add_training_overrides(parser)
-    parser.add_argument("--mus", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.6, 0.8])
-    args = parser.parse_args(argv)
-    if args.steps is None and args.config == "tiny":
-        args.steps = 300
-    if any(not 0 < mu <= 1 for mu in args.mus):
-        parser.error("--mus must lie in (0, 1].")
-    return args
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.frequency_masking`` besides ``--config``, ``--workdir``."""
+    cli.define_list(
+        flag_values,
+        "mus",
+        [0.1, 0.2, 0.3, 0.4, 0.6, 0.8],
+        "Masking ratios mu, in (0, 1].",
+        element=float,
+    )
+    flags.register_validator(
+        "mus",
+        lambda mus: all(0 < mu <= 1 for mu in mus),
+        "--mus must lie in (0, 1].",
+        flag_values=flag_values,
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from spectral_jax.training import create_input_pipeline
-
-    args = parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    config = experiment_config(args)
-    common.log("[1/2] training the baseline")
-    summary = common.train_once(config, args.workdir / "baseline")
-    model, variables = common.restore_trained(config, args.workdir / "baseline")
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs the experiment on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="frequency_masking", doc=__doc__, define_flags=define_flags)
+    workdir = pathlib.Path(flag_values.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = runs.experiment_config(flag_values.config, model="deeplab")
+    log("[1/2] training the baseline")
+    summary = runs.train_once(config, workdir / "baseline")
+    model, variables = runs.restore_trained(config, workdir / "baseline")
     pipeline = create_input_pipeline(config)
-    common.log("[2/2] splitting the classifier's input features")
-    mus = sorted(set(args.mus))
-    totals, confusions, examples = mu_statistics(model, variables, pipeline, config, mus)
-    miou_full = metrics_lib.mean_iou(confusions[(None, "full")])
+    log("[2/2] splitting the classifier's input features")
+    mus = sorted(set(flag_values.mus))
+    totals, mious, examples = mu_statistics(model, variables, pipeline, config, mus)
+    miou_full = mious[(None, "full")]
     rows = []
     for mu in mus:
         t = totals[mu]
@@ -216,17 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "energy_total": t["energy_total"],
                 "energy_share_low": t["energy_low"] / t["energy_total"],
                 "score_share_low": t["score_low"] / (t["score_low"] + t["score_high"]),
-                "miou_low": metrics_lib.mean_iou(confusions[(mu, "low")]),
-                "miou_high": metrics_lib.mean_iou(confusions[(mu, "high")]),
+                "miou_low": mious[(mu, "low")],
+                "miou_high": mious[(mu, "high")],
                 "miou_full": miou_full,
             }
         )
-    common.write_csv(args.workdir / "mu_ablation.csv", rows)
-    np.savez_compressed(args.workdir / "cams.npz", **{k: v for k, v in examples.items()})
+    write_csv(workdir / "mu_ablation.csv", rows)
+    np.savez_compressed(workdir / "cams.npz", **{k: v for k, v in examples.items()})
 
-    report = common.Report(args.workdir, "Frequency feature masking: the mu ablation (FFR)")
+    report = Report(workdir, "Frequency feature masking: the mu ablation (FFR)")
     report.paragraph(
-        f"Setting `{args.config}`: DeepLab v3+ ({config.model.backbone}) trained on "
+        f"Config `{cli.config_file(flag_values)}`: DeepLab v3+ ({config.model.backbone}) trained on "
         f"{config.dataset} for {summary['steps']} steps (crop {config.crop_size}, batch "
         f"{config.batch_size}); validation mIoU {summary['mean_iou']:.3f} (trainer), "
         f"{miou_full:.3f} recomputed here from the unsplit classifier input. The features "
@@ -280,10 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weakly supervised transformer pipeline). Tiny model, generated scenes and few "
         "steps: the numbers are not comparable with the paper's."
     )
-    report.write()
-    print(args.workdir / "report.md")
-    return 0
+    path = report.write()
+    print(path)
+    return path
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -31,6 +31,7 @@ TABLE1_RELATIVE_DISCREPANCY = {
     },
 }
 
+
 # Tables 2 (DeepLab v3+) and 4 (DAN): mIoU by encoder pruning rate and feature size.
 # FLOPs (1e9) and "pruned FLOPs" are the same columns in both tables (Table 4's FLOPs
 # column repeats Table 2's, although the text gives DAN's decoder 11.1 G, not 43.4 G).
@@ -49,25 +50,49 @@ TABLE2_PRUNED_FLOPS_PERCENT = {
     0.6: (57.7, 74.8, 79.1),
 }
 TABLE2_MIOU = {  # deeplab; per pruning rate: {dataset: (129, 65, 33)}
-    0.0: {"pascal": (78.6, 78.1, 75.6), "deepglobe": (53.9, 53.6, 53.1),
-          "cityscapes": (67.8, 62.7, 53.3)},
-    0.2: {"pascal": (76.6, 76.0, 73.2), "deepglobe": (53.7, 53.4, 52.7),
-          "cityscapes": (67.2, 62.4, 53.4)},
-    0.4: {"pascal": (74.4, 73.9, 72.1), "deepglobe": (53.0, 52.7, 52.0),
-          "cityscapes": (66.1, 61.5, 52.8)},
-    0.6: {"pascal": (65.1, 64.7, 63.3), "deepglobe": (50.1, 49.9, 49.4),
-          "cityscapes": (58.6, 54.8, 47.4)},
-}  # fmt: skip
+    0.0: {
+        "pascal": (78.6, 78.1, 75.6),
+        "deepglobe": (53.9, 53.6, 53.1),
+        "cityscapes": (67.8, 62.7, 53.3),
+    },
+    0.2: {
+        "pascal": (76.6, 76.0, 73.2),
+        "deepglobe": (53.7, 53.4, 52.7),
+        "cityscapes": (67.2, 62.4, 53.4),
+    },
+    0.4: {
+        "pascal": (74.4, 73.9, 72.1),
+        "deepglobe": (53.0, 52.7, 52.0),
+        "cityscapes": (66.1, 61.5, 52.8),
+    },
+    0.6: {
+        "pascal": (65.1, 64.7, 63.3),
+        "deepglobe": (50.1, 49.9, 49.4),
+        "cityscapes": (58.6, 54.8, 47.4),
+    },
+}
 TABLE4_MIOU = {  # dan
-    0.0: {"pascal": (78.7, 77.9, 74.5), "deepglobe": (53.6, 53.3, 52.7),
-          "cityscapes": (66.4, 61.0, 50.0)},
-    0.2: {"pascal": (76.8, 75.9, 72.8), "deepglobe": (53.6, 53.2, 52.4),
-          "cityscapes": (65.8, 60.3, 49.0)},
-    0.4: {"pascal": (74.6, 73.8, 71.3), "deepglobe": (52.3, 51.9, 50.7),
-          "cityscapes": (65.1, 59.8, 48.9)},
-    0.6: {"pascal": (65.6, 65.1, 63.0), "deepglobe": (49.5, 49.4, 48.9),
-          "cityscapes": (57.0, 52.4, 42.8)},
-}  # fmt: skip
+    0.0: {
+        "pascal": (78.7, 77.9, 74.5),
+        "deepglobe": (53.6, 53.3, 52.7),
+        "cityscapes": (66.4, 61.0, 50.0),
+    },
+    0.2: {
+        "pascal": (76.8, 75.9, 72.8),
+        "deepglobe": (53.6, 53.2, 52.4),
+        "cityscapes": (65.8, 60.3, 49.0),
+    },
+    0.4: {
+        "pascal": (74.6, 73.8, 71.3),
+        "deepglobe": (52.3, 51.9, 50.7),
+        "cityscapes": (65.1, 59.8, 48.9),
+    },
+    0.6: {
+        "pascal": (65.6, 65.1, 63.0),
+        "deepglobe": (49.5, 49.4, 48.9),
+        "cityscapes": (57.0, 52.4, 42.8),
+    },
+}
 MIOU_BY_MODEL = {"deeplab": TABLE2_MIOU, "dan": TABLE4_MIOU}
 # Sec. 3.2: encoder / decoder FLOPs (1e9) and parameters (1e6) at 513 x 513.
 ENCODER_GFLOPS = 95.6
@@ -101,3 +126,19 @@ TABLE3_RELATIVE_MIOU = {
         "cityscapes": (0.578, 0.755, 0.882, 1.0),
     },
 }
+
+
+def table1_relative_discrepancy(model: str, dataset: str, band_limit: int) -> float:
+    """Table 1: ``R(band_limit)`` of the trained ``model`` on ``dataset`` (513 x 513 maps).
+
+    ``band_limit`` is one of :data:`TABLE1_BAND_LIMITS`.
+    """
+    return TABLE1_RELATIVE_DISCREPANCY[model][dataset][TABLE1_BAND_LIMITS.index(band_limit)]
+
+
+def table3_relative_miou(model: str, dataset: str, band_limit: int) -> float:
+    """Table 3 (b): relative mIoU of ``model`` trained on block-wise labels at ``band_limit``.
+
+    ``band_limit`` is one of :data:`TABLE3_BAND_LIMITS`.
+    """
+    return TABLE3_RELATIVE_MIOU[model][dataset][TABLE3_BAND_LIMITS.index(band_limit)]

@@ -2,9 +2,10 @@ r"""Experiment 2: spectral gradients, the main paper's Fig. 4 and Fig. 8 (Sec. 2
 
 Launch from the repository root::
 
-  python -m experiments.spectral_gradient --workdir runs/spectral_gradient --config tiny
-  python -m experiments.spectral_gradient --workdir runs/sg_pascal --config pascal \
-      --data-dir /data/tfds          # the paper's setting, on a GPU/TPU
+  python -m experiments.spectral_gradient --workdir runs/spectral_gradient \
+      --config experiments/configs/tiny.py --config.num_train_steps=150
+  python -m experiments.spectral_gradient --workdir runs/sg_pascal \
+      --config experiments/configs/pascal.py --config.data_dir=/data/tfds  # GPU/TPU
 
 What it computes, all exact (``jax.vjp`` rows of the spectral Jacobian, no approximation):
 
@@ -47,32 +48,40 @@ row), ``energy_by_distance.csv`` (the curves), ``fig4_probes.png``,
 ``cases/<case>.npz`` per case (the rows and what they were computed from; a rerun
 reuses them) and one training work directory per model and data set under ``train/``.
 
-``--config tiny`` trains the tiny models (``resnet_tiny``; DAN with the same widths) on
-the three embedded presets, ``--steps`` steps each (default 150), and analyses one
-129 x 129 validation image (ASPP map 9 x 9); about 6-10 minutes on 2 CPU cores. The
-paper configs (``pascal``, ``deepglobe``, ``cityscapes``) train ResNet-101 models with
-the paper's settings on the real data set and analyse a 513 x 513 validation crop
-(ASPP map 33 x 33).
+``experiments/configs/tiny.py`` trains the tiny models (``resnet_tiny``; DAN with the
+same widths) on the three embedded presets (``--datasets`` selects), and analyses one
+129 x 129 validation image (ASPP map 9 x 9); with 150 steps each (the first command)
+about 6-10 minutes on 2 CPU cores. The paper configs (``pascal.py``, ``deepglobe.py``,
+``cityscapes.py``) train ResNet-101 models with the paper's settings on their real data
+set and analyse a 513 x 513 validation crop (ASPP map 33 x 33). ``config.seed`` also
+seeds the probes' input and kernel.
+
+:func:`model_section` is the demo's short version: the CE rows and the trained decoder's
+first convolution of one DeepLab v3+.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import pathlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 import spectral_jax as sj
-from experiments import common, paper_values
+from experiments import cli, paper_values, runs
+from experiments.report import Report, log, pyplot, write_csv
+from experiments.runs import MODEL_TITLES
 from spectral_jax import bands as bands_lib
-from spectral_jax import probes
+from spectral_jax import data, probes
+from spectral_jax.models import DeepLabV3Plus
 from spectral_jax.plotting import plot_spectral_rows
 
 PROBES = ("conv", "conv_zero", "relu", "upsample")
@@ -82,10 +91,7 @@ PROBE_TITLES = {
     "relu": "ReLU",
     "upsample": "Upsample (bilinear x2)",
 }
-MODELS, MODEL_TITLES = common.MODEL_NAMES, common.MODEL_TITLES
 RADII = (0, 1, 2)
-DEFAULT_PROBE_SIZE = {"tiny": 33}  # the paper configs: 65
-DEFAULT_TINY_STEPS = 150
 PROBE_SIGMA = 1.5  # px, the Gaussian low-pass of the probe input
 PAPER_CLAIM = (
     "delta-like (Fig. 4: 'demonstrate delta responses'; Fig. 8 for DAN: 'well "
@@ -313,26 +319,11 @@ def _add_summaries(case: dict, all_rows, nu_all: np.ndarray) -> None:
 # Trained models.
 
 
-def model_config(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
-    """``config`` for ``model`` (``"deeplab"`` or ``"dan"``), same widths.
-
-    DAN takes the config's ``low_level_channels`` as its ``projection_channels``
-    (:func:`spectral_jax.training.create_model`): 48 in the paper's configs, 8 in tiny.
-    """
-    config = ml_collections.ConfigDict(config.to_dict())
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}.")
-    config.model.name = MODELS[model]
-    return config
-
-
 def validation_example(config: ml_collections.ConfigDict, index: int):
     """One normalised validation image ``[1, S, S, 3]`` and its labels ``[S, S]``.
 
     ``S = config.eval_crop_size`` (padded with the ignore label, as the trainer evaluates).
     """
-    from spectral_jax import data
-
     info = data.dataset_info(config.dataset)
     source = data.load_split(config.dataset, config.eval_split, data_dir=config.data_dir)
     if not 0 <= index < len(source):
@@ -416,7 +407,7 @@ def ce_rows_of_model(model, variables, image, labels, *, ignore_index: int):
 
 def _load_or_run(path: pathlib.Path, compute) -> dict[str, np.ndarray]:
     if path.exists():
-        common.log(f"  {path.name}: done earlier, reading it")
+        log(f"  {path.name}: done earlier, reading it")
         with np.load(path) as saved:
             return dict(saved)
     case = compute()
@@ -426,13 +417,8 @@ def _load_or_run(path: pathlib.Path, compute) -> dict[str, np.ndarray]:
 
 
 def _plot_cases(cases: dict[str, dict], titles: dict[str, str], suptitle: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(cases)
-    figure, axes = plt.subplots(
+    figure, axes = pyplot().subplots(
         3, len(names), figsize=(3.4 * len(names), 8.4), squeeze=False, layout="constrained"
     )
     for column, name in enumerate(names):
@@ -451,12 +437,7 @@ def _plot_cases(cases: dict[str, dict], titles: dict[str, str], suptitle: str):
 
 
 def _plot_energy(cases: dict[str, dict], titles: dict[str, str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    figure, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for name, case in cases.items():
         curve = case["all_pm_curves"]
         distance = np.arange(curve.size)
@@ -513,10 +494,11 @@ def _curve_rows(label: str, case: dict) -> list[dict]:
     """CSV rows of the energy-by-distance curves (to ``nu_i`` and to ``+-nu_i``)."""
     out_shape = tuple(case["out_shape"])
     named = [
-        (_ROW_NAMES[k], str(signed_frequency(index, out_shape)), case["curves"][k],
-         case["pm_curves"][k])
-        for k, index in enumerate(case["nu_i"])
-    ]  # fmt: skip
+        (name, str(signed_frequency(index, out_shape)), curve, pm_curve)
+        for name, index, curve, pm_curve in zip(
+            _ROW_NAMES, case["nu_i"], case["curves"], case["pm_curves"], strict=True
+        )
+    ]
     named.append(("mean over M", "all", case["all_curves"], case["all_pm_curves"]))
     rows = []
     for row_name, nu, curve, pm_curve in named:
@@ -534,88 +516,58 @@ def _curve_rows(label: str, case: dict) -> list[dict]:
     return rows
 
 
-def _datasets_of(config_name: str) -> dict[str, str]:
-    """Paper data set name -> TFDS name analysed under ``config_name``."""
-    if config_name == "tiny":
-        return dict(paper_values.PRESET_OF_DATASET)
-    if config_name in paper_values.DATASETS:
-        return {config_name: common.get_config(config_name).dataset}
-    raise ValueError(f"config must be tiny or one of {paper_values.DATASETS}, got {config_name!r}.")
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = common.experiment_parser(
-        "spectral_gradient", __doc__, configs=("tiny", *paper_values.DATASETS)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The flags of ``python -m experiments.spectral_gradient`` besides ``--config``, ``--workdir``."""
+    cli.define_datasets(
+        flag_values, None, "Default: all three on the embedded data, else the config's own."
     )
-    parser.add_argument(
-        "--datasets",
-        default=None,
-        help="comma-separated subset of pascal,deepglobe,cityscapes (tiny config only).",
+    cli.define_models(flag_values, paper_values.MODELS)
+    flags.DEFINE_integer(
+        "probe_size",
+        None,
+        "Side of the probes' maps; default 33 on the embedded data, 65 otherwise.",
+        lower_bound=2,
+        flag_values=flag_values,
     )
-    parser.add_argument("--models", default="deeplab,dan", help="comma-separated deeplab,dan.")
-    parser.add_argument("--steps", type=int, default=None, help="training steps override.")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop override.")
-    parser.add_argument(
-        "--eval-split", default=None, help="validation split override (e.g. validation[:8])."
+    flags.DEFINE_integer(
+        "image_index", 0, "The validation image analysed.", lower_bound=0, flag_values=flag_values
     )
-    parser.add_argument("--probe-size", type=int, default=None, help="probe map size (33/65).")
-    parser.add_argument("--image-index", type=int, default=0, help="validation image index.")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> pathlib.Path:
-    """Runs experiment 2 and writes its report; returns the report's path."""
-    args = parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
-    datasets = _datasets_of(args.config)
-    if args.datasets:
-        wanted = args.datasets.split(",")
-        unknown = [d for d in wanted if d not in datasets]
-        if unknown:
-            raise ValueError(f"--datasets: {unknown} not among {tuple(datasets)}.")
-        datasets = {d: datasets[d] for d in wanted}
-    models = args.models.split(",")
-    if any(m not in MODELS for m in models):
-        raise ValueError(f"--models must name some of {tuple(MODELS)}, got {args.models!r}.")
-    probe_size = args.probe_size or DEFAULT_PROBE_SIZE.get(args.config, 65)
+def main(argv: Sequence[str]) -> pathlib.Path:
+    """Runs experiment 2 on the command line ``argv``; returns the path of ``report.md``."""
+    flag_values = cli.parse(argv, name="spectral_gradient", doc=__doc__, define_flags=define_flags)
+    workdir = pathlib.Path(flag_values.workdir)
+    base = flag_values.config
+    datasets = flag_values.datasets or runs.datasets_of(base)
+    probe_size = flag_values.probe_size or (33 if runs.is_embedded(base) else 65)
+    seed = int(base.seed)
     cases_dir = workdir / "cases"
 
-    common.log(f"probes on {probe_size} x {probe_size} maps")
+    log(f"probes on {probe_size} x {probe_size} maps")
     probe_cases = {}
     for name in PROBES:
         path = cases_dir / f"probe_{name}_{probe_size}.npz"
         probe_cases[name] = _load_or_run(
-            path, functools.partial(run_probe, name, probe_size, seed=args.seed)
+            path, functools.partial(run_probe, name, probe_size, seed=seed)
         )
-        common.log(f"  {name}: {float(probe_cases[name]['seconds']):.1f} s")
+        log(f"  {name}: {float(probe_cases[name]['seconds']):.1f} s")
 
-    ce_cases: dict[str, dict[str, dict]] = {m: {} for m in models}
+    ce_cases: dict[str, dict[str, dict]] = {m: {} for m in flag_values.models}
     summaries: dict[tuple[str, str], dict] = {}
-    for dataset, tfds_name in datasets.items():
-        overrides = {"dataset": tfds_name, "seed": args.seed}
-        if args.data_dir is not None:
-            overrides["data_dir"] = args.data_dir
-        if args.config == "tiny":
-            overrides["num_train_steps"] = DEFAULT_TINY_STEPS
-            overrides["progress_bar"] = False
-        if args.steps is not None:
-            overrides["num_train_steps"] = args.steps
-        if args.crop_size is not None:
-            overrides["crop_size"] = args.crop_size
-        if args.eval_split is not None:
-            overrides["eval_split"] = args.eval_split
-        base = common.get_config("tiny" if args.config == "tiny" else dataset, **overrides)
-        for model_name in models:
-            config = model_config(base, model_name)
+    tfds_names = {}
+    for dataset in datasets:
+        for model_name in flag_values.models:
+            config = runs.experiment_config(base, model=model_name, dataset=dataset)
+            tfds_names[dataset] = config.dataset
             run_dir = workdir / "train" / f"{model_name}_{dataset}"
             start = time.perf_counter()
-            summaries[(model_name, dataset)] = common.train_once(config, run_dir)
+            summaries[(model_name, dataset)] = runs.train_once(config, run_dir)
             train_seconds = time.perf_counter() - start
 
             def compute(config=config, run_dir=run_dir, train_seconds=train_seconds):
-                model, variables = common.restore_trained(config, run_dir)
-                image, labels, ignore = validation_example(config, args.image_index)
+                model, variables = runs.restore_trained(config, run_dir)
+                image, labels, ignore = validation_example(config, flag_values.image_index)
                 case = ce_rows_of_model(
                     model, variables, jnp.asarray(image), labels, ignore_index=ignore
                 )
@@ -624,31 +576,42 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 
             path = cases_dir / f"ce_{model_name}_{dataset}.npz"
             ce_cases[model_name][dataset] = _load_or_run(path, compute)
-            common.log(
+            log(
                 f"  {model_name} / {dataset}: rows in "
                 f"{float(ce_cases[model_name][dataset]['seconds']):.1f} s"
             )
 
     return write_report(
         workdir,
-        args=args,
+        config_file=cli.config_file(flag_values),
+        image_index=flag_values.image_index,
         probe_size=probe_size,
         probe_cases=probe_cases,
         ce_cases=ce_cases,
         summaries=summaries,
-        datasets=datasets,
+        datasets=tfds_names,
     )
 
 
-def write_report(workdir, *, args, probe_size, probe_cases, ce_cases, summaries, datasets):
-    """Figures, CSVs and ``report.md``."""
-    report = common.Report(workdir, "Experiment 2: spectral gradients (paper Fig. 4, Fig. 8)")
-    steps = args.steps or (DEFAULT_TINY_STEPS if args.config == "tiny" else "the paper's")
+def write_report(
+    workdir,
+    *,
+    config_file,
+    image_index,
+    probe_size,
+    probe_cases,
+    ce_cases,
+    summaries,
+    datasets,
+):
+    """Figures, CSVs and ``report.md``; ``datasets`` maps the paper's names to the data's."""
+    report = Report(workdir, "Experiment 2: spectral gradients (paper Fig. 4, Fig. 8)")
+    steps = next(iter(summaries.values()))["steps"]
     report.paragraph(
-        f"Config `{args.config}`; probes on {probe_size} x {probe_size} maps; trained models: "
+        f"Config `{config_file}`; probes on {probe_size} x {probe_size} maps; trained models: "
         f"{', '.join(MODEL_TITLES[m] for m in ce_cases)} on "
         f"{', '.join(f'{d} ({t})' for d, t in datasets.items())}, {steps} training steps; "
-        f"validation image {args.image_index}. All rows are exact (`jax.vjp` rows of the "
+        f"validation image {image_index}. All rows are exact (`jax.vjp` rows of the "
         "spectral Jacobian). Rows `i = 0, M/4, M/2` are the flat indices of the *input* "
         "map's DFT layout (M input frequencies, as the paper defines M), taken at the same "
         "signed frequency in the output. The share within radius r is the fraction of a "
@@ -674,8 +637,8 @@ def write_report(workdir, *, args, probe_size, probe_cases, ce_cases, summaries,
             label = f"ce_{model_name}_{dataset}"
             share_rows += _share_rows(label, "ce", case)
             curve_rows += _curve_rows(label, case)
-    common.write_csv(workdir / "diagonal_energy.csv", share_rows)
-    common.write_csv(workdir / "energy_by_distance.csv", curve_rows)
+    write_csv(workdir / "diagonal_energy.csv", share_rows)
+    write_csv(workdir / "energy_by_distance.csv", curve_rows)
 
     report.heading("Operations of the decoder (Fig. 4, left columns)")
     report.figure(
@@ -795,13 +758,162 @@ def _table(report, share_rows, *, kind: str) -> None:
     for row in share_rows:
         if row["kind"] != kind:
             continue
+        shares = [row[f"{key}_r{r}"] for key in keys for r in RADII]
         values = [row["case"], row["row"], row["nu_i"]]
-        values += [row[f"{key}_r{r}"] if row[f"{key}_r{r}"] != "" else None for key in keys
-                   for r in RADII]  # fmt: skip
+        values += [None if share == "" else share for share in shares]
         values.append("delta-like" if row["row"] != "mean over M" else "-")
         rows.append(values)
     report.table(header, rows)
 
 
+# ---------------------------------------------------------------------------------------
+# One trained DeepLab v3+: its CE rows and its decoder's first convolution (the demo).
+
+
+def _compile_fast(fn, *args):
+    """``fn(*args)`` compiled once without XLA's backend optimisations.
+
+    For the one-off computations of one image (a few Jacobian rows): they compile 3-10x
+    faster than with the defaults and than eager op-by-op dispatch, and run in well under
+    a second; results agree with the optimised build to rounding.
+    """
+    lowered = jax.jit(fn).lower(*args)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(*args)
+
+
+def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Fig. 4-style rows of a trained DeepLab v3+ on one image, with diagonal energies.
+
+    The rows ``i = 0, M/4, M/2`` (:func:`fig4_row_indices`) of dL_ce(nu_i)/dx(nu_j) at
+    the ASPP output (channels summed, the low-level features held fixed) and of the
+    trained decoder's first 3x3 convolution (circular and zero padding, with ReLU) on its
+    own input.
+
+    Args:
+      model: a trained ``DeepLabV3Plus``; ``variables`` its variables.
+      image: ``[1, S, S, 3]`` a normalised validation image.
+      labels: ``[S, S]`` its labels.
+
+    Returns:
+      ``ce_rows`` ``[3, M]`` and ``layer_rows`` (per layer, ``[3, F F]``), their indices
+      (``ce_rows_output_index``, ``layer_rows_index``), diagonal energy fractions
+      (``ce_diagonal_fraction``, ``ce_within_1_fraction``, ``layer_diagonal_fraction``
+      per layer, ``[3]`` each), the shapes (``aspp_shape``, ``image_size``, ``layer_grid``)
+      and ``kernel_shape`` of the layer.
+    """
+    x = jnp.asarray(image)
+    parts = _compile_fast(
+        functools.partial(model.apply, method=DeepLabV3Plus.intermediates), variables, x
+    )
+    aspp, low_level = parts["aspp"][0], parts["low_level"]
+    image_size = tuple(x.shape[1:3])
+
+    def head_fn(features):  # [h, w, Ca] -> [H, W, C]; the low-level features held fixed
+        return model.apply(
+            variables, features[None], low_level, image_size, method=DeepLabV3Plus.decode
+        )["logits"][0]
+
+    in_shape = tuple(aspp.shape[:2])
+    out_index = fig4_row_indices(in_shape, image_size)
+    rows = _compile_fast(
+        lambda f: sj.ce_spectral_gradient(head_fn, f, jnp.asarray(labels), nu_i=out_index),
+        aspp,
+    )
+    shapes = {"out_shape": image_size, "in_shape": in_shape}
+
+    # Layer probe: the trained decoder's first 3x3 convolution on its own input.
+    decoder_input = parts["decoder_input"][0]  # [F, F, Cin]
+    kernel = variables["params"]["decoder"]["fuse1_conv"]["kernel"]
+    grid = tuple(decoder_input.shape[:2])
+    probe_index = fig4_row_indices(grid, grid)
+    conv = functools.partial(probes.conv, kernel=kernel)
+    layer_fns = {
+        "3x3 conv, circular padding": functools.partial(conv, padding="circular"),
+        "3x3 conv, zero padding": functools.partial(conv, padding="zero"),
+        "3x3 conv + ReLU, zero padding": functools.partial(
+            probes.conv_activation, kernel=kernel, activation="relu", padding="zero"
+        ),
+    }
+    layer_rows = {
+        name: _compile_fast(
+            lambda x, fn=fn: sj.spectral_jacobian_rows(fn, x, probe_index), decoder_input
+        )
+        for name, fn in layer_fns.items()
+    }
+    layer_diag = {
+        name: np.asarray(
+            sj.diagonal_energy_fraction(rows_, probe_index, out_shape=grid, in_shape=grid)
+        )
+        for name, rows_ in layer_rows.items()
+    }
+    ce_near = sj.within_radius_energy_fraction(rows, out_index, **shapes, radius=1)
+    return {
+        "ce_rows": rows,
+        "layer_rows": layer_rows,
+        "aspp_shape": tuple(aspp.shape),
+        "image_size": image_size,
+        "kernel_shape": tuple(kernel.shape),
+        "ce_rows_output_index": out_index,
+        "ce_diagonal_fraction": np.asarray(sj.diagonal_energy_fraction(rows, out_index, **shapes)),
+        "ce_within_1_fraction": np.asarray(ce_near),
+        "layer_grid": grid,
+        "layer_rows_index": probe_index,
+        "layer_diagonal_fraction": layer_diag,
+    }
+
+
+def model_section(report: Report, jacobians: dict[str, Any], *, heading: str) -> dict[str, Any]:
+    """Adds :func:`model_jacobians` (of validation scene 0) and its figures to ``report``.
+
+    Returns:
+      The numbers of ``jacobians`` (the rows' indices and diagonal energy fractions, the
+      shapes) as lists.
+    """
+    aspp_shape, image_size = jacobians["aspp_shape"], jacobians["image_size"]
+    in_shape, grid = aspp_shape[:2], jacobians["layer_grid"]
+    kernel_shape = jacobians["kernel_shape"]
+    out_index, probe_index = jacobians["ce_rows_output_index"], jacobians["layer_rows_index"]
+    ce_diag, ce_near = jacobians["ce_diagonal_fraction"], jacobians["ce_within_1_fraction"]
+    layer_diag = jacobians["layer_diagonal_fraction"]
+    report.heading(heading)
+    report.paragraph(
+        f"Exact rows (two `jax.vjp` pullbacks each) of dL_ce(ν_i)/dx̂(ν_j) with x the "
+        f"trained model's ASPP output ({in_shape[0]} x {in_shape[1]} x {aspp_shape[2]}) on "
+        "validation scene 0, through the decoder and the bilinear up-sampling to the "
+        f"{image_size[0]} x {image_size[1]} image (low-level features held fixed, channels "
+        "summed: `in_projection` of ones). Rows i = 0, M/4, M/2 with M the number of input "
+        "frequencies, taken at the same signed frequency of the CE grid. The diagonal "
+        "fraction is the share of a row's |·|² at ν_j = ν_i (Eq. 12 says the rows "
+        "concentrate there). The layer probe is the trained decoder's first 3x3 "
+        f"convolution ({kernel_shape[2]} -> {kernel_shape[3]} channels, BatchNorm left "
+        f"out) on its own {grid[0]} x {grid[1]} input: circular padding makes it exactly "
+        "diagonal (Eq. 10), zero padding and ReLU spread the rows."
+    )
+    table = [
+        ["dL_ce/dx̂, ASPP (diagonal)", *ce_diag.tolist()],
+        ["dL_ce/dx̂, ASPP (|ν_i − ν_j| ≤ 1)", *ce_near.tolist()],
+    ]
+    table += [[f"dŷ/dx̂, {name} (diagonal)", *v.tolist()] for name, v in layer_diag.items()]
+    report.table(["Jacobian", "i = 0", "i = M/4", "i = M/2"], table)
+    title = "dL_ce(ν_i)/dx̂(ν_j), trained ASPP features"
+    shapes = {"out_shape": image_size, "in_shape": in_shape}
+    figure = plot_spectral_rows(jacobians["ce_rows"], out_index, **shapes, title=title)
+    report.figure(figure, "ce_spectral_gradient.png", "Rows of the CE spectral gradient.")
+    name = "3x3 conv + ReLU, zero padding"
+    figure = plot_spectral_rows(
+        jacobians["layer_rows"][name], probe_index, in_shape=grid, title=f"dŷ/dx̂, {name}"
+    )
+    report.figure(figure, "layer_spectral_rows.png", f"Rows of the spectral Jacobian, {name}.")
+    return {
+        "aspp_shape": list(aspp_shape),
+        "ce_rows_output_index": out_index.tolist(),
+        "ce_diagonal_fraction": ce_diag.tolist(),
+        "ce_within_1_fraction": ce_near.tolist(),
+        "layer_grid": list(grid),
+        "layer_rows_index": probe_index.tolist(),
+        "layer_diagonal_fraction": {k: v.tolist() for k, v in layer_diag.items()},
+    }
+
+
 if __name__ == "__main__":
-    print(main())
+    cli.run(main)

@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import jax
-from absl import app, flags
-from ml_collections import config_flags
 
+from experiments import cli
 from spectral_jax.training import train_and_evaluate
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
-flags.mark_flag_as_required("workdir")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.")
-flags.mark_flag_as_required("config")
 
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Trains and evaluates on the command line ``argv``; returns the run's summary.
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = FLAGS.config
+    ``--config`` (default ``experiments/configs/tiny.py``) and ``--workdir`` (default
+    ``runs/train``), as every experiment script takes them (:mod:`experiments.cli`).
+    """
+    flag_values = cli.parse(argv, name="train", doc=__doc__)
+    config = flag_values.config
     if config.distributed:
         # Before any other JAX call: connects the hosts (cluster settings from the
         # environment, e.g. SLURM or Cloud TPU).
@@ -45,10 +44,11 @@ def main(argv):
         jax.local_device_count(),
         jax.device_count(),
     )
-    summary = train_and_evaluate(config, FLAGS.workdir)
+    summary = train_and_evaluate(config, flag_values.workdir)
     short = {key: summary[key] for key in ("mean_iou", "pixel_accuracy", "steps", "wall_time_s")}
     logging.info("summary: %s", json.dumps(short))
+    return summary
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -26,10 +26,16 @@ Conventions (the paper leaves them open; these are ours):
 :func:`blockwise_annotation` is the JAX version (``jit``-able with the band limit and the
 number of classes static, since they set the grid and the one-hot width; ``vmap``-able;
 labels ``[..., H, W]``). :func:`blockwise_annotation_numpy` computes the same on NumPy
-arrays, for the input pipeline's ``label_transform``:
+arrays, for the input pipeline's ``label_transform`` (``transform`` below is passed as
+``spectral_jax.data.train_batches(source, ..., label_transform=transform)``):
 
-  >>> transform = functools.partial(blockwise_annotation_numpy, band_limit=16, num_classes=21)
-  >>> batches = spectral_jax.data.train_batches(source, ..., label_transform=transform)
+  >>> import functools
+  >>> transform = functools.partial(blockwise_annotation_numpy, band_limit=1, num_classes=2)
+  >>> labels = np.array([[0, 0, 1, 1, 1, 0, 255, 255, 1]], np.uint8)  # [H, W]; 255 ignored
+  >>> transform(labels)  # G = 3 blocks of 3 pixels per row; ignored pixels do not vote
+  array([[0, 0, 0, 1, 1, 1, 1, 1, 1]], dtype=uint8)
+  >>> blockwise_annotation(labels, 1, num_classes=2).tolist() == transform(labels).tolist()
+  True
 """
 
 from __future__ import annotations

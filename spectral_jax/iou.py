@@ -127,8 +127,13 @@ def spectral_iou(
       ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
 
     Example:
-      >>> iou = spectral_iou(jax.nn.softmax(logits), labels)   # [B, C]
-      >>> miou = jnp.nanmean(iou, axis=-1)                      # [B]
+      >>> labels = jnp.array([[[0, 0], [1, 1]]])  # [B, H, W] = [1, 2, 2]
+      >>> probs = jax.nn.one_hot(jnp.array([[[0, 1], [1, 1]]]), 2)  # [B, H, W, C]
+      >>> iou = spectral_iou(probs, labels)  # [B, C]
+      >>> iou.tolist()  # 1 / 2 and 2 / 3, as counted in space
+      [[0.5, 0.667]]
+      >>> jnp.nanmean(iou, axis=-1).tolist()  # [B] mean IoU
+      [0.583]
     """
     terms = spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
     return iou_from_terms(terms)

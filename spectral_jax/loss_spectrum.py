@@ -270,8 +270,17 @@ def ce_spectrum(
         (NaN, or Inf at ``nu = 0``); at ignored pixels they are ignored, also by gradients.
 
     Example:
-      >>> spectrum = ce_spectrum(logits, labels)          # [B, H, W]
-      >>> ce = spectrum.sum(axis=(1, 2))                  # [B] mean CE per image
+      >>> import optax
+      >>> rng = np.random.default_rng(0)
+      >>> logits = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)  # [B, H, W, C]
+      >>> labels = rng.integers(0, 3, size=(2, 8, 8))  # [B, H, W]
+      >>> spectrum = jax.jit(ce_spectrum)(logits, labels)
+      >>> spectrum.shape, spectrum.dtype
+      ((2, 8, 8), dtype('float32'))
+      >>> ce = spectrum.sum(axis=(1, 2))  # [B] mean CE per image (Parseval)
+      >>> spatial = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      >>> np.allclose(ce, spatial.mean(axis=(1, 2)), atol=1e-5)
+      True
     """
     width = jnp.shape(logits)[2] if jnp.ndim(logits) == 4 else None
     half = ce_half_spectrum(

@@ -332,9 +332,18 @@ def spectral_jacobian(
         ``chunk_size`` or ``mode``.
 
     Example:
+      >>> import functools
+      >>> from spectral_jax import probes
+      >>> rng = np.random.default_rng(0)
+      >>> k = rng.normal(size=(3, 3, 1, 1)).astype(np.float32)  # [Kh, Kw, Cin, Cout]
+      >>> x = rng.normal(size=(8, 8, 1)).astype(np.float32)  # [H, W, Cin]
       >>> conv = functools.partial(probes.conv, kernel=k, padding="circular")
-      >>> jac = spectral_jacobian(conv, x)                        # [H W, H W]
-      >>> jnp.allclose(jnp.diag(jac), jnp.conj(jnp.fft.fft2(k_embedded)).ravel())
+      >>> jac = spectral_jacobian(conv, x)  # [H W, H W]
+      >>> jac.shape, jac.dtype
+      ((64, 64), dtype('complex64'))
+      >>> k_hat = jnp.fft.fft2(probes.embedded_kernel(k, (8, 8))[:, :, 0, 0])  # [H, W]
+      >>> bool(jnp.allclose(jac, jnp.diag(jnp.conj(k_hat).ravel()), atol=1e-5))
+      True
     """
     _check_chunk_and_mode(chunk_size, mode)
     x, out_fn, in_projection, out_spatial = _prepare(fn, x, in_projection, out_projection)

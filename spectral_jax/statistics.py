@@ -18,11 +18,21 @@ quantities are read at the end:
 Images without a valid pixel add nothing and are not counted.
 
 Example:
-  >>> stats = SpectralStatistics.create((129, 129), num_classes=21)
+  >>> import optax
+  >>> rng = np.random.default_rng(0)
+  >>> logits = rng.normal(size=(4, 9, 9, 3)).astype(np.float32)  # [B, H, W, C]
+  >>> labels = rng.integers(0, 3, size=(4, 9, 9))  # [B, H, W]
+  >>> stats = SpectralStatistics.create((9, 9), num_classes=3)
   >>> update = jax.jit(SpectralStatistics.update)
-  >>> for logits, labels in batches:
-  ...   stats = update(stats, logits, labels)
-  >>> stats.relative_discrepancy()[[8, 16, 32, 64]]
+  >>> for i in (0, 2):  # two batches of two images
+  ...     stats = update(stats, logits[i : i + 2], labels[i : i + 2])
+  >>> stats.num_images
+  Array(4, dtype=int32)
+  >>> stats.relative_discrepancy().shape  # R(nu_max) for nu_max = 0..4
+  (5,)
+  >>> spatial = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B, H, W]
+  >>> bool(jnp.isclose(stats.mean_ce(), spatial.mean()))  # the bands sum to the CE
+  True
 """
 
 from __future__ import annotations

@@ -94,8 +94,12 @@ def spectral_resize(x: chex.Array, size: int | tuple[int, int]) -> jax.Array:
       float64 input).
 
     Example:
-      >>> x = jnp.ones((1, 129, 129, 2))
-      >>> bool(jnp.allclose(spectral_resize(x, 65), 1.0, atol=1e-5))
+      >>> n, m = 9, 5
+      >>> f = lambda t: jnp.cos(2 * jnp.pi * t / n)  # band-limited: nu = 1 <= (m - 1) // 2
+      >>> x = jnp.broadcast_to(f(jnp.arange(n))[None, :, None, None], (1, n, n, 1))
+      >>> y = spectral_resize(x, m)  # [1, 5, 5, 1]
+      >>> t = (jnp.arange(m) + 0.5) * n / m - 0.5  # half-pixel centres of the output
+      >>> bool(jnp.allclose(y[0, :, :, 0], f(t)[:, None], atol=1e-5))
       True
     """
     chex.assert_rank(x, 4)

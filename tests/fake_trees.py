@@ -223,10 +223,9 @@ def write_cityscapes_tree(root: pathlib.Path, rng: np.random.Generator) -> dict[
 
 
 # DeepGlobe ids are random integers of varying length.
-DEEPGLOBE_IDS = (
-    "100694", "10452", "119", "207743", "21717", "3344", "51911", "6399",
-    "998002", "4211", "55", "870123", "31337", "2718", "16180", "90001",
-)  # fmt: skip
+DEEPGLOBE_IDS = tuple(
+    "100694 10452 119 207743 21717 3344 51911 6399 998002 4211 55 870123 31337 2718 16180 90001".split()
+)
 # Channel values that binarize to 255 and to 0 at the threshold 128, edges included.
 HIGH_VALUES = np.array([128, 129, 200, 254, 255], dtype=np.uint8)
 LOW_VALUES = np.array([0, 1, 60, 126, 127], dtype=np.uint8)

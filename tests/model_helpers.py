@@ -14,6 +14,14 @@ TINY_DEEPLAB = dict(
     decoder_channels=8,
     dropout_rate=0.0,
 )
+TINY_DAN = dict(
+    num_classes=3,
+    backbone="resnet_tiny",
+    aspp_channels=8,
+    projection_channels=4,
+    decoder_channels=8,
+    dropout_rate=0.0,
+)
 
 
 def random_variables(model, shape, seed=0):

@@ -19,16 +19,8 @@ import pytest
 
 from spectral_jax import truncation
 from spectral_jax.models import DAN, DeepLabV3Plus
-from tests.model_helpers import num_params, random_variables
+from tests.model_helpers import TINY_DAN, num_params, random_variables
 
-TINY_DAN = dict(
-    num_classes=3,
-    backbone="resnet_tiny",
-    aspp_channels=8,
-    projection_channels=4,
-    decoder_channels=8,
-    dropout_rate=0.0,
-)
 # ASPP channels + three projections.
 TINY_DECODER_INPUT = 8 + 3 * 4
 BN_EPS = 1e-5

@@ -210,3 +210,24 @@ def test_apply_does_not_retrace(rng):
     second = forward(variables, jnp.asarray(rng.normal(size=(1, GRID, GRID, 192)), jnp.float32))
     assert first.shape == second.shape == (1, 8 * GRID, 8 * GRID, 3)
     assert not np.allclose(first, second)
+
+
+def test_gate_sows_its_weighted_regulariser_in_training(rng):
+    """Training sows ``gate_weight * gate_regularizer(gates)`` and the unweighted value."""
+    model = DCTDeepLabV3Plus(**TINY_DEEPLAB, gate=True, gate_weight=0.25)
+    variables = random_variables(model, (2, GRID, GRID, 192))
+    x = jnp.asarray(rng.normal(size=(2, GRID, GRID, 192)), jnp.float32)
+    out, updates = model.apply(
+        variables,
+        x,
+        train=True,
+        method=model.intermediates,
+        rngs={"gumbel": jax.random.key(0), "dropout": jax.random.key(1)},
+        mutable=["batch_stats", "losses", "metrics"],
+    )
+    regularizer = gate_regularizer(out["gates"])
+    assert updates["losses"] == {"gate": (0.25 * regularizer,)}
+    assert updates["metrics"] == {"gate_regularizer": (regularizer,)}
+    # Inference sows nothing, even into mutable collections.
+    _, updates = model.apply(variables, x, mutable=["losses", "metrics"])
+    assert not updates.get("losses") and not updates.get("metrics")

@@ -32,16 +32,8 @@ import pytest
 
 from spectral_jax.models import DAN, DeepLabV3Plus, aspp_rates
 from spectral_jax.truncation import RESAMPLE_METHODS, resize_features
-from tests.model_helpers import TINY_DEEPLAB
+from tests.model_helpers import TINY_DAN, TINY_DEEPLAB
 
-TINY_DAN = dict(
-    num_classes=3,
-    backbone="resnet_tiny",
-    aspp_channels=8,
-    projection_channels=4,
-    decoder_channels=8,
-    dropout_rate=0.0,
-)
 BN_EPS = 1e-5
 TOL = dict(atol=1e-10, rtol=1e-10)
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from experiments import common, demo
+from experiments import band_limit_sweep, ce_spectrum, cli, demo, paper_values, runs
+from experiments.configs import demo as demo_config
 from spectral_jax import flops
 from spectral_jax.data import synthetic
 from spectral_jax.models import DeepLabV3Plus
@@ -29,36 +30,29 @@ from tests import references
 NUM_EVAL = 4
 STEPS = 3
 BAND_LIMIT = 4
+IMAGE_SIZE = 129  # the embedded scenes' side
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     data_dir = tmp_path_factory.mktemp("tfds")
-    report = demo.main(
-        [
-            "--workdir", str(workdir), "--quick", "--data-dir", str(data_dir),
-            "--steps", str(STEPS), "--num-eval", str(NUM_EVAL),
-            "--block-band-limits", str(BAND_LIMIT),
-        ]
-    )  # fmt: skip
+    argv = ["demo", f"--workdir={workdir}", f"--config={cli.CONFIGS / 'demo.py'}:quick"]
+    argv += [f"--config.data_dir={data_dir}", f"--config.num_train_steps={STEPS}"]
+    argv += [f"--config.eval_split=validation[:{NUM_EVAL}]", f"--block_band_limits={BAND_LIMIT}"]
+    report = demo.main([*argv, "--nofull_size_flops"])
     results = json.loads((workdir / "results.json").read_text())
-    settings = demo.Settings(
-        steps=STEPS,
-        num_eval=NUM_EVAL,
-        block_band_limits=(BAND_LIMIT,),
-        full_size_flops=False,
-        data_dir=str(data_dir),
-    )
-    return workdir, report, results, settings
+    config = demo_config.get_config("quick")
+    config.update(num_train_steps=STEPS, eval_split=f"validation[:{NUM_EVAL}]")
+    config = demo.training_config(config, data_dir=str(data_dir))
+    return workdir, report, results, config
 
 
 @pytest.fixture(scope="module")
 def restored(run):
-    workdir, _, _, settings = run
-    config = demo.training_config(settings)
-    model, variables = common.restore_trained(config, workdir / "train")
-    images, labels = demo.validation_arrays(settings)
+    workdir, _, _, config = run
+    model, variables = runs.restore_trained(config, workdir / "train")
+    images, labels = band_limit_sweep.evaluation_batch(config, NUM_EVAL)
     logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, images))
     return model, variables, images, labels, logits
 
@@ -67,8 +61,8 @@ def test_report_and_figures_are_written(run):
     workdir, report, results, _ = run
     assert report == workdir / "report.md"
     text = report.read_text()
-    for name in ("data_examples", "ce_spectrum", "band_limit_sweep", "ce_spectral_gradient",
-                 "layer_spectral_rows", "blockwise"):  # fmt: skip
+    figures = ("data_examples", "ce_spectrum", "band_limit_sweep", "ce_spectral_gradient")
+    for name in (*figures, "layer_spectral_rows", "blockwise"):
         assert (workdir / f"{name}.png").stat().st_size > 1000
         assert f"({name}.png)" in text
     assert results["training"]["steps"] == STEPS
@@ -82,7 +76,7 @@ def test_r_table_matches_float64_reference_of_the_checkpoint(run, restored):
     total = spectrum.sum(axis=(1, 2))
     table = results["ce_spectrum"]["trained"]["table"]
     text = report.read_text()
-    for nu in demo.TABLE_BAND_LIMITS:
+    for nu in ce_spectrum.MODEL_BAND_LIMITS:
         truncated = references.truncated_ce(spectrum, nu, "chebyshev")
         expected = references.ratio_of_sums(truncated, total)
         np.testing.assert_allclose(table[str(nu)], expected, rtol=2e-3, atol=2e-5)
@@ -93,7 +87,8 @@ def test_r_table_matches_float64_reference_of_the_checkpoint(run, restored):
 def test_sweep_row_equals_spectral_statistics(run, restored):
     _, _, results, _ = run
     _, _, _, labels, logits = restored
-    stats = demo.spectral_statistics(logits, labels)
+    stats = sj.SpectralStatistics.create(labels.shape[1:], logits.shape[-1])
+    stats = stats.update(logits, labels)
     sweep = np.asarray(results["sweep"]["relative_discrepancy"])  # [4, R]
     assert sweep.shape == (4, sj.num_bands(labels.shape[1:]))
     assert results["sweep"]["compilations"] == 1
@@ -112,7 +107,8 @@ def test_padded_preset_rows_equal_unpadded(run):
     """The presets' rows, padded to 21 classes, equal R of their unpadded predictions."""
     _, _, results, _ = run
     sweep = np.asarray(results["sweep"]["relative_discrepancy"])
-    for row, name in zip(sweep[1:], demo.PRESETS, strict=True):
+    presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
+    for row, name in zip(sweep[1:], presets, strict=True):
         config = synthetic.preset(name)
         labels = np.stack(
             [synthetic.generate_example(config, "validation", i)["label"] for i in range(NUM_EVAL)]
@@ -128,13 +124,13 @@ def test_padded_preset_rows_equal_unpadded(run):
 
 
 def test_truncation_flops_and_miou(run, restored):
-    _, _, results, settings = run
+    _, _, results, _ = run
     model, _, _, _, _ = restored
     rows = results["truncation"]["rows"]
     assert [r["feature_size"] for r in rows] == [33, 17, 9]
     for row in rows:
         layers = flops.conv_layers(
-            model.clone(feature_size=row["feature_size"]), (1, demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
+            model.clone(feature_size=row["feature_size"]), (1, IMAGE_SIZE, IMAGE_SIZE, 3)
         )
         assert row["macs"] == flops.conv_macs(layers)
         assert row["fpi"] == pytest.approx(row["macs"] / 1e6 / row["mean_iou"])
@@ -164,12 +160,11 @@ def test_circular_convolution_is_diagonal(run):
 
 def test_initial_variables_are_the_trainers(run):
     """The demo's initial variables are the trainer's (its key split, a jitted init)."""
-    _, _, _, settings = run
-    config = demo.training_config(settings)
+    _, _, _, config = run
     model = DeepLabV3Plus(
         num_classes=21, **{k: v for k, v in config.model.to_dict().items() if k != "name"}
     )
-    variables = demo.initial_variables(model, config)
+    variables = runs.initial_variables(model, config)
     key = jax.random.split(jax.random.key(int(config.seed)))[0]
     zeros = np.zeros((1, config.crop_size, config.crop_size, 3), np.float32)
     # Compiled like the demo's (without backend optimisations: 4 s instead of 12 s), but

@@ -112,11 +112,9 @@ def test_pad_classes_rejects_fewer_classes():
 @pytest.mark.slow
 def test_tiny_run_at_initialisation(tmp_path):
     workdir = tmp_path / "sweep"
-    argv = [
-        "--workdir", str(workdir), "--data-dir", str(tmp_path / "tfds"), "--stage", "init",
-        "--models", "deeplab", "dan", "--datasets", "pascal", "deepglobe",
-        "--num-images", "2", "--save-predictions",
-    ]  # fmt: skip
+    argv = ["sweep", f"--workdir={workdir}", f"--config.data_dir={tmp_path / 'tfds'}"]
+    argv += ["--stage=init", "--models=deeplab,dan", "--datasets=pascal,deepglobe"]
+    argv += ["--num_images=2", "--save_predictions"]
     report = band_limit_sweep.main(argv)
     assert report.exists() and (workdir / "relative_discrepancy.png").stat().st_size > 10_000
     with np.load(workdir / "predictions.npz") as saved:

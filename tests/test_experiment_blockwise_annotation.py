@@ -20,8 +20,10 @@ import pytest
 import scipy.stats
 
 from experiments import blockwise_annotation as bw
-from experiments import paper_values
+from experiments import cli, paper_values, runs
+from experiments.configs import tiny
 from spectral_jax.blockwise import blockwise_annotation_numpy
+from spectral_jax.data import create_input_pipeline
 from tests import references
 
 
@@ -89,14 +91,13 @@ def test_paper_band_limit():
 
 
 def test_read_ce_spectrum(tmp_path):
-    rows = [
-        {"model": "deeplabv3plus", "dataset": "synthetic_scenes/pascal_like", "stage": "trained",
-         "band_limit": "4", "relative_discrepancy": "0.5"},
-        {"model": "deeplabv3plus", "dataset": "synthetic_scenes/pascal_like", "stage": "init",
-         "band_limit": "4", "relative_discrepancy": "9.0"},
-        {"model": "dan", "dataset": "cityscapes", "stage": "final",
-         "band_limit": "8", "relative_discrepancy": "0.25"},
-    ]  # fmt: skip
+    fields = ("model", "dataset", "stage", "band_limit", "relative_discrepancy")
+    values = [
+        ("deeplabv3plus", "synthetic_scenes/pascal_like", "trained", "4", "0.5"),
+        ("deeplabv3plus", "synthetic_scenes/pascal_like", "init", "4", "9.0"),
+        ("dan", "cityscapes", "final", "8", "0.25"),
+    ]
+    rows = [dict(zip(fields, row, strict=True)) for row in values]
     with open(tmp_path / "table1.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -105,7 +106,7 @@ def test_read_ce_spectrum(tmp_path):
         ("deeplab", "pascal", 4): 0.5,
         ("dan", "cityscapes", 8): 0.25,
     }
-    with pytest.raises(ValueError, match="from-ce-spectrum"):
+    with pytest.raises(ValueError, match="from_ce_spectrum"):
         bw.read_ce_spectrum(tmp_path / "missing")
 
 
@@ -116,13 +117,11 @@ def _read_csv(path):
 
 def _restored_logits(workdir, band_limit, data_dir):
     """Logits ``[N, H, W, C]`` and labels ``[N, H, W]`` of a run's model on the validation set."""
-    from experiments import common
-    from spectral_jax.training import create_input_pipeline
-
-    config = common.experiment_config("tiny", model="deeplab", dataset="pascal", crop_size=33,
-                                      batch_size=4, data_dir=data_dir, self_evaluated=True)  # fmt: skip
+    config = tiny.get_config()
+    config.update(crop_size=33, batch_size=4, eval_batch_size=4, data_dir=data_dir)
+    config = runs.experiment_config(config, model="deeplab", dataset="pascal", self_evaluated=True)
     run = workdir / bw._run_name("deeplab", "pascal", band_limit)
-    model, variables = common.restore_trained(config, run)
+    model, variables = runs.restore_trained(config, run)
     apply = jax.jit(model.apply)
     logits, labels = [], []
     for batch in create_input_pipeline(config).eval_batches(4, 0, 1):
@@ -134,10 +133,11 @@ def _restored_logits(workdir, band_limit, data_dir):
 @pytest.mark.slow
 def test_main_smallest_setting(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    argv = ["--workdir", str(workdir), "--config", "tiny", "--data-dir", data_dir,
-            "--datasets", "pascal", "--band-limits", "4", "8", "--steps", "2",
-            "--crop-size", "33", "--batch-size", "4"]  # fmt: skip
-    assert bw.main(argv) == 0
+    argv = ["blockwise_annotation", f"--workdir={workdir}", f"--config={cli.CONFIGS / 'tiny.py'}"]
+    argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
+    argv += ["--config.crop_size=33", "--config.batch_size=4", "--config.eval_batch_size=4"]
+    argv += ["--datasets=pascal", "--band_limits=4,8"]
+    assert bw.main(argv) == workdir / "report.md"
     rows = {r["band_limit"]: r for r in _read_csv(workdir / "blockwise_annotation.csv")}
     assert set(rows) == {"4", "8", "pixel"}
     pixel_miou = float(rows["pixel"]["mean_iou"])
@@ -166,10 +166,8 @@ def test_main_smallest_setting(tmp_path, data_dir):
         )
 
     # Rank correlation of the two block-wise points against scipy.
-    (ours,) = [
-        c for c in _read_csv(workdir / "correlation.csv")
-        if c["source"] == "ours" and c["group"] == "all"
-    ]  # fmt: skip
+    correlations = _read_csv(workdir / "correlation.csv")
+    (ours,) = [c for c in correlations if (c["source"], c["group"]) == ("ours", "all")]
     x = [float(rows[b]["relative_discrepancy"]) for b in ("4", "8")]
     y = [float(rows[b]["relative_iou"]) for b in ("4", "8")]
     np.testing.assert_allclose(float(ours["spearman"]), scipy.stats.spearmanr(x, y).statistic)

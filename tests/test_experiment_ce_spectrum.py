@@ -15,7 +15,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import band_limit_sweep, ce_spectrum, common
+from experiments import band_limit_sweep, ce_spectrum, runs
+from experiments.configs import cityscapes, pascal, tiny
 from tests import references
 
 EVAL_SPLIT = "validation[:3]"
@@ -31,22 +32,29 @@ def _read_csv(path):
 
 
 def test_dan_config_takes_the_low_level_width_as_projection_width():
-    config = common.experiment_config("tiny", model="dan", dataset="deepglobe", steps=7)
-    deeplab = common.get_config("tiny")
-    assert config.model.name == "dan"
+    deeplab = tiny.get_config()
+    deeplab.num_train_steps = 7  # as --config.num_train_steps=7 sets it
+    config = runs.experiment_config(deeplab, model="dan", dataset="deepglobe")
+    assert config.model.name == "dan" and deeplab.model.name == "deeplabv3plus"
     assert config.model.low_level_channels == deeplab.model.low_level_channels
     assert config.dataset == "synthetic_scenes/deepglobe_like"
     assert config.num_train_steps == 7
-    model = ce_spectrum.create_model(config)
+    model = runs.create_model(config)
     assert model.num_classes == 7
     assert model.projection_channels == deeplab.model.low_level_channels
 
 
-@pytest.mark.parametrize("dataset", ["pascal", "cityscapes"])
-def test_paper_config_uses_each_data_sets_own_config(dataset):
-    config = common.experiment_config("pascal", model="deeplab", dataset=dataset)
-    assert config.dataset == common.get_config(dataset).dataset
-    assert config.learning_rate == common.get_config(dataset).learning_rate
+@pytest.mark.parametrize("module", [pascal, cityscapes])
+def test_paper_config_runs_its_own_data_set_only(module):
+    paper = module.get_config()
+    dataset = runs.paper_dataset(paper)
+    assert dataset == module.__name__.rsplit(".", 1)[1]
+    assert runs.datasets_of(paper) == (dataset,)
+    config = runs.experiment_config(paper, model="deeplab", dataset=dataset)
+    assert config.dataset == paper.dataset
+    assert config.learning_rate == paper.learning_rate
+    with pytest.raises(ValueError, match="deepglobe"):
+        runs.experiment_config(paper, model="deeplab", dataset="deepglobe")
 
 
 @pytest.mark.parametrize(
@@ -54,7 +62,7 @@ def test_paper_config_uses_each_data_sets_own_config(dataset):
 )
 def test_bad_model_or_dataset_raises(kwargs):
     with pytest.raises(ValueError, match="model|dataset"):
-        common.experiment_config("tiny", **kwargs)
+        runs.experiment_config(tiny.get_config(), **kwargs)
 
 
 @pytest.mark.parametrize("num_bands", [65, 257, 9])
@@ -72,26 +80,23 @@ def test_table_band_limits_map_above_the_grid_to_its_last_band(num_bands):
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ce_spectrum")
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    argv = [
-        "--workdir", str(workdir), "--data-dir", data_dir, "--models", "deeplab",
-        "--datasets", "pascal", "--steps", "1", "--crop-size", "33",
-        "--eval-split", EVAL_SPLIT,
-    ]  # fmt: skip
+    argv = ["ce_spectrum", f"--workdir={workdir}", "--models=deeplab", "--datasets=pascal"]
+    argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=1"]
+    argv += ["--config.crop_size=33", f"--config.eval_split={EVAL_SPLIT}"]
     report = ce_spectrum.main(argv)
     return workdir, data_dir, argv, report
 
 
 def _reference_predictions(workdir, data_dir):
     """Logits ``[B, H, W, C]`` (init and trained) and labels of the evaluated scenes."""
-    config = common.experiment_config(
-        "tiny", model="deeplab", dataset="pascal", steps=1, data_dir=data_dir,
-        crop_size=33, eval_split=EVAL_SPLIT,
-    )  # fmt: skip
+    config = tiny.get_config()
+    config.update(num_train_steps=1, data_dir=data_dir, crop_size=33, eval_split=EVAL_SPLIT)
+    config = runs.experiment_config(config, model="deeplab", dataset="pascal")
     images, labels = band_limit_sweep.evaluation_batch(config, 3)
-    model = ce_spectrum.create_model(config)
+    model = runs.create_model(config)
     variables = {
-        "init": ce_spectrum.initial_variables(model, config),
-        "trained": common.restore_trained(config, workdir / "deeplab_pascal")[1],
+        "init": runs.initial_variables(model, config),
+        "trained": runs.restore_trained(config, workdir / "deeplab_pascal")[1],
     }
     logits = {
         stage: np.asarray(model.apply(v, images, train=False), np.float64)
@@ -165,7 +170,7 @@ def test_band_limit_sweep_of_the_trained_runs_equals_experiment_1(tiny_run, tmp_
     workdir, _, _, _ = tiny_run
     sweep_dir = tmp_path / "sweep"
     band_limit_sweep.main(
-        ["--workdir", str(sweep_dir), "--from-ce-spectrum", str(workdir), "--num-images", "3"]
+        ["sweep", f"--workdir={sweep_dir}", f"--from_ce_spectrum={workdir}", "--num_images=3"]
     )
     ours = {int(r["band_limit"]): float(r["R"]) for r in _read_csv(sweep_dir / "table.csv")}
     table = [r for r in _read_csv(workdir / "table1.csv") if r["stage"] == "trained"]

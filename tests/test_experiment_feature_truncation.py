@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common, paper_values
+from experiments import cli, paper_values, runs
 from experiments import feature_truncation as ft
+from experiments.configs import tiny
 from spectral_jax import flops
-from spectral_jax.models import DeepLabV3Plus
+from spectral_jax.models import DAN, DeepLabV3Plus, create_model, pruning
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def test_feature_size_for(input_size, expected):
 
 @pytest.mark.parametrize("input_size", [33, 64, 65, 129])
 def test_low_level_grid_matches_the_model(input_size):
-    model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", aspp_channels=8,
-                          low_level_channels=4, decoder_channels=8)  # fmt: skip
+    widths = dict(aspp_channels=8, low_level_channels=4, decoder_channels=8)
+    model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", **widths)
     x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     _, low_level = jax.eval_shape(functools.partial(model.apply, method="encode"), variables, x)
@@ -59,10 +60,9 @@ def test_pruning_rates_follow_the_paper():
 
 @pytest.mark.parametrize("model", ["deeplab", "dan"])
 def test_experiment_config_builds_the_model(model):
-    from spectral_jax.models import DAN
-    from spectral_jax.training import create_model
-
-    config = common.experiment_config("tiny", model=model, dataset="cityscapes", steps=7)
+    base = tiny.get_config()
+    base.num_train_steps = 7
+    config = runs.experiment_config(base, model=model, dataset="cityscapes")
     assert config.dataset == "synthetic_scenes/cityscapes_like"
     assert config.num_train_steps == 7
     built = create_model(config.model, num_classes=19)
@@ -73,7 +73,7 @@ def test_experiment_config_builds_the_model(model):
     variables = jax.eval_shape(built.init, jax.random.key(0), x)
     assert jax.eval_shape(built.apply, variables, x).shape == (1, 33, 33, 19)
     with pytest.raises(ValueError, match="model must be one of"):
-        common.experiment_config("tiny", model="unet")
+        runs.experiment_config(base, model="unet")
 
 
 def test_full_size_macs_unpruned_and_pruned():
@@ -98,24 +98,21 @@ def _float(value):
 
 @pytest.mark.slow
 def test_main_smallest_grid(tmp_path, data_dir):
-    from experiments import common
-    from spectral_jax.models import pruning
-
     workdir = tmp_path / "run"
-    argv = ["--workdir", str(workdir), "--config", "tiny", "--data-dir", data_dir,
-            "--steps", "2", "--crop-size", "33", "--batch-size", "4",
-            "--pruning-rates", "0", "0.4", "--feature-sizes", "129", "33",
-            "--no-full-size-flops"]  # fmt: skip
-    assert ft.main(argv) == 0
+    argv = ["feature_truncation", f"--workdir={workdir}", f"--config={cli.CONFIGS / 'tiny.py'}"]
+    argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
+    argv += ["--config.crop_size=33", "--config.batch_size=4", "--config.eval_batch_size=4"]
+    argv += ["--pruning_rates=0,0.4", "--feature_sizes=129,33", "--nofull_size_flops"]
+    assert ft.main(argv) == workdir / "report.md"
     rows = {
         (float(r["encoder_rate"]), int(r["paper_feature_size"])): r
         for r in _read_csv(workdir / "feature_truncation.csv")
     }
     assert set(rows) == {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
     base = rows[(0.0, 129)]
-    config = common.experiment_config(
-        "tiny", model="deeplab", dataset="pascal", crop_size=33, self_evaluated=True
-    )
+    config = tiny.get_config()
+    config.crop_size = 33
+    config = runs.experiment_config(config, model="deeplab", dataset="pascal", self_evaluated=True)
     unpruned = DeepLabV3Plus(
         num_classes=21,
         backbone="resnet_tiny",
@@ -144,13 +141,13 @@ def test_main_smallest_grid(tmp_path, data_dir):
             # Every stem, bottleneck conv1/conv2 and ASPP layer at 40 %, decoder at 20 %.
             for path, channels in kernels.items():
                 layer = path.rsplit("/", 1)[-1]
+                decoder = ("decoder/low_level_conv", "decoder/fuse1_conv", "decoder/fuse2_conv")
                 prunable = (
                     path == "encoder/conv1"
                     or layer in ("conv1", "conv2")
                     or path.startswith("aspp/")
-                    or path in ("decoder/low_level_conv", "decoder/fuse1_conv",
-                                "decoder/fuse2_conv")
-                )  # fmt: skip
+                    or path in decoder
+                )
                 if not prunable:
                     assert path not in widths
                     continue
@@ -189,10 +186,10 @@ def test_main_smallest_grid(tmp_path, data_dir):
     cell_dir = workdir / "deeplab_pascal_enc40_f33"
     config.model.feature_size = 3
     config.data_dir = data_dir
-    model, variables = common.restore_trained(config, cell_dir)
+    model, variables = runs.restore_trained(config, cell_dir)
     plan = pruning.pruning_plan(model, pruning.PruningRates(encoder=0.4, decoder=0.2))
     soft, _ = pruning.soft_prune(variables, plan)
-    result = common.evaluate_model(model.clone(feature_size=9), soft, config)
-    np.testing.assert_allclose(result["mean_iou"], float(rows[(0.4, 33)]["mean_iou"]), atol=2e-3)
+    result = runs.evaluate_model(model.clone(feature_size=9), soft, config)
+    np.testing.assert_allclose(result.mean_iou, float(rows[(0.4, 33)]["mean_iou"]), atol=2e-3)
     report = (workdir / "report.md").read_text()
     assert "fpi.png" in report and (workdir / "fpi.png").stat().st_size > 0

@@ -26,6 +26,13 @@ def _rows(path):
         return list(csv.DictReader(file))
 
 
+def _training_flags(data_dir, *, crop: int, batch: int = 4) -> list[str]:
+    """One training step on ``crop`` crops, ``batch`` images per training and evaluation batch."""
+    flags = [f"--config.data_dir={data_dir}", "--config.num_train_steps=1"]
+    flags += [f"--config.crop_size={crop}", f"--config.batch_size={batch}"]
+    return [*flags, f"--config.eval_batch_size={batch}"]
+
+
 def _numpy_aliasing_score(images: np.ndarray, cutoff: float) -> np.ndarray:
     """float64 share of the power outside ``|nu| < cutoff n`` on both axes, per image."""
     x = images.astype(np.float64)
@@ -44,9 +51,9 @@ def _numpy_aliasing_score(images: np.ndarray, cutoff: float) -> np.ndarray:
 )
 def test_aliasing_experiment(tmp_path, data_dir, variants):
     workdir = tmp_path / "aliasing"
-    args = ["--workdir", str(workdir), "--data-dir", data_dir, "--steps", "1"]
-    args += ["--crop-size", "33", "--batch-size", "2", "--eval-images", "2"]
-    assert aliasing_experiment.main([*args, "--variants", *variants]) == 0
+    args = ["aliasing", f"--workdir={workdir}", *_training_flags(data_dir, crop=33, batch=2)]
+    args += ["--eval_images=2", f"--variants={','.join(variants)}"]
+    assert aliasing_experiment.main(args) == workdir / "report.md"
     scores = _rows(workdir / "aliasing_scores.csv")
     images = np.load(workdir / "aliasing_images.npy")
     # The stem convolution (stride 2) sees the images themselves: cutoff 1.4 / 4.
@@ -65,9 +72,9 @@ def test_aliasing_experiment(tmp_path, data_dir, variants):
 
 def test_frequency_masking_experiment(tmp_path, data_dir):
     workdir = tmp_path / "masking"
-    args = ["--workdir", str(workdir), "--data-dir", data_dir, "--steps", "1"]
-    args += ["--crop-size", "33", "--batch-size", "4", "--mus", "0.2", "0.5"]
-    assert frequency_masking.main(args) == 0
+    args = ["frequency_masking", f"--workdir={workdir}", *_training_flags(data_dir, crop=33)]
+    args += ["--mus=0.2,0.5"]
+    assert frequency_masking.main(args) == workdir / "report.md"
     rows = _rows(workdir / "mu_ablation.csv")
     assert [float(r["mu"]) for r in rows] == [0.2, 0.5]
     summary = json.loads((workdir / "baseline" / "summary.json").read_text())
@@ -89,9 +96,9 @@ def test_frequency_masking_experiment(tmp_path, data_dir):
 
 def test_frequency_input_experiment(tmp_path, data_dir):
     workdir = tmp_path / "dct"
-    args = ["--workdir", str(workdir), "--data-dir", data_dir, "--steps", "1"]
-    args += ["--crop-size", "32", "--batch-size", "4", "--statistics-batches", "1"]
-    assert frequency_input.main([*args, "--variants", "dct24s", "dct192_gate"]) == 0
+    args = ["frequency_input", f"--workdir={workdir}", *_training_flags(data_dir, crop=32)]
+    args += ["--config.dct_statistics_batches=1", "--variants=dct24s,dct192_gate"]
+    assert frequency_input.main(args) == workdir / "report.md"
     rows = _rows(workdir / "frequency_input.csv")
     assert [r["variant"] for r in rows] == ["dct24s", "dct192_gate"]
     assert [int(r["input_channels"]) for r in rows] == [24, 192]

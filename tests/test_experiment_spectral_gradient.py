@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import runs
 from experiments import spectral_gradient as exp
+from experiments.configs import tiny
 from spectral_jax import probes
 
 # float32 rows of maps with O(1) entries; the closed forms are float64.
@@ -153,13 +155,11 @@ pytestmark_main = pytest.mark.slow
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("spectral_gradient")
     data_dir = tmp_path_factory.mktemp("tfds")
-    argv = [
-        "--workdir", str(workdir), "--config", "tiny", "--datasets", "pascal",
-        "--models", "deeplab", "--steps", "2", "--crop-size", "33",
-        "--eval-split", "validation[:2]", "--probe-size", "9", "--data-dir", str(data_dir),
-    ]  # fmt: skip
+    argv = ["spectral_gradient", f"--workdir={workdir}", "--datasets=pascal", "--models=deeplab"]
+    argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
+    argv += ["--config.crop_size=33", "--config.eval_split=validation[:2]", "--probe_size=9"]
     report = exp.main(argv)
-    return workdir, report, argv
+    return workdir, report, argv, data_dir
 
 
 def _read_csv(path):
@@ -174,7 +174,7 @@ def _case(workdir, name):
 
 @pytestmark_main
 def test_main_writes_the_report_and_figures(run):
-    workdir, report, _ = run
+    workdir, report, _, _ = run
     text = report.read_text()
     for name in ("fig4_probes.png", "fig4_ce_deeplab.png", "energy_by_distance.png"):
         assert (workdir / name).stat().st_size > 1000
@@ -184,7 +184,7 @@ def test_main_writes_the_report_and_figures(run):
 
 @pytestmark_main
 def test_main_probe_conv_rows_are_the_closed_form(run):
-    workdir, _, _ = run
+    workdir, _, _, _ = run
     case = _case(workdir, "probe_conv_9")
     k_hat = np.fft.fft2(
         probes.embedded_kernel(case["kernel"].astype(np.float64), (9, 9)), axes=(0, 1)
@@ -198,18 +198,11 @@ def test_main_probe_conv_rows_are_the_closed_form(run):
 @pytestmark_main
 def test_main_ce_rows_match_grad_of_eq5(run):
     """Rows of the channel-summed CE spectral gradient from ``jax.grad`` and NumPy DFTs."""
-    workdir, _, argv = run
-    args = exp.parse_args(argv)
-    config = exp.model_config(
-        exp.common.get_config(
-            "tiny",
-            dataset="synthetic_scenes/pascal_like",
-            data_dir=args.data_dir,
-            eval_split=args.eval_split,
-        ),
-        "deeplab",
-    )
-    model, variables = exp.common.restore_trained(config, workdir / "train" / "deeplab_pascal")
+    workdir, _, _, data_dir = run
+    config = tiny.get_config()
+    config.update(data_dir=str(data_dir), eval_split="validation[:2]")
+    config = runs.experiment_config(config, model="deeplab", dataset="pascal")
+    model, variables = runs.restore_trained(config, workdir / "train" / "deeplab_pascal")
     image, labels, ignore = exp.validation_example(config, 0)
     image = jnp.asarray(image)
     aspp, low_level = model.apply(variables, image, method="encode")
@@ -240,7 +233,7 @@ def test_main_ce_rows_match_grad_of_eq5(run):
 
 @pytestmark_main
 def test_main_csv_shares_and_curves_match_the_saved_rows(run):
-    workdir, _, _ = run
+    workdir, _, _, _ = run
     shares = _read_csv(workdir / "diagonal_energy.csv")
     curves = _read_csv(workdir / "energy_by_distance.csv")
     checked = 0
@@ -253,8 +246,8 @@ def test_main_csv_shares_and_curves_match_the_saved_rows(run):
         case = _case(workdir, name)
         in_shape, out_shape = tuple(case["in_shape"]), tuple(case["out_shape"])
         power = np.abs(case["rows"].astype(np.complex128)) ** 2
-        for mirrored, prefix, column in [(False, "share", "energy_fraction"),
-                                         (True, "pm_share", "energy_fraction_pm")]:  # fmt: skip
+        measures = [(False, "share", "energy_fraction"), (True, "pm_share", "energy_fraction_pm")]
+        for mirrored, prefix, column in measures:
             dist = _numpy_distance(case["nu_i"], out_shape, in_shape, mirrored=mirrored)
             for k, row_name in enumerate(("0", "M/4", "M/2")):
                 (line,) = [s for s in shares if s["case"] == label and s["row"] == row_name]
@@ -274,7 +267,7 @@ def test_main_csv_shares_and_curves_match_the_saved_rows(run):
 
 @pytestmark_main
 def test_main_resumes_without_recomputing(run):
-    workdir, _, argv = run
+    workdir, _, argv, _ = run
     stamp = (workdir / "cases" / "ce_deeplab_pascal.npz").stat().st_mtime_ns
     exp.main(argv)
     assert (workdir / "cases" / "ce_deeplab_pascal.npz").stat().st_mtime_ns == stamp

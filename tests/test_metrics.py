@@ -1,8 +1,9 @@
-"""Tests of spectral_jax.evaluation.metrics against NumPy loop references."""
+"""Tests of spectral_jax.evaluation.metrics against float64 NumPy and loop references."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,3 +98,37 @@ def test_bad_arguments():
         metrics.confusion_matrix(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int), num_classes=0)
     with pytest.raises(ValueError, match="matrix"):
         metrics.iou_from_confusion(np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------------------------
+# The pixel cross-entropy.
+
+
+def _reference_ce(logits, labels, ignore_index=255):
+    """float64 mean CE over the valid pixels (0 if none)."""
+    logits = np.asarray(logits, np.float64)
+    valid = labels != ignore_index
+    if not valid.any():
+        return 0.0
+    z = logits[valid]  # [N, C]
+    log_norm = np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1)) + z.max(-1)
+    return float(np.mean(log_norm - z[np.arange(len(z)), labels[valid]]))
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 5, 3), (2, 4, 7, 21)])
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_cross_entropy_matches_float64(rng, shape, dtype):
+    logits = (3 * rng.standard_normal(shape)).astype(dtype)
+    labels = rng.integers(0, shape[-1], size=shape[:3])
+    labels[rng.random(shape[:3]) < 0.3] = 255
+    loss, num_valid = jax.jit(metrics.cross_entropy_loss)(logits, labels)
+    want = _reference_ce(np.asarray(logits, np.float32), labels)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert float(num_valid) == np.sum(labels != 255)
+
+
+def test_cross_entropy_all_ignored_is_zero(rng):
+    loss, num_valid = metrics.cross_entropy_loss(
+        rng.standard_normal((2, 3, 3, 4)), np.full((2, 3, 3), 255)
+    )
+    assert float(loss) == 0.0 and float(num_valid) == 0.0

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.models import DeepLabV3Plus, create_resnet
+from spectral_jax.models import DAN, DeepLabV3Plus, create_resnet
 from spectral_jax.models.pretrained import (
     load_pretrained_backbone,
     load_torchvision_state_dict,
     torchvision_to_flax_resnet,
 )
-from tests.model_helpers import TINY_DEEPLAB, num_params, random_variables
+from tests.model_helpers import TINY_DAN, TINY_DEEPLAB, num_params, random_variables
 
 # torchvision's stage sizes and stem width; "resnet_tiny" as in spectral_jax.models.resnet.
 STAGES = {"resnet50": ((3, 4, 6, 3), 64), "resnet101": ((3, 4, 23, 3), 64)}
@@ -550,15 +550,7 @@ def test_load_pretrained_backbone_into_deeplab(tmp_path, fmt):
 
 
 def test_load_pretrained_backbone_into_dan():
-    dan = pytest.importorskip("spectral_jax.models.dan")
-    model = dan.DAN(
-        num_classes=3,
-        backbone="resnet_tiny",
-        aspp_channels=8,
-        projection_channels=4,
-        decoder_channels=8,
-        dropout_rate=0.0,
-    )
+    model = DAN(**TINY_DAN)
     variables = random_variables(model, (1, 33, 33, 3))
     state = random_state_dict("resnet_tiny", seed=4)
     loaded = load_pretrained_backbone(variables, state)

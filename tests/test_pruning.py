@@ -19,16 +19,8 @@ import pytest
 
 from spectral_jax import flops
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
-from tests.model_helpers import TINY_DEEPLAB, random_variables
+from tests.model_helpers import TINY_DAN, TINY_DEEPLAB, random_variables
 
-TINY_DAN = dict(
-    num_classes=3,
-    backbone="resnet_tiny",
-    aspp_channels=8,
-    projection_channels=4,
-    decoder_channels=8,
-    dropout_rate=0.0,
-)
 MODELS = {"deeplab": (DeepLabV3Plus, TINY_DEEPLAB), "dan": (DAN, TINY_DAN)}
 SHAPE = (2, 33, 33, 3)
 RATES = pruning.PruningRates(encoder=0.4, decoder=0.2)

@@ -1,4 +1,4 @@
-"""Tests of spectral_jax.training.sharding: the sharded step equals the single-device one.
+"""Tests of spectral_jax.data.sharding: the sharded steps equal the single-device ones.
 
 The main test process has already initialised JAX with one CPU device, so the
 four-device runs happen in a subprocess started with
@@ -17,19 +17,22 @@ import jax
 import numpy as np
 import pytest
 
-from spectral_jax.training import sharding
+from spectral_jax.data import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The subprocess: one train step and one eval step of a small conv + BatchNorm model on a
-# batch of 8, once on a single device and once over a 4-device "data" mesh.
+# batch of 8, once on a single device and once over a 4-device "data" mesh; then the
+# evaluator over two batches (the second short, padded), without and with the mesh.
 _SCRIPT = textwrap.dedent(
     """
     import functools, sys
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
+    from spectral_jax.data import sharding
+    from spectral_jax.evaluation import Evaluator, eval_step, inference_apply_fn
     from spectral_jax.statistics import SpectralStatistics
-    from spectral_jax.training import sharding, train, train_state
+    from spectral_jax.training import steps, train_state
 
     assert jax.device_count() == 4, jax.devices()
 
@@ -54,16 +57,19 @@ _SCRIPT = textwrap.dedent(
         optimizer = train_state.create_optimizer(schedule, weight_decay=1e-3)
         state = train_state.create_train_state(model, variables, optimizer)
         step = functools.partial(
-            train.train_step, learning_rate_fn=schedule, dropout_key=jax.random.key(3)
+            steps.train_step, learning_rate_fn=schedule, dropout_key=jax.random.key(3)
         )
-        evaluate = functools.partial(train.eval_step, num_classes=3)
+        evaluate = functools.partial(
+            eval_step, apply_fn=inference_apply_fn(model), num_classes=3, boundary_metrics=True
+        )
         stats = SpectralStatistics.create((size, size), 3)
 
         def run(state, batch, step_fn, eval_fn, stats):
             out = {}
             for i in range(2):
                 state, metrics = step_fn(state, batch)
-            sums, stats = eval_fn(state, batch, stats)
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            sums, stats, _ = eval_fn(variables, batch, stats)
             for prefix, tree in (("params", state.params), ("batch_stats", state.batch_stats),
                                  ("metrics", metrics), ("sums", sums)):
                 for path, leaf in jax.tree.leaves_with_path(tree):
@@ -79,7 +85,7 @@ _SCRIPT = textwrap.dedent(
         sharded_step = jax.jit(step, in_shardings=(replicated, shardings),
                                out_shardings=(replicated, replicated), donate_argnums=0)
         sharded_eval = jax.jit(evaluate, in_shardings=(replicated, shardings, replicated),
-                               out_shardings=(replicated, replicated))
+                               out_shardings=(replicated, replicated, shardings["label"]))
         global_batch = sharding.shard_batch(batch, mesh)
         assert len(global_batch["image"].sharding.device_set) == 4
         assert global_batch["image"].addressable_shards[0].data.shape == (2, size, size, 3)
@@ -87,6 +93,28 @@ _SCRIPT = textwrap.dedent(
                     sharding.replicate(stats, mesh))
         np.savez(f"{sys.argv[1]}/{size}.npz", **{"single/" + k: v for k, v in single.items()},
                  **{"multi/" + k: v for k, v in multi.items()})
+
+        # The evaluator: a batch of 8 and a short one of 6 (padded to 8 with ignored
+        # examples), on one device and split over the mesh.
+        batches = [batch, {k: v[:6] for k, v in batch.items()}]
+        variables = model.init(jax.random.key(1), jnp.asarray(batch["image"][:1]))  # Not donated.
+        settings = dict(num_classes=3, spectral_statistics=True, boundary_metrics=True,
+                        num_examples=10)
+        results = {
+            "single": Evaluator(inference_apply_fn(model), **settings)(variables, batches),
+            "multi": Evaluator(inference_apply_fn(model), mesh=mesh, batch_size=8, **settings)(
+                sharding.replicate(variables, mesh), batches
+            ),
+        }
+        arrays = {}
+        for name, result in results.items():
+            arrays[f"{name}/confusion"] = result.confusion
+            arrays[f"{name}/loss"] = np.asarray(result.loss)
+            arrays[f"{name}/num_evaluated"] = np.asarray(result.num_evaluated)
+            arrays[f"{name}/band_ce"] = np.asarray(result.statistics.band_ce)
+            arrays[f"{name}/biou"] = np.asarray(result.boundary["biou"])
+            arrays[f"{name}/prediction"] = result.examples["prediction"]
+        np.savez(f"{sys.argv[1]}/evaluator{size}.npz", **arrays)
 
     for size in map(int, sys.argv[2].split(",")):
         compare(size)
@@ -137,6 +165,23 @@ def test_sharded_step_equals_single_device(four_device_results, size):
     assert abs(float(single["metrics['grad_norm']"])) > 0
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_sharded_evaluator_equals_single_device(four_device_results, size):
+    """The evaluator over the 4-device mesh (short batch padded) equals the 1-device one.
+
+    Counts (confusion matrix, boundary metrics, kept predictions) agree exactly; the
+    float32 loss and spectral sums to reduction-order rounding, ``rtol=1e-5``.
+    """
+    data = np.load(four_device_results / f"evaluator{size}.npz")
+    for name in ("confusion", "num_evaluated", "biou", "prediction"):
+        np.testing.assert_array_equal(data[f"multi/{name}"], data[f"single/{name}"], name)
+    assert int(data["single/num_evaluated"]) == 14
+    assert data["single/prediction"].shape == (10, size, size)
+    assert data["single/confusion"].sum() == 14 * size * size - 3 * size * 2
+    for name in ("loss", "band_ce"):
+        np.testing.assert_allclose(data[f"multi/{name}"], data[f"single/{name}"], rtol=1e-5)
+
+
 def test_mesh_and_shardings_in_process():
     mesh = sharding.create_mesh()
     assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
@@ -157,15 +202,15 @@ _LOOP_SCRIPT = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    from spectral_jax.training import train
+    from spectral_jax.training import load_checkpoint, train_and_evaluate
     from tests.training_helpers import generated_pipeline, tiny_test_config
 
     config = tiny_test_config(steps=4)
-    summary = train.train_and_evaluate(
+    summary = train_and_evaluate(
         config, sys.argv[1], input_pipeline=generated_pipeline(crop_size=config.crop_size)
     )
     assert summary["num_devices"] == jax.device_count(), summary
-    tree, _ = train.load_checkpoint(sys.argv[1])
+    tree, _ = load_checkpoint(sys.argv[1])
     leaves = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(tree)}
     leaves["mean_iou"] = np.asarray(summary["mean_iou"])
     leaves["mean_ce"] = np.asarray(summary["mean_ce"])

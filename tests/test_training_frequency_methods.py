@@ -14,61 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spectral_jax.data import dct_channel_statistics, dct_input_pipeline, load_dct_statistics
+from spectral_jax.evaluation import BOUNDARY_SCORES
+from spectral_jax.models import create_model
 from spectral_jax.related import boundary_metrics
-from spectral_jax.training import train as train_lib
+from spectral_jax.training import load_variables, train_and_evaluate
 from tests.training_helpers import NUM_CLASSES, generated_pipeline, tiny_test_config
 
 
-def _pad_bottom_right(x, height, width, value):
-    out = np.full((height, width), value, x.dtype)
-    out[: x.shape[0], : x.shape[1]] = x
-    return out
-
-
-@pytest.mark.parametrize(("size", "pads"), [((24, 24), [(0, 0), (5, 3)]), ((31, 28), [(9, 1)])])
-def test_valid_region_boundary_statistics_match_unpadded_images(rng, size, pads):
-    """Counts of padded maps equal the library's counts of each unpadded image."""
-    height, width = size
-    predictions, labels, reference = [], [], boundary_metrics.BoundaryStatistics.zeros(4)
-    for pad_rows, pad_cols in pads:
-        h, w = height - pad_rows, width - pad_cols
-        label = rng.integers(0, 4, size=(h // 4 + 1, w // 4 + 1)).repeat(4, 0).repeat(4, 1)
-        label = label[:h, :w].astype(np.int32)
-        label[rng.random((h, w)) < 0.05] = 255  # Ignored pixels inside the image.
-        prediction = np.where(rng.random((h, w)) < 0.2, rng.integers(0, 4, (h, w)), label)
-        prediction = np.where(prediction == 255, 0, prediction).astype(np.int32)
-        prediction[-1, -1] = 3  # Non-ignored label in the last row and column below.
-        label[-1, -1] = 2
-        reference = reference.merge(
-            boundary_metrics.boundary_statistics(prediction[None], label[None], num_classes=4)
-        )
-        # The padding: ignore label, and predictions that differ from the image's.
-        labels.append(_pad_bottom_right(label, height, width, 255))
-        predictions.append(_pad_bottom_right(prediction, height, width, 1))
-    got = jax.jit(train_lib.valid_region_boundary_statistics, static_argnames=("num_classes",))(
-        np.stack(predictions), np.stack(labels), num_classes=4
-    )
-    for name, want, value in zip(reference._fields, reference, got, strict=True):
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(want), err_msg=name)
-
-
-def test_valid_region_differs_from_counting_the_padding_border():
-    """The plain statistics of a padded map count the padding's border as an edge."""
-    label = np.zeros((20, 20), np.int32)
-    label[:, 10:] = 1
-    padded = _pad_bottom_right(label, 32, 32, 255)[None]
-    prediction = _pad_bottom_right(label, 32, 32, 0)[None]
-    plain = boundary_metrics.boundary_statistics(prediction, padded, num_classes=2)
-    valid = train_lib.valid_region_boundary_statistics(prediction, padded, num_classes=2)
-    want = boundary_metrics.boundary_statistics(label[None], label[None], num_classes=2)
-    np.testing.assert_array_equal(np.asarray(valid.label_area), np.asarray(want.label_area))
-    assert int(np.sum(plain.label_area[0])) > int(np.sum(want.label_area[0]))
-
-
 def _predictions_of_checkpoint(config, workdir, pipeline, *, dct_pipeline=None):
-    model = train_lib.create_model(config.model, num_classes=NUM_CLASSES)
-    tree, _ = train_lib.load_checkpoint(workdir)
-    variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    model = create_model(config.model, num_classes=NUM_CLASSES)
+    variables = load_variables(workdir)
     batches = (dct_pipeline or pipeline).eval_batches(4, 0, 1)
     apply = jax.jit(functools.partial(model.apply, train=False))
     predictions, labels = [], []
@@ -82,13 +38,13 @@ def _predictions_of_checkpoint(config, workdir, pipeline, *, dct_pipeline=None):
 def test_summary_boundary_scores_equal_recomputation_from_checkpoint(tmp_path):
     config = tiny_test_config(crop_size=33, steps=2)
     pipeline = generated_pipeline(crop_size=33)
-    summary = train_lib.train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
+    summary = train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
     predictions, labels = _predictions_of_checkpoint(config, tmp_path, pipeline)
     assert predictions.shape[0] == 6  # Only the real examples; no padded ones.
     statistics = boundary_metrics.boundary_statistics(predictions, labels, num_classes=NUM_CLASSES)
     want = boundary_metrics.boundary_scores(statistics)
-    assert set(summary["boundary"]) == set(train_lib.BOUNDARY_SCORES)
-    for name in train_lib.BOUNDARY_SCORES:
+    assert set(summary["boundary"]) == set(BOUNDARY_SCORES)
+    for name in BOUNDARY_SCORES:
         np.testing.assert_allclose(summary["boundary"][name], want[name], rtol=1e-12)
     assert json.loads((tmp_path / "summary.json").read_text())["boundary"] == summary["boundary"]
 
@@ -96,9 +52,7 @@ def test_summary_boundary_scores_equal_recomputation_from_checkpoint(tmp_path):
 def test_boundary_metrics_can_be_switched_off(tmp_path):
     config = tiny_test_config(crop_size=33, steps=1)
     config.boundary_metrics = False
-    summary = train_lib.train_and_evaluate(
-        config, tmp_path, input_pipeline=generated_pipeline(crop_size=33)
-    )
+    summary = train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
     assert summary["boundary"] is None
 
 
@@ -107,6 +61,7 @@ def _dct_config(*, gate, crop_size=32, steps=3):
     config.model.name = "dct_deeplabv3plus"
     config.model.channels = tuple(range(0, 192, 4))  # 48 channels
     config.model.gate = gate
+    config.model.gate_weight = 0.01
     config.dct_statistics_batches = 2
     config.spectral_statistics = False
     return config
@@ -121,7 +76,7 @@ def _train_metrics(workdir):
 def test_dct_model_trains_with_gate_regularizer(tmp_path, gate):
     config = _dct_config(gate=gate)
     pipeline = generated_pipeline(crop_size=32)
-    summary = train_lib.train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
+    summary = train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
     records = _train_metrics(tmp_path)
     assert records and all(np.isfinite(r["train/loss"]) for r in records)
     assert np.isfinite(summary["mean_iou"])
@@ -131,14 +86,14 @@ def test_dct_model_trains_with_gate_regularizer(tmp_path, gate):
             assert 0 <= record["train/gate_regularizer"] <= 48
             np.testing.assert_allclose(
                 record["train/total_loss"],
-                record["train/loss"] + config.gate_weight * record["train/gate_regularizer"],
+                record["train/loss"] + config.model.gate_weight * record["train/gate_regularizer"],
                 rtol=1e-5,
             )
     else:
         assert "train/gate_regularizer" not in records[0]
     # The summary's mIoU is that of the checkpoint's predictions on the DCT input.
-    mean, std = train_lib.load_dct_statistics(tmp_path)
-    dct_pipeline = train_lib.dct_input_pipeline(pipeline, mean, std)
+    mean, std = load_dct_statistics(tmp_path)
+    dct_pipeline = dct_input_pipeline(pipeline, mean, std)
     predictions, labels = _predictions_of_checkpoint(
         config, tmp_path, pipeline, dct_pipeline=dct_pipeline
     )
@@ -152,7 +107,7 @@ def test_dct_model_trains_with_gate_regularizer(tmp_path, gate):
 def test_dct_statistics_dc_mean_is_the_luma_mean(tmp_path):
     """Channel 0 (Y DC, orthonormal DCT) has mean ``8 (mean(Y) - 128)`` over the batches."""
     pipeline = generated_pipeline(crop_size=32)
-    statistics = train_lib.dct_channel_statistics(pipeline, batch_size=4, num_batches=2)
+    statistics = dct_channel_statistics(pipeline, batch_size=4, num_batches=2)
     batches = pipeline.train_batches(0, 4, 0, 1)
     images = np.concatenate([next(batches)["image"] for _ in range(2)]).astype(np.float64)
     rgb = 255.0 * images
@@ -164,9 +119,7 @@ def test_dct_statistics_dc_mean_is_the_luma_mean(tmp_path):
 def test_dct_model_rejects_crops_not_multiple_of_16(tmp_path):
     config = _dct_config(gate=False, crop_size=33)
     with pytest.raises(ValueError, match="crop_size"):
-        train_lib.train_and_evaluate(
-            config, tmp_path, input_pipeline=generated_pipeline(crop_size=33)
-        )
+        train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
 
 
 # FreqMix compiles slowly (an FFT pair per strided block, forward and backward).
@@ -175,20 +128,10 @@ def test_downsample_filter_configs_train(tmp_path, name):
     config = tiny_test_config(crop_size=33, steps=2)
     config.model.downsample_filter = name
     config.spectral_statistics = False
-    summary = train_lib.train_and_evaluate(
-        config, tmp_path, input_pipeline=generated_pipeline(crop_size=33)
-    )
+    summary = train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
     records = _train_metrics(tmp_path)
     assert records and all(np.isfinite(r["train/loss"]) for r in records)
     assert 0 <= summary["mean_iou"] <= 1
-    tree, _ = train_lib.load_checkpoint(tmp_path)
-    names = repr(jax.tree_util.tree_structure(tree["params"]))
+    names = repr(jax.tree_util.tree_structure(load_variables(tmp_path)["params"]))
     # FreqMix has parameters (its channel attention); the DAF is parameter-free.
     assert ("'downsample_filter'" in names) == (name == "freqmix")
-
-
-def test_unknown_downsample_filter_is_rejected():
-    config = tiny_test_config()
-    config.model.downsample_filter = "blur"
-    with pytest.raises(ValueError, match="downsample_filter"):
-        train_lib.create_model(config.model, num_classes=3)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from experiments.configs import tiny
-from spectral_jax.training import InputPipeline
+from spectral_jax.data import InputPipeline
 
 NUM_CLASSES = 3
 COLORS = np.array([[-1.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 1.0, 1.0]], np.float32)

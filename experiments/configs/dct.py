@@ -4,7 +4,8 @@
 (:class:`spectral_jax.models.DCTDeepLabV3Plus`: DCT coefficients of 8 x 8 blocks,
 192 channels, the ResNet stem removed) with a static channel selection (DCT-24/48/64
 S or T, :func:`spectral_jax.related.dct_input.selection_pattern`), all 192 channels, or all 192
-behind the learned gate (``gate_weight`` the regulariser's weight). Crops must be
+behind the learned gate (``model.gate_weight`` the regulariser's weight,
+:data:`GATE_WEIGHT`). Crops must be
 multiples of 16: the RGB configs' 513 becomes 512 (module docstring of
 ``spectral_jax/models/dct_deeplab.py``). The per-channel DCT statistics are estimated
 over ``dct_statistics_batches`` training batches at the start of a run and saved in its
@@ -20,6 +21,12 @@ The launchable files are ``dct_pascal.py``, ``dct_cityscapes.py`` and
 from __future__ import annotations
 
 import ml_collections
+
+from spectral_jax.related.dct_input import selection_pattern
+
+#: Weight lambda of the gate regulariser (mean open gates per image) in the loss of a
+#: gated variant, ``config.model.gate_weight`` (the paper states no value; ours).
+GATE_WEIGHT = 0.01
 
 #: Variant name -> (number of channels, selection shape, gate); "rgb" is the RGB model.
 VARIANTS: dict[str, tuple[int, str, bool] | None] = {
@@ -52,8 +59,6 @@ def apply_variant(
     Raises:
       ValueError: for an unknown variant.
     """
-    from spectral_jax.related.dct_input import selection_pattern
-
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}.")
     spec = VARIANTS[variant]
@@ -67,6 +72,8 @@ def apply_variant(
         else tuple(int(c) for c in selection_pattern(num_channels, shape=shape))
     )
     config.model.gate = gate
+    if gate:
+        config.model.gate_weight = GATE_WEIGHT
     config.crop_size = crop_size
     config.eval_crop_size = eval_crop_size
     return config

@@ -8,7 +8,7 @@
       --workdir runs/dct_deepglobe_gate
 
 Not run here (GPU/TPU settings); the embedded-data counterpart is
-``python -m experiments.frequency_input --config tiny``.
+``python -m experiments.frequency_input --config experiments/configs/tiny.py``.
 """
 
 from __future__ import annotations

@@ -81,11 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.boundary_metrics = True
 
     # Frequency-domain input (Xu et al. 2020), read when model.name = "dct_deeplabv3plus":
-    # training batches over which the per-channel DCT statistics are estimated, and the
-    # weight lambda of the gate regulariser (mean open gates per image) when model.gate
-    # (the paper states no value; ours).
+    # training batches over which the per-channel DCT statistics are estimated (the
+    # gate's regulariser weight is the model's, config.model.gate_weight: configs/dct.py).
     config.dct_statistics_batches = 10
-    config.gate_weight = 0.01
     config.tensorboard = True
     config.progress_bar = True
     config.distributed = False  # jax.distributed.initialize() before anything else.

@@ -1,5 +1,18 @@
-"""Data: segmentation data sets (TFDS builders) and the input pipeline."""
+"""Data: segmentation data sets (TFDS builders), the input pipeline and the run's inputs.
 
+Also the DCT input pipeline (:mod:`spectral_jax.data.dct_pipeline`) and the data mesh
+(:mod:`spectral_jax.data.sharding`).
+"""
+
+from spectral_jax.data.dct_pipeline import DCT_STATISTICS_FILE as DCT_STATISTICS_FILE
+from spectral_jax.data.dct_pipeline import dct_channel_statistics as dct_channel_statistics
+from spectral_jax.data.dct_pipeline import dct_input_pipeline as dct_input_pipeline
+from spectral_jax.data.dct_pipeline import dct_run_pipeline as dct_run_pipeline
+from spectral_jax.data.dct_pipeline import load_dct_statistics as load_dct_statistics
+from spectral_jax.data.inputs import InputPipeline as InputPipeline
+from spectral_jax.data.inputs import create_input_pipeline as create_input_pipeline
+from spectral_jax.data.inputs import pad_batch as pad_batch
+from spectral_jax.data.inputs import take_examples as take_examples
 from spectral_jax.data.pipeline import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD

@@ -31,9 +31,10 @@ from etils import epath
 
 # The ignore label and ImageNet's RGB statistics on the [0, 1] scale, as the pipeline
 # normalises (``(image / 255 - mean) / std``); the backbones are pre-trained on ImageNet-1k.
-from spectral_jax.data.pipeline import IGNORE_INDEX as IGNORE_INDEX
-from spectral_jax.data.pipeline import IMAGENET_MEAN as IMAGENET_MEAN
-from spectral_jax.data.pipeline import IMAGENET_STD as IMAGENET_STD
+# Defined here, below the builders, so that the pipeline can import the builder modules.
+IGNORE_INDEX = 255
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # One example's files, as a builder's ``find_sources`` lists them: (key, image, label).
 Source = tuple[str, epath.Path, epath.Path]

@@ -41,17 +41,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
+import tensorflow_datasets as tfds
+import tqdm
+from absl import flags
 
-IGNORE_INDEX = 255
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from spectral_jax.data import cityscapes, deepglobe, synthetic, voc_sbd
+from spectral_jax.data._builder_utils import IGNORE_INDEX as IGNORE_INDEX
+from spectral_jax.data._builder_utils import IMAGENET_MEAN as IMAGENET_MEAN
+from spectral_jax.data._builder_utils import IMAGENET_STD as IMAGENET_STD
 
 Batch = dict[str, np.ndarray]
 LabelTransform = Callable[[np.ndarray], np.ndarray]
@@ -84,12 +87,12 @@ class SegmentationDatasetInfo:
         return len(self.class_names)
 
 
-# The module whose import registers each builder with TFDS.
-_BUILDER_MODULES: dict[str, str] = {
-    "synthetic_scenes": "spectral_jax.data.synthetic",
-    "voc_sbd": "spectral_jax.data.voc_sbd",
-    "cityscapes": "spectral_jax.data.cityscapes",
-    "deepglobe_land_cover": "spectral_jax.data.deepglobe",
+# The module of each builder (importing it registered the builder with TFDS).
+_BUILDER_MODULES = {
+    "synthetic_scenes": synthetic,
+    "voc_sbd": voc_sbd,
+    "cityscapes": cityscapes,
+    "deepglobe_land_cover": deepglobe,
 }
 
 
@@ -105,8 +108,6 @@ def _split_name(name: str) -> tuple[str, str | None]:
 @functools.cache
 def _synthetic_normalisation(config_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of the first 32 training images of a synthetic preset."""
-    from spectral_jax.data import synthetic
-
     config = synthetic.preset(config_name)
     count = min(32, config.num_train)
     pixels = np.stack(
@@ -118,7 +119,7 @@ def _synthetic_normalisation(config_name: str) -> tuple[tuple[float, ...], tuple
 
 def _real_info(base: str):
     """The ``INFO`` (:class:`spectral_jax.data._builder_utils.RealDatasetInfo`) of a real set."""
-    return importlib.import_module(_BUILDER_MODULES[base]).INFO
+    return _BUILDER_MODULES[base].INFO
 
 
 def dataset_info(name: str) -> SegmentationDatasetInfo:
@@ -138,8 +139,6 @@ def dataset_info(name: str) -> SegmentationDatasetInfo:
     """
     base, config = _split_name(name)
     if base == "synthetic_scenes":
-        from spectral_jax.data import synthetic
-
         if config is None:
             raise ValueError(
                 f"name must name a preset, e.g. 'synthetic_scenes/pascal_like', got {name!r}."
@@ -189,12 +188,10 @@ def load_split(
     Raises:
       ValueError: for an unknown name, or a data set that is missing while ``build=False``.
     """
-    import tensorflow_datasets as tfds
-
     base, config = _split_name(name)
-    # Importing the module registers the builder with TFDS. A real set's TFDS name may
-    # differ from ours (TFDS ships a builder called "cityscapes"; ours is "cityscapes_fine").
-    module = importlib.import_module(_BUILDER_MODULES[base])
+    # A real set's TFDS name may differ from ours (TFDS ships a builder called
+    # "cityscapes"; ours is "cityscapes_fine").
+    module = _BUILDER_MODULES[base]
     tfds_name = module.INFO.builder_class.name if hasattr(module, "INFO") else base
     kwargs = dict(builder_kwargs or {})
     if config is not None and "config" not in kwargs:
@@ -372,20 +369,11 @@ def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def _progress(iterator: Iterator[Batch], total: int | None, desc: str) -> Iterator[Batch]:
-    try:
-        import tqdm
-    except ImportError:  # A plain counter instead.
-        for count, batch in enumerate(iterator, 1):
-            print(f"\r{desc}: {count}" + (f"/{total}" if total else ""), end="", flush=True)
-            yield batch
-        print()
-        return
     yield from tqdm.tqdm(iterator, total=total, desc=desc, unit="batch")
 
 
 def _grain_iterator(batch_fn: Callable[[int], Batch], steps: range, worker_count: int):
-    import grain
-    from absl import flags
+    import grain  # An optional extra (spectral_jax[data]), needed for worker_count > 0 only.
 
     # grain's workers read absl flags; outside an absl app (a script, a notebook) nobody
     # parsed them, so take their defaults.
@@ -443,7 +431,7 @@ def train_batches(
       worker_count: 0 computes batches in this process; ``> 0`` uses that many grain
         worker processes (needs grain and a ``__main__`` guard in the caller).
       num_epochs: stop after ``floor(num_epochs * N / B)`` batches (None: never stop).
-      progress: show a progress bar (tqdm) or counter.
+      progress: show a progress bar (tqdm).
 
     Yields:
       ``{"image": float32 [B/S, crop, crop, 3], "label": int32 [B/S, crop, crop]}``.
@@ -529,7 +517,7 @@ def eval_batches(
       ignore_index: label of the padding.
       label_transform: NumPy function applied to each (unpadded) label.
       shard_index, shard_count: this host's rows ``[s B/S, (s+1) B/S)`` of each batch.
-      progress: show a progress bar or counter.
+      progress: show a progress bar (tqdm).
 
     Yields:
       ``{"image": float32 [B/S, h, w, 3], "label": int32 [B/S, h, w],

@@ -1,4 +1,7 @@
-r"""Segmentation metrics: the confusion matrix and the IoU read from it.
+r"""Segmentation metrics: the pixel cross-entropy, the confusion matrix and the IoU.
+
+:func:`cross_entropy_loss` is the training loss (:func:`spectral_jax.training.steps.
+train_step`) and the evaluation's loss; it lives here, below both.
 
 The confusion matrix ``M`` counts pixels by (true class, predicted class), pixels whose
 label is ``ignore_index`` left out. Per class ``c``,
@@ -24,6 +27,46 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+
+def cross_entropy_loss(
+    logits: chex.Array, labels: chex.Array, *, ignore_index: int = 255
+) -> tuple[jax.Array, jax.Array]:
+    r"""Pixel cross-entropy, the mean over the valid pixels of the whole batch.
+
+    .. math::
+
+       \mathcal{L} = \frac{1}{|V|} \sum_{(b, t) \in V}
+         \Big(\log \sum_c e^{z_{b,t,c}} - z_{b,t,y_{b,t}}\Big),
+
+    with ``V`` the pixels whose label is not ``ignore_index`` (0 if there are none).
+
+    Args:
+      logits: ``[B, H, W, C]``.
+      labels: ``[B, H, W]`` integers in ``[0, C)`` or ``ignore_index``.
+      ignore_index: label of pixels left out.
+
+    Returns:
+      ``(loss, num_valid)``: the float32 mean and the float32 count of valid pixels.
+
+    Example:
+      >>> logits = jnp.zeros((1, 1, 2, 4))  # uniform over 4 classes
+      >>> loss, num_valid = cross_entropy_loss(logits, jnp.array([[[1, 255]]]))
+      >>> round(float(loss), 4), float(num_valid)  # log 4
+      (1.3863, 1.0)
+    """
+    chex.assert_rank(logits, 4)
+    chex.assert_rank(labels, 3)
+    chex.assert_equal_shape_prefix([logits, labels], 3)
+    logits = jnp.asarray(logits, jnp.float32)
+    labels = jnp.asarray(labels, jnp.int32)
+    valid = labels != ignore_index  # [B, H, W]
+    safe_labels = jnp.where(valid, labels, 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)  # [B, H, W]
+    num_valid = jnp.sum(valid, dtype=jnp.float32)
+    loss = jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(num_valid, 1.0)
+    return loss, num_valid
 
 
 def confusion_matrix(

@@ -327,12 +327,22 @@ def downsampling_aliasing_scores(
       reported once per call, with ``#1``, ``#2``, ... appended to the later calls.
 
     Example:
+      The layers a ResNet reports. ``jax.eval_shape`` traces the model without running
+      it (compiling even the tiny model takes seconds on a CPU) and, like ``jax.jit``,
+      returns the dict sorted by key; called directly, the function gives the scores.
+
+      >>> import functools
       >>> model = spectral_jax.models.create_resnet("resnet_tiny", output_stride=32)
       >>> images = jnp.zeros((1, 32, 32, 3))
-      >>> variables = model.init(jax.random.key(0), images)
-      >>> scores = downsampling_aliasing_scores(model, variables, images)
-      >>> list(scores)[:4]
-      ['conv1', 'max_pool', 'layer2_block0', 'layer2_block0/conv2']
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), images)
+      >>> scores_fn = functools.partial(downsampling_aliasing_scores, model)
+      >>> scores = jax.eval_shape(scores_fn, variables, images)
+      >>> list(scores)
+      ['conv1', 'layer2_block0', 'layer2_block0/conv2', 'layer2_block0/downsample_conv',
+       'layer3_block0', 'layer3_block0/conv2', 'layer3_block0/downsample_conv',
+       'layer4_block0', 'layer4_block0/conv2', 'layer4_block0/downsample_conv', 'max_pool']
+      >>> scores["conv1"].shape  # [B]
+      (1,)
     """
     chex.assert_rank(images, 4)
     scores: dict[str, jax.Array] = {}

@@ -150,10 +150,13 @@ class DAN(nn.Module):
         bottleneck of the backbone (see :class:`spectral_jax.models.DeepLabV3Plus`).
 
     Example:
+      Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
+      (compiling even the tiny model takes seconds on a CPU).
+
       >>> model = DAN(num_classes=3, backbone="resnet_tiny", feature_size=5)
       >>> x = jnp.zeros((2, 33, 33, 3))
-      >>> variables = model.init(jax.random.key(0), x)
-      >>> model.apply(variables, x).shape
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> jax.eval_shape(model.apply, variables, x).shape  # [B, H, W, num_classes]
       (2, 33, 33, 3)
     """
 

@@ -27,7 +27,12 @@ Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
 * **Gate** (``gate=True``): :class:`spectral_jax.models.dct_gate.FrequencyGate` on the
   (selected) channels before the backbone; random gates in training (RNG stream
   ``"gumbel"``), argmax gates otherwise. :meth:`DCTDeepLabV3Plus.intermediates` returns
-  ``"gates"`` for :func:`spectral_jax.models.dct_gate.gate_regularizer`.
+  ``"gates"``. In training the model adds its regulariser to the loss itself (Xu et al.
+  2020, Eq. 3): ``self.sow("losses", "gate", gate_weight * gate_regularizer(gates))``,
+  and reports the unweighted :func:`spectral_jax.models.dct_gate.gate_regularizer` (open
+  gates per image) as ``self.sow("metrics", "gate_regularizer", ...)``; a train step
+  that makes those collections mutable sums the first into the objective and logs the
+  second (:func:`spectral_jax.training.steps.train_step`).
 
 Input size policy: H and W multiples of 8 (the DCT needs whole blocks). The DCT models
 use ``512 x 512`` crops where the RGB models use 513 (pad or crop to 512; the RGB
@@ -48,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models.dct_gate import FrequencyGate
+from spectral_jax.models.dct_gate import FrequencyGate, gate_regularizer
 from spectral_jax.models.deeplab import (
     Decoder,
     check_model_settings,
@@ -141,15 +146,20 @@ class DCTDeepLabV3Plus(nn.Module):
         (:func:`spectral_jax.related.dct_input.selection_pattern`); ``None`` keeps all 192.
       gate: learned gate on the (selected) channels.
       gate_temperature: Gumbel-softmax temperature of the gate.
+      gate_weight: weight ``lambda`` of the gate regulariser (mean open gates per image)
+        in the training loss, sown in the ``"losses"`` collection (module docstring).
       aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype: as in
         :class:`spectral_jax.models.DeepLabV3Plus`.
 
     Example:
+      Shapes only (``jax.eval_shape``: initialising even the tiny backbone takes seconds):
+
+      >>> from spectral_jax.related.dct_input import selection_pattern
       >>> model = DCTDeepLabV3Plus(num_classes=3, backbone="resnet_tiny",
       ...                          channels=tuple(selection_pattern(24)))
       >>> x = jnp.zeros((2, 6, 6, 192))  # DCT of 48 x 48 images
-      >>> variables = model.init(jax.random.key(0), x)
-      >>> model.apply(variables, x).shape
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> jax.eval_shape(model.apply, variables, x).shape
       (2, 48, 48, 3)
     """
 
@@ -161,6 +171,7 @@ class DCTDeepLabV3Plus(nn.Module):
     channels: tuple[int, ...] | None = None
     gate: bool = False
     gate_temperature: float = 1.0
+    gate_weight: float = 0.0
     aspp_channels: int = 256
     low_level_channels: int = 48
     decoder_channels: int = 256
@@ -205,6 +216,10 @@ class DCTDeepLabV3Plus(nn.Module):
         if not self.gate:
             return {"inputs": x}
         out = self.frequency_gate(x, deterministic=not train)
+        if train:  # Sown only where the caller made the collections mutable.
+            regularizer = gate_regularizer(out["gates"])
+            self.sow("losses", "gate", self.gate_weight * regularizer)
+            self.sow("metrics", "gate_regularizer", regularizer)
         return {
             "inputs": out["gated"],
             "gates": out["gates"],

@@ -26,8 +26,9 @@ Sparsity regulariser (:func:`gate_regularizer`): the paper adds ``lambda`` times
 number of selected channels to the task loss,
 ``L = L_acc + lambda * sum_c F(x)_c``; here the term is the number of open gates per
 image averaged over the batch, ``(1 / B) sum_b sum_c gate[b, c]`` (in ``[0, C]``), whose
-gradient reaches the gate through the straight-through estimator. The caller multiplies
-by ``lambda``.
+gradient reaches the gate through the straight-through estimator. The model multiplies
+it by ``lambda`` (:attr:`spectral_jax.models.DCTDeepLabV3Plus.gate_weight`) and sows the
+term in its ``"losses"`` collection.
 
 Fig. 5 heat map: :class:`GateFrequency` counts, over a data set, how often each channel
 is open (hard gates) or its mean ``p_on``; :func:`selection_heat_map` lays the 192
@@ -137,11 +138,15 @@ class FrequencyGate(nn.Module):
       dtype: computation dtype.
 
     Example:
+      >>> x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
       >>> gate = FrequencyGate()
       >>> variables = gate.init(jax.random.key(0), x)  # x [B, h, w, C]
       >>> out = gate.apply(variables, x, deterministic=False,
       ...                  rngs={"gumbel": jax.random.key(1)})
       >>> out["gated"].shape, out["gates"].shape  # [B, h, w, C], [B, C]
+      ((2, 4, 4, 8), (2, 8))
+      >>> bool(jnp.all((out["gates"] == 0) | (out["gates"] == 1)))  # hard 0/1 gates
+      True
     """
 
     temperature: float = 1.0
@@ -194,9 +199,12 @@ class GateFrequency:
 
     Example:
       >>> frequency = GateFrequency.create(192)
-      >>> for x in batches:
-      ...   frequency = frequency.update(intermediates(x)["gates"])
-      >>> heat_map = selection_heat_map(frequency.frequency())  # [3, 8, 8]
+      >>> for gates in (jnp.ones((2, 192)), jnp.zeros((2, 192))):  # [B, C] per batch
+      ...     frequency = frequency.update(gates)
+      >>> float(frequency.frequency()[0])  # open in 2 of 4 images
+      0.5
+      >>> selection_heat_map(frequency.frequency()).shape  # Fig. 5: [3, 8, 8]
+      (3, 8, 8)
     """
 
     open_sum: jax.Array

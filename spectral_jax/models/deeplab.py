@@ -338,10 +338,13 @@ class DeepLabV3Plus(nn.Module):
         ``functools.partial(FreqMix, reduction=16)``); ``None`` for none.
 
     Example:
+      Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
+      (compiling even the tiny model takes seconds on a CPU).
+
       >>> model = DeepLabV3Plus(num_classes=3, backbone="resnet_tiny", feature_size=5)
       >>> x = jnp.zeros((2, 33, 33, 3))
-      >>> variables = model.init(jax.random.key(0), x)
-      >>> model.apply(variables, x).shape
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> jax.eval_shape(model.apply, variables, x).shape  # [B, H, W, num_classes]
       (2, 33, 33, 3)
     """
 

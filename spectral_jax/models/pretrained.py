@@ -26,10 +26,12 @@ read by a restricted unpickler that rebuilds tensors as NumPy arrays and refuses
 other global, so that a checkpoint cannot run code. ``.npz`` archives of the state dict
 are read with ``np.load(allow_pickle=False)``.
 
-Example:
-  >>> model = DeepLabV3Plus(num_classes=21, backbone="resnet101")
-  >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 513, 513, 3)))
-  >>> variables = load_pretrained_backbone(variables, "resnet101-63fe2227.pth")
+Example (not run as a doctest: it needs torchvision's ImageNet checkpoint of ResNet-101,
+a download, and initialises the full model at 513 x 513)::
+
+    model = DeepLabV3Plus(num_classes=21, backbone="resnet101")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 513, 513, 3)))
+    variables = load_pretrained_backbone(variables, "resnet101-63fe2227.pth")
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes  # comes with jax: bfloat16 as a NumPy dtype
 import numpy as np
 from flax import traverse_util
 
@@ -79,9 +82,6 @@ _MAX_LISTED_KEYS = 12
 
 
 def _storage_dtypes() -> dict[str, np.dtype]:
-    # ml_dtypes comes with jax; imported here so that only bfloat16 checkpoints need it.
-    import ml_dtypes
-
     return {
         "DoubleStorage": np.dtype(np.float64),
         "FloatStorage": np.dtype(np.float32),
@@ -254,8 +254,6 @@ def _read_with_torch(path: str) -> Any:
             return value
         value = value.detach()
         if value.dtype == torch.bfloat16:
-            import ml_dtypes
-
             return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
         return value.numpy().copy()
 

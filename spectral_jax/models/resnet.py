@@ -181,9 +181,13 @@ class ResNet(nn.Module):
         bottleneck (see :class:`Bottleneck`); ``None`` for none.
 
     Example:
+      Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
+      (compiling even the tiny model takes seconds on a CPU).
+
       >>> model = create_resnet("resnet_tiny", output_stride=16)
-      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
-      >>> low, high = model.apply(variables, jnp.zeros((1, 33, 33, 3)))
+      >>> x = jnp.zeros((1, 33, 33, 3))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> low, high = jax.eval_shape(model.apply, variables, x)  # strides 4 and 16
       >>> low.shape, high.shape
       ((1, 9, 9, 16), (1, 3, 3, 128))
     """

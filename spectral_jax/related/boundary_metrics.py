@@ -102,7 +102,7 @@ def label_edges(labels: chex.Array) -> jax.Array:
       Boolean ``[B, H, W]``.
 
     Example:
-      >>> labels = jnp.array([[[0, 0, 1, 1]]] * 1).repeat(3, axis=1)
+      >>> labels = jnp.array([[[0, 0, 1, 1]]]).repeat(3, axis=1)  # [B, H, W] = [1, 3, 4]
       >>> label_edges(labels)[0, 1].tolist()
       [False, True, True, False]
     """

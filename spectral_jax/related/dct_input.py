@@ -61,9 +61,14 @@ Input size: H and W must be multiples of 8 (16 for :func:`images_to_dct_420`). A
 :mod:`spectral_jax.models.dct_deeplab`).
 
 Example:
-  >>> images = jnp.zeros((2, 64, 48, 3), jnp.uint8)
-  >>> coefficients = jax.jit(images_to_dct)(images)  # [2, 8, 6, 192]
-  >>> x = select_channels(coefficients, selection_pattern(24, shape="square"))  # [2, 8, 6, 24]
+  >>> images = jnp.full((2, 16, 24, 3), 130, jnp.uint8)  # a flat grey
+  >>> coefficients = jax.jit(images_to_dct)(images)
+  >>> coefficients.shape  # [B, H / 8, W / 8, 192]
+  (2, 2, 3, 192)
+  >>> float(coefficients[0, 0, 0, 0])  # luma DC of an 8 x 8 block: 8 * (130 - 128)
+  16.0
+  >>> select_channels(coefficients, selection_pattern(24, shape="square")).shape
+  (2, 2, 3, 24)
 """
 
 from __future__ import annotations
@@ -426,11 +431,20 @@ class ChannelStatistics:
       sum_squared_deviations: ``[K]`` ``M2``, the sum of squared deviations from the mean.
 
     Example:
+      >>> rng = np.random.default_rng(0)
+      >>> images = rng.integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+      >>> coefficients = jax.jit(images_to_dct)(images)  # [B, h, w, 192]
       >>> stats = ChannelStatistics.create(192)
       >>> update = jax.jit(ChannelStatistics.update)
-      >>> for images in batches:
-      ...   stats = update(stats, images_to_dct(images))
+      >>> for batch in (coefficients[:2], coefficients[2:]):  # a data set in two batches
+      ...     stats = update(stats, batch)
+      >>> stats.count  # 4 images of 2 x 2 blocks
+      Array(16., dtype=float32)
       >>> x = normalize_channels(coefficients, stats.mean, stats.std())
+      >>> bool(jnp.allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))
+      True
+      >>> bool(jnp.allclose(x.std(axis=(0, 1, 2)), 1.0, atol=1e-5))
+      True
     """
 
     count: jax.Array

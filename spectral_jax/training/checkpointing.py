@@ -207,3 +207,44 @@ def restore_latest(
 def restore_args_without_target() -> ocp.args.Composite:
     """Restore arguments for the state item as saved (no abstract target)."""
     return ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()})
+
+
+def load_checkpoint(workdir: str | os.PathLike, *, step: int | None = None) -> tuple[Any, int]:
+    """The raw state tree (nested dicts of NumPy-like arrays) of a checkpoint in ``workdir``.
+
+    Args:
+      workdir: the run's directory.
+      step: the step to load; the latest when None.
+
+    Returns:
+      ``(tree, step)``: ``tree`` has ``"step"``, ``"params"``, ``"batch_stats"`` and
+      ``"opt_state"``.
+
+    Raises:
+      CheckpointError: if there is no checkpoint.
+    """
+    manager = create_checkpoint_manager(workdir, asynchronous=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {manager.directory}.")
+        tree = manager.restore(step, args=restore_args_without_target())
+        return tree[_STATE], int(step)
+    finally:
+        manager.close()
+
+
+def load_variables(workdir: str | os.PathLike, *, step: int | None = None) -> dict[str, Any]:
+    """The model variables of a checkpoint: ``{"params", "batch_stats"}`` as JAX arrays.
+
+    ``"batch_stats"`` is left out for a model without BatchNorm. Use them with the model
+    of the run's config (:func:`spectral_jax.models.create_model`).
+
+    Raises:
+      CheckpointError: if there is no checkpoint.
+    """
+    tree, _ = load_checkpoint(workdir, step=step)
+    variables = {"params": tree["params"]}
+    if tree.get("batch_stats"):
+        variables["batch_stats"] = tree["batch_stats"]
+    return jax.tree.map(jax.numpy.asarray, variables)

@@ -105,6 +105,22 @@ def create_train_state(
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, dropout_key)`` of a run with ``config.seed = seed``.
+
+    The trainer initialises the model with ``init_key`` (:func:`init_variables`) and
+    draws the dropout masks and Gumbel noise of step ``t`` from ``fold_in(dropout_key,
+    t)``; an analysis that wants the variables a run started from uses the same key.
+
+    Example:
+      >>> init_key, dropout_key = run_keys(0)
+      >>> bool(jnp.all(jax.random.key_data(init_key) == jax.random.key_data(run_keys(0)[0])))
+      True
+    """
+    init_key, dropout_key = jax.random.split(jax.random.key(int(seed)))
+    return init_key, dropout_key
+
+
 def init_variables(
     model: nn.Module, key: jax.Array, *, image_size: int, batch_size: int = 1, channels: int = 3
 ) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class TensorBoardWriter:
     """TensorBoard event files in ``logdir`` through ``tensorboardX``."""
 
     def __init__(self, logdir: str | os.PathLike):
-        import tensorboardX
+        import tensorboardX  # An optional extra (spectral_jax[train]): imported when used.
 
         self._writer = tensorboardX.SummaryWriter(os.fspath(logdir))
 
@@ -117,7 +117,7 @@ class MultiWriter:
 def tensorboard_available() -> bool:
     """Whether ``tensorboardX`` can be imported."""
     try:
-        import tensorboardX  # noqa: F401
+        import tensorboardX  # noqa: F401 - the optional extra: only whether it imports.
     except ImportError:
         return False
     return True

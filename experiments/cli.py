@@ -1,0 +1,219 @@
+"""The command line of every experiment script: ``--config``, ``--workdir`` and absl flags.
+
+Every ``python -m experiments.<name>`` takes
+
+* ``--config path/to/config.py`` (ml_collections' config file, as ``experiments/train.py``
+  takes it; default ``experiments/configs/tiny.py``) and overrides of its fields, e.g.
+  ``--config.num_train_steps=2 --config.crop_size=33 --config.data_dir=/data/tfds``;
+  a parameterised config takes its argument after a colon
+  (``--config experiments/configs/demo.py:quick``);
+* ``--workdir DIR`` (default ``runs/<name>``);
+* its own absl flags; ``--help`` prints the script's docstring and every flag.
+
+A script's ``main(argv)`` reads ``argv`` (``argv[0]`` is the program, as absl's
+``app.run`` passes it) with :func:`parse` into a fresh :class:`absl.flags.FlagValues`:
+the config flag takes its overrides from that ``argv`` rather than ``sys.argv``, and
+nothing is registered in absl's global ``FLAGS``, so the tests call ``main`` many times
+in one process and the scripts import each other without their flags colliding.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from experiments import paper_values
+
+#: The directory of the config files (``experiments/configs``).
+CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+class _ListParser(flags.ListParser):
+    """Comma-separated values converted by ``element`` and, if given, among ``choices``."""
+
+    def __init__(self, element: Callable[[str], Any], choices: Collection[Any] | None):
+        super().__init__()
+        self._element = element
+        self._choices = choices
+
+    def parse(self, argument):
+        values = [self._element(value) for value in super().parse(argument)]
+        if self._choices is not None:
+            unknown = [value for value in values if value not in self._choices]
+            if unknown:
+                raise ValueError(f"{unknown} not among {tuple(self._choices)}")
+        return values
+
+    def flag_type(self) -> str:
+        return f"comma-separated list of {getattr(self._element, '__name__', 'values')}"
+
+
+def define_list(
+    flag_values: flags.FlagValues,
+    name: str,
+    default: Sequence[Any] | None,
+    help_string: str,
+    *,
+    element: Callable[[str], Any] = str,
+    choices: Collection[Any] | None = None,
+) -> None:
+    """A flag ``--name=a,b,c`` whose value is a list of ``element(a)``, ... (or ``default``).
+
+    Raises:
+      absl.flags.IllegalFlagValueError: at parsing, for a value that ``element`` rejects
+        or that is not among ``choices``.
+    """
+    flags.DEFINE(
+        _ListParser(element, choices),
+        name,
+        None if default is None else list(default),
+        help_string,
+        flag_values=flag_values,
+        serializer=flags.CsvListSerializer(","),
+        # Listed in --help under the script that defines the flag, as absl's own DEFINEs.
+        module_name=_module_name(sys._getframe(1).f_globals.get("__name__")),
+    )
+
+
+def _module_name(name: str | None) -> str | None:
+    """absl's name of a module: the script's path for ``__main__``."""
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define_models(
+    flag_values: flags.FlagValues, default: Sequence[str] | None, default_help: str = ""
+) -> None:
+    """``--models=deeplab,dan``: the paper's models to train (``default_help`` if None)."""
+    help_string = f"The paper's models to train, of {','.join(paper_values.MODELS)}."
+    define_list(
+        flag_values,
+        "models",
+        default,
+        f"{help_string} {default_help}".strip(),
+        choices=paper_values.MODELS,
+    )
+
+
+def define_datasets(
+    flag_values: flags.FlagValues, default: Sequence[str] | None, default_help: str = ""
+) -> None:
+    """``--datasets=pascal,deepglobe``: the paper's data sets (``default_help`` if None)."""
+    help_string = (
+        f"The paper's data sets, of {','.join(paper_values.DATASETS)}: with a config on the "
+        "embedded data the presets that stand for them; a paper config runs its own only."
+    )
+    define_list(
+        flag_values,
+        "datasets",
+        default,
+        f"{help_string} {default_help}".strip(),
+        choices=paper_values.DATASETS,
+    )
+
+
+def parse(
+    argv: Sequence[Any],
+    *,
+    name: str,
+    doc: str | None,
+    define_flags: Callable[[flags.FlagValues], None] | None = None,
+    config: str | None = "tiny.py",
+    config_help: str = "",
+) -> flags.FlagValues:
+    """Parses ``argv`` into the flag values of the script ``experiments.<name>``.
+
+    Args:
+      argv: the command line, ``argv[0]`` the program (ignored); other items are ``str``
+        or path-like.
+      name: the script's module name; the default work directory is ``runs/<name>``.
+      doc: the script's docstring, printed by ``--help``.
+      define_flags: defines the script's own flags on the ``FlagValues`` it is given.
+      config: the default config file, relative to ``experiments/configs`` (``None``: the
+        script takes no ``--config``).
+      config_help: appended to the help of ``--config`` (e.g. what the default trains).
+
+    Returns:
+      The parsed flags: ``flag_values.workdir`` (a ``str``), ``flag_values.config`` (the
+      ``ConfigDict`` with the overrides applied) and the script's own.
+
+    Raises:
+      absl.app.UsageError: for an unknown flag, a bad value or a positional argument.
+      SystemExit: after printing the help, for ``--help``.
+    """
+    argv = [str(arg) for arg in argv]
+    flag_values = flags.FlagValues()
+    flags.DEFINE_boolean("help", False, "Print this help and exit.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "workdir",
+        str(pathlib.Path("runs", name)),
+        "Directory of the report, its tables and figures, and the trained runs.",
+        flag_values=flag_values,
+    )
+    if define_flags is not None:
+        define_flags(flag_values)
+    try:
+        if config is not None:
+            # Loads the default config at once, with the overrides found in `argv`.
+            config_flags.DEFINE_config_file(
+                "config",
+                str(CONFIGS / config),
+                "Training configuration file (ml_collections, `path.py` or "
+                "`path.py:argument`); override its fields with --config.<field>=<value>. "
+                + config_help,
+                flag_values=flag_values,
+                sys_argv=argv,
+            )
+        rest = flag_values(argv)
+    except (flags.Error, AttributeError) as error:
+        # ml_collections raises AttributeError for an override of a field the config lacks.
+        what = "no config field " if isinstance(error, AttributeError) else ""
+        raise app.UsageError(
+            f"{what}{error}; flags: python -m experiments.{name} --help"
+        ) from error
+    usage = f"{doc or ''}\nFlags:\n{flag_values.get_help(include_special_flags=False)}"
+    if flag_values.help:
+        print(usage)
+        raise SystemExit(0)
+    if len(rest) > 1:
+        raise app.UsageError(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
+    return flag_values
+
+
+def config_file(flag_values: flags.FlagValues) -> str:
+    """The ``--config`` file as given (relative to the repository when it lies inside)."""
+    path, _, argument = flag_values["config"].config_filename.partition(":")
+    resolved = pathlib.Path(path).resolve()
+    if resolved.is_relative_to(CONFIGS.parents[1]):
+        path = str(resolved.relative_to(CONFIGS.parents[1]))
+    return f"{path}:{argument}" if argument else path
+
+
+def command(name: str, argv: Sequence[Any]) -> str:
+    """``python -m experiments.<name> <argv[1:]>``: the command line, for the reports."""
+    return " ".join(["python -m", f"experiments.{name}", *map(str, argv[1:])])
+
+
+def run(main: Callable[[Sequence[str]], Any]) -> None:
+    """``main(sys.argv)`` of a script run as ``__main__``; a usage error exits with status 1.
+
+    Under absl's ``app.run`` (absl's own flags take their defaults), with the command
+    line left to ``main``. The libraries' log shows warnings and errors only (the scripts
+    report their progress themselves); ``main`` may lower the level. ``main`` may return
+    anything (the scripts return the report's path): it is not taken as an exit status.
+    """
+
+    def run_main(_) -> None:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        try:
+            main(sys.argv)
+        except app.UsageError as error:
+            print(f"{sys.argv[0]}: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(run_main, flags_parser=lambda argv: flags.FLAGS(argv[:1]))

@@ -1,0 +1,102 @@
+"""The one place a configuration becomes a model.
+
+``config.model.name`` picks the class of :data:`MODELS`; the other fields of
+``config.model`` are its attributes (``experiments/configs/default.py``).
+:func:`create_model` builds it, :func:`input_shape` says what it takes (RGB images, or
+the DCT model's coefficients), so that the trainer and the experiments never branch on a
+model's name.
+
+Example:
+  >>> import ml_collections
+  >>> config = ml_collections.ConfigDict({"name": "dct_deeplabv3plus",
+  ...                                     "backbone": "resnet_tiny"})
+  >>> type(create_model(config, num_classes=3)).__name__, input_shape(config, image_size=64)
+  ('DCTDeepLabV3Plus', (8, 8, 192))
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import ml_collections
+
+from spectral_jax.models.anti_aliasing import DeAliasingFilter, FreqMix
+from spectral_jax.models.dan import DAN
+from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus
+from spectral_jax.models.deeplab import DeepLabV3Plus
+from spectral_jax.related import dct_input
+
+#: ``config.model.name`` -> model class.
+MODELS: dict[str, type[nn.Module]] = {
+    "deeplabv3plus": DeepLabV3Plus,
+    "dan": DAN,
+    "dct_deeplabv3plus": DCTDeepLabV3Plus,
+}
+
+#: ``config.model.downsample_filter`` values: the module put before every strided block
+#: of the backbone (Chen, Gu, Fu 2024). One object per name, so that equal configs give
+#: equal (hashable) models.
+DOWNSAMPLE_FILTERS = {
+    "daf": DeAliasingFilter,
+    "freqmix": functools.partial(FreqMix, reduction=16),
+}
+
+
+def _check_name(model_config: ml_collections.ConfigDict) -> str:
+    name = model_config.name
+    if name not in MODELS:
+        raise ValueError(f"config.model.name must be one of {tuple(MODELS)}, got {name!r}.")
+    return name
+
+
+def is_dct_model(model_config: ml_collections.ConfigDict) -> bool:
+    """Whether the model takes DCT coefficients (``name == "dct_deeplabv3plus"``)."""
+    return _check_name(model_config) == "dct_deeplabv3plus"
+
+
+def input_shape(model_config: ml_collections.ConfigDict, *, image_size: int) -> tuple[int, ...]:
+    """``(H, W, channels)`` of the model's input for ``image_size x image_size`` images.
+
+    ``(S, S, 3)`` for the RGB models; ``(S / 8, S / 8, 192)`` for the DCT model (one
+    position per 8 x 8 block, :mod:`spectral_jax.related.dct_input`).
+    """
+    if is_dct_model(model_config):
+        size = image_size // dct_input.BLOCK_SIZE
+        return (size, size, dct_input.NUM_DCT_CHANNELS)
+    return (image_size, image_size, 3)
+
+
+def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int) -> nn.Module:
+    """The model named by ``model_config.name`` with the other fields as attributes.
+
+    ``downsample_filter`` (``None``, ``"daf"`` or ``"freqmix"``) names a module of
+    :data:`DOWNSAMPLE_FILTERS`; list values (``channels``) become tuples. The configs are
+    written for DeepLab v3+: for ``name="dan"`` their ``low_level_channels`` is DAN's
+    ``projection_channels`` (the width of its stage projections, the same role), so
+    ``--config.model.name=dan`` works on any of them.
+
+    Raises:
+      ValueError: for an unknown name or filter, or a DAN config with both
+        ``low_level_channels`` and ``projection_channels``.
+    """
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config).items()}
+    name = _check_name(model_config)
+    del fields["name"]
+    if name == "dan" and "low_level_channels" in fields:
+        if "projection_channels" in fields:
+            raise ValueError(
+                "config.model for DAN sets both low_level_channels and projection_channels; "
+                "they are the same width, set one."
+            )
+        fields["projection_channels"] = fields.pop("low_level_channels")
+    if "downsample_filter" in fields:
+        filter_name = fields.pop("downsample_filter")
+        if filter_name is not None:
+            if filter_name not in DOWNSAMPLE_FILTERS:
+                raise ValueError(
+                    f"config.model.downsample_filter must be None or one of "
+                    f"{tuple(DOWNSAMPLE_FILTERS)}, got {filter_name!r}."
+                )
+            fields["downsample_filter"] = DOWNSAMPLE_FILTERS[filter_name]
+    return MODELS[name](num_classes=num_classes, **fields)
