@@ -119,9 +119,13 @@ def _class_spectra(log_partition, logit, class_id, labels, valid):
       class_id: ``[k, B]`` the class of each chunk slot and image.
       labels, valid: ``[B, H, W]``.
     """
-    neg_log_prob = jnp.where(valid, log_partition - logit, 0.0)  # [k, B, H, W]
+    # One difference per class rather than a broadcast of log_partition over the chunk:
+    # the gradient of a broadcast is a reduction over the chunk axis, a separate kernel on
+    # XLA:CPU in every backward step; the gradient of a stack is a chain of adds.
+    neg_log_prob = jnp.stack([log_partition - logit[i] for i in range(logit.shape[0])])
+    neg_log_prob = jnp.where(valid, neg_log_prob, 0.0)  # [k, B, H, W]
     target = (valid & (labels == class_id[..., None, None])).astype(logit.dtype)
-    # One transform of 2 k B maps: a batched FFT that every core works on.
+    # One transform of 2 k B maps: a batched FFT.
     return jnp.fft.rfft2(jnp.stack([neg_log_prob, target]))
 
 
@@ -365,10 +369,12 @@ def ce_spectrum(
         dense path (still exact; it costs the dense time, and under ``vmap`` both paths
         run).
       class_chunk_size: static number of classes transformed together per step of the
-        scan over classes. The memory beyond the inputs and the result is about
-        ``4 class_chunk_size`` complex half spectra of ``[B, H, Kw]``; larger chunks
-        batch more FFTs per step (the default was the fastest measured on 2 CPU cores,
-        ``benchmarks/README.md``). The result does not depend on it beyond rounding.
+        scan over classes. Each step holds ``2 class_chunk_size`` real maps
+        ``[B, H, W]`` and their complex half spectra ``[B, H, Kw]``, beyond the inputs,
+        their class-major copy and the result: the memory grows with the chunk, not
+        with ``C``. Larger chunks batch more FFTs per step (the default was the fastest
+        measured on 2 CPU cores, ``benchmarks/README.md``). The result does not depend
+        on it beyond rounding.
 
     Returns:
       ``[B, H, W]`` float32 (float64 for float64 logits) in DFT (unshifted) order; use
