@@ -67,7 +67,7 @@ from spectral_jax import bands as bands_lib
 from spectral_jax.bands import Radius
 
 # Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
-DEFAULT_CLASS_CHUNK_SIZE = 7
+DEFAULT_CLASS_CHUNK_SIZE = 3
 
 _CE_SETTINGS = ("ignore_index", "max_classes_present", "class_chunk_size")
 
