@@ -227,11 +227,11 @@ def _half_spectrum_of_classes(logits, labels, valid, classes, chunk_size: int):
     the ``[B, H, Kw]`` sum: each step transforms the chunk's ``2 k`` maps of ``[B, H, W]``
     (its negative log-probabilities and one-hot label maps) in one batched ``rfft2``, so
     the buffers of one step are reused by the next instead of materialising ``2 C``
-    spectra: the peak memory grows with the chunk, not with ``C``. One class per step
-    (the first version) ran at 1.4-1.7x the bare ``rfft2`` of all ``2 C`` maps on 2 CPU
-    cores: XLA:CPU ran the small FFT of each step on one core. Batching a chunk's FFTs
-    lets both cores work on them (``benchmarks/README.md`` has the measurements behind
-    :data:`DEFAULT_CLASS_CHUNK_SIZE`).
+    spectra: the peak memory grows with the chunk, not with ``C``. On 2 CPU cores chunks
+    of 1 to 3 classes ran within noise of each other, at 1.15x (8x129x129x21) to 1.4x
+    (2x513x513x21) the bare ``rfft2`` of all ``2 C`` maps under load, and larger chunks
+    slower; ``benchmarks/README.md`` has the measurements behind
+    :data:`DEFAULT_CLASS_CHUNK_SIZE` and what the remaining time goes to.
 
     Args:
       logits: ``[B, H, W, C]`` in the compute dtype.
