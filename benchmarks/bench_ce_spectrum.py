@@ -258,7 +258,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:10.1f}"
 
 
-def bench_shape(shape, repeats: int, ref_repeats: int, seed: int) -> dict[str, Any]:
+def bench_shape(
+    shape, repeats: int, ref_repeats: int, seed: int, class_chunk_sizes: Sequence[int] = ()
+) -> dict[str, Any]:
     batch, height, width, num_classes = shape
     rng = np.random.default_rng(seed)
     labels_np, clean = pascal_like_labels(rng, batch, height, width, num_classes)
@@ -298,6 +300,10 @@ def bench_shape(shape, repeats: int, ref_repeats: int, seed: int) -> dict[str, A
             (logits, labels),
         ),
     }
+    for chunk in class_chunk_sizes:  # The default is in the plain entries above.
+        for name in ("ce_spectrum", "band_limit_sweep"):
+            fn = functools.partial(getattr(sj, name), class_chunk_size=chunk)
+            candidates[f"{name}[chunk={chunk}]"] = (jax.jit(fn), (logits, labels))
 
     print(
         f"\n=== shape B={batch} H={height} W={width} C={num_classes}: R={num_bands} bands, "
@@ -367,7 +373,8 @@ def bench_shape(shape, repeats: int, ref_repeats: int, seed: int) -> dict[str, A
     checks["reference (Parseval)"] = dict(
         totals=float(np.max(np.abs(ref_spectrum.sum(axis=(1, 2)) - ref_ce) / np.abs(ref_ce)))
     )
-    for name in ("ce_spectrum", "ce_spectrum[k=3]"):
+    chunked = [name for name in candidates if "[chunk=" in name]
+    for name in ["ce_spectrum", "ce_spectrum[k=3]"] + chunked[::2]:
         fn, args = candidates[name]
         checks[name] = spectrum_errors(fn(*args))
     fn, args = candidates["ce_half_spectrum"]
@@ -382,7 +389,8 @@ def bench_shape(shape, repeats: int, ref_repeats: int, seed: int) -> dict[str, A
         totals=float(np.max(np.abs(profile.sum(-1) - ref_ce) / np.abs(ref_ce))),
         profile=float(np.max(np.abs(profile - ref_profile)) / np.abs(ref_profile).max()),
     )
-    for name in ("band_limit_sweep", "band_limit_sweep[k=3]", "vmap_relative_discrepancy"):
+    sweeps = ["band_limit_sweep", "band_limit_sweep[k=3]", "vmap_relative_discrepancy"]
+    for name in sweeps + chunked[1::2]:
         fn, args = candidates[name]
         checks[name] = dict(sweep_abs=float(np.max(np.abs(np.asarray(fn(*args)) - ref_sweep))))
     fn, args = candidates["relative_discrepancy"]
@@ -478,6 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="timed runs of the NumPy reference (default 2, or 1 for large shapes)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--class-chunk-sizes",
+        type=lambda text: [int(k) for k in text.split(",")],
+        default=[],
+        help="also time ce_spectrum and band_limit_sweep with these class_chunk_size values "
+        f"(the plain entries use the default, {sj.loss_spectrum.DEFAULT_CLASS_CHUNK_SIZE})",
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write results here")
     args = parser.parse_args(argv)
     for option in ("repeats", "ref_repeats"):
@@ -504,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if repeats < minimum:
             print(f"warning: {repeats} repeats for {shape}; at least {minimum} recommended")
         ref_repeats = args.ref_repeats or (1 if large else 2)
-        results.append(bench_shape(shape, repeats, ref_repeats, args.seed))
+        results.append(bench_shape(shape, repeats, ref_repeats, args.seed, args.class_chunk_sizes))
     elapsed = time.perf_counter() - start
     ok = all(r["checks_ok"] for r in results)
     print(

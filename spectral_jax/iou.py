@@ -17,6 +17,7 @@ Ignored pixels are removed from both maps.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -41,34 +42,11 @@ class IoUTerms(NamedTuple):
     label_mass: jax.Array
 
 
-def spectral_iou_terms(
-    probs: chex.Array,
-    labels: chex.Array,
-    *,
-    ignore_index: int = 255,
-    binarize: bool = False,
-) -> IoUTerms:
-    """The terms ``O``, ``s(0)``, ``b(0)`` of the spectral IoU (Eq. 7-8).
-
-    Sum them over images to get a data set's IoU (:func:`iou_from_terms`).
-
-    Args:
-      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``).
-      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
-      ignore_index: label of pixels left out of both maps.
-      binarize: replace ``S`` with the one-hot of its arg-max over classes (hard IoU).
-
-    Returns:
-      :class:`IoUTerms` of ``[B, C]`` arrays.
-
-    Raises:
-      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs.
-    """
-    _, height, width, num_classes = _checks.check_logits_and_labels(
-        probs, labels, ignore_index=ignore_index, logits_name="probs"
-    )
+@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
+def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> IoUTerms:
+    """The computation of :func:`spectral_iou_terms` on checked arguments."""
+    _, height, width, num_classes = probs.shape
     probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
-    labels = jnp.asarray(labels)
     valid = labels != ignore_index  # [B, H, W]
     if binarize:
         probs = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=probs.dtype)
@@ -88,6 +66,36 @@ def spectral_iou_terms(
     return jax.tree.map(
         lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), terms
     )
+
+
+def spectral_iou_terms(
+    probs: chex.Array,
+    labels: chex.Array,
+    *,
+    ignore_index: int = 255,
+    binarize: bool = False,
+) -> IoUTerms:
+    """The terms ``O``, ``s(0)``, ``b(0)`` of the spectral IoU (Eq. 7-8).
+
+    Sum them over images to get a data set's IoU (:func:`iou_from_terms`). Compiled once
+    per shape, dtype and setting, also when called eagerly (as
+    :func:`spectral_jax.ce_spectrum`).
+
+    Args:
+      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``).
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
+      ignore_index: label of pixels left out of both maps. Static.
+      binarize: replace ``S`` with the one-hot of its arg-max over classes (hard IoU).
+        Static.
+
+    Returns:
+      :class:`IoUTerms` of ``[B, C]`` arrays.
+
+    Raises:
+      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs.
+    """
+    _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
+    return _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
 
 
 def iou_from_terms(terms: IoUTerms) -> jax.Array:
@@ -120,8 +128,8 @@ def spectral_iou(
     Args:
       probs: ``[B, H, W, C]`` soft segmentation (for example ``jax.nn.softmax(logits)``).
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
-      ignore_index: label of pixels left out.
-      binarize: use the one-hot of the arg-max prediction (hard IoU).
+      ignore_index: label of pixels left out. Static.
+      binarize: use the one-hot of the arg-max prediction (hard IoU). Static.
 
     Returns:
       ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
@@ -135,5 +143,11 @@ def spectral_iou(
       >>> jnp.nanmean(iou, axis=-1).tolist()  # [B] mean IoU
       [0.583]
     """
-    terms = spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
+    return _spectral_iou(probs, labels, ignore_index=ignore_index, binarize=binarize)
+
+
+@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
+def _spectral_iou(probs, labels, *, ignore_index: int, binarize: bool) -> jax.Array:
+    terms = _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
     return iou_from_terms(terms)

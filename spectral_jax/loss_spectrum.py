@@ -39,7 +39,17 @@ Implementation: every map is transformed with the real-input ``rfft2``; sums ove
 frequencies are taken over the half spectrum with multiplicities
 (:func:`spectral_jax.bands.half_spectrum_weights`). ``max_classes_present=k`` transforms
 only the (at most ``k``) classes present in each image: ``b(nu, c)`` is identically zero
-for an absent class, so dropping its term is exact.
+for an absent class, so dropping its term is exact. The classes are transformed
+``class_chunk_size`` at a time in a ``lax.scan`` (:func:`_half_spectrum_of_classes`): the
+peak memory grows with the chunk, not with ``C``.
+
+Every public function checks its arguments in Python (label values too, when they are
+concrete) and runs its computation through a module-level ``jax.jit`` whose static
+arguments are the settings that fix shapes (``ignore_index``, ``radius``,
+``max_classes_present``, ``class_chunk_size``, ``per_image``). An eager call therefore
+compiles once per input shape, dtype and setting, and a repeated eager call costs what a
+call jitted by the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the
+inner ``jit`` is inlined. Band limits are traced arguments: new values never recompile.
 """
 
 from __future__ import annotations
@@ -56,6 +66,11 @@ from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax.bands import Radius
 
+# Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
+DEFAULT_CLASS_CHUNK_SIZE = 3
+
+_CE_SETTINGS = ("ignore_index", "max_classes_present", "class_chunk_size")
+
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
     if max_classes_present is not None and (
@@ -68,6 +83,25 @@ def _check_max_classes_present(max_classes_present: int | None) -> None:
         )
 
 
+def _check_class_chunk_size(class_chunk_size: int) -> None:
+    if (
+        isinstance(class_chunk_size, bool)
+        or not isinstance(class_chunk_size, int | np.integer)
+        or class_chunk_size < 1
+    ):
+        raise ValueError(f"class_chunk_size must be a positive int, got {class_chunk_size!r}.")
+
+
+def _check_ce_arguments(
+    logits, labels, *, ignore_index, max_classes_present, class_chunk_size
+) -> tuple[int, int, int, int]:
+    """The checks of :func:`ce_spectrum`'s arguments; concrete labels are range-checked."""
+    shape = _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
+    _check_max_classes_present(max_classes_present)
+    _check_class_chunk_size(class_chunk_size)
+    return shape
+
+
 def _classes_present(labels, valid, num_classes: int):
     """``[B, C]`` booleans: which classes occur among each image's valid pixels."""
     batch, height, width = labels.shape
@@ -77,16 +111,21 @@ def _classes_present(labels, valid, num_classes: int):
 
 
 def _class_spectra(log_partition, logit, class_id, labels, valid):
-    """Half spectra of one class's maps: ``[2, B, H, Kw]`` = ``(y_hat, b)``.
+    """Half spectra of a chunk of classes' maps: ``[2, k, B, H, Kw]`` = ``(y_hat, b)``.
 
     Args:
       log_partition: ``[B, H, W]`` ``logsumexp`` of the logits over classes.
-      logit: ``[B, H, W]`` the class's logits.
-      class_id: ``[B]`` the class of each image.
+      logit: ``[k, B, H, W]`` the chunk's logits.
+      class_id: ``[k, B]`` the class of each chunk slot and image.
       labels, valid: ``[B, H, W]``.
     """
-    neg_log_prob = jnp.where(valid, log_partition - logit, 0.0)
-    target = (valid & (labels == class_id[:, None, None])).astype(logit.dtype)
+    # One difference per class rather than a broadcast of log_partition over the chunk:
+    # the gradient of a broadcast is a reduction over the chunk axis, a separate kernel on
+    # XLA:CPU in every backward step; the gradient of a stack is a chain of adds.
+    neg_log_prob = jnp.stack([log_partition - logit[i] for i in range(logit.shape[0])])
+    neg_log_prob = jnp.where(valid, neg_log_prob, 0.0)  # [k, B, H, W]
+    target = (valid & (labels == class_id[..., None, None])).astype(logit.dtype)
+    # One transform of 2 k B maps: a batched FFT.
     return jnp.fft.rfft2(jnp.stack([neg_log_prob, target]))
 
 
@@ -140,35 +179,116 @@ def _scan_inputs(logits, valid, classes):
     return log_partition, jnp.moveaxis(selected, -1, 0), classes.T
 
 
-def _half_spectrum_of_classes(logits, labels, valid, classes):
+def _scan_class_chunks(step, init, class_logits, class_ids, chunk_size: int):
+    """``lax.scan`` of ``step(carry, (logits [k, B, H, W], ids [k, B]))`` over class chunks.
+
+    The ``K`` classes are visited ``k = min(chunk_size, K)`` at a time; the ``K mod k``
+    classes left over form one smaller step after the scan (no padding, so no class is
+    transformed twice and no dummy class is transformed at all).
+
+    Args:
+      step: ``(carry, (logits, ids)) -> (carry, None)``.
+      init: the initial carry.
+      class_logits: ``[K, B, H, W]``.
+      class_ids: ``[K, B]``.
+      chunk_size: static classes per step.
+
+    Returns:
+      The final carry.
+    """
+    num_classes = class_logits.shape[0]
+    chunk = max(1, min(chunk_size, num_classes))
+    num_chunks, rest = divmod(num_classes, chunk)
+    whole = num_chunks * chunk
+
+    def chunked(x):  # [K, ...] -> [K // k, k, ...]
+        return x[:whole].reshape(num_chunks, chunk, *x.shape[1:])
+
+    carry, _ = jax.lax.scan(step, init, (chunked(class_logits), chunked(class_ids)))
+    if rest:
+        carry, _ = step(carry, (class_logits[whole:], class_ids[whole:]))
+    return carry
+
+
+def _sum_leading(x):
+    """``x.sum(axis=0)`` as an unrolled chain of adds over the (static, small) first axis.
+
+    A reduction over the chunk axis becomes a separate reduce kernel on XLA:CPU that
+    cannot fuse the real and imaginary parts of the FFT output: it materialised four
+    extra arrays per step. Adds fuse into one elementwise loop with the products.
+    """
+    return functools.reduce(jnp.add, [x[i] for i in range(x.shape[0])])
+
+
+def _half_spectrum_of_classes(logits, labels, valid, classes, chunk_size: int):
     """Unnormalised ``Re sum_c conj(b(nu, c)) y_hat(nu, c)`` on the half spectrum.
 
-    The classes are visited one at a time in a ``lax.scan`` that accumulates the
-    ``[B, H, Kw]`` sum: each step transforms two ``[B, H, W]`` maps (the class's negative
-    log-probabilities and its one-hot label map), so the buffers of one step are reused by
-    the next instead of materialising ``2 K`` spectra. On a 2-core CPU this brought the
-    batched formulation's 1.8-2.1x of the bare ``rfft2`` time down to about 1.5x (1.0-1.1x
-    on one core); the excess had gone to first touches of freshly mapped memory.
+    The classes are visited ``chunk_size`` at a time in a ``lax.scan`` that accumulates
+    the ``[B, H, Kw]`` sum: each step transforms the chunk's ``2 k`` maps of ``[B, H, W]``
+    (its negative log-probabilities and one-hot label maps) in one batched ``rfft2``, so
+    the buffers of one step are reused by the next instead of materialising ``2 C``
+    spectra: the peak memory grows with the chunk, not with ``C``. On 2 CPU cores chunks
+    of 1 to 3 classes ran within noise of each other, at 1.15x (8x129x129x21) to 1.4x
+    (2x513x513x21) the bare ``rfft2`` of all ``2 C`` maps under load, and larger chunks
+    slower; ``benchmarks/README.md`` has the measurements behind
+    :data:`DEFAULT_CLASS_CHUNK_SIZE` and what the remaining time goes to.
 
     Args:
       logits: ``[B, H, W, C]`` in the compute dtype.
       labels: ``[B, H, W]`` integers.
       valid: ``[B, H, W]`` booleans.
       classes: ``None`` for all ``C`` classes, or ``[B, K]`` class indices per image.
+      chunk_size: static number of classes per step.
 
     Returns:
       ``[B, H, Kw]`` real, ``Kw = W // 2 + 1``.
     """
     log_partition, class_logits, class_ids = _scan_inputs(logits, valid, classes)
 
-    def add_class(total, inputs):
-        y_hat, b = _class_spectra(log_partition, *inputs, labels, valid)  # [B, H, Kw] each
-        return total + (y_hat.real * b.real + y_hat.imag * b.imag), None
+    def add_chunk(total, inputs):
+        y_hat, b = _class_spectra(log_partition, *inputs, labels, valid)  # [k, B, H, Kw] each
+        products = y_hat.real * b.real + y_hat.imag * b.imag  # [k, B, H, Kw]
+        return total + _sum_leading(products), None
 
     batch, height, width = labels.shape
     total = jnp.zeros((batch, height, width // 2 + 1), logits.dtype)
-    total, _ = jax.lax.scan(add_class, total, (class_logits, class_ids))
-    return total
+    return _scan_class_chunks(add_chunk, total, class_logits, class_ids, chunk_size)
+
+
+def _compute_half_spectrum(
+    logits, labels, *, ignore_index: int, max_classes_present: int | None, class_chunk_size: int
+):
+    """The computation of :func:`ce_half_spectrum` on checked arguments (traceable)."""
+    _, height, width, num_classes = jnp.shape(logits)
+    logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
+    labels = jnp.asarray(labels)
+    valid = labels != ignore_index  # [B, H, W]
+    num_valid = jnp.sum(valid, axis=(1, 2))  # [B]
+    # An image without valid pixels has all-zero components; max(N, 1) keeps them zero.
+    scale = 1.0 / (height * width * jnp.maximum(num_valid, 1).astype(logits.dtype))
+
+    dense = functools.partial(_half_spectrum_of_classes, classes=None, chunk_size=class_chunk_size)
+    if max_classes_present is None or max_classes_present >= num_classes:
+        half = dense(logits, labels, valid)
+    else:
+        present = _classes_present(labels, valid, num_classes)  # [B, C]
+        # A stable sort of "absent" puts the present classes first, in class order; the
+        # slots beyond an image's classes hold absent classes, whose terms are zero.
+        classes = jnp.argsort(~present, axis=-1, stable=True)[:, :max_classes_present]
+        sparse = functools.partial(
+            _half_spectrum_of_classes, classes=classes, chunk_size=class_chunk_size
+        )
+        overflow = jnp.any(jnp.sum(present, axis=-1) > max_classes_present)
+        # Documented fallback: a batch with an image of more than k classes takes the
+        # exact dense path, so the result never depends on k.
+        half = jax.lax.cond(overflow, dense, sparse, logits, labels, valid)
+    half = half * scale[:, None, None]
+    return _checks.poison_invalid_labels(half, labels, num_classes, ignore_index)
+
+
+@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
+def _ce_half_spectrum(logits, labels, **settings):
+    return _compute_half_spectrum(logits, labels, **settings)
 
 
 def ce_half_spectrum(
@@ -177,6 +297,7 @@ def ce_half_spectrum(
     *,
     ignore_index: int = 255,
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     """CE components on the half spectrum that ``rfft2`` returns (the fast layout).
 
@@ -189,32 +310,13 @@ def ce_half_spectrum(
     Returns:
       ``[B, H, Kw]`` float32 (float64 for float64 logits), ``Kw = W // 2 + 1``.
     """
-    batch, height, width, num_classes = _checks.check_logits_and_labels(
-        logits, labels, ignore_index=ignore_index
+    settings = dict(
+        ignore_index=ignore_index,
+        max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    _check_max_classes_present(max_classes_present)
-    logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
-    labels = jnp.asarray(labels)
-    valid = labels != ignore_index  # [B, H, W]
-    num_valid = jnp.sum(valid, axis=(1, 2))  # [B]
-    # An image without valid pixels has all-zero components; max(N, 1) keeps them zero.
-    scale = 1.0 / (height * width * jnp.maximum(num_valid, 1).astype(logits.dtype))
-
-    dense = functools.partial(_half_spectrum_of_classes, classes=None)
-    if max_classes_present is None or max_classes_present >= num_classes:
-        half = dense(logits, labels, valid)
-    else:
-        present = _classes_present(labels, valid, num_classes)  # [B, C]
-        # A stable sort of "absent" puts the present classes first, in class order; the
-        # slots beyond an image's classes hold absent classes, whose terms are zero.
-        classes = jnp.argsort(~present, axis=-1, stable=True)[:, :max_classes_present]
-        sparse = functools.partial(_half_spectrum_of_classes, classes=classes)
-        overflow = jnp.any(jnp.sum(present, axis=-1) > max_classes_present)
-        # Documented fallback: a batch with an image of more than k classes takes the
-        # exact dense path, so the result never depends on k.
-        half = jax.lax.cond(overflow, dense, sparse, logits, labels, valid)
-    half = half * scale[:, None, None]
-    return _checks.poison_invalid_labels(half, labels, num_classes, ignore_index)
+    _check_ce_arguments(logits, labels, **settings)
+    return _ce_half_spectrum(logits, labels, **settings)
 
 
 def _full_from_half(half, width: int):
@@ -226,12 +328,19 @@ def _full_from_half(half, width: int):
     return jnp.concatenate([half, rest], axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
+def _ce_spectrum(logits, labels, **settings):
+    half = _compute_half_spectrum(logits, labels, **settings)
+    return _full_from_half(half, logits.shape[2])
+
+
 def ce_spectrum(
     logits: chex.Array,
     labels: chex.Array,
     *,
     ignore_index: int = 255,
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     r"""Frequency components ``L_ce(nu)`` of each image's cross-entropy (Eq. 5).
 
@@ -244,18 +353,28 @@ def ce_spectrum(
     its ``N`` valid pixels (Parseval). Components are real and even in ``nu``; they can be
     negative away from ``nu = 0``.
 
+    Compiled once per shape, dtype and setting, also when called eagerly (module
+    docstring); calling it under ``jax.jit`` costs the same.
+
     Args:
       logits: ``[B, H, W, C]`` floating logits. float64 logits (with
         ``jax_enable_x64``) are transformed in float64, all others in float32.
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels that contribute nothing (to any component). Must lie
-        outside ``[0, C)``.
+        outside ``[0, C)``. Static.
       max_classes_present: static bound ``k`` on the number of classes per image. When
         given, only the classes present in each image are transformed (exact, since
         absent classes have ``b = 0``), about ``k / C`` of the dense cost. If an image
         of the batch holds more than ``k`` classes, the whole batch falls back to the
         dense path (still exact; it costs the dense time, and under ``vmap`` both paths
         run).
+      class_chunk_size: static number of classes transformed together per step of the
+        scan over classes. Each step holds ``2 class_chunk_size`` real maps
+        ``[B, H, W]`` and their complex half spectra ``[B, H, Kw]``, beyond the inputs,
+        their class-major copy and the result: the memory grows with the chunk, not
+        with ``C``. Larger chunks batch more FFTs per step (the default was the fastest
+        measured on 2 CPU cores, ``benchmarks/README.md``). The result does not depend
+        on it beyond rounding.
 
     Returns:
       ``[B, H, W]`` float32 (float64 for float64 logits) in DFT (unshifted) order; use
@@ -264,10 +383,11 @@ def ce_spectrum(
     Raises:
       TypeError: non-floating ``logits`` or non-integer ``labels``.
       ValueError: wrong ranks, ``[B, H, W]`` mismatch, ``ignore_index`` inside
-        ``[0, C)``, a bad ``max_classes_present``, or (eagerly) a label outside
-        ``[0, C)``. Under ``jit`` the images with such a label get NaN components.
-        NaN or Inf logits at valid pixels make the image's components non-finite
-        (NaN, or Inf at ``nu = 0``); at ignored pixels they are ignored, also by gradients.
+        ``[0, C)``, a bad ``max_classes_present`` or ``class_chunk_size``, or (eagerly) a
+        label outside ``[0, C)``. Under ``jit`` the images with such a label get NaN
+        components. NaN or Inf logits at valid pixels make the image's components
+        non-finite (NaN, or Inf at ``nu = 0``); at ignored pixels they are ignored, also
+        by gradients.
 
     Example:
       >>> import optax
@@ -282,11 +402,13 @@ def ce_spectrum(
       >>> np.allclose(ce, spatial.mean(axis=(1, 2)), atol=1e-5)
       True
     """
-    width = jnp.shape(logits)[2] if jnp.ndim(logits) == 4 else None
-    half = ce_half_spectrum(
-        logits, labels, ignore_index=ignore_index, max_classes_present=max_classes_present
+    settings = dict(
+        ignore_index=ignore_index,
+        max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    return _full_from_half(half, width)
+    _check_ce_arguments(logits, labels, **settings)
+    return _ce_spectrum(logits, labels, **settings)
 
 
 def _band_sums(half, shape, radius: str):
@@ -299,6 +421,16 @@ def _band_sums(half, shape, radius: str):
     return jax.vmap(lambda row: jax.ops.segment_sum(row, index.ravel(), num_segments=num))(weighted)
 
 
+def _compute_band_profile(logits, labels, *, radius: str, **settings):
+    half = _compute_half_spectrum(logits, labels, **settings)
+    return _band_sums(half, logits.shape[1:3], radius)
+
+
+@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
+def _band_profile(logits, labels, **settings):
+    return _compute_band_profile(logits, labels, **settings)
+
+
 def band_profile(
     logits: chex.Array,
     labels: chex.Array,
@@ -306,24 +438,30 @@ def band_profile(
     ignore_index: int = 255,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     r"""Sum of the CE components in each band (the paper's Fig. 1 and 2).
 
     .. math:: P(r) = \sum_{\mathrm{band}(\nu) = r} \mathcal{L}_{ce}(\nu)
 
     Args:
-      logits, labels, ignore_index, max_classes_present: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+        :func:`ce_spectrum`.
       radius: ``"chebyshev"`` (``max(|nu_h|, |nu_w|)``) or ``"euclidean"``
-        (see :mod:`spectral_jax.bands`).
+        (see :mod:`spectral_jax.bands`). Static.
 
     Returns:
       ``[B, R]``, ``R = num_bands((H, W), radius=radius)``; each row sums to the image's
       mean CE.
     """
-    half = ce_half_spectrum(
-        logits, labels, ignore_index=ignore_index, max_classes_present=max_classes_present
+    settings = dict(
+        ignore_index=ignore_index,
+        max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    return _band_sums(half, jnp.shape(labels)[1:], radius)
+    _check_ce_arguments(logits, labels, **settings)
+    bands_lib._check_radius(radius)
+    return _band_profile(logits, labels, radius=radius, **settings)
 
 
 def _truncate_profile(profile, band_limit):
@@ -336,13 +474,17 @@ def _truncate_profile(profile, band_limit):
     return jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
 
 
-def _check_band_limit(band_limit) -> jax.Array:
+def _check_band_limit(band_limit) -> None:
     if jnp.ndim(band_limit) != 0:
         raise ValueError(
             f"band_limit must be a scalar (vmap over band limits instead), got shape "
             f"{jnp.shape(band_limit)}."
         )
-    return jnp.asarray(band_limit)
+
+
+@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
+def _truncated_ce(logits, labels, band_limit, **settings):
+    return _truncate_profile(_compute_band_profile(logits, labels, **settings), band_limit)
 
 
 def truncated_ce(
@@ -353,6 +495,7 @@ def truncated_ce(
     ignore_index: int = 255,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     r"""Truncated CE: the components inside a band limit (Eq. 13).
 
@@ -363,24 +506,26 @@ def truncated_ce(
     Differentiable in ``logits``: its gradient is the loss a band-limited training uses.
 
     Args:
-      logits, labels, ignore_index, max_classes_present: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+        :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``; a traced value (it only selects), so
-        ``jax.vmap`` over band limits compiles once. A band limit at or above the last
-        band gives the full CE; a negative one gives 0.
+        ``jax.vmap`` over band limits compiles once, and so does a loop over band limits
+        of one type (a Python int, say). A band limit at or above the last band gives
+        the full CE; a negative one gives 0.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       ``[B]`` truncated CE per image.
     """
-    band_limit = _check_band_limit(band_limit)
-    profile = band_profile(
-        logits,
-        labels,
+    _check_band_limit(band_limit)
+    settings = dict(
         ignore_index=ignore_index,
-        radius=radius,
         max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    return _truncate_profile(profile, band_limit)
+    _check_ce_arguments(logits, labels, **settings)
+    bands_lib._check_radius(radius)
+    return _truncated_ce(logits, labels, band_limit, radius=radius, **settings)
 
 
 def _relative(truncated, total, per_image: bool):
@@ -389,6 +534,13 @@ def _relative(truncated, total, per_image: bool):
         truncated, total = jnp.sum(truncated, axis=0), jnp.sum(total, axis=0)
     nonzero = total != 0
     return jnp.where(nonzero, jnp.abs(truncated - total) / jnp.where(nonzero, total, 1), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
+def _relative_discrepancy(logits, labels, band_limit, *, per_image, **settings):
+    profile = _compute_band_profile(logits, labels, **settings)
+    truncated = _truncate_profile(profile, band_limit)
+    return _relative(truncated, jnp.sum(profile, axis=-1), per_image)
 
 
 def relative_discrepancy(
@@ -400,6 +552,7 @@ def relative_discrepancy(
     radius: Radius = "chebyshev",
     per_image: bool = False,
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     r"""Relative discrepancy ``R(nu_max)`` of the truncated CE from the CE (Eq. 14).
 
@@ -412,24 +565,37 @@ def relative_discrepancy(
     image with no valid pixel: all its components are 0).
 
     Args:
-      logits, labels, ignore_index, max_classes_present: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+        :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once).
       radius: band radius, as in :func:`band_profile`.
-      per_image: return ``[B]`` per-image ratios instead of the batch ratio.
+      per_image: return ``[B]`` per-image ratios instead of the batch ratio. Static.
 
     Returns:
       Scalar, or ``[B]`` with ``per_image=True``.
     """
-    band_limit = _check_band_limit(band_limit)
-    profile = band_profile(
-        logits,
-        labels,
+    _check_band_limit(band_limit)
+    settings = dict(
         ignore_index=ignore_index,
-        radius=radius,
         max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    truncated = _truncate_profile(profile, band_limit)
-    return _relative(truncated, jnp.sum(profile, axis=-1), per_image)
+    _check_ce_arguments(logits, labels, **settings)
+    bands_lib._check_radius(radius)
+    return _relative_discrepancy(
+        logits, labels, band_limit, radius=radius, per_image=per_image, **settings
+    )
+
+
+def _compute_sweep(profile, per_image: bool):
+    truncated = jnp.cumsum(profile, axis=-1)
+    total = truncated[..., -1:]
+    if not per_image:
+        return _relative(jnp.moveaxis(truncated, -2, 0), jnp.moveaxis(total, -2, 0), False)
+    return _relative(truncated, total, True)
+
+
+_sweep_from_band_profile = jax.jit(_compute_sweep, static_argnames="per_image")
 
 
 def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> jax.Array:
@@ -441,17 +607,19 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
     Args:
       profile: ``[B, R]`` band sums (:func:`band_profile`), or any ``[..., B, R]``.
       per_image: keep the image axis (``[..., B, R]``) instead of the ratio of batch
-        means (``[..., R]``).
+        means (``[..., R]``). Static.
 
     Returns:
       ``[..., R]`` (or ``[..., B, R]``): entry ``r`` is ``R(nu_max = r)``.
     """
-    chex.assert_rank(profile, {2, 3, 4})
-    truncated = jnp.cumsum(profile, axis=-1)
-    total = truncated[..., -1:]
-    if not per_image:
-        return _relative(jnp.moveaxis(truncated, -2, 0), jnp.moveaxis(total, -2, 0), False)
-    return _relative(truncated, total, True)
+    if jnp.ndim(profile) not in (2, 3, 4):  # chex's check costs a call's worth: only on failure
+        chex.assert_rank(profile, {2, 3, 4})
+    return _sweep_from_band_profile(profile, per_image=per_image)
+
+
+@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
+def _band_limit_sweep(logits, labels, *, per_image, **settings):
+    return _compute_sweep(_compute_band_profile(logits, labels, **settings), per_image)
 
 
 def band_limit_sweep(
@@ -462,6 +630,7 @@ def band_limit_sweep(
     radius: Radius = "chebyshev",
     per_image: bool = False,
     max_classes_present: int | None = None,
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
     """``R(nu_max)`` at every band limit ``0 .. R-1`` from one decomposition.
 
@@ -470,21 +639,23 @@ def band_limit_sweep(
     ``relative_discrepancy(logits, labels, r)``.
 
     Args:
-      logits, labels, ignore_index, max_classes_present: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+        :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
       per_image: ``[B, R]`` per-image ratios instead of the ``[R]`` ratio of batch means.
+        Static.
 
     Returns:
       ``[R]`` (or ``[B, R]``); the last entry is 0.
     """
-    profile = band_profile(
-        logits,
-        labels,
+    settings = dict(
         ignore_index=ignore_index,
-        radius=radius,
         max_classes_present=max_classes_present,
+        class_chunk_size=class_chunk_size,
     )
-    return sweep_from_band_profile(profile, per_image=per_image)
+    _check_ce_arguments(logits, labels, **settings)
+    bands_lib._check_radius(radius)
+    return _band_limit_sweep(logits, labels, radius=radius, per_image=per_image, **settings)
 
 
 class MagnitudeProfiles(NamedTuple):
@@ -499,12 +670,39 @@ class MagnitudeProfiles(NamedTuple):
     logits: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("ignore_index", "radius", "class_chunk_size"))
+def _magnitude_profiles(logits, labels, *, ignore_index, radius, class_chunk_size):
+    _, height, width, num_classes = logits.shape
+    logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
+    valid = labels != ignore_index  # [B, H, W]
+    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, None)
+
+    def add_chunk(totals, inputs):  # a chunk of classes per step, as in the CE
+        spectra = _class_spectra(log_partition, *inputs, labels, valid)  # [2, k, B, H, Kw]
+        return totals + _sum_leading(jnp.moveaxis(jnp.abs(spectra), 1, 0)), None
+
+    batch = labels.shape[0]
+    totals = jnp.zeros((2, batch, height, width // 2 + 1), logits.dtype)
+    totals = _scan_class_chunks(add_chunk, totals, class_logits, class_ids, class_chunk_size)
+    shape = (height, width)
+    sizes = bands_lib.band_sizes(shape, radius=radius).astype(logits.dtype)
+    norm = 1.0 / (num_classes * height * width)
+    logit_profile, label_profile = (
+        _band_sums(total * norm, shape, radius) / sizes for total in totals
+    )
+    result = MagnitudeProfiles(labels=label_profile, logits=logit_profile)
+    return jax.tree.map(
+        lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), result
+    )
+
+
 def magnitude_profiles(
     logits: chex.Array,
     labels: chex.Array,
     *,
     ignore_index: int = 255,
     radius: Radius = "chebyshev",
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> MagnitudeProfiles:
     r"""Class-averaged magnitude profiles ``|b(nu)|`` and ``|y_hat(nu)|`` (Fig. 1).
 
@@ -522,34 +720,19 @@ def magnitude_profiles(
     are zero in both maps, as in :func:`ce_spectrum`. All ``C`` classes are transformed.
 
     Args:
-      logits, labels, ignore_index: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, class_chunk_size: as in :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       :class:`MagnitudeProfiles` of two ``[B, R]`` arrays.
     """
-    _, height, width, num_classes = _checks.check_logits_and_labels(
-        logits, labels, ignore_index=ignore_index
-    )
-    logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
-    labels = jnp.asarray(labels)
-    valid = labels != ignore_index  # [B, H, W]
-    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, None)
-
-    def add_class(totals, inputs):  # one class per step, as in _half_spectrum_of_classes
-        spectra = _class_spectra(log_partition, *inputs, labels, valid)  # [2, B, H, Kw]
-        return totals + jnp.abs(spectra), None
-
-    batch = labels.shape[0]
-    totals = jnp.zeros((2, batch, height, width // 2 + 1), logits.dtype)
-    totals, _ = jax.lax.scan(add_class, totals, (class_logits, class_ids))  # [2, B, H, Kw]
-    shape = (height, width)
-    sizes = bands_lib.band_sizes(shape, radius=radius).astype(logits.dtype)
-    norm = 1.0 / (num_classes * height * width)
-    logit_profile, label_profile = (
-        _band_sums(total * norm, shape, radius) / sizes for total in totals
-    )
-    result = MagnitudeProfiles(labels=label_profile, logits=logit_profile)
-    return jax.tree.map(
-        lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), result
+    _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
+    _check_class_chunk_size(class_chunk_size)
+    bands_lib._check_radius(radius)
+    return _magnitude_profiles(
+        logits,
+        labels,
+        ignore_index=ignore_index,
+        radius=radius,
+        class_chunk_size=class_chunk_size,
     )

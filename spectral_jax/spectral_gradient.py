@@ -37,8 +37,22 @@ cotangents ``cos(theta_i)`` and ``sin(theta_i)``; then
 (rows, ``mode="reverse"``), each chunk ``vmap``-ed and written in place into the
 preallocated result: one compiled loop body, memory ``~ chunk_size x (map size)`` beyond
 the result, never one graph with ``M`` directions. Rows and columns at given indices use
-``jax.lax.map(..., batch_size=chunk_size)``. Everything is traceable, so callers
-``jax.jit`` at the edge with ``static_argnames=("chunk_size", "mode")``.
+``jax.lax.map(..., batch_size=chunk_size)``.
+
+**Compilation.** Every public function checks its arguments in Python (concrete
+frequency indices and labels by value) and then runs one module-level ``jax.jit`` with
+the function ``fn`` (``head_fn``) and the shape-setting arguments (``chunk_size``,
+``mode``, ``radius``, ``ignore_index``) static. A repeated eager call with the same
+``fn``, shapes and settings therefore compiles nothing and costs what a call jitted by
+the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is
+inlined. A static ``fn`` is keyed by ``hash`` and ``==``: a plain function by identity,
+so define it once and reuse it. A ``functools.partial`` also hashes by identity, so a
+partial re-created before every call (``partial(conv, kernel=k)`` in a notebook cell)
+compiles again each time: keep the partial in a variable, or jit at the edge with the
+array as an argument, ``jax.jit(lambda k, x: spectral_jacobian(partial(conv, kernel=k),
+x))``, which compiles once per shape. The compiled function (and the arrays a partial
+holds) stays in JAX's cache. An unhashable ``fn`` cannot be static: it is run without
+the inner ``jit`` (as eager JAX, compiling op by op).
 
 Frequency indices must be concrete to be range-checked; traced indices are not checked
 (an out-of-range index then aliases onto the frequency ``index mod`` the grid).
@@ -46,6 +60,7 @@ Frequency indices must be concrete to be range-checked; traced indices are not c
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -68,7 +83,7 @@ _MODES = ("forward", "reverse")
 # Checks.
 
 
-def _check_x(x, name: str = "x") -> jax.Array:
+def _check_x(x, name: str = "x") -> None:
     dtype = jnp.result_type(x)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
@@ -84,13 +99,42 @@ def _check_x(x, name: str = "x") -> jax.Array:
         )
     if any(n < 1 for n in jnp.shape(x)):
         raise ValueError(f"{name} must have non-empty axes, got shape {jnp.shape(x)}.")
-    return jnp.asarray(x, _checks.compute_dtype(dtype))
+
+
+def _as_compute_dtype(x) -> jax.Array:
+    """``x`` in the dtype of the computation: float64 stays, anything else is float32."""
+    return jnp.asarray(x, _checks.compute_dtype(jnp.result_type(x)))
+
+
+def _is_hashable(fn) -> bool:
+    try:
+        hash(fn)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_eval_shape(fn, x: jax.ShapeDtypeStruct):
+    return jax.eval_shape(fn, x)
+
+
+def _output_of(fn, x):
+    """``jax.eval_shape`` of ``fn`` at ``x`` in the compute dtype.
+
+    Cached per ``(fn, shape, dtype)`` for a hashable ``fn``: tracing ``fn`` on every eager
+    call would cost more than the rows of a small Jacobian. Errors are not cached.
+    """
+    struct = jax.ShapeDtypeStruct(jnp.shape(x), _checks.compute_dtype(jnp.result_type(x)))
+    if _is_hashable(fn):
+        return _cached_eval_shape(fn, struct)
+    return jax.eval_shape(fn, struct)
 
 
 def _check_output(fn, x, *, fn_name: str = "fn", x_name: str = "x"):
     """Returns the output shape of ``fn(x)`` after checking its structure and dtype."""
     try:
-        out = jax.eval_shape(fn, x)
+        out = _output_of(fn, x)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{fn_name} could not be evaluated on {x_name} of shape {jnp.shape(x)}: {error}"
@@ -115,9 +159,9 @@ def _check_output(fn, x, *, fn_name: str = "fn", x_name: str = "x"):
     return out.shape
 
 
-def _check_projection(projection, size: int, name: str, dtype) -> jax.Array:
+def _check_projection(projection, size: int, name: str) -> None:
     if projection is None:
-        return jnp.ones((size,), dtype)
+        return
     if jnp.iscomplexobj(projection):
         raise TypeError(f"{name} must be real, got dtype {jnp.result_type(projection)}.")
     if jnp.shape(projection) != (size,):
@@ -125,6 +169,11 @@ def _check_projection(projection, size: int, name: str, dtype) -> jax.Array:
             f"{name} must have shape [{size}] (one weight per channel), got shape "
             f"{jnp.shape(projection)}."
         )
+
+
+def _projection_or_ones(projection, size: int, dtype) -> jax.Array:
+    if projection is None:
+        return jnp.ones((size,), dtype)
     return jnp.asarray(projection, dtype)
 
 
@@ -137,7 +186,7 @@ def _check_chunk_and_mode(chunk_size, mode) -> None:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
 
 
-def _check_indices(indices, size: int, name: str, spectrum: str) -> jax.Array:
+def _check_indices(indices, size: int, name: str, spectrum: str) -> None:
     if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
         raise TypeError(
             f"{name} must hold integer (flattened) frequency indices, got dtype "
@@ -153,7 +202,21 @@ def _check_indices(indices, size: int, name: str, spectrum: str) -> jax.Array:
                 f"{name} must lie in [0, {size}) (the {size} frequencies of the {spectrum} "
                 f"spectrum, flattened), got {int(values[bad][0])}."
             )
-    return jnp.asarray(indices, jnp.int32)
+
+
+def _jit_with_static_fn(compute, static_argnames: tuple[str, ...]):
+    """``compute(fn, *arrays, **settings)``, jitted with ``fn`` and the settings static.
+
+    An unhashable ``fn`` cannot be a static argument: then ``compute`` runs unjitted,
+    as every call did before the inner ``jit`` (module docstring, "Compilation").
+    """
+    jitted = jax.jit(compute, static_argnums=0, static_argnames=static_argnames)
+
+    @functools.wraps(compute)
+    def call(fn, *args, **settings):
+        return (jitted if _is_hashable(fn) else compute)(fn, *args, **settings)
+
+    return call
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,11 +331,21 @@ def _assemble(vector_fn, count: int, length: int, chunk_size: int, dtype, *, as_
 # Public API.
 
 
-def _prepare(fn, x, in_projection, out_projection):
-    x = _check_x(x)
+def _check_inputs(fn, x, in_projection, out_projection) -> tuple[int, ...]:
+    """Checks ``x``, ``fn(x)`` and the projections; returns the output shape."""
+    _check_x(x)
     out_shape = _check_output(fn, x)
-    in_projection = _check_projection(in_projection, x.shape[-1], "in_projection", x.dtype)
-    out_projection = _check_projection(out_projection, out_shape[-1], "out_projection", x.dtype)
+    _check_projection(in_projection, jnp.shape(x)[-1], "in_projection")
+    _check_projection(out_projection, out_shape[-1], "out_projection")
+    return out_shape
+
+
+def _prepare(fn, x, in_projection, out_projection):
+    """Checked arguments in the compute dtype, and the projected real output function."""
+    x = _as_compute_dtype(x)
+    out_shape = _output_of(fn, x).shape
+    in_projection = _projection_or_ones(in_projection, x.shape[-1], x.dtype)
+    out_projection = _projection_or_ones(out_projection, out_shape[-1], x.dtype)
     # Output in x's dtype, so that float64 stays float64 and bfloat16 layers are upcast.
     out_fn = _projected(lambda z: fn(z).astype(x.dtype), out_projection)
     return x, out_fn, in_projection, out_shape[:-1]
@@ -302,7 +375,9 @@ def spectral_jacobian(
     Args:
       fn: real function of one map ``[H, W, Cin]`` (or ``[L, Cin]``) returning one map
         ``[H', W', Cout]`` (or ``[L', Cout]``) of a real floating dtype. Bind parameters
-        with ``functools.partial`` or a closure.
+        with ``functools.partial`` or a closure. Static: the computation compiles once
+        per ``fn``, shapes and settings, also eagerly; a re-created partial is a new
+        ``fn`` and compiles again (module docstring, "Compilation").
       x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken.
         float64 (with x64 enabled) stays float64; other dtypes are computed in float32.
       in_projection: ``[Cin]`` real weights ``u`` of the input channels (default ones).
@@ -346,6 +421,13 @@ def spectral_jacobian(
       True
     """
     _check_chunk_and_mode(chunk_size, mode)
+    _check_inputs(fn, x, in_projection, out_projection)
+    return _spectral_jacobian(
+        fn, x, in_projection, out_projection, chunk_size=chunk_size, mode=mode
+    )
+
+
+def _compute_spectral_jacobian(fn, x, in_projection, out_projection, *, chunk_size, mode):
     x, out_fn, in_projection, out_spatial = _prepare(fn, x, in_projection, out_projection)
     m_in, m_out = math.prod(x.shape[:-1]), math.prod(out_spatial)
     if mode == "forward":
@@ -353,6 +435,9 @@ def spectral_jacobian(
         return _assemble(column, m_in, m_out, chunk_size, _cdtype(x), as_rows=False)
     row = _row_fn(out_fn, x, in_projection, fft_out=True)
     return _assemble(row, m_out, m_in, chunk_size, _cdtype(x), as_rows=True)
+
+
+_spectral_jacobian = _jit_with_static_fn(_compute_spectral_jacobian, ("chunk_size", "mode"))
 
 
 def spectral_jacobian_rows(
@@ -382,10 +467,20 @@ def spectral_jacobian_rows(
       (concrete indices only), TypeError for non-integer ``nu_i``.
     """
     _check_chunk_and_mode(chunk_size, "reverse")
-    x, out_fn, in_projection, out_spatial = _prepare(fn, x, in_projection, out_projection)
-    nu_i = _check_indices(nu_i, math.prod(out_spatial), "nu_i", "output")
+    out_shape = _check_inputs(fn, x, in_projection, out_projection)
+    _check_indices(nu_i, math.prod(out_shape[:-1]), "nu_i", "output")
+    return _spectral_jacobian_rows(
+        fn, x, nu_i, in_projection, out_projection, chunk_size=chunk_size
+    )
+
+
+def _compute_rows(fn, x, nu_i, in_projection, out_projection, *, chunk_size):
+    x, out_fn, in_projection, _ = _prepare(fn, x, in_projection, out_projection)
     row = _row_fn(out_fn, x, in_projection, fft_out=True)
-    return jax.lax.map(row, nu_i, batch_size=chunk_size)
+    return jax.lax.map(row, jnp.asarray(nu_i, jnp.int32), batch_size=chunk_size)
+
+
+_spectral_jacobian_rows = _jit_with_static_fn(_compute_rows, ("chunk_size",))
 
 
 def spectral_jacobian_columns(
@@ -411,10 +506,20 @@ def spectral_jacobian_columns(
       As :func:`spectral_jacobian_rows`, for ``nu_j`` outside ``[0, M_in)``.
     """
     _check_chunk_and_mode(chunk_size, "forward")
+    _check_inputs(fn, x, in_projection, out_projection)
+    _check_indices(nu_j, math.prod(jnp.shape(x)[:-1]), "nu_j", "input")
+    return _spectral_jacobian_columns(
+        fn, x, nu_j, in_projection, out_projection, chunk_size=chunk_size
+    )
+
+
+def _compute_columns(fn, x, nu_j, in_projection, out_projection, *, chunk_size):
     x, out_fn, in_projection, _ = _prepare(fn, x, in_projection, out_projection)
-    nu_j = _check_indices(nu_j, math.prod(x.shape[:-1]), "nu_j", "input")
     column = _column_fn(out_fn, x, in_projection, fft_out=True)
-    return jax.lax.map(column, nu_j, batch_size=chunk_size).T
+    return jax.lax.map(column, jnp.asarray(nu_j, jnp.int32), batch_size=chunk_size).T
+
+
+_spectral_jacobian_columns = _jit_with_static_fn(_compute_columns, ("chunk_size",))
 
 
 def ce_spectral_gradient(
@@ -445,6 +550,7 @@ def ce_spectral_gradient(
     Args:
       head_fn: real function from features ``[H, W, Cin]`` to logits ``[H', W', C]`` of
         one image (for example an ASPP-to-logits decoder head with bound parameters).
+        Static, as ``fn`` in :func:`spectral_jacobian`.
       features: ``[H, W, Cin]`` real floating features (``[L, Cin]`` is not supported: the
         CE decomposition is 2-D).
       labels: ``[H', W']`` integer labels in ``[0, C)`` or ``ignore_index``.
@@ -465,23 +571,41 @@ def ce_spectral_gradient(
         :func:`spectral_jax.ce_spectrum`; ``head_fn`` output not matching ``labels``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    features = _check_x(features, "features")
-    if features.ndim != 3:
-        raise ValueError(f"features must have shape [H, W, Cin], got shape {features.shape}.")
+    _check_x(features, "features")
+    if jnp.ndim(features) != 3:
+        raise ValueError(f"features must have shape [H, W, Cin], got shape {jnp.shape(features)}.")
     out_shape = _check_output(head_fn, features, fn_name="head_fn", x_name="features")
     if jnp.ndim(labels) != 2 or tuple(out_shape[:2]) != tuple(jnp.shape(labels)):
         raise ValueError(
             f"labels must have shape [H', W'] = {tuple(out_shape[:2])} (the spatial shape of "
             f"head_fn(features), shape {tuple(out_shape)}), got shape {jnp.shape(labels)}."
         )
-    # Validates labels (concrete ones eagerly), logits dtype and ignore_index once.
-    jax.eval_shape(
-        lambda f: ce_spectrum(head_fn(f)[None], labels[None], ignore_index=ignore_index),
+    # Validates labels (concrete ones by value), their dtype and ignore_index, as
+    # ce_spectrum would on the logits [1, H', W', C].
+    logits = jax.ShapeDtypeStruct((1, *out_shape), jnp.float32)  # floating: checked above
+    one_image = labels[None] if _checks.is_traced(labels) else np.asarray(labels)[None]
+    _checks.check_logits_and_labels(logits, one_image, ignore_index=ignore_index)
+    _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
+    if nu_i is not None:
+        _check_indices(nu_i, math.prod(out_shape[:2]), "nu_i", "CE")
+    return _ce_spectral_gradient(
+        head_fn,
         features,
+        labels,
+        nu_i,
+        in_projection,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        mode=mode,
     )
-    in_projection = _check_projection(
-        in_projection, features.shape[-1], "in_projection", features.dtype
-    )
+
+
+def _compute_ce_spectral_gradient(
+    head_fn, features, labels, nu_i, in_projection, *, ignore_index, chunk_size, mode
+):
+    features = _as_compute_dtype(features)
+    out_shape = _output_of(head_fn, features).shape
+    in_projection = _projection_or_ones(in_projection, features.shape[-1], features.dtype)
 
     def out_fn(f):  # [H, W, Cin] -> [H', W'] real CE components
         logits = head_fn(f).astype(features.dtype)[None]
@@ -490,14 +614,18 @@ def ce_spectral_gradient(
     m_in, m_out = math.prod(features.shape[:2]), math.prod(out_shape[:2])
     cdtype = _cdtype(features)
     if nu_i is not None:
-        nu_i = _check_indices(nu_i, m_out, "nu_i", "CE")
         row = _row_fn(out_fn, features, in_projection, fft_out=False)
-        return jax.lax.map(row, nu_i, batch_size=chunk_size)
+        return jax.lax.map(row, jnp.asarray(nu_i, jnp.int32), batch_size=chunk_size)
     if mode == "reverse":
         row = _row_fn(out_fn, features, in_projection, fft_out=False)
         return _assemble(row, m_out, m_in, chunk_size, cdtype, as_rows=True)
     column = _column_fn(out_fn, features, in_projection, fft_out=False)
     return _assemble(column, m_in, m_out, chunk_size, cdtype, as_rows=False)
+
+
+_ce_spectral_gradient = _jit_with_static_fn(
+    _compute_ce_spectral_gradient, ("ignore_index", "chunk_size", "mode")
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,6 +693,14 @@ def spectral_jacobian_band_energy(
       ``E.sum()`` is ``|J|_F^2``.
     """
     _check_chunk_and_mode(chunk_size, mode)
+    _check_inputs(fn, x, in_projection, out_projection)
+    bands_lib._check_radius(radius)
+    return _spectral_jacobian_band_energy(
+        fn, x, in_projection, out_projection, radius=radius, chunk_size=chunk_size, mode=mode
+    )
+
+
+def _compute_band_energy(fn, x, in_projection, out_projection, *, radius, chunk_size, mode):
     x, out_fn, in_projection, out_spatial = _prepare(fn, x, in_projection, out_projection)
     in_spatial = x.shape[:-1]
     out_bands = _bands_of(tuple(out_spatial), radius)  # [M_out]
@@ -587,6 +723,11 @@ def spectral_jacobian_band_energy(
     sums = sums * jnp.asarray(weights, x.dtype)[:, None]  # [M_half, R_inner]
     energy = jax.ops.segment_sum(sums, outer_bands[indices], num_segments=num_outer)
     return energy if mode == "reverse" else energy.T  # [R_out, R_in]
+
+
+_spectral_jacobian_band_energy = _jit_with_static_fn(
+    _compute_band_energy, ("radius", "chunk_size", "mode")
+)
 
 
 # ---------------------------------------------------------------------------------------

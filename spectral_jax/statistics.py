@@ -23,9 +23,8 @@ Example:
   >>> logits = rng.normal(size=(4, 9, 9, 3)).astype(np.float32)  # [B, H, W, C]
   >>> labels = rng.integers(0, 3, size=(4, 9, 9))  # [B, H, W]
   >>> stats = SpectralStatistics.create((9, 9), num_classes=3)
-  >>> update = jax.jit(SpectralStatistics.update)
-  >>> for i in (0, 2):  # two batches of two images
-  ...     stats = update(stats, logits[i : i + 2], labels[i : i + 2])
+  >>> for i in (0, 2):  # two batches of two images; update compiles once per batch shape
+  ...     stats = stats.update(logits[i : i + 2], labels[i : i + 2])
   >>> stats.num_images
   Array(4, dtype=int32)
   >>> stats.relative_discrepancy().shape  # R(nu_max) for nu_max = 0..4
@@ -42,6 +41,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import iou as iou_lib
 from spectral_jax import loss_spectrum as ce_lib
@@ -141,45 +141,22 @@ class SpectralStatistics:
     def update(self, logits: chex.Array, labels: chex.Array) -> SpectralStatistics:
         """Adds a batch: ``logits [B, H, W, C]``, ``labels [B, H, W]``.
 
+        Compiled once per batch shape and settings, also when called eagerly: the checks
+        run in Python (concrete labels are range-checked) and the update is one jitted
+        computation, inlined under the caller's ``jit``.
+
         Raises:
-          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'.
+          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'; as
+            :func:`spectral_jax.ce_spectrum` for bad inputs (eagerly, a label outside
+            ``[0, C)``; under ``jit`` such an image makes the statistics NaN).
         """
         if tuple(jnp.shape(logits)[1:]) != (*self.shape, self.num_classes):
             raise ValueError(
                 f"logits must have shape [B, {self.shape[0]}, {self.shape[1]}, "
                 f"{self.num_classes}] for these statistics, got {jnp.shape(logits)}."
             )
-        settings = dict(ignore_index=self.ignore_index)
-        profile = ce_lib.band_profile(
-            logits,
-            labels,
-            radius=self.radius,
-            max_classes_present=self.max_classes_present,
-            **settings,
-        )  # [B, R]
-        counted = jnp.any(jnp.asarray(labels) != self.ignore_index, axis=(1, 2))  # [B]
-        terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
-        updates = dict(
-            band_ce=self.band_ce + jnp.sum(profile, axis=0).astype(self.band_ce.dtype),
-            spatial_ce=self.spatial_ce
-            + jnp.sum(_spatial_ce(logits, labels, self.ignore_index)).astype(self.band_ce.dtype),
-            num_images=self.num_images + jnp.sum(counted, dtype=jnp.int32),
-            overlap=self.overlap + jnp.sum(terms.overlap, axis=0).astype(self.overlap.dtype),
-            prediction_mass=self.prediction_mass
-            + jnp.sum(terms.prediction_mass, axis=0).astype(self.overlap.dtype),
-            label_mass=self.label_mass
-            + jnp.sum(terms.label_mass, axis=0).astype(self.overlap.dtype),
-        )
-        if self.with_magnitudes:
-            magnitudes = ce_lib.magnitude_profiles(logits, labels, radius=self.radius, **settings)
-            mask = counted[:, None]
-            updates["label_magnitude"] = self.label_magnitude + jnp.sum(
-                jnp.where(mask, magnitudes.labels, 0.0), axis=0
-            ).astype(self.band_ce.dtype)
-            updates["logit_magnitude"] = self.logit_magnitude + jnp.sum(
-                jnp.where(mask, magnitudes.logits, 0.0), axis=0
-            ).astype(self.band_ce.dtype)
-        return self.replace(**updates)
+        _checks.check_logits_and_labels(logits, labels, ignore_index=self.ignore_index)
+        return _update(self, logits, labels)
 
     def merge(self, other: SpectralStatistics) -> SpectralStatistics:
         """Sum of two statistics with the same settings (for example two hosts')."""
@@ -248,3 +225,39 @@ class SpectralStatistics:
             labels=self._per_image(self.label_magnitude),
             logits=self._per_image(self.logit_magnitude),
         )
+
+
+@jax.jit
+def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
+    """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``)."""
+    settings = dict(ignore_index=stats.ignore_index)
+    profile = ce_lib.band_profile(
+        logits,
+        labels,
+        radius=stats.radius,
+        max_classes_present=stats.max_classes_present,
+        **settings,
+    )  # [B, R]
+    counted = jnp.any(labels != stats.ignore_index, axis=(1, 2))  # [B]
+    terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
+    dtype = stats.band_ce.dtype
+    updates = dict(
+        band_ce=stats.band_ce + jnp.sum(profile, axis=0).astype(dtype),
+        spatial_ce=stats.spatial_ce
+        + jnp.sum(_spatial_ce(logits, labels, stats.ignore_index)).astype(dtype),
+        num_images=stats.num_images + jnp.sum(counted, dtype=jnp.int32),
+        overlap=stats.overlap + jnp.sum(terms.overlap, axis=0).astype(stats.overlap.dtype),
+        prediction_mass=stats.prediction_mass
+        + jnp.sum(terms.prediction_mass, axis=0).astype(stats.overlap.dtype),
+        label_mass=stats.label_mass + jnp.sum(terms.label_mass, axis=0).astype(stats.overlap.dtype),
+    )
+    if stats.with_magnitudes:
+        magnitudes = ce_lib.magnitude_profiles(logits, labels, radius=stats.radius, **settings)
+        mask = counted[:, None]
+        updates["label_magnitude"] = stats.label_magnitude + jnp.sum(
+            jnp.where(mask, magnitudes.labels, 0.0), axis=0
+        ).astype(dtype)
+        updates["logit_magnitude"] = stats.logit_magnitude + jnp.sum(
+            jnp.where(mask, magnitudes.logits, 0.0), axis=0
+        ).astype(dtype)
+    return stats.replace(**updates)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from tests import references
+from tests import compile_counting, references
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 DTYPES = ["float32", "float64"]
@@ -240,3 +240,11 @@ def test_out_of_range_label_under_jit_poisons_only_its_image(small_batch, binari
     np.testing.assert_array_equal(iou[:2], expected[:2])
     for term in to_numpy(spectral_iou_terms(probs, bad, binarize=binarize)):
         assert np.all(np.isnan(term[2])) and not np.any(np.isnan(term[:2]))
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_repeated_eager_calls_compile_once_per_shape(rng, name):
+    first = make_probs(rng, (3, 10, 11, 4, 0.2), "float32")
+    same_shapes = (first[0][::-1].copy(), first[1])
+    new_shapes = make_probs(rng, (2, 10, 11, 4, 0.2), "float32")
+    compile_counting.assert_compiles_once_per_shape(FUNCTIONS[name], first, same_shapes, new_shapes)

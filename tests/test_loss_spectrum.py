@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spectral_jax as sj
-from tests import references
+from tests import compile_counting, references
+from tests.compile_counting import compilations
 
 SUM_RTOL = {"float32": 1e-5, "float64": 1e-12}
 COMPONENT_ATOL = {"float32": 1e-6, "float64": 1e-12}  # times the image's CE
@@ -45,7 +46,9 @@ band_limit_sweep = jax.jit(
     sj.band_limit_sweep,
     static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
 )
-magnitude_profiles = jax.jit(sj.magnitude_profiles, static_argnames=("ignore_index", "radius"))
+magnitude_profiles = jax.jit(
+    sj.magnitude_profiles, static_argnames=("ignore_index", "radius", "class_chunk_size")
+)
 
 
 @functools.partial(jax.jit, static_argnames=("radius", "max_classes_present"))
@@ -704,6 +707,110 @@ def test_empty_batch(max_classes_present):
     assert {name: value.shape for name, value in outputs.items()} == expected_shapes
     np.testing.assert_array_equal(outputs["relative_discrepancy"], 0.0)
     np.testing.assert_array_equal(outputs["band_limit_sweep"], 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Class chunks and eager calls.
+
+
+@functools.partial(jax.jit, static_argnames="class_chunk_size")
+def _chunked_outputs(logits, labels, class_chunk_size):
+    settings = dict(class_chunk_size=class_chunk_size)
+    truncated = lambda x: jnp.sum(sj.truncated_ce(x, labels, 100, **settings))
+    return {
+        "dense": sj.ce_spectrum(logits, labels, **settings),
+        "sparse": sj.ce_spectrum(logits, labels, max_classes_present=5, **settings),
+        "magnitudes": sj.magnitude_profiles(logits, labels, **settings),
+        "grad": jax.grad(truncated)(logits),
+    }
+
+
+@pytest.mark.parametrize("class_chunk_size", [1, 3, 7, 100])
+def test_class_chunk_size_does_not_change_the_values(rng, class_chunk_size, x64):
+    # C = 7: chunks of 3 leave a remainder step, 7 is one chunk, 100 is clipped to C.
+    logits, labels = references.make_batch(rng, 2, 6, 9, 7, ignore_fraction=0.2)
+    outputs = _chunked_outputs(logits, labels, class_chunk_size)
+    expected = references.ce_spectrum(logits, labels)
+    np.testing.assert_allclose(outputs["dense"], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(outputs["sparse"], expected, rtol=0, atol=1e-12)
+    expected_labels, expected_logits = references.magnitude_profiles(logits, labels, "chebyshev")
+    np.testing.assert_allclose(outputs["magnitudes"].labels, expected_labels, rtol=1e-12)
+    np.testing.assert_allclose(outputs["magnitudes"].logits, expected_logits, rtol=1e-12)
+    # The gradient of the CE through the chunks: softmax minus one-hot over N.
+    valid = labels != 255
+    one_hot = np.eye(7)[np.where(valid, labels, 0)]
+    softmax = np.exp(references.log_softmax(logits))
+    expected_grad = np.where(valid[..., None], softmax - one_hot, 0.0)
+    expected_grad /= valid.sum((1, 2))[:, None, None, None]
+    np.testing.assert_allclose(outputs["grad"], expected_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, None])
+def test_bad_class_chunk_size_raises(small_batch, bad):
+    logits, labels = small_batch
+    for fn in ALL_FUNCTIONS.values():
+        with pytest.raises(ValueError, match="class_chunk_size must be a positive int"):
+            fn(logits, labels, class_chunk_size=bad)
+
+
+def _batch(rng, batch, height, width, num_classes):
+    logits, labels = references.make_batch(
+        rng, batch, height, width, num_classes, ignore_fraction=0.2
+    )
+    return logits.astype(np.float32), labels
+
+
+EAGER_CALLS = {
+    **ALL_FUNCTIONS,
+    "ce_spectrum[max_classes_present=2]": functools.partial(sj.ce_spectrum, max_classes_present=2),
+    "band_limit_sweep[per_image, euclidean]": functools.partial(
+        sj.band_limit_sweep, per_image=True, radius="euclidean"
+    ),
+    "relative_discrepancy[per_image]": functools.partial(
+        sj.relative_discrepancy, band_limit=3, per_image=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EAGER_CALLS)
+def test_repeated_eager_calls_compile_once_per_shape(rng, name):
+    # Eager calls (a notebook's) compile one executable per shape and setting, and
+    # nothing else: no tracing of the class scan on every call, no eager op around it.
+    first = _batch(rng, 3, 10, 11, 4)
+    same_shapes = (first[0] + 1.0, first[1][::-1].copy())
+    new_shapes = _batch(rng, 2, 10, 11, 4)
+    compile_counting.assert_compiles_once_per_shape(
+        EAGER_CALLS[name], first, same_shapes, new_shapes
+    )
+
+
+def test_eager_band_limits_and_settings_compile_as_expected(rng):
+    logits, labels = _batch(rng, 2, 9, 10, 3)
+    jax.clear_caches()
+    assert len(compilations(sj.truncated_ce, logits, labels, 2)) == 1
+    # A band limit is traced: other values compile nothing.
+    for band_limit in (0, 3, 100, -1):
+        assert compilations(sj.truncated_ce, logits, labels, band_limit) == []
+    # A shape-setting argument is static: a new value compiles once, then never again.
+    assert len(compilations(sj.truncated_ce, logits, labels, 2, radius="euclidean")) == 1
+    assert compilations(sj.truncated_ce, logits, labels, 1, radius="euclidean") == []
+    assert len(compilations(sj.truncated_ce, logits, labels, 2, class_chunk_size=2)) == 1
+    assert compilations(sj.truncated_ce, logits, labels, 2) == []
+    # jax.vmap over band limits, eagerly: one batched executable.
+    limits = jnp.arange(5)
+    vmapped = jax.vmap(lambda r: sj.relative_discrepancy(logits, labels, r))
+    assert len(compilations(vmapped, limits)) == 1
+    assert compilations(vmapped, limits[::-1]) == []
+
+
+def test_sweep_from_band_profile_compiles_once_per_shape(rng):
+    first = (rng.normal(size=(3, 6)).astype(np.float32),)
+    compile_counting.assert_compiles_once_per_shape(
+        sj.sweep_from_band_profile,
+        first,
+        (first[0] + 1.0,),
+        (rng.normal(size=(2, 3, 6)).astype(np.float32),),
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import probes
+from tests import compile_counting
 
 RTOL = {"float32": 2e-5, "float64": 1e-11}
 CHUNKS = ("chunk_size", "mode")
@@ -472,3 +473,101 @@ def test_bad_inputs_raise_clear_errors(rng):
         sj.within_radius_energy_fraction(
             jnp.ones((1, 64)), np.array([0]), out_shape=(8, 8), in_shape=(8, 8), radius=-1
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Eager calls.
+
+
+def _jacobian_calls(rng):
+    """``name -> (call, first args, same-shape args, new-shape args)``, one ``fn`` each."""
+    kernel = _kernel(rng, 3, 2, (2, 2))
+    layer = functools.partial(probes.conv_activation, kernel=kernel, activation="relu")
+    x, x_same, x_new = _map(rng, (8, 8), 2), _map(rng, (8, 8), 2), _map(rng, (9, 7), 2)
+    indices, other_indices = np.array([0, 5, 62]), np.array([1, 2, 3])
+    head = _linear_head(jnp.asarray(rng.normal(size=(2, 3)), jnp.float32))
+    labels = rng.integers(0, 3, size=(16, 16))
+    new_labels = rng.integers(0, 3, size=(18, 14))
+    return {
+        "spectral_jacobian": (
+            functools.partial(sj.spectral_jacobian, chunk_size=16),
+            (layer, x),
+            (layer, x_same),
+            (layer, x_new),
+        ),
+        "spectral_jacobian[forward]": (
+            functools.partial(sj.spectral_jacobian, chunk_size=16, mode="forward"),
+            (layer, x),
+            (layer, x_same),
+            (layer, x_new),
+        ),
+        "spectral_jacobian_rows": (
+            sj.spectral_jacobian_rows,
+            (layer, x, indices),
+            (layer, x_same, other_indices),
+            (layer, x_new, indices),
+        ),
+        "spectral_jacobian_columns": (
+            sj.spectral_jacobian_columns,
+            (layer, x, indices),
+            (layer, x_same, other_indices),
+            (layer, x_new, indices),
+        ),
+        "spectral_jacobian_band_energy": (
+            functools.partial(sj.spectral_jacobian_band_energy, chunk_size=8),
+            (layer, x),
+            (layer, x_same),
+            (layer, x_new),
+        ),
+        "ce_spectral_gradient": (
+            sj.ce_spectral_gradient,
+            (head, x, labels),
+            (head, x_same, labels[::-1].copy()),
+            (head, x_new, new_labels),
+        ),
+        "ce_spectral_gradient[nu_i]": (
+            lambda head, x, labels, nu_i: sj.ce_spectral_gradient(head, x, labels, nu_i=nu_i),
+            (head, x, labels, indices),
+            (head, x_same, labels, other_indices),
+            (head, x_new, new_labels, indices),
+        ),
+    }
+
+
+JACOBIAN_CALLS = list(_jacobian_calls(np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("name", JACOBIAN_CALLS)
+def test_repeated_eager_calls_compile_once_per_shape(rng, name):
+    # With the same fn (a partial kept in a variable), eager calls compile one executable
+    # per shape: fn is static in the module-level jit, and it is traced once per shape.
+    call, first, same_shapes, new_shapes = _jacobian_calls(rng)[name]
+    compile_counting.assert_compiles_once_per_shape(call, first, same_shapes, new_shapes)
+
+
+def test_eager_fn_identity_and_unhashable_fn(rng):
+    x = _map(rng, (8, 8), 2)
+    kernel = _kernel(rng, 3, 2, (2, 2))
+    make_layer = lambda: functools.partial(probes.conv, kernel=kernel)
+    expected = spectral_jacobian(make_layer(), x)
+    jax.clear_caches()
+    assert len(compile_counting.compilations(sj.spectral_jacobian, make_layer(), x)) == 1
+    # A re-created partial is another static fn (partials hash by identity): compiles again.
+    assert len(compile_counting.compilations(sj.spectral_jacobian, make_layer(), x)) == 1
+    # Jitting at the edge with the array as an argument compiles once per shape.
+    by_kernel = jax.jit(
+        lambda kernel, x: sj.spectral_jacobian(functools.partial(probes.conv, kernel=kernel), x)
+    )
+    assert len(compile_counting.compilations(by_kernel, kernel, x)) == 1
+    assert compile_counting.compilations(by_kernel, kernel * 2, x) == []
+
+    class Unhashable:  # a callable with __eq__ and no __hash__ cannot be static
+        __hash__ = None
+
+        def __call__(self, z):
+            return probes.conv(z, kernel)
+
+        def __eq__(self, other):
+            return isinstance(other, Unhashable)
+
+    _assert_close(sj.spectral_jacobian(Unhashable(), x), expected, "float32")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from tests import references
+from tests import compile_counting, references
 
 SHAPE, NUM_CLASSES = (7, 8), 4
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -235,3 +235,19 @@ def test_parseval_error_compares_band_sums_with_the_spatial_ce(batches, dtype):
     assert error <= RTOL[dtype]
     np.testing.assert_allclose(off, 0.01, rtol=1e-3)
     assert float(sj.SpectralStatistics.create(SHAPE, NUM_CLASSES).parseval_error()) == 0.0
+
+
+@pytest.mark.parametrize("with_magnitudes", [False, True])
+def test_repeated_eager_updates_compile_once_per_batch_shape(batches, with_magnitudes):
+    # Eager updates in a loop (no jax.jit at the call site) compile one executable per
+    # batch shape and settings, and the statistics (arrays) do not recompile it.
+    stats = sj.SpectralStatistics.create(SHAPE, NUM_CLASSES, with_magnitudes=with_magnitudes)
+    updated = update(stats, batches[0][0].astype(np.float32), batches[0][1])
+    (logits, labels), (other_logits, other_labels) = batches[1], batches[2]
+    logits, other_logits = logits.astype(np.float32), other_logits.astype(np.float32)
+    compile_counting.assert_compiles_once_per_shape(
+        sj.SpectralStatistics.update,
+        (stats, logits, labels),
+        (updated, other_logits, other_labels),
+        (stats, logits[:1], labels[:1]),
+    )
