@@ -1,7 +1,7 @@
 """Frequency aliasing (Chen, Gu, Fu, ICLR 2024): aliasing score per layer, DAF and FreqMix.
 
 1. The aliasing score (share of the feature energy above the Nyquist cutoff of the
-   following down-sampling, :func:`spectral_jax.aliasing_score`) of the input of every
+   following down-sampling, :func:`spectral_jax.related.aliasing_score`) of the input of every
    strided layer of the DeepLab v3+ backbone, untrained and trained, averaged over
    validation images (:func:`spectral_jax.models.anti_aliasing.downsampling_aliasing_scores`).
 2. The baseline trained beside the same model with the de-aliasing filter (DAF) or
@@ -10,7 +10,7 @@
 
 Run::
 
-  python -m experiments.aliasing --workdir runs/aliasing \
+  python -m experiments.aliasing --workdir runs/aliasing \\
       --config experiments/configs/tiny.py --config.num_train_steps=150
 
 Writes ``report.md``, ``aliasing_scores.csv``, ``boundary_metrics.csv`` and figures. The

@@ -125,6 +125,7 @@ def parse(
     define_flags: Callable[[flags.FlagValues], None] | None = None,
     config: str | None = "tiny.py",
     config_help: str = "",
+    required: Sequence[str] = (),
 ) -> flags.FlagValues:
     """Parses ``argv`` into the flag values of the script ``experiments.<name>``.
 
@@ -137,6 +138,9 @@ def parse(
       config: the default config file, relative to ``experiments/configs`` (``None``: the
         script takes no ``--config``).
       config_help: appended to the help of ``--config`` (e.g. what the default trains).
+      required: flags the command line must give explicitly (``experiments.train``
+        requires ``config`` and ``workdir``: a run silently trained on the default config
+        or into a default directory is worse than an error).
 
     Returns:
       The parsed flags: ``flag_values.workdir`` (a ``str``), ``flag_values.config`` (the
@@ -182,6 +186,11 @@ def parse(
         raise SystemExit(0)
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
+    missing = [f"--{flag}" for flag in required if not flag_values[flag].present]
+    if missing:
+        raise app.UsageError(
+            f"{', '.join(missing)} must be given; flags: python -m experiments.{name} --help"
+        )
     return flag_values
 
 

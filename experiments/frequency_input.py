@@ -8,7 +8,7 @@ frequency over the validation split as the paper's Fig. 5 heat map.
 
 Run::
 
-  python -m experiments.frequency_input --workdir runs/frequency_input \
+  python -m experiments.frequency_input --workdir runs/frequency_input \\
       --config experiments/configs/tiny.py --config.num_train_steps=200
 
 The tiny setting trains the tiny models on the embedded PASCAL-like scenes (RGB: 65

@@ -16,7 +16,7 @@ plus the low / high CAMs of example images (supplementary Fig. 2 style).
 
 Run (the tiny config's 300 steps)::
 
-  python -m experiments.frequency_masking --workdir runs/frequency_masking \
+  python -m experiments.frequency_masking --workdir runs/frequency_masking \\
       --config experiments/configs/tiny.py
 """
 

@@ -13,7 +13,7 @@ What it computes, all exact (``jax.vjp`` rows of the spectral Jacobian, no appro
   3x3 convolution with circular padding (Eq. 10's setting: exactly a delta,
   ``conj(k_hat(nu_i))`` on the diagonal), the same convolution with zero padding (as
   DeepLab v3+'s decoder pads), ReLU and bilinear up-sampling by 2, on one
-  ``--probe-size`` map (33 x 33 for ``tiny``, 65 x 65 for the paper configs). The input
+  ``--probe_size`` map (33 x 33 for ``tiny``, 65 x 65 for the paper configs). The input
   is a spatially correlated random map (white noise low-pass filtered by a Gaussian of
   1.5 px, standardised; fixed seed): ReLU's rows are ``mask_hat(nu_i - nu_j) / N`` with
   ``mask = x > 0``, so how delta-like they are depends on how smooth the mask is, and

@@ -27,10 +27,11 @@ from spectral_jax.training import train_and_evaluate
 def main(argv: Sequence[str]) -> dict[str, Any]:
     """Trains and evaluates on the command line ``argv``; returns the run's summary.
 
-    ``--config`` (default ``experiments/configs/tiny.py``) and ``--workdir`` (default
-    ``runs/train``), as every experiment script takes them (:mod:`experiments.cli`).
+    ``--config`` and ``--workdir`` as every experiment script takes them
+    (:mod:`experiments.cli`), both required here: a training run names what it trains
+    and where its checkpoints go.
     """
-    flag_values = cli.parse(argv, name="train", doc=__doc__)
+    flag_values = cli.parse(argv, name="train", doc=__doc__, required=("config", "workdir"))
     config = flag_values.config
     if config.distributed:
         # Before any other JAX call: connects the hosts (cluster settings from the

@@ -70,3 +70,21 @@ def test_help_prints_the_docstring_and_the_flags(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("A script.") and "--band_limits" in text and "--config" in text
+
+
+@pytest.mark.parametrize(
+    "args, missing",
+    [
+        ([], "--config, --workdir"),
+        (["--workdir=/tmp/run"], "--config"),
+        (["--config=experiments/configs/tiny.py"], "--workdir"),
+    ],
+)
+def test_required_flags_must_be_given(args, missing):
+    with pytest.raises(app.UsageError, match=f"^{missing} must be given"):
+        cli.parse(["prog", *args], name="train", doc=None, required=("config", "workdir"))
+    given = ["--config=experiments/configs/tiny.py", "--workdir=/tmp/run"]
+    flag_values = cli.parse(
+        ["prog", *given], name="train", doc=None, required=("config", "workdir")
+    )
+    assert flag_values.workdir == "/tmp/run"

@@ -68,7 +68,11 @@ def inference_apply_fn(model: nn.Module, *, method: str | None = None) -> ApplyF
     """``model.apply(variables, images, train=False, method=method)``, one object per model.
 
     Equal models give the same function, so that their evaluators share one compiled
-    step (a fresh ``functools.partial`` would compile again).
+    step (a fresh ``functools.partial`` would compile again). The compiled step is
+    keyed on the model, not on a Flax method interceptor active at the call (such as
+    :func:`spectral_jax.models.anti_aliasing.insert_de_aliasing_filters`): evaluate a
+    model with and without an interceptor through different ``apply_fn`` objects, or
+    put the filter in the model (``config.model.downsample_filter``).
 
     Args:
       model: a Flax segmentation model whose call takes ``train``.
@@ -253,7 +257,9 @@ class Evaluator:
       apply_fn: ``(variables, images [B, H, W, Ci]) -> logits [B, H, W, C]``, or a dict
         with ``"logits"`` and further per-example outputs ``[B, ...]`` (summed into
         :attr:`EvaluationResult.output_sums`, kept in ``examples``). Pass the same object
-        to share compilations (:func:`inference_apply_fn` gives one per model).
+        to share compilations (:func:`inference_apply_fn` gives one per model). The
+        compiled step is cached per ``apply_fn`` and settings, so a method interceptor
+        entered around the call is not part of the key (see :func:`inference_apply_fn`).
       num_classes: ``C``.
       ignore_index: label of ignored and padded pixels.
       spectral_statistics: accumulate :class:`spectral_jax.SpectralStatistics` of the

@@ -186,6 +186,11 @@ def insert_de_aliasing_filters(
       equivalent_sampling_factor: ``kappa`` of that default cutoff (1.4).
       placement: ``"block_input"`` or ``"strided_conv_input"``.
 
+    A function compiled outside the context and called inside it (a cached
+    :class:`spectral_jax.evaluation.Evaluator` step, any ``jax.jit`` traced before) runs
+    without the filters: enter the context inside the traced function, or use the
+    model's ``downsample_filter`` attribute.
+
     Yields:
       Nothing; use as ``with insert_de_aliasing_filters(): model.apply(...)``.
 
@@ -306,7 +311,8 @@ def downsampling_aliasing_scores(
 
     Runs ``model.apply(variables, images, method=method, **apply_kwargs)`` under
     :func:`downsampling_inputs_interceptor` and scores each captured input with
-    :func:`aliasing_score` at :func:`nyquist_cutoff` ``(stride,
+    :func:`spectral_jax.related.aliasing.aliasing_score` at
+    :func:`spectral_jax.related.aliasing.nyquist_cutoff` ``(stride,
     equivalent_sampling_factor)`` of that layer's stride. Pure and jittable (close over
     ``model`` and the static settings). Applied inside another interceptor context (e.g.
     :func:`spectral_jax.models.anti_aliasing.insert_de_aliasing_filters`), it scores
@@ -317,7 +323,7 @@ def downsampling_aliasing_scores(
         :class:`spectral_jax.models.ResNet`.
       variables: its variables.
       images: ``[B, H, W, 3]``.
-      equivalent_sampling_factor: ``kappa`` of :func:`nyquist_cutoff`.
+      equivalent_sampling_factor: ``kappa`` of :func:`spectral_jax.related.aliasing.nyquist_cutoff`.
       method: the model method to run (default ``__call__``).
       **apply_kwargs: passed on to ``model.apply`` (e.g. ``train=False``).
 

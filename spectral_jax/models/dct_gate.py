@@ -33,7 +33,7 @@ term in its ``"losses"`` collection.
 Fig. 5 heat map: :class:`GateFrequency` counts, over a data set, how often each channel
 is open (hard gates) or its mean ``p_on``; :func:`selection_heat_map` lays the 192
 frequencies out as ``[3, 8, 8]`` (Y, Cb, Cr; vertical ``u``, horizontal ``v``) and
-:func:`plot_selection_heat_map` draws it.
+:func:`spectral_jax.plotting.plot_selection_heat_map` draws it.
 """
 
 from __future__ import annotations

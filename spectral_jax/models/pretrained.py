@@ -243,7 +243,7 @@ def _read_legacy_checkpoint(stream: io.BufferedIOBase) -> Any:
 
 
 def _read_with_torch(path: str) -> Any:
-    import torch
+    import torch  # An optional extra (spectral_jax[bench]): only this reader needs it.
 
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(loaded, Mapping):
