@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from experiments.configs import tiny
+from spectral_jax.data import dct_pipeline
 from spectral_jax.models import DAN, DCTDeepLabV3Plus, DeepLabV3Plus, registry
 from spectral_jax.models.registry import create_model
 
@@ -112,3 +113,11 @@ def test_unknown_name_and_filter_are_rejected():
     config.downsample_filter = "blur"
     with pytest.raises(ValueError, match="downsample_filter"):
         create_model(config, num_classes=3)
+
+
+def test_every_model_input_kind_has_a_run_pipeline():
+    assert set(registry.INPUT_KINDS) == set(registry.MODELS)
+    assert set(registry.INPUT_KINDS.values()) == set(dct_pipeline.RUN_INPUTS)
+    assert dct_pipeline.RUN_INPUTS["dct"] is dct_pipeline.dct_run_pipeline
+    pipeline = object()  # The RGB models take the run's pipeline as it is.
+    assert dct_pipeline.RUN_INPUTS["rgb"](tiny.get_config(), pipeline, "/nonexistent") is pipeline

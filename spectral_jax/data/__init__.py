@@ -5,6 +5,7 @@ Also the DCT input pipeline (:mod:`spectral_jax.data.dct_pipeline`) and the data
 """
 
 from spectral_jax.data.dct_pipeline import DCT_STATISTICS_FILE as DCT_STATISTICS_FILE
+from spectral_jax.data.dct_pipeline import RUN_INPUTS as RUN_INPUTS
 from spectral_jax.data.dct_pipeline import dct_channel_statistics as dct_channel_statistics
 from spectral_jax.data.dct_pipeline import dct_input_pipeline as dct_input_pipeline
 from spectral_jax.data.dct_pipeline import dct_run_pipeline as dct_run_pipeline

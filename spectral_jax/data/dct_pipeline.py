@@ -160,3 +160,18 @@ def dct_run_pipeline(
         if jax.process_index() == 0:
             np.savez(path, mean=mean, std=std, count=np.asarray(statistics.count))
     return dct_input_pipeline(pipeline, mean, std)
+
+
+def rgb_run_pipeline(
+    config: ml_collections.ConfigDict, pipeline: InputPipeline, workdir: str | os.PathLike
+) -> InputPipeline:
+    """The run's pipeline unchanged: what an RGB model takes (same signature as
+    :func:`dct_run_pipeline`)."""
+    del config, workdir
+    return pipeline
+
+
+#: A run's pipeline for each kind of model input
+#: (:data:`spectral_jax.models.registry.INPUT_KINDS`): ``RUN_INPUTS[kind](config,
+#: pipeline, workdir)``, so that the training loop never asks which model it trains.
+RUN_INPUTS = {"rgb": rgb_run_pipeline, "dct": dct_run_pipeline}

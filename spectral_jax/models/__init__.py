@@ -46,8 +46,10 @@ from spectral_jax.models.pruning import hard_pruned_model as hard_pruned_model
 from spectral_jax.models.pruning import pruning_plan as pruning_plan
 from spectral_jax.models.pruning import soft_prune as soft_prune
 from spectral_jax.models.registry import DOWNSAMPLE_FILTERS as DOWNSAMPLE_FILTERS
+from spectral_jax.models.registry import INPUT_KINDS as INPUT_KINDS
 from spectral_jax.models.registry import MODELS as MODELS
 from spectral_jax.models.registry import create_model as create_model
+from spectral_jax.models.registry import input_kind as input_kind
 from spectral_jax.models.registry import input_shape as input_shape
 from spectral_jax.models.registry import is_dct_model as is_dct_model
 from spectral_jax.models.resnet import RESNET_CONFIGS as RESNET_CONFIGS

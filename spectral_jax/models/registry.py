@@ -50,9 +50,24 @@ def _check_name(model_config: ml_collections.ConfigDict) -> str:
     return name
 
 
+#: What each model of :data:`MODELS` takes: ``"rgb"`` images, or ``"dct"`` coefficients
+#: (:mod:`spectral_jax.related.dct_input`). The data layer turns a run's RGB pipeline
+#: into that input (:data:`spectral_jax.data.dct_pipeline.RUN_INPUTS`).
+INPUT_KINDS: dict[str, str] = {
+    "deeplabv3plus": "rgb",
+    "dan": "rgb",
+    "dct_deeplabv3plus": "dct",
+}
+
+
+def input_kind(model_config: ml_collections.ConfigDict) -> str:
+    """``"rgb"`` or ``"dct"``: what the model named by ``model_config.name`` takes."""
+    return INPUT_KINDS[_check_name(model_config)]
+
+
 def is_dct_model(model_config: ml_collections.ConfigDict) -> bool:
     """Whether the model takes DCT coefficients (``name == "dct_deeplabv3plus"``)."""
-    return _check_name(model_config) == "dct_deeplabv3plus"
+    return input_kind(model_config) == "dct"
 
 
 def input_shape(model_config: ml_collections.ConfigDict, *, image_size: int) -> tuple[int, ...]:

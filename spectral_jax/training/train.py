@@ -211,8 +211,7 @@ def train_and_evaluate(
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     pipeline = input_pipeline or create_input_pipeline(config)
-    if registry.is_dct_model(config.model):
-        pipeline = dct_pipeline.dct_run_pipeline(config, pipeline, workdir)
+    pipeline = dct_pipeline.RUN_INPUTS[registry.input_kind(config.model)](config, pipeline, workdir)
     total_steps = total_train_steps(config, pipeline.num_train_examples)
     epoch_steps = steps_per_epoch(config, pipeline.num_train_examples)
     pruning = {k: float(v) for k, v in dict(config.get("pruning") or {}).items()}
