@@ -49,6 +49,7 @@ truth of the three embedded presets (computed by :func:`preset_sweep`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import pathlib
 import time
@@ -67,7 +68,7 @@ from experiments import ce_spectrum, cli, paper_values, runs
 from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot, write_csv
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
 from spectral_jax.bands import Radius
-from spectral_jax.data import blurred_label_logits, create_input_pipeline, synthetic
+from spectral_jax.data import blurred_label_logits, create_input_pipeline, synthetic, take_examples
 
 #: Logit of the classes a data set does not have, when data sets are stacked.
 PAD_LOGIT = -1e4
@@ -200,20 +201,28 @@ def evaluation_batch(config: ml_collections.ConfigDict, num_images: int):
       ValueError: if the split has fewer than ``num_images`` examples.
     """
     pipeline = create_input_pipeline(config)
-    batch = next(iter(pipeline.eval_batches(num_images, 0, 1)))
-    if not batch["mask"].all():
+    images, labels = take_examples(pipeline.eval_batches(num_images, 0, 1), num_images)
+    if len(images) < num_images:
         raise ValueError(
             f"--num_images {num_images}: {config.dataset} {config.eval_split} has only "
-            f"{int(batch['mask'].sum())} examples."
+            f"{len(images)} examples."
         )
-    return batch["image"], batch["label"]
+    return images, labels
+
+
+# Static model: one compilation per model and batch shape, shared by every call.
+@functools.partial(jax.jit, static_argnums=0)
+def _inference_logits(model, variables, images):
+    return model.apply(variables, images, train=False)
 
 
 def predict(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Logits ``[N, H, W, C]`` (float32) of ``images [N, H, W, 3]``, ``batch_size`` at a time."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     chunks = [
-        np.asarray(apply(variables, jnp.asarray(images[i : i + batch_size])), np.float32)
+        np.asarray(
+            _inference_logits(model, variables, jnp.asarray(images[i : i + batch_size])),
+            np.float32,
+        )
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(chunks)

@@ -28,6 +28,7 @@ from experiments.report import log
 from spectral_jax.data import create_input_pipeline, dataset_info
 from spectral_jax.evaluation import EvaluationResult, Evaluator, inference_apply_fn
 from spectral_jax.models import create_model as create_model_from_config
+from spectral_jax.models import input_shape
 from spectral_jax.training import load_variables, train_and_evaluate, train_state
 
 #: The paper's two models: ``config.model.name`` and the title used in reports.
@@ -120,10 +121,12 @@ def initial_variables(model, config: ml_collections.ConfigDict) -> dict[str, Any
     """The variables the trainer starts from (same key and initialiser, no pretraining).
 
     :func:`spectral_jax.training.train_and_evaluate` initialises with the first key of
-    :func:`spectral_jax.training.run_keys` on a zero ``crop_size`` batch.
+    :func:`spectral_jax.training.run_keys` on a zero batch of the model's input
+    (:func:`spectral_jax.models.input_shape` at ``crop_size``).
     """
     init_key, _ = train_state.run_keys(int(config.seed))
-    return train_state.init_variables(model, init_key, image_size=int(config.crop_size))
+    size, _, channels = input_shape(config.model, image_size=int(config.crop_size))
+    return train_state.init_variables(model, init_key, image_size=size, channels=channels)
 
 
 def train_once(config: ml_collections.ConfigDict, workdir: os.PathLike | str) -> dict[str, Any]:

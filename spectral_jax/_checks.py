@@ -43,6 +43,16 @@ def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: s
             f"ignore_index={ignore_index} is a valid class index for C = {num_classes}; "
             "it must lie outside [0, C)."
         )
+    check_label_values(labels, num_classes, ignore_index)
+    return batch, height, width, num_classes
+
+
+def check_label_values(labels, num_classes: int, ignore_index: int) -> None:
+    """Raises ``ValueError`` for a concrete label outside ``[0, C)`` that is not ignored.
+
+    Traced labels are not checked (their values are unknown); the callers document what
+    such labels give under ``jit``.
+    """
     if not is_traced(labels):
         values = np.asarray(labels)
         bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
@@ -51,7 +61,6 @@ def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: s
                 f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
                 f"found {int(bad.sum())} pixel(s) with values such as {int(values[bad][0])}."
             )
-    return batch, height, width, num_classes
 
 
 def invalid_label_images(labels, num_classes: int, ignore_index: int) -> jnp.ndarray:

@@ -75,14 +75,7 @@ def _check_labels(labels, num_classes: int, ignore_index: int) -> None:
         raise ValueError(f"labels must have shape [..., H, W], got shape {jnp.shape(labels)}.")
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be an integer array, got dtype {jnp.result_type(labels)}.")
-    if not _checks.is_traced(labels):
-        values = np.asarray(labels)
-        bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
-        if bad.any():
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
-                f"found {int(bad.sum())} pixel(s) with values such as {int(values[bad][0])}."
-            )
+    _checks.check_label_values(labels, num_classes, ignore_index)
 
 
 def block_partition(size: int, band_limit: int) -> np.ndarray:

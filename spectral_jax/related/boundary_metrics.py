@@ -184,14 +184,7 @@ def _check_inputs(predictions, labels, num_classes: int, ignore_index: int) -> N
             f"predictions and labels must have the same shape [B, H, W], got "
             f"{jnp.shape(predictions)} and {jnp.shape(labels)}."
         )
-    if not _checks.is_traced(labels):
-        values = np.asarray(labels)
-        bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
-        if bad.any():
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) or equal ignore_index={ignore_index}; "
-                f"found values such as {int(values[bad][0])}."
-            )
+    _checks.check_label_values(labels, num_classes, ignore_index)
     if not _checks.is_traced(predictions):
         values = np.asarray(predictions)
         bad = (values < 0) | (values >= num_classes)
