@@ -36,6 +36,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ import numpy as np
 import spectral_jax as sj
 from spectral_jax import probes
 
+ROWS_PER_CASE = 32
 DEFAULT_CASES = (
     "baseline:129",
     "full:33:forward",
@@ -64,44 +66,61 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _run_case(case: str, repeats: int, chunk_size: int) -> dict:
-    """Runs one case in this process; returns its timings."""
-    kind, size, *rest = case.split(":")
-    size = int(size)
+def layer_input(size: int) -> tuple[jax.Array, jax.Array]:
+    """``(x [size, size, 1], kernel [3, 3, 1, 1])``: the probe's input and 3x3 kernel (seed 0)."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-1, 1, size=(size, size, 1)), jnp.float32)
     kernel = jnp.asarray(0.3 * rng.normal(size=(3, 3, 1, 1)), jnp.float32)
+    return x, kernel
+
+
+def build_case(case: str, chunk_size: int) -> tuple[Callable, tuple[jax.Array, ...]]:
+    """``(compute, args)`` of one case (``"full:129:reverse"``, ``"band_energy:257:16"``, ...).
+
+    ``compute`` is jitted; ``compute(*args)`` is what the case times. The probe is the
+    paper's layer on :func:`layer_input`'s ``x`` and kernel: a 3x3 circular conv +
+    softplus on one channel. ``baseline`` has no computation and raises.
+    """
+    kind, size, *rest = case.split(":")
+    x, kernel = layer_input(int(size))
     layer = functools.partial(probes.conv_activation, kernel=kernel, padding="circular")
-    if kind == "baseline":
-        return {"first_s": 0.0, "time_s": 0.0, "peak_mib": _peak_mib()}
     if kind == "full":
         mode = rest[0] if rest else "forward"
         compute = jax.jit(
             functools.partial(sj.spectral_jacobian, layer, chunk_size=chunk_size, mode=mode)
         )
-        args = (x,)
-    elif kind == "naive":
+        return compute, (x,)
+    if kind == "naive":
 
         @jax.jit
         def compute(x):
             jac = jax.jacfwd(layer)(x)[..., 0, :, :, 0]  # [H, W, H, W] real
             return jnp.fft.ifftn(jnp.fft.fftn(jac, axes=(0, 1)), axes=(2, 3))
 
-        args = (x,)
-    elif kind == "band_energy":
+        return compute, (x,)
+    if kind == "band_energy":
         chunk = int(rest[0]) if rest else chunk_size
         compute = jax.jit(
             functools.partial(sj.spectral_jacobian_band_energy, layer, chunk_size=chunk)
         )
-        args = (x,)
-    elif kind == "rows":
-        num_rows = 32
-        m = size * size
-        nu_i = jnp.asarray(np.linspace(0, m - 1, num_rows).astype(np.int32))
-        compute = jax.jit(functools.partial(sj.spectral_jacobian_rows, layer, chunk_size=num_rows))
-        args = (x, nu_i)
-    else:
-        raise ValueError(f"unknown case {case!r}")
+        return compute, (x,)
+    if kind == "rows":
+        m = x.shape[0] * x.shape[1]
+        nu_i = jnp.asarray(np.linspace(0, m - 1, ROWS_PER_CASE).astype(np.int32))
+        compute = jax.jit(
+            functools.partial(sj.spectral_jacobian_rows, layer, chunk_size=ROWS_PER_CASE)
+        )
+        return compute, (x, nu_i)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def _run_case(case: str, repeats: int, chunk_size: int) -> dict:
+    """Runs one case in this process; returns its timings."""
+    kind = case.split(":")[0]
+    if kind == "baseline":
+        layer_input(int(case.split(":")[1]))
+        return {"first_s": 0.0, "time_s": 0.0, "peak_mib": _peak_mib()}
+    compute, args = build_case(case, chunk_size)
     start = time.perf_counter()
     result = jax.block_until_ready(compute(*args))
     first = time.perf_counter() - start

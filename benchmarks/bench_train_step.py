@@ -10,8 +10,8 @@ Both frameworks train the same model with the same step on the CPU:
 
 * the model is :class:`spectral_jax.models.DeepLabV3Plus` (dilated ResNet, ASPP with
   image pooling, decoder on the stride-4 grid, bilinear up-sampling, dropout 0.5 after
-  ASPP) and, in PyTorch, a ``torch.nn`` module written here that mirrors it layer by
-  layer, with the same parameter names;
+  ASPP) and, in PyTorch, a ``torch.nn`` module that mirrors it layer by layer, with the
+  same parameter names (:func:`benchmarks._torch_deeplab.mirror_deeplab`);
 * the step is pixel-wise cross-entropy with ignore label 255, BatchNorm in training
   mode, SGD with momentum 0.9 and L2 weight decay 1e-4 on the convolution kernels, plus
   the step's metrics (accuracy, gradient norm). In JAX it is
@@ -53,6 +53,7 @@ ratios, within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -67,13 +68,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
 from spectral_jax.models import DeepLabV3Plus
-from spectral_jax.models.deeplab import aspp_rates
-from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
 from spectral_jax.training import steps as steps_lib
 from spectral_jax.training import train_state as state_lib
+
+try:  # PyTorch is optional: main() exits with status 2 without it.
+    import torch
+
+    from benchmarks import _torch_deeplab
+except ImportError:
+    torch = _torch_deeplab = None
 
 IGNORE_INDEX = 255
 LEARNING_RATE = 0.01
@@ -155,137 +160,26 @@ def init_variables(model: DeepLabV3Plus, config: BenchConfig, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------------------
-# The PyTorch mirror of DeepLabV3Plus (built lazily: torch is optional).
+# The PyTorch mirror of DeepLabV3Plus (benchmarks/_torch_deeplab.py).
+
+
+def torch_settings(config: BenchConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`benchmarks._torch_deeplab.mirror_deeplab` for ``config``."""
+    return dict(
+        backbone=config.backbone,
+        output_stride=config.output_stride,
+        num_classes=config.num_classes,
+        aspp_channels=config.aspp_channels,
+        low_level_channels=config.low_level_channels,
+        decoder_channels=config.decoder_channels,
+        dropout_rate=config.dropout_rate,
+    )
 
 
 def build_torch_deeplab(config: BenchConfig, torch):
     """``torch.nn`` DeepLab v3+ with the Flax model's layers, order and parameter names."""
-    nn, functional = torch.nn, torch.nn.functional
-
-    def conv(cin, cout, kernel, stride=1, dilation=1, bias=False):
-        pad = dilation * (kernel - 1) // 2
-        return nn.Conv2d(cin, cout, kernel, stride, pad, dilation, bias=bias)
-
-    # Registered as "<name>_conv" and "<name>_bn", the Flax module names.
-    def add_conv_bn(module, name, cin, cout, kernel, dilation=1):
-        setattr(module, f"{name}_conv", conv(cin, cout, kernel, dilation=dilation))
-        setattr(module, f"{name}_bn", nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1))
-
-    def run_conv_bn(module, name, x):
-        bn = getattr(module, f"{name}_bn")
-        return functional.relu(bn(getattr(module, f"{name}_conv")(x)))
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, features, stride, dilation):
-            super().__init__()
-            self.conv1 = conv(cin, features, 1)
-            self.bn1 = nn.BatchNorm2d(features)
-            self.conv2 = conv(features, features, 3, stride, dilation)
-            self.bn2 = nn.BatchNorm2d(features)
-            self.conv3 = conv(features, 4 * features, 1)
-            self.bn3 = nn.BatchNorm2d(4 * features)
-            self.downsample_conv = self.downsample_bn = None
-            if cin != 4 * features or stride != 1:
-                self.downsample_conv = conv(cin, 4 * features, 1, stride)
-                self.downsample_bn = nn.BatchNorm2d(4 * features)
-
-        def forward(self, x):
-            y = functional.relu(self.bn1(self.conv1(x)))
-            y = functional.relu(self.bn2(self.conv2(y)))
-            y = self.bn3(self.conv3(y))
-            if self.downsample_conv is not None:
-                x = self.downsample_bn(self.downsample_conv(x))
-            return functional.relu(x + y)
-
-    class ResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            resnet = RESNET_CONFIGS[config.backbone]
-            width = resnet.width
-            self.conv1 = conv(3, width, 7, 2)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.blocks = []
-            cin, previous_dilation = width, 1
-            plan = stage_dilations(config.output_stride)
-            for stage, (num_blocks, (stride, dilation)) in enumerate(
-                zip(resnet.stage_sizes, plan, strict=True)
-            ):
-                for block in range(num_blocks):
-                    name = f"layer{stage + 1}_block{block}"
-                    first = block == 0
-                    module = Bottleneck(
-                        cin,
-                        width * 2**stage,
-                        stride if first else 1,
-                        previous_dilation if first else dilation,
-                    )
-                    setattr(self, name, module)
-                    self.blocks.append((stage, module))
-                    cin = 4 * width * 2**stage
-                previous_dilation = dilation
-
-        def forward(self, x):
-            x = functional.relu(self.bn1(self.conv1(x)))
-            x = functional.max_pool2d(x, 3, 2, 1)
-            low_level = None
-            for stage, block in self.blocks:
-                x = block(x)
-                if stage == 0:
-                    low_level = x
-            return low_level, x
-
-    resnet = RESNET_CONFIGS[config.backbone]
-    high_channels, low_channels = 32 * resnet.width, 4 * resnet.width
-
-    class ASPP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            features = config.aspp_channels
-            add_conv_bn(self, "branch0", high_channels, features, 1)
-            for i, rate in enumerate(aspp_rates(config.output_stride)):
-                add_conv_bn(self, f"branch{i + 1}", high_channels, features, 3, rate)
-            add_conv_bn(self, "pool", high_channels, features, 1)
-            add_conv_bn(self, "project", 5 * features, features, 1)
-            self.dropout = nn.Dropout(config.dropout_rate)
-
-        def forward(self, x):
-            branches = [run_conv_bn(self, f"branch{i}", x) for i in range(4)]
-            pooled = run_conv_bn(self, "pool", x.mean(dim=(2, 3), keepdim=True))
-            branches.append(pooled.expand(-1, -1, *x.shape[2:]))
-            return self.dropout(run_conv_bn(self, "project", torch.cat(branches, dim=1)))
-
-    class Decoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            add_conv_bn(self, "low_level", low_channels, config.low_level_channels, 1)
-            fused = config.aspp_channels + config.low_level_channels
-            add_conv_bn(self, "fuse1", fused, config.decoder_channels, 3)
-            add_conv_bn(self, "fuse2", config.decoder_channels, config.decoder_channels, 3)
-            self.classifier = conv(config.decoder_channels, config.num_classes, 1, bias=True)
-
-        def forward(self, aspp, low_level):
-            low_level = run_conv_bn(self, "low_level", low_level)
-            aspp = functional.interpolate(
-                aspp, size=low_level.shape[2:], mode="bilinear", align_corners=False
-            )
-            y = run_conv_bn(self, "fuse1", torch.cat([aspp, low_level], dim=1))
-            return self.classifier(run_conv_bn(self, "fuse2", y))
-
-    class DeepLab(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = ResNet()
-            self.aspp = ASPP()
-            self.decoder = Decoder()
-
-        def forward(self, images):
-            low_level, high_level = self.encoder(images)
-            logits = self.decoder(self.aspp(high_level), low_level)
-            return functional.interpolate(
-                logits, size=images.shape[2:], mode="bilinear", align_corners=False
-            )
-
-    return DeepLab()
+    del torch  # benchmarks._torch_deeplab imports it.
+    return _torch_deeplab.mirror_deeplab(**torch_settings(config))
 
 
 def copy_flax_to_torch(variables: dict[str, Any], module, torch) -> None:
@@ -295,35 +189,8 @@ def copy_flax_to_torch(variables: dict[str, Any], module, torch) -> None:
       ValueError: if a parameter or buffer of ``module`` has no Flax counterpart or a
         different shape.
     """
-    params = traverse_util.flatten_dict(variables["params"], sep=".")
-    stats = traverse_util.flatten_dict(variables["batch_stats"], sep=".")
-    copied = set()
-    with torch.no_grad():
-        for key, tensor in module.state_dict().items():
-            prefix, leaf = key.rsplit(".", 1)
-            if leaf == "num_batches_tracked":
-                continue
-            if leaf == "weight" and f"{prefix}.kernel" in params:
-                source = f"{prefix}.kernel"
-                value = np.transpose(np.asarray(params[source]), (3, 2, 0, 1))
-            else:
-                source = {
-                    "weight": f"{prefix}.scale",
-                    "bias": f"{prefix}.bias",
-                    "running_mean": f"{prefix}.mean",
-                    "running_var": f"{prefix}.var",
-                }[leaf]
-                table = stats if leaf.startswith("running") else params
-                if source not in table:
-                    raise ValueError(f"no Flax variable for the torch entry {key!r}.")
-                value = np.asarray(table[source])
-            if tuple(value.shape) != tuple(tensor.shape):
-                raise ValueError(f"{key}: torch {tuple(tensor.shape)}, flax {value.shape}.")
-            tensor.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))
-            copied.add(source)
-    left = (set(params) | set(stats)) - copied
-    if left:
-        raise ValueError(f"Flax variables without a torch counterpart: {sorted(left)[:8]}.")
+    del torch
+    _torch_deeplab.copy_flax_to_torch(variables, module)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,8 +214,13 @@ def make_jax_step(model: DeepLabV3Plus, variables: dict[str, Any]):
     return state, step
 
 
-def make_torch_step(module, torch):
-    """A step ``(images, labels) -> loss`` with the Flax step's optimizer and metrics."""
+def make_torch_step(module, torch, *, autocast_dtype=None):
+    """A step ``(images, labels) -> loss`` with the Flax step's optimizer and metrics.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass and the loss under
+    ``torch.autocast`` (mixed precision; the parameters stay float32); None runs them in
+    the module's dtype.
+    """
     decayed = [p for p in module.parameters() if p.ndim == 4]
     others = [p for p in module.parameters() if p.ndim != 4]
     optimizer = torch.optim.SGD(
@@ -363,8 +235,12 @@ def make_torch_step(module, torch):
 
     def step(images, labels):
         optimizer.zero_grad(set_to_none=True)
-        logits = module(images)
-        loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        precision = contextlib.nullcontext()
+        if autocast_dtype is not None:
+            precision = torch.autocast(images.device.type, dtype=autocast_dtype)
+        with precision:
+            logits = module(images)
+            loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
@@ -497,9 +373,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import torch
-    except ImportError:
+    if torch is None:
         print(
             "bench_train_step needs PyTorch, which is not a dependency of spectral_jax: "
             "install it (e.g. `pip install torch`) to compare against it.",
