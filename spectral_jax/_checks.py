@@ -38,6 +38,11 @@ def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: s
     batch, height, width, num_classes = jnp.shape(logits)
     if num_classes < 1:
         raise ValueError(f"{logits_name} must have at least one class, got C = {num_classes}.")
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"{logits_name} must have a non-empty image, got H = {height}, W = {width} "
+            f"(shape {jnp.shape(logits)})."
+        )
     if 0 <= ignore_index < num_classes:
         raise ValueError(
             f"ignore_index={ignore_index} is a valid class index for C = {num_classes}; "

@@ -471,15 +471,50 @@ def _truncate_profile(profile, band_limit):
     ``vmap`` over band limits at ``[N, B, R]`` work instead of ``[N, B, H, Kw]``.
     """
     bands = jnp.arange(profile.shape[-1])
-    return jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
+    total = jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
+    if jnp.issubdtype(jnp.result_type(band_limit), jnp.floating):
+        # A NaN band limit selects no band; without this the truncated CE would be 0 and
+        # R would be 1, a plausible number.
+        total = jnp.where(jnp.isnan(band_limit), jnp.nan, total)
+    return total
 
 
-def _check_band_limit(band_limit) -> None:
+# A band limit only selects bands, so any integer beyond these bounds selects the same
+# bands as the bound (there are far fewer than 2**31 bands); clipping concrete Python and
+# NumPy integers keeps them within int32 when x64 is off.
+_BAND_LIMIT_BOUNDS = (-1, np.iinfo(np.int32).max)
+
+
+def _check_band_limit(band_limit):
+    """Checks a scalar band limit and returns it as the computation takes it.
+
+    Raises:
+      TypeError: naming ``band_limit`` for a string, a bool or a non-real value.
+      ValueError: naming ``band_limit`` for a non-scalar, or a concrete NaN.
+    """
+    if isinstance(band_limit, str | bytes | bool | np.bool_) or not (
+        isinstance(band_limit, int | float | np.number | np.ndarray | jax.Array)
+    ):
+        raise TypeError(
+            f"band_limit must be a real number (an int or a float), got {band_limit!r} "
+            f"of type {type(band_limit).__name__}."
+        )
+    dtype = jnp.result_type(band_limit)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(f"band_limit must be an integer or floating value, got dtype {dtype}.")
     if jnp.ndim(band_limit) != 0:
         raise ValueError(
             f"band_limit must be a scalar (vmap over band limits instead), got shape "
             f"{jnp.shape(band_limit)}."
         )
+    if _checks.is_traced(band_limit):
+        return band_limit  # a traced NaN gives NaN (see _truncate_profile)
+    if isinstance(band_limit, int | np.integer):
+        low, high = _BAND_LIMIT_BOUNDS
+        return type(band_limit)(min(max(int(band_limit), low), high))
+    if np.isnan(np.asarray(band_limit)):
+        raise ValueError("band_limit is NaN; it must be a number (the largest band kept).")
+    return band_limit
 
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
@@ -511,13 +546,14 @@ def truncated_ce(
       band_limit: scalar ``nu_max``; a traced value (it only selects), so
         ``jax.vmap`` over band limits compiles once, and so does a loop over band limits
         of one type (a Python int, say). A band limit at or above the last band gives
-        the full CE; a negative one gives 0.
+        the full CE; a negative one gives 0. A NaN band limit raises ``ValueError``
+        (concrete) or gives NaN (traced); a string or bool raises ``TypeError``.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       ``[B]`` truncated CE per image.
     """
-    _check_band_limit(band_limit)
+    band_limit = _check_band_limit(band_limit)
     settings = dict(
         ignore_index=ignore_index,
         max_classes_present=max_classes_present,
@@ -567,14 +603,15 @@ def relative_discrepancy(
     Args:
       logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
         :func:`ce_spectrum`.
-      band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once).
+      band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once); checked
+        as in :func:`truncated_ce` (a traced NaN gives NaN).
       radius: band radius, as in :func:`band_profile`.
       per_image: return ``[B]`` per-image ratios instead of the batch ratio. Static.
 
     Returns:
       Scalar, or ``[B]`` with ``per_image=True``.
     """
-    _check_band_limit(band_limit)
+    band_limit = _check_band_limit(band_limit)
     settings = dict(
         ignore_index=ignore_index,
         max_classes_present=max_classes_present,

@@ -55,7 +55,8 @@ holds) stays in JAX's cache. An unhashable ``fn`` cannot be static: it is run wi
 the inner ``jit`` (as eager JAX, compiling op by op).
 
 Frequency indices must be concrete to be range-checked; traced indices are not checked
-(an out-of-range index then aliases onto the frequency ``index mod`` the grid).
+(an out-of-range index then wraps: index ``j`` is the frequency ``j mod M``, the
+DFT being periodic; a negative index counts from the end).
 """
 
 from __future__ import annotations
@@ -229,7 +230,9 @@ def _phases(indices, shape: tuple[int, ...], dtype) -> jax.Array:
     The products ``nu * t`` are reduced modulo the axis length in integers first, so the
     angle stays in ``[0, 2 pi)`` and accurate for large maps.
     """
-    coords = jnp.unravel_index(indices, shape)  # len(shape) arrays [K]
+    # jnp.unravel_index clamps an out-of-range index; the DFT is periodic, so a traced
+    # index outside [0, M) wraps onto its frequency mod M, as the module docstring says.
+    coords = jnp.unravel_index(indices % math.prod(shape), shape)  # len(shape) arrays [K]
     theta = 0.0
     for axis, (nu, n) in enumerate(zip(coords, shape, strict=True)):
         t = jnp.arange(n, dtype=jnp.int32)

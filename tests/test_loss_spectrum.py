@@ -601,6 +601,49 @@ def test_non_scalar_band_limit_raises(small_batch, fn):
         fn(logits, labels, np.ones((1,)))
 
 
+@pytest.mark.parametrize("fn", [sj.truncated_ce, sj.relative_discrepancy])
+@pytest.mark.parametrize("bad", ["2", b"2", True, None, 1 + 2j, np.complex64(1)])
+def test_non_real_band_limit_raises_type_error(small_batch, fn, bad):
+    logits, labels = small_batch
+    with pytest.raises(TypeError, match="band_limit"):
+        fn(logits, labels, bad)
+
+
+@pytest.mark.parametrize("fn", [sj.truncated_ce, sj.relative_discrepancy])
+@pytest.mark.parametrize("nan", [float("nan"), np.float32("nan"), jnp.array(jnp.nan)])
+def test_nan_band_limit_raises_eagerly_and_is_nan_under_jit(small_batch, fn, nan):
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="band_limit is NaN"):
+        fn(logits, labels, nan)
+    traced = jax.jit(fn)(logits, labels, jnp.float32(jnp.nan))
+    assert np.all(np.isnan(np.asarray(traced)))
+    # ... and per band limit under vmap: only the NaN entry.
+    limits = jnp.array([1.0, jnp.nan, 2.0], jnp.float32)
+    swept = np.asarray(jax.vmap(lambda b: fn(logits, labels, b))(limits))
+    assert np.isnan(swept[1]).all() and not np.isnan(swept[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("big", [2**31, 2**40, np.int64(2**40), 10**30])
+def test_huge_integer_band_limit_keeps_every_band(small_batch, big):
+    # Without x64 such an int cannot become int32; it selects every band, as R - 1 does.
+    logits, labels = small_batch
+    num_bands = sj.num_bands(logits.shape[1:3])
+    ce = references.spatial_ce(logits.astype(np.float64), labels)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, big), ce, rtol=1e-5)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, -big), np.zeros_like(ce), atol=0)
+    assert float(sj.relative_discrepancy(logits, labels, big)) == pytest.approx(0.0, abs=1e-6)
+    assert num_bands < 2**31
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+@pytest.mark.parametrize("empty", [(3, 0, 6), (3, 5, 0), (3, 0, 0)])
+def test_empty_image_raises(name, empty):
+    logits = np.zeros((*empty, 4), np.float32)
+    labels = np.zeros(empty, np.int32)
+    with pytest.raises(ValueError, match="non-empty image"):
+        ALL_FUNCTIONS[name](logits, labels)
+
+
 @pytest.mark.parametrize("fn", [band_profile, band_limit_sweep, magnitude_profiles])
 def test_bad_radius_raises(small_batch, fn):
     # Jitted wrappers: radius is static, so the error comes from tracing (no compile).
