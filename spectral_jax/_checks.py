@@ -12,6 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# How ignored pixels enter the CE decomposition (spectral_jax.loss_spectrum's docstring).
+IGNORE_MODES: tuple[str, ...] = ("labels", "both")
+
+
+def check_ignore_mode(ignore_mode) -> None:
+    if ignore_mode not in IGNORE_MODES:
+        raise ValueError(f"ignore_mode must be one of {IGNORE_MODES}, got {ignore_mode!r}.")
+
 
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)

@@ -73,7 +73,11 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
-from spectral_jax.loss_spectrum import ce_spectrum
+from spectral_jax.loss_spectrum import (
+    DEFAULT_IGNORE_MODE,
+    IgnoreMode,
+    ce_spectrum,
+)
 
 Mode = Literal["forward", "reverse"]
 Distance = Literal["chebyshev", "euclidean"]
@@ -533,6 +537,7 @@ def ce_spectral_gradient(
     nu_i: chex.Array | None = None,
     in_projection: chex.Array | None = None,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     chunk_size: int = 64,
     mode: Mode = "forward",
 ) -> jax.Array:
@@ -560,7 +565,7 @@ def ce_spectral_gradient(
       nu_i: optional ``[K]`` flat indices of the CE components to differentiate (rows, via
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.
       in_projection: ``[Cin]`` real channel weights ``u`` (default ones).
-      ignore_index: as in :func:`spectral_jax.ce_spectrum`.
+      ignore_index, ignore_mode: as in :func:`spectral_jax.ce_spectrum`. Static.
       chunk_size: static rows or columns per vectorised step.
       mode: ``"forward"`` (columns by ``jax.jvp``, ``H W`` steps) or ``"reverse"`` (rows by
         ``jax.vjp``, ``H' W'`` steps) for the full matrix. The default is forward because
@@ -588,6 +593,7 @@ def ce_spectral_gradient(
     logits = jax.ShapeDtypeStruct((1, *out_shape), jnp.float32)  # floating: checked above
     one_image = labels[None] if _checks.is_traced(labels) else np.asarray(labels)[None]
     _checks.check_logits_and_labels(logits, one_image, ignore_index=ignore_index)
+    _checks.check_ignore_mode(ignore_mode)
     _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
     if nu_i is not None:
         _check_indices(nu_i, math.prod(out_shape[:2]), "nu_i", "CE")
@@ -598,13 +604,14 @@ def ce_spectral_gradient(
         nu_i,
         in_projection,
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         chunk_size=chunk_size,
         mode=mode,
     )
 
 
 def _compute_ce_spectral_gradient(
-    head_fn, features, labels, nu_i, in_projection, *, ignore_index, chunk_size, mode
+    head_fn, features, labels, nu_i, in_projection, *, ignore_index, ignore_mode, chunk_size, mode
 ):
     features = _as_compute_dtype(features)
     out_shape = _output_of(head_fn, features).shape
@@ -612,7 +619,9 @@ def _compute_ce_spectral_gradient(
 
     def out_fn(f):  # [H, W, Cin] -> [H', W'] real CE components
         logits = head_fn(f).astype(features.dtype)[None]
-        return ce_spectrum(logits, labels[None], ignore_index=ignore_index)[0]
+        return ce_spectrum(
+            logits, labels[None], ignore_index=ignore_index, ignore_mode=ignore_mode
+        )[0]
 
     m_in, m_out = math.prod(features.shape[:2]), math.prod(out_shape[:2])
     cdtype = _cdtype(features)
@@ -627,7 +636,7 @@ def _compute_ce_spectral_gradient(
 
 
 _ce_spectral_gradient = _jit_with_static_fn(
-    _compute_ce_spectral_gradient, ("ignore_index", "chunk_size", "mode")
+    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode")
 )
 
 
