@@ -1,7 +1,8 @@
 # Two-command setup: `make demo` and `make test` create .venv on first use.
 #
 #   make demo        the paper's analyses end to end on the embedded data (~2 min CPU) -> runs/demo/
-#   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2)
+#   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2);
+#                    installs the torch extra for the PyTorch comparisons
 #   make test-slow   the tests marked `slow` (none collected counts as success)
 #   make bench       the timing scripts in benchmarks/
 #   make clean       caches and outputs; `make distclean` also removes .venv
@@ -18,6 +19,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Touched after a successful install; older than pyproject.toml means "install again".
 STAMP := $(VENV)/.installed
+# PyTorch (the `torch` extra) for the tests that compare the weight import and the
+# decoder with PyTorch; `make test` installs it, `make demo` does not need it. Its CPU
+# build comes from TORCH_INDEX where that index is reachable (otherwise pip warns and
+# takes the default index's build); `make TORCH_INDEX= test` uses the default index only.
+TORCH_STAMP := $(VENV)/.installed-torch
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_WORKERS ?= 2
 DEMO_WORKDIR ?= runs/demo
 
@@ -29,7 +36,7 @@ export MPLBACKEND := Agg
 .PHONY: help .venv venv demo test lint test-slow bench clean distclean
 
 help:
-	@sed -n '3,9s/^# \{0,1\}//p' $(MAKEFILE_LIST)
+	@sed -n '3,10s/^# \{0,1\}//p' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
@@ -39,12 +46,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
+$(TORCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[torch]'
+	touch $@
+
 .venv venv: $(STAMP)
 
 demo: .venv
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(BIN)/python -m experiments.demo --workdir $(DEMO_WORKDIR)
 
-lint: .venv
+lint: .venv $(TORCH_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -55,7 +66,7 @@ test: lint
 	exit $$rc
 
 # There may be no slow tests yet: exit code 5 (none collected) counts as success here.
-test-slow: .venv
+test-slow: .venv $(TORCH_STAMP)
 	@rc=0; $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-slow: no slow tests collected"; rc=0; fi; \
 	exit $$rc

@@ -17,6 +17,9 @@ import pytest
 
 import spectral_jax
 
+# Under CI=true a skip for a missing optional dependency fails (see the module).
+pytest_plugins = ("tests.optional_dependencies",)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _doctest_names(doctest_namespace: dict) -> None:

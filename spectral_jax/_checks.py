@@ -12,6 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# How ignored pixels enter the CE decomposition (spectral_jax.loss_spectrum's docstring).
+IGNORE_MODES: tuple[str, ...] = ("labels", "both")
+
+
+def check_ignore_mode(ignore_mode) -> None:
+    if ignore_mode not in IGNORE_MODES:
+        raise ValueError(f"ignore_mode must be one of {IGNORE_MODES}, got {ignore_mode!r}.")
+
 
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
@@ -38,6 +46,11 @@ def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: s
     batch, height, width, num_classes = jnp.shape(logits)
     if num_classes < 1:
         raise ValueError(f"{logits_name} must have at least one class, got C = {num_classes}.")
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"{logits_name} must have a non-empty image, got H = {height}, W = {width} "
+            f"(shape {jnp.shape(logits)})."
+        )
     if 0 <= ignore_index < num_classes:
         raise ValueError(
             f"ignore_index={ignore_index} is a valid class index for C = {num_classes}; "

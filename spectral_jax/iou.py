@@ -42,12 +42,53 @@ class IoUTerms(NamedTuple):
     label_mass: jax.Array
 
 
+def _invalid_probability_images(probs, valid, binarize: bool):
+    """``[B]`` booleans: images with a NaN at a valid pixel, or (soft IoU) a value outside
+    ``[0, 1]``; the hard IoU reads only the arg-max, so any real scores are valid there."""
+    if binarize:
+        invalid = jnp.isnan(probs)
+    else:
+        invalid = ~((probs >= 0) & (probs <= 1))  # NaN compares False: counted as invalid
+    return jnp.any(invalid & valid[..., None], axis=(1, 2, 3))
+
+
+def _probability_violations(probs, labels, ignore_index: int):
+    """Counts of NaN and of out-of-range ``probs`` at valid pixels, and their range."""
+    valid = (labels != ignore_index)[..., None]
+    nan = jnp.isnan(probs)
+    outside = ~nan & ((probs < 0) | (probs > 1))
+    finite = jnp.where(valid & ~nan, probs, 0.5)
+    return jnp.sum(nan & valid), jnp.sum(outside & valid), jnp.min(finite), jnp.max(finite)
+
+
+def _raise_for_violations(violations, binarize: bool) -> None:
+    """Raises ``ValueError`` naming ``probs`` for concrete values that are not probabilities
+    (with ``binarize``, only for NaN: the arg-max of any real scores is a prediction).
+
+    Called after the jitted computation, which also returns the counts (one compilation);
+    traced values are not checked here: the computation gives NaN for their images.
+    """
+    if any(_checks.is_traced(v) for v in violations):
+        return
+    num_nan, num_outside, low, high = jax.device_get(violations)
+    if int(num_nan):
+        raise ValueError(f"probs holds {int(num_nan)} NaN value(s) at labelled pixels.")
+    if int(num_outside) and not binarize:
+        raise ValueError(
+            f"probs must be probabilities in [0, 1] (apply jax.nn.softmax to logits); "
+            f"{int(num_outside)} value(s) at labelled pixels lie outside, in "
+            f"[{float(low):.4g}, {float(high):.4g}]."
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
 def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> IoUTerms:
     """The computation of :func:`spectral_iou_terms` on checked arguments."""
     _, height, width, num_classes = probs.shape
     probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
     valid = labels != ignore_index  # [B, H, W]
+    # Checked before the arg-max, which would turn a NaN into a class.
+    bad_images = _invalid_probability_images(probs, valid, binarize)  # [B]
     if binarize:
         probs = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=probs.dtype)
     weights = bands_lib.half_spectrum_weights((height, width)).astype(probs.dtype)
@@ -63,6 +104,7 @@ def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> 
     inputs = (jnp.moveaxis(probs, -1, 0), jnp.arange(num_classes))  # [C, B, H, W], [C]
     _, per_class = jax.lax.scan(class_terms, None, inputs)  # 3 x [C, B]
     terms = IoUTerms(*(term.T for term in per_class))  # 3 x [B, C]
+    terms = jax.tree.map(lambda x: jnp.where(bad_images[:, None], jnp.nan, x), terms)
     return jax.tree.map(
         lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), terms
     )
@@ -92,10 +134,18 @@ def spectral_iou_terms(
       :class:`IoUTerms` of ``[B, C]`` arrays.
 
     Raises:
-      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs.
+      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs, and
+        ``ValueError`` for concrete ``probs`` with a NaN or (``binarize=False``) a value
+        outside ``[0, 1]`` at a labelled pixel (logits, say). Under ``jit`` such an
+        image's terms are NaN. With ``binarize=True`` only the arg-max is read, so any
+        real scores (logits too) are accepted.
     """
     _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
-    return _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    terms, violations = _checked_iou_terms(
+        probs, labels, ignore_index=ignore_index, binarize=binarize
+    )
+    _raise_for_violations(violations, binarize)
+    return terms
 
 
 def iou_from_terms(terms: IoUTerms) -> jax.Array:
@@ -134,6 +184,10 @@ def spectral_iou(
     Returns:
       ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
 
+    Raises:
+      As :func:`spectral_iou_terms`: ``probs`` must be NaN-free at labelled pixels and,
+      for the soft IoU, in ``[0, 1]``; under ``jit`` an image breaking this gets NaN.
+
     Example:
       >>> labels = jnp.array([[[0, 0], [1, 1]]])  # [B, H, W] = [1, 2, 2]
       >>> probs = jax.nn.one_hot(jnp.array([[[0, 1], [1, 1]]]), 2)  # [B, H, W, C]
@@ -144,10 +198,18 @@ def spectral_iou(
       [0.583]
     """
     _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
-    return _spectral_iou(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    iou, violations = _spectral_iou(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    _raise_for_violations(violations, binarize)
+    return iou
 
 
 @functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
-def _spectral_iou(probs, labels, *, ignore_index: int, binarize: bool) -> jax.Array:
+def _spectral_iou(probs, labels, *, ignore_index: int, binarize: bool):
     terms = _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
-    return iou_from_terms(terms)
+    return iou_from_terms(terms), _probability_violations(probs, labels, ignore_index)
+
+
+@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
+def _checked_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
+    terms = _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    return terms, _probability_violations(probs, labels, ignore_index)

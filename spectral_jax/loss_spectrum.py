@@ -17,8 +17,21 @@ with ``b = DFT(B)``, ``y_hat = DFT(A) = y_p - y`` and ``N`` the image's number o
 ``b(-nu, c)``; for real ``B`` that is ``conj(b(nu, c))``. The imaginary parts cancel
 between ``nu`` and ``-nu``, so only the real part is kept, and ``L_ce(nu) = L_ce(-nu)``.
 
-Ignored pixels (``labels == ignore_index``) contribute nothing to any component: both
-``B`` and ``A`` are zero there. An image without valid pixels has all components zero.
+Ignored pixels (``labels == ignore_index``). The paper has no ignore label; its Eq. 1
+integrates ``B(t, c) A(t, c)`` over every pixel ``t``, so an ignored pixel, which has no
+class, is an all-zero one-hot vector ``B(t, .) = 0`` while ``A`` is what the network
+predicts there. That is ``ignore_mode="labels"``, the default: only ``B`` is zeroed, and
+``A`` is transformed at every pixel. ``ignore_mode="both"`` zeroes ``A`` at ignored
+pixels too (the convention of this library before the option existed). The CE, the sum of
+all components, is the same either way (``B`` is zero there); single components, and
+with them the truncated CE and ``R``, are not: on 129 x 129 scenes with 2-pixel ignored
+boundaries R(16) is about 15x larger with both maps zeroed, since the zeroed boundary
+band of ``A`` is itself a high-frequency signal. PASCAL VOC marks object boundaries as
+ignored, so compare with the paper's Table 1 in the default mode. In the ``"labels"``
+mode an ignored pixel whose logits are not all finite (NaN or Inf padding, say) enters
+``A`` as 0, so that it stays harmless; a NaN or Inf logit at a labelled pixel makes its
+image's components non-finite in both modes. An image without valid pixels has all
+components zero.
 
 The truncated CE keeps the components inside a band limit (Eq. 13) and ``R`` is its
 relative discrepancy from the CE (Eq. 14):
@@ -55,7 +68,7 @@ inner ``jit`` is inlined. Band limits are traced arguments: new values never rec
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import chex
 import jax
@@ -69,7 +82,12 @@ from spectral_jax.bands import Radius
 # Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
 DEFAULT_CLASS_CHUNK_SIZE = 3
 
-_CE_SETTINGS = ("ignore_index", "max_classes_present", "class_chunk_size")
+_CE_SETTINGS = ("ignore_index", "ignore_mode", "max_classes_present", "class_chunk_size")
+
+# Which maps an ignored pixel is removed from (module docstring, "Ignored pixels").
+IgnoreMode = Literal["labels", "both"]
+IGNORE_MODES: tuple[str, ...] = _checks.IGNORE_MODES
+DEFAULT_IGNORE_MODE: IgnoreMode = "labels"
 
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
@@ -93,10 +111,11 @@ def _check_class_chunk_size(class_chunk_size: int) -> None:
 
 
 def _check_ce_arguments(
-    logits, labels, *, ignore_index, max_classes_present, class_chunk_size
+    logits, labels, *, ignore_index, ignore_mode, max_classes_present, class_chunk_size
 ) -> tuple[int, int, int, int]:
     """The checks of :func:`ce_spectrum`'s arguments; concrete labels are range-checked."""
     shape = _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
+    _checks.check_ignore_mode(ignore_mode)
     _check_max_classes_present(max_classes_present)
     _check_class_chunk_size(class_chunk_size)
     return shape
@@ -110,20 +129,22 @@ def _classes_present(labels, valid, num_classes: int):
     return counts[:, :num_classes] > 0
 
 
-def _class_spectra(log_partition, logit, class_id, labels, valid):
+def _class_spectra(log_partition, logit, class_id, labels, valid, transformed):
     """Half spectra of a chunk of classes' maps: ``[2, k, B, H, Kw]`` = ``(y_hat, b)``.
 
     Args:
       log_partition: ``[B, H, W]`` ``logsumexp`` of the logits over classes.
       logit: ``[k, B, H, W]`` the chunk's logits.
       class_id: ``[k, B]`` the class of each chunk slot and image.
-      labels, valid: ``[B, H, W]``.
+      labels, valid: ``[B, H, W]``; ``valid`` masks the one-hot labels.
+      transformed: ``[B, H, W]`` pixels whose negative log-probabilities are kept
+        (:func:`_transformed_pixels`).
     """
     # One difference per class rather than a broadcast of log_partition over the chunk:
     # the gradient of a broadcast is a reduction over the chunk axis, a separate kernel on
     # XLA:CPU in every backward step; the gradient of a stack is a chain of adds.
     neg_log_prob = jnp.stack([log_partition - logit[i] for i in range(logit.shape[0])])
-    neg_log_prob = jnp.where(valid, neg_log_prob, 0.0)  # [k, B, H, W]
+    neg_log_prob = jnp.where(transformed, neg_log_prob, 0.0)  # [k, B, H, W]
     target = (valid & (labels == class_id[..., None, None])).astype(logit.dtype)
     # One transform of 2 k B maps: a batched FFT.
     return jnp.fft.rfft2(jnp.stack([neg_log_prob, target]))
@@ -133,9 +154,10 @@ def _class_spectra(log_partition, logit, class_id, labels, valid):
 def _log_partition(logits, valid):
     """``logsumexp`` of ``logits [B, H, W, C]`` over classes, ``[B, H, W]``.
 
-    Its derivative is masked to the ``valid [B, H, W]`` pixels. The value at an ignored
-    pixel is never used (every map is zero there), but without the mask NaN or Inf logits
-    there would reach the gradient as ``0 * softmax(NaN)``. Masking in the derivative rule
+    Its derivative is masked to the ``valid [B, H, W]`` pixels (the transformed ones,
+    :func:`_transformed_pixels`). The value at another pixel is never used (every map is
+    zero there), but without the mask NaN or Inf logits there would reach the gradient
+    as ``0 * softmax(NaN)``. Masking in the derivative rule
     rather than the logits keeps the forward pass a plain reduction: a select feeding the
     reduction is materialised on CPU and cost more than the reduction itself. A
     ``custom_jvp`` (not ``custom_vjp``) so that forward mode (``jacfwd``) works too.
@@ -155,6 +177,18 @@ def _log_partition_jvp(primals, tangents):
     return log_partition, tangent
 
 
+def _transformed_pixels(logits, valid, ignore_mode: str):
+    """``[B, H, W]`` pixels whose negative log-probabilities enter the transforms.
+
+    ``"both"``: the valid pixels. ``"labels"``: every pixel, except an ignored pixel whose
+    logits are not all finite (its log-probabilities are taken as 0 there, so that NaN or
+    Inf logits at ignored pixels, as padding may hold, stay harmless).
+    """
+    if ignore_mode == "both":
+        return valid
+    return valid | jnp.all(jnp.isfinite(logits), axis=-1)
+
+
 def _scan_inputs(logits, valid, classes):
     """What the scans over classes read: ``log_partition``, per-class logits and ids.
 
@@ -164,7 +198,7 @@ def _scan_inputs(logits, valid, classes):
 
     Args:
       logits: ``[B, H, W, C]``.
-      valid: ``[B, H, W]`` booleans.
+      valid: ``[B, H, W]`` booleans: the transformed pixels (:func:`_transformed_pixels`).
       classes: ``None`` for all classes, or ``[B, K]`` class indices per image.
 
     Returns:
@@ -220,7 +254,7 @@ def _sum_leading(x):
     return functools.reduce(jnp.add, [x[i] for i in range(x.shape[0])])
 
 
-def _half_spectrum_of_classes(logits, labels, valid, classes, chunk_size: int):
+def _half_spectrum_of_classes(logits, labels, valid, transformed, classes, chunk_size: int):
     """Unnormalised ``Re sum_c conj(b(nu, c)) y_hat(nu, c)`` on the half spectrum.
 
     The classes are visited ``chunk_size`` at a time in a ``lax.scan`` that accumulates
@@ -236,17 +270,19 @@ def _half_spectrum_of_classes(logits, labels, valid, classes, chunk_size: int):
     Args:
       logits: ``[B, H, W, C]`` in the compute dtype.
       labels: ``[B, H, W]`` integers.
-      valid: ``[B, H, W]`` booleans.
+      valid: ``[B, H, W]`` booleans: the labelled pixels.
+      transformed: ``[B, H, W]`` booleans: the pixels whose negative log-probabilities
+        are transformed (:func:`_transformed_pixels`).
       classes: ``None`` for all ``C`` classes, or ``[B, K]`` class indices per image.
       chunk_size: static number of classes per step.
 
     Returns:
       ``[B, H, Kw]`` real, ``Kw = W // 2 + 1``.
     """
-    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, classes)
+    log_partition, class_logits, class_ids = _scan_inputs(logits, transformed, classes)
 
     def add_chunk(total, inputs):
-        y_hat, b = _class_spectra(log_partition, *inputs, labels, valid)  # [k, B, H, Kw] each
+        y_hat, b = _class_spectra(log_partition, *inputs, labels, valid, transformed)
         products = y_hat.real * b.real + y_hat.imag * b.imag  # [k, B, H, Kw]
         return total + _sum_leading(products), None
 
@@ -256,20 +292,27 @@ def _half_spectrum_of_classes(logits, labels, valid, classes, chunk_size: int):
 
 
 def _compute_half_spectrum(
-    logits, labels, *, ignore_index: int, max_classes_present: int | None, class_chunk_size: int
+    logits,
+    labels,
+    *,
+    ignore_index: int,
+    ignore_mode: str,
+    max_classes_present: int | None,
+    class_chunk_size: int,
 ):
     """The computation of :func:`ce_half_spectrum` on checked arguments (traceable)."""
     _, height, width, num_classes = jnp.shape(logits)
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     labels = jnp.asarray(labels)
     valid = labels != ignore_index  # [B, H, W]
+    transformed = _transformed_pixels(logits, valid, ignore_mode)  # [B, H, W]
     num_valid = jnp.sum(valid, axis=(1, 2))  # [B]
     # An image without valid pixels has all-zero components; max(N, 1) keeps them zero.
     scale = 1.0 / (height * width * jnp.maximum(num_valid, 1).astype(logits.dtype))
 
     dense = functools.partial(_half_spectrum_of_classes, classes=None, chunk_size=class_chunk_size)
     if max_classes_present is None or max_classes_present >= num_classes:
-        half = dense(logits, labels, valid)
+        half = dense(logits, labels, valid, transformed)
     else:
         present = _classes_present(labels, valid, num_classes)  # [B, C]
         # A stable sort of "absent" puts the present classes first, in class order; the
@@ -281,7 +324,7 @@ def _compute_half_spectrum(
         overflow = jnp.any(jnp.sum(present, axis=-1) > max_classes_present)
         # Documented fallback: a batch with an image of more than k classes takes the
         # exact dense path, so the result never depends on k.
-        half = jax.lax.cond(overflow, dense, sparse, logits, labels, valid)
+        half = jax.lax.cond(overflow, dense, sparse, logits, labels, valid, transformed)
     half = half * scale[:, None, None]
     return _checks.poison_invalid_labels(half, labels, num_classes, ignore_index)
 
@@ -296,6 +339,7 @@ def ce_half_spectrum(
     labels: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
@@ -312,6 +356,7 @@ def ce_half_spectrum(
     """
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -339,6 +384,7 @@ def ce_spectrum(
     labels: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> jax.Array:
@@ -360,8 +406,13 @@ def ce_spectrum(
       logits: ``[B, H, W, C]`` floating logits. float64 logits (with
         ``jax_enable_x64``) are transformed in float64, all others in float32.
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
-      ignore_index: label of pixels that contribute nothing (to any component). Must lie
-        outside ``[0, C)``. Static.
+      ignore_index: label of pixels without a class: their one-hot labels are zero.
+        Must lie outside ``[0, C)``. Static.
+      ignore_mode: ``"labels"`` (default, the paper's Eq. 1: the negative
+        log-probabilities of every pixel are transformed, the labels of ignored pixels
+        are zero) or ``"both"`` (the negative log-probabilities are zeroed at ignored
+        pixels too). The total CE is the same; the components differ (module
+        docstring). Static.
       max_classes_present: static bound ``k`` on the number of classes per image. When
         given, only the classes present in each image are transformed (exact, since
         absent classes have ``b = 0``), about ``k / C`` of the dense cost. If an image
@@ -387,7 +438,8 @@ def ce_spectrum(
         label outside ``[0, C)``. Under ``jit`` the images with such a label get NaN
         components. NaN or Inf logits at valid pixels make the image's components
         non-finite (NaN, or Inf at ``nu = 0``); at ignored pixels they are ignored, also
-        by gradients.
+        by gradients (``"labels"``: such a pixel's log-probabilities are taken as 0).
+        A bad ``ignore_mode`` raises ``ValueError``.
 
     Example:
       >>> import optax
@@ -404,6 +456,7 @@ def ce_spectrum(
     """
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -436,6 +489,7 @@ def band_profile(
     labels: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
@@ -445,7 +499,7 @@ def band_profile(
     .. math:: P(r) = \sum_{\mathrm{band}(\nu) = r} \mathcal{L}_{ce}(\nu)
 
     Args:
-      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
         :func:`ce_spectrum`.
       radius: ``"chebyshev"`` (``max(|nu_h|, |nu_w|)``) or ``"euclidean"``
         (see :mod:`spectral_jax.bands`). Static.
@@ -456,6 +510,7 @@ def band_profile(
     """
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -471,15 +526,50 @@ def _truncate_profile(profile, band_limit):
     ``vmap`` over band limits at ``[N, B, R]`` work instead of ``[N, B, H, Kw]``.
     """
     bands = jnp.arange(profile.shape[-1])
-    return jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
+    total = jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
+    if jnp.issubdtype(jnp.result_type(band_limit), jnp.floating):
+        # A NaN band limit selects no band; without this the truncated CE would be 0 and
+        # R would be 1, a plausible number.
+        total = jnp.where(jnp.isnan(band_limit), jnp.nan, total)
+    return total
 
 
-def _check_band_limit(band_limit) -> None:
+# A band limit only selects bands, so any integer beyond these bounds selects the same
+# bands as the bound (there are far fewer than 2**31 bands); clipping concrete Python and
+# NumPy integers keeps them within int32 when x64 is off.
+_BAND_LIMIT_BOUNDS = (-1, np.iinfo(np.int32).max)
+
+
+def _check_band_limit(band_limit):
+    """Checks a scalar band limit and returns it as the computation takes it.
+
+    Raises:
+      TypeError: naming ``band_limit`` for a string, a bool or a non-real value.
+      ValueError: naming ``band_limit`` for a non-scalar, or a concrete NaN.
+    """
+    if isinstance(band_limit, str | bytes | bool | np.bool_) or not (
+        isinstance(band_limit, int | float | np.number | np.ndarray | jax.Array)
+    ):
+        raise TypeError(
+            f"band_limit must be a real number (an int or a float), got {band_limit!r} "
+            f"of type {type(band_limit).__name__}."
+        )
+    dtype = jnp.result_type(band_limit)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(f"band_limit must be an integer or floating value, got dtype {dtype}.")
     if jnp.ndim(band_limit) != 0:
         raise ValueError(
             f"band_limit must be a scalar (vmap over band limits instead), got shape "
             f"{jnp.shape(band_limit)}."
         )
+    if _checks.is_traced(band_limit):
+        return band_limit  # a traced NaN gives NaN (see _truncate_profile)
+    if isinstance(band_limit, int | np.integer):
+        low, high = _BAND_LIMIT_BOUNDS
+        return type(band_limit)(min(max(int(band_limit), low), high))
+    if np.isnan(np.asarray(band_limit)):
+        raise ValueError("band_limit is NaN; it must be a number (the largest band kept).")
+    return band_limit
 
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
@@ -493,6 +583,7 @@ def truncated_ce(
     band_limit: chex.Numeric,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
@@ -506,20 +597,22 @@ def truncated_ce(
     Differentiable in ``logits``: its gradient is the loss a band-limited training uses.
 
     Args:
-      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
         :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``; a traced value (it only selects), so
         ``jax.vmap`` over band limits compiles once, and so does a loop over band limits
         of one type (a Python int, say). A band limit at or above the last band gives
-        the full CE; a negative one gives 0.
+        the full CE; a negative one gives 0. A NaN band limit raises ``ValueError``
+        (concrete) or gives NaN (traced); a string or bool raises ``TypeError``.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       ``[B]`` truncated CE per image.
     """
-    _check_band_limit(band_limit)
+    band_limit = _check_band_limit(band_limit)
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -549,6 +642,7 @@ def relative_discrepancy(
     band_limit: chex.Numeric,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     per_image: bool = False,
     max_classes_present: int | None = None,
@@ -565,18 +659,20 @@ def relative_discrepancy(
     image with no valid pixel: all its components are 0).
 
     Args:
-      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
         :func:`ce_spectrum`.
-      band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once).
+      band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once); checked
+        as in :func:`truncated_ce` (a traced NaN gives NaN).
       radius: band radius, as in :func:`band_profile`.
       per_image: return ``[B]`` per-image ratios instead of the batch ratio. Static.
 
     Returns:
       Scalar, or ``[B]`` with ``per_image=True``.
     """
-    _check_band_limit(band_limit)
+    band_limit = _check_band_limit(band_limit)
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -627,6 +723,7 @@ def band_limit_sweep(
     labels: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     per_image: bool = False,
     max_classes_present: int | None = None,
@@ -639,7 +736,7 @@ def band_limit_sweep(
     ``relative_discrepancy(logits, labels, r)``.
 
     Args:
-      logits, labels, ignore_index, max_classes_present, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
         :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
       per_image: ``[B, R]`` per-image ratios instead of the ``[R]`` ratio of batch means.
@@ -650,6 +747,7 @@ def band_limit_sweep(
     """
     settings = dict(
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
     )
@@ -670,15 +768,18 @@ class MagnitudeProfiles(NamedTuple):
     logits: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "radius", "class_chunk_size"))
-def _magnitude_profiles(logits, labels, *, ignore_index, radius, class_chunk_size):
+@functools.partial(
+    jax.jit, static_argnames=("ignore_index", "ignore_mode", "radius", "class_chunk_size")
+)
+def _magnitude_profiles(logits, labels, *, ignore_index, ignore_mode, radius, class_chunk_size):
     _, height, width, num_classes = logits.shape
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     valid = labels != ignore_index  # [B, H, W]
-    log_partition, class_logits, class_ids = _scan_inputs(logits, valid, None)
+    transformed = _transformed_pixels(logits, valid, ignore_mode)  # [B, H, W]
+    log_partition, class_logits, class_ids = _scan_inputs(logits, transformed, None)
 
     def add_chunk(totals, inputs):  # a chunk of classes per step, as in the CE
-        spectra = _class_spectra(log_partition, *inputs, labels, valid)  # [2, k, B, H, Kw]
+        spectra = _class_spectra(log_partition, *inputs, labels, valid, transformed)
         return totals + _sum_leading(jnp.moveaxis(jnp.abs(spectra), 1, 0)), None
 
     batch = labels.shape[0]
@@ -701,6 +802,7 @@ def magnitude_profiles(
     labels: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
 ) -> MagnitudeProfiles:
@@ -717,22 +819,26 @@ def magnitude_profiles(
 
     and likewise for ``y_hat = DFT(Y_p - Y)``. The ``1 / (H W)`` makes ``|b|(0)`` the
     mean over classes of the fraction of valid pixels with that class. Ignored pixels
-    are zero in both maps, as in :func:`ce_spectrum`. All ``C`` classes are transformed.
+    enter the maps as ``ignore_mode`` says, as in :func:`ce_spectrum`. All ``C`` classes
+    are transformed.
 
     Args:
-      logits, labels, ignore_index, class_chunk_size: as in :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, class_chunk_size: as in
+        :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       :class:`MagnitudeProfiles` of two ``[B, R]`` arrays.
     """
     _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
+    _checks.check_ignore_mode(ignore_mode)
     _check_class_chunk_size(class_chunk_size)
     bands_lib._check_radius(radius)
     return _magnitude_profiles(
         logits,
         labels,
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         radius=radius,
         class_chunk_size=class_chunk_size,
     )

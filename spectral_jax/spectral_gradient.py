@@ -55,7 +55,8 @@ holds) stays in JAX's cache. An unhashable ``fn`` cannot be static: it is run wi
 the inner ``jit`` (as eager JAX, compiling op by op).
 
 Frequency indices must be concrete to be range-checked; traced indices are not checked
-(an out-of-range index then aliases onto the frequency ``index mod`` the grid).
+(an out-of-range index then wraps: index ``j`` is the frequency ``j mod M``, the
+DFT being periodic; a negative index counts from the end).
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
-from spectral_jax.loss_spectrum import ce_spectrum
+from spectral_jax.loss_spectrum import (
+    DEFAULT_IGNORE_MODE,
+    IgnoreMode,
+    ce_spectrum,
+)
 
 Mode = Literal["forward", "reverse"]
 Distance = Literal["chebyshev", "euclidean"]
@@ -229,7 +234,9 @@ def _phases(indices, shape: tuple[int, ...], dtype) -> jax.Array:
     The products ``nu * t`` are reduced modulo the axis length in integers first, so the
     angle stays in ``[0, 2 pi)`` and accurate for large maps.
     """
-    coords = jnp.unravel_index(indices, shape)  # len(shape) arrays [K]
+    # jnp.unravel_index clamps an out-of-range index; the DFT is periodic, so a traced
+    # index outside [0, M) wraps onto its frequency mod M, as the module docstring says.
+    coords = jnp.unravel_index(indices % math.prod(shape), shape)  # len(shape) arrays [K]
     theta = 0.0
     for axis, (nu, n) in enumerate(zip(coords, shape, strict=True)):
         t = jnp.arange(n, dtype=jnp.int32)
@@ -530,6 +537,7 @@ def ce_spectral_gradient(
     nu_i: chex.Array | None = None,
     in_projection: chex.Array | None = None,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     chunk_size: int = 64,
     mode: Mode = "forward",
 ) -> jax.Array:
@@ -557,7 +565,7 @@ def ce_spectral_gradient(
       nu_i: optional ``[K]`` flat indices of the CE components to differentiate (rows, via
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.
       in_projection: ``[Cin]`` real channel weights ``u`` (default ones).
-      ignore_index: as in :func:`spectral_jax.ce_spectrum`.
+      ignore_index, ignore_mode: as in :func:`spectral_jax.ce_spectrum`. Static.
       chunk_size: static rows or columns per vectorised step.
       mode: ``"forward"`` (columns by ``jax.jvp``, ``H W`` steps) or ``"reverse"`` (rows by
         ``jax.vjp``, ``H' W'`` steps) for the full matrix. The default is forward because
@@ -585,6 +593,7 @@ def ce_spectral_gradient(
     logits = jax.ShapeDtypeStruct((1, *out_shape), jnp.float32)  # floating: checked above
     one_image = labels[None] if _checks.is_traced(labels) else np.asarray(labels)[None]
     _checks.check_logits_and_labels(logits, one_image, ignore_index=ignore_index)
+    _checks.check_ignore_mode(ignore_mode)
     _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
     if nu_i is not None:
         _check_indices(nu_i, math.prod(out_shape[:2]), "nu_i", "CE")
@@ -595,13 +604,14 @@ def ce_spectral_gradient(
         nu_i,
         in_projection,
         ignore_index=ignore_index,
+        ignore_mode=ignore_mode,
         chunk_size=chunk_size,
         mode=mode,
     )
 
 
 def _compute_ce_spectral_gradient(
-    head_fn, features, labels, nu_i, in_projection, *, ignore_index, chunk_size, mode
+    head_fn, features, labels, nu_i, in_projection, *, ignore_index, ignore_mode, chunk_size, mode
 ):
     features = _as_compute_dtype(features)
     out_shape = _output_of(head_fn, features).shape
@@ -609,7 +619,9 @@ def _compute_ce_spectral_gradient(
 
     def out_fn(f):  # [H, W, Cin] -> [H', W'] real CE components
         logits = head_fn(f).astype(features.dtype)[None]
-        return ce_spectrum(logits, labels[None], ignore_index=ignore_index)[0]
+        return ce_spectrum(
+            logits, labels[None], ignore_index=ignore_index, ignore_mode=ignore_mode
+        )[0]
 
     m_in, m_out = math.prod(features.shape[:2]), math.prod(out_shape[:2])
     cdtype = _cdtype(features)
@@ -624,7 +636,7 @@ def _compute_ce_spectral_gradient(
 
 
 _ce_spectral_gradient = _jit_with_static_fn(
-    _compute_ce_spectral_gradient, ("ignore_index", "chunk_size", "mode")
+    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode")
 )
 
 

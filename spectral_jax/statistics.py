@@ -46,6 +46,7 @@ from spectral_jax import bands as bands_lib
 from spectral_jax import iou as iou_lib
 from spectral_jax import loss_spectrum as ce_lib
 from spectral_jax.bands import Radius
+from spectral_jax.loss_spectrum import IgnoreMode
 
 
 def _spatial_ce(logits, labels, ignore_index: int) -> jax.Array:
@@ -88,6 +89,7 @@ class SpectralStatistics:
     num_classes: int = flax.struct.field(pytree_node=False)
     radius: str = flax.struct.field(pytree_node=False, default="chebyshev")
     ignore_index: int = flax.struct.field(pytree_node=False, default=255)
+    ignore_mode: str = flax.struct.field(pytree_node=False, default=ce_lib.DEFAULT_IGNORE_MODE)
     with_magnitudes: bool = flax.struct.field(pytree_node=False, default=False)
     max_classes_present: int | None = flax.struct.field(pytree_node=False, default=None)
 
@@ -99,6 +101,7 @@ class SpectralStatistics:
         *,
         radius: Radius = "chebyshev",
         ignore_index: int = 255,
+        ignore_mode: IgnoreMode = ce_lib.DEFAULT_IGNORE_MODE,
         with_magnitudes: bool = False,
         max_classes_present: int | None = None,
         dtype=jnp.float32,
@@ -109,7 +112,10 @@ class SpectralStatistics:
           shape: spatial shape ``(H, W)`` of the logits and labels to come.
           num_classes: ``C``.
           radius: band radius (:mod:`spectral_jax.bands`).
-          ignore_index: label of pixels that contribute nothing.
+          ignore_index: label of pixels without a class.
+          ignore_mode: which maps of the CE decomposition an ignored pixel is removed
+            from (:func:`spectral_jax.ce_spectrum`; default ``"labels"``, the paper's
+            Eq. 1). The IoU always leaves ignored pixels out of both maps.
           with_magnitudes: also accumulate the magnitude profiles (costs a dense
             transform of all classes per batch).
           max_classes_present: passed to :func:`spectral_jax.ce_spectrum`.
@@ -117,6 +123,7 @@ class SpectralStatistics:
         """
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        _checks.check_ignore_mode(ignore_mode)
         shape = tuple(int(n) for n in shape)
         bands = bands_lib.num_bands(shape, radius=radius)
         zeros_bands = jnp.zeros((bands,), dtype)
@@ -134,6 +141,7 @@ class SpectralStatistics:
             num_classes=num_classes,
             radius=radius,
             ignore_index=ignore_index,
+            ignore_mode=ignore_mode,
             with_magnitudes=with_magnitudes,
             max_classes_present=max_classes_present,
         )
@@ -165,13 +173,15 @@ class SpectralStatistics:
             stats.num_classes,
             stats.radius,
             stats.ignore_index,
+            stats.ignore_mode,
             stats.with_magnitudes,
             stats.max_classes_present,
         )
         if settings(self) != settings(other):
             raise ValueError(
                 "can only merge SpectralStatistics with the same settings (shape, "
-                "num_classes, radius, ignore_index, with_magnitudes, max_classes_present); "
+                "num_classes, radius, ignore_index, ignore_mode, with_magnitudes, "
+                "max_classes_present); "
                 f"got {settings(self)} and {settings(other)}."
             )
         return jax.tree.map(jnp.add, self, other)
@@ -235,6 +245,7 @@ def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
         logits,
         labels,
         radius=stats.radius,
+        ignore_mode=stats.ignore_mode,
         max_classes_present=stats.max_classes_present,
         **settings,
     )  # [B, R]
@@ -252,7 +263,9 @@ def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
         label_mass=stats.label_mass + jnp.sum(terms.label_mass, axis=0).astype(stats.overlap.dtype),
     )
     if stats.with_magnitudes:
-        magnitudes = ce_lib.magnitude_profiles(logits, labels, radius=stats.radius, **settings)
+        magnitudes = ce_lib.magnitude_profiles(
+            logits, labels, radius=stats.radius, ignore_mode=stats.ignore_mode, **settings
+        )
         mask = counted[:, None]
         updates["label_magnitude"] = stats.label_magnitude + jnp.sum(
             jnp.where(mask, magnitudes.labels, 0.0), axis=0

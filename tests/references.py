@@ -62,20 +62,31 @@ def spatial_ce(logits, labels, ignore_index: int = 255) -> np.ndarray:
     return total / np.maximum(valid.sum(axis=(1, 2)), 1)
 
 
-def one_hot_and_neg_log_probs(logits, labels, ignore_index: int = 255):
-    """``B [B, H, W, C]`` and ``A = Y_p - Y [B, H, W, C]``, both zero at ignored pixels."""
+def one_hot_and_neg_log_probs(logits, labels, ignore_index: int = 255, ignore_mode="labels"):
+    """``B [B, H, W, C]`` (zero at ignored pixels) and ``A = Y_p - Y [B, H, W, C]``.
+
+    ``ignore_mode="labels"`` (Eq. 1 read directly): ``A`` at every pixel, except an
+    ignored pixel with a non-finite logit, where it is 0. ``"both"``: ``A`` is zero at
+    every ignored pixel too.
+    """
     logits = np.asarray(logits, np.float64)
     num_classes = logits.shape[-1]
     valid = valid_mask(labels, ignore_index)[..., None]
     one_hot = (np.asarray(labels)[..., None] == np.arange(num_classes)) & valid
-    # Where(), not a product: a NaN logit at an ignored pixel must not leak in.
-    neg_log_probs = np.where(valid, -log_softmax(logits), 0.0)
+    if ignore_mode == "both":
+        kept = valid
+    else:
+        assert ignore_mode == "labels", ignore_mode
+        kept = valid | np.all(np.isfinite(logits), axis=-1, keepdims=True)
+    # Where(), not a product: a NaN logit at a dropped pixel must not leak in.
+    with np.errstate(invalid="ignore"):
+        neg_log_probs = np.where(kept, -log_softmax(logits), 0.0)
     return one_hot.astype(np.float64), neg_log_probs
 
 
-def ce_spectrum(logits, labels, ignore_index: int = 255) -> np.ndarray:
+def ce_spectrum(logits, labels, ignore_index: int = 255, ignore_mode="labels") -> np.ndarray:
     """``[B, H, W]`` components ``Re sum_c conj(b) y_hat / (N H W)`` over the full DFT."""
-    one_hot, neg_log_probs = one_hot_and_neg_log_probs(logits, labels, ignore_index)
+    one_hot, neg_log_probs = one_hot_and_neg_log_probs(logits, labels, ignore_index, ignore_mode)
     _, height, width, _ = one_hot.shape
     b = np.fft.fft2(one_hot, axes=(1, 2))
     y_hat = np.fft.fft2(neg_log_probs, axes=(1, 2))
@@ -105,9 +116,11 @@ def ratio_of_sums(truncated: np.ndarray, total: np.ndarray) -> float:
     return 0.0 if denominator == 0 else abs(truncated.sum() - denominator) / denominator
 
 
-def magnitude_profiles(logits, labels, radius: str, ignore_index: int = 255):
+def magnitude_profiles(
+    logits, labels, radius: str, ignore_index: int = 255, ignore_mode: str = "labels"
+):
     """``([B, R], [B, R])``: band means of ``mean_c |b| / (H W)`` and of ``|y_hat|``."""
-    one_hot, neg_log_probs = one_hot_and_neg_log_probs(logits, labels, ignore_index)
+    one_hot, neg_log_probs = one_hot_and_neg_log_probs(logits, labels, ignore_index, ignore_mode)
     _, height, width, num_classes = one_hot.shape
     index = band_index((height, width), radius)
     sizes = np.bincount(index.ravel())

@@ -271,3 +271,25 @@ def test_freqmix_as_downsample_filter_trains():
     grads = jax.jit(jax.grad(loss))(variables["params"])
     gate = grads["encoder"]["layer2_block0"]["downsample_filter"]["gate_conv"]["kernel"]
     assert np.all(np.isfinite(gate)) and float(jnp.max(jnp.abs(gate))) > 0
+
+
+class _SharedStridedConv(nn.Module):
+    """One strided convolution applied to two different inputs."""
+
+    @nn.compact
+    def __call__(self, x):
+        down = nn.Conv(2, (3, 3), strides=2, name="down")
+        return down(x) + down(jnp.flip(x, axis=1) ** 2)
+
+
+def test_probe_reports_every_call_of_a_shared_module(rng):
+    model = _SharedStridedConv()
+    images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    scores = fmod.downsampling_aliasing_scores(model, variables, images)
+    assert sorted(scores) == ["down", "down#1"]
+    cutoff = aliasing.nyquist_cutoff(2)
+    second = jnp.flip(images, axis=1) ** 2
+    np.testing.assert_allclose(scores["down"], aliasing.aliasing_score(images, cutoff=cutoff))
+    np.testing.assert_allclose(scores["down#1"], aliasing.aliasing_score(second, cutoff=cutoff))
+    assert not np.allclose(scores["down"], scores["down#1"])

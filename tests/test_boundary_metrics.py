@@ -290,3 +290,20 @@ def test_bad_inputs_raise():
         bm.boundary_statistics(labels, labels[:, :4], num_classes=3)
     with pytest.raises(TypeError, match="integer"):
         bm.boundary_statistics(labels.astype(jnp.float32), labels, num_classes=3)
+
+
+def test_class_means_skip_classes_without_labelled_pixels_in_a_region():
+    # Counts [4 regions, 3 classes]; class 2 has no labelled pixel in regions 1 and 3 and
+    # is in neither map in region 0: its ratios there are NaN and must not reach the means.
+    intersection = np.array([[4, 6, 0], [2, 3, 0], [5, 0, 1], [1, 2, 0]])
+    prediction_area = np.array([[5, 8, 0], [4, 3, 2], [6, 1, 1], [1, 4, 3]])
+    label_area = np.array([[6, 7, 0], [3, 5, 0], [5, 2, 4], [2, 2, 0]])
+    scores = bm.boundary_scores(bm.BoundaryStatistics(intersection, prediction_area, label_area))
+    union = prediction_area + label_area - intersection
+    assert scores["biou"] == pytest.approx((4 / 7 + 6 / 9) / 2)
+    assert scores["bacc"] == pytest.approx((4 / 6 + 6 / 7) / 2)
+    assert scores["ferr"] == pytest.approx(1 - (2 / 3 + 3 / 5) / 2)
+    assert scores["merr"] == pytest.approx(1 - (5 / 5 + 0 / 2 + 1 / 4) / 3)
+    assert scores["derr"] == pytest.approx(1 - (1 / 2 + 2 / 2) / 2)
+    assert np.isnan(scores["boundary_iou_per_class"][2]) and union[0, 2] == 0
+    assert all(np.isfinite(scores[k]) for k in ("biou", "bacc", "ferr", "merr", "derr"))

@@ -154,3 +154,13 @@ def test_unfinished_first_save_starts_afresh(tmp_path):
 def test_bad_max_to_keep(tmp_path):
     with pytest.raises(ValueError, match="max_to_keep"):
         checkpointing.create_checkpoint_manager(tmp_path, max_to_keep=0)
+
+
+def test_stale_temporary_directories_are_removed(tmp_path):
+    # A run killed mid-save leaves orbax's temporary folder; the next run's manager
+    # removes it rather than leaving it to accumulate beside the checkpoints.
+    stale = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1234"
+    (stale / "state").mkdir(parents=True)
+    _save(tmp_path, _state(), step=1)
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]

@@ -281,3 +281,18 @@ def test_streaming_statistics_match_numpy(rng):
 def test_statistics_check_channels():
     with pytest.raises(ValueError, match=r"\[B, h, w, 192\]"):
         dct_input.ChannelStatistics.create().update(np.zeros((1, 2, 2, 24)))
+
+
+def test_normalize_channels_floors_the_spread_of_constant_channels():
+    # A constant channel has std 0: without the floor it would become 0 / 0 = NaN.
+    coefficients = np.stack(
+        [np.full((2, 3, 4), 5.0), np.arange(24.0).reshape(2, 3, 4), np.full((2, 3, 4), -1.0)],
+        axis=-1,
+    ).astype(np.float32)
+    mean = np.array([5.0, 11.5, -1.0 - 2e-7], np.float32)
+    std = np.array([0.0, 6.9, 1e-9], np.float32)
+    got = np.asarray(dct_input.normalize_channels(coefficients, mean, std, epsilon=1e-6))
+    expected = (coefficients.astype(np.float64) - mean) / np.maximum(std, 1e-6)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_array_equal(got[..., 0], 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -242,6 +242,73 @@ def test_out_of_range_label_under_jit_poisons_only_its_image(small_batch, binari
         assert np.all(np.isnan(term[2])) and not np.any(np.isnan(term[:2]))
 
 
+SOFT_FUNCTIONS = {name: fn for name, fn in FUNCTIONS.items() if "binarized" not in name}
+
+
+@pytest.mark.parametrize("name", SOFT_FUNCTIONS)
+@pytest.mark.parametrize("offset", [-0.5, 1.5])
+def test_values_outside_the_unit_interval_raise_for_the_soft_iou(small_batch, name, offset):
+    # Logits passed for probabilities gave a negative "IoU" before.
+    probs, labels = small_batch
+    labels = labels.copy()
+    labels[1, 0, 0] = 2
+    bad = probs.copy()
+    bad[1, 0, 0, 2] = offset
+    with pytest.raises(ValueError, match=r"probs must be probabilities in \[0, 1\]"):
+        SOFT_FUNCTIONS[name](bad, labels)
+    logits = np.log(probs + 1e-3) - 3.0  # all negative: raw scores, not probabilities
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        SOFT_FUNCTIONS[name](logits, labels)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_nan_probability_raises_eagerly(small_batch, name):
+    probs, labels = small_batch
+    labels = labels.copy()
+    labels[1, 0, 0] = 0
+    bad = probs.copy()
+    bad[1, 0, 0, 3] = np.nan
+    with pytest.raises(ValueError, match="probs holds 1 NaN"):
+        FUNCTIONS[name](bad, labels)
+
+
+def test_values_at_ignored_pixels_are_not_checked(small_batch):
+    probs, labels = small_batch
+    labels = labels.copy()
+    labels[0, 0, 0] = 255
+    bad = probs.copy()
+    bad[0, 0, 0] = [np.nan, -3.0, 7.0, 0.5]
+    np.testing.assert_array_equal(spectral_iou(bad, labels), spectral_iou(probs, labels))
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+def test_invalid_probabilities_under_jit_poison_only_their_image(small_batch, binarize):
+    probs, labels = small_batch
+    labels = labels.copy()
+    labels[2, 1, 1] = 1
+    bad = probs.copy()
+    bad[2, 1, 1, 0] = np.nan  # argmax would have taken the NaN as a class
+    jitted = jax.jit(functools.partial(sj.spectral_iou, binarize=binarize))
+    iou = np.asarray(jitted(bad, labels))
+    assert np.all(np.isnan(iou[2]))
+    np.testing.assert_array_equal(iou[:2], np.asarray(jitted(probs, labels))[:2])
+    if not binarize:
+        bad = probs.copy()
+        bad[2, 1, 1, 0] = -0.25
+        assert np.all(np.isnan(np.asarray(jitted(bad, labels))[2]))
+
+
+def test_hard_iou_accepts_logits(small_batch):
+    # The hard IoU reads only the arg-max: logits and their softmax give the same IoU.
+    probs, labels = small_batch
+    logits = np.log(probs + 1e-3) * 4.0 - 2.0
+    softmax = np.asarray(jax.nn.softmax(logits, axis=-1))
+    np.testing.assert_array_equal(
+        sj.spectral_iou(logits, labels, binarize=True),
+        sj.spectral_iou(softmax, labels, binarize=True),
+    )
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_repeated_eager_calls_compile_once_per_shape(rng, name):
     first = make_probs(rng, (3, 10, 11, 4, 0.2), "float32")

@@ -35,19 +35,23 @@ COMPONENT_ATOL = {"float32": 1e-6, "float64": 1e-12}  # times the image's CE
 DTYPES = ["float32", "float64"]
 RADII = ["chebyshev", "euclidean"]
 
-ce_spectrum = jax.jit(sj.ce_spectrum, static_argnames=("ignore_index", "max_classes_present"))
+ce_spectrum = jax.jit(
+    sj.ce_spectrum, static_argnames=("ignore_index", "ignore_mode", "max_classes_present")
+)
 ce_half_spectrum = jax.jit(
-    sj.ce_half_spectrum, static_argnames=("ignore_index", "max_classes_present")
+    sj.ce_half_spectrum, static_argnames=("ignore_index", "ignore_mode", "max_classes_present")
 )
 band_profile = jax.jit(
-    sj.band_profile, static_argnames=("ignore_index", "radius", "max_classes_present")
+    sj.band_profile,
+    static_argnames=("ignore_index", "ignore_mode", "radius", "max_classes_present"),
 )
 band_limit_sweep = jax.jit(
     sj.band_limit_sweep,
-    static_argnames=("ignore_index", "radius", "per_image", "max_classes_present"),
+    static_argnames=("ignore_index", "ignore_mode", "radius", "per_image", "max_classes_present"),
 )
 magnitude_profiles = jax.jit(
-    sj.magnitude_profiles, static_argnames=("ignore_index", "radius", "class_chunk_size")
+    sj.magnitude_profiles,
+    static_argnames=("ignore_index", "ignore_mode", "radius", "class_chunk_size"),
 )
 
 
@@ -210,18 +214,55 @@ def test_label_dtypes_agree(rng, label_dtype, x64):
     np.testing.assert_allclose(spectrum, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("ignore_mode", ["labels", "both"])
 @pytest.mark.parametrize("ignore_index", [-1, 4, 1000])
-def test_custom_ignore_index(rng, ignore_index, x64):
+def test_custom_ignore_index(rng, ignore_index, ignore_mode, x64):
     logits, labels = references.make_batch(
         rng, 2, 6, 5, 4, ignore_fraction=0.3, ignore_index=ignore_index
     )
     assert np.any(labels == ignore_index)
-    expected = references.ce_spectrum(logits, labels, ignore_index=ignore_index)
-    spectrum = ce_spectrum(logits, labels, ignore_index=ignore_index)
+    settings = dict(ignore_index=ignore_index, ignore_mode=ignore_mode)
+    expected = references.ce_spectrum(logits, labels, **settings)
+    spectrum = ce_spectrum(logits, labels, **settings)
     np.testing.assert_allclose(spectrum, expected, rtol=0, atol=1e-12)
-    # Ignored pixels are ignored: changing their logits changes nothing.
     changed = np.where((labels == ignore_index)[..., None], 1e3, logits)
-    np.testing.assert_array_equal(ce_spectrum(changed, labels, ignore_index=ignore_index), spectrum)
+    changed_spectrum = np.asarray(ce_spectrum(changed, labels, **settings))
+    if ignore_mode == "both":  # ignored pixels are ignored: their logits change nothing
+        np.testing.assert_array_equal(changed_spectrum, spectrum)
+    else:  # they change the components, not their sum (the CE)
+        assert np.max(np.abs(changed_spectrum - spectrum)) > 1e-2
+        np.testing.assert_allclose(changed_spectrum.sum((1, 2)), spectrum.sum((1, 2)), atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (16, 12)])
+def test_ignore_modes_agree_on_the_ce_and_differ_in_r(rng, shape):
+    # A one-hot label is zero at an ignored pixel in both modes, so the CE (the sum of
+    # the components) is the same; the components, the truncated CE and R differ.
+    logits, labels = references.make_batch(rng, 3, *shape, 5, ignore_fraction=0.3)
+    logits = logits.astype(np.float32)
+    ce = references.spatial_ce(logits, labels)
+    outputs = {}
+    for mode in ("labels", "both"):
+        spectrum = np.asarray(ce_spectrum(logits, labels, ignore_mode=mode))
+        np.testing.assert_allclose(spectrum.sum((1, 2)), ce, rtol=1e-5)
+        expected = references.ce_spectrum(logits, labels, ignore_mode=mode)
+        assert_within(spectrum, expected, 1e-5 * np.abs(expected).max())
+        sweep = np.asarray(sj.band_limit_sweep(logits, labels, ignore_mode=mode))
+        profiles = references.band_sums(expected, "chebyshev")
+        truncated = np.cumsum(profiles, axis=-1)  # [B, R]
+        expected_r = np.abs(truncated.sum(0) - ce.sum()) / ce.sum()
+        np.testing.assert_allclose(sweep, expected_r, atol=1e-5)
+        outputs[mode] = sweep
+    assert np.max(np.abs(outputs["labels"] - outputs["both"])) > 1e-2
+
+
+def test_bad_ignore_mode_raises(small_batch):
+    logits, labels = small_batch
+    for fn in ALL_FUNCTIONS.values():
+        with pytest.raises(ValueError, match="ignore_mode"):
+            fn(logits, labels, ignore_mode="neither")
+    with pytest.raises(ValueError, match="ignore_mode"):
+        sj.SpectralStatistics.create((5, 6), 4, ignore_mode="labels_only")
 
 
 def test_eager_call_matches_jit(rng):
@@ -471,19 +512,21 @@ def test_vmap_over_band_limits_traces_once_and_equals_the_loop(rng, fn):
 # Gradients.
 
 
+@pytest.mark.parametrize("ignore_mode", ["labels", "both"])
 @pytest.mark.parametrize("radius", RADII)
-def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, x64):
+def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, ignore_mode, x64):
     logits, labels = references.make_batch(rng, 2, 3, 4, 3)
     labels[0, 1, 2] = labels[1, 0, 0] = 255
     weights = np.array([0.7, 1.3])  # distinguishes the images
     band_limit = 1
 
     def reference_loss(x):
-        spectrum = references.ce_spectrum(x, labels)
+        spectrum = references.ce_spectrum(x, labels, ignore_mode=ignore_mode)
         return weights @ references.truncated_ce(spectrum, band_limit, radius)
 
     def loss(x):
-        return jnp.dot(weights, sj.truncated_ce(x, labels, band_limit, radius=radius))
+        truncated = sj.truncated_ce(x, labels, band_limit, radius=radius, ignore_mode=ignore_mode)
+        return jnp.dot(weights, truncated)
 
     grad = np.asarray(jax.jit(jax.grad(loss))(logits))
     eps = 1e-6
@@ -496,25 +539,31 @@ def test_grad_of_truncated_ce_matches_finite_differences(rng, radius, x64):
     # Forward mode agrees with reverse mode (the library defines a custom JVP).
     forward = np.asarray(jax.jit(jax.jacfwd(loss))(logits))
     np.testing.assert_allclose(forward, grad, rtol=0, atol=1e-12)
-    # The truncated loss does not depend on ignored pixels at all.
-    np.testing.assert_array_equal(grad[0, 1, 2], 0.0)
-    np.testing.assert_array_equal(grad[1, 0, 0], 0.0)
+    if ignore_mode == "both":  # the truncated loss does not depend on ignored pixels
+        np.testing.assert_array_equal(grad[0, 1, 2], 0.0)
+        np.testing.assert_array_equal(grad[1, 0, 0], 0.0)
+    else:  # their log-probabilities are transformed: the truncated loss depends on them
+        assert np.abs(grad[0, 1, 2]).max() > 1e-5 and np.abs(grad[1, 0, 0]).max() > 1e-5
     # Truncation changes the gradient (otherwise this test could not tell them apart).
-    full = jax.jit(jax.grad(lambda x: jnp.dot(weights, sj.truncated_ce(x, labels, 99))))(logits)
+    full_ce = lambda x: jnp.dot(weights, sj.truncated_ce(x, labels, 99, ignore_mode=ignore_mode))
+    full = jax.jit(jax.grad(full_ce))(logits)
     assert np.abs(grad - full).max() > 1e-3
 
 
+@pytest.mark.parametrize("ignore_mode", ["labels", "both"])
 @pytest.mark.parametrize(
     ("dtype", "max_classes_present"), [("float32", None), ("float64", None), ("float32", 3)]
 )
-def test_grad_of_untruncated_ce_is_softmax_minus_one_hot(rng, dtype, max_classes_present):
+def test_grad_of_untruncated_ce_is_softmax_minus_one_hot(
+    rng, dtype, max_classes_present, ignore_mode
+):
     logits, labels = references.make_batch(rng, 2, 5, 6, 4, ignore_fraction=0.3)
     logits = logits.astype(dtype)
     weights = np.array([0.5, 2.0], dtype)
+    settings = dict(max_classes_present=max_classes_present, ignore_mode=ignore_mode)
 
     def loss(x):
-        truncated = sj.truncated_ce(x, labels, 1000, max_classes_present=max_classes_present)
-        return jnp.dot(weights, truncated)
+        return jnp.dot(weights, sj.truncated_ce(x, labels, 1000, **settings))
 
     with precision(dtype):
         grad = np.asarray(jax.jit(jax.grad(loss))(logits))
@@ -525,7 +574,8 @@ def test_grad_of_untruncated_ce_is_softmax_minus_one_hot(rng, dtype, max_classes
     expected = np.where(valid[..., None], softmax - one_hot, 0.0) * weights[:, None, None, None]
     expected /= num_valid
     np.testing.assert_allclose(grad, expected, rtol=0, atol=SUM_RTOL[dtype] / 10)
-    np.testing.assert_array_equal(grad[~valid], 0.0)
+    if ignore_mode == "both":  # exactly: the log-probabilities there are not transformed
+        np.testing.assert_array_equal(grad[~valid], 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,6 +651,49 @@ def test_non_scalar_band_limit_raises(small_batch, fn):
         fn(logits, labels, np.ones((1,)))
 
 
+@pytest.mark.parametrize("fn", [sj.truncated_ce, sj.relative_discrepancy])
+@pytest.mark.parametrize("bad", ["2", b"2", True, None, 1 + 2j, np.complex64(1)])
+def test_non_real_band_limit_raises_type_error(small_batch, fn, bad):
+    logits, labels = small_batch
+    with pytest.raises(TypeError, match="band_limit"):
+        fn(logits, labels, bad)
+
+
+@pytest.mark.parametrize("fn", [sj.truncated_ce, sj.relative_discrepancy])
+@pytest.mark.parametrize("nan", [float("nan"), np.float32("nan"), jnp.array(jnp.nan)])
+def test_nan_band_limit_raises_eagerly_and_is_nan_under_jit(small_batch, fn, nan):
+    logits, labels = small_batch
+    with pytest.raises(ValueError, match="band_limit is NaN"):
+        fn(logits, labels, nan)
+    traced = jax.jit(fn)(logits, labels, jnp.float32(jnp.nan))
+    assert np.all(np.isnan(np.asarray(traced)))
+    # ... and per band limit under vmap: only the NaN entry.
+    limits = jnp.array([1.0, jnp.nan, 2.0], jnp.float32)
+    swept = np.asarray(jax.vmap(lambda b: fn(logits, labels, b))(limits))
+    assert np.isnan(swept[1]).all() and not np.isnan(swept[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("big", [2**31, 2**40, np.int64(2**40), 10**30])
+def test_huge_integer_band_limit_keeps_every_band(small_batch, big):
+    # Without x64 such an int cannot become int32; it selects every band, as R - 1 does.
+    logits, labels = small_batch
+    num_bands = sj.num_bands(logits.shape[1:3])
+    ce = references.spatial_ce(logits.astype(np.float64), labels)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, big), ce, rtol=1e-5)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, -big), np.zeros_like(ce), atol=0)
+    assert float(sj.relative_discrepancy(logits, labels, big)) == pytest.approx(0.0, abs=1e-6)
+    assert num_bands < 2**31
+
+
+@pytest.mark.parametrize("name", ALL_FUNCTIONS)
+@pytest.mark.parametrize("empty", [(3, 0, 6), (3, 5, 0), (3, 0, 0)])
+def test_empty_image_raises(name, empty):
+    logits = np.zeros((*empty, 4), np.float32)
+    labels = np.zeros(empty, np.int32)
+    with pytest.raises(ValueError, match="non-empty image"):
+        ALL_FUNCTIONS[name](logits, labels)
+
+
 @pytest.mark.parametrize("fn", [band_profile, band_limit_sweep, magnitude_profiles])
 def test_bad_radius_raises(small_batch, fn):
     # Jitted wrappers: radius is static, so the error comes from tracing (no compile).
@@ -632,10 +725,13 @@ def test_all_ignored_image_gives_zeros_not_nan(small_batch):
     labels = labels.copy()
     labels[1] = 255
     outputs = all_outputs(logits, labels)
+    # |y_hat| is not zero: the default mode transforms the log-probabilities everywhere.
+    nonzero = ["relative_discrepancy", "band_limit_sweep", "magnitude_logits"]
     for name, value in outputs.items():
-        if name not in ["relative_discrepancy", "band_limit_sweep"]:
+        if name not in nonzero:
             np.testing.assert_array_equal(value[1], 0.0, err_msg=name)
         assert not np.any(np.isnan(value)), name
+    assert np.all(outputs["magnitude_logits"][1, :1] > 0)
     # The empty image adds nothing to the batch ratio.
     others = np.array([0, 2])
     without = all_outputs(logits[others], labels[others])
@@ -644,7 +740,8 @@ def test_all_ignored_image_gives_zeros_not_nan(small_batch):
     # A batch without any valid pixel: CE 0, so R = 0.
     empty = all_outputs(logits, np.full_like(labels, 255))
     for name, value in empty.items():
-        np.testing.assert_array_equal(value, 0.0, err_msg=name)
+        if name != "magnitude_logits":
+            np.testing.assert_array_equal(value, 0.0, err_msg=name)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
@@ -654,11 +751,19 @@ def test_non_finite_logits(small_batch, bad_value):
     labels[0, 1, 1] = 255  # an ignored pixel
     labels[2, 3, 4] = 1  # a valid pixel
     expected = all_outputs(logits, labels)
-    # At an ignored pixel: ignored.
+    # At an ignored pixel: harmless. Its log-probabilities count as 0 in the default mode
+    # (the reference does the same); with both maps zeroed, nothing changes at all.
     at_ignored = logits.copy()
     at_ignored[0, 1, 1, 2] = bad_value
-    for name, value in all_outputs(at_ignored, labels).items():
-        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    outputs = all_outputs(at_ignored, labels)
+    for name, value in outputs.items():
+        assert np.all(np.isfinite(value)), name
+        if name not in ("relative_discrepancy", "band_limit_sweep"):  # batch ratios
+            np.testing.assert_array_equal(value[1:], expected[name][1:], err_msg=name)
+    reference = references.ce_spectrum(at_ignored, labels)
+    assert_within(outputs["ce_spectrum"], reference, 1e-6 * np.abs(reference).max())
+    both = functools.partial(sj.ce_spectrum, ignore_mode="both")
+    np.testing.assert_allclose(both(at_ignored, labels), both(logits, labels), rtol=1e-6, atol=1e-7)
     # At a valid pixel (and any class): that image's results are not finite (NaN, or
     # +inf at nu = 0 for a -inf logit), the other images' are untouched.
     at_valid = logits.copy()
@@ -680,10 +785,16 @@ def test_grad_ignores_non_finite_logits_at_ignored_pixels(small_batch, bad_value
     labels[0, 1, 1] = 255
     at_ignored = logits.copy()
     at_ignored[0, 1, 1, 2] = bad_value
-    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(sj.truncated_ce(x, labels, 1))))
-    grad = np.asarray(grad_fn(at_ignored))
-    np.testing.assert_array_equal(grad[0, 1, 1], 0.0)
-    np.testing.assert_allclose(grad, grad_fn(logits), rtol=1e-6, atol=1e-9)
+    for ignore_mode in ("labels", "both"):
+        loss = lambda x: jnp.sum(sj.truncated_ce(x, labels, 1, ignore_mode=ignore_mode))  # noqa: B023
+        grad_fn = jax.jit(jax.grad(loss))
+        grad = np.asarray(grad_fn(at_ignored))
+        np.testing.assert_array_equal(grad[0, 1, 1], 0.0)
+        # Elsewhere the gradient is the one of finite logits (the truncated CE is linear in
+        # the log-probabilities, so theirs at the ignored pixel does not enter it).
+        finite = np.array(grad_fn(logits))
+        finite[0, 1, 1] = 0.0
+        np.testing.assert_allclose(grad, finite, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("max_classes_present", [None, 2])
@@ -817,15 +928,19 @@ def test_sweep_from_band_profile_compiles_once_per_shape(rng):
 # Magnitude profiles.
 
 
+@pytest.mark.parametrize("ignore_mode", ["labels", "both"])
 @pytest.mark.parametrize(
     ("shape", "radius", "dtype"), BAND_CASES[:4] + [((1, 4), "euclidean", "float32")]
 )
-def test_magnitude_profiles_match_reference(rng, shape, radius, dtype):
+def test_magnitude_profiles_match_reference(rng, shape, radius, dtype, ignore_mode):
     logits, labels = references.make_batch(rng, 2, *shape, 5, ignore_fraction=0.2)
     logits = logits.astype(dtype)
-    expected_labels, expected_logits = references.magnitude_profiles(logits, labels, radius)
+    expected_labels, expected_logits = references.magnitude_profiles(
+        logits, labels, radius, ignore_mode=ignore_mode
+    )
     with precision(dtype):
-        profiles = jax.tree.map(np.asarray, magnitude_profiles(logits, labels, radius=radius))
+        profiles = magnitude_profiles(logits, labels, radius=radius, ignore_mode=ignore_mode)
+        profiles = jax.tree.map(np.asarray, profiles)
     assert isinstance(profiles, sj.MagnitudeProfiles)
     assert profiles.labels.shape == (2, sj.num_bands(shape, radius=radius))
     assert profiles.labels.dtype == dtype and profiles.logits.dtype == dtype
@@ -838,7 +953,8 @@ def test_magnitude_profiles_match_reference(rng, shape, radius, dtype):
     np.testing.assert_allclose(
         profiles.labels[:, 0], valid.sum((1, 2)) / (5 * height * width), rtol=rtol
     )
-    neg_log_probs = np.where(valid[..., None], -references.log_softmax(logits), 0.0)
+    kept = valid if ignore_mode == "both" else np.ones_like(valid)
+    neg_log_probs = np.where(kept[..., None], -references.log_softmax(logits), 0.0)
     np.testing.assert_allclose(
         profiles.logits[:, 0], neg_log_probs.sum((1, 2, 3)) / (5 * height * width), rtol=rtol
     )

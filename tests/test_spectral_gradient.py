@@ -268,6 +268,21 @@ def test_forward_reverse_rows_columns_agree_with_dense(rng, shape, dtype):
                 _assert_close(actual, reference, dtype)
 
 
+def test_traced_out_of_range_indices_wrap_around_the_grid(rng):
+    # The DFT is periodic: index j is frequency j mod M, also for negative j (was clamped).
+    x = _map(rng, (6, 5))
+    fn = _probe_functions(rng, 2)["conv_softplus_zero"]
+    fn_single = lambda z: fn(jnp.concatenate([z, z], -1))
+    dense = np.asarray(spectral_jacobian(fn_single, x))
+    m_out, m_in = dense.shape
+    indices = np.array([m_out + 3, 3 * m_out - 1, -1, -m_out - 2, 4], np.int32)
+    rows = jax.jit(lambda i: sj.spectral_jacobian_rows(fn_single, x, i))(indices)
+    np.testing.assert_allclose(rows, dense[indices % m_out], atol=1e-5)
+    indices = np.array([m_in + 3, -1, 2 * m_in], np.int32)
+    columns = jax.jit(lambda j: sj.spectral_jacobian_columns(fn_single, x, j))(indices)
+    np.testing.assert_allclose(columns, dense[:, indices % m_in], atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 13, 64, 1000])
 def test_chunk_size_does_not_change_the_result(rng, chunk_size):
     x = _map(rng, (8, 8))

@@ -251,3 +251,19 @@ def test_repeated_eager_updates_compile_once_per_batch_shape(batches, with_magni
         (updated, other_logits, other_labels),
         (stats, logits[:1], labels[:1]),
     )
+
+
+def test_mean_iou_skips_a_class_absent_from_labels_and_predictions(batches):
+    # Class 3 is never labelled and never the arg-max: its IoU is NaN and the mean IoU is
+    # the mean over the other classes (a plain mean would make it NaN).
+    edited = []
+    for logits, labels in batches:
+        logits = logits.copy()
+        logits[..., 3] = -50.0
+        edited.append((logits, np.where(labels == 3, 0, labels)))
+    got = read(stream(sj.SpectralStatistics.create(SHAPE, NUM_CLASSES), edited))
+    logits, labels, _, _ = data_set_reference(edited, "chebyshev")
+    intersection, union = references.hard_iou_counts(logits, labels)
+    expected = intersection.sum(axis=0)[:3] / union.sum(axis=0)[:3]
+    assert np.isnan(got["iou"][3]) and np.all(np.isfinite(got["iou"][:3]))
+    np.testing.assert_allclose(got["mean_iou"], expected.mean(), rtol=1e-5)
