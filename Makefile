@@ -25,6 +25,8 @@ STAMP := $(VENV)/.installed
 # takes the default index's build); `make TORCH_INDEX= test` uses the default index only.
 TORCH_STAMP := $(VENV)/.installed-torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The index only where it answers: pip would retry an unreachable one for every package.
+torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
 DEMO_WORKDIR ?= runs/demo
 
@@ -47,7 +49,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TORCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[torch]'
+	$(BIN)/python -m pip install $(torch_index_flag) -e '.[torch]'
 	touch $@
 
 .venv venv: $(STAMP)

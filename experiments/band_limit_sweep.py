@@ -69,6 +69,7 @@ from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
 from spectral_jax.bands import Radius
 from spectral_jax.data import blurred_label_logits, create_input_pipeline, synthetic, take_examples
+from spectral_jax.loss_spectrum import DEFAULT_IGNORE_MODE, IGNORE_MODES, IgnoreMode
 
 #: Logit of the classes a data set does not have, when data sets are stacked.
 PAD_LOGIT = -1e4
@@ -101,6 +102,7 @@ def relative_discrepancy_grid(
     band_limits: chex.Array,
     *,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
 ) -> jax.Array:
     """``R(nu_max)`` (Eq. 14) for every model, data set and band limit, by nested ``vmap``.
@@ -112,7 +114,8 @@ def relative_discrepancy_grid(
       logits: ``[M, D, N, H, W, C]`` predictions of model ``m`` on data set ``d``.
       labels: ``[D, N, H, W]`` integer labels (shared by the models).
       band_limits: ``[K]`` integer band limits, traced (any values, one compilation).
-      ignore_index: label of pixels that contribute nothing.
+      ignore_index: label of pixels without a class.
+      ignore_mode: how ignored pixels enter the decomposition (:func:`spectral_jax.ce_spectrum`).
       radius: band radius (:mod:`spectral_jax.bands`).
 
     Returns:
@@ -125,7 +128,12 @@ def relative_discrepancy_grid(
 
     def one(model_logits, dataset_labels, band_limit):
         return sj.relative_discrepancy(
-            model_logits, dataset_labels, band_limit, ignore_index=ignore_index, radius=radius
+            model_logits,
+            dataset_labels,
+            band_limit,
+            ignore_index=ignore_index,
+            ignore_mode=ignore_mode,
+            radius=radius,
         )
 
     over_limits = jax.vmap(one, in_axes=(None, None, 0))  # [K]
@@ -291,8 +299,22 @@ def plot_curves(models, datasets, band_limits, sweep):
     return fig
 
 
+# How each ignore_mode reads in the reports.
+IGNORE_MODE_TITLES = {"labels": "labels zeroed (Eq. 1)", "both": "both maps zeroed"}
+
+
 def write_report(
-    workdir, *, stage, command, models, datasets, logits_shape, sweep, compilations, seconds
+    workdir,
+    *,
+    stage,
+    command,
+    models,
+    datasets,
+    logits_shape,
+    sweep,
+    compilations,
+    seconds,
+    sweep_by_ignore_mode=None,
 ):
     report = Report(workdir, "Experiment 5: band-limit sweep in one vmapped computation")
     num_bands = sweep.shape[-1]
@@ -327,6 +349,23 @@ def write_report(
         "the generated presets (see experiment 1's report for the differences). At "
         "initialisation the paper gives no values."
     )
+    if sweep_by_ignore_mode:
+        report.heading("R(ν_max) by the convention for ignored pixels")
+        header = ["model", "data set", "ignored pixels"]
+        header += [f"ν={nu}" for nu in TABLE_BAND_LIMITS]
+        rows = []
+        for m, model in enumerate(models):
+            for d, dataset in enumerate(datasets):
+                for mode, values in sweep_by_ignore_mode.items():
+                    cells = [
+                        f"{float(values[m, d, min(nu, num_bands - 1)]):.4f}"
+                        for nu in TABLE_BAND_LIMITS
+                    ]
+                    rows.append(
+                        [MODEL_TITLES[model], DATASET_TITLES[dataset], IGNORE_MODE_TITLES[mode]]
+                    )
+                    rows[-1] += cells
+        report.table(header, rows)
     fig = plot_curves(models, datasets, np.arange(num_bands), sweep)
     report.figure(
         fig,
@@ -390,25 +429,33 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> dict[s
       name: the model's name.
 
     Returns:
-      ``names`` (of the four predictions), ``relative_discrepancy`` (``[4, R]`` as lists),
-      ``compilations`` (XLA compilations of the call) and ``seconds`` (of the call,
-      compiling included).
+      ``names`` (of the four predictions), ``relative_discrepancy`` (``[4, R]`` as lists,
+      the default ``ignore_mode``), ``relative_discrepancy_by_ignore_mode`` (the same for
+      each of :data:`spectral_jax.loss_spectrum.IGNORE_MODES`), ``compilations`` (XLA compilations of
+      the default mode's call) and ``seconds`` (of that call, compiling included).
     """
     num_images = len(labels)
     preset_logits, preset_labels = blurred_label_predictions(num_images, logits.shape[-1])
     all_logits = np.concatenate([logits[None], preset_logits])  # [4, N, H, W, C]
     all_labels = np.concatenate([labels[None], preset_labels])  # [4, N, H, W]
     band_limits = np.arange(sj.num_bands(all_labels.shape[-2:]), dtype=np.int32)  # [R]
+    grid = jax.jit(relative_discrepancy_grid, static_argnames="ignore_mode")
     start = time.perf_counter()
     with count_compilations() as compilations:
-        r = jax.jit(relative_discrepancy_grid)(all_logits[None], all_labels, band_limits)
-        r = np.asarray(r)[0]  # [4, R]
+        r = np.asarray(grid(all_logits[None], all_labels, band_limits))[0]  # [4, R]
+    seconds = time.perf_counter() - start
+    by_mode = {DEFAULT_IGNORE_MODE: r.tolist()}
+    for mode in IGNORE_MODES:
+        if mode != DEFAULT_IGNORE_MODE:
+            other = grid(all_logits[None], all_labels, band_limits, ignore_mode=mode)
+            by_mode[mode] = np.asarray(other)[0].tolist()
     presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
     return {
         "names": [name] + [f"blurred ground truth, {preset}" for preset in presets],
         "relative_discrepancy": r.tolist(),
+        "relative_discrepancy_by_ignore_mode": by_mode,
         "compilations": compilations[0],
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
 
 
@@ -438,11 +485,20 @@ def preset_section(report: Report, sweep: dict[str, Any], *, heading: str, num_i
         "`spectral_jax.data.blurred_label_logits`), logits padded to 21 classes with "
         f"{PAD_LOGIT:g} (a padded class changes no component). " + _order_sentence(r[1:])
     )
-    rows = [[label, *ce_spectrum.r_row(curve)] for label, curve in zip(names, r, strict=True)]
+    rows = []
+    for mode, curves in sweep["relative_discrepancy_by_ignore_mode"].items():
+        for label, curve in zip(names, np.asarray(curves), strict=True):
+            rows.append([label, IGNORE_MODE_TITLES[mode], *ce_spectrum.r_row(curve)])
     rows += [
-        [f"paper DeepLab v3+, {d}", *ce_spectrum.paper_r_row(d)] for d in paper_values.DATASETS
+        [f"paper DeepLab v3+, {d}", "(no ignore label)", *ce_spectrum.paper_r_row(d)]
+        for d in paper_values.DATASETS
     ]
-    report.table(["prediction", "R(8)", "R(16)", "R(32)", "R(Nyquist)"], rows)
+    report.paragraph(
+        "Both conventions for ignored pixels (`ignore_mode`, see `spectral_jax.ce_spectrum`): "
+        "the paper's Eq. 1 read directly zeroes only the labels there (the default); zeroing "
+        "the log-probabilities too gives a larger R wherever boundaries are ignored."
+    )
+    report.table(["prediction", "ignored pixels", "R(8)", "R(16)", "R(32)", "R(Nyquist)"], rows)
     report.figure(fig, "band_limit_sweep.png", "R(ν_max) of four predictions, one vmapped call.")
 
 
@@ -511,6 +567,12 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         sweep = jax.jit(relative_discrepancy_grid)(logits, labels, band_limits)  # [M, D, R]
         sweep = np.asarray(sweep, np.float64)
     seconds = time.perf_counter() - start
+    sweep_by_ignore_mode = {DEFAULT_IGNORE_MODE: sweep}
+    grid = jax.jit(relative_discrepancy_grid, static_argnames="ignore_mode")
+    for mode in IGNORE_MODES:
+        if mode != DEFAULT_IGNORE_MODE:
+            other = grid(logits, labels, band_limits, ignore_mode=mode)
+            sweep_by_ignore_mode[mode] = np.asarray(other, np.float64)
     if flag_values.save_predictions:
         np.savez_compressed(
             workdir / "predictions.npz",
@@ -520,7 +582,14 @@ def main(argv: Sequence[str]) -> pathlib.Path:
             datasets=np.asarray(datasets),
         )
     rows = [
-        {"model": model, "dataset": dataset, "band_limit": int(nu), "R": float(sweep[m, d, nu])}
+        {
+            "model": model,
+            "dataset": dataset,
+            "ignore_mode": mode,
+            "band_limit": int(nu),
+            "R": float(values[m, d, nu]),
+        }
+        for mode, values in sweep_by_ignore_mode.items()
         for m, model in enumerate(models)
         for d, dataset in enumerate(datasets)
         for nu in band_limits
@@ -555,6 +624,7 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         sweep=sweep,
         compilations=compilations[0],
         seconds=seconds,
+        sweep_by_ignore_mode=sweep_by_ignore_mode,
     )
     print(path)
     return path

@@ -29,9 +29,9 @@ def _random_grid(rng, *, models, datasets, images, shape, classes, dtype):
     return logits.astype(dtype), labels
 
 
-def _reference_sweep(logits, labels, band_limits):
+def _reference_sweep(logits, labels, band_limits, ignore_mode="labels"):
     """``[K]`` float64 R of one model on one data set, from the full-DFT reference."""
-    spectrum = references.ce_spectrum(logits, labels)
+    spectrum = references.ce_spectrum(logits, labels, ignore_mode=ignore_mode)
     total = references.spatial_ce(logits, labels)
     return np.array(
         [
@@ -74,6 +74,14 @@ def test_vmapped_grid_equals_a_loop_and_the_reference(rng, shape, dtype, toleran
                 np.testing.assert_allclose(grid[m, d], expected, rtol=0, atol=tolerance)
         assert grid[..., 4] == pytest.approx(0.0, abs=tolerance)  # above the last band
         np.testing.assert_allclose(grid[..., 5], 1.0, atol=tolerance)  # nothing kept
+        # The other convention for ignored pixels, against its own reference.
+        both = jax.jit(band_limit_sweep.relative_discrepancy_grid, static_argnames="ignore_mode")
+        both = np.asarray(both(logits, labels, band_limits, ignore_mode="both"))
+        for m in range(2):
+            for d in range(3):
+                expected = _reference_sweep(logits[m, d], labels[d], band_limits, "both")
+                np.testing.assert_allclose(both[m, d], expected, rtol=0, atol=tolerance)
+        assert np.abs(both - grid).max() > 1e-3
 
 
 def test_grid_compiles_once_for_any_band_limits(rng):
