@@ -11,7 +11,7 @@ Example:
   >>> config = ml_collections.ConfigDict({"name": "dct_deeplabv3plus",
   ...                                     "backbone": "resnet_tiny"})
   >>> type(create_model(config, num_classes=3)).__name__, input_shape(config, image_size=64)
-  ('DCTDeepLabV3Plus', (8, 8, 192))
+  ('DCTDeepLabV3Plus', (16, 16, 192))
 """
 
 from __future__ import annotations

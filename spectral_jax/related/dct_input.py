@@ -539,8 +539,8 @@ class ChannelStatistics:
       >>> update = jax.jit(ChannelStatistics.update)
       >>> for batch in (coefficients[:2], coefficients[2:]):  # a data set in two batches
       ...     stats = update(stats, batch)
-      >>> stats.count  # 4 images of 2 x 2 blocks
-      Array(16., dtype=float32)
+      >>> stats.count  # 4 images of 4 x 4 positions (segmentation layout)
+      Array(64., dtype=float32)
       >>> x = normalize_channels(coefficients, stats.mean, stats.std())
       >>> bool(jnp.allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))
       True
