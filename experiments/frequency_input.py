@@ -13,7 +13,8 @@ Run::
 
 The tiny setting trains the tiny models on the embedded PASCAL-like scenes (RGB: 65
 crops, evaluated on the 129 x 129 scenes; DCT: 64 crops, evaluation padded to 144 with
-ignored labels, a multiple of 16). The real data sets' settings are in
+ignored labels, a multiple of 16; the authors' segmentation layout, ``[H / 4, W / 4,
+192]``). The real data sets' settings are in
 ``experiments/configs/dct_{pascal,cityscapes,deepglobe}.py`` (512 crops). The DCT
 statistics are estimated over ``config.dct_statistics_batches`` training batches.
 """
@@ -33,7 +34,12 @@ from absl import flags
 from experiments import cli, runs
 from experiments.configs import dct as dct_configs
 from experiments.report import Report, log, write_csv
-from spectral_jax.data import create_input_pipeline, dct_input_pipeline, load_dct_statistics
+from spectral_jax.data import (
+    create_input_pipeline,
+    dct_input_pipeline,
+    dct_layout,
+    load_dct_statistics,
+)
 from spectral_jax.evaluation import Evaluator
 from spectral_jax.models.dct_gate import GateFrequency, selection_heat_map
 from spectral_jax.plotting import plot_selection_heat_map
@@ -82,8 +88,9 @@ def _logits_and_gates_fn(model):
 def gate_frequency(config, workdir: pathlib.Path) -> np.ndarray:
     """``[K]`` fraction of validation images whose gate is open, per (selected) channel."""
     model, variables = runs.restore_trained(config, workdir)
-    mean, std = load_dct_statistics(workdir)
-    pipeline = dct_input_pipeline(create_input_pipeline(config), mean, std)
+    layout = dct_layout(config)
+    mean, std = load_dct_statistics(workdir, layout=layout)
+    pipeline = dct_input_pipeline(create_input_pipeline(config), mean, std, layout=layout)
     evaluator = Evaluator(
         _logits_and_gates_fn(model),
         num_classes=pipeline.num_classes,
@@ -152,10 +159,11 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     report.paragraph(
         f"Config `{cli.config_file(flag_values)}`: {first.dataset}, backbone {first.model.backbone}, batch "
         f"{first.batch_size}, {rows[0]['steps']} training steps per variant, one seed. The "
-        "DCT models take the 8 x 8 block DCT of YCbCr (chroma from the 2x up-scaled image, "
-        "as the authors' code), normalised per channel by statistics of the first "
+        "DCT models take the 8 x 8 block DCT of YCbCr in the authors' segmentation layout "
+        "(luma of the 2x, chroma of the 4x up-scaled image: one position per 4 x 4 "
+        "pixels), normalised per channel by statistics of the first "
         f"{first.get('dct_statistics_batches')} training batches; the stem is removed and "
-        "the input enters stage 1 at stride 8."
+        "the input enters stage 1 at stride 4, where the RGB stem's output does."
     )
     report.table(
         ["variant", "input channels", "crop", "eval pad", "mIoU", "pixel acc.", "BIoU", "BAcc"],
@@ -222,8 +230,8 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         "tiny ResNet (no ImageNet pretraining, which the paper's frequency-domain models "
         "adapt from), generated 129 x 129 scenes whose textures are mostly low-frequency, "
         "and a few hundred steps, so the mIoU differences are indicative only. The DCT "
-        "model's decoder works at stride 8 (not 4) and its crops are 64 (not 65), so "
-        "boundaries are coarser than the RGB model's by construction."
+        "model's decoder works at stride 4 like the RGB model's, but its crops are 64 "
+        "(not 65) and its finest input is the 2x up-scaled image cut into 8 x 8 blocks."
     )
     path = report.write()
     print(path)

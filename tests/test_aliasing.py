@@ -122,6 +122,67 @@ def test_de_alias_removes_all_energy_above_the_cutoff(rng, shape):
     np.testing.assert_allclose(spectrum[:, ~high], np.fft.fft2(x, axes=(1, 2))[:, ~high], atol=1e-9)
 
 
+def _authors_de_alias(x, freq_thres=0.25 * 1.4):
+    """Their ``FLC_Pooling(downsample=False)`` on ``x [B, C, H, W]`` in float64 NumPy:
+    ``fftshift`` over every axis, the window of rows and columns
+    ``round(n / 2 - n c) .. round(n / 2 + n c) - 1`` (Python's ``round``), real part."""
+    _, _, h, w = x.shape
+    spectrum = np.fft.fftshift(np.fft.fft2(x))
+    mask = np.zeros(spectrum.shape)
+    mask[
+        :,
+        :,
+        round(h / 2 - h * freq_thres) : round(h / 2 + h * freq_thres),
+        round(w / 2 - w * freq_thres) : round(w / 2 + w * freq_thres),
+    ] = 1.0
+    return np.fft.ifft2(np.fft.ifftshift(spectrum * mask)).real
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("shape", [(64, 64), (9, 7), (20, 24)])
+def test_de_alias_against_the_authors_filter(rng, shape):
+    """Both filters are Fourier multipliers: ours the 0/1 mask, theirs the symmetrised
+    window ``(M(nu) + M(-nu)) / 2``. Where they differ is the module docstring's claim of
+    :mod:`spectral_jax.related.frequency_masking`."""
+    h, w = shape
+    x = rng.normal(size=(2, 3, h, w))  # [B, C, H, W]: their shift also rolls B and C
+    theirs = np.fft.fft2(_authors_de_alias(x)) / np.fft.fft2(x)  # [B, C, H, W] multiplier
+    assert np.abs(theirs.imag).max() < 1e-9
+    theirs = theirs.real
+    np.testing.assert_allclose(theirs, np.broadcast_to(theirs[0, 0], theirs.shape), atol=1e-9)
+    theirs = theirs[0, 0]
+    ours_out = np.asarray(aliasing.de_alias(jnp.asarray(x.transpose(0, 2, 3, 1))))
+    ours = np.fft.fft2(ours_out.transpose(0, 3, 1, 2)) / np.fft.fft2(x)
+    ours = ours.real[0, 0]
+    nu_h = np.fft.fftfreq(h, 1 / h).astype(int)[:, None]  # signed frequencies, DFT order
+    nu_w = np.fft.fftfreq(w, 1 / w).astype(int)[None, :]
+    if shape == (9, 7):  # their window -3..3 x -2..2 is our mask: identical filters
+        np.testing.assert_allclose(theirs, ours, atol=1e-9)
+        return
+    # Even sizes: their window is -k..k-1 per axis, k = round(n c); ours |nu| < n c.
+    k_h, k_w = round(h * 0.35), round(w * 0.35)
+    ring = ((np.abs(nu_h) == k_h) & (np.abs(nu_w) <= k_w)) | (
+        (np.abs(nu_w) == k_w) & (np.abs(nu_h) <= k_h)
+    )
+    anti_diagonal_corners = (nu_h == k_h) & (nu_w == -k_w) | (nu_h == -k_h) & (nu_w == k_w)
+    inside = (np.abs(nu_h) < k_h) & (np.abs(nu_w) < k_w)
+    want = np.where(inside, 1.0, 0.0) + np.where(ring & ~anti_diagonal_corners, 0.5, 0.0)
+    np.testing.assert_allclose(theirs, want, atol=1e-9)
+    differ = np.abs(theirs - ours) > 1e-9
+    if shape == (64, 64):  # k = 22 < 22.4: ours keeps the whole ring, theirs halves it ...
+        np.testing.assert_allclose(ours[ring], 1.0, atol=1e-9)
+        np.testing.assert_array_equal(differ, ring)
+        assert ring.sum() == 45**2 - 43**2 == 176
+        # ... and drops the two anti-diagonal corners entirely.
+        zero = ring & (np.abs(theirs) < 1e-9)
+        rows, columns = np.nonzero(zero)
+        assert sorted(zip(nu_h[rows, 0], nu_w[0, columns], strict=True)) == [(-22, 22), (22, -22)]
+    else:  # 20 x 24: k_h = 7 = 0.35 * 20 (ours drops +-7), k_w = 8 < 8.4 (ours keeps +-8)
+        np.testing.assert_allclose(ours[ring & (np.abs(nu_h) == k_h)], 0.0, atol=1e-9)
+        np.testing.assert_allclose(ours[ring & (np.abs(nu_h) < k_h)], 1.0, atol=1e-9)
+        np.testing.assert_array_equal(differ, ring & ~anti_diagonal_corners)
+
+
 @pytest.mark.usefixtures("x64")
 def test_de_alias_keeps_band_limited_maps_and_is_linear(rng):
     band_limited = 0.7 + _cosine(14, 15, 2, 4, 0.2) - 2 * _cosine(14, 15, 4, 1, 1.1)

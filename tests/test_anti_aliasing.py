@@ -293,3 +293,107 @@ def test_probe_reports_every_call_of_a_shared_module(rng):
     np.testing.assert_allclose(scores["down"], aliasing.aliasing_score(images, cutoff=cutoff))
     np.testing.assert_allclose(scores["down#1"], aliasing.aliasing_score(second, cutoff=cutoff))
     assert not np.allclose(scores["down"], scores["down#1"])
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' FreqMix (Seg-Aliasing, ``_FrequencyMix``) in their PyTorch layout.
+
+AUTHORS_FREQ_THRES = 0.25 * 1.4  # their ``self.freq_thres``
+
+
+def _authors_freqmix_numpy(state, x, freq_thres=AUTHORS_FREQ_THRES):
+    """Their ``_FrequencyMix.forward`` (``freq_channel_att``, sigmoid, no residual) on
+    ``x [B, C, H, W]`` in float64 NumPy, keeping their ``fftshift`` over every axis."""
+    w = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    b, c, h, wd = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    conv = w["freq_weight_conv.weight"]  # [2, C, 3, 3], cross-correlation as torch
+    freq_weight = w["freq_weight_conv.bias"][None, :, None, None] + sum(
+        np.einsum("bchw,gc->bghw", padded[:, :, i : i + h, j : j + wd], conv[:, :, i, j])
+        for i in range(3)
+        for j in range(3)
+    )
+    freq_weight = _sigmoid(freq_weight)
+    x_fft = np.fft.fftshift(np.fft.fft2(x))  # fft2 over (H, W); fftshift over ALL axes
+    low_mask = np.zeros(x_fft.shape)
+    rows = slice(round(h / 2 - h * freq_thres), round(h / 2 + h * freq_thres))
+    columns = slice(round(wd / 2 - wd * freq_thres), round(wd / 2 + wd * freq_thres))
+    low_mask[:, :, rows, columns] = 1.0
+    high_mask = 1.0 - low_mask
+    low_part = np.fft.ifft2(np.fft.ifftshift(x_fft * low_mask)).real
+    high_part = x - low_part
+
+    def attention(part, v):  # AdaptiveAvgPool2d(1), 1x1 conv, ReLU, 1x1 conv, sigmoid
+        pooled = v.mean(axis=(2, 3))  # [B, C]
+        squeeze = w[f"channel_att_{part}.1.weight"][:, :, 0, 0]
+        excite = w[f"channel_att_{part}.3.weight"][:, :, 0, 0]
+        hidden = np.maximum(pooled @ squeeze.T + w[f"channel_att_{part}.1.bias"], 0)
+        return _sigmoid(hidden @ excite.T + w[f"channel_att_{part}.3.bias"])[:, :, None, None]
+
+    low_x_fft, high_x_fft = x_fft * low_mask, x_fft * high_mask
+    low_att = np.sqrt(
+        attention("low", low_x_fft.real) ** 2 + attention("low", low_x_fft.imag) ** 2 + 1e-8
+    )
+    high_att = np.sqrt(
+        attention("high", high_x_fft.real) ** 2 + attention("high", high_x_fft.imag) ** 2 + 1e-8
+    )
+    return low_part * freq_weight[:, 0:1] * low_att + high_part * freq_weight[:, 1:2] * high_att
+
+
+def _authors_freqmix_state(rng, channels, compress_ratio, prefix=""):
+    hidden = channels // compress_ratio
+    state = {
+        "freq_weight_conv.weight": rng.normal(scale=0.3, size=(2, channels, 3, 3)),
+        "freq_weight_conv.bias": rng.normal(size=2),
+    }
+    for part in ("low", "high"):
+        state[f"channel_att_{part}.1.weight"] = rng.normal(size=(hidden, channels, 1, 1))
+        state[f"channel_att_{part}.1.bias"] = rng.normal(size=hidden)
+        state[f"channel_att_{part}.3.weight"] = rng.normal(size=(channels, hidden, 1, 1))
+        state[f"channel_att_{part}.3.bias"] = rng.normal(size=channels)
+    # float32 as a checkpoint holds them, so that the float64 comparison is exact.
+    return {prefix + k: v.astype(np.float32) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("channels", [5, 6])
+def test_freqmix_from_the_authors_weights_computes_their_function(x64, rng, channels):
+    """At 9 x 7 and the cutoff 0.35 their window equals our mask (|nu_h| <= 3, |nu_w| <= 2),
+    so the converted module must reproduce their forward pass exactly; odd C pins the
+    direction of the roll."""
+    prefix = "backbone.layer2.0.att."
+    state = _authors_freqmix_state(rng, channels, 2, prefix)
+    state["backbone.layer2.0.conv1.weight"] = np.zeros((1, 1, 1, 1))  # outside the prefix
+    params = fmod.freqmix_params_from_torch(state, prefix=prefix)
+    x = rng.normal(size=(1, 9, 7, channels))  # one image: their batch roll is the identity
+    theirs = _authors_freqmix_numpy(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+        x.transpose(0, 3, 1, 2),
+    ).transpose(0, 2, 3, 1)
+    model = fmod.FreqMix(reduction=2, dtype=jnp.float64)
+    f64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    ours = model.apply({"params": f64}, jnp.asarray(x))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+    # Without the roll the attentions read the wrong channels.
+    for part in ("low", "high"):
+        kernel = f64[f"{part}_attention"]["squeeze"]["kernel"]
+        f64[f"{part}_attention"]["squeeze"]["kernel"] = jnp.roll(kernel, channels // 2, axis=0)
+    unrolled = model.apply({"params": f64}, jnp.asarray(x))
+    assert np.abs(np.asarray(unrolled) - theirs).max() > 1e-3
+    # Their batch roll: with two images, each is attended with the other's spectrum.
+    pair = rng.normal(size=(2, 9, 7, channels))
+    theirs_pair = _authors_freqmix_numpy(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
+        pair.transpose(0, 3, 1, 2),
+    ).transpose(0, 2, 3, 1)
+    ours_pair = model.apply({"params": jax.tree.map(jnp.asarray, params)}, jnp.asarray(pair))
+    assert np.abs(np.asarray(ours_pair) - theirs_pair).max() > 1e-3
+
+
+def test_freqmix_conversion_rejects_other_state_dicts(rng):
+    state = _authors_freqmix_state(rng, 6, 2)
+    with pytest.raises(ValueError, match="missing keys.*channel_att_high.3.bias"):
+        fmod.freqmix_params_from_torch({k: v for k, v in state.items() if "high.3.bias" not in k})
+    with pytest.raises(ValueError, match="unexpected keys.*extra"):
+        fmod.freqmix_params_from_torch({**state, "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match="channel_att_low.3.bias"):
+        fmod.freqmix_params_from_torch({**state, "channel_att_low.3.bias": np.zeros(5)})

@@ -1,6 +1,8 @@
 """Tests for spectral_jax.related.dct_input: the JPEG-style block DCT against scipy per block
 (float64), Parseval and inverse round trips, the up-scaled chroma against its closed
-form, the static selection patterns and the streaming channel statistics.
+form, the segmentation layout against a NumPy re-enactment of the authors' pipeline
+(OpenCV-style bilinear resizes, 4:2:0 chroma), the static selection patterns against the
+authors' index lists and the streaming channel statistics.
 
 Tolerances: float64 1e-9 relative to the coefficient scale; float32 (uint8 input,
 coefficients up to ~1e3) 2e-3 absolute.
@@ -17,9 +19,23 @@ import scipy.fft
 
 from spectral_jax.related import dct_input
 
-# The authors' DCT-24 square (their dct_channel_index.py), row-major u * 8 + v.
+# The authors' square patterns, row-major u * 8 + v, per component (Y, Cb, Cr): DCT-6 from
+# their classification code (classification/main/__init__.py, subset_channel_index), the
+# others from their segmentation code (mmdet/datasets/pipelines/dct_channel_index.py).
 AUTHORS_DCT24_Y = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]
 AUTHORS_DCT24_C = [0, 1, 8, 9]
+AUTHORS_SQUARES = {
+    6: ([0, 1, 8, 9], [0]),
+    24: (AUTHORS_DCT24_Y, AUTHORS_DCT24_C),
+    32: ([0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 16, 17, 18, 19, 20, 24, 25, 26, 27, 32, 33, 34],
+         [0, 1, 2, 8, 9]),
+    48: ([0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 24, 25, 26, 27, 28,
+          29, 32, 33, 34, 35, 40, 41, 42, 43],
+         [0, 1, 2, 8, 9, 10, 16, 17]),
+    64: ([0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 24, 25, 26,
+          27, 28, 29, 32, 33, 34, 35, 36, 37, 40, 41, 42, 43, 44, 45, 48, 49, 50, 51, 52, 53],
+         [0, 1, 2, 8, 9, 10, 16, 17, 24, 25]),
+}  # fmt: skip
 
 
 def _numpy_ycbcr(images):
@@ -49,6 +65,39 @@ def _numpy_dct_input(ycbcr):
             for image in ycbcr
         ]
     )
+
+
+def _opencv_linear_matrix(n, scale):
+    """``[scale n, n]``: ``cv2.resize(..., INTER_LINEAR)`` by an integer ``scale`` along an axis.
+
+    OpenCV's mapping: output sample ``j`` reads input coordinate ``(j + 1/2) / scale - 1/2``
+    (half-pixel centres), clamped to ``[0, n - 1]`` (replicated border), interpolated
+    linearly between its two neighbours.
+    """
+    assert n >= 2
+    coordinate = np.clip((np.arange(scale * n) + 0.5) / scale - 0.5, 0, n - 1)
+    left = np.minimum(np.floor(coordinate).astype(int), n - 2)  # [scale n]
+    fraction = coordinate - left
+    matrix = np.zeros((scale * n, n))
+    matrix[np.arange(scale * n), left] = 1 - fraction
+    matrix[np.arange(scale * n), left + 1] = fraction
+    return matrix
+
+
+def _opencv_resize(images, scale):
+    """``[B, H, W, 3] -> [B, scale H, scale W, 3]``, float64, without OpenCV's rounding."""
+    _, h, w, _ = images.shape
+    rows, columns = _opencv_linear_matrix(h, scale), _opencv_linear_matrix(w, scale)
+    return np.einsum("ih,bhwc,jw->bijc", rows, np.asarray(images, np.float64), columns)
+
+
+def _authors_segmentation_input(images):
+    """Their ``ToDCTUpscaledStatic``: Y from the 2x image, 4:2:0 Cb, Cr from the 4x image."""
+    luma = _numpy_ycbcr(_opencv_resize(images, 2))[..., 0]  # [B, 2H, 2W]
+    chroma = _numpy_ycbcr(_opencv_resize(images, 4))[..., 1:]  # [B, 4H, 4W, 2]
+    b, h4, w4, _ = chroma.shape
+    chroma = chroma.reshape(b, h4 // 2, 2, w4 // 2, 2, 2).mean(axis=(2, 4))  # h2v2
+    return _numpy_dct_input(np.concatenate([luma[..., None], chroma], axis=-1))
 
 
 def _smooth_1_6_1(x, axis):
@@ -101,7 +150,7 @@ def test_rgb_to_ycbcr_matrix_and_inverse(x64, rng):
 @pytest.mark.parametrize("batch, height, width", [(1, 8, 16), (2, 24, 16)])
 def test_full_chroma_matches_numpy_and_round_trips(x64, rng, batch, height, width):
     images = rng.uniform(0, 255, size=(batch, height, width, 3))
-    got = np.asarray(dct_input.images_to_dct(images, chroma="full"))
+    got = np.asarray(dct_input.images_to_dct(images, layout="classification", chroma="full"))
     assert got.shape == (batch, height // 8, width // 8, 192)
     want = _numpy_dct_input(_numpy_ycbcr(images))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
@@ -124,22 +173,52 @@ def test_upscaled_chroma_equals_smoothed_chroma(x64, rng, batch, height, width):
     literal = np.asarray(dct_input.rgb_to_ycbcr(upscaled))[..., 1:]
     literal = literal.reshape(batch, height, 2, width, 2, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(dct_input.upscaled_chroma(images), literal, atol=1e-10)
-    got = np.asarray(dct_input.images_to_dct(images))  # default: "upscaled"
+    got = np.asarray(dct_input.images_to_dct(images, layout="classification"))  # "upscaled"
     want = _numpy_dct_input(np.concatenate([ycbcr[..., :1], smoothed], axis=-1))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
     # Luma is untouched: the Y channels equal those of the 4:4:4 transform.
-    full = np.asarray(dct_input.images_to_dct(images, chroma="full"))
+    full = np.asarray(dct_input.images_to_dct(images, layout="classification", chroma="full"))
     np.testing.assert_array_equal(got[..., :64], full[..., :64])
 
 
 def test_uint8_input_in_float32(rng):
     images = rng.integers(0, 256, size=(2, 16, 8, 3), dtype=np.uint8)
-    got = dct_input.images_to_dct(images)
+    got = dct_input.images_to_dct(images, layout="classification")
     assert got.dtype == jnp.float32
     ycbcr = _numpy_ycbcr(images)
     smoothed = _smooth_1_6_1(_smooth_1_6_1(ycbcr[..., 1:], 1), 2)
     want = _numpy_dct_input(np.concatenate([ycbcr[..., :1], smoothed], axis=-1))
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+    got = dct_input.images_to_dct(images)  # segmentation layout
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, _authors_segmentation_input(images), rtol=0, atol=2e-3)
+
+
+def test_opencv_reference_matrix():
+    """The reference's OpenCV resize on known values (cv2 is not a dependency)."""
+    # 2x: 3/4 and 1/4 of the neighbours, edges replicated.
+    np.testing.assert_allclose(_opencv_linear_matrix(3, 2) @ [0.0, 4.0, 8.0], [0, 1, 3, 5, 7, 8])
+    # 4x: offsets -3/8, -1/8, 1/8, 3/8 around every input sample.
+    np.testing.assert_allclose(_opencv_linear_matrix(2, 4) @ [0.0, 8.0], [0, 0, 1, 3, 5, 7, 8, 8])
+
+
+@pytest.mark.parametrize("chroma", ["upscaled", "full"])
+@pytest.mark.parametrize("batch, height, width", [(1, 4, 4), (2, 12, 8), (1, 8, 20)])
+def test_segmentation_layout_matches_the_authors_pipeline(x64, rng, chroma, batch, height, width):
+    """Y of the 2x image, 4:2:0 chroma of the 4x image: ``[B, H / 4, W / 4, 192]``."""
+    images = rng.uniform(0, 255, size=(batch, height, width, 3))
+    got = np.asarray(dct_input.images_to_dct(images, layout="segmentation", chroma=chroma))
+    assert got.shape == (batch, height // 4, width // 4, 192)
+    want = _authors_segmentation_input(images)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    np.testing.assert_array_equal(got, dct_input.images_to_dct(images))  # the default
+    # The inverse gives the YCbCr of the 2x image.
+    np.testing.assert_allclose(
+        dct_input.dct_to_ycbcr(got), _numpy_ycbcr(_opencv_resize(images, 2)), atol=1e-9
+    )
+    np.testing.assert_allclose(
+        dct_input.bilinear_upscale_2x(images), _opencv_resize(images, 2), atol=1e-10
+    )
 
 
 def test_images_to_dct_420(x64, rng):
@@ -155,7 +234,7 @@ def test_images_to_dct_420(x64, rng):
         ]
     )
     np.testing.assert_allclose(chroma, want_chroma, atol=1e-9)
-    full = dct_input.images_to_dct(images, chroma="full")
+    full = dct_input.images_to_dct(images, layout="classification", chroma="full")
     np.testing.assert_allclose(luma, full[..., :64], atol=1e-12)
 
 
@@ -168,7 +247,7 @@ def test_transform_is_jittable_without_retracing(rng):
     first = transform(jnp.asarray(rng.uniform(0, 255, (1, 16, 16, 3)), jnp.float32))
     second_images = rng.uniform(0, 255, (1, 16, 16, 3))
     second = transform(jnp.asarray(second_images, jnp.float32))
-    assert first.shape == second.shape == (1, 2, 2, 192)
+    assert first.shape == second.shape == (1, 4, 4, 192)
     np.testing.assert_allclose(
         second, dct_input.images_to_dct(jnp.asarray(second_images, jnp.float32)), atol=1e-3
     )
@@ -177,7 +256,12 @@ def test_transform_is_jittable_without_retracing(rng):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: dct_input.images_to_dct(np.zeros((1, 12, 8, 3))), "multiples of 8"),
+        (lambda: dct_input.images_to_dct(np.zeros((1, 10, 8, 3))), "multiples of 4"),
+        (
+            lambda: dct_input.images_to_dct(np.zeros((1, 12, 8, 3)), layout="classification"),
+            "multiples of 8",
+        ),
+        (lambda: dct_input.images_to_dct(np.zeros((1, 8, 8, 3)), layout="jpeg"), "layout"),
         (lambda: dct_input.images_to_dct(np.zeros((1, 8, 8))), r"\[B, H, W, 3\]"),
         (lambda: dct_input.images_to_dct(np.zeros((1, 8, 8, 4))), r"\[B, H, W, 3\]"),
         (lambda: dct_input.images_to_dct(np.zeros((1, 8, 8, 3)), chroma="420"), "chroma"),
@@ -197,12 +281,15 @@ def test_bad_inputs_raise(call, message):
 # Selection patterns.
 
 
-def test_dct24_square_is_the_authors_pattern():
-    want = AUTHORS_DCT24_Y + [64 + i for i in AUTHORS_DCT24_C] + [128 + i for i in AUTHORS_DCT24_C]
-    np.testing.assert_array_equal(dct_input.selection_pattern(24, shape="square"), want)
+@pytest.mark.parametrize("num_channels", sorted(AUTHORS_SQUARES))
+def test_squares_are_the_authors_patterns(num_channels):
+    luma, chroma = AUTHORS_SQUARES[num_channels]
+    want = luma + [64 + i for i in chroma] + [128 + i for i in chroma]
+    assert len(want) == num_channels
+    np.testing.assert_array_equal(dct_input.selection_pattern(num_channels, shape="square"), want)
 
 
-@pytest.mark.parametrize("num_channels", [24, 32, 48, 64, 192])
+@pytest.mark.parametrize("num_channels", [6, 24, 32, 48, 64, 192])
 @pytest.mark.parametrize("shape", ["square", "triangle"])
 def test_patterns_are_upper_left_sets_with_the_papers_counts(num_channels, shape):
     channels = dct_input.selection_pattern(num_channels, shape=shape)
@@ -221,7 +308,7 @@ def test_patterns_are_upper_left_sets_with_the_papers_counts(num_channels, shape
 def test_patterns_are_nested(shape):
     masks = [
         dct_input.selection_mask(dct_input.selection_pattern(k, shape=shape))
-        for k in (24, 32, 48, 64, 192)
+        for k in (6, 24, 32, 48, 64, 192)
     ]
     for small, large in zip(masks[:-1], masks[1:], strict=True):
         assert np.all(small <= large)

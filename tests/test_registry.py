@@ -66,16 +66,20 @@ def test_any_config_builds_dan(config_name):
 
 
 @pytest.mark.parametrize(
-    ("name", "cls", "shape"),
+    ("name", "layout", "cls", "shape"),
     [
-        ("deeplabv3plus", DeepLabV3Plus, (64, 64, 3)),
-        ("dan", DAN, (64, 64, 3)),
-        ("dct_deeplabv3plus", DCTDeepLabV3Plus, (8, 8, 192)),
+        ("deeplabv3plus", None, DeepLabV3Plus, (64, 64, 3)),
+        ("dan", None, DAN, (64, 64, 3)),
+        ("dct_deeplabv3plus", None, DCTDeepLabV3Plus, (16, 16, 192)),  # segmentation
+        ("dct_deeplabv3plus", "segmentation", DCTDeepLabV3Plus, (16, 16, 192)),
+        ("dct_deeplabv3plus", "classification", DCTDeepLabV3Plus, (8, 8, 192)),
     ],
 )
-def test_every_name_builds_its_class_and_input(name, cls, shape):
+def test_every_name_builds_its_class_and_input(name, layout, cls, shape):
     config = tiny.get_config().model
     config.name = name
+    if layout is not None:
+        config.layout = layout
     model = create_model(config, num_classes=4)
     assert type(model) is cls and model.num_classes == 4
     assert registry.input_shape(config, image_size=64) == shape
@@ -108,6 +112,9 @@ def test_unknown_name_and_filter_are_rejected():
     with pytest.raises(ValueError, match="config.model.name"):
         create_model(config, num_classes=3)
     with pytest.raises(ValueError, match="config.model.name"):
+        registry.input_shape(config, image_size=64)
+    config.name, config.layout = "dct_deeplabv3plus", "jpeg"
+    with pytest.raises(ValueError, match="layout"):
         registry.input_shape(config, image_size=64)
     config = tiny.get_config().model
     config.downsample_filter = "blur"

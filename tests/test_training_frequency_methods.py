@@ -104,16 +104,35 @@ def test_dct_model_trains_with_gate_regularizer(tmp_path, gate):
     np.testing.assert_allclose(summary["mean_iou"], np.mean(iou), rtol=1e-12)
 
 
-def test_dct_statistics_dc_mean_is_the_luma_mean(tmp_path):
-    """Channel 0 (Y DC, orthonormal DCT) has mean ``8 (mean(Y) - 128)`` over the batches."""
+@pytest.mark.parametrize("layout, grid", [("segmentation", 8), ("classification", 4)])
+def test_dct_statistics_dc_mean_is_the_luma_mean(tmp_path, layout, grid):
+    """Channel 0 (Y DC, orthonormal DCT) has mean ``8 (mean(Y) - 128)`` over the batches
+    (bilinear 2x up-scaling with replicated edges keeps the mean)."""
     pipeline = generated_pipeline(crop_size=32)
-    statistics = dct_channel_statistics(pipeline, batch_size=4, num_batches=2)
+    statistics = dct_channel_statistics(pipeline, batch_size=4, num_batches=2, layout=layout)
     batches = pipeline.train_batches(0, 4, 0, 1)
     images = np.concatenate([next(batches)["image"] for _ in range(2)]).astype(np.float64)
     rgb = 255.0 * images
     luma = rgb @ np.array([0.299, 0.587, 0.114]) - 128.0
     np.testing.assert_allclose(float(statistics.mean[0]), 8 * luma.mean(), rtol=1e-4)
-    assert float(statistics.count) == 8 * 4 * 4
+    assert float(statistics.count) == 8 * grid * grid  # 8 images of grid x grid positions
+
+
+def test_dct_statistics_remember_their_layout(tmp_path):
+    mean, std = np.zeros(192), np.ones(192)
+    np.savez(tmp_path / "dct_statistics.npz", mean=mean, std=std, layout="segmentation")
+    np.testing.assert_array_equal(load_dct_statistics(tmp_path, layout="segmentation")[1], std)
+    with pytest.raises(ValueError, match="'segmentation' layout, not 'classification'"):
+        load_dct_statistics(tmp_path, layout="classification")
+    # Files from before the layouts hold the classification layout.
+    np.savez(tmp_path / "dct_statistics.npz", mean=mean, std=std)
+    load_dct_statistics(tmp_path, layout="classification")
+    with pytest.raises(ValueError, match="'classification' layout, not 'segmentation'"):
+        load_dct_statistics(tmp_path, layout="segmentation")
+    # A run of the other layout refuses them rather than normalising with them.
+    config = _dct_config(gate=False)
+    with pytest.raises(ValueError, match="layout"):
+        train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=32))
 
 
 def test_dct_model_rejects_crops_not_multiple_of_16(tmp_path):

@@ -8,6 +8,7 @@ from spectral_jax.data.dct_pipeline import DCT_STATISTICS_FILE as DCT_STATISTICS
 from spectral_jax.data.dct_pipeline import RUN_INPUTS as RUN_INPUTS
 from spectral_jax.data.dct_pipeline import dct_channel_statistics as dct_channel_statistics
 from spectral_jax.data.dct_pipeline import dct_input_pipeline as dct_input_pipeline
+from spectral_jax.data.dct_pipeline import dct_layout as dct_layout
 from spectral_jax.data.dct_pipeline import dct_run_pipeline as dct_run_pipeline
 from spectral_jax.data.dct_pipeline import load_dct_statistics as load_dct_statistics
 from spectral_jax.data.inputs import InputPipeline as InputPipeline

@@ -3,22 +3,25 @@
 A run of :class:`spectral_jax.models.DCTDeepLabV3Plus` reads the RGB pipeline of its
 data set (:class:`spectral_jax.data.inputs.InputPipeline`) through
 :func:`dct_input_pipeline`: every image ``[B, H, W, 3]`` becomes its block DCT
-``[B, H / 8, W / 8, 192]`` (:func:`spectral_jax.related.dct_input.images_to_dct`),
-normalised per channel by statistics of the first training batches
-(:func:`dct_channel_statistics`). :func:`dct_run_pipeline` computes those statistics at
-the start of a fresh run and keeps them in the work directory
-(:data:`DCT_STATISTICS_FILE`), so that a resumed run and a later evaluation
-(:func:`load_dct_statistics`) normalise alike.
+``[B, H / s, W / s, 192]`` (:func:`spectral_jax.related.dct_input.images_to_dct`) in the
+model's layout, ``config.model.layout`` (``"segmentation"``, ``s = 4``, by default;
+``"classification"``, ``s = 8``), normalised per channel by statistics of the first
+training batches (:func:`dct_channel_statistics`). :func:`dct_run_pipeline` computes
+those statistics at the start of a fresh run and keeps them, with the layout, in the
+work directory (:data:`DCT_STATISTICS_FILE`), so that a resumed run and a later
+evaluation (:func:`load_dct_statistics`) normalise alike.
 
 Example (evaluating a trained DCT run)::
 
-  mean, std = load_dct_statistics(workdir)
-  pipeline = dct_input_pipeline(create_input_pipeline(config), mean, std)
+  layout = dct_layout(config)
+  mean, std = load_dct_statistics(workdir, layout=layout)
+  pipeline = dct_input_pipeline(create_input_pipeline(config), mean, std, layout=layout)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import chex
@@ -34,21 +37,39 @@ from spectral_jax.related import dct_input as dct_input_lib
 DCT_STATISTICS_FILE = "dct_statistics.npz"
 
 
-@jax.jit
-def _images_to_dct(images, image_mean, image_std):
+# Statistics files written before the layouts existed hold the classification layout.
+_LAYOUT_OF_UNLABELLED_FILES = "classification"
+
+
+def dct_layout(config: ml_collections.ConfigDict) -> str:
+    """The DCT layout of a run: ``config.model.layout``, default
+    :data:`spectral_jax.related.dct_input.DEFAULT_LAYOUT` (``"segmentation"``).
+
+    Raises:
+      ValueError: for an unknown layout.
+    """
+    return dct_input_lib.check_layout(config.model.get("layout", dct_input_lib.DEFAULT_LAYOUT))
+
+
+@functools.partial(jax.jit, static_argnames="layout")
+def _images_to_dct(images, image_mean, image_std, *, layout):
     rgb = 255.0 * (images * image_std + image_mean)  # [B, H, W, 3] on [0, 255]
-    return dct_input_lib.images_to_dct(rgb)  # [B, H / 8, W / 8, 192]
+    return dct_input_lib.images_to_dct(rgb, layout=layout)  # [B, H / s, W / s, 192]
 
 
-@jax.jit
-def _normalized_dct(images, image_mean, image_std, mean, std):
+@functools.partial(jax.jit, static_argnames="layout")
+def _normalized_dct(images, image_mean, image_std, mean, std, *, layout):
     return dct_input_lib.normalize_channels(
-        _images_to_dct(images, image_mean, image_std), mean, std
+        _images_to_dct(images, image_mean, image_std, layout=layout), mean, std
     )
 
 
 def dct_channel_statistics(
-    pipeline: InputPipeline, *, batch_size: int, num_batches: int
+    pipeline: InputPipeline,
+    *,
+    batch_size: int,
+    num_batches: int,
+    layout: dct_input_lib.DCTLayout = dct_input_lib.DEFAULT_LAYOUT,
 ) -> dct_input_lib.ChannelStatistics:
     """Per-channel statistics of the DCT input over the first training batches.
 
@@ -61,14 +82,16 @@ def dct_channel_statistics(
       pipeline: the RGB input pipeline.
       batch_size: images per batch.
       num_batches: batches to read (positive).
+      layout: the DCT layout (:data:`spectral_jax.related.dct_input.DCT_LAYOUTS`).
 
     Returns:
       :class:`spectral_jax.related.dct_input.ChannelStatistics` over 192 channels
       (float32).
 
     Raises:
-      ValueError: for a non-positive ``num_batches``.
+      ValueError: for a non-positive ``num_batches`` or an unknown ``layout``.
     """
+    dct_input_lib.check_layout(layout)
     if num_batches < 1:
         raise ValueError(f"num_batches must be positive, got {num_batches}.")
     image_mean = jnp.asarray(pipeline.image_mean, jnp.float32)
@@ -78,23 +101,37 @@ def dct_channel_statistics(
     batches = pipeline.train_batches(0, batch_size, 0, 1)
     for _ in range(num_batches):
         images = jnp.asarray(next(batches)["image"], jnp.float32)
-        statistics = update(statistics, _images_to_dct(images, image_mean, image_std))
+        coefficients = _images_to_dct(images, image_mean, image_std, layout=layout)
+        statistics = update(statistics, coefficients)
     return statistics
 
 
-def dct_input_pipeline(pipeline: InputPipeline, mean: chex.Array, std: chex.Array) -> InputPipeline:
+def dct_input_pipeline(
+    pipeline: InputPipeline,
+    mean: chex.Array,
+    std: chex.Array,
+    *,
+    layout: dct_input_lib.DCTLayout = dct_input_lib.DEFAULT_LAYOUT,
+) -> InputPipeline:
     """The pipeline with ``"image"`` replaced by normalised DCT coefficients.
 
-    Each batch's images ``[B, H, W, 3]`` (H, W multiples of 8) become
-    ``normalize_channels(images_to_dct(rgb), mean, std)``, ``[B, H / 8, W / 8, 192]``,
-    with ``rgb`` the images on ``[0, 255]`` (the pipeline's normalisation undone); the
-    labels stay ``[B, H, W]``. Padding pixels (0, the mean colour) are transformed like
-    the others.
+    Each batch's images ``[B, H, W, 3]`` (H, W multiples of ``s``) become
+    ``normalize_channels(images_to_dct(rgb, layout=layout), mean, std)``,
+    ``[B, H / s, W / s, 192]`` (``s`` 4 for the segmentation layout, 8 for the
+    classification layout), with ``rgb`` the images on ``[0, 255]`` (the pipeline's
+    normalisation undone); the labels stay ``[B, H, W]``. Padding pixels (0, the mean
+    colour) are transformed like the others.
 
     Args:
       pipeline: the RGB input pipeline.
-      mean, std: ``[192]`` per-channel statistics (:func:`dct_channel_statistics`).
+      mean, std: ``[192]`` per-channel statistics (:func:`dct_channel_statistics`, of
+        the same layout).
+      layout: the DCT layout, the model's ``layout``.
+
+    Raises:
+      ValueError: for an unknown ``layout``.
     """
+    dct_input_lib.check_layout(layout)
     args = tuple(
         jnp.asarray(a, jnp.float32) for a in (pipeline.image_mean, pipeline.image_std, mean, std)
     )
@@ -102,7 +139,7 @@ def dct_input_pipeline(pipeline: InputPipeline, mean: chex.Array, std: chex.Arra
 
     def convert(batch: Batch) -> Batch:
         images = jnp.asarray(batch["image"], jnp.float32)
-        return {**batch, "image": np.asarray(_normalized_dct(images, *args))}
+        return {**batch, "image": np.asarray(_normalized_dct(images, *args, layout=layout))}
 
     def train_batches(start_step, batch_size, shard_index, shard_count):
         return map(
@@ -115,17 +152,32 @@ def dct_input_pipeline(pipeline: InputPipeline, mean: chex.Array, std: chex.Arra
     return dataclasses.replace(pipeline, train_batches=train_batches, eval_batches=eval_batches)
 
 
-def load_dct_statistics(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_dct_statistics(
+    workdir: str | os.PathLike, *, layout: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, std)``, each ``[192]``, that a DCT run in ``workdir`` normalised with.
+
+    Args:
+      workdir: the run's work directory.
+      layout: the layout the caller will transform with; ``None`` skips the check. Files
+        written before layouts were recorded count as ``"classification"``.
 
     Raises:
       FileNotFoundError: if ``workdir`` holds no :data:`DCT_STATISTICS_FILE`.
+      ValueError: if the statistics were computed for another ``layout``.
     """
     path = os.path.join(os.fspath(workdir), DCT_STATISTICS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no DCT statistics in {workdir} (expected {path}).")
     with np.load(path) as data:
-        return np.asarray(data["mean"]), np.asarray(data["std"])
+        saved = str(data["layout"]) if "layout" in data else _LAYOUT_OF_UNLABELLED_FILES
+        mean, std = np.asarray(data["mean"]), np.asarray(data["std"])
+    if layout is not None and dct_input_lib.check_layout(layout) != saved:
+        raise ValueError(
+            f"the DCT statistics in {path} are for the {saved!r} layout, not {layout!r}; "
+            "use another work directory (or remove the file to recompute them)."
+        )
+    return mean, std
 
 
 def dct_run_pipeline(
@@ -133,14 +185,17 @@ def dct_run_pipeline(
 ) -> InputPipeline:
     """The DCT pipeline of a run; statistics read from ``workdir`` or computed and saved.
 
-    A fresh run estimates the statistics over ``config.dct_statistics_batches`` training
-    batches of ``config.batch_size`` images and writes them to
+    The layout is :func:`dct_layout` (``config.model.layout``). A fresh run estimates the
+    statistics over ``config.dct_statistics_batches`` training batches of
+    ``config.batch_size`` images and writes them, with the layout, to
     ``workdir/`` :data:`DCT_STATISTICS_FILE` (process 0); a resumed run reads them back.
 
     Raises:
       ValueError: if ``config.crop_size`` or ``config.eval_crop_size`` is not a multiple
-        of 16 (the DCT model's blocks of 8 at stride 16).
+        of 16 (whole DCT blocks at output stride 16 in either layout), for an unknown
+        layout, or if the saved statistics are of another layout.
     """
+    layout = dct_layout(config)
     for field in ("crop_size", "eval_crop_size"):
         size = config.get(field)
         if size is not None and int(size) % 16:
@@ -149,17 +204,24 @@ def dct_run_pipeline(
             )
     path = os.path.join(os.fspath(workdir), DCT_STATISTICS_FILE)
     if os.path.exists(path):
-        mean, std = load_dct_statistics(workdir)
+        mean, std = load_dct_statistics(workdir, layout=layout)
     else:
         statistics = dct_channel_statistics(
             pipeline,
             batch_size=int(config.batch_size),
             num_batches=int(config.dct_statistics_batches),
+            layout=layout,
         )
         mean, std = np.asarray(statistics.mean), np.asarray(statistics.std())
         if jax.process_index() == 0:
-            np.savez(path, mean=mean, std=std, count=np.asarray(statistics.count))
-    return dct_input_pipeline(pipeline, mean, std)
+            np.savez(
+                path,
+                mean=mean,
+                std=std,
+                count=np.asarray(statistics.count),
+                layout=np.asarray(layout),
+            )
+    return dct_input_pipeline(pipeline, mean, std, layout=layout)
 
 
 def rgb_run_pipeline(

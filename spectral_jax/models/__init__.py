@@ -15,6 +15,9 @@ from spectral_jax.models.anti_aliasing import (
     downsampling_inputs_interceptor as downsampling_inputs_interceptor,
 )
 from spectral_jax.models.anti_aliasing import (
+    freqmix_params_from_torch as freqmix_params_from_torch,
+)
+from spectral_jax.models.anti_aliasing import (
     insert_de_aliasing_filters as insert_de_aliasing_filters,
 )
 from spectral_jax.models.dan import DAN as DAN

@@ -20,18 +20,20 @@ github.com/Linwei-Chen/Seg-Aliasing). Both modules map ``[B, H, W, C]`` to
   of each strided block (both modules here accept that call), e.g. through a
   ``downsample_filter`` attribute of ``ResNet`` and ``Bottleneck``. The authors put
   FreqMix elsewhere: after the 3x3 convolution of every bottleneck of stages 2-4.
+  :func:`freqmix_params_from_torch` converts one of their trained modules.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectral_jax.models.resnet import Bottleneck, ResNet
 from spectral_jax.related import aliasing, frequency_masking
@@ -105,9 +107,13 @@ class FreqMix(nn.Module):
     Inferred or changed: the mask is our symmetric one (module docstring of
     :mod:`spectral_jax.related.frequency_masking`); the authors' ``fftshift`` without ``dim``
     also rolls the batch and channel axes of the spectrum that feeds the channel
-    attention, so an image's attention is computed from another image of the batch; here
-    each image uses its own spectrum. Initialisation is Flax's default (LeCun normal
-    kernels, zero biases), not PyTorch's.
+    attention (by ``B // 2`` and ``C // 2``), so an image's attention is computed from
+    image ``(b - B // 2) mod B`` of the batch and the attention's first layer reads its
+    input channels rolled; here each image uses its own spectrum, channels in order.
+    Their trained weights therefore need the first layers' input channels rolled back
+    (:func:`freqmix_params_from_torch`); the batch roll has no weight equivalent (their
+    outputs agree with ours for one image per batch). Initialisation is Flax's default
+    (LeCun normal kernels, zero biases), not PyTorch's.
 
     Attributes:
       stride: the down-sampling the cutoff is set for.
@@ -156,6 +162,108 @@ class FreqMix(nn.Module):
             gates[..., 0:1].astype(x.dtype) * attentions[0] * low
             + gates[..., 1:2].astype(x.dtype) * attentions[1] * high
         )
+
+
+def freqmix_params_from_torch(
+    state_dict: Mapping[str, np.ndarray], *, prefix: str = ""
+) -> dict[str, dict]:
+    """:class:`FreqMix` parameters from the authors' ``_FrequencyMix`` state dict.
+
+    For their module with ``lp_type="freq_channel_att"``, ``spatial="conv"``,
+    ``spatial_group=1`` (their configuration), ``C`` channels and ``compress_ratio=r``:
+
+    * ``freq_weight_conv.weight [2, C, 3, 3]`` -> ``gate_conv/kernel [3, 3, C, 2]``,
+      ``freq_weight_conv.bias [2]`` -> ``gate_conv/bias``;
+    * ``channel_att_{p}.1.weight [C/r, C, 1, 1]`` -> ``{p}_attention/squeeze/kernel
+      [C, C/r]``, its input channels rolled back (below), ``.1.bias`` -> ``squeeze/bias``;
+    * ``channel_att_{p}.3.weight [C, C/r, 1, 1]`` -> ``{p}_attention/excite/kernel
+      [C/r, C]``, ``.3.bias`` -> ``excite/bias``;
+
+    for ``p`` in ``low``, ``high``. The roll: their ``torch.fft.fftshift(torch.fft.fft2(x))``
+    has no ``dim`` and so also rolls the channel axis of the spectrum the attention pools:
+    their channel ``c`` holds our channel ``(c - C // 2) mod C``. The squeeze layer's
+    input weights are rolled back, ``W_ours[:, c] = W_theirs[:, (c + C // 2) mod C]``
+    (``np.roll(W, -(C // 2))`` along the input axis; for even ``C`` a roll by ``C / 2``
+    either way). The spatial part of their shift does not matter (the attention takes
+    the mean over frequencies), nor do the output channels (the attentions multiply the
+    unshifted parts). Their shift also rolls the batch axis, which no conversion undoes:
+    with more than one image per batch their module attends each image with another
+    image's spectrum. Their low-frequency window also differs from our symmetric mask at
+    some sizes (module docstring of :mod:`spectral_jax.related.frequency_masking`); at
+    sizes where the two agree (e.g. 9 x 7 at the cutoff 0.35) the converted module
+    computes their function exactly (the tests check it).
+
+    Args:
+      state_dict: ``{key: array}`` with the keys above (PyTorch layout), e.g. from
+        :func:`spectral_jax.models.pretrained.load_torchvision_state_dict`; keys outside
+        ``prefix`` are ignored.
+      prefix: the module's key prefix in a larger state dict, e.g.
+        ``"backbone.layer2.0.att."``.
+
+    Returns:
+      ``{"gate_conv": ..., "low_attention": ..., "high_attention": ...}``, float32 NumPy
+      arrays: the ``params`` collection of ``FreqMix(reduction=r)`` (pass it as
+      ``{"params": ...}``).
+
+    Raises:
+      ValueError: listing missing keys, unexpected ones under ``prefix`` and shapes that
+        do not fit one module.
+    """
+    names = ["freq_weight_conv.weight", "freq_weight_conv.bias"]
+    for part in ("low", "high"):
+        names += [f"channel_att_{part}.{i}.{leaf}" for i in (1, 3) for leaf in ("weight", "bias")]
+    missing = [prefix + name for name in names if prefix + name not in state_dict]
+    unexpected = sorted(
+        key for key in state_dict if key.startswith(prefix) and key[len(prefix) :] not in names
+    )
+    if missing or unexpected:
+        raise ValueError(
+            f"not an authors' FreqMix state dict under prefix {prefix!r}: missing keys "
+            f"{missing}, unexpected keys {unexpected}."
+        )
+    weights = {name: np.asarray(state_dict[prefix + name], np.float32) for name in names}
+    gate = weights["freq_weight_conv.weight"]
+    channels = gate.shape[1] if gate.ndim == 4 else -1
+    hidden = weights["channel_att_low.1.weight"].shape[0]
+    expected = {
+        "freq_weight_conv.weight": (2, channels, 3, 3),
+        "freq_weight_conv.bias": (2,),
+    }
+    for part in ("low", "high"):
+        expected[f"channel_att_{part}.1.weight"] = (hidden, channels, 1, 1)
+        expected[f"channel_att_{part}.1.bias"] = (hidden,)
+        expected[f"channel_att_{part}.3.weight"] = (channels, hidden, 1, 1)
+        expected[f"channel_att_{part}.3.bias"] = (channels,)
+    mismatched = [
+        f"{prefix + name}: {weights[name].shape}, expected {shape}"
+        for name, shape in expected.items()
+        if weights[name].shape != shape
+    ]
+    if mismatched:
+        raise ValueError(
+            "the authors' FreqMix weights do not fit one module (gate convolution "
+            f"[2, C, 3, 3], attentions [C/r, C, 1, 1] and [C, C/r, 1, 1]): {mismatched}."
+        )
+    params = {
+        "gate_conv": {
+            "kernel": np.transpose(gate, (2, 3, 1, 0)),  # [2, C, 3, 3] -> [3, 3, C, 2]
+            "bias": weights["freq_weight_conv.bias"],
+        }
+    }
+    for part in ("low", "high"):
+        squeeze = weights[f"channel_att_{part}.1.weight"][:, :, 0, 0].T  # [C, C/r]
+        params[f"{part}_attention"] = {
+            "squeeze": {
+                # Their input channel c is our channel (c - C // 2) mod C.
+                "kernel": np.roll(squeeze, -(channels // 2), axis=0),
+                "bias": weights[f"channel_att_{part}.1.bias"],
+            },
+            "excite": {
+                "kernel": weights[f"channel_att_{part}.3.weight"][:, :, 0, 0].T,  # [C/r, C]
+                "bias": weights[f"channel_att_{part}.3.bias"],
+            },
+        }
+    return params
 
 
 @contextlib.contextmanager

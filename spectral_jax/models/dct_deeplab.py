@@ -2,11 +2,24 @@
 
 The model takes the DCT coefficients ``[B, h, w, 192]`` of :func:`spectral_jax.related.dct_input.
 images_to_dct` (normalised per channel, :class:`spectral_jax.related.dct_input.ChannelStatistics`),
-one position per 8 x 8 block of an ``H x W = 8 h x 8 w`` image, not the images: the
-transform and normalisation belong to the input pipeline, as in the paper (Fig. 1,
-done on the CPU before transfer), and are not trained. Static selection
+not the images: the transform and normalisation belong to the input pipeline, as in the
+paper (Fig. 1, done on the CPU before transfer), and are not trained. Static selection
 (``channels``) happens inside the model so that one data pipeline feeds every pattern;
 a bandwidth-saving pipeline would select before transfer instead.
+
+``layout`` names the input's layout (:data:`spectral_jax.related.dct_input.DCT_LAYOUTS`)
+and sets its stride ``s`` (image pixels per DCT position, ``H x W = s h x s w``):
+
+* ``"segmentation"`` (default, ``s = 4``): the authors' segmentation input (2x / 4x
+  up-scaled image, ``[H / 4, W / 4, 192]``), which their segmentation results come from.
+  Their backbone (``ResNetUpscaledStatic``, mmdet) drops the stem and keeps ResNet's
+  stage strides ``(1, 2, 2, 2)``: stage 1 takes the DCT input at stride 4, exactly where
+  the RGB ResNet's stage 1 takes the stem's output. Every later shape is the RGB model's
+  for an ``H x W`` image: same stage plan, low-level features at stride 4, decoder grid
+  ``H / 4`` (128 at 512), logits up-sampled 4x.
+* ``"classification"`` (``s = 8``): their ImageNet input ``[H / 8, W / 8, 192]``
+  (module docstring of :mod:`spectral_jax.related.dct_input`), described in the paper's
+  Sec. 3.1.
 
 Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
 
@@ -14,16 +27,19 @@ Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
   ("the three input layers ... are removed", Fig. 3); the first bottleneck of stage 1
   takes the ``K`` input channels (24/32/48/64/192 static, or 192 behind the gate) in its
   1x1 convolution and projection shortcut.
-* **Strides**: the input is already at stride 8. Stage 1 runs at stride 8; the later
-  stages follow the atrous rule "a stride that would exceed the output stride becomes a
-  dilation" (:func:`dct_stage_dilations`): output stride 16 (w.r.t. the image) gives
-  (stride, dilation) ``(1, 1), (2, 1), (1, 2), (1, 4)``, output stride 8 gives
-  ``(1, 1), (1, 2), (1, 4), (1, 8)``. The ASPP grid and rates are those of the RGB model
-  at the same output stride (33 at 513, here 32 at 512, stride 16).
-* **Low-level features** come from stage 1, at stride 8 (not 4): the untruncated decoder
-  grid is ``H / 8`` (64 at 512) instead of ``ceil(H / 4)`` (129 at 513), the logits are
-  up-sampled 8x instead of 4x, and of the paper's truncations only ``feature_size=33``
-  fits a 512 input (65 > 64; it needs ``H >= 520``).
+* **Strides**: the input is already at stride ``s``. Stage 1 runs at stride ``s``; the
+  later stages follow the atrous rule "a stride that would exceed the output stride
+  becomes a dilation" (:func:`dct_stage_dilations`). At ``s = 4`` this is the RGB plan
+  (:func:`spectral_jax.models.resnet.stage_dilations`). At ``s = 8``, output stride 16
+  (w.r.t. the image) gives (stride, dilation) ``(1, 1), (2, 1), (1, 2), (1, 4)`` and
+  output stride 8 gives ``(1, 1), (1, 2), (1, 4), (1, 8)``. The ASPP grid and rates are
+  those of the RGB model at the same output stride (33 at 513, here 32 at 512, stride
+  16).
+* **Low-level features** come from stage 1, at stride ``s``: the untruncated decoder
+  grid is ``H / s`` and the logits are up-sampled ``s``-fold. At ``s = 4`` that is the
+  RGB model's (128 at 512, 129 at 513) and the paper's truncations ``feature_size=33``
+  and ``65`` both fit; at ``s = 8`` the grid is ``H / 8`` (64 at 512) and only 33 fits
+  a 512 input (65 needs ``H >= 520``).
 * **Gate** (``gate=True``): :class:`spectral_jax.models.dct_gate.FrequencyGate` on the
   (selected) channels before the backbone; random gates in training (RNG stream
   ``"gumbel"``), argmax gates otherwise. :meth:`DCTDeepLabV3Plus.intermediates` returns
@@ -34,9 +50,10 @@ Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
   that makes those collections mutable sums the first into the objective and logs the
   second (:func:`spectral_jax.training.steps.train_step`).
 
-Input size policy: H and W multiples of 8 (the DCT needs whole blocks). The DCT models
-use ``512 x 512`` crops where the RGB models use 513 (pad or crop to 512; the RGB
-pipeline's ``513 = 16 k + 1`` aligns corners, which blocks cannot).
+Input size policy: H and W multiples of ``s`` (the DCT needs whole blocks); the configs
+use multiples of 16. The DCT models use ``512 x 512`` crops where the RGB models use 513
+(pad or crop to 512; the RGB pipeline's ``513 = 16 k + 1`` aligns corners, which blocks
+cannot).
 
 Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block{b}``), so
 RGB weights of stages 1-4 map one to one except the two input convolutions of
@@ -62,26 +79,37 @@ from spectral_jax.models.deeplab import (
     decoder_outputs,
 )
 from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
-from spectral_jax.related.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
+from spectral_jax.related.dct_input import (
+    DEFAULT_LAYOUT,
+    LAYOUT_STRIDES,
+    NUM_DCT_CHANNELS,
+    DCTLayout,
+    check_layout,
+)
 from spectral_jax.truncation import Resample
 
-INPUT_STRIDE = BLOCK_SIZE  # one DCT position per 8 x 8 block
 
-
-def dct_stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
-    """(stride, dilation) of the four stages when the input is at stride 8.
+def dct_stage_dilations(output_stride: int, *, input_stride: int) -> tuple[tuple[int, int], ...]:
+    """(stride, dilation) of the four stages when the input is at stride ``input_stride``.
 
     Strides ``(1, 2, 2, 2)`` as in ResNet after its stem; once the running stride would
     exceed ``output_stride``, the stage keeps stride 1 and multiplies the dilation by 2.
+    With ``input_stride=4`` (the segmentation layout) this is the RGB ResNet's plan.
 
     Args:
       output_stride: 8, 16 or 32, w.r.t. the image.
+      input_stride: image pixels per input position, 4 or 8
+        (:data:`spectral_jax.related.dct_input.LAYOUT_STRIDES`).
 
     Raises:
-      ValueError: for another output stride.
+      ValueError: for another output stride or input stride.
     """
     stage_dilations(output_stride)  # validates
-    plan, stride, dilation = [], INPUT_STRIDE, 1
+    if input_stride not in LAYOUT_STRIDES.values():
+        raise ValueError(
+            f"input_stride must be one of {sorted(LAYOUT_STRIDES.values())}, got {input_stride!r}."
+        )
+    plan, stride, dilation = [], input_stride, 1
     for stage_stride in (1, 2, 2, 2):
         if stride * stage_stride > output_stride:
             dilation *= stage_stride
@@ -93,30 +121,36 @@ def dct_stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
 
 
 class DCTResNet(nn.Module):
-    """Bottleneck ResNet without its stem, for DCT input at stride 8.
+    """Bottleneck ResNet without its stem, for DCT input at stride ``input_stride``.
 
     Attributes:
       stage_sizes: blocks per stage.
       width: first bottleneck width (64 for the standard models).
-      output_stride: 8, 16 or 32 w.r.t. the image (stride 8 at the input).
+      output_stride: 8, 16 or 32 w.r.t. the image.
+      input_stride: image pixels per input position, 4 or 8.
       dtype: computation dtype.
     """
 
     stage_sizes: Sequence[int]
     width: int = 64
     output_stride: int = 16
+    input_stride: int = LAYOUT_STRIDES[DEFAULT_LAYOUT]
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """``x [B, h, w, K]`` -> ``(low_level [B, h, w, 4 width], high_level [B, hs, ws,
-        32 width])``, ``hs = ceil(h / (output_stride / 8))``."""
+        32 width])``, ``hs = ceil(h / (output_stride / input_stride))``."""
         chex.assert_rank(x, 4)
         if len(self.stage_sizes) != 4:
             raise ValueError(f"stage_sizes must have four stages, got {self.stage_sizes!r}.")
         previous_dilation = 1
         for stage, (num_blocks, (strides, dilation)) in enumerate(
-            zip(self.stage_sizes, dct_stage_dilations(self.output_stride), strict=True)
+            zip(
+                self.stage_sizes,
+                dct_stage_dilations(self.output_stride, input_stride=self.input_stride),
+                strict=True,
+            )
         ):
             for block in range(num_blocks):
                 x = Bottleneck(
@@ -140,6 +174,9 @@ class DCTDeepLabV3Plus(nn.Module):
       num_classes: output classes ``C``.
       backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
       output_stride: 8, 16 or 32, w.r.t. the image.
+      layout: ``"segmentation"`` (input ``[B, H / 4, W / 4, 192]``, default) or
+        ``"classification"`` (``[B, H / 8, W / 8, 192]``); the layout the input pipeline
+        produced (module docstring).
       feature_size: decoder grid ``F``; ``None`` for the low-level grid ``h x w``.
       resample: ``"bilinear"``, ``"area"`` or ``"spectral"``.
       channels: static selection, indices into the 192 DCT channels
@@ -157,7 +194,7 @@ class DCTDeepLabV3Plus(nn.Module):
       >>> from spectral_jax.related.dct_input import selection_pattern
       >>> model = DCTDeepLabV3Plus(num_classes=3, backbone="resnet_tiny",
       ...                          channels=tuple(selection_pattern(24)))
-      >>> x = jnp.zeros((2, 6, 6, 192))  # DCT of 48 x 48 images
+      >>> x = jnp.zeros((2, 12, 12, 192))  # DCT of 48 x 48 images, segmentation layout
       >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
       >>> jax.eval_shape(model.apply, variables, x).shape
       (2, 48, 48, 3)
@@ -166,6 +203,7 @@ class DCTDeepLabV3Plus(nn.Module):
     num_classes: int = 21
     backbone: str = "resnet101"
     output_stride: int = 16
+    layout: DCTLayout = DEFAULT_LAYOUT
     feature_size: int | None = None
     resample: Resample = "bilinear"
     channels: tuple[int, ...] | None = None
@@ -180,6 +218,7 @@ class DCTDeepLabV3Plus(nn.Module):
 
     def setup(self):
         check_model_settings(self.backbone, self.resample, self.feature_size)
+        check_layout(self.layout)
         if self.channels is not None:
             channels = np.asarray(self.channels)
             if (
@@ -194,7 +233,11 @@ class DCTDeepLabV3Plus(nn.Module):
                 )
         config = RESNET_CONFIGS[self.backbone]
         self.encoder = DCTResNet(
-            config.stage_sizes, config.width, output_stride=self.output_stride, dtype=self.dtype
+            config.stage_sizes,
+            config.width,
+            output_stride=self.output_stride,
+            input_stride=self.input_stride,
+            dtype=self.dtype,
         )
         if self.gate:
             self.frequency_gate = FrequencyGate(self.gate_temperature, dtype=self.dtype)
@@ -206,6 +249,11 @@ class DCTDeepLabV3Plus(nn.Module):
             self.decoder_channels,
             dtype=self.dtype,
         )
+
+    @property
+    def input_stride(self) -> int:
+        """Image pixels per input position: 4 (segmentation layout) or 8 (classification)."""
+        return LAYOUT_STRIDES[self.layout]
 
     def _inputs(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
         """Selection and gate: ``x [B, h, w, 192]`` -> ``{"inputs": [B, h, w, K], ...}``."""
@@ -241,7 +289,8 @@ class DCTDeepLabV3Plus(nn.Module):
 
         Returns:
           ``(aspp, low_level)``: ``[B, hs, ws, aspp_channels]`` at the output stride and
-          ``[B, h, w, 4 * width]`` at stride 8 (32 and 64 at 512 input, stride 16).
+          ``[B, h, w, 4 * width]`` at the input stride (32 and 128 at 512 input, output
+          stride 16, segmentation layout; 32 and 64 in the classification layout).
         """
         out = self._encode(x, train)
         return out["aspp"], out["low_level"]
@@ -258,14 +307,14 @@ class DCTDeepLabV3Plus(nn.Module):
         Args:
           aspp: ``[B, hs, ws, aspp_channels]`` from :meth:`encode`.
           low_level: ``[B, h, w, Cl]`` from :meth:`encode`.
-          image_size: static ``(H, W) = (8 h, 8 w)``.
+          image_size: static ``(H, W) = (s h, s w)``, ``s`` the input stride.
           train: BatchNorm batch statistics.
 
         Returns:
           ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
-        size = decoder_grid(self.feature_size, low_level.shape[1:3], stride=8)
+        size = decoder_grid(self.feature_size, low_level.shape[1:3], stride=self.input_stride)
         return decoder_outputs(*self.decoder(aspp, low_level, size, train), image_size)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -273,9 +322,10 @@ class DCTDeepLabV3Plus(nn.Module):
         :meth:`decode`'s dict and, with the gate, ``"gates"`` and ``"gate_probabilities"``
         ``[B, K]``."""
         out = self._encode(x, train)
-        image_size = (INPUT_STRIDE * x.shape[1], INPUT_STRIDE * x.shape[2])
+        image_size = (self.input_stride * x.shape[1], self.input_stride * x.shape[2])
         return {**out, **self.decode(out["aspp"], out["low_level"], image_size, train)}
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits ``[B, 8 h, 8 w, C]`` for DCT coefficients ``x [B, h, w, 192]``."""
+        """Logits ``[B, s h, s w, C]`` for DCT coefficients ``x [B, h, w, 192]`` (``s`` the
+        input stride: 4 in the segmentation layout, 8 in the classification layout)."""
         return self.intermediates(x, train)["logits"]

@@ -11,7 +11,7 @@ Example:
   >>> config = ml_collections.ConfigDict({"name": "dct_deeplabv3plus",
   ...                                     "backbone": "resnet_tiny"})
   >>> type(create_model(config, num_classes=3)).__name__, input_shape(config, image_size=64)
-  ('DCTDeepLabV3Plus', (8, 8, 192))
+  ('DCTDeepLabV3Plus', (16, 16, 192))
 """
 
 from __future__ import annotations
@@ -73,11 +73,16 @@ def is_dct_model(model_config: ml_collections.ConfigDict) -> bool:
 def input_shape(model_config: ml_collections.ConfigDict, *, image_size: int) -> tuple[int, ...]:
     """``(H, W, channels)`` of the model's input for ``image_size x image_size`` images.
 
-    ``(S, S, 3)`` for the RGB models; ``(S / 8, S / 8, 192)`` for the DCT model (one
-    position per 8 x 8 block, :mod:`spectral_jax.related.dct_input`).
+    ``(S, S, 3)`` for the RGB models; ``(S / s, S / s, 192)`` for the DCT model, ``s``
+    the stride of its ``layout`` (:data:`spectral_jax.related.dct_input.LAYOUT_STRIDES`:
+    4 for ``"segmentation"``, the default, 8 for ``"classification"``).
+
+    Raises:
+      ValueError: for an unknown model name or DCT layout.
     """
     if is_dct_model(model_config):
-        size = image_size // dct_input.BLOCK_SIZE
+        layout = dct_input.check_layout(model_config.get("layout", dct_input.DEFAULT_LAYOUT))
+        size = image_size // dct_input.LAYOUT_STRIDES[layout]
         return (size, size, dct_input.NUM_DCT_CHANNELS)
     return (image_size, image_size, 3)
 

@@ -128,6 +128,11 @@ def de_alias(x: chex.Array, *, stride: int = 2, cutoff: float | None = None) -> 
     (brick-wall) square low-pass on the spatial axes, a real orthogonal projection, so
     ``de_alias(de_alias(x)) == de_alias(x)`` and ``aliasing_score(de_alias(x)) == 0`` at
     the same cutoff. It is placed before a down-sampling and keeps the map's size.
+    The authors' filter (``FLC_Pooling``) uses an off-centre window instead of this
+    symmetric mask; for even sizes the two differ on one ring of bins, e.g. at
+    ``64 x 64``: ours keeps the 176 bins of ``max(|nu_h|, |nu_w|) = 22`` fully, theirs
+    halves 174 of them and drops the corners ``(22, -22)`` and ``(-22, 22)`` (module
+    docstring of :mod:`spectral_jax.related.frequency_masking`).
 
     Args:
       x: real maps ``[B, H, W, C]``.

@@ -18,57 +18,79 @@ a keyword-only Python value):
 3. **DCT reshape**: the coefficient ``(u, v)`` (``u`` vertical, ``v`` horizontal
    frequency) of every block goes to channel ``u * 8 + v`` (row-major, the natural order
    in which libjpeg stores a block and the authors' channel indices count), so a plane of
-   ``H x W`` becomes ``[H / 8, W / 8, 64]``; the three planes are concatenated as
-   ``Y | Cb | Cr``, channels ``0..63``, ``64..127``, ``128..191`` (192 in all).
+   ``h' x w'`` samples becomes ``[h' / 8, w' / 8, 64]``; the three planes are concatenated
+   as ``Y | Cb | Cr``, channels ``0..63``, ``64..127``, ``128..191`` (192 in all).
 
-Chroma (``chroma=`` in :func:`images_to_dct`). JPEG stores chroma 4:2:0 (a 2 x 2 mean
-per chroma sample), which would give ``H / 16 x W / 16`` chroma maps next to the
-``H / 8 x W / 8`` luma maps. The paper's models take one ``[H / 8, W / 8, 192]`` tensor;
-the authors' code (``Upscale`` + ``TransformUpscaledDCT`` in their classification
-pipeline) gets it by encoding the image twice: luma from the image itself, chroma from a
-copy bilinearly up-scaled 2x (OpenCV, half-pixel centres) whose 4:2:0 chroma is thus
-back at ``H x W``. ``chroma="upscaled"`` (default) gives the same chroma: bilinear 2x
-up-scaling of the RGB image (half-pixel centres, edge samples replicated, as OpenCV and
-``jax.image.resize``), YCbCr, 2 x 2 mean (libjpeg's h2v2 down-sampling without its
-rounding bias), block DCT. Because every step is linear, this equals full-resolution
-chroma smoothed separably by ``[1/8, 3/4, 1/8]`` (edges replicated): bilinear 2x gives
-``3/4 x[i] + 1/4 x[i -+ 1]`` at the two half-pixels and their mean is
-``3/4 x[i] + 1/8 (x[i - 1] + x[i + 1])``; :func:`upscaled_chroma` computes this closed
-form (the tests compare it with the literal up-scale and down-sample). The luma is that
-of the image itself, untouched. The alternatives, and how they differ:
+Layout (``layout=`` in :func:`images_to_dct`). The authors encode up-scaled copies of the
+image, with OpenCV's bilinear ``cv2.resize`` (``INTER_LINEAR``: half-pixel centres,
+edge samples replicated), JPEG 4:2:0 chroma (a 2 x 2 mean per chroma sample), and take
+luma and chroma from different copies so that they share one grid. Their two pipelines
+differ:
 
-* ``chroma="full"`` (4:4:4): the DCT of the unsmoothed full-resolution chroma, i.e.
-  the upscaled variant without its mild chroma low-pass; the inverse transform returns
-  the image exactly.
-* plain 4:2:0 (:func:`images_to_dct_420`): luma ``[H / 8, W / 8, 64]`` and chroma
-  ``[H / 16, W / 16, 128]`` apart (H, W multiples of 16); a model must then merge two
-  grids, e.g. by resizing the chroma coefficient maps (the authors' unused
-  ``UpScaleDCT``), which interpolates coefficients of different blocks.
+* ``"segmentation"`` (:data:`DEFAULT_LAYOUT`; ``ToDCTUpscaledStatic`` of their
+  segmentation/detection code, ``segmentation/mmdet/datasets/pipelines/transformsDCT.py``,
+  and the only one behind their segmentation results): luma from the image up-scaled
+  2x (``2H x 2W``), chroma from the image up-scaled 4x (4:2:0 chroma ``2H x 2W``), giving
+  ``[H / 4, W / 4, 192]`` (H, W multiples of 4), one position per 4 x 4 pixels: the
+  stride of a ResNet after its stem. Here: bilinear 2x up-scaling of the image
+  (:func:`bilinear_upscale_2x`), YCbCr, block DCT of all three planes. That is exactly
+  their chroma too, because bilinear 4x up-scaling followed by the 2 x 2 mean is bilinear
+  2x up-scaling: along an axis the 4x samples around input sample ``i`` lie at offsets
+  ``-3/8, -1/8, 1/8, 3/8``; a mean of two linear interpolations on the same interval is
+  the interpolation at their mean offset, ``-1/4`` and ``+1/4``, the two 2x samples
+  (``3/4 x[i] + 1/4 x[i -+ 1]``); at the edges all of them clamp to the edge sample. So
+  ``chroma`` makes no difference in this layout; every chroma sample is at full
+  resolution of the 2x image (4:4:4 there).
+* ``"classification"`` (``Upscale`` + ``TransformUpscaledDCT`` of their ImageNet
+  pipeline, and the paper's Sec. 3.1 description): luma from the image itself, chroma
+  from the 2x up-scaled copy, whose 4:2:0 chroma is back at ``H x W``: ``[H / 8, W / 8,
+  192]`` (H, W multiples of 8). ``chroma="upscaled"`` (default) gives the same chroma:
+  bilinear 2x up-scaling of the RGB image, YCbCr, 2 x 2 mean (libjpeg's h2v2
+  down-sampling without its rounding bias), block DCT. Because every step is linear,
+  this equals full-resolution chroma smoothed separably by ``[1/8, 3/4, 1/8]`` (edges
+  replicated): bilinear 2x gives ``3/4 x[i] + 1/4 x[i -+ 1]`` at the two half-pixels
+  and their mean is ``3/4 x[i] + 1/8 (x[i - 1] + x[i + 1])``; :func:`upscaled_chroma`
+  computes this closed form (the tests compare it with the literal up-scale and
+  down-sample). The luma is that of the image itself, untouched. The alternatives:
+
+  * ``chroma="full"`` (4:4:4): the DCT of the unsmoothed full-resolution chroma, i.e.
+    the upscaled variant without its mild chroma low-pass; the inverse transform returns
+    the image exactly.
+  * plain 4:2:0 (:func:`images_to_dct_420`): luma ``[H / 8, W / 8, 64]`` and chroma
+    ``[H / 16, W / 16, 128]`` apart (H, W multiples of 16); a model must then merge two
+    grids, e.g. by resizing the chroma coefficient maps (the authors' unused
+    ``UpScaleDCT``), which interpolates coefficients of different blocks.
+
+:data:`LAYOUT_STRIDES` gives the image pixels per DCT position of each layout (4 and 8).
 
 Deviations from the authors' pipeline: no JPEG quantisation and no rounding. Their
 coefficients come from libjpeg-turbo encoding at a finite quality, read back with
 ``jpeg2dct``: the quantised levels ``round(X[u, v] / Q[u, v])`` of the JPEG standard's
 8 x 8 forward DCT, which is this orthonormal DCT-II. ``1 / Q[u, v]`` is a per-channel
 factor that the per-channel normalisation (:class:`ChannelStatistics`) removes, so after
-normalisation the inputs differ only by the quantisation noise.
+normalisation the inputs differ only by the quantisation noise. (At their quality 100,
+``Q = 1``: the levels are the coefficients rounded.) OpenCV also rounds the up-scaled
+image to uint8 before encoding; we keep it in float.
 
 Static selection (Sec. 3.3, Table 1): :func:`selection_pattern` gives the indices into
-the 192 channels of the square (``"S"``) and triangle (``"T"``) patterns DCT-24, 32, 48
-and 64 (and 192, all channels); :func:`select_channels` applies them.
+the 192 channels of the square (``"S"``) and triangle (``"T"``) patterns DCT-6, 24, 32,
+48 and 64 (and 192, all channels); :func:`select_channels` applies them.
 
-Input size: H and W must be multiples of 8 (16 for :func:`images_to_dct_420`). A
-513 x 513 crop is not; the DCT models use 512 x 512 crops (see
-:mod:`spectral_jax.models.dct_deeplab`).
+Input size: H and W must be multiples of 4 (segmentation layout) or 8 (classification;
+16 for :func:`images_to_dct_420`). A 513 x 513 crop is neither; the DCT models use
+512 x 512 crops (see :mod:`spectral_jax.models.dct_deeplab`).
 
 Example:
   >>> images = jnp.full((2, 16, 24, 3), 130, jnp.uint8)  # a flat grey
-  >>> coefficients = jax.jit(images_to_dct)(images)
-  >>> coefficients.shape  # [B, H / 8, W / 8, 192]
-  (2, 2, 3, 192)
+  >>> coefficients = jax.jit(images_to_dct)(images)  # the segmentation layout
+  >>> coefficients.shape  # [B, H / 4, W / 4, 192]
+  (2, 4, 6, 192)
   >>> float(coefficients[0, 0, 0, 0])  # luma DC of an 8 x 8 block: 8 * (130 - 128)
   16.0
+  >>> images_to_dct(images, layout="classification").shape  # [B, H / 8, W / 8, 192]
+  (2, 2, 3, 192)
   >>> select_channels(coefficients, selection_pattern(24, shape="square")).shape
-  (2, 2, 3, 24)
+  (2, 4, 6, 24)
 """
 
 from __future__ import annotations
@@ -99,6 +121,14 @@ RGB_TO_YCBCR = np.array(
 YCBCR_OFFSET = np.array([0.0, 128.0, 128.0])
 # JPEG subtracts 128 from every sample before the DCT.
 LEVEL_SHIFT = 128.0
+
+DCTLayout = Literal["segmentation", "classification"]
+DCT_LAYOUTS: tuple[str, ...] = ("segmentation", "classification")
+#: The layout of the authors' segmentation results, the DCT models' default.
+DEFAULT_LAYOUT: DCTLayout = "segmentation"
+#: Image pixels per DCT position (per side) of each layout: blocks of 8 on the 2x
+#: up-scaled image, or on the image itself.
+LAYOUT_STRIDES: dict[str, int] = {"segmentation": BLOCK_SIZE // 2, "classification": BLOCK_SIZE}
 
 ChromaMode = Literal["upscaled", "full"]
 CHROMA_MODES: tuple[str, ...] = ("upscaled", "full")
@@ -208,14 +238,21 @@ def _mean_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(batch, height // 2, 2, width // 2, 2, channels).mean(axis=(2, 4))
 
 
-def _smooth_half_pixel(x: jax.Array, axis: int) -> jax.Array:
-    """``3/4 x[i] + 1/8 (x[i - 1] + x[i + 1])`` along ``axis``, edge samples replicated."""
+def _neighbours(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """``(x[i - 1], x[i + 1])`` along ``axis``, edge samples replicated."""
     n = x.shape[axis]
     first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
     last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
     padded = jnp.concatenate([first, x, last], axis=axis)  # [..., n + 2, ...]
-    left = jax.lax.slice_in_dim(padded, 0, n, axis=axis)
-    right = jax.lax.slice_in_dim(padded, 2, n + 2, axis=axis)
+    return (
+        jax.lax.slice_in_dim(padded, 0, n, axis=axis),
+        jax.lax.slice_in_dim(padded, 2, n + 2, axis=axis),
+    )
+
+
+def _smooth_half_pixel(x: jax.Array, axis: int) -> jax.Array:
+    """``3/4 x[i] + 1/8 (x[i - 1] + x[i + 1])`` along ``axis``, edge samples replicated."""
+    left, right = _neighbours(x, axis)
     return 0.75 * x + 0.125 * (left + right)
 
 
@@ -245,25 +282,83 @@ def _planes_to_channels(planes: jax.Array) -> jax.Array:
     return jnp.concatenate(coefficients, axis=-1)
 
 
-def images_to_dct(images: chex.Array, *, chroma: ChromaMode = "upscaled") -> jax.Array:
-    """JPEG-style DCT input ``[B, H / 8, W / 8, 192]`` of RGB images (paper Sec. 3.1).
-
-    Args:
-      images: ``[B, H, W, 3]`` RGB, uint8 or float in ``[0, 255]``; H, W multiples of 8.
-      chroma: ``"upscaled"`` (the authors' variant) or ``"full"`` (4:4:4); see the module
-        docstring.
-
-    Returns:
-      ``[B, H / 8, W / 8, 192]``: channels ``Y 0..63 | Cb 64..127 | Cr 128..191``, channel
-      ``64 c + 8 u + v`` the DCT coefficient ``(u, v)`` of component ``c``; float32
-      (float64 for float64 input).
+def check_layout(layout) -> str:
+    """``layout`` if it is one of :data:`DCT_LAYOUTS`.
 
     Raises:
-      ValueError: for a bad shape, H or W not a multiple of 8, or an unknown ``chroma``.
+      ValueError: naming ``layout`` otherwise.
     """
+    if not isinstance(layout, str) or layout not in DCT_LAYOUTS:
+        raise ValueError(f"layout must be one of {DCT_LAYOUTS}, got {layout!r}.")
+    return layout
+
+
+def _upscale_axis_2x(x: jax.Array, axis: int) -> jax.Array:
+    """Bilinear 2x along ``axis``: samples ``2i, 2i + 1`` are ``3/4 x[i] + 1/4 x[i -+ 1]``."""
+    left, right = _neighbours(x, axis)
+    pairs = jnp.stack([0.75 * x + 0.25 * left, 0.75 * x + 0.25 * right], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] *= 2
+    return pairs.reshape(shape)  # [..., n, 2, ...] -> [..., 2 n, ...]: 2i, 2i + 1 interleaved
+
+
+def bilinear_upscale_2x(images: chex.Array) -> jax.Array:
+    """Bilinear 2x up-scaling with half-pixel centres, as OpenCV's ``INTER_LINEAR``.
+
+    Output sample ``j`` of an axis sits at input coordinate ``(j + 1/2) / 2 - 1/2``, i.e.
+    at ``i -+ 1/4`` for ``j = 2i, 2i + 1``; coordinates outside ``[0, n - 1]`` clamp to
+    the edge sample (OpenCV's replicated border; ``jax.image.resize(..., "linear")``
+    agrees)::
+
+        out[2i]     = 3/4 x[i] + 1/4 x[max(i - 1, 0)]
+        out[2i + 1] = 3/4 x[i] + 1/4 x[min(i + 1, n - 1)]
+
+    applied to H and then W. OpenCV rounds uint8 results; this does not.
+
+    Args:
+      images: ``[B, H, W, C]``.
+
+    Returns:
+      ``[B, 2 H, 2 W, C]``, float32 (float64 for float64 input).
+    """
+    chex.assert_rank(images, 4)
+    x = jnp.asarray(images, compute_dtype(jnp.result_type(images)))
+    return _upscale_axis_2x(_upscale_axis_2x(x, 1), 2)
+
+
+def images_to_dct(
+    images: chex.Array, *, layout: DCTLayout = DEFAULT_LAYOUT, chroma: ChromaMode = "upscaled"
+) -> jax.Array:
+    """JPEG-style DCT input ``[B, H / s, W / s, 192]`` of RGB images (paper Sec. 3.1).
+
+    ``s = LAYOUT_STRIDES[layout]``: 4 for ``"segmentation"`` (the block DCT of the
+    bilinear 2x up-scaled image, luma and chroma), 8 for ``"classification"`` (luma of
+    the image, chroma per ``chroma``); see the module docstring.
+
+    Args:
+      images: ``[B, H, W, 3]`` RGB, uint8 or float in ``[0, 255]``; H, W multiples of
+        ``s``.
+      layout: ``"segmentation"`` (default) or ``"classification"``.
+      chroma: ``"upscaled"`` (the authors' variant) or ``"full"`` (4:4:4); the two are
+        the same in the segmentation layout (module docstring).
+
+    Returns:
+      ``[B, H / s, W / s, 192]``: channels ``Y 0..63 | Cb 64..127 | Cr 128..191``,
+      channel ``64 c + 8 u + v`` the DCT coefficient ``(u, v)`` of component ``c``;
+      float32 (float64 for float64 input).
+
+    Raises:
+      ValueError: for a bad shape, H or W not a multiple of ``s``, or an unknown
+        ``layout`` or ``chroma``.
+    """
+    check_layout(layout)
     if chroma not in CHROMA_MODES:
         raise ValueError(f"chroma must be one of {CHROMA_MODES}, got {chroma!r}.")
-    x = _check_images(images, multiple=BLOCK_SIZE)
+    x = _check_images(images, multiple=LAYOUT_STRIDES[layout])
+    if layout == "segmentation":
+        # The interpolation weights sum to one, so it commutes with the affine YCbCr:
+        # the planes are up-scaled instead of the RGB image (the same cost).
+        return _planes_to_channels(bilinear_upscale_2x(rgb_to_ycbcr(x)))
     ycbcr = rgb_to_ycbcr(x)
     if chroma == "upscaled":
         ycbcr = jnp.concatenate([ycbcr[..., :1], upscaled_chroma(x)], axis=-1)
@@ -291,8 +386,10 @@ def images_to_dct_420(images: chex.Array) -> tuple[jax.Array, jax.Array]:
 def dct_to_ycbcr(coefficients: chex.Array) -> jax.Array:
     """Inverse of the transform: ``[B, h, w, 192] -> [B, 8 h, 8 w, 3]`` YCbCr in ``[0, 255]``.
 
-    For ``chroma="full"`` coefficients, ``ycbcr_to_rgb`` of the result is the image; for
-    ``"upscaled"`` the chroma is the smoothed chroma of :func:`upscaled_chroma`.
+    For classification-layout coefficients with ``chroma="full"``, ``ycbcr_to_rgb`` of
+    the result is the image; with ``"upscaled"`` the chroma is the smoothed chroma of
+    :func:`upscaled_chroma`. For the segmentation layout it is the YCbCr of the 2x
+    up-scaled image (:func:`bilinear_upscale_2x`), ``[B, 2 H, 2 W, 3]``.
     """
     if jnp.ndim(coefficients) != 4 or jnp.shape(coefficients)[-1] != NUM_DCT_CHANNELS:
         raise ValueError(
@@ -310,8 +407,10 @@ def dct_to_ycbcr(coefficients: chex.Array) -> jax.Array:
 
 # Coefficients kept per component (Y, Cb, Cr) by DCT-K, from the paper: DCT-24 (16, 4, 4),
 # "top (32, 8, 8) channels for DCT-48S/T and top (44, 10, 10) channels for DCT-64S/T";
-# DCT-32 (22, 5, 5) as in the authors' code.
+# DCT-6 (4, 1, 1) and DCT-32 (22, 5, 5) as in the authors' code (DCT-6 is in their
+# classification code's subset_channel_index: Y {0, 1, 8, 9}, Cb {0}, Cr {0}).
 PATTERN_COUNTS: dict[int, tuple[int, int, int]] = {
+    6: (4, 1, 1),
     24: (16, 4, 4),
     32: (22, 5, 5),
     48: (32, 8, 8),
@@ -326,6 +425,7 @@ PATTERN_COUNTS: dict[int, tuple[int, int, int]] = {
 # missing)": DCT-48S a 6 x 6 luma square without its lower-right 2 x 2 and a 3 x 3 chroma
 # square without (2, 2).
 _SQUARE_ROWS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    6: ((2, 2), (1,)),
     24: ((4, 4, 4, 4), (2, 2)),
     32: ((5, 5, 5, 4, 3), (3, 2)),
     48: ((6, 6, 6, 6, 4, 4), (3, 3, 2)),
@@ -355,7 +455,8 @@ def selection_pattern(num_channels: int, *, shape: SelectionShape = "square") ->
     frequencies:
 
     * ``"square"`` (S): the authors' near-square upper-left patterns (``_SQUARE_ROWS``),
-      e.g. DCT-24S = Y ``{0-3, 8-11, 16-19, 24-27}``, Cb and Cr ``{0, 1, 8, 9}``.
+      e.g. DCT-24S = Y ``{0-3, 8-11, 16-19, 24-27}``, Cb and Cr ``{0, 1, 8, 9}``;
+      DCT-6S = Y ``{0, 1, 8, 9}``, Cb and Cr ``{0}`` (the DC only).
     * ``"triangle"`` (T): the first ``n`` frequencies of the JPEG zig-zag scan
       (:func:`zigzag_order`), the upper-left triangle ``u + v <= s`` completed along the
       next anti-diagonal in scan order; e.g. DCT-24T = Y zig-zag 0-15 (``u + v <= 4`` and
@@ -364,7 +465,7 @@ def selection_pattern(num_channels: int, *, shape: SelectionShape = "square") ->
       same counts.
 
     Args:
-      num_channels: 24, 32, 48, 64 or 192.
+      num_channels: 6, 24, 32, 48, 64 or 192.
       shape: ``"square"`` or ``"triangle"``.
 
     Returns:
@@ -438,8 +539,8 @@ class ChannelStatistics:
       >>> update = jax.jit(ChannelStatistics.update)
       >>> for batch in (coefficients[:2], coefficients[2:]):  # a data set in two batches
       ...     stats = update(stats, batch)
-      >>> stats.count  # 4 images of 2 x 2 blocks
-      Array(16., dtype=float32)
+      >>> stats.count  # 4 images of 4 x 4 positions (segmentation layout)
+      Array(64., dtype=float32)
       >>> x = normalize_channels(coefficients, stats.mean, stats.std())
       >>> bool(jnp.allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))
       True

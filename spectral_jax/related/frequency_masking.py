@@ -23,11 +23,23 @@ cutoff is high: for a stride-2 down-sampling (Nyquist frequency 1/4) the pair
 ``nu -> -nu``, so both parts of a real map are real, and the two parts are orthogonal
 projections: ``low + high = x`` and ``||low||^2 + ||high||^2 = ||x||^2`` (Parseval).
 
-The authors' PyTorch code selects rows ``round(H/2 - H c) .. round(H/2 + H c) - 1`` of the
-shifted spectrum instead; for even sizes that window is one bin longer on the negative
-side than on the positive one, and taking the real part of the inverse FFT then keeps that
-unpaired bin (and its mirror) at half weight. The symmetric mask here differs from it by at
-most that one half-weighted bin per side and axis.
+The authors' PyTorch code selects rows ``round(H/2 - H c) .. round(H/2 + H c) - 1`` (and
+likewise columns) of the shifted spectrum instead, a window ``M``. For an even size ``n``
+it spans the signed frequencies ``-k .. k - 1``, ``k = round(n c)``, one bin longer on the
+negative side; taking the real part of the inverse FFT applies the symmetrised
+multiplier ``(M(nu) + M(-nu)) / 2``. Per axis that keeps the unpaired bin ``+-k`` at half
+weight. In 2-D, ``M`` is a product of the two windows but its symmetrisation is not:
+inside ``|nu_h| < k_h, |nu_w| < k_w`` it is 1; on the ring ``|nu_h| = k_h, |nu_w| <= k_w``
+or ``|nu_w| = k_w, |nu_h| <= k_h`` it is 1/2, except at the two anti-diagonal corners
+``(k_h, -k_w)`` and ``(-k_h, k_w)``, where it is 0 (``M`` holds neither of them, whereas
+it holds ``(-k_h, -k_w)``, the mirror of ``(k_h, k_w)``); beyond the ring it is 0. Our
+mask keeps an axis's ring frequencies ``+-k`` fully where ``k < n c`` and not at all
+where ``k >= n c``. So at ``64 x 64`` and the cutoff 0.35
+(``k = 22 < 22.4``: theirs ``-22 .. 21``, ours ``|nu| <= 22``) the filters differ on
+exactly the 176 bins of the ring ``max(|nu_h|, |nu_w|) = 22``: ours keeps them all, theirs
+keeps 174 at half weight and drops ``(22, -22)`` and ``(-22, 22)`` entirely. For odd
+sizes the window can be symmetric; at ``9 x 7`` and 0.35 it equals our mask. (The tests
+compute their filter in NumPy and check these statements.)
 
 FFR's masking ratio ``mu`` is the side of the low-frequency square relative to the side of
 the spectrum (``mu = 1`` keeps every frequency but an even axis's Nyquist bin), i.e.

@@ -65,7 +65,8 @@ def train_step(
     Args:
       state: the train state (its ``batch_stats`` are replaced by the batch's update).
       batch: ``{"image": [B, H, W, 3] float32, "label": [B, H, W] int32}``; for the DCT
-        model ``"image"`` holds the normalised coefficients ``[B, H / 8, W / 8, 192]``.
+        model ``"image"`` holds the normalised coefficients ``[B, H / s, W / s, 192]``
+        (``s`` 4 or 8, the model's layout).
       learning_rate_fn: the schedule, only to report the step's learning rate.
       dropout_key: base key of the dropout masks (and of the gate's Gumbel noise).
       ignore_index: label of pixels left out of the loss and the accuracy.
