@@ -163,11 +163,16 @@ def realistic_logits(rng: np.random.Generator, clean: np.ndarray, num_classes: i
 # Float64 NumPy reference.
 
 
-def reference_ce_spectrum(logits: np.ndarray, labels: np.ndarray, ignore_index: int = 255):
+def reference_ce_spectrum(
+    logits: np.ndarray, labels: np.ndarray, ignore_index: int = 255, ignore_mode: str = "labels"
+):
     """``(spectrum [B, H, W], ce [B])`` in float64, straight from the definition.
 
     ``L(nu) = Re sum_c conj(b(nu, c)) y_hat(nu, c) / (N H W)`` with the full ``fft2`` of
     every class's map, and the per-image mean CE over valid pixels computed directly.
+    ``ignore_mode`` as in :func:`spectral_jax.ce_spectrum` (finite logits assumed):
+    ``"labels"`` zeroes only the one-hot labels at ignored pixels, ``"both"`` also
+    ``y_hat``'s map.
     """
     logits = np.asarray(logits, np.float64)
     batch, height, width, num_classes = logits.shape
@@ -181,7 +186,8 @@ def reference_ce_spectrum(logits: np.ndarray, labels: np.ndarray, ignore_index: 
         count = max(int(valid.sum()), 1)
         acc = np.zeros((height, width))
         for c in range(num_classes):
-            neg_log_prob = np.where(valid, log_partition - y[..., c], 0.0)
+            kept = valid if ignore_mode == "both" else np.ones_like(valid)
+            neg_log_prob = np.where(kept, log_partition - y[..., c], 0.0)
             target = ((labels[i] == c) & valid).astype(np.float64)
             acc += (np.conj(np.fft.fft2(target)) * np.fft.fft2(neg_log_prob)).real
         spectrum[i] = acc / (count * height * width)
