@@ -146,6 +146,11 @@ def test_every_convolution_of_a_training_step_computes_in_bfloat16(case):
     assert loss.dtype == FLOAT32 and logits.dtype == FLOAT32
     assert _leaf_dtypes(batch_stats) == {FLOAT32}
     assert _leaf_dtypes(grads) == {FLOAT32}
+    # Activations between layers (BatchNorm and ReLU outputs) stay bfloat16.
+    outputs = jax.eval_shape(functools.partial(model.apply, method="intermediates"), variables, x)
+    activations = [outputs["aspp"], *jax.tree.leaves(outputs["low_level"])]  # DAN: 3 stages
+    assert _leaf_dtypes(activations) == {BFLOAT16}
+    assert outputs["decoder_logits"].dtype == FLOAT32 and outputs["logits"].dtype == FLOAT32
 
 
 @pytest.mark.parametrize("case", ["deeplab", "dan"])
