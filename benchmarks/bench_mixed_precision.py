@@ -44,7 +44,9 @@ def time_dtypes(config, batch, *, warmup: int, steps: int, rounds: int) -> dict[
     variables = init_variables(model, config)
     runs = {}
     for name, dtype in DTYPES.items():
-        state, step = make_jax_step(model.clone(dtype=dtype), variables)
+        # A copy per dtype: the step donates its state, buffers included.
+        copy = jax.tree.map(jnp.array, variables)
+        state, step = make_jax_step(model.clone(dtype=dtype), copy)
         start = time.perf_counter()
         first_loss = None
         for _ in range(warmup):
