@@ -4,6 +4,20 @@ Static properties (ranks, shapes, dtypes) are checked in plain Python and raise 
 trace time. Label values can only be checked on concrete arrays: eagerly they raise a
 ``ValueError``; under ``jit`` the offending images' results become NaN (see
 :func:`poison_invalid_labels`), so that a bad label is never silently counted.
+
+Precision (:func:`check_floating`, one rule for every public function of the core):
+
+* float32 is computed in float32;
+* float16 and bfloat16 are upcast to float32 before any transform. The conversion is
+  exact, so the result equals that of ``x.astype(jnp.float32)``: the spectral
+  quantities are never computed in a low precision (``jnp.fft`` has no bfloat16
+  transform, and the band sums of a decomposition would lose the small high-frequency
+  components to the 8-bit mantissa). The values themselves carry the rounding of the
+  low-precision computation that produced them;
+* float64 stays float64 when ``jax_enable_x64`` is on, on CPU and GPU. Without it a
+  float64 NumPy array becomes float32, as everywhere in JAX (no float64 array exists
+  then). The TPU backend has no float64 transforms: a float64 input there raises a
+  ``ValueError`` saying to cast to float32 or to run on CPU with ``jax_enable_x64``.
 """
 
 from __future__ import annotations
@@ -25,11 +39,92 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+#: Dtypes that the core upcasts to float32 (module docstring, "Precision").
+LOW_PRECISION_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+#: Backends without float64 transforms.
+NO_FLOAT64_BACKENDS: tuple[str, ...] = ("tpu",)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The computation dtype for an input of ``dtype`` (module docstring, "Precision").
+
+    float64 with ``jax_enable_x64`` stays float64; anything else (float16, bfloat16,
+    float32, and float64 without x64) is computed in float32.
+    """
+    if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64:
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def check_float64_available(name: str) -> None:
+    """Raises ``ValueError`` naming ``name`` when float64 cannot be computed here.
+
+    float64 needs ``jax_enable_x64`` and a backend with float64 transforms (CPU, GPU;
+    not TPU).
+    """
+    if not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"{name} asks for float64, but jax_enable_x64 is off: enable it "
+            "(jax.config.update('jax_enable_x64', True), or JAX_ENABLE_X64=1) or use float32."
+        )
+    backend = jax.default_backend()
+    if backend in NO_FLOAT64_BACKENDS:
+        raise ValueError(
+            f"{name} is float64, but the {backend.upper()} backend has no float64 "
+            f"transforms: cast {name} to float32, or run this analysis on CPU "
+            "(JAX_PLATFORMS=cpu) with jax_enable_x64."
+        )
+
+
+def check_floating(x, name: str) -> jnp.dtype:
+    """Checks that ``x`` is a real floating array; returns its computation dtype.
+
+    float16 and bfloat16 are accepted and computed in float32 (exact upcast); float64
+    with ``jax_enable_x64`` is computed in float64 where the backend allows it (module
+    docstring, "Precision").
+
+    Raises:
+      TypeError: naming ``name`` for a non-floating (integer, boolean, complex) dtype.
+      ValueError: naming ``name`` for a float64 input on a backend without float64
+        (TPU).
+    """
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must be a real floating array, got dtype {dtype}.")
+    computed = compute_dtype(dtype)
+    if computed == jnp.float64:
+        check_float64_available(name)
+    return computed
+
+
+def check_accumulator_dtype(dtype, name: str = "dtype") -> jnp.dtype:
+    """Checks a requested accumulation dtype: float32, or float64 where available.
+
+    Raises:
+      ValueError: naming ``name`` for a low-precision or non-floating dtype, or for
+        float64 without ``jax_enable_x64`` or on a TPU backend.
+    """
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}.") from error
+    if dtype == jnp.float64:
+        check_float64_available(name)
+    elif dtype != jnp.float32:
+        raise ValueError(
+            f"{name} must be float32 or float64, got {dtype}: sums over a data set lose "
+            "their small terms in a low precision; accumulate in float32."
+        )
+    return dtype
+
+
 def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: str = "logits"):
-    """Checks ``logits [B, H, W, C]`` against ``labels [B, H, W]``; returns the shape."""
-    logits_dtype = jnp.result_type(logits)
-    if not jnp.issubdtype(logits_dtype, jnp.floating):
-        raise TypeError(f"{logits_name} must be a floating array, got dtype {logits_dtype}.")
+    """Checks ``logits [B, H, W, C]`` against ``labels [B, H, W]``; returns the shape.
+
+    ``logits`` of any real floating dtype (:func:`check_floating`).
+    """
+    check_floating(logits, logits_name)
     if jnp.ndim(logits) != 4:
         raise ValueError(
             f"{logits_name} must have shape [B, H, W, C], got shape {jnp.shape(logits)}."
@@ -87,8 +182,3 @@ def poison_invalid_labels(values, labels, num_classes: int, ignore_index: int):
     bad = invalid_label_images(labels, num_classes, ignore_index)
     bad = bad.reshape(bad.shape + (1,) * (jnp.ndim(values) - 1))
     return jnp.where(bad, jnp.nan, values)
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """The FFT dtype for logits of ``dtype``: float64 stays, anything else is float32."""
-    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32

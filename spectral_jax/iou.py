@@ -124,7 +124,9 @@ def spectral_iou_terms(
     :func:`spectral_jax.ce_spectrum`).
 
     Args:
-      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``).
+      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``);
+        dtypes as the logits of :func:`spectral_jax.ce_spectrum` (float16 and bfloat16
+        upcast to float32, float64 with ``jax_enable_x64`` kept).
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels left out of both maps. Static.
       binarize: replace ``S`` with the one-hot of its arg-max over classes (hard IoU).
@@ -151,10 +153,21 @@ def spectral_iou_terms(
 def iou_from_terms(terms: IoUTerms) -> jax.Array:
     """IoU ``O / (s(0) + b(0) - O)`` from :class:`IoUTerms` of any shape ``[..., C]``.
 
+    Args:
+      terms: the summed terms; counts (integers), float16 and bfloat16 are computed in
+        float32, float64 (``jax_enable_x64``) in float64.
+
     Returns:
       ``[..., C]``; NaN where the union is 0 (the class is in neither map), so that
       ``jnp.nanmean`` over classes gives the mean IoU of the classes that occur.
+
+    Raises:
+      ValueError: float64 terms on a backend without float64 (TPU).
     """
+    dtype = _checks.compute_dtype(jnp.result_type(*terms))
+    if dtype == jnp.float64:
+        _checks.check_float64_available("terms")
+    terms = IoUTerms(*(jnp.asarray(term, dtype) for term in terms))
     union = terms.prediction_mass + terms.label_mass - terms.overlap
     nonzero = union != 0
     return jnp.where(nonzero, terms.overlap / jnp.where(nonzero, union, 1), jnp.nan)
@@ -176,7 +189,8 @@ def spectral_iou(
     ``binarize=True``, to the hard IoU of the arg-max prediction.
 
     Args:
-      probs: ``[B, H, W, C]`` soft segmentation (for example ``jax.nn.softmax(logits)``).
+      probs: ``[B, H, W, C]`` soft segmentation (for example ``jax.nn.softmax(logits)``);
+        dtypes as in :func:`spectral_iou_terms`.
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels left out. Static.
       binarize: use the one-hot of the arg-max prediction (hard IoU). Static.
@@ -185,8 +199,9 @@ def spectral_iou(
       ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
 
     Raises:
-      As :func:`spectral_iou_terms`: ``probs`` must be NaN-free at labelled pixels and,
-      for the soft IoU, in ``[0, 1]``; under ``jit`` an image breaking this gets NaN.
+      TypeError, ValueError: as :func:`spectral_jax.ce_spectrum` for bad inputs, and as
+        :func:`spectral_iou_terms`: ``probs`` must be NaN-free at labelled pixels and,
+        for the soft IoU, in ``[0, 1]``; under ``jit`` an image breaking this gets NaN.
 
     Example:
       >>> labels = jnp.array([[[0, 0], [1, 1]]])  # [B, H, W] = [1, 2, 2]

@@ -403,8 +403,10 @@ def ce_spectrum(
     docstring); calling it under ``jax.jit`` costs the same.
 
     Args:
-      logits: ``[B, H, W, C]`` floating logits. float64 logits (with
-        ``jax_enable_x64``) are transformed in float64, all others in float32.
+      logits: ``[B, H, W, C]`` floating logits. float16 and bfloat16 logits are upcast
+        to float32 (exact; the result equals that of ``logits.astype(jnp.float32)``),
+        float32 logits are transformed in float32, and float64 logits (with
+        ``jax_enable_x64``, on CPU or GPU) in float64.
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels without a class: their one-hot labels are zero.
         Must lie outside ``[0, C)``. Static.
@@ -433,7 +435,9 @@ def ce_spectrum(
 
     Raises:
       TypeError: non-floating ``logits`` or non-integer ``labels``.
-      ValueError: wrong ranks, ``[B, H, W]`` mismatch, ``ignore_index`` inside
+      ValueError: float64 ``logits`` on a backend without float64 (TPU: cast them to
+        float32, or run on CPU with ``jax_enable_x64``); wrong ranks, ``[B, H, W]``
+        mismatch, ``ignore_index`` inside
         ``[0, C)``, a bad ``max_classes_present`` or ``class_chunk_size``, or (eagerly) a
         label outside ``[0, C)``. Under ``jit`` the images with such a label get NaN
         components. NaN or Inf logits at valid pixels make the image's components
@@ -684,6 +688,7 @@ def relative_discrepancy(
 
 
 def _compute_sweep(profile, per_image: bool):
+    profile = jnp.asarray(profile, _checks.compute_dtype(jnp.result_type(profile)))
     truncated = jnp.cumsum(profile, axis=-1)
     total = truncated[..., -1:]
     if not per_image:
@@ -701,13 +706,20 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
     ``nu_max``; the CE is the sum over all bands, so ``R`` at the last band is exactly 0.
 
     Args:
-      profile: ``[B, R]`` band sums (:func:`band_profile`), or any ``[..., B, R]``.
+      profile: ``[B, R]`` band sums (:func:`band_profile`), or any ``[..., B, R]``;
+        float16 and bfloat16 are summed in float32, float64 (``jax_enable_x64``) in
+        float64.
       per_image: keep the image axis (``[..., B, R]``) instead of the ratio of batch
         means (``[..., R]``). Static.
 
     Returns:
       ``[..., R]`` (or ``[..., B, R]``): entry ``r`` is ``R(nu_max = r)``.
+
+    Raises:
+      TypeError: non-floating ``profile``.
+      ValueError: a ``profile`` of rank below 2 or above 4; float64 on a TPU backend.
     """
+    _checks.check_floating(profile, "profile")
     if jnp.ndim(profile) not in (2, 3, 4):  # chex's check costs a call's worth: only on failure
         chex.assert_rank(profile, {2, 3, 4})
     return _sweep_from_band_profile(profile, per_image=per_image)

@@ -95,8 +95,7 @@ def _check_x(x, name: str = "x") -> None:
             f"{name} must be a real floating array (the spectral Jacobian is defined for "
             f"real feature maps), got complex dtype {dtype}."
         )
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name} must be a real floating array, got dtype {dtype}.")
+    _checks.check_floating(x, name)
     if jnp.ndim(x) not in (2, 3):
         raise ValueError(
             f"{name} must have shape [H, W, Cin] or [L, Cin] (one map, no batch axis), "
@@ -386,7 +385,10 @@ def spectral_jacobian(
         per ``fn``, shapes and settings, also eagerly; a re-created partial is a new
         ``fn`` and compiles again (module docstring, "Compilation").
       x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken.
-        float64 (with x64 enabled) stays float64; other dtypes are computed in float32.
+        float16 and bfloat16 are upcast to float32 (exact) and ``fn``'s output is cast
+        to that dtype; float64 (with ``jax_enable_x64``, on CPU or GPU) stays float64.
+        ``fn`` itself computes in whatever dtype its layers use: for a Jacobian free of
+        bfloat16 rounding, build the layers with ``dtype=jnp.float32``.
       in_projection: ``[Cin]`` real weights ``u`` of the input channels (default ones).
       out_projection: ``[Cout]`` real weights ``v`` of the output channels (default ones).
       chunk_size: static number of basis directions (``mode="forward"``) or output
@@ -409,7 +411,8 @@ def spectral_jacobian(
     Raises:
       TypeError: complex or non-floating ``x``; ``fn`` returning several arrays or a
         non-real-floating array.
-      ValueError: ``x`` not ``[H, W, Cin]``/``[L, Cin]``; ``fn(x)`` of another rank (a
+      ValueError: float64 ``x`` on a backend without float64 (TPU; the message says
+        what to do); ``x`` not ``[H, W, Cin]``/``[L, Cin]``; ``fn(x)`` of another rank (a
         batch axis added or dropped); projections of the wrong length; bad
         ``chunk_size`` or ``mode``.
 
@@ -560,7 +563,7 @@ def ce_spectral_gradient(
         one image (for example an ASPP-to-logits decoder head with bound parameters).
         Static, as ``fn`` in :func:`spectral_jacobian`.
       features: ``[H, W, Cin]`` real floating features (``[L, Cin]`` is not supported: the
-        CE decomposition is 2-D).
+        CE decomposition is 2-D); dtypes as ``x`` in :func:`spectral_jacobian`.
       labels: ``[H', W']`` integer labels in ``[0, C)`` or ``ignore_index``.
       nu_i: optional ``[K]`` flat indices of the CE components to differentiate (rows, via
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.

@@ -119,8 +119,15 @@ class SpectralStatistics:
           with_magnitudes: also accumulate the magnitude profiles (costs a dense
             transform of all classes per batch).
           max_classes_present: passed to :func:`spectral_jax.ce_spectrum`.
-          dtype: accumulator dtype (float64 needs ``jax_enable_x64``).
+          dtype: accumulator dtype, float32 or float64 (float64 needs
+            ``jax_enable_x64`` and a CPU or GPU backend).
+
+        Raises:
+          ValueError: for a non-positive ``num_classes``; a ``dtype`` other than float32
+            or float64 (bfloat16 or float16 sums would lose the small terms), or float64
+            without ``jax_enable_x64`` or on a TPU backend.
         """
+        dtype = _checks.check_accumulator_dtype(dtype)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         _checks.check_ignore_mode(ignore_mode)
@@ -148,6 +155,10 @@ class SpectralStatistics:
 
     def update(self, logits: chex.Array, labels: chex.Array) -> SpectralStatistics:
         """Adds a batch: ``logits [B, H, W, C]``, ``labels [B, H, W]``.
+
+        ``logits`` of any floating dtype, computed as in :func:`spectral_jax.ce_spectrum`
+        (float16 and bfloat16 upcast to float32) and added to the accumulators in their
+        dtype.
 
         Compiled once per batch shape and settings, also when called eagerly: the checks
         run in Python (concrete labels are range-checked) and the update is one jitted

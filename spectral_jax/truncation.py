@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax import _checks
+
 Resample = Literal["bilinear", "area", "spectral"]
 RESAMPLE_METHODS: tuple[str, ...] = ("bilinear", "area", "spectral")
 
@@ -90,8 +92,13 @@ def spectral_resize(x: chex.Array, size: int | tuple[int, int]) -> jax.Array:
       size: output grid ``h`` (square) or ``(h, w)``.
 
     Returns:
-      ``[B, h, w, C]`` in the dtype of ``x`` (computed in complex64, or complex128 for
-      float64 input).
+      ``[B, h, w, C]`` in the dtype of ``x``: a layer of a bfloat16 model stays
+      bfloat16. Computed in complex64 (float16 and bfloat16 are upcast), or complex128
+      for float64 input with ``jax_enable_x64``.
+
+    Raises:
+      TypeError: non-floating ``x``.
+      ValueError: a bad ``size``; float64 ``x`` on a backend without float64 (TPU).
 
     Example:
       >>> n, m = 9, 5
@@ -105,9 +112,8 @@ def spectral_resize(x: chex.Array, size: int | tuple[int, int]) -> jax.Array:
     chex.assert_rank(x, 4)
     h, w = _check_size(size)
     dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"x must be a floating array, got dtype {dtype}.")
-    complex_dtype = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+    real_dtype = _checks.check_floating(x, "x")
+    complex_dtype = jnp.complex128 if real_dtype == jnp.float64 else jnp.complex64
     y = x.astype(complex_dtype)
     if h != x.shape[1]:
         y = _spectral_resize_axis(y, 1, h)

@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.feature_size = ml_collections.config_dict.placeholder(int)
     config.model.resample = "bilinear"
     config.model.dropout_rate = 0.5  # ASPP dropout, the model's default (torchvision).
+    # Computation dtype of the convolutions: "float32" or "bfloat16" (mixed precision:
+    # parameters, optimizer state, BatchNorm statistics, logits, loss and spectral
+    # statistics stay float32). "float16" is refused (it would need loss scaling).
+    config.model.dtype = "float32"
     # Path of ImageNet weights for the backbone (spectral_jax.models.pretrained); None
     # trains from scratch.
     config.pretrained_backbone = ml_collections.config_dict.placeholder(str)

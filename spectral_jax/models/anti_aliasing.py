@@ -16,8 +16,8 @@ github.com/Linwei-Chen/Seg-Aliasing). Both modules map ``[B, H, W, C]`` to
 * :class:`FreqMix`: frequency mixing, with learned spatial gates and channel attention
   on the low and the high part. Having parameters, it needs a place in the model's
   parameter tree, so it cannot be inserted by an interceptor: a model takes it as a
-  module factory, ``factory(stride=s, name="downsample_filter")`` applied to the input
-  of each strided block (both modules here accept that call), e.g. through a
+  module factory, ``factory(stride=s, dtype=d, name="downsample_filter")`` applied to
+  the input of each strided block (both modules here accept that call), e.g. through a
   ``downsample_filter`` attribute of ``ResNet`` and ``Bottleneck``. The authors put
   FreqMix elsewhere: after the 3x3 convolution of every bottleneck of stages 2-4.
   :func:`freqmix_params_from_torch` converts one of their trained modules.
@@ -51,14 +51,19 @@ class DeAliasingFilter(nn.Module):
       stride: the down-sampling factor that follows (sets the default cutoff).
       cutoff: cycles per sample in ``(0, 0.5]``; ``None`` for
         :func:`spectral_jax.related.aliasing.nyquist_cutoff` ``(stride)`` (0.35 for stride 2).
+      dtype: dtype of the output (a model passes its computation dtype); ``None`` keeps
+        the input's. The FFT itself runs in float32 (float64 for float64 input with
+        ``jax_enable_x64``): ``jnp.fft`` has no bfloat16 transform.
     """
 
     stride: int = 2
     cutoff: float | None = None
+    dtype: jnp.dtype | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``[B, H, W, C] -> [B, H, W, C]``, the frequencies below the cutoff only."""
-        return aliasing.de_alias(x, stride=self.stride, cutoff=self.cutoff)
+        low = aliasing.de_alias(x, stride=self.stride, cutoff=self.cutoff)
+        return low if self.dtype is None else low.astype(self.dtype)
 
 
 class _ChannelAttention(nn.Module):
@@ -120,7 +125,8 @@ class FreqMix(nn.Module):
       cutoff: cycles per sample; ``None`` for :func:`spectral_jax.related.aliasing.nyquist_cutoff`.
       reduction: squeeze ratio of the channel attention (16).
       descriptor: ``"spectrum_mean"`` (authors' final code) or ``"spectrum_magnitude"``.
-      dtype: computation dtype of the convolution and the attention.
+      dtype: computation dtype of the convolution and the attention; the FFTs run in
+        float32 (float64 for float64 input) and the output has the dtype of the input.
     """
 
     stride: int = 2

@@ -127,7 +127,7 @@ def _conv_bn_relu(x, features, kernel, train, name, dilation=1, dtype=jnp.float3
         dtype=dtype,
         name=f"{name}_conv",
     )(x)
-    return nn.relu(_batch_norm(train, f"{name}_bn")(x))
+    return nn.relu(_batch_norm(train, f"{name}_bn", dtype)(x))
 
 
 class ASPP(nn.Module):
@@ -287,7 +287,7 @@ def upsample_logits(decoder_logits: jax.Array, image_size: tuple[int, int]) -> j
       image_size: static ``(H, W)`` of the input images.
 
     Returns:
-      ``[B, H, W, C]``.
+      ``[B, H, W, C]`` in the dtype of ``decoder_logits``.
     """
     batch, *_, num_classes = decoder_logits.shape
     height, width = image_size
@@ -304,7 +304,14 @@ def decoder_outputs(
 ) -> dict[str, jax.Array]:
     """The dict returned by the models' ``decode``: the decoder's input and logits on the
     grid ``[B, F, F, Cd]``, ``[B, F, F, C]`` and the up-sampled ``"logits" [B, H, W, C]``.
+
+    The logits leave the model in float32 at least (float64 stays): a bfloat16 model's
+    classifier rounds them once, and the up-sampling, the loss and every spectral
+    statistic of them run in float32. ``decoder_input`` keeps the computation dtype.
     """
+    decoder_logits = decoder_logits.astype(
+        jnp.promote_types(decoder_logits.dtype, jnp.float32)
+    )  # [B, F, F, C]
     return {
         "decoder_input": decoder_input,
         "decoder_logits": decoder_logits,
@@ -329,7 +336,9 @@ class DeepLabV3Plus(nn.Module):
       decoder_channels: channels of the decoder's 3x3 convolutions (256).
       dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
         needs ``rngs={"dropout": key}``.
-      dtype: computation dtype.
+      dtype: computation dtype of the convolutions and BatchNorm outputs (``float32``,
+        or ``bfloat16`` for mixed precision); parameters and BatchNorm statistics stay
+        float32 and the logits are returned in float32 (:func:`decoder_outputs`).
       widths: output channels of single layers, ``((path, channels), ...)`` with paths
         such as ``"encoder/layer1_block0/conv1"``, ``"aspp/project_conv"``,
         ``"decoder/fuse1_conv"`` (a filter-pruned model); ``None`` for the standard.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from spectral_jax.models.anti_aliasing import DeAliasingFilter, FreqMix
@@ -41,6 +42,30 @@ DOWNSAMPLE_FILTERS = {
     "daf": DeAliasingFilter,
     "freqmix": functools.partial(FreqMix, reduction=16),
 }
+
+
+#: ``config.model.dtype`` values: the computation dtype of the convolutions (and of the
+#: BatchNorm outputs). Parameters, optimizer state, BatchNorm statistics, the logits, the
+#: loss and the spectral statistics stay float32 whatever it is.
+MODEL_DTYPES: dict[str, jnp.dtype] = {
+    "float32": jnp.dtype(jnp.float32),
+    "bfloat16": jnp.dtype(jnp.bfloat16),
+}
+
+
+def _check_dtype(model_config: ml_collections.ConfigDict) -> jnp.dtype:
+    """The computation dtype named by ``model_config.dtype`` (float32 when absent)."""
+    name = model_config.get("dtype", "float32")
+    if name == "float16":
+        raise ValueError(
+            "config.model.dtype='float16' is not supported: its 5-bit exponent makes the "
+            "per-pixel gradients of the mean loss underflow without loss scaling, which the "
+            "train step does not do. Use 'bfloat16' (float32's range, as fast on GPUs "
+            "from Ampere on and on TPU) or 'float32'."
+        )
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(MODEL_DTYPES)}, got {name!r}.")
+    return MODEL_DTYPES[name]
 
 
 def _check_name(model_config: ml_collections.ConfigDict) -> str:
@@ -91,18 +116,23 @@ def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int) -
     """The model named by ``model_config.name`` with the other fields as attributes.
 
     ``downsample_filter`` (``None``, ``"daf"`` or ``"freqmix"``) names a module of
-    :data:`DOWNSAMPLE_FILTERS`; list values (``channels``) become tuples. The configs are
+    :data:`DOWNSAMPLE_FILTERS`; ``dtype`` (``"float32"``, the default, or
+    ``"bfloat16"``) names the computation dtype of :data:`MODEL_DTYPES` (mixed
+    precision: parameters and logits stay float32); list values (``channels``) become
+    tuples. The configs are
     written for DeepLab v3+: for ``name="dan"`` their ``low_level_channels`` is DAN's
     ``projection_channels`` (the width of its stage projections, the same role), so
     ``--config.model.name=dan`` works on any of them.
 
     Raises:
-      ValueError: for an unknown name or filter, or a DAN config with both
+      ValueError: for an unknown name, dtype (``float16`` included, with the reason)
+        or filter, or a DAN config with both
         ``low_level_channels`` and ``projection_channels``.
     """
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config).items()}
     name = _check_name(model_config)
     del fields["name"]
+    fields["dtype"] = _check_dtype(model_config)
     if name == "dan" and "low_level_channels" in fields:
         if "projection_channels" in fields:
             raise ValueError(

@@ -107,10 +107,15 @@ def stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
     return ((1, 1), (2, 1), (1, 2), (1, 4))
 
 
-def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+def _batch_norm(
+    train: bool, name: str | None = None, dtype: jnp.dtype = jnp.float32
+) -> nn.BatchNorm:
     # PyTorch's defaults (momentum 0.1 of the new value, eps 1e-5), so that converted
-    # torchvision statistics behave the same.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    # torchvision statistics behave the same. `dtype` is the output's: Flax reduces the
+    # batch statistics in float32 and keeps scale, offset and running averages float32.
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
 
 
 class Bottleneck(nn.Module):
@@ -120,14 +125,15 @@ class Bottleneck(nn.Module):
       features: bottleneck width.
       strides: stride of the 3x3 convolution (and of the projection shortcut).
       dilation: dilation of the 3x3 convolution (its padding equals it).
-      dtype: computation dtype.
+      dtype: computation dtype of the convolutions and of the BatchNorm outputs
+        (parameters and BatchNorm statistics stay float32).
       conv1_features: outputs of ``conv1`` if not ``features`` (a pruned block).
       conv2_features: outputs of ``conv2`` if not ``features`` (a pruned block).
       downsample_filter: optional factory of a module ``[B, H, W, C] -> [B, H, W, C]``
         applied to the input of a strided block (feeding both its strided 3x3
         convolution and its strided shortcut), called as
-        ``downsample_filter(stride=strides, name="downsample_filter")``; e.g.
-        :class:`spectral_jax.models.DeAliasingFilter` or
+        ``downsample_filter(stride=strides, dtype=dtype, name="downsample_filter")``;
+        e.g. :class:`spectral_jax.models.DeAliasingFilter` or
         ``functools.partial(spectral_jax.models.FreqMix, reduction=16)``.
     """
 
@@ -144,11 +150,13 @@ class Bottleneck(nn.Module):
         """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), 4 * features]``."""
         if self.downsample_filter is not None and self.strides > 1:
             # Before both strided paths, as the de-aliasing filter of Chen et al. (2024).
-            x = self.downsample_filter(stride=self.strides, name="downsample_filter")(x)
+            x = self.downsample_filter(
+                stride=self.strides, dtype=self.dtype, name="downsample_filter"
+            )(x)
         conv = lambda f, k, **kw: nn.Conv(f, k, use_bias=False, dtype=self.dtype, **kw)
         d = self.dilation
         y = conv(self.conv1_features or self.features, (1, 1), name="conv1")(x)
-        y = nn.relu(_batch_norm(train, "bn1")(y))
+        y = nn.relu(_batch_norm(train, "bn1", self.dtype)(y))
         y = conv(
             self.conv2_features or self.features,
             (3, 3),
@@ -157,12 +165,12 @@ class Bottleneck(nn.Module):
             kernel_dilation=d,
             name="conv2",
         )(y)
-        y = nn.relu(_batch_norm(train, "bn2")(y))
+        y = nn.relu(_batch_norm(train, "bn2", self.dtype)(y))
         y = conv(4 * self.features, (1, 1), name="conv3")(y)
-        y = _batch_norm(train, "bn3")(y)
+        y = _batch_norm(train, "bn3", self.dtype)(y)
         if x.shape[-1] != 4 * self.features or self.strides != 1:
             x = conv(4 * self.features, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = _batch_norm(train, "downsample_bn")(x)
+            x = _batch_norm(train, "downsample_bn", self.dtype)(x)
         return nn.relu(x + y)
 
 
@@ -251,7 +259,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name="conv1",
         )(x)
-        x = nn.relu(_batch_norm(train, "bn1")(x))
+        x = nn.relu(_batch_norm(train, "bn1", self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         previous_dilation = 1
         outputs = []
