@@ -5,7 +5,8 @@ data set (:class:`spectral_jax.data.inputs.InputPipeline`) through
 :func:`dct_input_pipeline`: every image ``[B, H, W, 3]`` becomes its block DCT
 ``[B, H / 8, W / 8, 192]`` (:func:`spectral_jax.related.dct_input.images_to_dct`),
 normalised per channel by statistics of the first training batches
-(:func:`dct_channel_statistics`). :func:`dct_run_pipeline` computes those statistics at
+(:func:`dct_channel_statistics`), on the host's CPU device as part of the input
+pipeline. :func:`dct_run_pipeline` computes those statistics at
 the start of a fresh run and keeps them in the work directory
 (:data:`DCT_STATISTICS_FILE`), so that a resumed run and a later evaluation
 (:func:`load_dct_statistics`) normalise alike.
@@ -32,6 +33,19 @@ from spectral_jax.related import dct_input as dct_input_lib
 
 #: File, in the work directory, of the per-channel DCT statistics of a DCT run.
 DCT_STATISTICS_FILE = "dct_statistics.npz"
+
+
+def _host_cpu() -> jax.Device:
+    """The CPU device, where the pipeline computes the DCT of its batches.
+
+    On the default device of an accelerator, reading the coefficients back would make the
+    host wait there for the training steps queued before them, at every step; on the CPU
+    the DCT is part of the host's input pipeline, computed while the devices train.
+    """
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without "cpu".
+        return jax.local_devices()[0]
 
 
 @jax.jit
@@ -95,13 +109,15 @@ def dct_input_pipeline(pipeline: InputPipeline, mean: chex.Array, std: chex.Arra
       pipeline: the RGB input pipeline.
       mean, std: ``[192]`` per-channel statistics (:func:`dct_channel_statistics`).
     """
+    host = _host_cpu()
     args = tuple(
-        jnp.asarray(a, jnp.float32) for a in (pipeline.image_mean, pipeline.image_std, mean, std)
+        jax.device_put(np.asarray(a, np.float32), host)
+        for a in (pipeline.image_mean, pipeline.image_std, mean, std)
     )
     chex.assert_shape(args[2:], (dct_input_lib.NUM_DCT_CHANNELS,))
 
     def convert(batch: Batch) -> Batch:
-        images = jnp.asarray(batch["image"], jnp.float32)
+        images = jax.device_put(np.asarray(batch["image"], np.float32), host)
         return {**batch, "image": np.asarray(_normalized_dct(images, *args))}
 
     def train_batches(start_step, batch_size, shard_index, shard_count):
