@@ -4,7 +4,7 @@ Run from the repository root::
 
   python -m benchmarks.bench_train_loop
   python -m benchmarks.bench_train_loop --steps 300 --log-every 25 --rounds 5 \
-      --variants "prefetch_batches=0;prefetch_batches=2"
+      --variants "prefetch_batches=1;prefetch_batches=2"
   python -m benchmarks.bench_train_loop --checkpoint-every 5 \
       --variants "async_checkpoints=0;async_checkpoints=1"
 
@@ -146,7 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument(
         "--variants",
-        default="prefetch_batches=0;prefetch_batches=2",
+        default="prefetch_batches=1;prefetch_batches=2",
         help="';'-separated variants, each 'field=value[,field=value]' ('' is the default)",
     )
     args = parser.parse_args(argv)
