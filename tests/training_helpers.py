@@ -89,7 +89,6 @@ def tiny_test_config(*, crop_size: int = 33, steps: int = 4):
     config.keep_checkpoints = 5
     config.progress_bar = False
     config.tensorboard = False
-    config.prefetch_batches = 2  # The loop's default look-ahead, not the CPU config's.
     return config
 
 

@@ -41,8 +41,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 100
     config.checkpoint_every_steps = 50
     config.keep_checkpoints = 2
-    # On the CPU the "device" is the host: placing a batch ahead bought nothing and cost
-    # a quarter of the steps per second on a shared 2-core machine (benchmarks/README.md,
-    # bench_train_loop); accelerators keep the default of 2.
-    config.prefetch_batches = 1
     return config

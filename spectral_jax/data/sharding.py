@@ -121,7 +121,7 @@ def prefetch_to_device(
     enqueue(size)
     while queue:
         yield queue.popleft()
-        enqueue(size)
+        enqueue(1)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
