@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src import array as array_lib
 
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.related import boundary_metrics
@@ -178,6 +179,45 @@ def test_examples_and_output_sums_over_real_examples(rng, model_and_variables):
     np.testing.assert_allclose(
         result.output_sums["brightness"], real_images.mean(axis=(1, 2)).sum(0), rtol=1e-6
     )
+
+
+def test_host_reads_each_batch_while_the_next_is_computed(rng, model_and_variables, monkeypatch):
+    """The sums of batch k are read only once batch k + 1 is dispatched (or at the end).
+
+    Reads of an array's value go through ``ArrayImpl._value`` (``jax.device_get``,
+    ``float``); the spy maps each read to the batch whose step produced the array.
+    Reading a batch's sums right after its own step would make the device wait for the
+    host between batches.
+    """
+    model, variables = model_and_variables
+    evaluator = Evaluator(
+        inference_apply_fn(model), num_classes=NUM_CLASSES, boundary_metrics=True, num_examples=2
+    )
+    batches = _batches(rng, sizes=(4, 4, 4, 3))
+    step, value = evaluator._step, array_lib.ArrayImpl.__dict__["_value"]
+    produced_by: dict[int, int] = {}  # id(array) -> batch index
+    dispatched = [0]
+    reads: list[tuple[int, int]] = []  # (batch read, batches dispatched by then)
+
+    def spied_step(variables, batch, statistics):
+        sums, statistics, per_example = step(variables, batch, statistics)
+        for leaf in jax.tree.leaves((sums, per_example)):
+            produced_by[id(leaf)] = dispatched[0]
+        dispatched[0] += 1
+        return sums, statistics, per_example
+
+    def spied_value(self):
+        if id(self) in produced_by:
+            reads.append((produced_by[id(self)], dispatched[0]))
+        return value.fget(self)
+
+    monkeypatch.setattr(evaluator, "_step", spied_step)
+    monkeypatch.setattr(array_lib.ArrayImpl, "_value", property(spied_value))
+    result = evaluator(variables, batches)
+    assert result.num_evaluated == 4 + 4 + 4 + 2
+    assert {batch for batch, _ in reads} == {0, 1, 2, 3}
+    late = [(batch, count) for batch, count in reads if count < min(batch + 2, len(batches))]
+    assert not late, f"(batch, batches dispatched) read before the next dispatch: {late}"
 
 
 def test_batches_without_mask_are_all_real(rng, model_and_variables):

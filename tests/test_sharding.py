@@ -118,6 +118,17 @@ _SCRIPT = textwrap.dedent(
 
     for size in map(int, sys.argv[2].split(",")):
         compare(size)
+
+    # Prefetched batches are split over the 4 devices, in order, with their values.
+    mesh = sharding.create_mesh()
+    stream = [{"image": np.full((8, 2), i, np.float32)} for i in range(3)]
+    placed = list(sharding.prefetch_to_device(iter(stream), mesh, size=2))
+    assert [np.asarray(b["image"]).tolist() for b in placed] == [
+        b["image"].tolist() for b in stream
+    ]
+    for batch in placed:
+        assert batch["image"].sharding == sharding.batch_sharding(mesh)
+        assert [s.data.shape for s in batch["image"].addressable_shards] == [(2, 2)] * 4
     """
 )
 
@@ -190,6 +201,32 @@ def test_mesh_and_shardings_in_process():
     np.testing.assert_array_equal(np.asarray(sharded["label"]), batch["label"])
     assert sharded["label"].sharding == sharding.batch_sharding(mesh)
     assert sharding.local_batch_size(8, mesh) == 8 // jax.process_count()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_prefetch_to_device_reads_size_minus_one_ahead(size):
+    """Batches come out placed and in order; the source is read ``size - 1`` ahead."""
+    mesh = sharding.create_mesh()
+    read = []
+
+    def source():
+        for index in range(5):
+            read.append(index)
+            yield {"label": np.full((2, 3), index, np.int32), "image": np.ones((2, 4), np.float32)}
+
+    placed = sharding.prefetch_to_device(source(), mesh, size=size)
+    for index in range(5):
+        batch = next(placed)
+        assert len(read) == min(index + size, 5)  # The batches placed so far.
+        assert batch["label"].sharding == sharding.batch_sharding(mesh)
+        np.testing.assert_array_equal(np.asarray(batch["label"]), np.full((2, 3), index))
+        assert batch["image"].dtype == np.float32
+    assert next(placed, None) is None
+
+
+def test_prefetch_to_device_size_must_be_positive():
+    with pytest.raises(ValueError, match="size must be at least 1, got 0"):
+        next(sharding.prefetch_to_device(iter([]), sharding.create_mesh(), size=0))
 
 
 def test_batch_size_must_divide_devices():

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src import array as array_lib
+from orbax.checkpoint.checkpoint_manager import is_async_checkpointer
 
 from spectral_jax.models import create_model
-from spectral_jax.training import checkpointing, train_and_evaluate, train_state, writers
+from spectral_jax.training import checkpointing, train, train_and_evaluate, train_state, writers
 from tests import references
+from tests.compile_counting import count_compilations
 from tests.training_helpers import (
     NUM_CLASSES,
     generated_pipeline,
@@ -230,6 +235,134 @@ def test_pretrained_backbone_is_loaded_into_the_fresh_state(trained_run, tmp_pat
     # A resumed run keeps its trained weights: the loader is not called again.
     train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# The loop keeps the device busy: no host synchronisation between log points, async
+# checkpoints complete and exact when the run returns, evaluation compiled once.
+
+
+def _spy_on_train_fn(monkeypatch, on_step):
+    """Makes the loop's compiled step call ``on_step(state)`` before every step."""
+    create_program = train._training_program
+
+    def spied_program(*args, **kwargs):
+        program = create_program(*args, **kwargs)
+
+        def train_fn(state, batch):
+            on_step(state)
+            return program.train_fn(state, batch)
+
+        return dataclasses.replace(program, train_fn=train_fn)
+
+    monkeypatch.setattr(train, "_training_program", spied_program)
+
+
+def test_host_reads_device_values_only_at_log_and_evaluation_steps(tmp_path, monkeypatch):
+    """Between two log points the host neither reads a device array nor blocks on one.
+
+    Every read of an array's value (``float``, ``int``, ``bool``, ``.tolist()``,
+    ``jax.device_get``: all go through ``ArrayImpl._value``) and every
+    ``block_until_ready`` on the loop's thread is recorded with the number of steps
+    dispatched so far; they may happen only after the log and evaluation steps (here 3
+    and 6) and before the first step. ``np.asarray`` of a CPU array is not seen (it
+    reads the buffer without ``_value``, zero-copy); on an accelerator it goes through
+    ``_value``.
+    """
+    config = tiny_test_config(steps=6)
+    config.log_every_steps = 3
+    config.checkpoint_every_steps = -1  # Only the final checkpoint.
+    dispatched = [0]
+    reads: list[int] = []
+    loop_thread = threading.get_ident()
+
+    def on_step(state):
+        del state
+        dispatched[0] += 1
+
+    def record():
+        if threading.get_ident() == loop_thread:
+            reads.append(dispatched[0])
+
+    value = array_lib.ArrayImpl.__dict__["_value"]  # a property; fails loudly if renamed
+
+    def spied_value(self):
+        record()
+        return value.fget(self)
+
+    def spied_block_until_ready(tree):
+        record()
+        return block_until_ready(tree)
+
+    block_until_ready = jax.block_until_ready
+    _spy_on_train_fn(monkeypatch, on_step)
+    monkeypatch.setattr(array_lib.ArrayImpl, "_value", property(spied_value))
+    monkeypatch.setattr(jax, "block_until_ready", spied_block_until_ready)
+    train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
+    assert dispatched[0] == 6
+    assert 3 in reads and 6 in reads  # The log points read (the spy sees the reads).
+    assert set(reads) <= {0, 3, 6}, f"device values read after steps {sorted(set(reads))}"
+
+
+def test_async_checkpoints_are_complete_and_exact_when_the_run_returns(tmp_path, monkeypatch):
+    """Saves are asynchronous; every saved step restores to the state that was saved.
+
+    The state saved at step 2 is donated to step 3 right after the save starts: orbax
+    must have copied it first. Reading the checkpoints right after the run returns
+    checks that the loop waited for the background writes.
+    """
+    config = tiny_test_config(steps=4)  # Checkpoints at steps 2 and 4.
+    saved, managers = {}, []
+    save, create_manager = checkpointing.save_checkpoint, checkpointing.create_checkpoint_manager
+
+    def spied_create_manager(*args, **kwargs):
+        managers.append(create_manager(*args, **kwargs))
+        return managers[-1]
+
+    def spied_save(manager, step, state, metadata):
+        saved[step] = jax.tree.map(np.array, jax.device_get(state))  # Host copies.
+        save(manager, step, state, metadata)
+
+    monkeypatch.setattr(checkpointing, "create_checkpoint_manager", spied_create_manager)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", spied_save)
+    train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
+    assert len(managers) == 1 and is_async_checkpointer(managers[0]._checkpointer)
+    assert sorted(saved) == [2, 4]
+    for step, state in saved.items():
+        tree, loaded_step = checkpointing.load_checkpoint(tmp_path, step=step)
+        assert loaded_step == step and int(tree["step"]) == step
+        want = {"params": state.params, "batch_stats": state.batch_stats}
+        got = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+        leaves = jax.tree.leaves_with_path(want)
+        assert len(leaves) > 10
+        for (path, a), (_, b) in zip(leaves, jax.tree.leaves_with_path(got), strict=True):
+            np.testing.assert_array_equal(np.asarray(b), a, err_msg=f"step {step} {path}")
+    assert not np.array_equal(
+        saved[2].params["decoder"]["classifier"]["kernel"],
+        saved[4].params["decoder"]["classifier"]["kernel"],
+    )
+
+
+def test_train_and_evaluation_steps_compile_once(tmp_path):
+    """Two evaluations (one short batch padded) and four steps: one executable each.
+
+    A second run with the same settings in the process compiles nothing: the loop's
+    program and the evaluator's step are shared.
+    """
+    config = tiny_test_config(steps=4)
+    config.eval_every_steps = 2
+    config.boundary_metrics = True
+    pipeline = generated_pipeline(crop_size=config.crop_size)  # 6 evaluation examples
+    jax.clear_caches()
+    with count_compilations() as compiled:
+        train_and_evaluate(config, tmp_path / "first", input_pipeline=pipeline)
+    assert compiled.count("jit(train_step)") == 1, compiled
+    assert compiled.count("jit(eval_step)") == 1, compiled
+    records = (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records if "eval/mean_iou" in r] == [2, 4]
+    with count_compilations() as compiled:
+        train_and_evaluate(config, tmp_path / "second", input_pipeline=pipeline)
+    assert compiled == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.data import dct_channel_statistics, dct_input_pipeline, load_dct_statistics
+from spectral_jax.data import (
+    dct_channel_statistics,
+    dct_input_pipeline,
+    dct_pipeline,
+    load_dct_statistics,
+)
 from spectral_jax.evaluation import BOUNDARY_SCORES
 from spectral_jax.models import create_model
 from spectral_jax.related import boundary_metrics
@@ -133,6 +138,29 @@ def test_dct_statistics_remember_their_layout(tmp_path):
     config = _dct_config(gate=False)
     with pytest.raises(ValueError, match="layout"):
         train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=32))
+
+
+def test_dct_input_is_computed_on_the_host_cpu(monkeypatch):
+    """The pipeline's DCT runs on the CPU device, committed there, not on the default one.
+
+    On an accelerator, reading coefficients back from the default device would make the
+    host wait for the training steps queued there, at every step.
+    """
+    calls = []
+    normalized_dct = dct_pipeline._normalized_dct
+
+    def spied(*args):
+        calls.append(args)
+        return normalized_dct(*args)
+
+    monkeypatch.setattr(dct_pipeline, "_normalized_dct", spied)
+    pipeline = dct_input_pipeline(generated_pipeline(crop_size=32), np.zeros(192), np.ones(192))
+    batch = next(pipeline.train_batches(0, 4, 0, 1))
+    assert isinstance(batch["image"], np.ndarray) and batch["image"].shape == (4, 4, 4, 192)
+    cpu = jax.local_devices(backend="cpu")[0]
+    assert len(calls) == 1
+    for array in calls[0]:  # images, image mean and std, channel mean and std
+        assert array.committed and array.devices() == {cpu}
 
 
 def test_dct_model_rejects_crops_not_multiple_of_16(tmp_path):

@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Loop, logging, checkpoints.
     config.seed = 0
+    # Training batches on the devices at once (spectral_jax.data.sharding.
+    # prefetch_to_device): 2 places the next batch while a step runs; 1 places each
+    # batch when the step asks for it.
+    config.prefetch_batches = 2
     config.log_every_steps = 50
     config.eval_every_steps = -1  # <= 0: evaluate only at the end.
     config.checkpoint_every_steps = 1000

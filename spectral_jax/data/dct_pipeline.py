@@ -6,7 +6,8 @@ data set (:class:`spectral_jax.data.inputs.InputPipeline`) through
 ``[B, H / s, W / s, 192]`` (:func:`spectral_jax.related.dct_input.images_to_dct`) in the
 model's layout, ``config.model.layout`` (``"segmentation"``, ``s = 4``, by default;
 ``"classification"``, ``s = 8``), normalised per channel by statistics of the first
-training batches (:func:`dct_channel_statistics`). :func:`dct_run_pipeline` computes
+training batches (:func:`dct_channel_statistics`), on the host's CPU device as part of
+the input pipeline. :func:`dct_run_pipeline` computes
 those statistics at the start of a fresh run and keeps them, with the layout, in the
 work directory (:data:`DCT_STATISTICS_FILE`), so that a resumed run and a later
 evaluation (:func:`load_dct_statistics`) normalise alike.
@@ -35,6 +36,19 @@ from spectral_jax.related import dct_input as dct_input_lib
 
 #: File, in the work directory, of the per-channel DCT statistics of a DCT run.
 DCT_STATISTICS_FILE = "dct_statistics.npz"
+
+
+def _host_cpu() -> jax.Device:
+    """The CPU device, where the pipeline computes the DCT of its batches.
+
+    On the default device of an accelerator, reading the coefficients back would make the
+    host wait there for the training steps queued before them, at every step; on the CPU
+    the DCT is part of the host's input pipeline, computed while the devices train.
+    """
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without "cpu".
+        return jax.local_devices()[0]
 
 
 # Statistics files written before the layouts existed hold the classification layout.
@@ -132,13 +146,15 @@ def dct_input_pipeline(
       ValueError: for an unknown ``layout``.
     """
     dct_input_lib.check_layout(layout)
+    host = _host_cpu()
     args = tuple(
-        jnp.asarray(a, jnp.float32) for a in (pipeline.image_mean, pipeline.image_std, mean, std)
+        jax.device_put(np.asarray(a, np.float32), host)
+        for a in (pipeline.image_mean, pipeline.image_std, mean, std)
     )
     chex.assert_shape(args[2:], (dct_input_lib.NUM_DCT_CHANNELS,))
 
     def convert(batch: Batch) -> Batch:
-        images = jnp.asarray(batch["image"], jnp.float32)
+        images = jax.device_put(np.asarray(batch["image"], np.float32), host)
         return {**batch, "image": np.asarray(_normalized_dct(images, *args, layout=layout))}
 
     def train_batches(start_step, batch_size, shard_index, shard_count):

@@ -9,11 +9,15 @@ single-device step, up to the order of the float32 reductions.
 
 With several hosts (``jax.distributed.initialize()`` called first), each host loads its
 own ``batch_size / process_count`` examples and :func:`shard_batch` assembles the global
-array from the host-local pieces.
+array from the host-local pieces. :func:`prefetch_to_device` does so ahead of the step
+that reads them, so that the next batch is on the devices while a step runs.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -72,6 +76,52 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in batch.items()
     }
+
+
+def prefetch_to_device(
+    batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, *, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """The batches of ``batches`` as global arrays on ``mesh``, placed ``size - 1`` ahead.
+
+    flax's ``jax_utils.prefetch_to_device`` for a mesh: every batch goes through
+    :func:`shard_batch` (split over ``"data"``, assembled from the hosts' pieces) as soon
+    as it enters a buffer of ``size`` batches, the one being yielded included. Placing a
+    batch starts its host-to-device copy and returns; with ``size=2`` the next batch is
+    on its way to the devices while the caller's step on the current one runs (JAX
+    dispatches the step and returns), and the step never waits for its input. Reads
+    ``size - 1`` batches more than it yields, on the caller's thread.
+
+    Args:
+      batches: host-local batches ``{name: [B / process_count, ...]}``.
+      mesh: the data mesh.
+      size: batches on the devices at once (>= 1); 1 places each batch when it is asked
+        for.
+
+    Yields:
+      ``{name: [B, ...]}`` global arrays sharded by ``P("data")``, in order.
+
+    Raises:
+      ValueError: if ``size`` is smaller than 1.
+
+    Example:
+      >>> mesh = create_mesh()
+      >>> stream = ({"label": np.full((2, 3), i, np.int32)} for i in range(3))
+      >>> [int(batch["label"][0, 0]) for batch in prefetch_to_device(stream, mesh, size=2)]
+      [0, 1, 2]
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}.")
+    iterator = iter(batches)
+    queue: collections.deque[dict[str, jax.Array]] = collections.deque()
+
+    def enqueue(count: int) -> None:
+        for batch in itertools.islice(iterator, count):
+            queue.append(shard_batch(batch, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

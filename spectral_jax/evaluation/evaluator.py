@@ -16,7 +16,8 @@ The trainer (:func:`spectral_jax.training.train_and_evaluate`) and every experim
 evaluate with it. One jitted step (:func:`eval_step`) does the forward pass and the
 batch's sums; it is compiled once per predict function, settings, mesh and batch shape
 and shared by all evaluators with those (short batches are padded, :func:`spectral_jax.
-data.inputs.pad_batch`). With a ``mesh`` the batch is split over its ``"data"`` axis and
+data.inputs.pad_batch`). The host adds up a batch's sums (int64 counts, float64 sums)
+while the device computes the next batch. With a ``mesh`` the batch is split over its ``"data"`` axis and
 the rest replicated (:mod:`spectral_jax.data.sharding`), as the trainer runs.
 
 Example (a trained run, as the experiments evaluate it)::
@@ -37,6 +38,7 @@ Example (a trained run, as the experiments evaluate it)::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
@@ -250,6 +252,38 @@ def _jitted_step(apply_fn: ApplyFn, settings: _StepSettings, mesh: Mesh | None):
     )
 
 
+class _HostTotals:
+    """The sums over a split, accumulated on the host in int64 and float64."""
+
+    def __init__(self, num_classes: int):
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.loss_sum = self.num_valid = 0.0
+        self.num_evaluated = 0
+        self.boundary: list[np.ndarray] | None = None
+        self.output_sums: dict[str, np.ndarray] = {}
+        self.kept: dict[str, list[np.ndarray]] = {}
+
+    def add(self, sums, outputs, examples, mask: np.ndarray, rows: np.ndarray) -> None:
+        """Adds one batch: fetches its device arrays (one transfer) and sums them."""
+        sums, outputs, examples = jax.device_get((sums, outputs, examples))
+        self.confusion += np.asarray(sums["confusion"], np.int64)
+        self.loss_sum += float(sums["loss_sum"])
+        self.num_valid += float(sums["num_valid"])
+        self.num_evaluated += int(np.sum(mask))
+        if "boundary" in sums:
+            counts = [np.asarray(c, np.int64) for c in sums["boundary"]]
+            self.boundary = (
+                counts
+                if self.boundary is None
+                else [a + b for a, b in zip(self.boundary, counts, strict=True)]
+            )
+        for name, value in outputs.items():
+            total = np.sum(np.asarray(value)[mask], axis=0, dtype=np.float64)
+            self.output_sums[name] = self.output_sums.get(name, 0.0) + total
+        for name, value in examples.items():
+            self.kept.setdefault(name, []).append(np.asarray(value)[rows])
+
+
 class Evaluator:
     """A model's metrics over an evaluation split (module docstring).
 
@@ -344,12 +378,10 @@ class Evaluator:
         Returns:
           :class:`EvaluationResult`.
         """
-        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
-        loss_sum = num_valid = 0.0
-        statistics = boundary = None
-        output_sums: dict[str, np.ndarray] = {}
-        kept: dict[str, list[np.ndarray]] = {}
-        num_kept = num_evaluated = 0
+        totals = _HostTotals(self.num_classes)
+        statistics = None
+        in_flight: collections.deque[tuple[Any, ...]] = collections.deque()
+        num_kept = 0
         batch_size = self.batch_size
         for batch in batches:
             if batch_size is None:
@@ -361,38 +393,30 @@ class Evaluator:
             if self.mesh is not None:
                 batch = sharding.shard_batch(batch, self.mesh)
             sums, statistics, per_example = self._step(variables, batch, statistics)
-            confusion += np.asarray(jax.device_get(sums["confusion"]), np.int64)
-            loss_sum += float(sums["loss_sum"])
-            num_valid += float(sums["num_valid"])
-            num_evaluated += int(np.sum(mask))
-            if "boundary" in sums:
-                counts = [np.asarray(c, np.int64) for c in jax.device_get(sums["boundary"])]
-                boundary = (
-                    counts
-                    if boundary is None
-                    else [a + b for a, b in zip(boundary, counts, strict=True)]
-                )
             outputs = {k: v for k, v in per_example.items() if k != "prediction"}
-            if outputs:
-                for name, value in jax.device_get(outputs).items():
-                    total = np.sum(np.asarray(value)[mask], axis=0, dtype=np.float64)
-                    output_sums[name] = output_sums.get(name, 0.0) + total
-            if num_kept < self.num_examples:
-                rows = np.flatnonzero(mask)[: self.num_examples - num_kept]
-                arrays = {"image": batch["image"], "label": batch["label"], **per_example}
-                for name, value in jax.device_get(arrays).items():
-                    kept.setdefault(name, []).append(np.asarray(value)[rows])
-                num_kept += len(rows)
+            rows = np.flatnonzero(mask)[: self.num_examples - num_kept]
+            num_kept += len(rows)
+            examples = {"image": batch["image"], "label": batch["label"], **per_example}
+            in_flight.append((sums, outputs, examples if len(rows) else {}, mask, rows))
+            # The host reads a batch's results one batch late, while the device computes
+            # the next one: the device does not wait for the host between batches, and it
+            # holds the outputs of two batches at most.
+            if len(in_flight) > 1:
+                totals.add(*in_flight.popleft())
+        while in_flight:
+            totals.add(*in_flight.popleft())
         if statistics is not None:
             statistics = jax.device_get(statistics)
         return EvaluationResult(
-            confusion=confusion,
-            loss=loss_sum / num_valid if num_valid else float("nan"),
-            num_evaluated=num_evaluated,
+            confusion=totals.confusion,
+            loss=totals.loss_sum / totals.num_valid if totals.num_valid else float("nan"),
+            num_evaluated=totals.num_evaluated,
             statistics=statistics,
             boundary_statistics=(
-                None if boundary is None else boundary_metrics.BoundaryStatistics(*boundary)
+                None
+                if totals.boundary is None
+                else boundary_metrics.BoundaryStatistics(*totals.boundary)
             ),
-            output_sums=output_sums,
-            examples={name: np.concatenate(arrays) for name, arrays in kept.items()},
+            output_sums=totals.output_sums,
+            examples={name: np.concatenate(arrays) for name, arrays in totals.kept.items()},
         )

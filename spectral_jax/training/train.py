@@ -7,6 +7,12 @@ steps.train_step` over the data mesh (:mod:`spectral_jax.data.sharding`), donati
 train state, and evaluates with the library's one evaluation loop
 (:class:`spectral_jax.evaluation.Evaluator`).
 
+The loop keeps the devices busy: the next batches are placed on the mesh ahead of the
+step (:func:`spectral_jax.data.sharding.prefetch_to_device`, ``config.prefetch_batches``),
+the host reads device values only at log, evaluation and checkpoint steps (the metrics
+of the steps in between are fetched together), and orbax writes checkpoints in the
+background.
+
 The configuration fields are documented in ``experiments/configs/default.py``.
 """
 
@@ -179,7 +185,10 @@ def train_and_evaluate(
     with the same parameters as an uninterrupted one.
 
     Writes ``workdir/metrics.jsonl``, TensorBoard event files (with ``tensorboardX``),
-    checkpoints and, at the end, ``workdir/summary.json``.
+    checkpoints and, at the end, ``workdir/summary.json``. Every ``log_every_steps`` the
+    metrics are the means over the steps since the last log, with
+    ``train/steps_per_second``: those steps over the wall-clock time since the last log
+    (evaluations and checkpoint saves in between included).
 
     Args:
       config: see ``experiments/configs/default.py``.
@@ -275,15 +284,24 @@ def train_and_evaluate(
         train_iter = pipeline.train_batches(
             start_step, int(config.batch_size), jax.process_index(), jax.process_count()
         )
+        batches = sharding.prefetch_to_device(
+            ({"image": batch["image"], "label": batch["label"]} for batch in train_iter),
+            mesh,
+            size=int(config.get("prefetch_batches", 2)),
+        )
         if config.progress_bar and jax.process_index() == 0:
             progress = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step")
 
+        # The host never waits for the device between log points: the step's metrics
+        # stay on the device until a log step fetches them all at once, and every
+        # decision reads the host's step counter. Only logging, evaluation and
+        # checkpointing read device values (the state is copied to the host when a save
+        # starts, and written while the loop goes on).
         pending: list[dict[str, jax.Array]] = []
         result: EvaluationResult | None = None
+        log_time = time.perf_counter()
         for step in range(start_step + 1, total_steps + 1):
-            batch = next(train_iter)
-            batch = {"image": batch["image"], "label": batch["label"]}
-            state, step_metrics = program.train_fn(state, sharding.shard_batch(batch, mesh))
+            state, step_metrics = program.train_fn(state, next(batches))
             pending.append(step_metrics)
             if prune_fn is not None and step % epoch_steps == 0:
                 state = prune_fn(state)
@@ -292,11 +310,13 @@ def train_and_evaluate(
                 scalars = {
                     f"train/{name}": float(np.mean([v[name] for v in values])) for name in values[0]
                 }
+                now = time.perf_counter()
+                scalars["train/steps_per_second"] = len(values) / (now - log_time)
                 scalars["train/epoch"] = step / epoch_steps
                 writer.write_scalars(step, scalars)
                 if progress is not None:
                     progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
-                pending = []
+                pending, log_time = [], now
             if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
                 result = _evaluate(evaluator, state, pipeline, config)
                 writer.write_scalars(step, result.scalars())
@@ -310,6 +330,8 @@ def train_and_evaluate(
     finally:
         if progress is not None:
             progress.close()
+        # Async saves write in the background: a checkpoint is complete (and readable by
+        # the caller) only once the manager has finished.
         manager.wait_until_finished()
         manager.close()
         writer.flush()
