@@ -331,12 +331,12 @@ CORE_FUNCTIONS = {
     ),
     "spectral_iou": (
         "probs",
-        lambda: np.abs(_logits_and_labels()[0]) / 3,
+        lambda: np.asarray(jax.nn.softmax(_logits_and_labels()[0], axis=-1)),
         lambda x: sj.spectral_iou(x, _logits_and_labels()[1]),
     ),
     "spectral_iou_terms": (
         "probs",
-        lambda: np.abs(_logits_and_labels()[0]) / 3,
+        lambda: np.asarray(jax.nn.softmax(_logits_and_labels()[0], axis=-1)),
         lambda x: sj.spectral_iou_terms(x, _logits_and_labels()[1]),
     ),
     "iou_from_terms": (

@@ -149,14 +149,14 @@ def test_dct_input_is_computed_on_the_host_cpu(monkeypatch):
     calls = []
     normalized_dct = dct_pipeline._normalized_dct
 
-    def spied(*args):
+    def spied(*args, **kwargs):
         calls.append(args)
-        return normalized_dct(*args)
+        return normalized_dct(*args, **kwargs)
 
     monkeypatch.setattr(dct_pipeline, "_normalized_dct", spied)
     pipeline = dct_input_pipeline(generated_pipeline(crop_size=32), np.zeros(192), np.ones(192))
     batch = next(pipeline.train_batches(0, 4, 0, 1))
-    assert isinstance(batch["image"], np.ndarray) and batch["image"].shape == (4, 4, 4, 192)
+    assert isinstance(batch["image"], np.ndarray) and batch["image"].shape == (4, 8, 8, 192)
     cpu = jax.local_devices(backend="cpu")[0]
     assert len(calls) == 1
     for array in calls[0]:  # images, image mean and std, channel mean and std
