@@ -495,8 +495,9 @@ def preset_section(report: Report, sweep: dict[str, Any], *, heading: str, num_i
     ]
     report.paragraph(
         "Both conventions for ignored pixels (`ignore_mode`, see `spectral_jax.ce_spectrum`): "
-        "the paper's Eq. 1 read directly zeroes only the labels there (the default); zeroing "
-        "the log-probabilities too gives a larger R wherever boundaries are ignored."
+        "the paper's Eq. 1 read directly zeroes only the labels there (the default); the "
+        "other convention zeroes the log-probabilities too. The CE is the same; R differs "
+        "wherever boundaries are ignored (deepglobe_like has no ignored pixels)."
     )
     report.table(["prediction", "ignored pixels", "R(8)", "R(16)", "R(32)", "R(Nyquist)"], rows)
     report.figure(fig, "band_limit_sweep.png", "R(ν_max) of four predictions, one vmapped call.")

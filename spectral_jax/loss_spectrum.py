@@ -24,9 +24,10 @@ predicts there. That is ``ignore_mode="labels"``, the default: only ``B`` is zer
 ``A`` is transformed at every pixel. ``ignore_mode="both"`` zeroes ``A`` at ignored
 pixels too (the convention of this library before the option existed). The CE, the sum of
 all components, is the same either way (``B`` is zero there); single components, and
-with them the truncated CE and ``R``, are not: on 129 x 129 scenes with 2-pixel ignored
-boundaries R(16) is about 15x larger with both maps zeroed, since the zeroed boundary
-band of ``A`` is itself a high-frequency signal. PASCAL VOC marks object boundaries as
+with them the truncated CE and ``R``, are not. A band-limited ``B`` spreads onto the
+ignored pixels, so the truncated CE reads ``A`` there in the default mode and zeros in
+the other: which ``R`` is larger depends on the predictions at ignored pixels (the demo
+and ``experiments.band_limit_sweep`` report both). PASCAL VOC marks object boundaries as
 ignored, so compare with the paper's Table 1 in the default mode. In the ``"labels"``
 mode an ignored pixel whose logits are not all finite (NaN or Inf padding, say) enters
 ``A`` as 0, so that it stays harmless; a NaN or Inf logit at a labelled pixel makes its
