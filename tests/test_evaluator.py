@@ -220,6 +220,20 @@ def test_host_reads_each_batch_while_the_next_is_computed(rng, model_and_variabl
     assert not late, f"(batch, batches dispatched) read before the next dispatch: {late}"
 
 
+@pytest.mark.parametrize("bad_label", [NUM_CLASSES, -1, 254])
+def test_labels_outside_the_classes_raise(rng, model_and_variables, bad_label):
+    # mmseg counts such a pixel's prediction in the union (a different mIoU); dropping it
+    # silently, as the confusion matrix alone would, gave a number nobody else gets.
+    model, variables = model_and_variables
+    batches = _batches(rng)
+    batches[1]["label"][2, 5, 5] = bad_label
+    evaluator = Evaluator(inference_apply_fn(model), num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"labels of the evaluation data must lie in \[0, 3\)"):
+        evaluator(variables, batches)
+    batches[1]["label"][2, 5, 5] = 255
+    assert evaluator(variables, batches).num_evaluated == 10
+
+
 def test_batches_without_mask_are_all_real(rng, model_and_variables):
     model, variables = model_and_variables
     batches = [{k: v for k, v in b.items() if k != "mask"} for b in _batches(rng, sizes=(3,))]

@@ -112,7 +112,8 @@ def eval_step(
 
     Returns:
       ``(sums, statistics, per_example)``: ``sums`` has ``confusion`` ``[C, C]`` int32,
-      ``loss_sum`` (CE summed over the valid pixels), ``num_valid`` and, with
+      ``loss_sum`` (CE summed over the valid pixels), ``num_valid``,
+      ``num_invalid_labels`` (labels outside ``[0, C)`` other than ``ignore_index``) and, with
       ``boundary_metrics``, ``boundary`` (:class:`spectral_jax.related.boundary_metrics.
       BoundaryStatistics`, ``[4, C]`` int32 counts); ``statistics`` updated;
       ``per_example`` the ``prediction`` ``[B, H, W]`` and the other outputs of
@@ -132,7 +133,15 @@ def eval_step(
     )
     if statistics is not None:
         statistics = statistics.update(logits.astype(jnp.float32), labels)
-    sums = {"confusion": confusion, "loss_sum": loss * num_valid, "num_valid": num_valid}
+    # A label outside [0, C) that is not ignore_index would be dropped from the confusion
+    # matrix (mmseg counts its prediction in the union): counted here, refused on the host.
+    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    sums = {
+        "confusion": confusion,
+        "loss_sum": loss * num_valid,
+        "num_valid": num_valid,
+        "num_invalid_labels": jnp.sum(invalid),
+    }
     if boundary_metrics:
         sums["boundary"] = boundary_lib.valid_region_boundary_statistics(
             predictions, labels, num_classes=num_classes, ignore_index=ignore_index
@@ -266,6 +275,13 @@ class _HostTotals:
     def add(self, sums, outputs, examples, mask: np.ndarray, rows: np.ndarray) -> None:
         """Adds one batch: fetches its device arrays (one transfer) and sums them."""
         sums, outputs, examples = jax.device_get((sums, outputs, examples))
+        if int(sums["num_invalid_labels"]):
+            raise ValueError(
+                f"labels of the evaluation data must lie in [0, {self.confusion.shape[0]}) or "
+                f"equal the ignore index; a batch holds {int(sums['num_invalid_labels'])} "
+                "pixel(s) outside (they would be dropped from the IoU, where mmseg counts "
+                "their prediction in the union)."
+            )
         self.confusion += np.asarray(sums["confusion"], np.int64)
         self.loss_sum += float(sums["loss_sum"])
         self.num_valid += float(sums["num_valid"])
