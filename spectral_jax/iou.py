@@ -12,7 +12,10 @@ IoU of Eq. 6 is ``int B S / (int B + int S - int B S)``. In the frequency domain
 
 since ``s(0) = sum_t S(t)`` and ``b(0) = sum_t B(t)``. This equals the spatial soft
 IoU; for binarised maps (``S`` one-hot of the arg-max) it is the usual hard IoU.
-Ignored pixels are removed from both maps.
+Ignored pixels are removed from both maps. There is no ``ignore_mode`` here (unlike the CE
+decomposition, :func:`spectral_jax.ce_spectrum`): the paper equates its Eq. 6 with the
+benchmarks' IoU, which leaves an ignored pixel's prediction out of the union as well;
+keeping ``S`` there would count predictions on unlabelled pixels as false positives.
 """
 
 from __future__ import annotations
