@@ -69,7 +69,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from spectral_jax.models import DeepLabV3Plus
+from spectral_jax.models import DeepLabV3Plus, unstack_blocks
 from spectral_jax.models.deeplab import aspp_rates
 from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
 from spectral_jax.training import steps as steps_lib
@@ -291,10 +291,14 @@ def build_torch_deeplab(config: BenchConfig, torch):
 def copy_flax_to_torch(variables: dict[str, Any], module, torch) -> None:
     """Copies Flax variables into the mirror module (kernels ``HWIO -> OIHW``).
 
+    Stacked blocks (``encoder/layer3_blocks``) are split into the per-block names the
+    module uses (``encoder.layer3_block5``) first.
+
     Raises:
       ValueError: if a parameter or buffer of ``module`` has no Flax counterpart or a
         different shape.
     """
+    variables = unstack_blocks(variables)
     params = traverse_util.flatten_dict(variables["params"], sep=".")
     stats = traverse_util.flatten_dict(variables["batch_stats"], sep=".")
     copied = set()

@@ -38,7 +38,8 @@ Input size policy: H and W multiples of 8 (the DCT needs whole blocks). The DCT 
 use ``512 x 512`` crops where the RGB models use 513 (pad or crop to 512; the RGB
 pipeline's ``513 = 16 k + 1`` aligns corners, which blocks cannot).
 
-Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block{b}``), so
+Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block0`` and the
+stacked ``layer{s}_blocks``, or ``layer{s}_block{b}`` with ``scan_blocks=False``), so
 RGB weights of stages 1-4 map one to one except the two input convolutions of
 ``layer1_block0``, whose input width changes from ``width`` to ``K``.
 """
@@ -61,7 +62,7 @@ from spectral_jax.models.deeplab import (
     decoder_grid,
     decoder_outputs,
 )
-from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
+from spectral_jax.models.resnet import RESNET_CONFIGS, bottleneck_stage, stage_dilations
 from spectral_jax.related.dct_input import BLOCK_SIZE, NUM_DCT_CHANNELS
 from spectral_jax.truncation import Resample
 
@@ -100,12 +101,15 @@ class DCTResNet(nn.Module):
       width: first bottleneck width (64 for the standard models).
       output_stride: 8, 16 or 32 w.r.t. the image (stride 8 at the input).
       dtype: computation dtype.
+      scan_blocks: run the blocks after the first of each stage under ``nn.scan``
+        (see :class:`spectral_jax.models.ResNet`).
     """
 
     stage_sizes: Sequence[int]
     width: int = 64
     output_stride: int = 16
     dtype: jnp.dtype = jnp.float32
+    scan_blocks: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -118,15 +122,19 @@ class DCTResNet(nn.Module):
         for stage, (num_blocks, (strides, dilation)) in enumerate(
             zip(self.stage_sizes, dct_stage_dilations(self.output_stride), strict=True)
         ):
-            for block in range(num_blocks):
-                x = Bottleneck(
-                    self.width * 2**stage,
-                    strides=strides if block == 0 else 1,
-                    # The first block of a dilated stage keeps the previous dilation.
-                    dilation=previous_dilation if block == 0 else dilation,
-                    dtype=self.dtype,
-                    name=f"layer{stage + 1}_block{block}",
-                )(x, train)
+            x = bottleneck_stage(
+                x,
+                train,
+                stage=stage,
+                num_blocks=num_blocks,
+                features=self.width * 2**stage,
+                strides=strides,
+                dilation=dilation,
+                # The first block of a dilated stage keeps the previous dilation.
+                first_dilation=previous_dilation,
+                dtype=self.dtype,
+                scan_blocks=self.scan_blocks,
+            )
             previous_dilation = dilation
             if stage == 0:
                 low_level = x
@@ -148,8 +156,8 @@ class DCTDeepLabV3Plus(nn.Module):
       gate_temperature: Gumbel-softmax temperature of the gate.
       gate_weight: weight ``lambda`` of the gate regulariser (mean open gates per image)
         in the training loss, sown in the ``"losses"`` collection (module docstring).
-      aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype: as in
-        :class:`spectral_jax.models.DeepLabV3Plus`.
+      aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype,
+        scan_blocks: as in :class:`spectral_jax.models.DeepLabV3Plus`.
 
     Example:
       Shapes only (``jax.eval_shape``: initialising even the tiny backbone takes seconds):
@@ -177,6 +185,7 @@ class DCTDeepLabV3Plus(nn.Module):
     decoder_channels: int = 256
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    scan_blocks: bool = True
 
     def setup(self):
         check_model_settings(self.backbone, self.resample, self.feature_size)
@@ -194,7 +203,11 @@ class DCTDeepLabV3Plus(nn.Module):
                 )
         config = RESNET_CONFIGS[self.backbone]
         self.encoder = DCTResNet(
-            config.stage_sizes, config.width, output_stride=self.output_stride, dtype=self.dtype
+            config.stage_sizes,
+            config.width,
+            output_stride=self.output_stride,
+            dtype=self.dtype,
+            scan_blocks=self.scan_blocks,
         )
         if self.gate:
             self.frequency_gate = FrequencyGate(self.gate_temperature, dtype=self.dtype)

@@ -17,17 +17,39 @@ output goes through their own BatchNorm and ReLU into other convolutions can be
 narrowed (the stem and the bottlenecks' ``conv1``/``conv2``); the residual path keeps
 its width. ``None`` gives the standard widths. Hard filter pruning
 (:mod:`spectral_jax.models.pruning`) builds its smaller models this way.
+
+Stacked blocks. The blocks after the first of a stage are identical (same widths, stride
+1, the stage's dilation), so by default (``scan_blocks=True``) they run under
+``nn.scan`` as one module ``layer{s}_blocks`` whose variables carry a leading block axis:
+``layer3_blocks/conv1/kernel`` is ``[L - 1, 1, 1, 1024, 256]`` for a stage of ``L``
+blocks, slice ``i`` being the block that the unrolled model names ``layer3_block{i + 1}``.
+XLA then compiles one block per stage instead of ``L``, so compiling ResNet-101 costs
+little more than ResNet-50. The first block of a stage (stride, dilation change,
+projection shortcut) stays a module of its own, ``layer{s}_block0``. A model with
+``widths`` (a hard-pruned one, whose blocks differ in width) always runs unrolled, with
+one module ``layer{s}_block{b}`` per block. :func:`unstack_blocks` and
+:func:`stack_blocks` convert variables between the two forms; the per-block paths are
+the ones that pruning plans, ``widths`` and torchvision checkpoints use. A method
+interceptor sees the stacked blocks as one module traced once inside the scan (values
+it captures there are the loop body's tracers); to probe every block, use
+``scan_blocks=False`` with :func:`unstack_blocks` of the variables. The strided blocks
+are always the first of their stages, so the de-aliasing filters and downsampling
+probes of :mod:`spectral_jax.models.anti_aliasing` see the same modules in both forms.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
@@ -166,6 +188,114 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
+class _StackedBottleneck(Bottleneck):
+    """A :class:`Bottleneck` in the ``(carry, x) -> (carry, y)`` form ``nn.scan`` runs."""
+
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, None]:
+        return super().__call__(x, train), None
+
+
+def _stacked_bottlenecks(length: int, remat: bool) -> type[nn.Module]:
+    """A module class running ``length`` identical bottlenecks under ``nn.scan``.
+
+    Variables (``params`` and ``batch_stats``) get a leading axis of size ``length``;
+    every block draws its own initialisation (``split_rngs``). ``train`` is broadcast
+    as a Python value. With ``remat``, each block's activations are recomputed in the
+    backward pass (``jax.checkpoint``) instead of being stored.
+    """
+    block = _StackedBottleneck
+    if remat:
+        # Argument 2 is `train` (0 is the module). Under scan, CSE across iterations
+        # cannot happen, so its prevention is not needed.
+        block = nn.remat(block, static_argnums=(2,), prevent_cse=False)
+    return nn.scan(
+        block,
+        variable_axes={"params": 0, "batch_stats": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,),
+        length=length,
+    )
+
+
+def bottleneck_stage(
+    x: jax.Array,
+    train: bool,
+    *,
+    stage: int,
+    num_blocks: int,
+    features: int,
+    strides: int,
+    dilation: int,
+    first_dilation: int,
+    dtype: jnp.dtype = jnp.float32,
+    widths: Mapping[str, int] | None = None,
+    downsample_filter: Callable[..., nn.Module] | None = None,
+    scan_blocks: bool = True,
+    remat_blocks: bool = False,
+) -> jax.Array:
+    """Runs one stage of bottlenecks; call it inside a parent's ``nn.compact`` method.
+
+    The first block, ``layer{stage + 1}_block0``, has the stage's stride and
+    ``first_dilation``; the others stride 1 and ``dilation``. With ``scan_blocks`` the
+    others run as one scanned module ``layer{stage + 1}_blocks`` (module docstring),
+    otherwise as ``layer{stage + 1}_block{b}``; ``widths`` (``{"layer{s}_block{b}/convK":
+    channels}``) needs the unrolled form.
+
+    Args:
+      x: ``[B, H, W, Cin]``.
+      train: batch statistics instead of running averages.
+      stage: the stage's index, 0 to 3 (names ``layer1`` to ``layer4``).
+      num_blocks: blocks in the stage, at least 1.
+      features: bottleneck width; the stage outputs ``4 * features`` channels.
+      strides: stride of the first block.
+      dilation: dilation of the blocks after the first.
+      first_dilation: dilation of the first block.
+      dtype: computation dtype.
+      widths: per-block ``conv1``/``conv2`` output channels; ``None`` or empty for the
+        standard widths.
+      downsample_filter: module factory for the first block if it is strided
+        (see :class:`Bottleneck`).
+      scan_blocks: run the blocks after the first under ``nn.scan``.
+      remat_blocks: with ``scan_blocks``, recompute each scanned block in the backward
+        pass instead of storing its activations.
+
+    Returns:
+      ``[B, ceil(H / strides), ceil(W / strides), 4 * features]``.
+
+    Raises:
+      ValueError: if ``widths`` is given together with ``scan_blocks``.
+    """
+    widths = dict(widths or {})
+    if widths and scan_blocks:
+        raise ValueError("widths needs unrolled blocks: pass scan_blocks=False with widths.")
+    layer = f"layer{stage + 1}"
+    x = Bottleneck(
+        features,
+        strides=strides,
+        dilation=first_dilation,
+        dtype=dtype,
+        conv1_features=widths.get(f"{layer}_block0/conv1"),
+        conv2_features=widths.get(f"{layer}_block0/conv2"),
+        downsample_filter=downsample_filter,
+        name=f"{layer}_block0",
+    )(x, train)
+    if num_blocks > 1 and scan_blocks:
+        blocks = _stacked_bottlenecks(num_blocks - 1, remat_blocks)
+        x, _ = blocks(features, dilation=dilation, dtype=dtype, name=f"{layer}_blocks")(x, train)
+        return x
+    for block in range(1, num_blocks):
+        name = f"{layer}_block{block}"
+        x = Bottleneck(
+            features,
+            dilation=dilation,
+            dtype=dtype,
+            conv1_features=widths.get(f"{name}/conv1"),
+            conv2_features=widths.get(f"{name}/conv2"),
+            name=name,
+        )(x, train)
+    return x
+
+
 class ResNet(nn.Module):
     """Dilated bottleneck ResNet returning low-level (stride 4) and high-level features.
 
@@ -179,6 +309,12 @@ class ResNet(nn.Module):
         ``None`` for the standard widths.
       downsample_filter: module factory applied to the input of every strided
         bottleneck (see :class:`Bottleneck`); ``None`` for none.
+      scan_blocks: run the blocks after the first of each stage under ``nn.scan``, as
+        one module ``layer{s}_blocks`` with stacked variables (module docstring); a
+        model with ``widths`` runs unrolled whatever this says (:attr:`stacks_blocks`).
+      remat_blocks: recompute the scanned blocks in the backward pass
+        (``jax.checkpoint``) instead of storing their activations: less memory, more
+        compute.
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -198,6 +334,13 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
     downsample_filter: Callable[..., nn.Module] | None = None
+    scan_blocks: bool = True
+    remat_blocks: bool = False
+
+    @property
+    def stacks_blocks(self) -> bool:
+        """Whether the stages run their later blocks under ``nn.scan`` (not with ``widths``)."""
+        return self.scan_blocks and not self.widths
 
     def prunable_layers(self) -> tuple[str, ...]:
         """Paths of the convolutions whose width ``widths`` may set, in program order."""
@@ -258,19 +401,22 @@ class ResNet(nn.Module):
         for stage, (num_blocks, (strides, dilation)) in enumerate(
             zip(self.stage_sizes, plan, strict=True)
         ):
-            for block in range(num_blocks):
-                name = f"layer{stage + 1}_block{block}"
-                x = Bottleneck(
-                    self.width * 2**stage,
-                    strides=strides if block == 0 else 1,
-                    # The first block of a dilated stage keeps the previous dilation.
-                    dilation=previous_dilation if block == 0 else dilation,
-                    dtype=self.dtype,
-                    conv1_features=widths.get(f"{name}/conv1"),
-                    conv2_features=widths.get(f"{name}/conv2"),
-                    downsample_filter=self.downsample_filter,
-                    name=name,
-                )(x, train)
+            x = bottleneck_stage(
+                x,
+                train,
+                stage=stage,
+                num_blocks=num_blocks,
+                features=self.width * 2**stage,
+                strides=strides,
+                dilation=dilation,
+                # The first block of a dilated stage keeps the previous dilation.
+                first_dilation=previous_dilation,
+                dtype=self.dtype,
+                widths=widths,
+                downsample_filter=self.downsample_filter,
+                scan_blocks=self.stacks_blocks,
+                remat_blocks=self.remat_blocks,
+            )
             previous_dilation = dilation
             outputs.append(x)
         return tuple(outputs)
@@ -283,6 +429,8 @@ def create_resnet(
     dtype: jnp.dtype = jnp.float32,
     widths: Widths | None = None,
     downsample_filter: Callable[..., nn.Module] | None = None,
+    scan_blocks: bool = True,
+    remat_blocks: bool = False,
 ) -> ResNet:
     """A ResNet by name: ``"resnet50"``, ``"resnet101"`` or ``"resnet_tiny"``.
 
@@ -293,6 +441,9 @@ def create_resnet(
       widths: per-layer output channels (see :class:`ResNet`); ``None`` for the standard.
       downsample_filter: module factory before every strided bottleneck (see
         :class:`ResNet`); ``None`` for none.
+      scan_blocks: stack the identical blocks of each stage under ``nn.scan`` (see
+        :class:`ResNet`; ignored with ``widths``).
+      remat_blocks: recompute the scanned blocks in the backward pass.
 
     Raises:
       ValueError: for an unknown name or output stride.
@@ -308,4 +459,185 @@ def create_resnet(
         dtype=dtype,
         widths=widths,
         downsample_filter=downsample_filter,
+        scan_blocks=scan_blocks,
+        remat_blocks=remat_blocks,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Variables of the stacked and the unrolled form.
+
+_STACKED_NAME = re.compile(r"layer(\d+)_blocks")
+_BLOCK_NAME = re.compile(r"layer(\d+)_block(\d+)")
+
+
+def _slice_leaf(leaf: Any, index: int) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[index]
+
+
+def _stack_leaves(*leaves: Any) -> Any:
+    first = leaves[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(leaves), *first.shape), first.dtype)
+    if all(isinstance(leaf, np.ndarray) for leaf in leaves):
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def _leading_size(tree: Any, path: str) -> int:
+    sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(f"variables: the stacked blocks at {path!r} have leading sizes {sizes}.")
+    return sizes.pop()
+
+
+def _unstack_node(node: Any, path: str) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    result = {}
+    for key, value in node.items():
+        match = _STACKED_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is None:
+            result[key] = _unstack_node(value, f"{path}/{key}" if path else key)
+            continue
+        stage = match.group(1)
+        for index in range(_leading_size(value, f"{path}/{key}")):
+            name = f"layer{stage}_block{index + 1}"
+            if name in node:
+                raise ValueError(f"variables hold both {key!r} and {name!r} under {path!r}.")
+            result[name] = jax.tree.map(lambda leaf, i=index: _slice_leaf(leaf, i), value)
+    return result
+
+
+def unstack_blocks(variables: Any) -> Any:
+    """The per-block form of variables: every ``layer{s}_blocks`` split into its blocks.
+
+    Slice ``i`` of the stacked module (leading axis) becomes ``layer{s}_block{i + 1}``,
+    wherever the stacked module sits in the tree (``params/encoder/layer3_blocks``, or
+    ``params/layer3_blocks`` for a bare :class:`ResNet`), in every collection. Variables
+    without stacked blocks come back unchanged (as plain dicts), so the function is
+    idempotent. Pure and jittable; leaves may be arrays or ``jax.ShapeDtypeStruct``.
+
+    Args:
+      variables: a tree of mappings, e.g. ``{"params": ..., "batch_stats": ...}`` of a
+        model with ``scan_blocks=True``.
+
+    Returns:
+      The same tree with per-block paths (``layer3_block5/conv1/kernel``); a
+      ``FrozenDict`` input gives a ``FrozenDict``.
+
+    Raises:
+      ValueError: if a stacked module's leaves disagree in their leading size, or a
+        block is present both stacked and unrolled.
+
+    Example:
+      >>> model = create_resnet("resnet50")
+      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> variables["params"]["layer3_blocks"]["conv1"]["kernel"].shape  # [L - 1, ...]
+      (5, 1, 1, 1024, 256)
+      >>> unstack_blocks(variables)["params"]["layer3_block5"]["conv1"]["kernel"].shape
+      (1, 1, 1024, 256)
+    """
+    frozen = isinstance(variables, flax.core.FrozenDict)
+    result = _unstack_node(flax.core.unfreeze(variables) if frozen else variables, "")
+    return flax.core.freeze(result) if frozen else result
+
+
+def _stacked_paths(like: Any) -> set[tuple[str, ...]]:
+    """Paths (parent keys and ``layer{s}_blocks``) of the stacked modules in ``like``."""
+    found = set()
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, Mapping):
+            return
+        for key, value in node.items():
+            if isinstance(key, str) and _STACKED_NAME.fullmatch(key):
+                found.add((*path, key))
+            else:
+                visit(value, (*path, key))
+
+    visit(like, ())
+    return found
+
+
+def _stack_node(node: Any, path: tuple[str, ...], wanted: set[tuple[str, ...]] | None) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    stages: dict[str, list[int]] = {}
+    for key in node:
+        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is not None and int(match.group(2)) > 0:
+            stages.setdefault(match.group(1), []).append(int(match.group(2)))
+    stacked = {}
+    for stage, blocks in stages.items():
+        name = f"layer{stage}_blocks"
+        if wanted is not None and (*path, name) not in wanted:
+            continue
+        where = "/".join((*path, name))
+        if sorted(blocks) != list(range(1, len(blocks) + 1)):
+            raise ValueError(
+                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} are "
+                f"{sorted(blocks)}, not 1, 2, ...: they cannot be stacked as {where!r}."
+            )
+        if name in node:
+            raise ValueError(f"variables hold both {name!r} and unrolled blocks at {where!r}.")
+        trees = [node[f"layer{stage}_block{b}"] for b in range(1, len(blocks) + 1)]
+        layouts = {
+            (jax.tree.structure(tree), tuple(np.shape(leaf) for leaf in jax.tree.leaves(tree)))
+            for tree in trees
+        }
+        if len(layouts) != 1:
+            raise ValueError(
+                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} differ in "
+                "structure or shape (a pruned model?) and cannot be stacked."
+            )
+        stacked[stage] = jax.tree.map(_stack_leaves, *trees)
+    result = {}
+    for key, value in node.items():
+        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is not None and match.group(1) in stacked and int(match.group(2)) > 0:
+            continue
+        result[key] = _stack_node(value, (*path, key), wanted)
+    for stage, tree in stacked.items():
+        result[f"layer{stage}_blocks"] = tree
+    return result
+
+
+def stack_blocks(variables: Any, *, like: Any = None) -> Any:
+    """The stacked form of per-block variables, the inverse of :func:`unstack_blocks`.
+
+    Blocks ``layer{s}_block1``, ``layer{s}_block2``, ... of a stage become one
+    ``layer{s}_blocks`` whose leaves are the blocks' leaves stacked on a new leading
+    axis; ``layer{s}_block0`` stays as it is. Pure and jittable; leaves may be arrays
+    or ``jax.ShapeDtypeStruct``.
+
+    Args:
+      variables: a tree of mappings with per-block paths, e.g. from
+        :func:`unstack_blocks` or a torchvision conversion.
+      like: a variables tree of the target model (arrays or shapes): only the stages
+        that are stacked in ``like`` (same parent path, ``layer{s}_blocks``) are
+        stacked, so that the result has its layout; ``None`` stacks every stage with
+        more than one block.
+
+    Returns:
+      The stacked tree; a ``FrozenDict`` input gives a ``FrozenDict``.
+
+    Raises:
+      ValueError: if a stage to stack has missing blocks, or blocks that differ in
+        structure or shape (a hard-pruned model's), or already a stacked module.
+
+    Example:
+      >>> model = create_resnet("resnet50")
+      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> per_block = unstack_blocks(variables)
+      >>> jax.tree.structure(stack_blocks(per_block)) == jax.tree.structure(variables)
+      True
+    """
+    wanted = None if like is None else _stacked_paths(like)
+    frozen = isinstance(variables, flax.core.FrozenDict)
+    result = _stack_node(flax.core.unfreeze(variables) if frozen else variables, (), wanted)
+    return flax.core.freeze(result) if frozen else result
