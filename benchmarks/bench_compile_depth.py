@@ -28,7 +28,7 @@ with the ResNet-101 / ResNet-50 ratios of the totals.
 Step time (``--step-time``): the ``full`` config of ``bench_train_step`` (ResNet-101,
 output stride 16, batch 2, crop 257), each variant compiled once and run
 ``--warmup`` steps, then ``--rounds`` rounds of ``--steps`` steps per variant,
-interleaved; median seconds per step. Numbers depend on the machine and its load (the
+interleaved; median wall and CPU seconds per step. Numbers depend on the machine and its load (the
 load average is printed); compare within one run.
 """
 
@@ -102,8 +102,8 @@ def time_compile(config: bench.BenchConfig, variant: str) -> dict[str, float]:
     }
 
 
-def time_steps(variants, *, warmup: int, steps: int, rounds: int) -> dict[str, float]:
-    """Median seconds per step of each variant on the ``full`` config, interleaved."""
+def time_steps(variants, *, warmup: int, steps: int, rounds: int) -> dict[str, tuple]:
+    """Median wall and CPU seconds per step of each variant on the ``full`` config."""
     config = bench.CONFIGS["full"]
     batch = jax.device_put(bench.make_batch(config))
     runs = {}
@@ -114,16 +114,21 @@ def time_steps(variants, *, warmup: int, steps: int, rounds: int) -> dict[str, f
         jax.block_until_ready((state, metrics))
         runs[variant] = [state, step]
     times = {variant: [] for variant in variants}
+    cpu_times = {variant: [] for variant in variants}
     for _ in range(rounds):
         for variant in variants:
             state, step = runs[variant]
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 state, metrics = step(state, batch)
             jax.block_until_ready((state, metrics))
-            times[variant].append((time.perf_counter() - start) / steps)
+            times[variant].append((time.perf_counter() - wall) / steps)
+            cpu_times[variant].append((time.process_time() - cpu) / steps)
             runs[variant][0] = state
-    return {variant: statistics.median(values) for variant, values in times.items()}
+    return {
+        variant: (statistics.median(times[variant]), statistics.median(cpu_times[variant]))
+        for variant in variants
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -197,12 +202,16 @@ def main(argv=None) -> int:
             f"interleaved rounds of {args.steps} steps; load average at end "
             f"{os.getloadavg()[0]:.2f}\n"
         )
-        print("| variant | ms/step | / unrolled |")
-        print("|---|---:|---:|")
-        base = times.get("unrolled")
-        for variant, seconds in times.items():
+        print("| variant | ms/step | / unrolled | CPU ms/step | / unrolled (CPU) |")
+        print("|---|---:|---:|---:|---:|")
+        base, cpu_base = times.get("unrolled", (None, None))
+        for variant, (seconds, cpu_seconds) in times.items():
             ratio = f"{seconds / base:.2f}x" if base else "-"
-            print(f"| {variant} | {1000 * seconds:.0f} | {ratio} |")
+            cpu_ratio = f"{cpu_seconds / cpu_base:.2f}x" if cpu_base else "-"
+            print(
+                f"| {variant} | {1000 * seconds:.0f} | {ratio} | {1000 * cpu_seconds:.0f} | "
+                f"{cpu_ratio} |"
+            )
     return 0
 
 

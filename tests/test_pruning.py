@@ -63,8 +63,9 @@ def _variables(model, rng, dtype=jnp.float32):
 
 
 def _full_size_params(model):
+    """Variable shapes with per-block paths (the stacked blocks split), as plans use."""
     x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
+    return unstack_blocks(jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 @pytest.mark.parametrize("name", ["deeplab", "dan"])

@@ -271,3 +271,45 @@ def test_bad_layouts_raise():
             ),
             jax.ShapeDtypeStruct((1, 8, 8, 16), jnp.float32),
         )
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize(
+    "kernel, padding, dilation, strides",
+    [
+        (1, ((0, 0), (0, 0)), 1, 1),
+        (3, ((1, 1), (1, 1)), 1, 1),
+        (3, ((2, 2), (2, 2)), 2, 1),
+        (3, ((0, 2), (1, 0)), 1, 1),  # asymmetric: not "same"
+        (3, "SAME", 2, 1),  # nn.Conv's default padding
+        (1, "SAME", 1, 1),
+        (3, ((1, 1), (1, 1)), 1, 2),  # strided: the native convolution
+    ],
+)
+def test_loop_friendly_conv_has_the_native_values_and_gradients(
+    rng, kernel, padding, dilation, strides
+):
+    """Its gradients (on the CPU a forward convolution and a patch product) equal the
+    native ones to float64 rounding."""
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)))
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def conv(function, x, w):
+        return function(
+            x,
+            w,
+            (strides, strides),
+            padding,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=numbers,
+        )
+
+    native = lambda x, w: conv(jax.lax.conv_general_dilated, x, w)
+    friendly = lambda x, w: conv(resnet_lib.loop_friendly_conv_general_dilated, x, w)
+    expected, native_vjp = jax.vjp(native, x, w)
+    actual, friendly_vjp = jax.vjp(friendly, x, w)
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
+    dy = jnp.asarray(rng.normal(size=expected.shape))
+    for a, e in zip(friendly_vjp(dy), native_vjp(dy), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11)

@@ -40,6 +40,7 @@ probes of :mod:`spectral_jax.models.anti_aliasing` see the same modules in both 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -135,6 +136,155 @@ def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _stride_one_conv(x, kernel, padding, dilation, precision):
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
+
+
+def _forward_style_gradients(x, kernel, dy, padding, dilation, precision):
+    r"""Gradients of a stride-1 NHWC convolution, written as a forward convolution and a
+    matrix product.
+
+    .. math::
+
+       \partial x = \partial y \star \operatorname{flip}(W)^{\top}, \qquad
+       \partial W[a, b, i, o] = \sum_{n, h, w} \bar x[n, h + d a, w + d b, i]\,
+       \partial y[n, h, w, o]
+
+    with the transposed convolution's padding ``d (K - 1) - p`` and ``\bar x`` the input
+    padded by ``p``.
+    """
+    kh, kw, cin, cout = kernel.shape
+    transposed_padding = tuple(
+        (d * (k - 1) - low, d * (k - 1) - high)
+        for k, d, (low, high) in zip((kh, kw), dilation, padding, strict=True)
+    )
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [Kh, Kw, Cout, Cin]
+    dx = _stride_one_conv(dy, flipped, transposed_padding, dilation, precision)
+    # The kernel gradient tap by tap: the padded input shifted by the tap, against dy.
+    # (lax.conv_general_dilated_patches would be a convolution with an identity kernel,
+    # Kh Kw Cin times the work of the layer.)
+    _, height, width, _ = dy.shape
+    padded = jax.lax.pad(
+        x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+    )
+    taps = [
+        [
+            jnp.einsum(
+                "nhwi,nhwo->io",
+                padded[
+                    :,
+                    a * dilation[0] : a * dilation[0] + height,
+                    b * dilation[1] : b * dilation[1] + width,
+                ],
+                dy,
+                precision=precision,
+            )
+            for b in range(kw)
+        ]
+        for a in range(kh)
+    ]
+    dkernel = jnp.stack([jnp.stack(row) for row in taps])  # [Kh, Kw, Cin, Cout]
+    return dx, dkernel.astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _loop_friendly_conv(x, kernel, padding, dilation, precision):
+    return _stride_one_conv(x, kernel, padding, dilation, precision)
+
+
+def _loop_friendly_conv_forward(x, kernel, padding, dilation, precision):
+    return _stride_one_conv(x, kernel, padding, dilation, precision), (x, kernel)
+
+
+def _loop_friendly_conv_backward(padding, dilation, precision, residuals, dy):
+    x, kernel = residuals
+
+    def native(x, kernel, dy):
+        _, vjp = jax.vjp(
+            lambda x, kernel: _stride_one_conv(x, kernel, padding, dilation, precision), x, kernel
+        )
+        return vjp(dy)
+
+    def forward_style(x, kernel, dy):
+        return _forward_style_gradients(x, kernel, dy, padding, dilation, precision)
+
+    # XLA:CPU runs the native gradient convolutions many times slower inside a while
+    # loop (an `nn.scan` body) than outside it, the kernel gradient most (measured 22x
+    # for 22 stacked 3x3 convolutions; benchmarks/README.md); as a forward convolution
+    # and a matrix product they run at full speed there. Other platforms keep theirs.
+    return jax.lax.platform_dependent(x, kernel, dy, cpu=forward_style, default=native)
+
+
+_loop_friendly_conv.defvjp(_loop_friendly_conv_forward, _loop_friendly_conv_backward)
+
+
+def loop_friendly_conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """``lax.conv_general_dilated`` whose gradient runs fast inside loops on the CPU.
+
+    Stride-1, undilated-input, ungrouped NHWC/HWIO convolutions (every convolution of
+    the stacked bottlenecks) get a custom VJP that, on the CPU,
+    computes the input gradient as a forward convolution with the flipped kernel and
+    the kernel gradient as a product of the input's patches with the output gradient
+    (:func:`_forward_style_gradients`); on other platforms the native gradient. The
+    values are those of ``lax.conv_general_dilated`` (float32 rounding aside); anything
+    else is passed to it unchanged. For ``nn.Conv(conv_general_dilated=...)``.
+    """
+    nhwc = jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _NHWC)
+    simple = (
+        jnp.ndim(lhs) == 4
+        and tuple(window_strides) == (1, 1)
+        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
+        == nhwc
+    )
+    if not simple:
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
+    if isinstance(padding, str):  # "SAME" or "VALID" (nn.Conv's default is "SAME")
+        window = [d * (k - 1) + 1 for d, k in zip(dilation, jnp.shape(rhs)[:2], strict=True)]
+        padding = jax.lax.padtype_to_pads(jnp.shape(lhs)[1:3], window, (1, 1), padding)
+    padding = tuple((int(low), int(high)) for low, high in padding)
+    return _loop_friendly_conv(lhs, rhs, padding, dilation, precision)
+
+
 class Bottleneck(nn.Module):
     """Bottleneck block: 1x1, 3x3 (strided, dilated), 1x1 with ``4 * features`` outputs.
 
@@ -145,6 +295,8 @@ class Bottleneck(nn.Module):
       dtype: computation dtype.
       conv1_features: outputs of ``conv1`` if not ``features`` (a pruned block).
       conv2_features: outputs of ``conv2`` if not ``features`` (a pruned block).
+      loop_friendly_convs: convolutions with :func:`loop_friendly_conv_general_dilated`
+        (set for the stacked blocks, which run inside a loop).
       downsample_filter: optional factory of a module ``[B, H, W, C] -> [B, H, W, C]``
         applied to the input of a strided block (feeding both its strided 3x3
         convolution and its strided shortcut), called as
@@ -159,6 +311,7 @@ class Bottleneck(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv1_features: int | None = None
     conv2_features: int | None = None
+    loop_friendly_convs: bool = False
     downsample_filter: Callable[..., nn.Module] | None = None
 
     @nn.compact
@@ -167,7 +320,13 @@ class Bottleneck(nn.Module):
         if self.downsample_filter is not None and self.strides > 1:
             # Before both strided paths, as the de-aliasing filter of Chen et al. (2024).
             x = self.downsample_filter(stride=self.strides, name="downsample_filter")(x)
-        conv = lambda f, k, **kw: nn.Conv(f, k, use_bias=False, dtype=self.dtype, **kw)
+        if self.loop_friendly_convs:
+            conv_function = loop_friendly_conv_general_dilated
+        else:
+            conv_function = None  # lax.conv_general_dilated
+        conv = lambda f, k, **kw: nn.Conv(
+            f, k, use_bias=False, dtype=self.dtype, conv_general_dilated=conv_function, **kw
+        )
         d = self.dilation
         y = conv(self.conv1_features or self.features, (1, 1), name="conv1")(x)
         y = nn.relu(_batch_norm(train, "bn1")(y))
@@ -281,7 +440,13 @@ def bottleneck_stage(
     )(x, train)
     if num_blocks > 1 and scan_blocks:
         blocks = _stacked_bottlenecks(num_blocks - 1, remat_blocks)
-        x, _ = blocks(features, dilation=dilation, dtype=dtype, name=f"{layer}_blocks")(x, train)
+        x, _ = blocks(
+            features,
+            dilation=dilation,
+            dtype=dtype,
+            loop_friendly_convs=True,
+            name=f"{layer}_blocks",
+        )(x, train)
         return x
     for block in range(1, num_blocks):
         name = f"{layer}_block{block}"
