@@ -138,8 +138,7 @@ def _apply(model, train):
     return jax.jit(apply)
 
 
-@pytest.mark.parametrize("train", [False, True])
-@pytest.mark.parametrize("output_stride", [8, 32])
+@pytest.mark.parametrize("train, output_stride", [(False, 32), (True, 8)])
 def test_stacked_blocks_compute_the_unrolled_function(rng, train, output_stride):
     stacked_model, unrolled_model = _models(output_stride=output_stride)
     per_block = _per_block_variables(unrolled_model, rng)
