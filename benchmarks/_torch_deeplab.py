@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional
 
 from spectral_jax.models.deeplab import aspp_rates
-from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
+from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations, unstack_blocks
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, bias=False):
@@ -250,10 +250,13 @@ def torchvision_deeplab(*, backbone: str, output_stride: int = 16, **settings) -
 def copy_flax_to_torch(variables: dict[str, Any], module: nn.Module) -> None:
     """Copies Flax variables into a :func:`mirror_deeplab` module (kernels ``HWIO -> OIHW``).
 
+    Stacked blocks (``scan_blocks``) are copied block by block, as torch holds them.
+
     Raises:
       ValueError: if a parameter or buffer of ``module`` has no Flax counterpart or a
         different shape, or a Flax variable has no torch counterpart.
     """
+    variables = unstack_blocks(variables)
     params = traverse_util.flatten_dict(variables["params"], sep=".")
     stats = traverse_util.flatten_dict(variables["batch_stats"], sep=".")
     copied = set()

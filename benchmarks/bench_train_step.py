@@ -185,6 +185,9 @@ def build_torch_deeplab(config: BenchConfig, torch):
 def copy_flax_to_torch(variables: dict[str, Any], module, torch) -> None:
     """Copies Flax variables into the mirror module (kernels ``HWIO -> OIHW``).
 
+    Stacked blocks (``encoder/layer3_blocks``) are split into the per-block names the
+    module uses (``encoder.layer3_block5``) first.
+
     Raises:
       ValueError: if a parameter or buffer of ``module`` has no Flax counterpart or a
         different shape.

@@ -8,6 +8,12 @@ input; :class:`ConvLayer` gives that count (``macs``) and the usual counters' de
 count (``dense_macs``, every tap at every output position, as if the padding were
 data), which is larger for small maps.
 
+Loops. XLA's cost analysis counts the body of a loop once, whatever its trip count, so
+:func:`count_flops` counts a model with a ``scan_blocks`` attribute (the ResNet
+backbones, whose identical blocks run under ``nn.scan``) in its unrolled form, which
+computes the same function; :func:`conv_layers` repeats the convolutions of a ``scan``
+body once per iteration.
+
 Nothing here runs the model: shapes come from ``jax.eval_shape`` and the program from
 ``jax.jit(...).lower(...)``, so no parameters are allocated. Compiling a full-size model
 on the CPU takes minutes; the tests use the tiny variants.
@@ -68,7 +74,8 @@ def count_flops(
     """FLOPs of ``model.apply(variables, x, method=method)`` in inference mode, from XLA.
 
     The call is lowered and compiled for abstract inputs and XLA's cost analysis read
-    from the compiled executable. For DeepLab v3+, ``method="encode"`` counts the
+    from the compiled executable. A model with ``scan_blocks=True`` is counted as its
+    clone with ``scan_blocks=False`` (module docstring: XLA counts a loop body once). For DeepLab v3+, ``method="encode"`` counts the
     encoder (backbone and ASPP); the decoder is the total minus the encoder.
 
     Args:
@@ -86,6 +93,8 @@ def count_flops(
       >>> count_flops(conv, (1, 8, 8, 2)).macs  # 6 x 6 outputs, 4 features, 3 x 3 x 2 taps
       2592.0
     """
+    if getattr(model, "scan_blocks", False):
+        model = model.clone(scan_blocks=False)
     apply, variables, x = _abstract_call(model, input_shape, method, dtype)
     return FlopCount(_xla_flops(jax.jit(apply).lower(variables, x).compile()))
 
@@ -170,9 +179,13 @@ def _walk(jaxpr) -> list[ConvLayer]:
     for eqn in jaxpr.eqns:
         if eqn.primitive is jax.lax.conv_general_dilated_p:
             layers.append(_conv_layer(eqn))
-        elif eqn.primitive.name in ("scan", "while"):
-            # A loop body would have to be multiplied by its trip count.
-            raise NotImplementedError(f"cannot count convolutions inside {eqn.primitive.name}.")
+        elif eqn.primitive.name == "scan":
+            # The body runs `length` times, the same convolutions each time.
+            layers.extend(_walk(eqn.params["jaxpr"].jaxpr) * eqn.params["length"])
+            continue
+        elif eqn.primitive.name == "while":
+            # Its trip count is not static.
+            raise NotImplementedError("cannot count convolutions inside a while loop.")
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
                 layers.extend(_walk(sub))
@@ -187,6 +200,9 @@ def conv_layers(
     dtype=jnp.float32,
 ) -> list[ConvLayer]:
     """Every convolution that ``model.apply(..., method=method)`` runs, in program order.
+
+    The convolutions of a ``scan`` body (stacked ResNet blocks) appear once per
+    iteration, as the unrolled model runs them.
 
     Args:
       model: a Flax linen module.

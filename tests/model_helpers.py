@@ -24,6 +24,12 @@ TINY_DAN = dict(
 )
 
 
+# A backbone with more than one block per stage, so that stages have stacked blocks
+# (spectral_jax.models.resnet); register it with the `deep_tiny_backbone` fixture.
+DEEP_TINY_BACKBONE = "resnet_tiny_deep"
+DEEP_TINY_STAGES = (2, 3, 2, 2)
+
+
 def random_variables(model, shape, seed=0):
     """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
 

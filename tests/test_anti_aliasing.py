@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models import anti_aliasing as fmod
-from spectral_jax.models import create_resnet
+from spectral_jax.models import create_resnet, stack_blocks
 from spectral_jax.models.resnet import Bottleneck
 from spectral_jax.related import aliasing, frequency_masking
 from tests.model_helpers import random_variables
@@ -223,6 +223,32 @@ def test_insert_de_aliasing_filters_at_strided_convs(tiny_resnet):
     with pytest.raises(ValueError, match="placement"):
         with fmod.insert_de_aliasing_filters(placement="everywhere"):
             pass
+
+
+def test_de_aliasing_filters_and_scores_with_stacked_blocks(deep_tiny_backbone):
+    """The strided blocks are the first of their stages, never stacked: the interceptors
+    filter and score the same inputs in the stacked backbone as in the unrolled one."""
+    stacked = create_resnet(deep_tiny_backbone, output_stride=32)
+    unrolled = stacked.clone(scan_blocks=False)
+    shape = (1, 30, 27, 3)
+    variables = random_variables(unrolled, shape, seed=7)
+    images = jnp.asarray(np.random.default_rng(8).normal(size=shape), jnp.float32)
+
+    def run(model, variables):
+        with fmod.insert_de_aliasing_filters(placement="block_input", cutoff=0.3):
+            scores = fmod.downsampling_aliasing_scores(model, variables, images)
+            return model.apply(variables, images), scores
+
+    (low, high), scores = jax.jit(functools.partial(run, stacked))(stack_blocks(variables))
+    (expected_low, expected_high), expected_scores = jax.jit(functools.partial(run, unrolled))(
+        variables
+    )
+    np.testing.assert_allclose(low, expected_low, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(high, expected_high, rtol=1e-5, atol=1e-5)
+    assert sorted(scores) == sorted(expected_scores)
+    assert "layer3_block0" in scores
+    for name, value in expected_scores.items():
+        np.testing.assert_allclose(scores[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("model_name", ["deeplab", "dan"])

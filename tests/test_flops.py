@@ -18,7 +18,7 @@ import pytest
 
 from spectral_jax import flops
 from spectral_jax.models import DeepLabV3Plus
-from tests.model_helpers import TINY_DEEPLAB
+from tests.model_helpers import DEEP_TINY_STAGES, TINY_DEEPLAB
 
 
 @pytest.mark.parametrize(
@@ -91,6 +91,22 @@ def test_whole_model_flops_agree_with_analytic_conv_count():
     total = flops.count_flops(model, shape)
     analytic = 2 * flops.conv_macs(flops.conv_layers(model, shape))
     assert analytic <= total.flops <= 1.02 * analytic
+
+
+def test_stacked_blocks_are_counted_once_per_block(deep_tiny_backbone):
+    """XLA counts a loop body once; the counts of a model with stacked (scanned) blocks
+    are those of its unrolled form, block by block."""
+    stacked = DeepLabV3Plus(**{**TINY_DEEPLAB, "backbone": deep_tiny_backbone}, feature_size=5)
+    unrolled = stacked.clone(scan_blocks=False)
+    shape = (1, 33, 33, 3)
+    layers = flops.conv_layers(stacked, shape)
+    expected = flops.conv_layers(unrolled, shape)
+    # Stem, 4 convolutions per first block, 3 per other block, ASPP and decoder.
+    assert len(layers) == len(expected) == 1 + 4 * 4 + 3 * (sum(DEEP_TINY_STAGES) - 4) + 10
+    assert [(layer.kernel_shape, layer.macs) for layer in layers] == [
+        (layer.kernel_shape, layer.macs) for layer in expected
+    ]
+    assert flops.count_flops(stacked, shape).flops == flops.count_flops(unrolled, shape).flops
 
 
 def test_truncation_and_encoder_split():

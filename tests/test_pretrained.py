@@ -21,17 +21,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.models import DAN, DeepLabV3Plus, create_resnet
+from spectral_jax.models import DAN, DeepLabV3Plus, create_resnet, unstack_blocks
 from spectral_jax.models.pretrained import (
     load_pretrained_backbone,
     load_torchvision_state_dict,
     torchvision_to_flax_resnet,
 )
-from tests.model_helpers import TINY_DAN, TINY_DEEPLAB, num_params, random_variables
+from tests.model_helpers import (
+    DEEP_TINY_BACKBONE,
+    DEEP_TINY_STAGES,
+    TINY_DAN,
+    TINY_DEEPLAB,
+    num_params,
+    random_variables,
+)
 
 # torchvision's stage sizes and stem width; "resnet_tiny" as in spectral_jax.models.resnet.
 STAGES = {"resnet50": ((3, 4, 6, 3), 64), "resnet101": ((3, 4, 23, 3), 64)}
 STAGES["resnet_tiny"] = ((1, 1, 1, 1), 4)
+STAGES[DEEP_TINY_BACKBONE] = (DEEP_TINY_STAGES, 4)  # stacked blocks in every stage
 # torchvision's replace_stride_with_dilation for layer2..layer4 at each output stride.
 REPLACE_STRIDE_WITH_DILATION = {
     32: (False, False, False),
@@ -153,7 +161,7 @@ def np_resnet(images, state, backbone, output_stride):
             x = np_conv(x, state[f"{name}.downsample.0.weight"], stride)
             x = np_bn(x, state, f"{name}.downsample.1")
         x = relu(x + y)
-        if name == "layer1.0":
+        if name.startswith("layer1."):  # the output of the last block of layer1
             low_level = x
     return low_level, x
 
@@ -420,6 +428,50 @@ def test_converted_tiny_backbone_matches_numpy_reference(output_stride, size):
     expected_low, expected_high = np_resnet(images, state, "resnet_tiny", output_stride)
     assert_close(low, expected_low)
     assert_close(high, expected_high)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_conversion_into_stacked_blocks_matches_numpy_reference(deep_tiny_backbone, output_stride):
+    """Block b >= 1 of a stage lands in slice b - 1 of the stacked module; the backbone
+    computes torchvision's function, as the unrolled one does."""
+    state = random_state_dict(deep_tiny_backbone, seed=output_stride)
+    model = create_resnet(deep_tiny_backbone, output_stride=output_stride)
+    variables = torchvision_to_flax_resnet(state, model)
+    stacked = variables["params"]["layer2_blocks"]["conv2"]["kernel"]  # [2, 3, 3, 8, 8]
+    np.testing.assert_array_equal(
+        stacked[1, 1, 2, 3, 4], state["layer2.2.conv2.weight"][4, 3, 1, 2]
+    )
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["layer3_blocks"]["bn1"]["var"][0],
+        state["layer3.1.bn1.running_var"],
+    )
+    unrolled_model = create_resnet(deep_tiny_backbone, scan_blocks=False)
+    unrolled = torchvision_to_flax_resnet(state, unrolled_model)
+    per_block = unstack_blocks(variables)
+    assert jax.tree.structure(per_block) == jax.tree.structure(unrolled)
+    jax.tree.map(np.testing.assert_array_equal, per_block, unrolled)
+    # From variables rather than a model: the same layout.
+    from_variables = torchvision_to_flax_resnet(state, variables)
+    jax.tree.map(np.testing.assert_array_equal, from_variables, variables)
+    images = np.random.default_rng(1).normal(size=(2, 33, 33, 3))
+    low, high = jax.jit(model.apply)(variables, jnp.asarray(images, jnp.float32))
+    expected_low, expected_high = np_resnet(images, state, deep_tiny_backbone, output_stride)
+    assert_close(low, expected_low)
+    assert_close(high, expected_high)
+
+
+def test_load_pretrained_backbone_into_stacked_deeplab(deep_tiny_backbone):
+    model = DeepLabV3Plus(**{**TINY_DEEPLAB, "backbone": deep_tiny_backbone})
+    variables = random_variables(model, (1, 33, 33, 3))
+    state = random_state_dict(deep_tiny_backbone, seed=5)
+    loaded = load_pretrained_backbone(variables, state)
+    expected = torchvision_to_flax_resnet(state, create_resnet(deep_tiny_backbone))
+    assert "layer3_blocks" in loaded["params"]["encoder"]
+    for collection in ("params", "batch_stats"):
+        jax.tree.map(
+            np.testing.assert_array_equal, loaded[collection]["encoder"], expected[collection]
+        )
+    assert loaded["params"]["aspp"] is variables["params"]["aspp"]
 
 
 def test_conversion_maps_every_key_with_torchvision_layouts():

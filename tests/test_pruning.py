@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import flops
-from spectral_jax.models import DAN, DeepLabV3Plus, pruning
+from spectral_jax.models import DAN, DeepLabV3Plus, pruning, stack_blocks, unstack_blocks
 from tests.model_helpers import TINY_DAN, TINY_DEEPLAB, random_variables
 
 MODELS = {"deeplab": (DeepLabV3Plus, TINY_DEEPLAB), "dan": (DAN, TINY_DAN)}
@@ -63,8 +63,9 @@ def _variables(model, rng, dtype=jnp.float32):
 
 
 def _full_size_params(model):
+    """Variable shapes with per-block paths (the stacked blocks split), as plans use."""
     x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
+    return unstack_blocks(jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 @pytest.mark.parametrize("name", ["deeplab", "dan"])
@@ -212,6 +213,46 @@ def test_soft_pruned_equals_hard_pruned(rng, name, feature_size, resample, outpu
         assert small_params[f"params/{path}/kernel"].shape[-1] == int(np.sum(keep))
     # ... and computes the soft-pruned function.
     np.testing.assert_allclose(actual, expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def test_soft_prune_of_stacked_blocks_zeroes_the_per_block_filters(rng, deep_tiny_backbone):
+    """A model with stacked blocks is pruned as its per-block view: the same filters,
+    the same masks, and variables that keep their stacked layout."""
+    model = DAN(**{**TINY_DAN, "backbone": deep_tiny_backbone}, feature_size=5)
+    per_block = _variables(model.clone(scan_blocks=False), rng)
+    stacked = stack_blocks(per_block)
+    assert "layer3_blocks" in stacked["params"]["encoder"]
+    plan = pruning.pruning_plan(model, RATES)
+    expected, expected_masks = soft_prune(per_block, plan)
+    actual, actual_masks = soft_prune(stacked, plan)
+    assert jax.tree.structure(actual) == jax.tree.structure(stacked)
+    assert set(actual_masks) == set(expected_masks)
+    assert "encoder/layer2_block2/conv1" in actual_masks
+    for path, mask in expected_masks.items():
+        np.testing.assert_array_equal(actual_masks[path], mask)
+    jax.tree.map(np.testing.assert_array_equal, unstack_blocks(actual), expected)
+
+
+@pytest.mark.parametrize("rates", [RATES, pruning.PruningRates(decoder=0.2)])
+def test_hard_prune_of_stacked_blocks(rng, deep_tiny_backbone, rates):
+    """A pruned backbone runs unrolled; a backbone that lost nothing stays stacked."""
+    model = DeepLabV3Plus(**{**TINY_DEEPLAB, "backbone": deep_tiny_backbone}, feature_size=5)
+    x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+    variables = stack_blocks(_variables(model.clone(scan_blocks=False), rng))
+    plan = pruning.pruning_plan(model, rates)
+    soft, masks = soft_prune(variables, plan)
+    small_model, small_variables = pruning.hard_prune(model, soft, masks)
+    assert pruning.hard_pruned_model(model, plan) == small_model
+    encoder = small_variables["params"]["encoder"]
+    if rates.encoder:
+        assert "layer3_blocks" not in encoder
+        assert encoder["layer2_block2"]["conv1"]["kernel"].shape[-1] == 8 - _floor(0.4, 8)
+    else:
+        assert "layer2_block2" not in encoder
+        assert encoder["layer2_blocks"]["conv1"]["kernel"].shape == (2, 1, 1, 32, 8)
+    expected = _intermediate_logits(model, soft, x)
+    actual = _intermediate_logits(small_model, small_variables, x)
+    np.testing.assert_allclose(actual, expected, atol=TOLERANCE[jnp.float32], rtol=1e-5)
 
 
 def test_hard_prune_from_plan_and_in_training_mode(rng):

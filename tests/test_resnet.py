@@ -44,10 +44,11 @@ def test_stage_dilations():
         resnet_lib.stage_dilations(4)
 
 
-def test_first_block_of_dilated_stage_keeps_previous_dilation():
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_first_block_of_dilated_stage_keeps_previous_dilation(scan_blocks):
     # torchvision's replace_stride_with_dilation: at stride 8, layer3 is (1, 2, 2, ...)
     # and layer4 is (2, 4, 4).
-    model = resnet_lib.create_resnet("resnet50", output_stride=8)
+    model = resnet_lib.create_resnet("resnet50", output_stride=8, scan_blocks=scan_blocks)
     x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
     dilations = {}
 
@@ -59,6 +60,11 @@ def test_first_block_of_dilated_stage_keeps_previous_dilation():
 
     with nn.intercept_methods(interceptor):
         jax.eval_shape(model.init, jax.random.key(0), x)
+    if scan_blocks:  # the stacked blocks after the first share one module
+        expected = {"layer2_block0": 1, "layer2_blocks": 1, "layer3_block0": 1}
+        expected |= {"layer3_blocks": 2, "layer4_block0": 2, "layer4_blocks": 4}
+        assert {k: v for k, v in dilations.items() if k[5] != "1"} == expected
+        return
     assert [dilations[f"layer3_block{i}"] for i in range(6)] == [1, 2, 2, 2, 2, 2]
     assert [dilations[f"layer4_block{i}"] for i in range(3)] == [2, 4, 4]
     assert [dilations[f"layer2_block{i}"] for i in range(4)] == [1, 1, 1, 1]

@@ -61,4 +61,6 @@ from spectral_jax.models.resnet import ResNet as ResNet
 from spectral_jax.models.resnet import ResNetConfig as ResNetConfig
 from spectral_jax.models.resnet import Widths as Widths
 from spectral_jax.models.resnet import create_resnet as create_resnet
+from spectral_jax.models.resnet import stack_blocks as stack_blocks
 from spectral_jax.models.resnet import stage_dilations as stage_dilations
+from spectral_jax.models.resnet import unstack_blocks as unstack_blocks

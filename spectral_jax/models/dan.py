@@ -148,6 +148,8 @@ class DAN(nn.Module):
         ``"decoder/stage1_conv"`` (a filter-pruned model); ``None`` for the standard.
       downsample_filter: module factory applied to the input of every strided
         bottleneck of the backbone (see :class:`spectral_jax.models.DeepLabV3Plus`).
+      scan_blocks, remat_blocks: stacked blocks under ``nn.scan`` and their
+        recomputation in the backward pass (see :class:`spectral_jax.models.DeepLabV3Plus`).
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -172,6 +174,8 @@ class DAN(nn.Module):
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
     downsample_filter: Callable[..., nn.Module] | None = None
+    scan_blocks: bool = True
+    remat_blocks: bool = False
 
     def setup(self):
         self.encoder, self.aspp = create_encoder_and_aspp(self)

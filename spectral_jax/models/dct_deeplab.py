@@ -55,7 +55,8 @@ use multiples of 16. The DCT models use ``512 x 512`` crops where the RGB models
 (pad or crop to 512; the RGB pipeline's ``513 = 16 k + 1`` aligns corners, which blocks
 cannot).
 
-Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block{b}``), so
+Parameter names follow :class:`spectral_jax.models.ResNet` (``layer{s}_block0`` and the
+stacked ``layer{s}_blocks``, or ``layer{s}_block{b}`` with ``scan_blocks=False``), so
 RGB weights of stages 1-4 map one to one except the two input convolutions of
 ``layer1_block0``, whose input width changes from ``width`` to ``K``.
 """
@@ -78,7 +79,7 @@ from spectral_jax.models.deeplab import (
     decoder_grid,
     decoder_outputs,
 )
-from spectral_jax.models.resnet import RESNET_CONFIGS, Bottleneck, stage_dilations
+from spectral_jax.models.resnet import RESNET_CONFIGS, bottleneck_stage, stage_dilations
 from spectral_jax.related.dct_input import (
     DEFAULT_LAYOUT,
     LAYOUT_STRIDES,
@@ -129,6 +130,8 @@ class DCTResNet(nn.Module):
       output_stride: 8, 16 or 32 w.r.t. the image.
       input_stride: image pixels per input position, 4 or 8.
       dtype: computation dtype.
+      scan_blocks: run the blocks after the first of each stage under ``nn.scan``
+        (see :class:`spectral_jax.models.ResNet`).
     """
 
     stage_sizes: Sequence[int]
@@ -136,6 +139,7 @@ class DCTResNet(nn.Module):
     output_stride: int = 16
     input_stride: int = LAYOUT_STRIDES[DEFAULT_LAYOUT]
     dtype: jnp.dtype = jnp.float32
+    scan_blocks: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -152,15 +156,19 @@ class DCTResNet(nn.Module):
                 strict=True,
             )
         ):
-            for block in range(num_blocks):
-                x = Bottleneck(
-                    self.width * 2**stage,
-                    strides=strides if block == 0 else 1,
-                    # The first block of a dilated stage keeps the previous dilation.
-                    dilation=previous_dilation if block == 0 else dilation,
-                    dtype=self.dtype,
-                    name=f"layer{stage + 1}_block{block}",
-                )(x, train)
+            x = bottleneck_stage(
+                x,
+                train,
+                stage=stage,
+                num_blocks=num_blocks,
+                features=self.width * 2**stage,
+                strides=strides,
+                dilation=dilation,
+                # The first block of a dilated stage keeps the previous dilation.
+                first_dilation=previous_dilation,
+                dtype=self.dtype,
+                scan_blocks=self.scan_blocks,
+            )
             previous_dilation = dilation
             if stage == 0:
                 low_level = x
@@ -185,8 +193,8 @@ class DCTDeepLabV3Plus(nn.Module):
       gate_temperature: Gumbel-softmax temperature of the gate.
       gate_weight: weight ``lambda`` of the gate regulariser (mean open gates per image)
         in the training loss, sown in the ``"losses"`` collection (module docstring).
-      aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype: as in
-        :class:`spectral_jax.models.DeepLabV3Plus`.
+      aspp_channels, low_level_channels, decoder_channels, dropout_rate, dtype,
+        scan_blocks: as in :class:`spectral_jax.models.DeepLabV3Plus`.
 
     Example:
       Shapes only (``jax.eval_shape``: initialising even the tiny backbone takes seconds):
@@ -215,6 +223,7 @@ class DCTDeepLabV3Plus(nn.Module):
     decoder_channels: int = 256
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
+    scan_blocks: bool = True
 
     def setup(self):
         check_model_settings(self.backbone, self.resample, self.feature_size)
@@ -238,6 +247,7 @@ class DCTDeepLabV3Plus(nn.Module):
             output_stride=self.output_stride,
             input_stride=self.input_stride,
             dtype=self.dtype,
+            scan_blocks=self.scan_blocks,
         )
         if self.gate:
             self.frequency_gate = FrequencyGate(self.gate_temperature, dtype=self.dtype)

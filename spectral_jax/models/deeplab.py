@@ -257,7 +257,8 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
       model: a module with the fields of :class:`DeepLabV3Plus` that configure the
         encoder (``backbone``, ``output_stride``, ``feature_size``, ``resample``,
         ``aspp_channels``, ``dropout_rate``, ``dtype``, ``widths``,
-        ``downsample_filter``): :class:`DeepLabV3Plus` or DAN.
+        ``downsample_filter``, ``scan_blocks``, ``remat_blocks``): :class:`DeepLabV3Plus`
+        or DAN.
 
     Returns:
       ``(encoder, aspp)``: the dilated ResNet (:func:`create_resnet`) and the
@@ -275,6 +276,8 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
         dtype=model.dtype,
         widths=_widths_under(model.widths, "encoder"),
         downsample_filter=model.downsample_filter,
+        scan_blocks=model.scan_blocks,
+        remat_blocks=model.remat_blocks,
     )
     return encoder, create_aspp(model, _widths_under(model.widths, "aspp"))
 
@@ -345,6 +348,13 @@ class DeepLabV3Plus(nn.Module):
       downsample_filter: module factory applied to the input of every strided
         bottleneck of the backbone (:class:`spectral_jax.models.DeAliasingFilter`,
         ``functools.partial(FreqMix, reduction=16)``); ``None`` for none.
+      scan_blocks: run the identical blocks of each backbone stage under ``nn.scan``,
+        with stacked variables (``encoder/layer3_blocks``; see
+        :mod:`spectral_jax.models.resnet`): compile time that does not grow with depth.
+        A model with encoder ``widths`` (hard-pruned) runs unrolled regardless.
+      remat_blocks: recompute the scanned blocks in the backward pass
+        (``jax.checkpoint``) instead of storing their activations: less memory, more
+        compute.
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -369,6 +379,8 @@ class DeepLabV3Plus(nn.Module):
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
     downsample_filter: Callable[..., nn.Module] | None = None
+    scan_blocks: bool = True
+    remat_blocks: bool = False
 
     def setup(self):
         self.encoder, self.aspp = create_encoder_and_aspp(self)

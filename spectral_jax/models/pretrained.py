@@ -15,7 +15,11 @@ torchvision ``state_dict`` key          Flax variable
 ``fc.*``, ``*.num_batches_tracked``     ignored
 =====================================  ==========================================
 
-Dilation does not change any shape, so one checkpoint serves every output stride.
+Dilation does not change any shape, so one checkpoint serves every output stride. A
+backbone with stacked blocks (``scan_blocks=True``, the default) gets block ``b >= 1`` of
+stage ``s`` as slice ``b - 1`` of ``layer{s}_blocks``
+(:func:`spectral_jax.models.resnet.stack_blocks`): the conversion works on the per-block
+paths of the table and returns the target's layout.
 
 Reading a checkpoint does not need PyTorch. With torch installed,
 :func:`load_torchvision_state_dict` uses ``torch.load(..., weights_only=True)``;
@@ -51,7 +55,7 @@ import ml_dtypes  # comes with jax: bfloat16 as a NumPy dtype
 import numpy as np
 from flax import traverse_util
 
-from spectral_jax.models.resnet import ResNet
+from spectral_jax.models.resnet import ResNet, stack_blocks, unstack_blocks
 
 StateDict = dict[str, np.ndarray]
 Backend = Literal["auto", "torch", "numpy"]
@@ -363,10 +367,11 @@ def _backbone_shapes(target: ResNet | Mapping[str, Any]) -> dict[str, Any]:
             "target must be a ResNet or its variables {'params', 'batch_stats'}, got "
             f"{type(target).__name__}."
         )
+    # Shapes only, so that splitting stacked blocks slices no arrays.
     return {
-        collection: target[collection]
-        for collection in ("params", "batch_stats")
-        if collection in target
+        collection: jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)
+        for collection, tree in target.items()
+        if collection in ("params", "batch_stats")
     }
 
 
@@ -398,7 +403,7 @@ def torchvision_to_flax_resnet(
 
     Returns:
       ``{"params": ..., "batch_stats": ...}`` with the structure and dtypes of
-      ``target``, as ``jax.Array`` leaves.
+      ``target`` (stacked blocks where ``target`` has them), as ``jax.Array`` leaves.
 
     Raises:
       ValueError: listing the missing keys (needed by ``target``, absent from the
@@ -408,7 +413,7 @@ def torchvision_to_flax_resnet(
     """
     shapes = _backbone_shapes(target)
     converted, missing, mismatched, used = {}, [], [], set()
-    for collection, tree in shapes.items():
+    for collection, tree in unstack_blocks(shapes).items():
         for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
             key = _torch_key(collection, path)
             expected = tuple(leaf.shape)
@@ -441,7 +446,7 @@ def torchvision_to_flax_resnet(
         raise ValueError(
             "the checkpoint does not match the ResNet backbone; " + "; ".join(problems) + "."
         )
-    return traverse_util.unflatten_dict(converted)
+    return stack_blocks(traverse_util.unflatten_dict(converted), like=shapes)
 
 
 def load_pretrained_backbone(

@@ -44,9 +44,14 @@ Usage in training (the plan is a hashable, static value)::
         variables, masks = prune(variables, plan)
     small_model, small_variables = hard_prune(model, variables, masks)
 
-All paths are the ``"/"``-joined keys of the parameter tree, e.g.
+All paths are the ``"/"``-joined keys of the per-block parameter tree, e.g.
 ``"encoder/layer1_block0/conv1"``; BatchNorm statistics live at the same paths under
-``"batch_stats"``.
+``"batch_stats"``. A model with stacked blocks (``scan_blocks=True``, the default) keeps
+``encoder/layer3_block5`` as slice 4 of ``encoder/layer3_blocks``: the functions here
+read and write its variables through :func:`spectral_jax.models.resnet.unstack_blocks`
+and :func:`~spectral_jax.models.resnet.stack_blocks`, so plans, masks and ``widths``
+use the per-block paths whichever the layout, and variables come back in the layout
+they came in (or, from :func:`hard_prune`, in that of the pruned model).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import numpy as np
 
 from spectral_jax.models.dan import DAN, AggregationDecoder
 from spectral_jax.models.deeplab import ASPP, Decoder, DeepLabV3Plus
-from spectral_jax.models.resnet import RESNET_CONFIGS
+from spectral_jax.models.resnet import RESNET_CONFIGS, stack_blocks, unstack_blocks
 
 GROUPS: tuple[str, ...] = ("encoder", "decoder")
 
@@ -344,17 +349,19 @@ def soft_prune(variables, plan: PruningPlan) -> tuple[Any, dict[str, jax.Array]]
     Pure and jittable with ``plan`` static: ``jax.jit(soft_prune, static_argnums=1)``.
 
     Args:
-      variables: ``{"params": ..., "batch_stats": ...}`` of the planned model.
+      variables: ``{"params": ..., "batch_stats": ...}`` of the planned model, stacked
+        or per-block (module docstring).
       plan: from :func:`pruning_plan`.
 
     Returns:
       ``(variables, masks)``: the pruned variables (same structure and shapes) and, for
-      every layer of the plan, its boolean keep-mask ``[C]``.
+      every layer of the plan, its boolean keep-mask ``[C]``, keyed by per-block path.
 
     Raises:
       ValueError: if ``variables`` lack a layer of the plan.
     """
-    flat = _flatten(variables)
+    per_block = unstack_blocks(variables)
+    flat = _flatten(per_block)
     masks = {}
     for conv in plan.convs:
         kernel_key = f"params/{conv.path}/kernel"
@@ -367,7 +374,15 @@ def soft_prune(variables, plan: PruningPlan) -> tuple[Any, dict[str, jax.Array]]
         for key in (f"params/{conv.batch_norm}/bias", f"batch_stats/{conv.batch_norm}/mean"):
             value = _get(flat, key)
             flat[key] = jnp.where(keep, value, jnp.zeros((), value.dtype))
-    return _unflatten(flat, variables), masks
+    return stack_blocks(_unflatten(flat, per_block), like=variables), masks
+
+
+def _variable_shapes(model) -> dict[str, Any]:
+    """``jax.eval_shape`` of the model's variables, in its layout (stacked or not)."""
+    # Channel counts depend neither on the input size nor on the decoder grid; a small
+    # input keeps this cheap.
+    x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+    return jax.eval_shape(model.clone(feature_size=None).init, jax.random.key(0), x)
 
 
 def hard_pruned_model(model, plan: PruningPlan):
@@ -385,10 +400,7 @@ def hard_pruned_model(model, plan: PruningPlan):
     Returns:
       ``model.clone(widths=...)``.
     """
-    # Channel counts depend neither on the input size nor on the decoder grid; a small
-    # input keeps this cheap.
-    x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
-    flat = _flatten(jax.eval_shape(model.clone(feature_size=None).init, jax.random.key(0), x))
+    flat = _flatten(unstack_blocks(_variable_shapes(model)))
     widths = dict(model.widths or ())
     for conv in plan.convs:
         channels = _get(flat, f"params/{conv.path}/kernel").shape[-1]
@@ -406,13 +418,16 @@ def hard_prune(model, variables, pruning: PruningPlan | Mapping[str, Any]) -> tu
     (merged with the model's own ``widths``). If the removed channels are zero after
     BatchNorm and ReLU, as :func:`soft_prune` leaves them, the small model computes the
     same function as the soft-pruned one, with fewer FLOPs; its ``"aspp"`` and
-    ``"decoder_input"`` intermediates lose the pruned channels.
+    ``"decoder_input"`` intermediates lose the pruned channels. A pruned backbone has
+    blocks of different widths and runs unrolled (``layer{s}_block{b}``); the returned
+    variables have the pruned model's layout.
 
     Not jittable (it sets shapes); run it once, after training.
 
     Args:
       model: the :class:`~spectral_jax.models.DeepLabV3Plus` or :class:`~spectral_jax.models.DAN`.
-      variables: its variables; soft-pruned ones if a mapping of masks is given.
+      variables: its variables (stacked or per-block); soft-pruned ones if a mapping of
+        masks is given.
       pruning: a :class:`PruningPlan` (then :func:`soft_prune` is applied first) or the
         masks :func:`soft_prune` returned (``{path: bool [C]}``, True = keep; layers
         left out keep all filters).
@@ -433,7 +448,8 @@ def hard_prune(model, variables, pruning: PruningPlan | Mapping[str, Any]) -> tu
     else:
         raise ValueError(f"pruning must be a PruningPlan or a mapping of masks, got {pruning!r}.")
     plan = pruning_plan(model)
-    flat = _flatten(variables)
+    per_block = unstack_blocks(variables)
+    flat = _flatten(per_block)
     out_channels = {
         conv.path: _get(flat, f"params/{conv.path}/kernel").shape[-1] for conv in plan.convs
     }
@@ -484,4 +500,9 @@ def hard_prune(model, variables, pruning: PruningPlan | Mapping[str, Any]) -> tu
     widths = dict(model.widths or ())
     widths.update({path: int(keep.sum()) for path, keep in keeps.items() if not keep.all()})
     pruned_model = model.clone(widths=tuple(sorted(widths.items())) or None)
-    return pruned_model, _unflatten(flat, variables)
+    # Stacked where the pruned model stacks: a backbone that lost no filter keeps its
+    # stacked blocks, a pruned one runs unrolled.
+    pruned_variables = stack_blocks(
+        _unflatten(flat, per_block), like=_variable_shapes(pruned_model)
+    )
+    return pruned_model, pruned_variables

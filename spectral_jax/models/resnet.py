@@ -17,17 +17,40 @@ output goes through their own BatchNorm and ReLU into other convolutions can be
 narrowed (the stem and the bottlenecks' ``conv1``/``conv2``); the residual path keeps
 its width. ``None`` gives the standard widths. Hard filter pruning
 (:mod:`spectral_jax.models.pruning`) builds its smaller models this way.
+
+Stacked blocks. The blocks after the first of a stage are identical (same widths, stride
+1, the stage's dilation), so by default (``scan_blocks=True``) they run under
+``nn.scan`` as one module ``layer{s}_blocks`` whose variables carry a leading block axis:
+``layer3_blocks/conv1/kernel`` is ``[L - 1, 1, 1, 1024, 256]`` for a stage of ``L``
+blocks, slice ``i`` being the block that the unrolled model names ``layer3_block{i + 1}``.
+XLA then compiles one block per stage instead of ``L``, so compiling ResNet-101 costs
+little more than ResNet-50. The first block of a stage (stride, dilation change,
+projection shortcut) stays a module of its own, ``layer{s}_block0``. A model with
+``widths`` (a hard-pruned one, whose blocks differ in width) always runs unrolled, with
+one module ``layer{s}_block{b}`` per block. :func:`unstack_blocks` and
+:func:`stack_blocks` convert variables between the two forms; the per-block paths are
+the ones that pruning plans, ``widths`` and torchvision checkpoints use. A method
+interceptor sees the stacked blocks as one module traced once inside the scan (values
+it captures there are the loop body's tracers); to probe every block, use
+``scan_blocks=False`` with :func:`unstack_blocks` of the variables. The strided blocks
+are always the first of their stages, so the de-aliasing filters and downsampling
+probes of :mod:`spectral_jax.models.anti_aliasing` see the same modules in both forms.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
@@ -118,6 +141,155 @@ def _batch_norm(
     )
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _stride_one_conv(x, kernel, padding, dilation, precision):
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
+
+
+def _forward_style_gradients(x, kernel, dy, padding, dilation, precision):
+    r"""Gradients of a stride-1 NHWC convolution, written as a forward convolution and a
+    matrix product.
+
+    .. math::
+
+       \partial x = \partial y \star \operatorname{flip}(W)^{\top}, \qquad
+       \partial W[a, b, i, o] = \sum_{n, h, w} \bar x[n, h + d a, w + d b, i]\,
+       \partial y[n, h, w, o]
+
+    with the transposed convolution's padding ``d (K - 1) - p`` and ``\bar x`` the input
+    padded by ``p``.
+    """
+    kh, kw, cin, cout = kernel.shape
+    transposed_padding = tuple(
+        (d * (k - 1) - low, d * (k - 1) - high)
+        for k, d, (low, high) in zip((kh, kw), dilation, padding, strict=True)
+    )
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [Kh, Kw, Cout, Cin]
+    dx = _stride_one_conv(dy, flipped, transposed_padding, dilation, precision)
+    # The kernel gradient tap by tap: the padded input shifted by the tap, against dy.
+    # (lax.conv_general_dilated_patches would be a convolution with an identity kernel,
+    # Kh Kw Cin times the work of the layer.)
+    _, height, width, _ = dy.shape
+    padded = jax.lax.pad(
+        x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+    )
+    taps = [
+        [
+            jnp.einsum(
+                "nhwi,nhwo->io",
+                padded[
+                    :,
+                    a * dilation[0] : a * dilation[0] + height,
+                    b * dilation[1] : b * dilation[1] + width,
+                ],
+                dy,
+                precision=precision,
+            )
+            for b in range(kw)
+        ]
+        for a in range(kh)
+    ]
+    dkernel = jnp.stack([jnp.stack(row) for row in taps])  # [Kh, Kw, Cin, Cout]
+    return dx, dkernel.astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _loop_friendly_conv(x, kernel, padding, dilation, precision):
+    return _stride_one_conv(x, kernel, padding, dilation, precision)
+
+
+def _loop_friendly_conv_forward(x, kernel, padding, dilation, precision):
+    return _stride_one_conv(x, kernel, padding, dilation, precision), (x, kernel)
+
+
+def _loop_friendly_conv_backward(padding, dilation, precision, residuals, dy):
+    x, kernel = residuals
+
+    def native(x, kernel, dy):
+        _, vjp = jax.vjp(
+            lambda x, kernel: _stride_one_conv(x, kernel, padding, dilation, precision), x, kernel
+        )
+        return vjp(dy)
+
+    def forward_style(x, kernel, dy):
+        return _forward_style_gradients(x, kernel, dy, padding, dilation, precision)
+
+    # XLA:CPU runs the native gradient convolutions many times slower inside a while
+    # loop (an `nn.scan` body) than outside it, the kernel gradient most (measured 22x
+    # for 22 stacked 3x3 convolutions; benchmarks/README.md); as a forward convolution
+    # and a matrix product they run at full speed there. Other platforms keep theirs.
+    return jax.lax.platform_dependent(x, kernel, dy, cpu=forward_style, default=native)
+
+
+_loop_friendly_conv.defvjp(_loop_friendly_conv_forward, _loop_friendly_conv_backward)
+
+
+def loop_friendly_conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """``lax.conv_general_dilated`` whose gradient runs fast inside loops on the CPU.
+
+    Stride-1, undilated-input, ungrouped NHWC/HWIO convolutions (every convolution of
+    the stacked bottlenecks) get a custom VJP that, on the CPU,
+    computes the input gradient as a forward convolution with the flipped kernel and
+    the kernel gradient as a product of the input's patches with the output gradient
+    (:func:`_forward_style_gradients`); on other platforms the native gradient. The
+    values are those of ``lax.conv_general_dilated`` (float32 rounding aside); anything
+    else is passed to it unchanged. For ``nn.Conv(conv_general_dilated=...)``.
+    """
+    nhwc = jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _NHWC)
+    simple = (
+        jnp.ndim(lhs) == 4
+        and tuple(window_strides) == (1, 1)
+        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
+        == nhwc
+    )
+    if not simple:
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
+    if isinstance(padding, str):  # "SAME" or "VALID" (nn.Conv's default is "SAME")
+        window = [d * (k - 1) + 1 for d, k in zip(dilation, jnp.shape(rhs)[:2], strict=True)]
+        padding = jax.lax.padtype_to_pads(jnp.shape(lhs)[1:3], window, (1, 1), padding)
+    padding = tuple((int(low), int(high)) for low, high in padding)
+    return _loop_friendly_conv(lhs, rhs, padding, dilation, precision)
+
+
 class Bottleneck(nn.Module):
     """Bottleneck block: 1x1, 3x3 (strided, dilated), 1x1 with ``4 * features`` outputs.
 
@@ -129,6 +301,8 @@ class Bottleneck(nn.Module):
         (parameters and BatchNorm statistics stay float32).
       conv1_features: outputs of ``conv1`` if not ``features`` (a pruned block).
       conv2_features: outputs of ``conv2`` if not ``features`` (a pruned block).
+      loop_friendly_convs: convolutions with :func:`loop_friendly_conv_general_dilated`
+        (set for the stacked blocks, which run inside a loop).
       downsample_filter: optional factory of a module ``[B, H, W, C] -> [B, H, W, C]``
         applied to the input of a strided block (feeding both its strided 3x3
         convolution and its strided shortcut), called as
@@ -143,6 +317,7 @@ class Bottleneck(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv1_features: int | None = None
     conv2_features: int | None = None
+    loop_friendly_convs: bool = False
     downsample_filter: Callable[..., nn.Module] | None = None
 
     @nn.compact
@@ -153,7 +328,13 @@ class Bottleneck(nn.Module):
             x = self.downsample_filter(
                 stride=self.strides, dtype=self.dtype, name="downsample_filter"
             )(x)
-        conv = lambda f, k, **kw: nn.Conv(f, k, use_bias=False, dtype=self.dtype, **kw)
+        if self.loop_friendly_convs:
+            conv_function = loop_friendly_conv_general_dilated
+        else:
+            conv_function = None  # lax.conv_general_dilated
+        conv = lambda f, k, **kw: nn.Conv(
+            f, k, use_bias=False, dtype=self.dtype, conv_general_dilated=conv_function, **kw
+        )
         d = self.dilation
         y = conv(self.conv1_features or self.features, (1, 1), name="conv1")(x)
         y = nn.relu(_batch_norm(train, "bn1", self.dtype)(y))
@@ -174,6 +355,120 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
+class _StackedBottleneck(Bottleneck):
+    """A :class:`Bottleneck` in the ``(carry, x) -> (carry, y)`` form ``nn.scan`` runs."""
+
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, None]:
+        return super().__call__(x, train), None
+
+
+def _stacked_bottlenecks(length: int, remat: bool) -> type[nn.Module]:
+    """A module class running ``length`` identical bottlenecks under ``nn.scan``.
+
+    Variables (``params`` and ``batch_stats``) get a leading axis of size ``length``;
+    every block draws its own initialisation (``split_rngs``). ``train`` is broadcast
+    as a Python value. With ``remat``, each block's activations are recomputed in the
+    backward pass (``jax.checkpoint``) instead of being stored.
+    """
+    block = _StackedBottleneck
+    if remat:
+        # Argument 2 is `train` (0 is the module). Under scan, CSE across iterations
+        # cannot happen, so its prevention is not needed.
+        block = nn.remat(block, static_argnums=(2,), prevent_cse=False)
+    return nn.scan(
+        block,
+        variable_axes={"params": 0, "batch_stats": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,),
+        length=length,
+    )
+
+
+def bottleneck_stage(
+    x: jax.Array,
+    train: bool,
+    *,
+    stage: int,
+    num_blocks: int,
+    features: int,
+    strides: int,
+    dilation: int,
+    first_dilation: int,
+    dtype: jnp.dtype = jnp.float32,
+    widths: Mapping[str, int] | None = None,
+    downsample_filter: Callable[..., nn.Module] | None = None,
+    scan_blocks: bool = True,
+    remat_blocks: bool = False,
+) -> jax.Array:
+    """Runs one stage of bottlenecks; call it inside a parent's ``nn.compact`` method.
+
+    The first block, ``layer{stage + 1}_block0``, has the stage's stride and
+    ``first_dilation``; the others stride 1 and ``dilation``. With ``scan_blocks`` the
+    others run as one scanned module ``layer{stage + 1}_blocks`` (module docstring),
+    otherwise as ``layer{stage + 1}_block{b}``; ``widths`` (``{"layer{s}_block{b}/convK":
+    channels}``) needs the unrolled form.
+
+    Args:
+      x: ``[B, H, W, Cin]``.
+      train: batch statistics instead of running averages.
+      stage: the stage's index, 0 to 3 (names ``layer1`` to ``layer4``).
+      num_blocks: blocks in the stage, at least 1.
+      features: bottleneck width; the stage outputs ``4 * features`` channels.
+      strides: stride of the first block.
+      dilation: dilation of the blocks after the first.
+      first_dilation: dilation of the first block.
+      dtype: computation dtype.
+      widths: per-block ``conv1``/``conv2`` output channels; ``None`` or empty for the
+        standard widths.
+      downsample_filter: module factory for the first block if it is strided
+        (see :class:`Bottleneck`).
+      scan_blocks: run the blocks after the first under ``nn.scan``.
+      remat_blocks: with ``scan_blocks``, recompute each scanned block in the backward
+        pass instead of storing its activations.
+
+    Returns:
+      ``[B, ceil(H / strides), ceil(W / strides), 4 * features]``.
+
+    Raises:
+      ValueError: if ``widths`` is given together with ``scan_blocks``.
+    """
+    widths = dict(widths or {})
+    if widths and scan_blocks:
+        raise ValueError("widths needs unrolled blocks: pass scan_blocks=False with widths.")
+    layer = f"layer{stage + 1}"
+    x = Bottleneck(
+        features,
+        strides=strides,
+        dilation=first_dilation,
+        dtype=dtype,
+        conv1_features=widths.get(f"{layer}_block0/conv1"),
+        conv2_features=widths.get(f"{layer}_block0/conv2"),
+        downsample_filter=downsample_filter,
+        name=f"{layer}_block0",
+    )(x, train)
+    if num_blocks > 1 and scan_blocks:
+        blocks = _stacked_bottlenecks(num_blocks - 1, remat_blocks)
+        x, _ = blocks(
+            features,
+            dilation=dilation,
+            dtype=dtype,
+            loop_friendly_convs=True,
+            name=f"{layer}_blocks",
+        )(x, train)
+        return x
+    for block in range(1, num_blocks):
+        name = f"{layer}_block{block}"
+        x = Bottleneck(
+            features,
+            dilation=dilation,
+            dtype=dtype,
+            conv1_features=widths.get(f"{name}/conv1"),
+            conv2_features=widths.get(f"{name}/conv2"),
+            name=name,
+        )(x, train)
+    return x
+
+
 class ResNet(nn.Module):
     """Dilated bottleneck ResNet returning low-level (stride 4) and high-level features.
 
@@ -187,6 +482,12 @@ class ResNet(nn.Module):
         ``None`` for the standard widths.
       downsample_filter: module factory applied to the input of every strided
         bottleneck (see :class:`Bottleneck`); ``None`` for none.
+      scan_blocks: run the blocks after the first of each stage under ``nn.scan``, as
+        one module ``layer{s}_blocks`` with stacked variables (module docstring); a
+        model with ``widths`` runs unrolled whatever this says (:attr:`stacks_blocks`).
+      remat_blocks: recompute the scanned blocks in the backward pass
+        (``jax.checkpoint``) instead of storing their activations: less memory, more
+        compute.
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -206,6 +507,13 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
     downsample_filter: Callable[..., nn.Module] | None = None
+    scan_blocks: bool = True
+    remat_blocks: bool = False
+
+    @property
+    def stacks_blocks(self) -> bool:
+        """Whether the stages run their later blocks under ``nn.scan`` (not with ``widths``)."""
+        return self.scan_blocks and not self.widths
 
     def prunable_layers(self) -> tuple[str, ...]:
         """Paths of the convolutions whose width ``widths`` may set, in program order."""
@@ -266,19 +574,22 @@ class ResNet(nn.Module):
         for stage, (num_blocks, (strides, dilation)) in enumerate(
             zip(self.stage_sizes, plan, strict=True)
         ):
-            for block in range(num_blocks):
-                name = f"layer{stage + 1}_block{block}"
-                x = Bottleneck(
-                    self.width * 2**stage,
-                    strides=strides if block == 0 else 1,
-                    # The first block of a dilated stage keeps the previous dilation.
-                    dilation=previous_dilation if block == 0 else dilation,
-                    dtype=self.dtype,
-                    conv1_features=widths.get(f"{name}/conv1"),
-                    conv2_features=widths.get(f"{name}/conv2"),
-                    downsample_filter=self.downsample_filter,
-                    name=name,
-                )(x, train)
+            x = bottleneck_stage(
+                x,
+                train,
+                stage=stage,
+                num_blocks=num_blocks,
+                features=self.width * 2**stage,
+                strides=strides,
+                dilation=dilation,
+                # The first block of a dilated stage keeps the previous dilation.
+                first_dilation=previous_dilation,
+                dtype=self.dtype,
+                widths=widths,
+                downsample_filter=self.downsample_filter,
+                scan_blocks=self.stacks_blocks,
+                remat_blocks=self.remat_blocks,
+            )
             previous_dilation = dilation
             outputs.append(x)
         return tuple(outputs)
@@ -291,6 +602,8 @@ def create_resnet(
     dtype: jnp.dtype = jnp.float32,
     widths: Widths | None = None,
     downsample_filter: Callable[..., nn.Module] | None = None,
+    scan_blocks: bool = True,
+    remat_blocks: bool = False,
 ) -> ResNet:
     """A ResNet by name: ``"resnet50"``, ``"resnet101"`` or ``"resnet_tiny"``.
 
@@ -301,6 +614,9 @@ def create_resnet(
       widths: per-layer output channels (see :class:`ResNet`); ``None`` for the standard.
       downsample_filter: module factory before every strided bottleneck (see
         :class:`ResNet`); ``None`` for none.
+      scan_blocks: stack the identical blocks of each stage under ``nn.scan`` (see
+        :class:`ResNet`; ignored with ``widths``).
+      remat_blocks: recompute the scanned blocks in the backward pass.
 
     Raises:
       ValueError: for an unknown name or output stride.
@@ -316,4 +632,185 @@ def create_resnet(
         dtype=dtype,
         widths=widths,
         downsample_filter=downsample_filter,
+        scan_blocks=scan_blocks,
+        remat_blocks=remat_blocks,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Variables of the stacked and the unrolled form.
+
+_STACKED_NAME = re.compile(r"layer(\d+)_blocks")
+_BLOCK_NAME = re.compile(r"layer(\d+)_block(\d+)")
+
+
+def _slice_leaf(leaf: Any, index: int) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[index]
+
+
+def _stack_leaves(*leaves: Any) -> Any:
+    first = leaves[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(leaves), *first.shape), first.dtype)
+    if all(isinstance(leaf, np.ndarray) for leaf in leaves):
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def _leading_size(tree: Any, path: str) -> int:
+    sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(f"variables: the stacked blocks at {path!r} have leading sizes {sizes}.")
+    return sizes.pop()
+
+
+def _unstack_node(node: Any, path: str) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    result = {}
+    for key, value in node.items():
+        match = _STACKED_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is None:
+            result[key] = _unstack_node(value, f"{path}/{key}" if path else key)
+            continue
+        stage = match.group(1)
+        for index in range(_leading_size(value, f"{path}/{key}")):
+            name = f"layer{stage}_block{index + 1}"
+            if name in node:
+                raise ValueError(f"variables hold both {key!r} and {name!r} under {path!r}.")
+            result[name] = jax.tree.map(lambda leaf, i=index: _slice_leaf(leaf, i), value)
+    return result
+
+
+def unstack_blocks(variables: Any) -> Any:
+    """The per-block form of variables: every ``layer{s}_blocks`` split into its blocks.
+
+    Slice ``i`` of the stacked module (leading axis) becomes ``layer{s}_block{i + 1}``,
+    wherever the stacked module sits in the tree (``params/encoder/layer3_blocks``, or
+    ``params/layer3_blocks`` for a bare :class:`ResNet`), in every collection. Variables
+    without stacked blocks come back unchanged (as plain dicts), so the function is
+    idempotent. Pure and jittable; leaves may be arrays or ``jax.ShapeDtypeStruct``.
+
+    Args:
+      variables: a tree of mappings, e.g. ``{"params": ..., "batch_stats": ...}`` of a
+        model with ``scan_blocks=True``.
+
+    Returns:
+      The same tree with per-block paths (``layer3_block5/conv1/kernel``); a
+      ``FrozenDict`` input gives a ``FrozenDict``.
+
+    Raises:
+      ValueError: if a stacked module's leaves disagree in their leading size, or a
+        block is present both stacked and unrolled.
+
+    Example:
+      >>> model = create_resnet("resnet50")
+      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> variables["params"]["layer3_blocks"]["conv1"]["kernel"].shape  # [L - 1, ...]
+      (5, 1, 1, 1024, 256)
+      >>> unstack_blocks(variables)["params"]["layer3_block5"]["conv1"]["kernel"].shape
+      (1, 1, 1024, 256)
+    """
+    frozen = isinstance(variables, flax.core.FrozenDict)
+    result = _unstack_node(flax.core.unfreeze(variables) if frozen else variables, "")
+    return flax.core.freeze(result) if frozen else result
+
+
+def _stacked_paths(like: Any) -> set[tuple[str, ...]]:
+    """Paths (parent keys and ``layer{s}_blocks``) of the stacked modules in ``like``."""
+    found = set()
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, Mapping):
+            return
+        for key, value in node.items():
+            if isinstance(key, str) and _STACKED_NAME.fullmatch(key):
+                found.add((*path, key))
+            else:
+                visit(value, (*path, key))
+
+    visit(like, ())
+    return found
+
+
+def _stack_node(node: Any, path: tuple[str, ...], wanted: set[tuple[str, ...]] | None) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    stages: dict[str, list[int]] = {}
+    for key in node:
+        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is not None and int(match.group(2)) > 0:
+            stages.setdefault(match.group(1), []).append(int(match.group(2)))
+    stacked = {}
+    for stage, blocks in stages.items():
+        name = f"layer{stage}_blocks"
+        if wanted is not None and (*path, name) not in wanted:
+            continue
+        where = "/".join((*path, name))
+        if sorted(blocks) != list(range(1, len(blocks) + 1)):
+            raise ValueError(
+                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} are "
+                f"{sorted(blocks)}, not 1, 2, ...: they cannot be stacked as {where!r}."
+            )
+        if name in node:
+            raise ValueError(f"variables hold both {name!r} and unrolled blocks at {where!r}.")
+        trees = [node[f"layer{stage}_block{b}"] for b in range(1, len(blocks) + 1)]
+        layouts = {
+            (jax.tree.structure(tree), tuple(np.shape(leaf) for leaf in jax.tree.leaves(tree)))
+            for tree in trees
+        }
+        if len(layouts) != 1:
+            raise ValueError(
+                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} differ in "
+                "structure or shape (a pruned model?) and cannot be stacked."
+            )
+        stacked[stage] = jax.tree.map(_stack_leaves, *trees)
+    result = {}
+    for key, value in node.items():
+        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
+        if match is not None and match.group(1) in stacked and int(match.group(2)) > 0:
+            continue
+        result[key] = _stack_node(value, (*path, key), wanted)
+    for stage, tree in stacked.items():
+        result[f"layer{stage}_blocks"] = tree
+    return result
+
+
+def stack_blocks(variables: Any, *, like: Any = None) -> Any:
+    """The stacked form of per-block variables, the inverse of :func:`unstack_blocks`.
+
+    Blocks ``layer{s}_block1``, ``layer{s}_block2``, ... of a stage become one
+    ``layer{s}_blocks`` whose leaves are the blocks' leaves stacked on a new leading
+    axis; ``layer{s}_block0`` stays as it is. Pure and jittable; leaves may be arrays
+    or ``jax.ShapeDtypeStruct``.
+
+    Args:
+      variables: a tree of mappings with per-block paths, e.g. from
+        :func:`unstack_blocks` or a torchvision conversion.
+      like: a variables tree of the target model (arrays or shapes): only the stages
+        that are stacked in ``like`` (same parent path, ``layer{s}_blocks``) are
+        stacked, so that the result has its layout; ``None`` stacks every stage with
+        more than one block.
+
+    Returns:
+      The stacked tree; a ``FrozenDict`` input gives a ``FrozenDict``.
+
+    Raises:
+      ValueError: if a stage to stack has missing blocks, or blocks that differ in
+        structure or shape (a hard-pruned model's), or already a stacked module.
+
+    Example:
+      >>> model = create_resnet("resnet50")
+      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> per_block = unstack_blocks(variables)
+      >>> jax.tree.structure(stack_blocks(per_block)) == jax.tree.structure(variables)
+      True
+    """
+    wanted = None if like is None else _stacked_paths(like)
+    frozen = isinstance(variables, flax.core.FrozenDict)
+    result = _stack_node(flax.core.unfreeze(variables) if frozen else variables, (), wanted)
+    return flax.core.freeze(result) if frozen else result
