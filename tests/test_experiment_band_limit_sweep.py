@@ -132,14 +132,21 @@ def test_tiny_run_at_initialisation(tmp_path):
     assert logits.shape == (2, 2, 2, 129, 129, 21) and labels.shape == (2, 2, 129, 129)
     with open(workdir / "relative_discrepancy.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 2 * 2 * 65
+    assert len(rows) == 2 * 2 * 2 * 65  # both ignore modes x models x data sets x bands
+    assert {row["ignore_mode"] for row in rows} == {"labels", "both"}
     classes = {"pascal": 21, "deepglobe": 7}
     assert dataset_info("synthetic_scenes/deepglobe_like").num_classes == 7
     for m, model in enumerate(["deeplab", "dan"]):
         for d, dataset in enumerate(["pascal", "deepglobe"]):
             unpadded = logits[m, d, ..., : classes[dataset]]  # the model's own classes
             assert np.all(logits[m, d, ..., classes[dataset] :] == band_limit_sweep.PAD_LOGIT)
-            expected = _reference_sweep(unpadded, labels[d], range(65))
-            ours = [float(r["R"]) for r in rows if (r["model"], r["dataset"]) == (model, dataset)]
-            np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-5)
+            for mode in ("labels", "both"):
+                expected = _reference_sweep(unpadded, labels[d], range(65), mode)
+                key = (model, dataset, mode)
+                ours = [
+                    float(r["R"])
+                    for r in rows
+                    if (r["model"], r["dataset"], r["ignore_mode"]) == key
+                ]
+                np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-5)
     assert '"compilations": 1' in (workdir / "compilations.json").read_text()

@@ -215,8 +215,10 @@ def test_main_ce_rows_match_grad_of_eq5(run):
         valid = labels != ignore
         num_classes = logits.shape[-1]
         b = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes) * valid[..., None]
-        y_p = jax.nn.logsumexp(logits, axis=-1) * valid
-        y = logits * valid[..., None]
+        # Eq. 5 with the default ignore_mode="labels": only the one-hot labels are zero at
+        # ignored pixels; the log-probabilities of every pixel are transformed.
+        y_p = jax.nn.logsumexp(logits, axis=-1)
+        y = logits
         b_hat = jnp.fft.fft2(b, axes=(0, 1))
         yhat = jnp.fft.fft2(y_p, axes=(0, 1))[..., None] - jnp.fft.fft2(y, axes=(0, 1))
         total = jnp.sum(jnp.conj(b_hat) * yhat, axis=-1).real
