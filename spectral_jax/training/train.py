@@ -56,20 +56,6 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) 
     return max(1, num_train_examples // int(config.batch_size))
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, float | np.floating):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 @functools.lru_cache(maxsize=4)
 def _cached_soft_prune_fn(model: nn.Module, pruning: tuple[tuple[str, float], ...]):
     return steps.create_soft_prune_fn(model, dict(pruning))
@@ -355,7 +341,7 @@ def train_and_evaluate(
         "wall_time_s": time.perf_counter() - start_time,
         "workdir": os.path.abspath(workdir),
     }
-    summary = _json_ready(summary)
+    summary = writers_lib.json_ready(summary)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as file:
             json.dump(summary, file, indent=2)

@@ -33,6 +33,24 @@ class MetricWriter(Protocol):
     def close(self) -> None: ...
 
 
+def json_ready(value):
+    """``value`` for ``json.dump``: NumPy arrays as lists, NumPy scalars as Python numbers,
+    non-finite floats as None (JSON has no NaN or Infinity), mapping keys as strings."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def _as_float(value) -> float:
     return float(np.asarray(value))
 
