@@ -79,7 +79,7 @@ from spectral_jax.models.deeplab import (
     decoder_grid,
     decoder_outputs,
 )
-from spectral_jax.models.resnet import RESNET_CONFIGS, bottleneck_stage, stage_dilations
+from spectral_jax.models.resnet import RESNET_CONFIGS, bottleneck_stages, stage_dilations
 from spectral_jax.related.dct_input import (
     DEFAULT_LAYOUT,
     LAYOUT_STRIDES,
@@ -148,31 +148,16 @@ class DCTResNet(nn.Module):
         chex.assert_rank(x, 4)
         if len(self.stage_sizes) != 4:
             raise ValueError(f"stage_sizes must have four stages, got {self.stage_sizes!r}.")
-        previous_dilation = 1
-        for stage, (num_blocks, (strides, dilation)) in enumerate(
-            zip(
-                self.stage_sizes,
-                dct_stage_dilations(self.output_stride, input_stride=self.input_stride),
-                strict=True,
-            )
-        ):
-            x = bottleneck_stage(
-                x,
-                train,
-                stage=stage,
-                num_blocks=num_blocks,
-                features=self.width * 2**stage,
-                strides=strides,
-                dilation=dilation,
-                # The first block of a dilated stage keeps the previous dilation.
-                first_dilation=previous_dilation,
-                dtype=self.dtype,
-                scan_blocks=self.scan_blocks,
-            )
-            previous_dilation = dilation
-            if stage == 0:
-                low_level = x
-        return low_level, x
+        outputs = bottleneck_stages(
+            x,
+            train,
+            stage_sizes=self.stage_sizes,
+            width=self.width,
+            plan=dct_stage_dilations(self.output_stride, input_stride=self.input_stride),
+            dtype=self.dtype,
+            scan_blocks=self.scan_blocks,
+        )
+        return outputs[0], outputs[-1]
 
 
 class DCTDeepLabV3Plus(nn.Module):

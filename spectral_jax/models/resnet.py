@@ -469,6 +469,51 @@ def bottleneck_stage(
     return x
 
 
+def bottleneck_stages(
+    x: jax.Array,
+    train: bool,
+    *,
+    stage_sizes: Sequence[int],
+    width: int,
+    plan: Sequence[tuple[int, int]],
+    **stage_settings,
+) -> tuple[jax.Array, ...]:
+    """Runs every stage (:func:`bottleneck_stage`); call it inside ``nn.compact``.
+
+    Stage ``s`` has bottleneck width ``width * 2**s`` and ``(strides, dilation) =
+    plan[s]``; the first block of a dilated stage keeps the previous stage's dilation.
+
+    Args:
+      x: ``[B, H, W, Cin]``.
+      train: batch statistics instead of running averages.
+      stage_sizes: blocks per stage.
+      width: the first stage's bottleneck width.
+      plan: ``(strides, dilation)`` per stage (:func:`stage_dilations`).
+      **stage_settings: the other arguments of :func:`bottleneck_stage` (``dtype``,
+        ``widths``, ``scan_blocks``, ...).
+
+    Returns:
+      The output of every stage, in order.
+    """
+    previous_dilation = 1
+    outputs = []
+    for stage, (num_blocks, (strides, dilation)) in enumerate(zip(stage_sizes, plan, strict=True)):
+        x = bottleneck_stage(
+            x,
+            train,
+            stage=stage,
+            num_blocks=num_blocks,
+            features=width * 2**stage,
+            strides=strides,
+            dilation=dilation,
+            first_dilation=previous_dilation,
+            **stage_settings,
+        )
+        previous_dilation = dilation
+        outputs.append(x)
+    return tuple(outputs)
+
+
 class ResNet(nn.Module):
     """Dilated bottleneck ResNet returning low-level (stride 4) and high-level features.
 
@@ -569,30 +614,18 @@ class ResNet(nn.Module):
         )(x)
         x = nn.relu(_batch_norm(train, "bn1", self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        previous_dilation = 1
-        outputs = []
-        for stage, (num_blocks, (strides, dilation)) in enumerate(
-            zip(self.stage_sizes, plan, strict=True)
-        ):
-            x = bottleneck_stage(
-                x,
-                train,
-                stage=stage,
-                num_blocks=num_blocks,
-                features=self.width * 2**stage,
-                strides=strides,
-                dilation=dilation,
-                # The first block of a dilated stage keeps the previous dilation.
-                first_dilation=previous_dilation,
-                dtype=self.dtype,
-                widths=widths,
-                downsample_filter=self.downsample_filter,
-                scan_blocks=self.stacks_blocks,
-                remat_blocks=self.remat_blocks,
-            )
-            previous_dilation = dilation
-            outputs.append(x)
-        return tuple(outputs)
+        return bottleneck_stages(
+            x,
+            train,
+            stage_sizes=self.stage_sizes,
+            width=self.width,
+            plan=plan,
+            dtype=self.dtype,
+            widths=widths,
+            downsample_filter=self.downsample_filter,
+            scan_blocks=self.stacks_blocks,
+            remat_blocks=self.remat_blocks,
+        )
 
 
 def create_resnet(
