@@ -83,10 +83,11 @@ from benchmarks import bench_ce_spectrum, bench_spectral_jacobian, bench_train_s
 from experiments.configs import pascal
 from spectral_jax.data import pipeline as pipeline_lib
 from spectral_jax.data import sharding, synthetic
-from spectral_jax.data.inputs import InputPipeline
+from spectral_jax.data.inputs import InputPipeline, input_pipeline_from_sources
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.models import registry
 from spectral_jax.training import load_variables, train_and_evaluate
+from spectral_jax.training.writers import json_ready
 
 try:  # PyTorch is optional: without it the PyTorch rows say so.
     import torch
@@ -248,23 +249,6 @@ TABLE_HEADER = (
 )
 
 
-def _json_ready(value):
-    """``value`` with NumPy scalars as Python numbers and non-finite floats as None."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 class Report:
     """Collects rows, checks and section statuses; prints rows and rewrites the files."""
 
@@ -315,7 +299,7 @@ class Report:
             entry = dataclasses.asdict(row)
             entry.update(holds=row.holds, target=row.target)
             rows.append(entry)
-        return _json_ready(
+        return json_ready(
             dict(
                 **self.header,
                 elapsed_s=time.perf_counter() - self.start,
@@ -857,43 +841,7 @@ def synthetic_input_pipeline(
         )
         for split in synthetic.SPLITS
     }
-    normalisation = dict(mean=info.mean, std=info.std, ignore_index=info.ignore_index)
-
-    def train_batches(start_step, batch_size, shard_index, shard_count):
-        return pipeline_lib.train_batches(
-            sources["train"],
-            batch_size=batch_size,
-            crop_size=config.crop_size,
-            seed=config.seed,
-            start_step=start_step,
-            scale_range=tuple(config.scale_range),
-            flip=config.flip,
-            shard_index=shard_index,
-            shard_count=shard_count,
-            worker_count=config.worker_count,
-            **normalisation,
-        )
-
-    def eval_batches(batch_size, shard_index, shard_count):
-        return pipeline_lib.eval_batches(
-            sources["validation"],
-            batch_size=batch_size,
-            crop_size=config.eval_crop_size,
-            shard_index=shard_index,
-            shard_count=shard_count,
-            **normalisation,
-        )
-
-    return InputPipeline(
-        train_batches=train_batches,
-        eval_batches=eval_batches,
-        num_classes=info.num_classes,
-        ignore_index=info.ignore_index,
-        num_train_examples=num_train,
-        class_names=info.class_names,
-        image_mean=info.mean,
-        image_std=info.std,
-    )
+    return input_pipeline_from_sources(config, info, sources["train"], sources["validation"])
 
 
 def loop_config(sizes: CheckSizes):

@@ -96,6 +96,18 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
     eval_source = pipeline_lib.load_split(
         config.dataset, config.eval_split, data_dir=config.data_dir
     )
+    return input_pipeline_from_sources(config, info, train_source, eval_source)
+
+
+def input_pipeline_from_sources(
+    config: ml_collections.ConfigDict,
+    info: pipeline_lib.SegmentationDatasetInfo,
+    train_source,
+    eval_source,
+) -> InputPipeline:
+    """The :class:`InputPipeline` over given random-access sources, with ``config``'s
+    augmentation, crops and block-wise labels (as :func:`create_input_pipeline`, which
+    loads the sources of ``config.dataset``) and ``info``'s classes and normalisation."""
     label_transform = blockwise_label_transform(config, info)
     normalisation = dict(mean=info.mean, std=info.std)
 
