@@ -569,9 +569,14 @@ def _check_band_limit(band_limit):
         )
     if _checks.is_traced(band_limit):
         return band_limit  # a traced NaN gives NaN (see _truncate_profile)
-    if isinstance(band_limit, int | np.integer):
+    if isinstance(band_limit, int | np.integer | np.ndarray) and jnp.issubdtype(
+        dtype, jnp.integer
+    ):  # Python, NumPy scalar or 0-d NumPy integers (JAX's are int32 already)
         low, high = _BAND_LIMIT_BOUNDS
-        return type(band_limit)(min(max(int(band_limit), low), high))
+        clipped = min(max(int(band_limit), low), high)
+        if isinstance(band_limit, np.ndarray):
+            return np.asarray(clipped, band_limit.dtype)
+        return type(band_limit)(clipped)
     if np.isnan(np.asarray(band_limit)):
         raise ValueError("band_limit is NaN; it must be a number (the largest band kept).")
     return band_limit

@@ -673,7 +673,7 @@ def test_nan_band_limit_raises_eagerly_and_is_nan_under_jit(small_batch, fn, nan
     assert np.isnan(swept[1]).all() and not np.isnan(swept[[0, 2]]).any()
 
 
-@pytest.mark.parametrize("big", [2**31, 2**40, np.int64(2**40), 10**30])
+@pytest.mark.parametrize("big", [2**31, 2**40, np.int64(2**40), np.array(2**32), 10**30])
 def test_huge_integer_band_limit_keeps_every_band(small_batch, big):
     # Without x64 such an int cannot become int32; it selects every band, as R - 1 does.
     logits, labels = small_batch
