@@ -26,6 +26,7 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
@@ -45,23 +46,15 @@ class IoUTerms(NamedTuple):
     label_mass: jax.Array
 
 
-def _invalid_probability_images(probs, valid, binarize: bool):
-    """``[B]`` booleans: images with a NaN at a valid pixel, or (soft IoU) a value outside
-    ``[0, 1]``; the hard IoU reads only the arg-max, so any real scores are valid there."""
-    if binarize:
-        invalid = jnp.isnan(probs)
-    else:
-        invalid = ~((probs >= 0) & (probs <= 1))  # NaN compares False: counted as invalid
-    return jnp.any(invalid & valid[..., None], axis=(1, 2, 3))
-
-
-def _probability_violations(probs, labels, ignore_index: int):
-    """Counts of NaN and of out-of-range ``probs`` at valid pixels, and their range."""
-    valid = (labels != ignore_index)[..., None]
+def _probability_violations(probs, valid):
+    """Per image ``[B]``: NaN values and finite values outside ``[0, 1]`` of ``probs`` at
+    the ``valid [B, H, W]`` pixels; and the range of the finite values there (scalars)."""
+    valid = valid[..., None]
     nan = jnp.isnan(probs)
     outside = ~nan & ((probs < 0) | (probs > 1))
     finite = jnp.where(valid & ~nan, probs, 0.5)
-    return jnp.sum(nan & valid), jnp.sum(outside & valid), jnp.min(finite), jnp.max(finite)
+    per_image = lambda x: jnp.sum(x & valid, axis=(1, 2, 3))  # noqa: E731
+    return per_image(nan), per_image(outside), jnp.min(finite), jnp.max(finite)
 
 
 def _raise_for_violations(violations, binarize: bool) -> None:
@@ -74,6 +67,7 @@ def _raise_for_violations(violations, binarize: bool) -> None:
     if any(_checks.is_traced(v) for v in violations):
         return
     num_nan, num_outside, low, high = jax.device_get(violations)
+    num_nan, num_outside = np.sum(num_nan), np.sum(num_outside)
     if int(num_nan):
         raise ValueError(f"probs holds {int(num_nan)} NaN value(s) at labelled pixels.")
     if int(num_outside) and not binarize:
@@ -84,14 +78,22 @@ def _raise_for_violations(violations, binarize: bool) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
-def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> IoUTerms:
-    """The computation of :func:`spectral_iou_terms` on checked arguments."""
+def _compute_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
+    """The computation of :func:`spectral_iou_terms` on checked arguments.
+
+    Returns:
+      ``(terms, violations)``: :class:`IoUTerms`, NaN for the images whose ``probs`` are
+      NaN or (soft IoU) outside ``[0, 1]`` at a valid pixel, and
+      :func:`_probability_violations` for the eager error message.
+    """
     _, height, width, num_classes = probs.shape
     probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
     valid = labels != ignore_index  # [B, H, W]
-    # Checked before the arg-max, which would turn a NaN into a class.
-    bad_images = _invalid_probability_images(probs, valid, binarize)  # [B]
+    # Checked before the arg-max, which would turn a NaN into a class. The hard IoU reads
+    # only the arg-max, so any real scores are valid there.
+    violations = _probability_violations(probs, valid)
+    num_nan, num_outside = violations[:2]  # [B] each
+    bad_images = (num_nan > 0) if binarize else (num_nan + num_outside > 0)  # [B]
     if binarize:
         probs = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=probs.dtype)
     weights = bands_lib.half_spectrum_weights((height, width)).astype(probs.dtype)
@@ -108,9 +110,15 @@ def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> 
     _, per_class = jax.lax.scan(class_terms, None, inputs)  # 3 x [C, B]
     terms = IoUTerms(*(term.T for term in per_class))  # 3 x [B, C]
     terms = jax.tree.map(lambda x: jnp.where(bad_images[:, None], jnp.nan, x), terms)
-    return jax.tree.map(
+    terms = jax.tree.map(
         lambda x: _checks.poison_invalid_labels(x, labels, num_classes, ignore_index), terms
     )
+    return terms, violations
+
+
+@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
+def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> IoUTerms:
+    return _compute_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)[0]
 
 
 def spectral_iou_terms(
@@ -223,11 +231,10 @@ def spectral_iou(
 
 @functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
 def _spectral_iou(probs, labels, *, ignore_index: int, binarize: bool):
-    terms = _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
-    return iou_from_terms(terms), _probability_violations(probs, labels, ignore_index)
+    terms, violations = _compute_iou_terms(
+        probs, labels, ignore_index=ignore_index, binarize=binarize
+    )
+    return iou_from_terms(terms), violations
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
-def _checked_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
-    terms = _spectral_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)
-    return terms, _probability_violations(probs, labels, ignore_index)
+_checked_iou_terms = jax.jit(_compute_iou_terms, static_argnames=("ignore_index", "binarize"))
