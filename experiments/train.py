@@ -6,7 +6,11 @@ Example::
   python -m experiments.train --config experiments/configs/pascal.py --workdir runs/pascal \\
       --config.model.feature_size=65
 
-Rerunning with the same ``--workdir`` resumes from the latest checkpoint. Writes
+Rerunning with the same ``--workdir`` resumes from the latest checkpoint. With
+``--config.distributed=True`` the script is one process of a multi-process run: on a
+SLURM cluster or a Cloud TPU pod ``jax.distributed.initialize()`` finds its peers, and
+on one machine ``python -m experiments.launch`` starts the processes (README.md,
+"Training on several hosts"). Writes
 ``metrics.jsonl``, TensorBoard event files, ``checkpoints/`` and ``summary.json`` to the
 work directory (see :func:`spectral_jax.training.train_and_evaluate`).
 """
@@ -15,13 +19,41 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 
 from experiments import cli
 from spectral_jax.training import train_and_evaluate
+
+
+def distributed_arguments(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """``num_processes`` and ``process_id`` for ``jax.distributed.initialize`` from
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, where they are set.
+
+    jax reads ``JAX_COORDINATOR_ADDRESS`` itself but takes the number of processes and
+    the process's index only as arguments or from a cluster it detects (SLURM, Open MPI,
+    Cloud TPU, Kubernetes). The local launcher (:mod:`experiments.launch`) sets all three
+    variables; on a cluster none is set and ``initialize()`` asks the cluster.
+
+    Raises:
+      ValueError: if only one of the two is set, or one is not an integer.
+    """
+    names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+    given = {key: environ[name] for key, name in names.items() if environ.get(name)}
+    if len(given) == 1:
+        raise ValueError(
+            f"set both {names['num_processes']} and {names['process_id']} or neither, "
+            f"got {', '.join(f'{names[k]}={v}' for k, v in given.items())}."
+        )
+    try:
+        return {key: int(value) for key, value in given.items()}
+    except ValueError as error:
+        raise ValueError(
+            f"{names['num_processes']} and {names['process_id']} must be integers, got {given}."
+        ) from error
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -34,9 +66,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     flag_values = cli.parse(argv, name="train", doc=__doc__, required=("config", "workdir"))
     config = flag_values.config
     if config.distributed:
-        # Before any other JAX call: connects the hosts (cluster settings from the
-        # environment, e.g. SLURM or Cloud TPU).
-        jax.distributed.initialize()
+        # Before any other JAX call: connects the processes. The coordinator's address
+        # comes from JAX_COORDINATOR_ADDRESS or the cluster (SLURM, Cloud TPU), the
+        # process count and index from the launcher's variables or the cluster.
+        jax.distributed.initialize(**distributed_arguments())
     logging.getLogger().setLevel(logging.INFO)
     logging.info(
         "process %d/%d, %d local / %d global devices",

@@ -36,7 +36,9 @@ def generated_pipeline(
     """An :class:`InputPipeline` of generated scenes (batch ``k`` depends on ``k`` only).
 
     The evaluation split has ``num_eval`` examples, so that its last batch is short and
-    the trainer's padding is exercised; one evaluation label map has ignored pixels.
+    the trainer's padding is exercised; the first label map of every evaluation batch
+    has ignored pixels. ``shard_index`` and ``shard_count`` split every global batch by
+    rows, as :func:`spectral_jax.data.pipeline.train_batches` does.
     """
 
     def batch_of(indices, stream_seed):
@@ -55,11 +57,24 @@ def generated_pipeline(
             step += 1
 
     def eval_batches(batch_size, shard_index, shard_count):
+        # Host ``s`` of ``S`` gets rows [s B/S, (s+1) B/S) of every batch (none of the
+        # split's examples for a host past its end); the first example of every global
+        # batch has ignored pixels, so the union over the hosts is the one-host batch.
         local = batch_size // shard_count
         for start in range(0, num_eval, batch_size):
             first = start + shard_index * local
-            batch = batch_of(range(first, min(first + local, num_eval)), 10_000 + seed)
-            batch["label"][0, :2, :] = 255
+            indices = range(first, min(first + local, num_eval))
+            batch = (
+                batch_of(indices, 10_000 + seed)
+                if len(indices)
+                else {
+                    "image": np.zeros((0, crop_size, crop_size, 3), np.float32),
+                    "label": np.zeros((0, crop_size, crop_size), np.int32),
+                }
+            )
+            for row, index in enumerate(indices):
+                if index % batch_size == 0:
+                    batch["label"][row, :2, :] = 255
             yield batch
 
     return InputPipeline(

@@ -11,6 +11,12 @@ With several hosts (``jax.distributed.initialize()`` called first), each host lo
 own ``batch_size / process_count`` examples and :func:`shard_batch` assembles the global
 array from the host-local pieces. :func:`prefetch_to_device` does so ahead of the step
 that reads them, so that the next batch is on the devices while a step runs.
+
+A host can read only the rows on its own devices: :func:`process_local_rows` gives back
+its piece of a batch-sharded output, :func:`gather_rows` the whole global batch (a
+collective), and :func:`sum_over_processes` adds up sums that each host computed over
+its own rows (exactly, in int64 and float64, without ``jax_enable_x64``). Every process
+must call the last two in the same order.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -127,3 +134,68 @@ def prefetch_to_device(
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """``tree`` with every array placed on all devices of ``mesh``."""
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def process_local_rows(array: jax.Array | np.ndarray) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in order, as NumPy.
+
+    The inverse of :func:`shard_batch` for one process: for ``array = shard_batch(batch,
+    mesh)[name]`` it returns ``batch[name]``. The rows are read from the addressable
+    shards only (``jax.device_get`` of an array that spans other processes' devices
+    fails). A fully addressable array (one process) is returned whole.
+
+    Args:
+      array: ``[B, ...]`` split over ``"data"`` (:func:`batch_sharding`), or any array
+        that is fully addressable.
+
+    Returns:
+      ``[B / process_count, ...]`` (``[B, ...]`` when fully addressable).
+    """
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    # One shard per row block: a device's copy of a block another local device also
+    # holds (a mesh with more axes) is read once.
+    blocks = {shard.index[0].start or 0: shard for shard in array.addressable_shards}
+    return np.concatenate([np.asarray(blocks[start].data) for start in sorted(blocks)])
+
+
+def gather_rows(array: jax.Array | np.ndarray) -> np.ndarray:
+    """The whole global batch on every process, as NumPy (a collective).
+
+    Args:
+      array: a global ``[B, ...]`` array (e.g. from :func:`shard_batch`), or a host-local
+        ``[B / process_count, ...]`` NumPy array with the same shape on every process.
+
+    Returns:
+      ``[B, ...]``: the global array, or the host-local pieces concatenated in process
+      order (the rows :func:`shard_batch` would give them).
+    """
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def sum_over_processes(tree: Any) -> Any:
+    """The sum over processes of a tree of host-local NumPy values (a collective).
+
+    Exact for int64 and float64 without ``jax_enable_x64``: the values travel as their
+    bytes (one all-gather for the whole tree) and are added on the host, in process
+    order. Every process must pass a tree of the same structure, shapes and dtypes.
+
+    Args:
+      tree: NumPy arrays or Python numbers.
+
+    Returns:
+      the same structure; NumPy arrays of the leaves' dtypes (Python numbers become
+      0-d arrays of NumPy's dtype for them).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = [np.asarray(leaf) for leaf in leaves]
+    if jax.process_count() == 1 or not arrays:
+        return jax.tree.unflatten(treedef, arrays)
+    payload = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays])
+    gathered = np.asarray(multihost_utils.process_allgather(payload))  # [P, nbytes]
+    totals, offset = [], 0
+    for value in arrays:
+        pieces = gathered[:, offset : offset + value.nbytes].copy().view(value.dtype)
+        totals.append(np.sum(pieces.reshape(-1, *value.shape), axis=0, dtype=value.dtype))
+        offset += value.nbytes
+    return jax.tree.unflatten(treedef, totals)

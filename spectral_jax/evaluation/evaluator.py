@@ -20,6 +20,14 @@ data.inputs.pad_batch`). The host adds up a batch's sums (int64 counts, float64 
 while the device computes the next batch. With a ``mesh`` the batch is split over its ``"data"`` axis and
 the rest replicated (:mod:`spectral_jax.data.sharding`), as the trainer runs.
 
+Several processes (``jax.distributed``, a mesh over all their devices): each process
+passes its own rows of every global batch (``pipeline.eval_batches(B, process_index,
+process_count)``) and every process gets the single-process result. The confusion
+matrix, the loss, the boundary counts and the spectral statistics are summed over the
+global batch inside the step; the example count and the output sums, summed by each
+host over its rows, are added up across the processes at the end
+(:func:`spectral_jax.data.sharding.sum_over_processes`); kept examples are gathered.
+
 Example (a trained run, as the experiments evaluate it)::
 
   pipeline = spectral_jax.data.create_input_pipeline(config)
@@ -273,8 +281,14 @@ class _HostTotals:
         self.kept: dict[str, list[np.ndarray]] = {}
 
     def add(self, sums, outputs, examples, mask: np.ndarray, rows: np.ndarray) -> None:
-        """Adds one batch: fetches its device arrays (one transfer) and sums them."""
-        sums, outputs, examples = jax.device_get((sums, outputs, examples))
+        """Adds one batch: fetches its device arrays and sums them.
+
+        ``sums`` are replicated (the whole global batch's); ``outputs`` are batch-sharded
+        and summed over this process's real rows (``mask``, host-local); ``rows`` index
+        the global batch, whose ``examples`` are gathered (a collective, on every
+        process alike) only when rows are kept.
+        """
+        sums = jax.device_get(sums)
         if int(sums["num_invalid_labels"]):
             raise ValueError(
                 f"labels of the evaluation data must lie in [0, {self.confusion.shape[0]}) or "
@@ -294,10 +308,36 @@ class _HostTotals:
                 else [a + b for a, b in zip(self.boundary, counts, strict=True)]
             )
         for name, value in outputs.items():
-            total = np.sum(np.asarray(value)[mask], axis=0, dtype=np.float64)
+            local = sharding.process_local_rows(value)
+            total = np.sum(local[mask], axis=0, dtype=np.float64)
             self.output_sums[name] = self.output_sums.get(name, 0.0) + total
         for name, value in examples.items():
-            self.kept.setdefault(name, []).append(np.asarray(value)[rows])
+            self.kept.setdefault(name, []).append(sharding.gather_rows(value)[rows])
+
+
+def _spans_processes(mesh: Mesh | None) -> bool:
+    """Whether ``mesh`` holds devices of more than one process."""
+    return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def _pad_to_processes_size(batch: Batch, ignore_index: int) -> Batch:
+    """``batch`` padded at the bottom and right to the largest ``[H, W]`` of all processes.
+
+    With ``eval_crop_size=None`` each host pads its rows to its own largest example, and
+    a host whose rows are all filling ones has ``[1, 1]``; the global batch needs one
+    size, the one a single process would pad the whole batch to. A collective.
+    """
+    height, width = batch["label"].shape[1:3]
+    sizes = sharding.gather_rows(np.asarray([[height, width]], np.int32))  # [P, 2]
+    target_height, target_width = (int(n) for n in sizes.max(axis=0))
+    if (target_height, target_width) == (height, width):
+        return batch
+    spatial = ((0, 0), (0, target_height - height), (0, target_width - width))
+    return {
+        **batch,
+        "image": np.pad(batch["image"], (*spatial, (0, 0))),
+        "label": np.pad(batch["label"], spatial, constant_values=ignore_index),
+    }
 
 
 class Evaluator:
@@ -318,7 +358,8 @@ class Evaluator:
       boundary_metrics: count the boundary metrics on the unpadded images.
       mesh: split every batch over the mesh's ``"data"`` axis (the trainer's mesh); None
         runs on the default device.
-      num_examples: keep the first ``num_examples`` real examples (one process only).
+      num_examples: keep the first ``num_examples`` real examples (of the global batches:
+        with several processes every process gets the same ones).
       batch_size: pad every batch to this many (host-local) examples; None: to the size
         of the first batch. With a mesh it must suit the mesh
         (:func:`spectral_jax.data.sharding.local_batch_size`).
@@ -358,8 +399,6 @@ class Evaluator:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         if num_examples < 0:
             raise ValueError(f"num_examples must be non-negative, got {num_examples}.")
-        if num_examples and mesh is not None and jax.process_count() > 1:
-            raise ValueError("num_examples needs a single process (examples are host-local).")
         self.apply_fn = apply_fn
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
@@ -371,6 +410,7 @@ class Evaluator:
         self.batch_size = batch_size
         settings = _StepSettings(self.num_classes, self.ignore_index, self.boundary_metrics)
         self._step = _jitted_step(apply_fn, settings, mesh)
+        self._spans_processes = _spans_processes(mesh)
 
     def _create_statistics(self, labels: np.ndarray) -> SpectralStatistics:
         # Created from the first batch, so that eval_crop_size=None (each split's own
@@ -403,6 +443,8 @@ class Evaluator:
             if batch_size is None:
                 batch_size = len(batch["label"])
             batch = pad_batch(batch, batch_size, self.ignore_index)
+            if self._spans_processes:
+                batch = _pad_to_processes_size(batch, self.ignore_index)
             mask = batch.pop("mask")
             if statistics is None and self.spectral_statistics:
                 statistics = self._create_statistics(batch["label"])
@@ -410,7 +452,11 @@ class Evaluator:
                 batch = sharding.shard_batch(batch, self.mesh)
             sums, statistics, per_example = self._step(variables, batch, statistics)
             outputs = {k: v for k, v in per_example.items() if k != "prediction"}
-            rows = np.flatnonzero(mask)[: self.num_examples - num_kept]
+            rows = np.zeros((0,), np.int64)
+            if num_kept < self.num_examples:
+                # Rows of the global batch: every process keeps the same examples.
+                global_mask = sharding.gather_rows(mask) if self._spans_processes else mask
+                rows = np.flatnonzero(global_mask)[: self.num_examples - num_kept]
             num_kept += len(rows)
             examples = {"image": batch["image"], "label": batch["label"], **per_example}
             in_flight.append((sums, outputs, examples if len(rows) else {}, mask, rows))
@@ -423,10 +469,16 @@ class Evaluator:
             totals.add(*in_flight.popleft())
         if statistics is not None:
             statistics = jax.device_get(statistics)
+        if self._spans_processes:
+            # The confusion matrix, the loss, the boundary counts and the statistics are
+            # sums over the global batch (replicated); these two are over this host's rows.
+            totals.num_evaluated, totals.output_sums = sharding.sum_over_processes(
+                (totals.num_evaluated, totals.output_sums)
+            )
         return EvaluationResult(
             confusion=totals.confusion,
             loss=totals.loss_sum / totals.num_valid if totals.num_valid else float("nan"),
-            num_evaluated=totals.num_evaluated,
+            num_evaluated=int(totals.num_evaluated),
             statistics=statistics,
             boundary_statistics=(
                 None
