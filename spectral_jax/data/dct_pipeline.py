@@ -230,13 +230,18 @@ def dct_run_pipeline(
         )
         mean, std = np.asarray(statistics.mean), np.asarray(statistics.std())
         if jax.process_index() == 0:
-            np.savez(
-                path,
-                mean=mean,
-                std=std,
-                count=np.asarray(statistics.count),
-                layout=np.asarray(layout),
-            )
+            # Written whole, then renamed: another process of the run that finds the file
+            # (it computed the same statistics) never reads a partly written one.
+            partial = f"{path}.{os.getpid()}.tmp"
+            with open(partial, "wb") as file:
+                np.savez(
+                    file,
+                    mean=mean,
+                    std=std,
+                    count=np.asarray(statistics.count),
+                    layout=np.asarray(layout),
+                )
+            os.replace(partial, path)
     return dct_input_pipeline(pipeline, mean, std, layout=layout)
 
 

@@ -204,13 +204,34 @@ def restore_latest(
     return restored, int(step)
 
 
-def restore_args_without_target() -> ocp.args.Composite:
-    """Restore arguments for the state item as saved (no abstract target)."""
-    return ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()})
+def restore_args_without_target(
+    manager: ocp.CheckpointManager, step: int, *, device: jax.Device | None = None
+) -> ocp.args.Composite:
+    """Restore arguments for the state item as saved, every array on one ``device``.
+
+    The target is built from the checkpoint's own array metadata (paths, shapes,
+    dtypes), so the checkpoint loads whatever topology wrote it: orbax refuses to
+    restore without a target when the saved shardings name devices this process does
+    not have (a checkpoint of 2 processes x 2 devices read by one process).
+
+    Args:
+      manager: the run's checkpoint manager.
+      step: the checkpoint to read.
+      device: where the arrays go; the first local device when None.
+    """
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    saved = manager.item_metadata(step)[_STATE]
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding), saved
+    )
+    return ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)})
 
 
 def load_checkpoint(workdir: str | os.PathLike, *, step: int | None = None) -> tuple[Any, int]:
-    """The raw state tree (nested dicts of NumPy-like arrays) of a checkpoint in ``workdir``.
+    """The raw state tree (nested dicts of arrays) of a checkpoint in ``workdir``.
+
+    The arrays are placed on this process's first device, whichever topology saved them
+    (a multi-process run's checkpoint loads in one process).
 
     Args:
       workdir: the run's directory.
@@ -228,7 +249,7 @@ def load_checkpoint(workdir: str | os.PathLike, *, step: int | None = None) -> t
         step = manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {manager.directory}.")
-        tree = manager.restore(step, args=restore_args_without_target())
+        tree = manager.restore(step, args=restore_args_without_target(manager, step))
         return tree[_STATE], int(step)
     finally:
         manager.close()
