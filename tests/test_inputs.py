@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import ml_collections
 import numpy as np
 import pytest
 
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import dataset_info
-from spectral_jax.data.inputs import blockwise_label_transform, pad_batch, take_examples
+from spectral_jax.data.inputs import (
+    blockwise_label_transform,
+    input_pipeline_from_sources,
+    pad_batch,
+    take_examples,
+)
+from spectral_jax.data.pipeline import SegmentationDatasetInfo
 
 
 def _batches(sizes, masks=None):
@@ -61,3 +69,53 @@ def test_blockwise_label_transform_of_a_config():
     label = np.random.default_rng(0).integers(0, 21, size=(16, 16))
     want = blockwise_annotation_numpy(label, band_limit=4, num_classes=21, ignore_index=255)
     np.testing.assert_array_equal(transform(label), want)
+
+
+@pytest.mark.parametrize("shard_count", [2, 4])
+def test_the_processes_rows_make_up_the_single_process_batches(shard_count):
+    """A run's pipeline (``input_pipeline_from_sources``, block-wise labels on): the rows
+    of the ``shard_count`` processes, concatenated in process order, are the batches of
+    one process, for training (resumed at step 3 too) and for evaluation (every example
+    once, ``mask`` True on the real ones; a process may hold filling rows only)."""
+    rng = np.random.default_rng(3)
+    sizes = ((20, 24), (18, 18), (24, 20))
+    source = [
+        {
+            "image": rng.integers(0, 256, (*sizes[i % 3], 3)).astype(np.uint8),
+            "label": rng.integers(0, 3, sizes[i % 3]).astype(np.uint8),
+        }
+        for i in range(5)
+    ]
+    info = SegmentationDatasetInfo("test", ("a", "b", "c"))
+    config = ml_collections.ConfigDict(
+        dict(
+            crop_size=16,
+            eval_crop_size=24,
+            scale_range=(0.75, 1.25),
+            flip=True,
+            seed=5,
+            worker_count=0,
+            block_band_limit=4,
+        )
+    )
+    pipeline = input_pipeline_from_sources(config, info, source, source)
+    for start_step in (0, 3):
+        whole = list(itertools.islice(pipeline.train_batches(start_step, 8, 0, 1), 3))
+        parts = [
+            list(itertools.islice(pipeline.train_batches(start_step, 8, s, shard_count), 3))
+            for s in range(shard_count)
+        ]
+        for step, batch in enumerate(whole):
+            for key in ("image", "label"):
+                joined = np.concatenate([part[step][key] for part in parts])
+                np.testing.assert_array_equal(joined, batch[key])
+    whole = list(pipeline.eval_batches(4, 0, 1))
+    parts = [list(pipeline.eval_batches(4, s, shard_count)) for s in range(shard_count)]
+    assert len(whole) == 2 and all(len(part) == 2 for part in parts)
+    for step, batch in enumerate(whole):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(
+                np.concatenate([part[step][key] for part in parts]), batch[key]
+            )
+    assert int(sum(batch["mask"].sum() for batch in whole)) == len(source)
+    assert not parts[-1][-1]["mask"].any()  # The last process: filling rows only.
