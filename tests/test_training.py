@@ -249,9 +249,9 @@ def _spy_on_train_fn(monkeypatch, on_step):
     def spied_program(*args, **kwargs):
         program = create_program(*args, **kwargs)
 
-        def train_fn(state, batch):
+        def train_fn(state, batch, dropout_keys):
             on_step(state)
-            return program.train_fn(state, batch)
+            return program.train_fn(state, batch, dropout_keys)
 
         return dataclasses.replace(program, train_fn=train_fn)
 
@@ -346,8 +346,9 @@ def test_async_checkpoints_are_complete_and_exact_when_the_run_returns(tmp_path,
 def test_train_and_evaluation_steps_compile_once(tmp_path):
     """Two evaluations (one short batch padded) and four steps: one executable each.
 
-    A second run with the same settings in the process compiles nothing: the loop's
-    program and the evaluator's step are shared.
+    A second run with the same settings in the process, another seed included, compiles
+    nothing: the loop's program and the evaluator's step are shared (the seed's keys are
+    arguments of the compiled functions).
     """
     config = tiny_test_config(steps=4)
     config.eval_every_steps = 2
@@ -356,10 +357,11 @@ def test_train_and_evaluation_steps_compile_once(tmp_path):
     jax.clear_caches()
     with count_compilations() as compiled:
         train_and_evaluate(config, tmp_path / "first", input_pipeline=pipeline)
-    assert compiled.count("jit(train_step)") == 1, compiled
+    assert compiled.count("jit(train_replica)") == 1, compiled
     assert compiled.count("jit(eval_step)") == 1, compiled
     records = (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in records if "eval/mean_iou" in r] == [2, 4]
+    config.seed = 1
     with count_compilations() as compiled:
         train_and_evaluate(config, tmp_path / "second", input_pipeline=pipeline)
     assert compiled == []

@@ -35,6 +35,9 @@ def generated_pipeline(
 ) -> InputPipeline:
     """An :class:`InputPipeline` of generated scenes (batch ``k`` depends on ``k`` only).
 
+    The training stream draws its scenes with the ``seed`` its caller passes (the
+    trainer: each replica's seed), or with this function's ``seed``.
+
     The evaluation split has ``num_eval`` examples, so that its last batch is short and
     the trainer's padding is exercised; the first label map of every evaluation batch
     has ignored pixels. ``shard_index`` and ``shard_count`` split every global batch by
@@ -48,12 +51,15 @@ def generated_pipeline(
             "label": np.stack([p[1] for p in pairs]),
         }
 
-    def train_batches(start_step, batch_size, shard_index, shard_count):
+    default_seed = seed
+
+    def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
+        stream_seed = default_seed if seed is None else seed
         local = batch_size // shard_count
         step = start_step
         while True:
             first = step * batch_size + shard_index * local
-            yield batch_of(range(first, first + local), seed)
+            yield batch_of(range(first, first + local), stream_seed)
             step += 1
 
     def eval_batches(batch_size, shard_index, shard_count):
@@ -65,7 +71,7 @@ def generated_pipeline(
             first = start + shard_index * local
             indices = range(first, min(first + local, num_eval))
             batch = (
-                batch_of(indices, 10_000 + seed)
+                batch_of(indices, 10_000 + default_seed)
                 if len(indices)
                 else {
                     "image": np.zeros((0, crop_size, crop_size, 3), np.float32),

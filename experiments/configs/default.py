@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Loop, logging, checkpoints.
     config.seed = 0
+    # Replicas trained at once (one jax.vmap-ped step): replica k has the seed seed + k
+    # (initialisation, data order, dropout) and ends as a run with that seed would.
+    config.num_seeds = 1
     # Training batches on the devices at once (spectral_jax.data.sharding.
     # prefetch_to_device): 2 places the next batch while a step runs; 1 places each
     # batch when the step asks for it.

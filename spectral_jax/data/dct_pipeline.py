@@ -157,9 +157,10 @@ def dct_input_pipeline(
         images = jax.device_put(np.asarray(batch["image"], np.float32), host)
         return {**batch, "image": np.asarray(_normalized_dct(images, *args, layout=layout))}
 
-    def train_batches(start_step, batch_size, shard_index, shard_count):
+    def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
         return map(
-            convert, pipeline.train_batches(start_step, batch_size, shard_index, shard_count)
+            convert,
+            pipeline.train_batches(start_step, batch_size, shard_index, shard_count, seed=seed),
         )
 
     def eval_batches(batch_size, shard_index, shard_count):

@@ -34,10 +34,12 @@ class InputPipeline:
     """The data of a run, as callables so that the loop decides where streams start.
 
     Attributes:
-      train_batches: ``(start_step, batch_size, shard_index, shard_count) -> iterator``
-        of this host's rows of the global batches: ``{"image": [B/n, S, S, 3] float32,
-        "label": [B/n, S, S] int32}`` with ``B = batch_size`` (global) and ``n =
-        shard_count``; ``start_step=k`` yields the stream from its ``k``-th batch.
+      train_batches: ``(start_step, batch_size, shard_index, shard_count, seed=None) ->
+        iterator`` of this host's rows of the global batches: ``{"image": [B/n, S, S, 3]
+        float32, "label": [B/n, S, S] int32}`` with ``B = batch_size`` (global) and ``n =
+        shard_count``; ``start_step=k`` yields the stream from its ``k``-th batch;
+        ``seed`` sets the shuffles and the augmentation (None: the config's seed). The
+        trainer passes each replica's seed (``config.seed + k``, ``config.num_seeds``).
       eval_batches: ``(batch_size, shard_index, shard_count) -> iterable`` of the same
         dicts over the evaluation split, every example once, padded with ignore labels;
         an optional ``"mask"`` ``[B/n]`` bool marks the real examples (False on the
@@ -52,7 +54,7 @@ class InputPipeline:
         take the images as ``rgb / 255``.
     """
 
-    train_batches: Callable[[int, int, int, int], Iterator[Batch]]
+    train_batches: Callable[..., Iterator[Batch]]
     eval_batches: Callable[[int, int, int], Iterable[Batch]]
     num_classes: int
     ignore_index: int
@@ -111,12 +113,12 @@ def input_pipeline_from_sources(
     label_transform = blockwise_label_transform(config, info)
     normalisation = dict(mean=info.mean, std=info.std)
 
-    def train_batches(start_step, batch_size, shard_index, shard_count):
+    def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
         return pipeline_lib.train_batches(
             train_source,
             batch_size=batch_size,
             crop_size=config.crop_size,
-            seed=config.seed,
+            seed=config.seed if seed is None else seed,
             start_step=start_step,
             scale_range=tuple(config.scale_range),
             flip=config.flip,

@@ -43,9 +43,15 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Split the leading (batch) axis over ``"data"``."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharding(mesh: Mesh, *, batch_axis: int = 0) -> NamedSharding:
+    """Split the batch axis (``batch_axis``, the leading one by default) over ``"data"``.
+
+    ``batch_axis=1`` splits ``[S, B, ...]`` batches of ``S`` replicas
+    (``config.num_seeds``) along ``B``, each replica's batch over all devices.
+    """
+    if batch_axis < 0:
+        raise ValueError(f"batch_axis must be non-negative, got {batch_axis}.")
+    return NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -68,17 +74,22 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, *, batch_axis: int = 0
+) -> dict[str, jax.Array]:
     """Global arrays from this host's part of the batch, split over ``"data"``.
 
     Args:
-      batch: host-local arrays, each ``[B / process_count, ...]``.
+      batch: host-local arrays, each ``[B / process_count, ...]`` (``[S, B /
+        process_count, ...]`` with ``batch_axis=1``).
       mesh: the data mesh.
+      batch_axis: the axis of the examples (:func:`batch_sharding`).
 
     Returns:
-      the same keys with global ``[B, ...]`` arrays sharded by ``P("data")``.
+      the same keys with global ``[B, ...]`` arrays sharded by ``P("data")`` (``[S, B,
+      ...]`` by ``P(None, "data")``).
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, batch_axis=batch_axis)
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in batch.items()
@@ -86,7 +97,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 
 def prefetch_to_device(
-    batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, *, size: int = 2
+    batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, *, size: int = 2, batch_axis: int = 0
 ) -> Iterator[dict[str, jax.Array]]:
     """The batches of ``batches`` as global arrays on ``mesh``, placed ``size - 1`` ahead.
 
@@ -103,6 +114,7 @@ def prefetch_to_device(
       mesh: the data mesh.
       size: batches on the devices at once (>= 1); 1 places each batch when it is asked
         for.
+      batch_axis: the axis of the examples (:func:`shard_batch`).
 
     Yields:
       ``{name: [B, ...]}`` global arrays sharded by ``P("data")``, in order.
@@ -123,7 +135,7 @@ def prefetch_to_device(
 
     def enqueue(count: int) -> None:
         for batch in itertools.islice(iterator, count):
-            queue.append(shard_batch(batch, mesh))
+            queue.append(shard_batch(batch, mesh, batch_axis=batch_axis))
 
     enqueue(size)
     while queue:

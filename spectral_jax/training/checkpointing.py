@@ -255,16 +255,47 @@ def load_checkpoint(workdir: str | os.PathLike, *, step: int | None = None) -> t
         manager.close()
 
 
-def load_variables(workdir: str | os.PathLike, *, step: int | None = None) -> dict[str, Any]:
+def num_replicas(tree: Any) -> int | None:
+    """The replicas a checkpoint's state tree holds along its leading axis (a run with
+    ``config.num_seeds = S > 1``: ``S``), or None for the state of one model."""
+    shape = getattr(tree["step"], "shape", ())
+    return int(shape[0]) if len(shape) == 1 else None
+
+
+def load_variables(
+    workdir: str | os.PathLike, *, step: int | None = None, replica: int | None = None
+) -> dict[str, Any]:
     """The model variables of a checkpoint: ``{"params", "batch_stats"}`` as JAX arrays.
 
     ``"batch_stats"`` is left out for a model without BatchNorm. Use them with the model
     of the run's config (:func:`spectral_jax.models.create_model`).
 
+    Args:
+      workdir: the run's directory.
+      step: the step to load; the latest when None.
+      replica: the replica to read from a run with several seeds (replica ``k`` trained
+        with ``config.seed + k``); required there. For a run with one seed it may be None
+        or 0.
+
     Raises:
       CheckpointError: if there is no checkpoint.
+      ValueError: if ``replica`` is missing for a checkpoint of several replicas, or out
+        of range.
     """
     tree, _ = load_checkpoint(workdir, step=step)
+    count = num_replicas(tree)
+    if count is None:
+        if replica not in (None, 0):
+            raise ValueError(f"replica={replica!r}: the checkpoint in {workdir} holds one model.")
+    else:
+        if replica is None:
+            raise ValueError(
+                f"the checkpoint in {workdir} holds {count} replicas (config.num_seeds); pass "
+                f"replica=k with 0 <= k < {count}."
+            )
+        if isinstance(replica, bool) or not 0 <= int(replica) < count:
+            raise ValueError(f"replica must lie in [0, {count}), got {replica!r}.")
+        tree = jax.tree.map(lambda leaf: leaf[int(replica)], tree)
     variables = {"params": tree["params"]}
     if tree.get("batch_stats"):
         variables["batch_stats"] = tree["batch_stats"]

@@ -115,7 +115,7 @@ def train_step(
 
 
 def create_soft_prune_fn(
-    model: nn.Module, pruning: dict[str, float]
+    model: nn.Module, pruning: dict[str, float], *, over_replicas: bool = False
 ) -> Callable[[state_lib.TrainState], state_lib.TrainState]:
     """Soft filter pruning (He et al. 2018) of a train state, for the ends of epochs.
 
@@ -123,6 +123,8 @@ def create_soft_prune_fn(
       model: the model (its layer names give the plan,
         :func:`spectral_jax.models.pruning.pruning_plan`).
       pruning: rates by group, ``{"encoder": r_e, "decoder": r_d}``.
+      over_replicas: the state holds replicas along a leading axis (``config.num_seeds``):
+        prune each replica by its own filter norms (``jax.vmap``).
 
     Returns:
       a jitted ``state -> state`` that zeroes the smallest filters of every planned layer
@@ -135,4 +137,4 @@ def create_soft_prune_fn(
         variables, _ = pruning_lib.soft_prune(variables, plan)
         return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
-    return jax.jit(prune, donate_argnums=0)
+    return jax.jit(jax.vmap(prune) if over_replicas else prune, donate_argnums=0)

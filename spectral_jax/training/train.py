@@ -29,6 +29,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -56,9 +57,23 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) 
     return max(1, num_train_examples // int(config.batch_size))
 
 
+def replica_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The seeds of a run's replicas: ``config.seed + k`` for ``k < config.num_seeds``.
+
+    Raises:
+      ValueError: if ``config.num_seeds`` is not a positive integer.
+    """
+    num_seeds = config.get("num_seeds", 1)
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"config.num_seeds must be a positive integer, got {num_seeds!r}.")
+    return tuple(int(config.seed) + k for k in range(num_seeds))
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_soft_prune_fn(model: nn.Module, pruning: tuple[tuple[str, float], ...]):
-    return steps.create_soft_prune_fn(model, dict(pruning))
+def _cached_soft_prune_fn(
+    model: nn.Module, pruning: tuple[tuple[str, float], ...], over_replicas: bool
+):
+    return steps.create_soft_prune_fn(model, dict(pruning), over_replicas=over_replicas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,24 +87,53 @@ class _OptimizerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class _TrainingProgram:
-    """The compiled pieces of a run, shared by runs with the same settings."""
+    """The compiled pieces of a run, shared by runs with the same settings.
+
+    ``init_fn(init_keys)`` and ``train_fn(state, batch, dropout_keys)`` take the keys of
+    the replicas (:func:`replica_keys`), so that runs with other seeds share them.
+    """
 
     mesh: Any
     model: nn.Module
     abstract_state: Any
-    init_fn: Callable[[], state_lib.TrainState]
+    init_fn: Callable[[jax.Array], state_lib.TrainState]
     train_fn: Callable[..., Any]
+    num_replicas: int
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the state and the batches have a leading replica axis (several seeds)."""
+        return self.num_replicas > 1
+
+
+def replica_keys(seeds: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """``(init_keys, dropout_keys)`` of the replicas, stacked ``[S]`` for several seeds;
+    for one seed, :func:`spectral_jax.training.train_state.run_keys` of it."""
+    keys = [state_lib.run_keys(seed) for seed in seeds]
+    if len(keys) == 1:
+        return keys[0]
+    return (
+        jnp.stack([init_key for init_key, _ in keys]),
+        jnp.stack([dropout_key for _, dropout_key in keys]),
+    )
 
 
 # To avoid re-compiling the steps when a process trains several runs with the same
-# settings (a resumed run, a sweep in a notebook): one model, optimizer and set of jitted
-# functions per settings, so that the train state's static fields (apply_fn, tx) match.
+# settings (a resumed run, runs with other seeds, a sweep in a notebook): one model,
+# optimizer and set of jitted functions per settings, so that the train state's static
+# fields (apply_fn, tx) match.
+#
+# Several seeds (config.num_seeds = S > 1) train as one program: the state of replica k
+# (initialised with run_keys(seed + k)) is row k of every leaf, the batch is [S, B, ...]
+# (replica k's stream, each split over the devices), and the step is jax.vmap of the
+# one-replica step with replica k's dropout key. One seed keeps the unstacked state, so
+# its checkpoints and parameter paths are those of a plain run.
 @functools.lru_cache(maxsize=4)
 def _training_program(
     model: nn.Module,
     optimizer_settings: _OptimizerSettings,
     *,
-    seed: int,
+    num_replicas: int,
     input_shape: tuple[int, ...],
     ignore_index: int,
     devices: tuple[jax.Device, ...],
@@ -106,26 +150,45 @@ def _training_program(
         momentum=optimizer_settings.momentum,
         weight_decay=optimizer_settings.weight_decay,
     )
-    init_key, dropout_key = state_lib.run_keys(seed)
     size, _, channels = input_shape
 
-    def init_state():
+    def init_replica(init_key):
         variables = state_lib.init_variables(model, init_key, image_size=size, channels=channels)
         return state_lib.create_train_state(model, variables, optimizer)
 
-    abstract_state = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
-        jax.eval_shape(init_state),
-    )
-    batch_sharding = sharding.batch_sharding(mesh)
-    train_fn = jax.jit(
-        functools.partial(
-            steps.train_step,
+    def train_replica(state, batch, dropout_key):
+        return steps.train_step(
+            state,
+            batch,
             learning_rate_fn=schedule,
             dropout_key=dropout_key,
             ignore_index=ignore_index,
+        )
+
+    # The replicas are initialised one after the other by one compiled function (a
+    # vmapped init compiles for twice as long, and this one is exactly a plain run's).
+    init_one = jax.jit(init_replica, out_shardings=replicated)
+    if num_replicas == 1:
+        init_fn, train_state = init_one, train_replica
+    else:
+        stack = jax.jit(lambda *states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+
+        def init_fn(init_keys):
+            return stack(*(init_one(key) for key in init_keys))
+
+        train_state = jax.vmap(train_replica)
+
+    replica_axis = () if num_replicas == 1 else (num_replicas,)
+    abstract_state = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(
+            replica_axis + leaf.shape, leaf.dtype, sharding=replicated
         ),
-        in_shardings=(replicated, {"image": batch_sharding, "label": batch_sharding}),
+        jax.eval_shape(init_replica, jax.random.key(0)),
+    )
+    batch_sharding = sharding.batch_sharding(mesh, batch_axis=int(num_replicas > 1))
+    train_fn = jax.jit(
+        train_state,
+        in_shardings=(replicated, {"image": batch_sharding, "label": batch_sharding}, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
@@ -133,14 +196,60 @@ def _training_program(
         mesh=mesh,
         model=model,
         abstract_state=abstract_state,
-        init_fn=jax.jit(init_state, out_shardings=replicated),
+        init_fn=init_fn,
         train_fn=train_fn,
+        num_replicas=num_replicas,
     )
 
 
-def _checkpoint_metadata(config, pipeline: InputPipeline, total_steps: int) -> dict[str, Any]:
+@jax.jit
+def _replica_variables(state: state_lib.TrainState, index: jax.Array) -> dict[str, Any]:
+    """The model variables of replica ``index`` of a stacked state."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return jax.tree.map(lambda leaf: leaf[index], variables)
+
+
+def _replica_batches(
+    pipeline: InputPipeline, start_step: int, batch_size: int, seeds: tuple[int, ...]
+):
+    """This host's training batches: ``{name: [B/n, ...]}`` for one seed, ``[S, B/n, ...]``
+    (replica k's stream, with seed ``seeds[k]``, in row k) for several."""
+    streams = [
+        pipeline.train_batches(
+            start_step, batch_size, jax.process_index(), jax.process_count(), seed=seed
+        )
+        for seed in seeds
+    ]
+    for replica_batches in zip(*streams, strict=True):
+        if len(seeds) == 1:
+            (batch,) = replica_batches
+            yield {"image": batch["image"], "label": batch["label"]}
+        else:
+            yield {
+                name: np.stack([batch[name] for batch in replica_batches])
+                for name in ("image", "label")
+            }
+
+
+def _with_pretrained_backbone(state, checkpoint, program: _TrainingProgram):
+    """``state`` with the backbone of ``checkpoint`` in every replica, replicated again."""
+    if program.stacked:
+        replicas = [_replica_variables(state, k) for k in range(program.num_replicas)]
+    else:
+        replicas = [{"params": state.params, "batch_stats": state.batch_stats}]
+    loaded = [pretrained.load_pretrained_backbone(v, checkpoint) for v in replicas]
+    variables = (
+        jax.tree.map(lambda *leaves: np.stack(leaves), *loaded) if program.stacked else loaded[0]
+    )
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    return sharding.replicate(state, program.mesh)
+
+
+def _checkpoint_metadata(
+    config, pipeline: InputPipeline, total_steps: int, seeds: tuple[int, ...]
+) -> dict[str, Any]:
     """What must match between a checkpoint and the run that resumes from it."""
-    return {
+    metadata = {
         "model": config.model.to_dict(),
         "num_classes": pipeline.num_classes,
         "total_steps": total_steps,
@@ -148,14 +257,75 @@ def _checkpoint_metadata(config, pipeline: InputPipeline, total_steps: int) -> d
         "crop_size": int(config.crop_size),
         "pruning": {k: float(v) for k, v in dict(config.get("pruning") or {}).items()},
     }
+    if len(seeds) > 1:  # One seed: the metadata of a plain run (its checkpoints resume).
+        metadata["seeds"] = list(seeds)
+    return metadata
 
 
-def _evaluate(evaluator: Evaluator, state, pipeline: InputPipeline, config) -> EvaluationResult:
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    batches = pipeline.eval_batches(
-        int(config.eval_batch_size), jax.process_index(), jax.process_count()
+def _evaluate(
+    evaluator: Evaluator, state, pipeline: InputPipeline, config, program: _TrainingProgram
+) -> list[EvaluationResult]:
+    """One :class:`EvaluationResult` per replica (the replicas one after the other)."""
+    if program.stacked:
+        variables = [_replica_variables(state, k) for k in range(program.num_replicas)]
+    else:
+        variables = [{"params": state.params, "batch_stats": state.batch_stats}]
+    return [
+        evaluator(
+            replica,
+            pipeline.eval_batches(
+                int(config.eval_batch_size), jax.process_index(), jax.process_count()
+            ),
+        )
+        for replica in variables
+    ]
+
+
+def _evaluation_scalars(results: list[EvaluationResult]) -> dict[str, float]:
+    """``eval/<name>`` (the mean over replicas) and, for several, ``eval/replica<k>/<name>``."""
+    per_replica = [result.scalars() for result in results]
+    scalars = {name: float(np.mean([r[name] for r in per_replica])) for name in per_replica[0]}
+    if len(results) > 1:
+        for k, replica_scalars in enumerate(per_replica):
+            scalars.update(
+                {f"eval/replica{k}/{name[5:]}": value for name, value in replica_scalars.items()}
+            )
+    return scalars
+
+
+def _train_scalars(values: list[dict[str, Any]], stacked: bool) -> dict[str, float]:
+    """The means of the steps' metrics since the last log (and over the replicas);
+    with replicas also ``train/replica<k>/<name>``."""
+    scalars = {f"train/{name}": float(np.mean([v[name] for v in values])) for name in values[0]}
+    if stacked:
+        for name in values[0]:
+            per_replica = np.mean(np.stack([v[name] for v in values]), axis=0)
+            for k, value in enumerate(per_replica):
+                scalars[f"train/replica{k}/{name}"] = float(value)
+    return scalars
+
+
+def _result_summary(result: EvaluationResult, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """One replica's numbers in the summary."""
+    return {
+        "mean_iou": result.mean_iou,
+        "pixel_accuracy": result.pixel_accuracy,
+        "eval_loss": result.loss,
+        "iou": dict(zip(class_names, result.iou.tolist(), strict=True)),
+        "mean_ce": result.mean_ce,
+        "parseval_error": result.parseval_error,
+        "relative_discrepancy": result.relative_discrepancy,
+        "band_profile": result.band_profile,
+        "boundary": result.boundary,
+    }
+
+
+def _mean_over_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The replicas' summaries averaged leaf by leaf (None stays None)."""
+    return jax.tree.map(
+        lambda *values: np.mean(np.stack([np.asarray(v, np.float64) for v in values]), axis=0),
+        *replicas,
     )
-    return evaluator(variables, batches)
 
 
 def train_and_evaluate(
@@ -187,8 +357,22 @@ def train_and_evaluate(
       ``eval_loss``, ``mean_ce``, ``relative_discrepancy`` at 8/16/32/64 (where the
       crop allows), ``band_profile``, ``boundary`` (``biou``, ``bacc``, ``ferr``,
       ``merr``, ``derr``, ``boundary_pixel_accuracy`` on the unpadded images, or None
-      with ``config.boundary_metrics=False``), ``steps``, ``resumed_from_step``,
-      ``wall_time_s`` (of this process) and ``workdir``.
+      with ``config.boundary_metrics=False``), ``seeds``, ``replicas`` (one dict of
+      these numbers and its ``seed`` per replica), ``steps``, ``resumed_from_step``,
+      ``wall_time_s`` (of this process) and ``workdir``. With several seeds the
+      top-level numbers are the means over the replicas.
+
+    Several seeds (``config.num_seeds = S > 1``): the loop trains ``S`` replicas in one
+    compiled step, ``jax.vmap`` of the one-replica step over their parameters, optimizer
+    and BatchNorm state. Replica ``k`` has the seed ``config.seed + k``: its
+    initialisation key, data order (shuffles and augmentation) and dropout keys are those
+    of a run with that seed, so it ends with the parameters of that run (to the order of
+    the float32 reductions). The state and the checkpoints hold the replicas along a
+    leading axis (:func:`spectral_jax.training.load_variables` with ``replica=k`` reads
+    one); the evaluation runs once per replica, and ``metrics.jsonl`` has the means over
+    the replicas and ``train/replica<k>/...``, ``eval/replica<k>/...`` for each. (A DCT
+    run normalises every replica's input with the statistics of the ``config.seed``
+    stream.)
 
     DCT model (``config.model.name = "dct_deeplabv3plus"``): the images become
     normalised DCT coefficients (:func:`spectral_jax.data.dct_pipeline.dct_run_pipeline`)
@@ -210,6 +394,7 @@ def train_and_evaluate(
     total_steps = total_train_steps(config, pipeline.num_train_examples)
     epoch_steps = steps_per_epoch(config, pipeline.num_train_examples)
     pruning = {k: float(v) for k, v in dict(config.get("pruning") or {}).items()}
+    seeds = replica_seeds(config)
     program = _training_program(
         registry.create_model(config.model, num_classes=pipeline.num_classes),
         _OptimizerSettings(
@@ -219,12 +404,14 @@ def train_and_evaluate(
             momentum=float(config.momentum),
             weight_decay=float(config.weight_decay),
         ),
-        seed=int(config.seed),
+        num_replicas=len(seeds),
         input_shape=registry.input_shape(config.model, image_size=int(config.crop_size)),
         ignore_index=pipeline.ignore_index,
         devices=tuple(jax.devices()),
     )
     mesh = program.mesh
+    init_keys, dropout_keys = replica_keys(seeds)
+    dropout_keys = sharding.replicate(dropout_keys, mesh)
     sharding.local_batch_size(int(config.batch_size), mesh)  # Checks divisibility.
     evaluator = Evaluator(
         inference_apply_fn(program.model),
@@ -237,21 +424,16 @@ def train_and_evaluate(
     )
 
     manager = checkpointing.create_checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
-    metadata = _checkpoint_metadata(config, pipeline, total_steps)
+    metadata = _checkpoint_metadata(config, pipeline, total_steps, seeds)
     try:
         restored = checkpointing.restore_latest(manager, program.abstract_state, metadata=metadata)
     except BaseException:
         manager.close()
         raise
     if restored is None:
-        state = program.init_fn()
+        state = program.init_fn(init_keys)
         if config.get("pretrained_backbone"):
-            variables = pretrained.load_pretrained_backbone(
-                {"params": state.params, "batch_stats": state.batch_stats},
-                config.pretrained_backbone,
-            )
-            state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-            state = sharding.replicate(state, mesh)
+            state = _with_pretrained_backbone(state, config.pretrained_backbone, program)
         start_step = 0
     else:
         state, start_step = restored
@@ -259,7 +441,9 @@ def train_and_evaluate(
     resumed_from = start_step if restored is not None else None
     prune_fn = None
     if any(rate > 0 for rate in pruning.values()):
-        prune_fn = _cached_soft_prune_fn(program.model, tuple(sorted(pruning.items())))
+        prune_fn = _cached_soft_prune_fn(
+            program.model, tuple(sorted(pruning.items())), program.stacked
+        )
 
     writer = writers_lib.create_default_writer(workdir, tensorboard=config.tensorboard)
     progress = None
@@ -267,13 +451,11 @@ def train_and_evaluate(
         log_every = max(1, int(config.log_every_steps))
         eval_every = int(config.eval_every_steps)
         checkpoint_every = int(config.checkpoint_every_steps)
-        train_iter = pipeline.train_batches(
-            start_step, int(config.batch_size), jax.process_index(), jax.process_count()
-        )
         batches = sharding.prefetch_to_device(
-            ({"image": batch["image"], "label": batch["label"]} for batch in train_iter),
+            _replica_batches(pipeline, start_step, int(config.batch_size), seeds),
             mesh,
             size=int(config.get("prefetch_batches", 2)),
+            batch_axis=int(program.stacked),
         )
         if config.progress_bar and jax.process_index() == 0:
             progress = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step")
@@ -284,18 +466,16 @@ def train_and_evaluate(
         # checkpointing read device values (the state is copied to the host when a save
         # starts, and written while the loop goes on).
         pending: list[dict[str, jax.Array]] = []
-        result: EvaluationResult | None = None
+        results: list[EvaluationResult] | None = None
         log_time = time.perf_counter()
         for step in range(start_step + 1, total_steps + 1):
-            state, step_metrics = program.train_fn(state, next(batches))
+            state, step_metrics = program.train_fn(state, next(batches), dropout_keys)
             pending.append(step_metrics)
             if prune_fn is not None and step % epoch_steps == 0:
                 state = prune_fn(state)
             if step % log_every == 0 or step == total_steps:
                 values = jax.device_get(pending)
-                scalars = {
-                    f"train/{name}": float(np.mean([v[name] for v in values])) for name in values[0]
-                }
+                scalars = _train_scalars(values, program.stacked)
                 now = time.perf_counter()
                 scalars["train/steps_per_second"] = len(values) / (now - log_time)
                 scalars["train/epoch"] = step / epoch_steps
@@ -304,15 +484,15 @@ def train_and_evaluate(
                     progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
                 pending, log_time = [], now
             if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
-                result = _evaluate(evaluator, state, pipeline, config)
-                writer.write_scalars(step, result.scalars())
+                results = _evaluate(evaluator, state, pipeline, config, program)
+                writer.write_scalars(step, _evaluation_scalars(results))
             if (checkpoint_every > 0 and step % checkpoint_every == 0) or step == total_steps:
                 checkpointing.save_checkpoint(manager, step, state, metadata)
             if progress is not None:
                 progress.update(1)
-        if result is None:  # Resumed at the last step: evaluate the restored state.
-            result = _evaluate(evaluator, state, pipeline, config)
-            writer.write_scalars(total_steps, result.scalars())
+        if results is None:  # Resumed at the last step: evaluate the restored state.
+            results = _evaluate(evaluator, state, pipeline, config, program)
+            writer.write_scalars(total_steps, _evaluation_scalars(results))
     finally:
         if progress is not None:
             progress.close()
@@ -324,16 +504,13 @@ def train_and_evaluate(
         writer.close()
 
     names = pipeline.class_names or tuple(str(c) for c in range(pipeline.num_classes))
+    per_replica = [_result_summary(result, names) for result in results]
     summary = {
-        "mean_iou": result.mean_iou,
-        "pixel_accuracy": result.pixel_accuracy,
-        "eval_loss": result.loss,
-        "iou": dict(zip(names, result.iou.tolist(), strict=True)),
-        "mean_ce": result.mean_ce,
-        "parseval_error": result.parseval_error,
-        "relative_discrepancy": result.relative_discrepancy,
-        "band_profile": result.band_profile,
-        "boundary": result.boundary,
+        **(per_replica[0] if len(per_replica) == 1 else _mean_over_replicas(per_replica)),
+        "seeds": list(seeds),
+        "replicas": [
+            {"seed": seed, **values} for seed, values in zip(seeds, per_replica, strict=True)
+        ],
         "steps": total_steps,
         "epochs": total_steps / epoch_steps,
         "resumed_from_step": resumed_from,
