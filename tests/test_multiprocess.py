@@ -218,7 +218,7 @@ _TRAIN_FLAGS = (
 )
 
 
-def _launch_command(workdir, processes: int, devices: int) -> list[str]:
+def _launch_command(workdir, processes: int, devices: int, *flags: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -228,6 +228,7 @@ def _launch_command(workdir, processes: int, devices: int) -> list[str]:
         "--grace-seconds=5",
         "--",
         *_TRAIN_FLAGS,
+        *flags,
         f"--workdir={workdir}",
     ]
 
@@ -238,9 +239,9 @@ def _launch_env() -> dict[str, str]:
     return env
 
 
-def _train(workdir, processes: int, devices: int) -> str:
+def _train(workdir, processes: int, devices: int, *flags: str) -> str:
     result = subprocess.run(
-        _launch_command(workdir, processes, devices),
+        _launch_command(workdir, processes, devices, *flags),
         cwd=ROOT,
         env=_launch_env(),
         capture_output=True,
@@ -315,6 +316,28 @@ def test_two_processes_by_two_devices_equal_one_by_four(two_by_two, tmp_path):
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in records if "eval/mean_iou" in r] == [8]
+
+
+@pytest.mark.slow
+def test_replicas_of_several_seeds_in_two_processes_equal_one(tmp_path):
+    """``config.num_seeds=2`` over 2 processes x 1 device: the stacked replicas (batches
+    ``[2, B, ...]`` split along ``B`` across the processes, keys replicated to every
+    process) end as in one process with 2 devices, and ``summary.json`` holds both."""
+    load_split("synthetic_scenes/pascal_like", "train")  # Build once, not in each process.
+    load_split("synthetic_scenes/pascal_like", "validation")
+    two = tmp_path / "two_by_one"
+    one = tmp_path / "one_by_two"
+    _train(two, 2, 1, "--config.num_seeds=2")
+    _train(one, 1, 2, "--config.num_seeds=2")
+    _assert_states_close(_final_state(two), _final_state(one), relative=1e-3)
+    got = json.loads((two / "summary.json").read_text())
+    want = json.loads((one / "summary.json").read_text())
+    assert got["seeds"] == want["seeds"] == [0, 1]
+    for replica_got, replica_want in zip(got["replicas"], want["replicas"], strict=True):
+        for name in _SCORES:
+            np.testing.assert_allclose(
+                replica_got[name], replica_want[name], rtol=1e-5, err_msg=name
+            )
 
 
 @pytest.mark.slow

@@ -144,8 +144,26 @@ def prefetch_to_device(
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` with every array placed on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    """``tree`` with every array placed on all devices of ``mesh``.
+
+    With several processes every process passes the same values (host arrays, or arrays
+    on its own devices; PRNG key arrays included) and gets the global replicated arrays.
+    """
+    target = replicated_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, target)
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jax.device_put(leaf, target)  # Already global: reshard.
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = place(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        # device_put refuses a local jax.Array for a sharding over other processes'
+        # devices; every process contributes its (identical) full copy instead.
+        return jax.make_array_from_process_local_data(target, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
 
 
 def process_local_rows(array: jax.Array | np.ndarray) -> np.ndarray:
