@@ -57,64 +57,12 @@ from experiments.report import Report, colour_labels, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import dataset_info
+from spectral_jax.evaluation import spearman_correlation
 
 PAPER_INPUT_SIZE = 513
 #: Examples per data set in Fig. 7.
 NUM_EXAMPLES = 2
 PIXELWISE = "pixel"
-
-
-# --------------------------------------------------------------------------------------
-# Rank correlation.
-
-
-def rank_data(values: Sequence[float]) -> np.ndarray:
-    """Ranks ``1..n`` of ``values`` ``[n]``, ties sharing the mean of their ranks.
-
-    Example:
-      >>> rank_data([0.5, 0.1, 0.5]).tolist()
-      [2.5, 1.0, 2.5]
-    """
-    values = np.asarray(values, np.float64)
-    if values.ndim != 1:
-        raise ValueError(f"values must be one-dimensional, got shape {values.shape}.")
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), np.float64)
-    ranks[order] = np.arange(1, len(values) + 1)
-    # Average the ranks of tied values.
-    unique, inverse = np.unique(values, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks, minlength=len(unique))
-    counts = np.bincount(inverse, minlength=len(unique))
-    return (sums / counts)[inverse]
-
-
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
-    r"""Spearman's rank correlation: Pearson's correlation of the ranks (ties averaged).
-
-    .. math::
-
-       \rho = \frac{\sum_i (r_i - \bar r)(s_i - \bar s)}
-                   {\sqrt{\sum_i (r_i - \bar r)^2 \sum_i (s_i - \bar s)^2}}
-
-    Args:
-      x, y: ``[n]`` values, ``n >= 2``.
-
-    Returns:
-      ``rho`` in ``[-1, 1]``; NaN when either is constant.
-
-    Raises:
-      ValueError: for different lengths or fewer than 2 values.
-    """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be [n] of one length, got {x.shape} and {y.shape}.")
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 values, got {len(x)}.")
-    rx = rank_data(x) - (len(x) + 1) / 2
-    ry = rank_data(y) - (len(y) + 1) / 2
-    denominator = np.sqrt(np.sum(rx * rx) * np.sum(ry * ry))
-    return float(np.sum(rx * ry) / denominator) if denominator > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------------------

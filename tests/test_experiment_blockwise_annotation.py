@@ -12,7 +12,6 @@ restored models.
 from __future__ import annotations
 
 import csv
-import math
 
 import jax
 import numpy as np
@@ -30,27 +29,6 @@ from tests import references
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.mark.parametrize("n", [2, 5, 12, 31])
-@pytest.mark.parametrize("ties", [False, True])
-def test_rank_data_and_spearman_match_scipy(rng, n, ties):
-    x = rng.normal(size=n)
-    y = 0.5 * x + rng.normal(size=n)
-    if ties:
-        x = np.round(x)  # many ties
-        y[: n // 2] = y[0]
-    np.testing.assert_allclose(bw.rank_data(x), scipy.stats.rankdata(x), rtol=0, atol=0)
-    expected = scipy.stats.spearmanr(x, y).statistic
-    np.testing.assert_allclose(bw.spearman_correlation(x, y), expected, rtol=1e-12, atol=1e-12)
-
-
-def test_spearman_rejects_bad_input():
-    with pytest.raises(ValueError, match="length"):
-        bw.spearman_correlation([1.0, 2.0], [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="at least 2"):
-        bw.spearman_correlation([1.0], [1.0])
-    assert math.isnan(bw.spearman_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 def test_paper_correlation_matches_scipy():
