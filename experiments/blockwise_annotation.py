@@ -53,11 +53,16 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, paper_values, runs
-from experiments.report import Report, colour_labels, log, pyplot, write_csv
+from experiments.report import Report, claim_line, colour_labels, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import dataset_info
-from spectral_jax.evaluation import spearman_correlation
+from spectral_jax.evaluation import (
+    bootstrap_spearman,
+    compute_spread,
+    format_spread,
+    spearman_correlation,
+)
 
 PAPER_INPUT_SIZE = 513
 #: Examples per data set in Fig. 7.
@@ -324,6 +329,12 @@ def _paper_points() -> list[tuple[str, str, int, float, float]]:
         for dataset in paper_values.DATASETS
         for nu in (8, 16, 32)
     ]
+
+
+def paper_spearman() -> float:
+    """Spearman's rho of the paper's 18 points (:func:`_paper_points`), R against relative mIoU."""
+    points = _paper_points()
+    return spearman_correlation([p[3] for p in points], [p[4] for p in points])
 
 
 # --------------------------------------------------------------------------------------
@@ -626,26 +637,6 @@ def evaluation_band_limit(band_limit: int, *, crop_size: int, eval_size: int) ->
     return int(round(band_limit * eval_size / crop_size))
 
 
-def _model_sentence(records: Sequence[dict[str, Any]]) -> str:
-    """What the relative mIoU shows, against the paper's Table 3 (below 1 everywhere)."""
-    above = [r for r in records if r["relative_mean_iou"] >= 1.0]
-    if not above:
-        values = ", ".join(f"{r['relative_mean_iou']:.3f}" for r in records)
-        return (
-            "As in Table 3, every block-wise run scored below the pixel-wise one "
-            f"(relative mIoU {values})."
-        )
-    limits = ", ".join(str(r["eval_band_limit"]) for r in above)
-    return (
-        f"Unlike Table 3, block-wise labels at ν_max = {limits} (on the scene) scored at "
-        "least as well as the pixel-wise ones here. The scenes' objects are large and "
-        "smooth, so blocks of a few pixels change few labels (mostly the one-pixel ignore "
-        "contours and narrow limbs), and with one seed per run a difference of a few mIoU "
-        "points is within what another seed could give; the paper's PASCAL loss at ν_max = 8 "
-        "(relative 0.868) comes from real object shapes at 513 x 513."
-    )
-
-
 def _plot_model(records, labels: np.ndarray, num_classes: int):
     """Block-wise labels of one scene at each band limit, and relative mIoU against R."""
     plt = pyplot()
@@ -662,8 +653,9 @@ def _plot_model(records, labels: np.ndarray, num_classes: int):
     for axis in axes[:-1]:
         axis.set_axis_off()
     scatter = axes[-1]
-    ours = ([r["relative_discrepancy"] for r in records], [r["relative_mean_iou"] for r in records])
-    scatter.plot(*ours, "o", label="ours")
+    x = [v for r in records for v in r["relative_discrepancy_per_seed"]]
+    y = [v for r in records for v in r["relative_mean_iou_per_seed"]]
+    scatter.plot(x, y, "o", alpha=0.6, label="ours (one point per seed)")
     paper = [(x, y) for m, d, _, x, y in _paper_points() if (m, d) == ("deeplab", "pascal")]
     scatter.plot(*zip(*paper, strict=True), "s", mfc="none", label="paper, PASCAL")
     scatter.set(xscale="log", xlabel="R(ν_max)", ylabel="relative mIoU")
@@ -675,48 +667,67 @@ def _plot_model(records, labels: np.ndarray, num_classes: int):
 
 def model_section(
     report: Report,
-    summaries: dict[int, dict[str, Any]],
-    pixelwise: dict[str, Any],
-    relative_discrepancy: np.ndarray,
+    weak_mean_iou: dict[int, Sequence[float]],
+    pixelwise_mean_iou: Sequence[float],
+    relative_discrepancy: Sequence[np.ndarray],
     labels: np.ndarray,
     *,
     heading: str,
     crop_size: int,
     num_classes: int,
-) -> list[dict[str, Any]]:
-    """Adds DeepLab v3+ trained on block-wise labels beside the pixel-wise model (PASCAL-like).
+    bootstrap_seed: int = 0,
+) -> dict[str, Any]:
+    """Adds DeepLab v3+ trained on block-wise labels beside the pixel-wise model (PASCAL-like),
+    over seeds.
+
+    Seed ``k`` of every block-wise setting is paired with seed ``k`` of the pixel-wise
+    training: relative mIoU ``mIoU_k(nu) / mIoU_k(pixel-wise)`` and ``R_k(nu)`` of the
+    pixel-wise model of seed ``k``.
 
     Args:
       report: the report to add the section to.
-      summaries: the trainer's summaries of the block-wise runs, by band limit on the
-        ``crop_size`` training crops.
-      pixelwise: the summary of the same training on the pixel-wise labels.
-      relative_discrepancy: ``[R]`` R(nu_max) of the pixel-wise model on the validation
-        scenes.
-      labels: ``[S, S]`` the labels of one validation scene (``S`` the evaluation size).
+      weak_mean_iou: ``{band limit on the crop: [S] mIoU}`` of the block-wise runs.
+      pixelwise_mean_iou: ``[S]`` mIoU of the same training on the pixel-wise labels.
+      relative_discrepancy: ``S`` arrays ``[R]``: R(nu_max) of each pixel-wise model on
+        the validation scenes.
+      labels: ``[N, N]`` the labels of one validation scene (``N`` the evaluation size).
       heading: the section's heading.
       crop_size: the training crop.
       num_classes: the data set's classes.
+      bootstrap_seed: of the bootstrap of the rank correlation.
 
     Returns:
-      Per block-wise run: ``band_limit``, ``eval_band_limit`` (on the scene),
-      ``mean_iou``, ``pixelwise_mean_iou``, ``relative_mean_iou`` and
-      ``relative_discrepancy`` (of the pixel-wise model at ``eval_band_limit``).
+      ``records``, per block-wise band limit: ``band_limit``, ``eval_band_limit`` (on
+      the scene), the per-seed lists ``mean_iou_per_seed``,
+      ``relative_mean_iou_per_seed`` and ``relative_discrepancy_per_seed``, their
+      means ``mean_iou``, ``relative_mean_iou``, ``relative_discrepancy`` and their
+      :class:`~spectral_jax.evaluation.Spread` columns (``relative_mean_iou_std``, ...);
+      ``pixelwise``: the pixel-wise mIoU's spread columns; ``correlation``: Spearman's
+      rho of the (R, relative mIoU) points of every seed and band limit with its
+      bootstrap interval (:meth:`~spectral_jax.evaluation.RankCorrelation.columns`).
     """
     size = labels.shape[0]
+    pixelwise = list(map(float, pixelwise_mean_iou))
     records = []
-    for band_limit, summary in summaries.items():
+    for band_limit, weak in weak_mean_iou.items():
         nu = evaluation_band_limit(band_limit, crop_size=crop_size, eval_size=size)
-        records.append(
-            {
-                "band_limit": band_limit,
-                "eval_band_limit": nu,
-                "mean_iou": summary["mean_iou"],
-                "pixelwise_mean_iou": pixelwise["mean_iou"],
-                "relative_mean_iou": summary["mean_iou"] / pixelwise["mean_iou"],
-                "relative_discrepancy": float(relative_discrepancy[nu]),
-            }
-        )
+        relative = [w / p for w, p in zip(weak, pixelwise, strict=True)]
+        r_values = [float(r[nu]) for r in relative_discrepancy]
+        record = {
+            "band_limit": band_limit,
+            "eval_band_limit": nu,
+            "mean_iou_per_seed": list(map(float, weak)),
+            "relative_mean_iou_per_seed": relative,
+            "relative_discrepancy_per_seed": r_values,
+            "mean_iou": float(np.mean(weak)),
+            "relative_mean_iou": float(np.mean(relative)),
+            "relative_discrepancy": float(np.mean(r_values)),
+        }
+        record.update(compute_spread(weak).columns("mean_iou"))
+        record.update(compute_spread(relative).columns("relative_mean_iou"))
+        record.update(compute_spread(r_values).columns("relative_discrepancy"))
+        records.append(record)
+    num_seeds = len(pixelwise)
     rows = []
     for record in records:
         nu = record["eval_band_limit"]
@@ -729,14 +740,20 @@ def model_section(
             [
                 record["band_limit"],
                 nu,
-                record["mean_iou"],
-                record["relative_mean_iou"],
+                format_spread(compute_spread(record["mean_iou_per_seed"])),
+                format_spread(compute_spread(record["relative_mean_iou_per_seed"])),
                 paper_relative,
-                record["relative_discrepancy"],
+                format_spread(compute_spread(record["relative_discrepancy_per_seed"])),
                 paper_r,
             ]
         )
-    rows.append(["pixel-wise", "-", pixelwise["mean_iou"], 1.0, 1.0, None, None])
+    pixel_spread = compute_spread(pixelwise)
+    rows.append(["pixel-wise", "-", format_spread(pixel_spread), 1.0, 1.0, None, None])
+    x = [v for r in records for v in r["relative_discrepancy_per_seed"]]
+    y = [v for r in records for v in r["relative_mean_iou_per_seed"]]
+    correlation = None
+    if len(x) >= 2:
+        correlation = bootstrap_spearman(x, y, rng=np.random.default_rng(bootstrap_seed))
     report.heading(heading)
     report.paragraph(
         f"The same model and steps trained on block-wise labels: every training crop "
@@ -745,20 +762,57 @@ def model_section(
         f"validation labels. A band limit ν on the {crop_size}-pixel crop makes blocks of the "
         f"size that ν x {size}/{crop_size} makes on the {size} scene; the latter, in "
         "cycles per image, is set beside the paper's ν_max. Relative mIoU = mIoU(ν_max) / "
-        "mIoU(pixel-wise); R(ν_max) is the trained pixel-wise model's. The "
-        "paper's relation (Fig. 6): the smaller R(ν_max), the less block-wise labels cost. "
-        "One seed per setting: differences of a few mIoU points between short runs of a "
-        "tiny model may be noise (not measured here), so read the relative mIoU as rough."
+        "mIoU(pixel-wise) of the same seed; R(ν_max) is the trained pixel-wise model's of "
+        "that seed. The paper's relation (Fig. 6): the smaller R(ν_max), the less "
+        f"block-wise labels cost. Every setting is trained with {num_seeds} seeds: mean ± "
+        "std over the seeds and the 95 % t interval of the mean."
     )
     header = ["ν_max (crop)", "ν_max (scene)", "mIoU", "relative mIoU", "paper relative mIoU"]
     report.table([*header, "R(ν_max), ours", "R(ν_max), paper"], rows)
-    report.paragraph(_model_sentence(records))
+    lines = ["What the intervals say of the paper's claims:"]
+    for record in records:
+        paper_relative = None
+        if record["eval_band_limit"] in paper_values.TABLE3_BAND_LIMITS:
+            paper_relative = paper_values.table3_relative_miou(
+                "deeplab", "pascal", record["eval_band_limit"]
+            )
+        paper_text = "" if paper_relative is None else f"; paper {paper_relative:.3f}"
+        lines.append(
+            claim_line(
+                f"Table 3: block-wise labels at ν_max = {record['eval_band_limit']} cost mIoU "
+                f"(relative mIoU below 1{paper_text})",
+                compute_spread(record["relative_mean_iou_per_seed"]),
+                reference=1.0,
+                expected="below",
+            )
+        )
+    if correlation is not None:
+        lines.append(
+            claim_line(
+                f"Fig. 6: the larger R(ν_max), the lower the relative mIoU (Spearman's rho "
+                f"below 0 over the {correlation.n} (seed, band limit) points; paper "
+                f"{paper_spearman():.3f} over 18)",
+                correlation,
+                reference=0.0,
+                expected="below",
+            )
+        )
+    report.paragraph("\n".join(lines))
+    report.paragraph(
+        "The scenes' objects are large and smooth, so blocks of a few pixels change few "
+        "labels (mostly the one-pixel ignore contours and narrow limbs); the paper's PASCAL "
+        "loss at ν_max = 8 (relative 0.868) comes from real object shapes at 513 x 513."
+    )
     report.figure(
         _plot_model(records, labels, num_classes),
         "blockwise.png",
-        "Block-wise labels of scene 0 and relative mIoU vs R.",
+        "Block-wise labels of scene 0 and relative mIoU vs R (one point per seed).",
     )
-    return records
+    return {
+        "records": records,
+        "pixelwise": {"mean_iou_per_seed": pixelwise, **pixel_spread.columns("mean_iou")},
+        "correlation": None if correlation is None else correlation.columns("spearman"),
+    }
 
 
 # --------------------------------------------------------------------------------------

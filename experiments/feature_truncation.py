@@ -65,9 +65,10 @@ from absl import flags
 
 from experiments import cli, paper_values, runs
 from experiments import flops_table as flops_table_lib
-from experiments.report import Report, log, pyplot, write_csv
+from experiments.report import Report, claim_line, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax import flops
+from spectral_jax.evaluation import compute_spread, format_spread
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 #: The paper's feature sizes and the fraction of the untruncated band each keeps.
@@ -615,26 +616,68 @@ def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) ->
     return records
 
 
-def model_section(
-    report: Report, records: Sequence[dict[str, Any]], *, heading: str, input_size: int
-) -> None:
-    """Adds :func:`truncated_model_rows` (of an ``input_size`` evaluation) beside Table 2."""
+def seed_rows(records_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per decoder grid, the spreads over seeds of :func:`truncated_model_rows`' numbers.
+
+    Args:
+      records_per_seed: ``[S][3]`` :func:`truncated_model_rows` of each seed's model.
+
+    Returns:
+      Per grid: ``feature_size``, ``paper_feature_size``, ``macs`` (the same for every
+      seed), the :class:`~spectral_jax.evaluation.Spread` columns of ``mean_iou``,
+      ``fpi`` and ``mean_iou_drop`` (mIoU(untruncated) - mIoU of the same seed, as a
+      fraction) and of ``fpi_change`` (FPI - FPI(untruncated) of the same seed).
+    """
     rows = []
-    for index, record in enumerate(records):
-        feature_size, macs = record["feature_size"], record["macs"]
+    for index, first in enumerate(records_per_seed[0]):
+        at_grid = [records[index] for records in records_per_seed]
+        full = [records[0] for records in records_per_seed]
+        row = {
+            "feature_size": first["feature_size"],
+            "paper_feature_size": first["paper_feature_size"],
+            "macs": first["macs"],
+        }
+        row.update(compute_spread([r["mean_iou"] for r in at_grid]).columns("mean_iou"))
+        row.update(compute_spread([r["fpi"] for r in at_grid]).columns("fpi"))
+        drops = [f["mean_iou"] - r["mean_iou"] for f, r in zip(full, at_grid, strict=True)]
+        changes = [r["fpi"] - f["fpi"] for f, r in zip(full, at_grid, strict=True)]
+        row.update(compute_spread(drops).columns("mean_iou_drop"))
+        row.update(compute_spread(changes).columns("fpi_change"))
+        rows.append(row)
+    return rows
+
+
+def model_section(
+    report: Report,
+    records_per_seed: Sequence[Sequence[dict[str, Any]]],
+    *,
+    heading: str,
+    input_size: int,
+) -> list[dict[str, Any]]:
+    """Adds :func:`truncated_model_rows` of every seed (an ``input_size`` evaluation)
+    beside Table 2, with mean ± std and 95 % intervals over the seeds; returns
+    :func:`seed_rows`."""
+    rows = seed_rows(records_per_seed)
+    num_seeds = len(records_per_seed)
+    table = []
+    for index, row in enumerate(rows):
+        feature_size, macs = row["feature_size"], row["macs"]
         paper_miou = paper_values.TABLE2_MIOU[0.0]["pascal"][index] / 100
         paper_fpi = flops.flops_per_iou(paper_values.TABLE2_FLOPS[0.0][index], paper_miou)
-        saving = 100 * (1 - macs / records[0]["macs"])
+        saving = 100 * (1 - macs / rows[0]["macs"])
         grid = f"{feature_size} (ν_max {(feature_size - 1) // 2})"
-        paper_size = record["paper_feature_size"]
-        rows.append(
-            [grid, paper_size, record["mean_iou"], paper_miou, macs / 1e6, saving]
-            + [record["fpi"], paper_fpi]
+        values = {
+            name: compute_spread([records[index][name] for records in records_per_seed])
+            for name in ("mean_iou", "fpi")
+        }
+        table.append(
+            [grid, row["paper_feature_size"], format_spread(values["mean_iou"]), paper_miou]
+            + [macs / 1e6, saving, format_spread(values["fpi"], 2), paper_fpi]
         )
-    sizes = [record["feature_size"] for record in records]
+    sizes = [row["feature_size"] for row in rows]
     report.heading(heading)
     report.paragraph(
-        f"The trained model's decoder run on smaller grids: at {input_size} x {input_size} "
+        f"The trained models' decoder run on smaller grids: at {input_size} x {input_size} "
         f"input the untruncated decoder grid (stride 4) is {sizes[0]}, band limit "
         f"{(sizes[0] - 1) // 2}; a half and a quarter of that band limit give F = "
         f"{sizes[1]} and {sizes[2]} (F = 2ν_max + 1), as 129 -> 65 -> 33 in the paper at 513. "
@@ -642,10 +685,44 @@ def model_section(
         "(no fine-tuning: the paper trains every size; `experiments/feature_truncation.py` "
         f"does). FLOPs: multiply-accumulates of every convolution at one {input_size} x "
         f"{input_size} image (`flops.conv_layers`, taps inside the unpadded input, as XLA "
-        "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit mIoU)."
+        "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit "
+        f"mIoU). mIoU and FPI: mean ± std over {num_seeds} seeds, with the 95 % t interval "
+        "of the mean."
     )
     header = ["decoder grid F", "paper's F", "mIoU", "paper mIoU", "M MACs", "saving %"]
-    report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], rows)
+    report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], table)
+    lines = ["What the intervals say of Table 2's claims (paired by seed):"]
+    paper = paper_values.TABLE2_MIOU[0.0]["pascal"]
+    for index in (1, 2):
+        row = rows[index]
+        drop = compute_spread(
+            [records[0]["mean_iou"] - records[index]["mean_iou"] for records in records_per_seed]
+        )
+        change = compute_spread(
+            [records[index]["fpi"] - records[0]["fpi"] for records in records_per_seed]
+        )
+        size = row["feature_size"]
+        paper_drop = paper[0] - paper[index]
+        lines.append(
+            claim_line(
+                f"Truncating to F = {size} costs mIoU (drop above 0; paper: "
+                f"{paper_drop:.1f} points)",
+                drop,
+                reference=0.0,
+                expected="above",
+            )
+        )
+        lines.append(
+            claim_line(
+                f"Truncating to F = {size} lowers the FPI (change below 0)",
+                change,
+                reference=0.0,
+                expected="below",
+                digits=2,
+            )
+        )
+    report.paragraph("\n".join(lines))
+    return rows
 
 
 # --------------------------------------------------------------------------------------
