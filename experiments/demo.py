@@ -356,7 +356,7 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     report.paragraph(
         f"`{cli.command('demo', argv)}`: {wall:.0f} s wall clock, {cpu:.0f} s CPU time (this "
         "process and its children; a run that resumed finished trainings is shorter), JAX "
-        f"{jax.__version__} on {jax.default_backend()}, CPU: {cpu_name}. " + CPU_NOTE
+        f"{jax.__version__} on {jax.default_backend()}, CPU: {cpu_name}."
     )
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     path = report.write()
