@@ -115,7 +115,8 @@ def read_ce_spectrum(directory: pathlib.Path) -> dict[tuple[str, str, int], floa
 
     Returns:
       ``{(model, dataset, band_limit): R}`` with ``model`` in ``deeplab``/``dan`` and
-      ``dataset`` the paper's name.
+      ``dataset`` the paper's name; rows of several seeds (a ``seed`` column) are
+      averaged.
 
     Raises:
       ValueError: naming ``directory`` if no file has these columns.
@@ -137,13 +138,14 @@ def read_ce_spectrum(directory: pathlib.Path) -> dict[tuple[str, str, int], floa
                     continue
                 if not any(word in stage for word in ("trained", "final", "after")):
                     continue
-                values[(model, dataset, int(float(band)))] = float(value)
+                seed = row.get("seed", "")
+                values.setdefault((model, dataset, int(float(band))), {})[seed] = float(value)
     if not values:
         raise ValueError(
             f"--from_ce_spectrum: no CSV in {directory} has model, dataset, band_limit and "
             "relative_discrepancy columns."
         )
-    return values
+    return {key: float(np.mean(list(by_seed.values()))) for key, by_seed in values.items()}
 
 
 # --------------------------------------------------------------------------------------
