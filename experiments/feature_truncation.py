@@ -68,7 +68,7 @@ from experiments import flops_table as flops_table_lib
 from experiments.report import Report, claim_line, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax import flops
-from spectral_jax.evaluation import compute_spread, format_spread
+from spectral_jax.evaluation import CONFIDENCE, Spread, compute_spread, format_spread
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 #: The paper's feature sizes and the fraction of the untruncated band each keeps.
@@ -210,18 +210,23 @@ def run_cell(
     paper_feature_size: int,
     encoder_rate: float,
     workdir: pathlib.Path,
+    num_seeds: int = 1,
     full_size: bool = True,
-) -> dict[str, Any]:
-    """Trains, hard-prunes, truncates and evaluates one cell; cached in ``cell.json``.
+) -> list[dict[str, Any]]:
+    """Trains, hard-prunes, truncates and evaluates one cell with ``num_seeds`` seeds.
+
+    Trains through :func:`experiments.runs.train_seeds`; each seed's result is cached in
+    its ``cell.json``.
 
     Args:
       config: the training config (``--config``); the cell sets the model, the data set,
         the feature size and the pruning rates of a copy.
+      workdir: the cell's directory (one sub-directory per seed).
+      num_seeds: the seeds ``config.seed + k``.
+
+    Returns:
+      One dict per seed (``seed``, ``run_dir``, mIoU, MACs, ...).
     """
-    cell_path = workdir / "cell.json"
-    if cell_path.exists():
-        log(f"  {workdir}: finished earlier, reading {cell_path.name}")
-        return json.loads(cell_path.read_text())
     config = runs.experiment_config(config, model=model, dataset=dataset, self_evaluated=True)
     rates = pruning_rates(encoder_rate)
     train_size = feature_size_for(paper_feature_size, int(config.crop_size))
@@ -230,9 +235,43 @@ def run_cell(
     config.model.feature_size = train_size
     config.pruning.encoder = rates["encoder"]
     config.pruning.decoder = rates["decoder"]
-    summary = runs.train_once(config, workdir)
+    seed_runs = runs.train_seeds(config, workdir, num_seeds=num_seeds)
+    return [
+        _evaluate_seed(
+            seed_runs,
+            k,
+            model=model,
+            dataset=dataset,
+            paper_feature_size=paper_feature_size,
+            rates=rates,
+            eval_size=eval_size,
+            full_size=full_size,
+        )
+        for k in range(num_seeds)
+    ]
 
-    trained_model, variables = runs.restore_trained(config, workdir)
+
+def _evaluate_seed(
+    seed_runs: runs.SeedRuns,
+    k: int,
+    *,
+    model: str,
+    dataset: str,
+    paper_feature_size: int,
+    rates: dict[str, float],
+    eval_size: int | None,
+    full_size: bool,
+) -> dict[str, Any]:
+    """Hard-prunes, truncates and evaluates seed ``k`` of a cell; cached in ``cell.json``."""
+    cell_path = seed_runs.seed_workdir(k) / "cell.json"
+    if cell_path.exists():
+        log(f"  {cell_path.parent}: finished earlier, reading {cell_path.name}")
+        return json.loads(cell_path.read_text())
+    config = seed_runs.config
+    summary = seed_runs.summaries[k]
+    eval_input = int(config.eval_crop_size)
+    trained_model = runs.create_model(config)
+    variables = seed_runs.variables(k)
     plan = pruning.pruning_plan(trained_model, pruning.PruningRates(**rates))
     # hard_prune soft-prunes once more first: the last epoch end may lie before the last
     # step, and SFP ends with a pruning step before the filters are removed.
@@ -245,8 +284,10 @@ def run_cell(
         "model": model,
         "dataset": dataset,
         "data": str(config.dataset),
+        "seed": seed_runs.seeds[k],
+        "run_dir": f"{seed_runs.workdir.name}/{cell_path.parent.name}",
         "paper_feature_size": paper_feature_size,
-        "feature_size_train": train_size,
+        "feature_size_train": config.model.feature_size,
         "feature_size_eval": eval_size,
         "eval_input_size": eval_input,
         "encoder_rate": rates["encoder"],
@@ -293,24 +334,26 @@ def _fpi(cost: float, mean_iou: float) -> float | None:
 
 
 def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """CSV rows: cells with mIoU drop, pruned FLOPs % and FPI, and the paper's values.
+    """CSV rows, one per cell and seed: mIoU drop, pruned FLOPs % and FPI, and the paper's
+    values.
 
-    The baseline of each (model, data set) is its cell with encoder rate 0 and paper
-    feature size 129; without it the derived columns are None.
+    The baseline of each (model, data set, seed) is its cell with encoder rate 0 and
+    paper feature size 129 of the same seed; without it the derived columns are None.
     """
     baselines = {
-        (c["model"], c["dataset"]): c
+        (c["model"], c["dataset"], c.get("seed", 0)): c
         for c in cells
         if c["encoder_rate"] == 0 and c["paper_feature_size"] == 129
     }
     rows = []
     for c in cells:
-        base = baselines.get((c["model"], c["dataset"]))
+        base = baselines.get((c["model"], c["dataset"], c.get("seed", 0)))
         miou = c["mean_iou"]
         row = {
             "model": c["model"],
             "dataset": c["dataset"],
             "data": c["data"],
+            "seed": c.get("seed", 0),
             "encoder_rate": c["encoder_rate"],
             "decoder_rate": c["decoder_rate"],
             "paper_feature_size": c["paper_feature_size"],
@@ -351,6 +394,54 @@ def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+#: The per-seed columns whose spread over seeds the reports give.
+SPREAD_COLUMNS = ("mean_iou", "miou_drop", "fpi_eval_mmacs", "fpi_513")
+
+
+def spread_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, data set, pruning rate and feature size: the spreads over seeds.
+
+    Returns:
+      Rows with the cell's columns (the first seed's costs, the same for every seed), the
+      :class:`~spectral_jax.evaluation.Spread` columns of :data:`SPREAD_COLUMNS` (where
+      every seed has the value), ``seeds``, and the means under the per-seed names
+      (``mean_iou``, ``fpi_eval_mmacs``, ...) for the figure.
+    """
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["model"], row["dataset"], row["encoder_rate"], row["paper_feature_size"])
+        cells.setdefault(key, []).append(row)
+    result = []
+    for group in cells.values():
+        row = {k: v for k, v in group[0].items() if k not in (*SPREAD_COLUMNS, "seed")}
+        row["seeds"] = " ".join(str(r["seed"]) for r in group)
+        for name in SPREAD_COLUMNS:
+            values = [r[name] for r in group]
+            row[name] = None
+            if all(v is not None for v in values):
+                spread = compute_spread(values)
+                row.update(spread.columns(name))
+                row[name] = spread.mean
+        result.append(row)
+    return result
+
+
+def _spread_text(row: dict[str, Any], name: str, scale: float = 1.0, digits: int = 2) -> str:
+    """``format_spread`` of a spread row's ``name`` (``scale`` x the values), or "-"."""
+    if f"{name}_mean" not in row:
+        return "-"
+    spread = Spread(
+        mean=scale * row[f"{name}_mean"],
+        std=scale * row[f"{name}_std"],
+        low=scale * row[f"{name}_ci_low"],
+        high=scale * row[f"{name}_ci_high"],
+        n=row[f"{name}_n"],
+        confidence=CONFIDENCE,
+        values=(),
+    )
+    return format_spread(spread, digits)
 
 
 def _pct(value):
@@ -409,13 +500,80 @@ def plot_fpi(rows: Sequence[dict[str, Any]]):
     return figure
 
 
+def _claims(rows: Sequence[dict[str, Any]], per_seed: Sequence[dict[str, Any]]) -> str:
+    """What the intervals over seeds say of Tables 2 and 4's claims, per cell."""
+    lines = [
+        "What the intervals over seeds say of the paper's claims (each cell paired with the "
+        "baseline of the same seed):"
+    ]
+    for row in rows:
+        if (row["encoder_rate"], row["paper_feature_size"]) == (0.0, 129):
+            continue
+        if "miou_drop_mean" not in row:
+            continue
+        key = (row["model"], row["dataset"], row["encoder_rate"], row["paper_feature_size"])
+        seeds = [
+            r
+            for r in per_seed
+            if (r["model"], r["dataset"], r["encoder_rate"], r["paper_feature_size"]) == key
+        ]
+        name = (
+            f"{MODEL_TITLES[row['model']]}, {row['dataset']}, encoder {100 * row['encoder_rate']:.0f} "
+            f"%, F {row['paper_feature_size']}"
+        )
+        paper = (
+            "" if row["paper_miou_drop"] is None else f"; paper {100 * row['paper_miou_drop']:.1f}"
+        )
+        drops = compute_spread([100 * r["miou_drop"] for r in seeds])
+        lines.append(
+            claim_line(
+                f"{name}: costs mIoU (drop in points above 0{paper})",
+                drops,
+                reference=0.0,
+                expected="above",
+                digits=2,
+            )
+        )
+        baselines = {
+            (r["model"], r["dataset"], r["seed"]): r
+            for r in per_seed
+            if (r["encoder_rate"], r["paper_feature_size"]) == (0.0, 129)
+        }
+        changes = [
+            r["fpi_eval_mmacs"] - baselines[r["model"], r["dataset"], r["seed"]]["fpi_eval_mmacs"]
+            for r in seeds
+            if r["fpi_eval_mmacs"] is not None
+            and baselines[r["model"], r["dataset"], r["seed"]]["fpi_eval_mmacs"] is not None
+        ]
+        if changes:
+            lines.append(
+                claim_line(
+                    f"{name}: lowers the FPI (change in M MACs per mIoU below 0)",
+                    compute_spread(changes),
+                    reference=0.0,
+                    expected="below",
+                    digits=2,
+                )
+            )
+    return "\n".join(lines)
+
+
 def write_report(
-    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], *, config_file: str, crop: int
+    workdir: pathlib.Path,
+    rows: Sequence[dict[str, Any]],
+    per_seed: Sequence[dict[str, Any]],
+    *,
+    config_file: str,
+    crop: int,
 ) -> pathlib.Path:
+    """``report.md`` from the spread rows (:func:`spread_rows`) and the per-seed rows."""
     report = Report(workdir, "Feature truncation with soft filter pruning (Tables 2, 4)")
     example = rows[0]
+    num_seeds = max(r.get("mean_iou_n", 1) for r in rows)
     report.paragraph(
-        f"Config `{config_file}`, {example['steps']} training steps per cell, evaluation on "
+        f"Config `{config_file}`, {example['steps']} training steps per cell and seed, "
+        f"{num_seeds} seed(s) per cell (mIoU, drop and FPI: mean ± std over the seeds with "
+        "the 95 % t interval of the mean), evaluation on "
         f"the {example['eval_input_size']} x {example['eval_input_size']} validation images "
         "with the pixel-wise labels. Every cell is trained with soft filter pruning "
         f"(encoder at the given rate, decoder at {100 * DECODER_RATE:.0f} % when the encoder "
@@ -472,25 +630,26 @@ def write_report(
                 (
                     f"{100 * r['encoder_rate']:.0f} %",
                     _fs_label(r),
-                    _pct(r["mean_iou"]),
+                    _spread_text(r, "mean_iou", 100),
                     _pct(r["paper_miou"]),
-                    _pct(r["miou_drop"]),
+                    _spread_text(r, "miou_drop", 100),
                     _pct(r["paper_miou_drop"]),
                     r["macs_eval"] / 1e6,
                     r["pruned_flops_percent_eval"],
-                    r["fpi_eval_mmacs"],
+                    _spread_text(r, "fpi_eval_mmacs"),
                     r["gmacs_513"],
                     r["pruned_flops_percent_513"],
                     r["paper_convention_gflops_513"],
                     r["paper_gflops"],
                     r["paper_pruned_flops_percent"],
-                    r["fpi_513"],
+                    _spread_text(r, "fpi_513"),
                     r["paper_fpi"],
                 )
                 for r in selected
             ],
             digits=2,
         )
+    report.paragraph(_claims(rows, per_seed))
     report.figure(
         plot_fpi(rows),
         "fpi.png",
@@ -500,7 +659,10 @@ def write_report(
     )
     report.heading("Differences from the paper")
     report.paragraph(_differences(rows))
-    report.paragraph("All values: `feature_truncation.csv`.")
+    report.paragraph(
+        "All values: `feature_truncation.csv` (per seed), `feature_truncation_spread.csv` "
+        "(mean, std and 95 % interval over seeds)."
+    )
     return report.write()
 
 
@@ -511,9 +673,9 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
         "the real data sets at 513 x 513; ours are the tiny models "
         "(`resnet_tiny`, narrow ASPP and decoder) trained from scratch for "
         f"{rows[0]['steps']} steps on the generated 129 x 129 scenes, so absolute mIoU is "
-        "far lower and not comparable, and differences of a few points between cells are "
-        "within the run-to-run noise of so short trainings (one seed per cell; a pruned "
-        "cell can even beat the baseline).",
+        "far lower and not comparable; the intervals over seeds above say which "
+        "differences between cells the seeds resolve (a pruned cell can even beat the "
+        "baseline).",
     ]
     by_cell = {
         (r["model"], r["dataset"], r["encoder_rate"], r["paper_feature_size"]): r for r in rows
@@ -740,6 +902,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "Encoder pruning rates; default: 0,0.4 on the embedded data, Table 2's four otherwise.",
         element=float,
     )
+    cli.define_num_seeds(flag_values)
     cli.define_list(
         flag_values,
         "feature_sizes",
@@ -771,11 +934,12 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     workdir = pathlib.Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     grid = [(m, d, r, f) for m in models for d in datasets for r in rates for f in sizes]
+    num_seeds = runs.num_seeds_of(flag_values.num_seeds, config)
     cells = []
     for index, (model, dataset, rate, size) in enumerate(grid):
         name = f"{model}_{dataset}_enc{round(100 * rate):02d}_f{size}"
-        log(f"[{index + 1}/{len(grid)}] {name}")
-        cells.append(
+        log(f"[{index + 1}/{len(grid)}] {name}, {num_seeds} seed(s)")
+        cells.extend(
             run_cell(
                 config,
                 model=model,
@@ -783,13 +947,20 @@ def main(argv: Sequence[str]) -> pathlib.Path:
                 paper_feature_size=size,
                 encoder_rate=rate,
                 workdir=workdir / name,
+                num_seeds=num_seeds,
                 full_size=flag_values.full_size_flops,
             )
         )
     rows = table_rows(cells)
+    spreads = spread_rows(rows)
     write_csv(workdir / "feature_truncation.csv", rows)
+    write_csv(workdir / "feature_truncation_spread.csv", spreads)
     path = write_report(
-        workdir, rows, config_file=cli.config_file(flag_values), crop=int(config.crop_size)
+        workdir,
+        spreads,
+        rows,
+        config_file=cli.config_file(flag_values),
+        crop=int(config.crop_size),
     )
     print(path)
     return path
