@@ -29,15 +29,25 @@ limits are set beside ``round(nu * 513 / 129)``, i.e. 2 / 4 / 8 beside the paper
 experiment 1's CSV (see :func:`read_ce_spectrum`).
 
 With a config on the embedded data the defaults are DeepLab v3+ only, the three presets
-and band limits 2 and 4 plus pixel-wise; with 120 steps (the first command: nine
-trainings; one preset's three took 10 min wall clock, 55 s of CPU time, on a 2-core
-machine shared with other jobs) the run fits in about 10 minutes on 2 CPU cores. With a
-paper config: both models, band limits 8, 16 and 32, the config's data set.
+and band limits 2 and 4 plus pixel-wise, 3 seeds each (``--num_seeds``); with 120 steps
+(the first command: nine trainings per seed; one preset's three took 10 min wall clock,
+55 s of CPU time, on a 2-core machine shared with other jobs) one seed fits in about 10
+minutes on 2 CPU cores, three in about three times that. With a paper config: both
+models, band limits 8, 16 and 32, the config's data set, one seed.
 
-Writes ``report.md``, ``blockwise_annotation.csv``, ``correlation.csv``,
+Every setting is trained with seeds ``config.seed + k`` (:func:`experiments.runs.
+train_seeds`); a block-wise run is paired with the pixel-wise run of the same seed. The
+report gives mIoU, relative IoU and R as mean ± std with the 95 % t interval of the mean,
+and Spearman's rho over the (seed, setting) points with a percentile bootstrap interval
+(the defaults give 3 presets x 2 band limits x 3 seeds = 18 points;
+``--band_limits=2,4,6,8,10,12`` gives 18 settings), and says which of the paper's
+claims the intervals support, contradict or cannot decide.
+
+Writes ``report.md``, ``blockwise_annotation.csv`` (per seed), ``blockwise_spread.csv``
+(over seeds), ``correlation.csv``,
 ``relative_iou_vs_r.png``, ``examples.png`` with its arrays ``examples_<dataset>.npz``,
-and one training directory per run; rerunning resumes (finished runs are read back from
-``run.json``).
+and one training directory per setting and seed; rerunning resumes (finished runs are
+read back from ``run.json``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@ r"""The whole story in one command: train, decompose, sweep, differentiate, trun
 
 Launch from the repository root (``make demo`` runs the first form)::
 
-  python -m experiments.demo --workdir runs/demo           # 1000 steps, ~2 min on 2 cores
+  python -m experiments.demo --workdir runs/demo           # 1000 steps, 4 seeds
+  python -m experiments.demo --workdir runs/demo --num_seeds=1   # one seed, ~1.5 min
   python -m experiments.demo --workdir runs/demo --config.num_train_steps=3000
   python -m experiments.demo --workdir /tmp/demo \
       --config experiments/configs/demo.py:quick --nofull_size_flops   # the test's, ~1 min
@@ -14,27 +15,37 @@ first use, no download) the script composes the experiments' sections:
 1. builds the data set (into ``<workdir>/tfds`` unless ``--config.data_dir`` is given)
    and shows a few scenes;
 2. trains the tiny DeepLab v3+ of ``experiments/configs/demo.py`` (``tiny.py``'s model,
-   65 x 65 crops, batch 8) for ``config.num_train_steps`` steps, 1000 by default, into
-   ``<workdir>/train``;
+   65 x 65 crops, batch 8) for ``config.num_train_steps`` steps, 1000 by default, with
+   ``--num_seeds`` seeds (4 by default: ``config.seed + k``) into
+   ``<workdir>/train/seed<seed>`` (:func:`experiments.runs.train_seeds`);
 3. decomposes its cross-entropy on the validation scenes at initialisation and after
    training (:func:`experiments.ce_spectrum.model_section`: band profile, ``R(nu_max)``
-   beside Table 1, magnitude profiles);
-4. sweeps every band limit in one jitted, vmapped call over the trained model's
+   beside Table 1, magnitude profiles, of the first seed; ``R(nu_max)`` of every seed,
+   :func:`experiments.ce_spectrum.seed_section`);
+4. sweeps every band limit in one jitted, vmapped call over the first seed's
    predictions and the three presets' blurred ground truth
    (:func:`experiments.band_limit_sweep.preset_section`);
 5. computes exact spectral-Jacobian rows of the CE at the ASPP features and of the trained
-   decoder's first convolution (:func:`experiments.spectral_gradient.model_section`);
-6. evaluates the trained model with its decoder truncated to Table 2's grids, with MACs
+   decoder's first convolution (first seed) (:func:`experiments.spectral_gradient.model_section`);
+6. evaluates every seed's trained model with its decoder truncated to Table 2's grids, with MACs
    and FPI (:func:`experiments.feature_truncation.model_section`), and counts the
    full-size ResNet-101 DeepLab v3+ at 513 x 513 beside the paper's 139 / 107 / 98 G
    (:func:`experiments.flops_table.full_size_section`; ``--nofull_size_flops`` skips it);
-7. trains the same model for the same steps on block-wise labels at the
-   ``--block_band_limits`` (Table 3, :func:`experiments.blockwise_annotation.model_section`).
+7. trains the same model for the same steps and seeds on block-wise labels at the
+   ``--block_band_limits`` (Table 3, :func:`experiments.blockwise_annotation.model_section`:
+   relative mIoU paired by seed).
+
+Every number that depends on the training is reported as mean ± std over the seeds with
+the 95 % t interval of the mean (:mod:`spectral_jax.evaluation.spread`), and the report
+says which of the paper's claims the intervals support, contradict or cannot decide. The
+"Headline numbers" section gathers them with the CPU they were measured on: another CPU
+gives other single-run numbers (XLA's kernels and float32 reduction order differ), which
+the spread over seeds covers.
 
 Everything lands in ``--workdir``: ``report.md`` (tables with the paper's numbers beside
 ours, figures), ``results.json`` (every number of the report), the PNG figures, and one
-trainer directory per trained model. Rerunning skips the finished trainings
-(:func:`experiments.runs.train_once`) and resumes an interrupted one from its
+trainer directory per trained model and seed. Rerunning skips the finished trainings
+(:func:`experiments.runs.train_seeds`) and resumes an interrupted one from its
 checkpoint; the analyses are recomputed (seconds). Progress goes to stderr, the report's
 path to stdout. The report's "Run" section gives the wall and CPU time of the run.
 """

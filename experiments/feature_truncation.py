@@ -41,13 +41,20 @@ mIoU drop = mIoU(unpruned, untruncated) - mIoU, in percentage points.
 
 With a config on the embedded data the grid defaults to DeepLab v3+ only, the config's
 preset only (``pascal_like`` for ``tiny.py``) and encoder pruning 0 and 40 %, at three
-feature sizes; with 120 steps (the first command: six trainings, about 5 min of CPU time,
-measured as 19 min wall clock on a 2-core machine shared with other jobs) it fits in
-about 10 minutes on 2 CPU cores. With a paper config it defaults to both models and the
-four pruning rates of Tables 2 and 4.
+feature sizes, 3 seeds per cell (``--num_seeds``); with 120 steps (the first command: six
+trainings per seed, about 5 min of CPU time per seed, measured as 19 min wall clock for
+one seed on a 2-core machine shared with other jobs). With a paper config it defaults
+to both models, the four pruning rates of Tables 2 and 4 and one seed.
 
-Writes ``report.md``, ``feature_truncation.csv``, ``fpi.png`` and one training directory
-per cell; rerunning resumes (finished cells are read back from ``cell.json``).
+Every cell is trained with seeds ``config.seed + k`` (:func:`experiments.runs.
+train_seeds`) and paired with the baseline of the same seed; the report gives mIoU, its
+drop and the FPI as mean ± std with the 95 % t interval of the mean and says which of
+the paper's claims (truncation and pruning cost mIoU, lower the FPI) the intervals
+support, contradict or cannot decide.
+
+Writes ``report.md``, ``feature_truncation.csv`` (per seed),
+``feature_truncation_spread.csv`` (over seeds), ``fpi.png`` and one training directory
+per cell and seed; rerunning resumes (finished cells are read back from ``cell.json``).
 """
 
 from __future__ import annotations
