@@ -149,14 +149,14 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     variants = flag_values.variants
     workdir = pathlib.Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    summaries, configs, run_dirs = {}, {}, {}
+    summaries, configs, trained = {}, {}, {}
     for index, variant in enumerate(variants):
         log(f"[{index + 1}/{len(variants)}] {variant}")
         configs[variant] = experiment_config(flag_values.config, VARIANTS[variant])
         # One seed per variant: the per-layer scores are of one model each.
         seed_runs = runs.train_seeds(configs[variant], workdir / variant, num_seeds=1)
         summaries[variant] = seed_runs.summaries[0]
-        run_dirs[variant] = seed_runs.seed_workdir(0)
+        trained[variant] = seed_runs
 
     # 1. Aliasing score per layer: the baseline at initialisation and trained, and the
     # trained variants (block inputs before their filter).
@@ -164,12 +164,13 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     images = validation_images(baseline_config, flag_values.eval_images)
     np.save(workdir / "aliasing_images.npy", images)
     model_and_variables = {}
-    model, _ = runs.restore_trained(baseline_config, run_dirs["baseline"])
+    model = runs.create_model(baseline_config)
     untrained = runs.initial_variables(model, baseline_config)
     model_and_variables["baseline (init)"] = (model, untrained)
     for variant in variants:
-        model_and_variables[f"{variant} (trained)"] = runs.restore_trained(
-            configs[variant], run_dirs[variant]
+        model_and_variables[f"{variant} (trained)"] = (
+            runs.create_model(configs[variant]),
+            trained[variant].variables(0),
         )
     score_rows = []
     for state, (model, variables) in model_and_variables.items():

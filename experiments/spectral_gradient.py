@@ -566,11 +566,10 @@ def main(argv: Sequence[str]) -> pathlib.Path:
                 config, workdir / "train" / f"{model_name}_{dataset}", num_seeds=1
             )
             summaries[(model_name, dataset)] = seed_runs.summaries[0]
-            run_dir = seed_runs.seed_workdir(0)
             train_seconds = time.perf_counter() - start
 
-            def compute(config=config, run_dir=run_dir, train_seconds=train_seconds):
-                model, variables = runs.restore_trained(config, run_dir)
+            def compute(config=config, seed_runs=seed_runs, train_seconds=train_seconds):
+                model, variables = runs.create_model(config), seed_runs.variables(0)
                 image, labels, ignore = validation_example(config, flag_values.image_index)
                 case = ce_rows_of_model(
                     model, variables, jnp.asarray(image), labels, ignore_index=ignore
