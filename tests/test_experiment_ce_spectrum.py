@@ -155,7 +155,7 @@ def test_table1_spread_is_recomputed_from_the_seeds(tiny_run):
             [
                 float(r["relative_discrepancy"])
                 for r in per_seed
-                if (r["stage"], r["nu_max"]) == (row["stage"], row["nu_max"])
+                if (r["stage"], r["paper_nu_max"]) == (row["stage"], row["paper_nu_max"])
             ]
         )
         assert values.size == 2
