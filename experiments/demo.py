@@ -96,10 +96,10 @@ EVAL_BATCH_SIZE = 10
 
 #: Why the headline numbers come with their spread over seeds.
 CPU_NOTE = (
-    "Another CPU gives other single-run numbers: XLA picks its kernels and their "
-    "floating-point reduction order for the CPU at hand (vector width, threads), so a "
-    "training's float32 rounding differs from one machine to another, and a thousand "
-    "SGD steps amplify it like another seed would (the same commit gave mIoU 0.815 on one "
+    "Another CPU gives other single-run numbers: XLA compiles its kernels for the CPU at "
+    "hand (vector width, threads), which can change the order of float32 reductions and "
+    "so the rounding of a training, and a thousand SGD steps amplify such differences "
+    "like another seed would (the same commit gave mIoU 0.815 on one "
     "2-core x86-64 machine and 0.871 on another, bit-identical between runs on each). "
     "The spread over seeds measures that variation; compare numbers by their intervals."
 )
