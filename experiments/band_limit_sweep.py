@@ -33,7 +33,7 @@ changes no CE component: the padded R equals the unpadded one.
 
 Models: the trained runs of :mod:`experiments.ce_spectrum` (``--from_ce_spectrum``, read
 from its ``runs.json``), else trained here with ``--config``
-(:func:`experiments.runs.train_once`); ``--stage init`` uses their initial variables.
+(:func:`experiments.runs.train_seeds`, one seed); ``--stage init`` uses their initial variables.
 With the tiny config and all 50 validation images of each preset, the R values equal
 experiment 1's (the same images and the same ratio of means), to float32 rounding. The
 models predict ``config.eval_batch_size`` images at a time.
@@ -191,7 +191,8 @@ def _entries_trained_here(
             entry_config = runs.experiment_config(config, model=model, dataset=dataset)
             run_dir = workdir / f"{model}_{dataset}"
             if stage == "trained":
-                runs.train_once(entry_config, run_dir)
+                # One seed per model and data set: the sweep analyses one model's predictions.
+                run_dir = runs.train_seeds(entry_config, run_dir, num_seeds=1).seed_workdir(0)
             entries.append(
                 {"model": model, "dataset": dataset, "run_dir": run_dir, "config": entry_config}
             )

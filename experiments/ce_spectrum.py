@@ -15,10 +15,10 @@ A config on the embedded data (``tiny.py``) runs the three embedded presets (or 
 ``--datasets`` names); a paper config (``pascal.py``, ``deepglobe.py``,
 ``cityscapes.py``) runs its own data set: one invocation per paper data set.
 
-For every model (DeepLab v3+ and DAN) and data set, the script trains the model
-(:func:`experiments.runs.train_once`) and evaluates, at initialisation (the variables
-the trainer starts from: same seed, same ``init_variables``) and after training, on the
-validation split:
+For every model (DeepLab v3+ and DAN) and data set, the script trains the model with
+``--num_seeds`` seeds (:func:`experiments.runs.train_seeds`; 3 on the embedded data by
+default) and evaluates each seed, at initialisation (the variables the trainer starts
+from: same seed, same ``init_variables``) and after training, on the validation split:
 
 * the band profile :math:`P(r) = \sum_{band(\nu) = r} \mathcal{L}_{ce}(\nu)` (Eq. 5,
   Chebyshev bands ``r = max(|nu_h|, |nu_w|)``),
@@ -37,13 +37,21 @@ maps to our last band 64 (also 0). A band ``nu`` is ``nu`` cycles per image side
 both grids, so ``R(8)``, ``R(16)`` and ``R(32)`` compare the same frequencies of scenes
 of the same layout; what lies above 64 cycles per image the 129 grid cannot hold.
 
-The first command above is reduced to fit in about 10 minutes on 2 CPU cores: the three
-embedded presets x two models = six trainings of the tiny config (``resnet_tiny``
+The first command above was measured (one seed per setting) at about 10 minutes on 2 CPU
+cores; with the default 3 seeds it takes about three times as long (``--num_seeds=1``
+for the single-seed run): the three embedded presets x two models = six trainings per
+seed of the tiny config (``resnet_tiny``
 backbone, 65 x 65 crops, batch 8) of 100 steps instead of the config's 300, and
 evaluation on the 50 validation scenes of each preset.
 
+Table 1 gives R as mean ± std over the seeds with the 95 % t interval of the mean, and
+the report says which of the paper's claims (the data sets' order, R falling with
+nu_max, training lowering the low bands' CE) the intervals support, contradict or cannot
+decide.
+
 Writes to ``--workdir``: ``report.md``; ``table1.csv`` (R at the paper's band limits,
-ours beside the paper's), ``profiles.csv`` (every curve, every band), ``summary.csv``;
+ours per seed beside the paper's), ``table1_spread.csv`` (over seeds), ``profiles.csv``
+(every curve of every seed, every band), ``summary.csv``;
 ``fig1_profiles.png`` (Fig. 1) and ``fig2_init_vs_trained.png`` (Fig. 2); ``runs.json``
 (the trained runs and their configs, read by :mod:`experiments.band_limit_sweep`); one
 training directory per model and data set and ``spectra/*.npz``. Rerunning resumes:
@@ -52,6 +60,7 @@ finished trainings and evaluations are read back.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import time
@@ -64,8 +73,17 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, paper_values, runs
-from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot, write_csv
+from experiments.report import (
+    DATASET_COLORS,
+    MODEL_STYLES,
+    Report,
+    claim_line,
+    log,
+    pyplot,
+    write_csv,
+)
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
+from spectral_jax.evaluation import compute_spread, format_spread
 
 STAGES = ("init", "trained")
 
@@ -112,25 +130,43 @@ def _load_or_evaluate(path: pathlib.Path, evaluate) -> dict[str, Any]:
 
 
 def run_cell(
-    config: ml_collections.ConfigDict, *, workdir: pathlib.Path, name: str
+    config: ml_collections.ConfigDict, *, workdir: pathlib.Path, name: str, num_seeds: int
 ) -> dict[str, Any]:
-    """Trains (or reads back) one model and evaluates it at initialisation and trained."""
-    run_dir = workdir / name
-    summary = runs.train_once(config, run_dir)
+    """Trains (or reads back) one model with ``num_seeds`` seeds and evaluates each at
+    initialisation and trained.
+
+    Returns:
+      ``summaries`` and ``seeds`` (per seed), ``per_seed`` (``[S]`` of ``{"init": ...,
+      "trained": ...}``, :func:`evaluate_spectra`), and the first seed's ``summary``,
+      ``run_dir``, ``init`` and ``trained`` (the figures and the per-band CSV).
+    """
+    seed_runs = runs.train_seeds(config, workdir / name, num_seeds=num_seeds)
     model = runs.create_model(config)
-    results = {"summary": summary, "run_dir": str(run_dir)}
-    for stage in STAGES:
+    per_seed = []
+    for k, seed in enumerate(seed_runs.seeds):
+        results = {}
+        for stage in STAGES:
 
-        def evaluate(stage=stage):
-            log(f"  {name}: evaluating the {stage} model")
-            if stage == "init":
-                variables = runs.initial_variables(model, config)
-            else:
-                _, variables = runs.restore_trained(config, run_dir)
-            return evaluate_spectra(model, variables, config)
+            def evaluate(stage=stage, k=k, seed=seed):
+                log(f"  {name}, seed {seed}: evaluating the {stage} model")
+                if stage == "init":
+                    variables = seed_runs.initial_variables(k, model)
+                else:
+                    variables = seed_runs.variables(k)
+                return evaluate_spectra(model, variables, config)
 
-        results[stage] = _load_or_evaluate(workdir / "spectra" / f"{name}_{stage}.npz", evaluate)
-    return results
+            path = workdir / "spectra" / f"{name}_seed{seed}_{stage}.npz"
+            results[stage] = _load_or_evaluate(path, evaluate)
+        per_seed.append(results)
+    return {
+        "summary": seed_runs.summaries[0],
+        "summaries": list(seed_runs.summaries),
+        "seeds": list(seed_runs.seeds),
+        "run_dir": str(seed_runs.seed_workdir(0)),
+        "per_seed": per_seed,
+        "init": per_seed[0]["init"],
+        "trained": per_seed[0]["trained"],
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -143,13 +179,44 @@ def table_band_limits(num_bands: int) -> list[tuple[int, int]]:
 
 
 def table1_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """One CSV row per model, data set, stage and Table 1 band limit."""
+    """One CSV row per model, data set, stage, seed and Table 1 band limit."""
     rows = []
     for (model, dataset), cell in cells.items():
         for stage in STAGES:
-            sweep = cell[stage]["relative_discrepancy"]
+            for seed, results in zip(cell["seeds"], cell["per_seed"], strict=True):
+                sweep = results[stage]["relative_discrepancy"]
+                paper = paper_values.TABLE1_RELATIVE_DISCREPANCY[model][dataset]
+                for index, (nu, ours) in enumerate(table_band_limits(sweep.size)):
+                    rows.append(
+                        {
+                            "model": model,
+                            "dataset": dataset,
+                            "stage": stage,
+                            "seed": seed,
+                            "paper_nu_max": nu,
+                            "nu_max": ours,
+                            "relative_discrepancy": float(sweep[ours]),
+                            "paper_relative_discrepancy": paper[index]
+                            if stage == "trained"
+                            else "",
+                        }
+                    )
+    return rows
+
+
+def _r_values(cell: dict[str, Any], stage: str, band: int) -> list[float]:
+    """``[S]`` R(band) of every seed of ``cell`` at ``stage``."""
+    return [float(r[stage]["relative_discrepancy"][band]) for r in cell["per_seed"]]
+
+
+def table1_spread_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, data set, stage and Table 1 band limit: R's spread over seeds."""
+    rows = []
+    for (model, dataset), cell in cells.items():
+        for stage in STAGES:
+            num_bands = cell[stage]["relative_discrepancy"].size
             paper = paper_values.TABLE1_RELATIVE_DISCREPANCY[model][dataset]
-            for index, (nu, ours) in enumerate(table_band_limits(sweep.size)):
+            for index, (nu, ours) in enumerate(table_band_limits(num_bands)):
                 rows.append(
                     {
                         "model": model,
@@ -157,7 +224,9 @@ def table1_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, 
                         "stage": stage,
                         "paper_nu_max": nu,
                         "nu_max": ours,
-                        "relative_discrepancy": float(sweep[ours]),
+                        **compute_spread(_r_values(cell, stage, ours)).columns(
+                            "relative_discrepancy"
+                        ),
                         "paper_relative_discrepancy": paper[index] if stage == "trained" else "",
                     }
                 )
@@ -165,11 +234,14 @@ def table1_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, 
 
 
 def profile_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every curve at every band: CE components, R, magnitudes (raw and normalised)."""
+    """Every curve of every seed at every band: CE components, R, magnitudes (raw and
+    normalised)."""
     rows = []
     for (model, dataset), cell in cells.items():
-        for stage in STAGES:
-            result = cell[stage]
+        for stage, (seed, results) in itertools.product(
+            STAGES, zip(cell["seeds"], cell["per_seed"], strict=True)
+        ):
+            result = results[stage]
             labels, logits = result["label_magnitude"], result["logit_magnitude"]
             for band in range(result["band_profile"].size):
                 rows.append(
@@ -177,6 +249,7 @@ def profile_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str,
                         "model": model,
                         "dataset": dataset,
                         "stage": stage,
+                        "seed": seed,
                         "band": band,
                         "ce_component": float(result["band_profile"][band]),
                         "relative_discrepancy": float(result["relative_discrepancy"][band]),
@@ -190,26 +263,29 @@ def profile_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str,
 
 
 def summary_rows(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model, data set and stage: mean CE, mIoU, Parseval error, trainer's R(16)."""
+    """Per model, data set, seed and stage: mean CE, mIoU, Parseval error, trainer's R(16)."""
     rows = []
     for (model, dataset), cell in cells.items():
-        trainer_r = cell["summary"].get("relative_discrepancy") or {}
-        for stage in STAGES:
-            result = cell[stage]
-            rows.append(
-                {
-                    "model": model,
-                    "dataset": dataset,
-                    "stage": stage,
-                    "steps": 0 if stage == "init" else cell["summary"]["steps"],
-                    "num_images": result["num_images"],
-                    "mean_ce": result["mean_ce"],
-                    "mean_iou": result["mean_iou"],
-                    "parseval_error": result["parseval_error"],
-                    "r16": float(result["relative_discrepancy"][16]),
-                    "trainer_r16": trainer_r.get("16", "") if stage == "trained" else "",
-                }
-            )
+        seeds = zip(cell["seeds"], cell["summaries"], cell["per_seed"], strict=True)
+        for seed, summary, results in seeds:
+            trainer_r = summary.get("relative_discrepancy") or {}
+            for stage in STAGES:
+                result = results[stage]
+                rows.append(
+                    {
+                        "model": model,
+                        "dataset": dataset,
+                        "stage": stage,
+                        "seed": seed,
+                        "steps": 0 if stage == "init" else summary["steps"],
+                        "num_images": result["num_images"],
+                        "mean_ce": result["mean_ce"],
+                        "mean_iou": result["mean_iou"],
+                        "parseval_error": result["parseval_error"],
+                        "r16": float(result["relative_discrepancy"][16]),
+                        "trainer_r16": trainer_r.get("16", "") if stage == "trained" else "",
+                    }
+                )
     return rows
 
 
@@ -292,8 +368,9 @@ def plot_init_vs_trained(cells):
 # Report.
 
 
-def _cell_text(ours: float, paper: float | None) -> str:
-    return f"{ours:.3f}" if paper is None else f"{ours:.3f} ({paper:.3f})"
+def _cell_text(values: Sequence[float], paper: float | None) -> str:
+    ours = format_spread(compute_spread(values))
+    return ours if paper is None else f"{ours} ({paper:.3f})"
 
 
 def _table1_markdown(report: Report, cells, stage: str) -> None:
@@ -304,12 +381,11 @@ def _table1_markdown(report: Report, cells, stage: str) -> None:
     ]
     rows = []
     for (model, dataset), cell in cells.items():
-        sweep = cell[stage]["relative_discrepancy"]
         paper = paper_values.TABLE1_RELATIVE_DISCREPANCY[model][dataset]
         rows.append(
             [MODEL_TITLES[model], DATASET_TITLES[dataset]]
             + [
-                _cell_text(float(sweep[ours]), paper[i] if stage == "trained" else None)
+                _cell_text(_r_values(cell, stage, ours), paper[i] if stage == "trained" else None)
                 for i, (_, ours) in enumerate(limits)
             ]
         )
@@ -320,35 +396,71 @@ def _order(values: dict[str, float]) -> str:
     return " > ".join(DATASET_TITLES[d] for d in sorted(values, key=values.get, reverse=True))
 
 
+def _difference(first: Sequence[float], second: Sequence[float]):
+    """The spread of ``first[k] - second[k]`` (paired by seed, or by seed index)."""
+    return compute_spread([a - b for a, b in zip(first, second, strict=True)])
+
+
 def _observations(cells) -> list[str]:
-    """Sentences comparing our numbers with the paper's, computed from the results."""
+    """What the intervals over seeds say of Table 1's and Fig. 2's claims."""
     lines = []
     for model in dict.fromkeys(m for m, _ in cells):
         datasets = [d for m, d in cells if m == model]
         if len(datasets) > 1:
             for nu in (8, 16):
                 ours = {
-                    d: float(cells[model, d]["trained"]["relative_discrepancy"][nu])
-                    for d in datasets
+                    d: float(np.mean(_r_values(cells[model, d], "trained", nu))) for d in datasets
                 }
                 paper = {
                     d: paper_values.table1_relative_discrepancy(model, d, nu) for d in datasets
                 }
                 same = _order(ours) == _order(paper)
                 lines.append(
-                    f"- {MODEL_TITLES[model]}, R({nu}): ours {_order(ours)}, paper "
-                    f"{_order(paper)} ({'same order' if same else 'different order'})."
+                    f"- {MODEL_TITLES[model]}, R({nu}), means over seeds: ours {_order(ours)}, "
+                    f"paper {_order(paper)} ({'same order' if same else 'different order'})."
                 )
+                ranked = sorted(datasets, key=lambda d: paper[d], reverse=True)
+                for high, low in zip(ranked, ranked[1:], strict=False):
+                    lines.append(
+                        claim_line(
+                            f"Table 1, {MODEL_TITLES[model]}: R({nu}) of {DATASET_TITLES[high]} "
+                            f"above {DATASET_TITLES[low]}'s (difference by seed index above 0)",
+                            _difference(
+                                _r_values(cells[model, high], "trained", nu),
+                                _r_values(cells[model, low], "trained", nu),
+                            ),
+                            reference=0.0,
+                            expected="above",
+                            digits=4,
+                        )
+                    )
         for dataset in datasets:
-            init = cells[model, dataset]["init"]
-            trained = cells[model, dataset]["trained"]
-            low = slice(0, 9)
-            ratio = np.sum(trained["band_profile"][low]) / np.sum(init["band_profile"][low])
+            cell = cells[model, dataset]
+            for low, high in ((8, 16), (16, 32)):
+                lines.append(
+                    claim_line(
+                        f"Table 1, {MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}: R falls from "
+                        f"ν_max = {low} to {high} (R({low}) − R({high}) above 0)",
+                        _difference(
+                            _r_values(cell, "trained", low), _r_values(cell, "trained", high)
+                        ),
+                        reference=0.0,
+                        expected="above",
+                        digits=4,
+                    )
+                )
+            ratios = [
+                np.sum(r["trained"]["band_profile"][:9]) / np.sum(r["init"]["band_profile"][:9])
+                for r in cell["per_seed"]
+            ]
             lines.append(
-                f"- {MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}: training changed the CE "
-                f"of bands 0-8 (ν = 0 included) to {ratio:.2f} of its initial value (mean CE "
-                f"{init['mean_ce']:.3f} -> {trained['mean_ce']:.3f}; mIoU "
-                f"{init['mean_iou']:.3f} -> {trained['mean_iou']:.3f})."
+                claim_line(
+                    f"Fig. 2, {MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}: training lowers "
+                    "the CE of bands 0-8 (trained / initial below 1)",
+                    compute_spread(ratios),
+                    reference=1.0,
+                    expected="below",
+                )
             )
     return lines
 
@@ -357,13 +469,14 @@ def _differences(cells) -> str:
     """The explanation of the differences, with the direction taken from the numbers."""
     trained = [(m, d) for m, d in cells]
     below = sum(
-        float(cells[key]["trained"]["relative_discrepancy"][16])
+        float(np.mean(_r_values(cells[key], "trained", 16)))
         < paper_values.table1_relative_discrepancy(*key, 16)
         for key in trained
     )
     steps = next(iter(cells.values()))["summary"]["steps"]
     return (
-        f"Ours is below the paper's R(16) in {below} of {len(trained)} cases. Why the "
+        f"Our mean over seeds is below the paper's R(16) in {below} of {len(trained)} cases. "
+        "Why the "
         "numbers differ. (1) Models and training: the tiny config's `resnet_tiny` "
         "backbone with 16-channel ASPP/decoder, trained from scratch for "
         f"{steps} steps, against ImageNet ResNet-101 models trained for 100-600 "
@@ -397,7 +510,7 @@ def _differences(cells) -> str:
 
 
 def _summary_cells(row: dict[str, Any]) -> list[Any]:
-    keys = ("model", "dataset", "stage", "steps", "num_images", "mean_ce", "mean_iou")
+    keys = ("model", "dataset", "stage", "seed", "steps", "num_images", "mean_ce", "mean_iou")
     trainer = row["trainer_r16"]
     return [
         *(row[key] for key in keys),
@@ -426,6 +539,7 @@ def write_report(
         f"{jax.devices()[0].platform} ({jax.device_count()} device(s)).\n\n"
         f"Command: `{command}`"
     )
+    num_seeds = len(any_cell["seeds"])
     report.heading("Table 1: R(ν_max) of the trained models, ours (paper)")
     report.paragraph(
         "R is a ratio of means over the validation images (Eq. 14). The paper's grid is "
@@ -433,13 +547,14 @@ def write_report(
         f"{num_bands - 1}), so every column at or above ν = {num_bands - 1} is our full "
         f"CE and reads exactly 0: the paper's R(64) (about 0.01) is CE at 64-256 cycles "
         "per image that a 129 grid cannot represent. A band ν is ν cycles per image side "
-        "on both grids, so ν = 8, 16, 32 compare like with like."
+        "on both grids, so ν = 8, 16, 32 compare like with like. Ours: mean ± std over "
+        f"{num_seeds} seed(s) with the 95 % t interval of the mean."
     )
     _table1_markdown(report, cells, "trained")
     report.heading("R(ν_max) at initialisation (the paper gives no table)")
     _table1_markdown(report, cells, "init")
     report.heading("Summary")
-    header = ["model", "data set", "stage", "steps", "images", "mean CE", "mIoU"]
+    header = ["model", "data set", "stage", "seed", "steps", "images", "mean CE", "mIoU"]
     header += ["Parseval error", "R(16)", "R(16), trainer's evaluation"]
     report.table(header, [_summary_cells(row) for row in summary_rows(cells)])
     report.paragraph(
@@ -464,15 +579,20 @@ def write_report(
         "training, per data set.",
     )
     report.heading("Ours against the paper")
-    report.paragraph("\n".join(_observations(cells)))
+    report.paragraph(
+        "What the intervals over seeds say of the paper's claims (a one-seed run cannot "
+        "decide any):\n" + "\n".join(_observations(cells))
+    )
     report.paragraph(_differences(cells))
     report.heading("Files")
     report.paragraph(
-        "`table1.csv` (R at the paper's band limits, ours and the paper's), "
-        "`profiles.csv` (every curve at every band, raw and normalised magnitudes), "
+        "`table1.csv` (R at the paper's band limits, ours per seed and the paper's), "
+        "`table1_spread.csv` (R's mean, std and 95 % interval over seeds), "
+        "`profiles.csv` (every curve of every seed at every band, raw and normalised "
+        "magnitudes), "
         "`summary.csv`, `runs.json` (trained runs and configs, for "
         "`experiments.band_limit_sweep --from_ce_spectrum`), `spectra/*.npz`, one "
-        "training directory per model and data set."
+        "training directory per model and data set (one sub-directory per seed)."
     )
     return report.write()
 
@@ -627,6 +747,83 @@ def model_section(
     return numbers
 
 
+def seed_section(report: Report, spectra_per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict:
+    """Adds R(nu_max) at 8 / 16 / 32 over seeds, and what the intervals say of the paper.
+
+    Args:
+      report: the report to add the section to.
+      spectra_per_seed: ``[S]`` of ``{"init": ..., "trained": ...}``
+        (:func:`evaluate_spectra` of each seed's model).
+
+    Returns:
+      ``{stage: {"8": spread columns, ...}}`` (:meth:`~spectral_jax.evaluation.Spread.
+      columns` named ``relative_discrepancy``) and ``per_seed``: ``{stage: {"8": [S]}}``.
+    """
+    per_seed = {
+        stage: {
+            str(nu): [float(s[stage]["relative_discrepancy"][nu]) for s in spectra_per_seed]
+            for nu in MODEL_BAND_LIMITS
+        }
+        for stage in STAGES
+    }
+    spreads = {
+        stage: {nu: compute_spread(values) for nu, values in by_band.items()}
+        for stage, by_band in per_seed.items()
+    }
+    paper = paper_r_row("pascal")
+    rows = [
+        [stage, *(format_spread(spreads[stage][str(nu)], 4) for nu in MODEL_BAND_LIMITS)]
+        for stage in STAGES
+    ]
+    rows.append(["paper (Table 1, PASCAL)", *paper[: len(MODEL_BAND_LIMITS)]])
+    report.paragraph(
+        f"R(ν_max) over {len(spectra_per_seed)} seeds (mean ± std, 95 % t interval of the "
+        "mean); the table and figure above are the first seed's."
+    )
+    report.table(["stage", *(f"R({nu})" for nu in MODEL_BAND_LIMITS)], rows, digits=4)
+
+    def paired(first, second, stage_first="trained", stage_second="trained"):
+        return compute_spread(
+            [
+                a - b
+                for a, b in zip(
+                    per_seed[stage_first][str(first)],
+                    per_seed[stage_second][str(second)],
+                    strict=True,
+                )
+            ]
+        )
+
+    lines = ["What the intervals say of the paper's claims (paired by seed):"]
+    for low, high in zip(MODEL_BAND_LIMITS, MODEL_BAND_LIMITS[1:], strict=False):
+        lines.append(
+            claim_line(
+                f"Table 1: R falls from ν_max = {low} to {high} (R({low}) − R({high}) above 0)",
+                paired(low, high),
+                reference=0.0,
+                expected="above",
+                digits=4,
+            )
+        )
+    lines.append(
+        claim_line(
+            "Fig. 2: training moves the CE to higher frequencies (R(16) trained − init above 0)",
+            paired(16, 16, "trained", "init"),
+            reference=0.0,
+            expected="above",
+            digits=4,
+        )
+    )
+    report.paragraph("\n".join(lines))
+    return {
+        "per_seed": per_seed,
+        **{
+            stage: {nu: spread.columns("relative_discrepancy") for nu, spread in by_band.items()}
+            for stage, by_band in spreads.items()
+        },
+    }
+
+
 # --------------------------------------------------------------------------------------
 # Main.
 
@@ -637,6 +834,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     cli.define_datasets(
         flag_values, None, "Default: all three on the embedded data, else the config's own."
     )
+    cli.define_num_seeds(flag_values)
 
 
 def main(argv: Sequence[str]) -> pathlib.Path:
@@ -647,19 +845,28 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     workdir.mkdir(parents=True, exist_ok=True)
     datasets = flag_values.datasets or runs.datasets_of(flag_values.config)
     grid = [(model, dataset) for model in flag_values.models for dataset in datasets]
+    num_seeds = runs.num_seeds_of(flag_values.num_seeds, flag_values.config)
     cells, manifest = {}, []
     for index, (model, dataset) in enumerate(grid):
         name = f"{model}_{dataset}"
-        log(f"[{index + 1}/{len(grid)}] {name}")
+        log(f"[{index + 1}/{len(grid)}] {name}, {num_seeds} seed(s)")
         config = runs.experiment_config(flag_values.config, model=model, dataset=dataset)
-        cell = run_cell(config, workdir=workdir, name=name)
+        cell = run_cell(config, workdir=workdir, name=name, num_seeds=num_seeds)
         cell["trainer_config"] = config
         cells[model, dataset] = cell
+        # The first seed's run, for experiments.band_limit_sweep --from_ce_spectrum.
+        run_dir = str(pathlib.Path(cell["run_dir"]).relative_to(workdir))
         manifest.append(
-            {"model": model, "dataset": dataset, "run_dir": name, "config": config.to_dict()}
+            {
+                "model": model,
+                "dataset": dataset,
+                "run_dir": run_dir,
+                "config": runs.seed_config(config, cell["seeds"][0]).to_dict(),
+            }
         )
     (workdir / "runs.json").write_text(json.dumps(manifest, indent=2))
     write_csv(workdir / "table1.csv", table1_rows(cells))
+    write_csv(workdir / "table1_spread.csv", table1_spread_rows(cells))
     write_csv(workdir / "profiles.csv", profile_rows(cells))
     write_csv(workdir / "summary.csv", summary_rows(cells))
     path = write_report(

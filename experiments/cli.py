@@ -117,6 +117,25 @@ def define_datasets(
     )
 
 
+def define_num_seeds(flag_values: flags.FlagValues, default: int | None = None) -> None:
+    """``--num_seeds=S``: seeds per trained setting (:func:`experiments.runs.train_seeds`).
+
+    None: :func:`experiments.runs.num_seeds_of` decides (3 on the embedded data, 1 with a
+    paper config).
+    """
+    flags.DEFINE_integer(
+        "num_seeds",
+        default,
+        "Seeds per trained setting (config.seed + k, k < S); the reports give mean ± std "
+        "and a 95 % interval over them. Default: "
+        + (str(default) if default is not None else "3 on the embedded data, else 1")
+        + ".",
+        lower_bound=1,
+        flag_values=flag_values,
+        module_name=_module_name(sys._getframe(1).f_globals.get("__name__")),
+    )
+
+
 def parse(
     argv: Sequence[Any],
     *,

@@ -2,7 +2,8 @@ r"""The whole story in one command: train, decompose, sweep, differentiate, trun
 
 Launch from the repository root (``make demo`` runs the first form)::
 
-  python -m experiments.demo --workdir runs/demo           # 1000 steps, ~2 min on 2 cores
+  python -m experiments.demo --workdir runs/demo           # 1000 steps, 4 seeds, see below
+  python -m experiments.demo --workdir runs/demo --num_seeds=1   # one seed, ~1.5 min
   python -m experiments.demo --workdir runs/demo --config.num_train_steps=3000
   python -m experiments.demo --workdir /tmp/demo \
       --config experiments/configs/demo.py:quick --nofull_size_flops   # the test's, ~1 min
@@ -14,29 +15,45 @@ first use, no download) the script composes the experiments' sections:
 1. builds the data set (into ``<workdir>/tfds`` unless ``--config.data_dir`` is given)
    and shows a few scenes;
 2. trains the tiny DeepLab v3+ of ``experiments/configs/demo.py`` (``tiny.py``'s model,
-   65 x 65 crops, batch 8) for ``config.num_train_steps`` steps, 1000 by default, into
-   ``<workdir>/train``;
+   65 x 65 crops, batch 8) for ``config.num_train_steps`` steps, 1000 by default, with
+   ``--num_seeds`` seeds (4 by default: ``config.seed + k``) into
+   ``<workdir>/train/seed<seed>`` (:func:`experiments.runs.train_seeds`);
 3. decomposes its cross-entropy on the validation scenes at initialisation and after
    training (:func:`experiments.ce_spectrum.model_section`: band profile, ``R(nu_max)``
-   beside Table 1, magnitude profiles);
-4. sweeps every band limit in one jitted, vmapped call over the trained model's
+   beside Table 1, magnitude profiles, of the first seed; ``R(nu_max)`` of every seed,
+   :func:`experiments.ce_spectrum.seed_section`);
+4. sweeps every band limit in one jitted, vmapped call over the first seed's
    predictions and the three presets' blurred ground truth
    (:func:`experiments.band_limit_sweep.preset_section`);
 5. computes exact spectral-Jacobian rows of the CE at the ASPP features and of the trained
-   decoder's first convolution (:func:`experiments.spectral_gradient.model_section`);
-6. evaluates the trained model with its decoder truncated to Table 2's grids, with MACs
+   decoder's first convolution (first seed) (:func:`experiments.spectral_gradient.model_section`);
+6. evaluates every seed's trained model with its decoder truncated to Table 2's grids, with MACs
    and FPI (:func:`experiments.feature_truncation.model_section`), and counts the
    full-size ResNet-101 DeepLab v3+ at 513 x 513 beside the paper's 139 / 107 / 98 G
    (:func:`experiments.flops_table.full_size_section`; ``--nofull_size_flops`` skips it);
-7. trains the same model for the same steps on block-wise labels at the
-   ``--block_band_limits`` (Table 3, :func:`experiments.blockwise_annotation.model_section`).
+7. trains the same model for the same steps and seeds on block-wise labels at the
+   ``--block_band_limits`` (Table 3, :func:`experiments.blockwise_annotation.model_section`:
+   relative mIoU paired by seed).
+
+Every number that depends on the training is reported as mean ± std over the seeds with
+the 95 % t interval of the mean (:mod:`spectral_jax.evaluation.spread`), and the report
+says which of the paper's claims the intervals support, contradict or cannot decide. The
+"Headline numbers" section gathers them with the CPU they were measured on: another CPU
+gives other single-run numbers (XLA's kernels and float32 reduction order differ), which
+the spread over seeds covers.
 
 Everything lands in ``--workdir``: ``report.md`` (tables with the paper's numbers beside
 ours, figures), ``results.json`` (every number of the report), the PNG figures, and one
-trainer directory per trained model. Rerunning skips the finished trainings
-(:func:`experiments.runs.train_once`) and resumes an interrupted one from its
+trainer directory per trained model and seed. Rerunning skips the finished trainings
+(:func:`experiments.runs.train_seeds`) and resumes an interrupted one from its
 checkpoint; the analyses are recomputed (seconds). Progress goes to stderr, the report's
 path to stdout. The report's "Run" section gives the wall and CPU time of the run.
+
+Measured (``/usr/bin/time -v python -m experiments.demo --workdir DIR``, jax 0.10.2, AMD
+EPYC, 2 cores): 721 s wall, 489 s CPU with the 4 default seeds on cores shared with two
+other jobs (load average 3.4-8.8); one seed 90 s wall, 134 s CPU at load 0.2-1.6. On
+quiet cores the 4 seeds should take about 5.5 min (CPU time x the single-seed wall/CPU
+ratio; not measured).
 """
 
 from __future__ import annotations
@@ -65,12 +82,27 @@ from experiments import (
     runs,
     spectral_gradient,
 )
-from experiments.report import Report, colour_labels, log, pyplot
+from experiments.report import Report, colour_labels, cpu_model, log, pyplot
 from spectral_jax import data
+from spectral_jax.evaluation import compute_spread, format_spread
 
 DATASET = "synthetic_scenes/pascal_like"
+#: Seeds of every training (``--num_seeds``): ``make demo`` stays under 10 minutes on 2
+#: cores (see the module docstring for the measured time).
+DEMO_NUM_SEEDS = 4
 #: Scenes per batch of the demo's own evaluations (the trainer's: ``config.eval_batch_size``).
 EVAL_BATCH_SIZE = 10
+
+
+#: Why the headline numbers come with their spread over seeds.
+CPU_NOTE = (
+    "Another CPU gives other single-run numbers: XLA compiles its kernels for the CPU at "
+    "hand (vector width, threads), which can change the order of float32 reductions and "
+    "so the rounding of a training, and a thousand SGD steps amplify such differences "
+    "like another seed would (the same commit gave mIoU 0.815 on one "
+    "2-core x86-64 machine and 0.871 on another, bit-identical between runs on each). "
+    "The spread over seeds measures that variation; compare numbers by their intervals."
+)
 
 
 def training_config(
@@ -125,37 +157,79 @@ def data_section(report: Report, data_dir: str, num_eval: int) -> dict[str, Any]
     return {"dataset": DATASET, "data_dir": data_dir, "num_eval": num_eval}
 
 
-def training_section(report: Report, config, summary, trained, workdir) -> dict[str, Any]:
-    """Adds the trained model's size and validation mIoU beside the paper's."""
+def training_section(report: Report, config, seed_runs: runs.SeedRuns, trained) -> dict[str, Any]:
+    """Adds the trained models' size and validation mIoU over seeds beside the paper's."""
     num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(trained["params"]))
     paper_params = paper_values.ENCODER_MPARAMS + paper_values.DECODER_MPARAMS["deeplab"]
+    steps = seed_runs.summaries[0]["steps"]
     report.heading("2. Training")
     report.paragraph(
         f"Tiny DeepLab v3+ (`experiments/configs/tiny.py`: `resnet_tiny` backbone, "
         f"{config.model.aspp_channels}-channel ASPP, {config.crop_size} x {config.crop_size} "
         f"crops, batch {config.batch_size}, SGD with the poly schedule from "
-        f"{config.learning_rate}) trained from scratch for {summary['steps']} steps in "
-        f"`{workdir}`: {num_params / 1e6:.3f} M parameters against the paper's "
-        f"{paper_params:.1f} M (ResNet-101 pretrained on ImageNet)."
+        f"{config.learning_rate}) trained from scratch for {steps} steps with "
+        f"{seed_runs.num_seeds} seeds ({', '.join(map(str, seed_runs.seeds))}: initialisation, "
+        f"data order) in `{seed_runs.workdir}`: {num_params / 1e6:.3f} M parameters against "
+        f"the paper's {paper_params:.1f} M (ResNet-101 pretrained on ImageNet). mIoU and "
+        "pixel accuracy: mean ± std over the seeds and the 95 % t interval of the mean."
     )
-    ours = ["tiny DeepLab v3+ (ours)", DATASET, summary["steps"], summary["mean_iou"]]
+    miou, accuracy = seed_runs.spread("mean_iou"), seed_runs.spread("pixel_accuracy")
+    ours = ["tiny DeepLab v3+ (ours)", DATASET, steps, format_spread(miou)]
     paper = ["DeepLab v3+ ResNet-101 (paper, Table 2)", "PASCAL VOC 2012 val", "100 epochs"]
     paper.append(paper_values.TABLE2_MIOU[0.0]["pascal"][0] / 100)
     report.table(
         ["model", "data", "steps", "mIoU", "pixel accuracy"],
-        [[*ours, summary["pixel_accuracy"]], [*paper, None]],
+        [[*ours, format_spread(accuracy)], [*paper, None]],
     )
     return {
         "num_params": num_params,
-        "mean_iou": summary["mean_iou"],
-        "pixel_accuracy": summary["pixel_accuracy"],
-        "steps": summary["steps"],
-        "workdir": str(workdir),
+        "seeds": list(seed_runs.seeds),
+        "mean_iou_per_seed": list(miou.values),
+        "pixel_accuracy_per_seed": list(accuracy.values),
+        **miou.columns("mean_iou"),
+        **accuracy.columns("pixel_accuracy"),
+        "steps": steps,
+        "workdir": str(seed_runs.workdir),
     }
+
+
+def headline_section(
+    report: Report, results: dict[str, Any], num_seeds: int, cpu_name: str
+) -> dict[str, str]:
+    """Adds the headline numbers (each with its spread over seeds); returns their text."""
+    training = results["training"]
+    spreads = results["ce_spectrum"]["seeds"]["per_seed"]["trained"]
+    lines = {
+        "mIoU (pixel-wise labels)": format_spread(compute_spread(training["mean_iou_per_seed"])),
+        **{
+            f"R({nu}) trained": format_spread(compute_spread(values), 4)
+            for nu, values in spreads.items()
+        },
+        **{
+            f"relative mIoU, block-wise ν_max = {r['eval_band_limit']} (scene)": format_spread(
+                compute_spread(r["relative_mean_iou_per_seed"])
+            )
+            for r in results["blockwise"]["records"]
+        },
+    }
+    per_seed = results["truncation"]["per_seed"]  # [S][grids]
+    for index, row in enumerate(results["truncation"]["rows"][1:], start=1):
+        values = [records[index]["mean_iou"] for records in per_seed]
+        lines[f"mIoU, decoder truncated to F = {row['feature_size']}"] = format_spread(
+            compute_spread(values)
+        )
+    report.heading("Headline numbers")
+    report.paragraph(
+        f"Mean ± std over {num_seeds} seeds with the 95 % t interval of the mean, measured "
+        f"on {cpu_name}. " + CPU_NOTE
+    )
+    report.table(["quantity", "value"], list(lines.items()))
+    return lines
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     """The flags of ``python -m experiments.demo`` besides ``--config``, ``--workdir``."""
+    cli.define_num_seeds(flag_values, DEMO_NUM_SEEDS)
     cli.define_list(
         flag_values,
         "block_band_limits",
@@ -213,24 +287,35 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     progress("[1/7] data")
     results["data"] = data_section(report, data_dir, num_eval)
 
-    progress(f"[2/7] training the tiny DeepLab v3+ for {settings['steps']} steps")
-    summary = runs.train_once(config, workdir / "train")
-    model, trained = runs.restore_trained(config, workdir / "train")
-    results["training"] = training_section(report, config, summary, trained, workdir / "train")
+    num_seeds = int(flag_values.num_seeds)
+    progress(
+        f"[2/7] training the tiny DeepLab v3+ for {settings['steps']} steps, {num_seeds} seeds"
+    )
+    seed_runs = runs.train_seeds(config, workdir / "train", num_seeds=num_seeds)
+    model = runs.create_model(config)
+    variables = [seed_runs.variables(k) for k in range(num_seeds)]
+    trained = variables[0]
+    results["training"] = training_section(report, config, seed_runs, trained)
 
-    progress("[3/7] CE spectrum at initialisation and after training")
-    stages = {"init": runs.initial_variables(model, config), "trained": trained}
-    spectra = {
-        stage: ce_spectrum.evaluate_spectra(model, variables, analysis)
-        for stage, variables in stages.items()
-    }
+    progress("[3/7] CE spectrum at initialisation and after training, every seed")
+    spectra_per_seed = [
+        {
+            "init": ce_spectrum.evaluate_spectra(
+                model, seed_runs.initial_variables(k, model), analysis
+            ),
+            "trained": ce_spectrum.evaluate_spectra(model, variables[k], analysis),
+        }
+        for k in range(num_seeds)
+    ]
+    spectra = spectra_per_seed[0]
     heading = "3. The spectrum of the CE (Fig. 1, Fig. 2, Table 1)"
-    title = "tiny DeepLab v3+"
+    title = f"tiny DeepLab v3+ (seed {seed_runs.seeds[0]})"
     results["ce_spectrum"] = ce_spectrum.model_section(
         report, spectra, heading=heading, title=title
     )
+    results["ce_spectrum"]["seeds"] = ce_spectrum.seed_section(report, spectra_per_seed)
 
-    progress("[4/7] band-limit sweep: one vmap over predictions and band limits")
+    progress("[4/7] band-limit sweep: one vmap over predictions and band limits (first seed)")
     images, labels = band_limit_sweep.evaluation_batch(config, num_eval)
     logits = band_limit_sweep.predict(model, trained, images, EVAL_BATCH_SIZE)
     sweep = band_limit_sweep.preset_sweep(
@@ -240,34 +325,40 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     band_limit_sweep.preset_section(report, sweep, heading=heading, num_images=num_eval)
     results["sweep"] = sweep
 
-    progress("[5/7] spectral Jacobians of the trained model")
+    progress("[5/7] spectral Jacobians of the trained model (first seed)")
     jacobians = spectral_gradient.model_jacobians(model, trained, images[:1], labels[0])
     heading = "5. Spectral Jacobians (Fig. 4)"
     results["spectral_gradient"] = spectral_gradient.model_section(
         report, jacobians, heading=heading
     )
 
-    progress("[6/7] truncated feature sizes")
+    progress("[6/7] truncated feature sizes, every seed")
     heading = "6. Feature truncation (Table 2, no pruning)"
-    rows = feature_truncation.truncated_model_rows(model, trained, analysis)
+    per_seed = [
+        feature_truncation.truncated_model_rows(model, variables[k], analysis)
+        for k in range(num_seeds)
+    ]
     size = int(analysis.eval_crop_size)
-    feature_truncation.model_section(report, rows, heading=heading, input_size=size)
-    truncation = {"rows": rows, "summary_mean_iou": summary["mean_iou"]}
+    rows = feature_truncation.model_section(report, per_seed, heading=heading, input_size=size)
+    truncation = {"rows": rows, "per_seed": per_seed}
     if flag_values.full_size_flops:
         progress("      full-size ResNet-101 FLOPs at 513 x 513 (shapes only)")
         truncation["full_size"] = flops_table.full_size_section(report)
     results["truncation"] = truncation
 
     progress("[7/7] block-wise annotation")
-    blockwise = {}
+    weak_mean_iou = {}
     for band_limit in flag_values.block_band_limits:
         weak = training_config(config, data_dir=data_dir, block_band_limit=band_limit)
-        blockwise[band_limit] = runs.train_once(weak, workdir / f"train_blockwise_nu{band_limit}")
+        weak_runs = runs.train_seeds(
+            weak, workdir / f"train_blockwise_nu{band_limit}", num_seeds=num_seeds
+        )
+        weak_mean_iou[band_limit] = [s["mean_iou"] for s in weak_runs.summaries]
     results["blockwise"] = blockwise_annotation.model_section(
         report,
-        blockwise,
-        summary,
-        spectra["trained"]["relative_discrepancy"],
+        weak_mean_iou,
+        [s["mean_iou"] for s in seed_runs.summaries],
+        [s["trained"]["relative_discrepancy"] for s in spectra_per_seed],
         labels[0],
         heading="7. Block-wise annotation (Table 3, Fig. 6, Fig. 7)",
         crop_size=int(config.crop_size),
@@ -275,12 +366,14 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     )
 
     cpu, wall = _cpu_seconds(), time.perf_counter() - start
-    results["time"] = {"wall_s": wall, "cpu_s": cpu}
+    cpu_name = cpu_model()
+    results["headline"] = headline_section(report, results, num_seeds, cpu_name)
+    results["time"] = {"wall_s": wall, "cpu_s": cpu, "cpu_model": cpu_name}
     report.heading("Run")
     report.paragraph(
         f"`{cli.command('demo', argv)}`: {wall:.0f} s wall clock, {cpu:.0f} s CPU time (this "
         "process and its children; a run that resumed finished trainings is shorter), JAX "
-        f"{jax.__version__} on {jax.default_backend()}."
+        f"{jax.__version__} on {jax.default_backend()}, CPU: {cpu_name}."
     )
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     path = report.write()

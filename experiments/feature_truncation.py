@@ -41,13 +41,20 @@ mIoU drop = mIoU(unpruned, untruncated) - mIoU, in percentage points.
 
 With a config on the embedded data the grid defaults to DeepLab v3+ only, the config's
 preset only (``pascal_like`` for ``tiny.py``) and encoder pruning 0 and 40 %, at three
-feature sizes; with 120 steps (the first command: six trainings, about 5 min of CPU time,
-measured as 19 min wall clock on a 2-core machine shared with other jobs) it fits in
-about 10 minutes on 2 CPU cores. With a paper config it defaults to both models and the
-four pruning rates of Tables 2 and 4.
+feature sizes, 3 seeds per cell (``--num_seeds``); with 120 steps (the first command: six
+trainings per seed, about 5 min of CPU time per seed, measured as 19 min wall clock for
+one seed on a 2-core machine shared with other jobs). With a paper config it defaults
+to both models, the four pruning rates of Tables 2 and 4 and one seed.
 
-Writes ``report.md``, ``feature_truncation.csv``, ``fpi.png`` and one training directory
-per cell; rerunning resumes (finished cells are read back from ``cell.json``).
+Every cell is trained with seeds ``config.seed + k`` (:func:`experiments.runs.
+train_seeds`) and paired with the baseline of the same seed; the report gives mIoU, its
+drop and the FPI as mean ± std with the 95 % t interval of the mean and says which of
+the paper's claims (truncation and pruning cost mIoU, lower the FPI) the intervals
+support, contradict or cannot decide.
+
+Writes ``report.md``, ``feature_truncation.csv`` (per seed),
+``feature_truncation_spread.csv`` (over seeds), ``fpi.png`` and one training directory
+per cell and seed; rerunning resumes (finished cells are read back from ``cell.json``).
 """
 
 from __future__ import annotations
@@ -65,9 +72,10 @@ from absl import flags
 
 from experiments import cli, paper_values, runs
 from experiments import flops_table as flops_table_lib
-from experiments.report import Report, log, pyplot, write_csv
+from experiments.report import Report, claim_line, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax import flops
+from spectral_jax.evaluation import CONFIDENCE, Spread, compute_spread, format_spread
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 #: The paper's feature sizes and the fraction of the untruncated band each keeps.
@@ -209,18 +217,23 @@ def run_cell(
     paper_feature_size: int,
     encoder_rate: float,
     workdir: pathlib.Path,
+    num_seeds: int = 1,
     full_size: bool = True,
-) -> dict[str, Any]:
-    """Trains, hard-prunes, truncates and evaluates one cell; cached in ``cell.json``.
+) -> list[dict[str, Any]]:
+    """Trains, hard-prunes, truncates and evaluates one cell with ``num_seeds`` seeds.
+
+    Trains through :func:`experiments.runs.train_seeds`; each seed's result is cached in
+    its ``cell.json``.
 
     Args:
       config: the training config (``--config``); the cell sets the model, the data set,
         the feature size and the pruning rates of a copy.
+      workdir: the cell's directory (one sub-directory per seed).
+      num_seeds: the seeds ``config.seed + k``.
+
+    Returns:
+      One dict per seed (``seed``, ``run_dir``, mIoU, MACs, ...).
     """
-    cell_path = workdir / "cell.json"
-    if cell_path.exists():
-        log(f"  {workdir}: finished earlier, reading {cell_path.name}")
-        return json.loads(cell_path.read_text())
     config = runs.experiment_config(config, model=model, dataset=dataset, self_evaluated=True)
     rates = pruning_rates(encoder_rate)
     train_size = feature_size_for(paper_feature_size, int(config.crop_size))
@@ -229,9 +242,43 @@ def run_cell(
     config.model.feature_size = train_size
     config.pruning.encoder = rates["encoder"]
     config.pruning.decoder = rates["decoder"]
-    summary = runs.train_once(config, workdir)
+    seed_runs = runs.train_seeds(config, workdir, num_seeds=num_seeds)
+    return [
+        _evaluate_seed(
+            seed_runs,
+            k,
+            model=model,
+            dataset=dataset,
+            paper_feature_size=paper_feature_size,
+            rates=rates,
+            eval_size=eval_size,
+            full_size=full_size,
+        )
+        for k in range(num_seeds)
+    ]
 
-    trained_model, variables = runs.restore_trained(config, workdir)
+
+def _evaluate_seed(
+    seed_runs: runs.SeedRuns,
+    k: int,
+    *,
+    model: str,
+    dataset: str,
+    paper_feature_size: int,
+    rates: dict[str, float],
+    eval_size: int | None,
+    full_size: bool,
+) -> dict[str, Any]:
+    """Hard-prunes, truncates and evaluates seed ``k`` of a cell; cached in ``cell.json``."""
+    cell_path = seed_runs.seed_workdir(k) / "cell.json"
+    if cell_path.exists():
+        log(f"  {cell_path.parent}: finished earlier, reading {cell_path.name}")
+        return json.loads(cell_path.read_text())
+    config = seed_runs.config
+    summary = seed_runs.summaries[k]
+    eval_input = int(config.eval_crop_size)
+    trained_model = runs.create_model(config)
+    variables = seed_runs.variables(k)
     plan = pruning.pruning_plan(trained_model, pruning.PruningRates(**rates))
     # hard_prune soft-prunes once more first: the last epoch end may lie before the last
     # step, and SFP ends with a pruning step before the filters are removed.
@@ -244,8 +291,10 @@ def run_cell(
         "model": model,
         "dataset": dataset,
         "data": str(config.dataset),
+        "seed": seed_runs.seeds[k],
+        "run_dir": f"{seed_runs.workdir.name}/{cell_path.parent.name}",
         "paper_feature_size": paper_feature_size,
-        "feature_size_train": train_size,
+        "feature_size_train": config.model.feature_size,
         "feature_size_eval": eval_size,
         "eval_input_size": eval_input,
         "encoder_rate": rates["encoder"],
@@ -292,24 +341,26 @@ def _fpi(cost: float, mean_iou: float) -> float | None:
 
 
 def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """CSV rows: cells with mIoU drop, pruned FLOPs % and FPI, and the paper's values.
+    """CSV rows, one per cell and seed: mIoU drop, pruned FLOPs % and FPI, and the paper's
+    values.
 
-    The baseline of each (model, data set) is its cell with encoder rate 0 and paper
-    feature size 129; without it the derived columns are None.
+    The baseline of each (model, data set, seed) is its cell with encoder rate 0 and
+    paper feature size 129 of the same seed; without it the derived columns are None.
     """
     baselines = {
-        (c["model"], c["dataset"]): c
+        (c["model"], c["dataset"], c.get("seed", 0)): c
         for c in cells
         if c["encoder_rate"] == 0 and c["paper_feature_size"] == 129
     }
     rows = []
     for c in cells:
-        base = baselines.get((c["model"], c["dataset"]))
+        base = baselines.get((c["model"], c["dataset"], c.get("seed", 0)))
         miou = c["mean_iou"]
         row = {
             "model": c["model"],
             "dataset": c["dataset"],
             "data": c["data"],
+            "seed": c.get("seed", 0),
             "encoder_rate": c["encoder_rate"],
             "decoder_rate": c["decoder_rate"],
             "paper_feature_size": c["paper_feature_size"],
@@ -350,6 +401,54 @@ def table_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+#: The per-seed columns whose spread over seeds the reports give.
+SPREAD_COLUMNS = ("mean_iou", "miou_drop", "fpi_eval_mmacs", "fpi_513")
+
+
+def spread_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, data set, pruning rate and feature size: the spreads over seeds.
+
+    Returns:
+      Rows with the cell's columns (the first seed's costs, the same for every seed), the
+      :class:`~spectral_jax.evaluation.Spread` columns of :data:`SPREAD_COLUMNS` (where
+      every seed has the value), ``seeds``, and the means under the per-seed names
+      (``mean_iou``, ``fpi_eval_mmacs``, ...) for the figure.
+    """
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["model"], row["dataset"], row["encoder_rate"], row["paper_feature_size"])
+        cells.setdefault(key, []).append(row)
+    result = []
+    for group in cells.values():
+        row = {k: v for k, v in group[0].items() if k not in (*SPREAD_COLUMNS, "seed")}
+        row["seeds"] = " ".join(str(r["seed"]) for r in group)
+        for name in SPREAD_COLUMNS:
+            values = [r[name] for r in group]
+            row[name] = None
+            if all(v is not None for v in values):
+                spread = compute_spread(values)
+                row.update(spread.columns(name))
+                row[name] = spread.mean
+        result.append(row)
+    return result
+
+
+def _spread_text(row: dict[str, Any], name: str, scale: float = 1.0, digits: int = 2) -> str:
+    """``format_spread`` of a spread row's ``name`` (``scale`` x the values), or "-"."""
+    if f"{name}_mean" not in row:
+        return "-"
+    spread = Spread(
+        mean=scale * row[f"{name}_mean"],
+        std=scale * row[f"{name}_std"],
+        low=scale * row[f"{name}_ci_low"],
+        high=scale * row[f"{name}_ci_high"],
+        n=row[f"{name}_n"],
+        confidence=CONFIDENCE,
+        values=(),
+    )
+    return format_spread(spread, digits)
 
 
 def _pct(value):
@@ -408,13 +507,80 @@ def plot_fpi(rows: Sequence[dict[str, Any]]):
     return figure
 
 
+def _claims(rows: Sequence[dict[str, Any]], per_seed: Sequence[dict[str, Any]]) -> str:
+    """What the intervals over seeds say of Tables 2 and 4's claims, per cell."""
+    lines = [
+        "What the intervals over seeds say of the paper's claims (each cell paired with the "
+        "baseline of the same seed):"
+    ]
+    for row in rows:
+        if (row["encoder_rate"], row["paper_feature_size"]) == (0.0, 129):
+            continue
+        if "miou_drop_mean" not in row:
+            continue
+        key = (row["model"], row["dataset"], row["encoder_rate"], row["paper_feature_size"])
+        seeds = [
+            r
+            for r in per_seed
+            if (r["model"], r["dataset"], r["encoder_rate"], r["paper_feature_size"]) == key
+        ]
+        name = (
+            f"{MODEL_TITLES[row['model']]}, {row['dataset']}, encoder {100 * row['encoder_rate']:.0f} "
+            f"%, F {row['paper_feature_size']}"
+        )
+        paper = (
+            "" if row["paper_miou_drop"] is None else f"; paper {100 * row['paper_miou_drop']:.1f}"
+        )
+        drops = compute_spread([100 * r["miou_drop"] for r in seeds])
+        lines.append(
+            claim_line(
+                f"{name}: costs mIoU (drop in points above 0{paper})",
+                drops,
+                reference=0.0,
+                expected="above",
+                digits=2,
+            )
+        )
+        baselines = {
+            (r["model"], r["dataset"], r["seed"]): r
+            for r in per_seed
+            if (r["encoder_rate"], r["paper_feature_size"]) == (0.0, 129)
+        }
+        changes = [
+            r["fpi_eval_mmacs"] - baselines[r["model"], r["dataset"], r["seed"]]["fpi_eval_mmacs"]
+            for r in seeds
+            if r["fpi_eval_mmacs"] is not None
+            and baselines[r["model"], r["dataset"], r["seed"]]["fpi_eval_mmacs"] is not None
+        ]
+        if changes:
+            lines.append(
+                claim_line(
+                    f"{name}: lowers the FPI (change in M MACs per mIoU below 0)",
+                    compute_spread(changes),
+                    reference=0.0,
+                    expected="below",
+                    digits=2,
+                )
+            )
+    return "\n".join(lines)
+
+
 def write_report(
-    workdir: pathlib.Path, rows: Sequence[dict[str, Any]], *, config_file: str, crop: int
+    workdir: pathlib.Path,
+    rows: Sequence[dict[str, Any]],
+    per_seed: Sequence[dict[str, Any]],
+    *,
+    config_file: str,
+    crop: int,
 ) -> pathlib.Path:
+    """``report.md`` from the spread rows (:func:`spread_rows`) and the per-seed rows."""
     report = Report(workdir, "Feature truncation with soft filter pruning (Tables 2, 4)")
     example = rows[0]
+    num_seeds = max(r.get("mean_iou_n", 1) for r in rows)
     report.paragraph(
-        f"Config `{config_file}`, {example['steps']} training steps per cell, evaluation on "
+        f"Config `{config_file}`, {example['steps']} training steps per cell and seed, "
+        f"{num_seeds} seed(s) per cell (mIoU, drop and FPI: mean ± std over the seeds with "
+        "the 95 % t interval of the mean), evaluation on "
         f"the {example['eval_input_size']} x {example['eval_input_size']} validation images "
         "with the pixel-wise labels. Every cell is trained with soft filter pruning "
         f"(encoder at the given rate, decoder at {100 * DECODER_RATE:.0f} % when the encoder "
@@ -471,25 +637,26 @@ def write_report(
                 (
                     f"{100 * r['encoder_rate']:.0f} %",
                     _fs_label(r),
-                    _pct(r["mean_iou"]),
+                    _spread_text(r, "mean_iou", 100),
                     _pct(r["paper_miou"]),
-                    _pct(r["miou_drop"]),
+                    _spread_text(r, "miou_drop", 100),
                     _pct(r["paper_miou_drop"]),
                     r["macs_eval"] / 1e6,
                     r["pruned_flops_percent_eval"],
-                    r["fpi_eval_mmacs"],
+                    _spread_text(r, "fpi_eval_mmacs"),
                     r["gmacs_513"],
                     r["pruned_flops_percent_513"],
                     r["paper_convention_gflops_513"],
                     r["paper_gflops"],
                     r["paper_pruned_flops_percent"],
-                    r["fpi_513"],
+                    _spread_text(r, "fpi_513"),
                     r["paper_fpi"],
                 )
                 for r in selected
             ],
             digits=2,
         )
+    report.paragraph(_claims(rows, per_seed))
     report.figure(
         plot_fpi(rows),
         "fpi.png",
@@ -499,7 +666,10 @@ def write_report(
     )
     report.heading("Differences from the paper")
     report.paragraph(_differences(rows))
-    report.paragraph("All values: `feature_truncation.csv`.")
+    report.paragraph(
+        "All values: `feature_truncation.csv` (per seed), `feature_truncation_spread.csv` "
+        "(mean, std and 95 % interval over seeds)."
+    )
     return report.write()
 
 
@@ -510,9 +680,9 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
         "the real data sets at 513 x 513; ours are the tiny models "
         "(`resnet_tiny`, narrow ASPP and decoder) trained from scratch for "
         f"{rows[0]['steps']} steps on the generated 129 x 129 scenes, so absolute mIoU is "
-        "far lower and not comparable, and differences of a few points between cells are "
-        "within the run-to-run noise of so short trainings (one seed per cell; a pruned "
-        "cell can even beat the baseline).",
+        "far lower and not comparable; the intervals over seeds above say which "
+        "differences between cells the seeds resolve (a pruned cell can even beat the "
+        "baseline).",
     ]
     by_cell = {
         (r["model"], r["dataset"], r["encoder_rate"], r["paper_feature_size"]): r for r in rows
@@ -615,26 +785,68 @@ def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) ->
     return records
 
 
-def model_section(
-    report: Report, records: Sequence[dict[str, Any]], *, heading: str, input_size: int
-) -> None:
-    """Adds :func:`truncated_model_rows` (of an ``input_size`` evaluation) beside Table 2."""
+def seed_rows(records_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per decoder grid, the spreads over seeds of :func:`truncated_model_rows`' numbers.
+
+    Args:
+      records_per_seed: ``[S][3]`` :func:`truncated_model_rows` of each seed's model.
+
+    Returns:
+      Per grid: ``feature_size``, ``paper_feature_size``, ``macs`` (the same for every
+      seed), the :class:`~spectral_jax.evaluation.Spread` columns of ``mean_iou``,
+      ``fpi`` and ``mean_iou_drop`` (mIoU(untruncated) - mIoU of the same seed, as a
+      fraction) and of ``fpi_change`` (FPI - FPI(untruncated) of the same seed).
+    """
     rows = []
-    for index, record in enumerate(records):
-        feature_size, macs = record["feature_size"], record["macs"]
+    for index, first in enumerate(records_per_seed[0]):
+        at_grid = [records[index] for records in records_per_seed]
+        full = [records[0] for records in records_per_seed]
+        row = {
+            "feature_size": first["feature_size"],
+            "paper_feature_size": first["paper_feature_size"],
+            "macs": first["macs"],
+        }
+        row.update(compute_spread([r["mean_iou"] for r in at_grid]).columns("mean_iou"))
+        row.update(compute_spread([r["fpi"] for r in at_grid]).columns("fpi"))
+        drops = [f["mean_iou"] - r["mean_iou"] for f, r in zip(full, at_grid, strict=True)]
+        changes = [r["fpi"] - f["fpi"] for f, r in zip(full, at_grid, strict=True)]
+        row.update(compute_spread(drops).columns("mean_iou_drop"))
+        row.update(compute_spread(changes).columns("fpi_change"))
+        rows.append(row)
+    return rows
+
+
+def model_section(
+    report: Report,
+    records_per_seed: Sequence[Sequence[dict[str, Any]]],
+    *,
+    heading: str,
+    input_size: int,
+) -> list[dict[str, Any]]:
+    """Adds :func:`truncated_model_rows` of every seed (an ``input_size`` evaluation)
+    beside Table 2, with mean ± std and 95 % intervals over the seeds; returns
+    :func:`seed_rows`."""
+    rows = seed_rows(records_per_seed)
+    num_seeds = len(records_per_seed)
+    table = []
+    for index, row in enumerate(rows):
+        feature_size, macs = row["feature_size"], row["macs"]
         paper_miou = paper_values.TABLE2_MIOU[0.0]["pascal"][index] / 100
         paper_fpi = flops.flops_per_iou(paper_values.TABLE2_FLOPS[0.0][index], paper_miou)
-        saving = 100 * (1 - macs / records[0]["macs"])
+        saving = 100 * (1 - macs / rows[0]["macs"])
         grid = f"{feature_size} (ν_max {(feature_size - 1) // 2})"
-        paper_size = record["paper_feature_size"]
-        rows.append(
-            [grid, paper_size, record["mean_iou"], paper_miou, macs / 1e6, saving]
-            + [record["fpi"], paper_fpi]
+        values = {
+            name: compute_spread([records[index][name] for records in records_per_seed])
+            for name in ("mean_iou", "fpi")
+        }
+        table.append(
+            [grid, row["paper_feature_size"], format_spread(values["mean_iou"]), paper_miou]
+            + [macs / 1e6, saving, format_spread(values["fpi"], 2), paper_fpi]
         )
-    sizes = [record["feature_size"] for record in records]
+    sizes = [row["feature_size"] for row in rows]
     report.heading(heading)
     report.paragraph(
-        f"The trained model's decoder run on smaller grids: at {input_size} x {input_size} "
+        f"The trained models' decoder run on smaller grids: at {input_size} x {input_size} "
         f"input the untruncated decoder grid (stride 4) is {sizes[0]}, band limit "
         f"{(sizes[0] - 1) // 2}; a half and a quarter of that band limit give F = "
         f"{sizes[1]} and {sizes[2]} (F = 2ν_max + 1), as 129 -> 65 -> 33 in the paper at 513. "
@@ -642,10 +854,44 @@ def model_section(
         "(no fine-tuning: the paper trains every size; `experiments/feature_truncation.py` "
         f"does). FLOPs: multiply-accumulates of every convolution at one {input_size} x "
         f"{input_size} image (`flops.conv_layers`, taps inside the unpadded input, as XLA "
-        "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit mIoU)."
+        "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit "
+        f"mIoU). mIoU and FPI: mean ± std over {num_seeds} seeds, with the 95 % t interval "
+        "of the mean."
     )
     header = ["decoder grid F", "paper's F", "mIoU", "paper mIoU", "M MACs", "saving %"]
-    report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], rows)
+    report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], table)
+    lines = ["What the intervals say of Table 2's claims (paired by seed):"]
+    paper = paper_values.TABLE2_MIOU[0.0]["pascal"]
+    for index in (1, 2):
+        row = rows[index]
+        drop = compute_spread(
+            [records[0]["mean_iou"] - records[index]["mean_iou"] for records in records_per_seed]
+        )
+        change = compute_spread(
+            [records[index]["fpi"] - records[0]["fpi"] for records in records_per_seed]
+        )
+        size = row["feature_size"]
+        paper_drop = paper[0] - paper[index]
+        lines.append(
+            claim_line(
+                f"Truncating to F = {size} costs mIoU (drop above 0; paper: "
+                f"{paper_drop:.1f} points)",
+                drop,
+                reference=0.0,
+                expected="above",
+            )
+        )
+        lines.append(
+            claim_line(
+                f"Truncating to F = {size} lowers the FPI (change below 0)",
+                change,
+                reference=0.0,
+                expected="below",
+                digits=2,
+            )
+        )
+    report.paragraph("\n".join(lines))
+    return rows
 
 
 # --------------------------------------------------------------------------------------
@@ -663,6 +909,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "Encoder pruning rates; default: 0,0.4 on the embedded data, Table 2's four otherwise.",
         element=float,
     )
+    cli.define_num_seeds(flag_values)
     cli.define_list(
         flag_values,
         "feature_sizes",
@@ -694,11 +941,12 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     workdir = pathlib.Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     grid = [(m, d, r, f) for m in models for d in datasets for r in rates for f in sizes]
+    num_seeds = runs.num_seeds_of(flag_values.num_seeds, config)
     cells = []
     for index, (model, dataset, rate, size) in enumerate(grid):
         name = f"{model}_{dataset}_enc{round(100 * rate):02d}_f{size}"
-        log(f"[{index + 1}/{len(grid)}] {name}")
-        cells.append(
+        log(f"[{index + 1}/{len(grid)}] {name}, {num_seeds} seed(s)")
+        cells.extend(
             run_cell(
                 config,
                 model=model,
@@ -706,13 +954,20 @@ def main(argv: Sequence[str]) -> pathlib.Path:
                 paper_feature_size=size,
                 encoder_rate=rate,
                 workdir=workdir / name,
+                num_seeds=num_seeds,
                 full_size=flag_values.full_size_flops,
             )
         )
     rows = table_rows(cells)
+    spreads = spread_rows(rows)
     write_csv(workdir / "feature_truncation.csv", rows)
+    write_csv(workdir / "feature_truncation_spread.csv", spreads)
     path = write_report(
-        workdir, rows, config_file=cli.config_file(flag_values), crop=int(config.crop_size)
+        workdir,
+        spreads,
+        rows,
+        config_file=cli.config_file(flag_values),
+        crop=int(config.crop_size),
     )
     print(path)
     return path

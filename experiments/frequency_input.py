@@ -132,11 +132,14 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     variants = flag_values.variants
     workdir = pathlib.Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    rows, configs = [], {}
+    rows, configs, run_dirs = [], {}, {}
     for index, variant in enumerate(variants):
         log(f"[{index + 1}/{len(variants)}] {variant}")
         config = configs[variant] = experiment_config(flag_values.config, variant)
-        summary = runs.train_once(config, workdir / variant)
+        # One seed per variant (the gate frequencies are of one model each).
+        seed_runs = runs.train_seeds(config, workdir / variant, num_seeds=1)
+        summary = seed_runs.summaries[0]
+        run_dirs[variant] = seed_runs.seed_workdir(0)
         channels = config.model.get("channels") if variant != "rgb" else None
         boundary = summary.get("boundary") or {}
         rows.append(
@@ -184,7 +187,7 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     gated = [v for v in variants if dct_configs.VARIANTS.get(v) and dct_configs.VARIANTS[v][2]]
     for variant in gated:
         config = configs[variant]
-        frequency = gate_frequency(config, workdir / variant)
+        frequency = gate_frequency(config, run_dirs[variant])
         channels = config.model.get("channels")
         heat_map = selection_heat_map(frequency, None if channels is None else np.asarray(channels))
         np.save(workdir / f"gate_frequency_{variant}.npy", frequency)
@@ -207,7 +210,7 @@ def main(argv: Sequence[str]) -> pathlib.Path:
             heat_map, title=f"{variant}: fraction of validation images with the gate open"
         )
         report.heading(f"Gate selection heat map ({variant})")
-        train_open = _last_train_metric(workdir / variant, "train/gate_regularizer")
+        train_open = _last_train_metric(run_dirs[variant], "train/gate_regularizer")
         report.paragraph(
             f"{int(np.sum(frequency > 0.5))} of {frequency.size} channels open on more than "
             f"half of the validation images; mean open gates per validation image "

@@ -220,8 +220,9 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = runs.experiment_config(flag_values.config, model="deeplab")
     log("[1/2] training the baseline")
-    summary = runs.train_once(config, workdir / "baseline")
-    model, variables = runs.restore_trained(config, workdir / "baseline")
+    seed_runs = runs.train_seeds(config, workdir / "baseline", num_seeds=1)  # one model
+    summary = seed_runs.summaries[0]
+    model, variables = runs.create_model(config), seed_runs.variables(0)
     pipeline = create_input_pipeline(config)
     log("[2/2] splitting the classifier's input features")
     mus = sorted(set(flag_values.mus))

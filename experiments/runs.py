@@ -5,6 +5,13 @@ trainer's own work directory (:func:`spectral_jax.training.train_and_evaluate`):
 experiment resumes, finished trainings are read back from their ``summary.json``
 (:func:`train_once`) and unfinished ones resume from their checkpoints.
 
+A setting is trained with several seeds through :func:`train_seeds`, the one function
+every experiment trains its settings with: seeds ``config.seed + k`` for ``k < S``, each
+today a standalone run in ``<workdir>/seed<seed>``; it returns a :class:`SeedRuns` (the
+per-seed summaries, each seed's variables, the :class:`spectral_jax.evaluation.Spread` of
+a summary's number). ``--num_seeds`` (:func:`experiments.cli.define_num_seeds`) sets
+``S``.
+
 The paper's models and data sets have short names here: ``"deeplab"`` and ``"dan"``
 (:data:`MODEL_NAMES`), ``"pascal"``, ``"deepglobe"`` and ``"cityscapes"``
 (:data:`experiments.paper_values.DATASETS`). A config on the embedded data
@@ -15,6 +22,7 @@ data set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,7 +34,13 @@ from experiments import paper_values
 from experiments.configs import cityscapes, deepglobe, pascal
 from experiments.report import log
 from spectral_jax.data import create_input_pipeline, dataset_info
-from spectral_jax.evaluation import EvaluationResult, Evaluator, inference_apply_fn
+from spectral_jax.evaluation import (
+    EvaluationResult,
+    Evaluator,
+    Spread,
+    compute_spread,
+    inference_apply_fn,
+)
 from spectral_jax.models import create_model as create_model_from_config
 from spectral_jax.models import input_shape
 from spectral_jax.training import load_variables, train_and_evaluate, train_state
@@ -171,3 +185,105 @@ def evaluate_model(
         **options,
     )
     return evaluator(variables, pipeline.eval_batches(int(config.eval_batch_size), 0, 1))
+
+
+# --------------------------------------------------------------------------------------
+# Several seeds of one setting.
+
+#: Seeds per setting on the embedded data when ``--num_seeds`` is not given
+#: (:func:`experiments.cli.define_num_seeds`); a paper config trains one unless asked.
+DEFAULT_NUM_SEEDS = 3
+
+
+def num_seeds_of(num_seeds: int | None, config: ml_collections.ConfigDict) -> int:
+    """``num_seeds`` (``--num_seeds``), or :data:`DEFAULT_NUM_SEEDS` on the embedded data and
+    1 with a paper config when None."""
+    if num_seeds is not None:
+        return int(num_seeds)
+    return DEFAULT_NUM_SEEDS if is_embedded(config) else 1
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """A copy of ``config`` that trains one replica with ``seed``."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.seed = int(seed)
+    if "num_seeds" in config:  # the trainer's replica count: one per run here
+        config.num_seeds = 1
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedRuns:
+    """The trainings of one setting with seeds ``config.seed + k``, ``k < num_seeds``.
+
+    Attributes:
+      config: the setting's config (its ``seed`` the first seed's).
+      workdir: the setting's directory (today one run per seed in ``seed<seed>``).
+      summaries: the trainer's summary of each seed, in seed order.
+    """
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    summaries: tuple[dict[str, Any], ...]
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.summaries)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds, ``config.seed + k``."""
+        return tuple(int(self.config.seed) + k for k in range(self.num_seeds))
+
+    def seed_config(self, k: int) -> ml_collections.ConfigDict:
+        """The config of seed ``k`` (``seed = config.seed + k``)."""
+        return seed_config(self.config, self.seeds[k])
+
+    def seed_workdir(self, k: int) -> pathlib.Path:
+        """The trainer's work directory of seed ``k``."""
+        return self.workdir / f"seed{self.seeds[k]}"
+
+    def variables(self, k: int) -> dict[str, Any]:
+        """The trained variables of seed ``k`` (its latest checkpoint)."""
+        return load_variables(self.seed_workdir(k))
+
+    def initial_variables(self, k: int, model) -> dict[str, Any]:
+        """The variables seed ``k`` started from (:func:`initial_variables`)."""
+        return initial_variables(model, self.seed_config(k))
+
+    def spread(self, key: str) -> Spread:
+        """The :class:`spectral_jax.evaluation.Spread` over seeds of ``summaries[k][key]``."""
+        return compute_spread([float(summary[key]) for summary in self.summaries])
+
+
+def train_seeds(
+    config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, num_seeds: int
+) -> SeedRuns:
+    """Trains ``config`` with seeds ``config.seed + k``, ``k < num_seeds``, in ``workdir``.
+
+    Each seed is the standalone run of :func:`train_once` with ``config.seed + k`` in
+    ``<workdir>/seed<seed>``: finished seeds are read back, an interrupted one resumes,
+    and a rerun with more seeds trains only the new ones. (The trainer's vmapped
+    replicas, ``config.num_seeds``, will train them in one program behind this same
+    signature.)
+
+    Args:
+      config: the setting's training config.
+      workdir: the setting's directory.
+      num_seeds: ``S >= 1``.
+
+    Returns:
+      The :class:`SeedRuns` (per-seed summaries, variables and spreads).
+
+    Raises:
+      ValueError: if ``num_seeds < 1``.
+    """
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {num_seeds}.")
+    config = seed_config(config, int(config.seed))
+    workdir = pathlib.Path(workdir)
+    summaries = []
+    for k in range(num_seeds):
+        seed = int(config.seed) + k
+        summaries.append(train_once(seed_config(config, seed), workdir / f"seed{seed}"))
+    return SeedRuns(config, workdir, tuple(summaries))

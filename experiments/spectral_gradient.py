@@ -560,13 +560,16 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         for model_name in flag_values.models:
             config = runs.experiment_config(base, model=model_name, dataset=dataset)
             tfds_names[dataset] = config.dataset
-            run_dir = workdir / "train" / f"{model_name}_{dataset}"
             start = time.perf_counter()
-            summaries[(model_name, dataset)] = runs.train_once(config, run_dir)
+            # One seed: the figures show one model's spectral Jacobians.
+            seed_runs = runs.train_seeds(
+                config, workdir / "train" / f"{model_name}_{dataset}", num_seeds=1
+            )
+            summaries[(model_name, dataset)] = seed_runs.summaries[0]
             train_seconds = time.perf_counter() - start
 
-            def compute(config=config, run_dir=run_dir, train_seconds=train_seconds):
-                model, variables = runs.restore_trained(config, run_dir)
+            def compute(config=config, seed_runs=seed_runs, train_seconds=train_seconds):
+                model, variables = runs.create_model(config), seed_runs.variables(0)
                 image, labels, ignore = validation_example(config, flag_values.image_index)
                 case = ce_rows_of_model(
                     model, variables, jnp.asarray(image), labels, ignore_index=ignore

@@ -18,6 +18,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import scipy.stats
 
 import spectral_jax as sj
 from experiments import band_limit_sweep, ce_spectrum, cli, demo, paper_values, runs
@@ -30,6 +31,7 @@ from tests import references
 NUM_EVAL = 4
 STEPS = 3
 BAND_LIMIT = 4
+NUM_SEEDS = 2
 IMAGE_SIZE = 129  # the embedded scenes' side
 
 
@@ -40,6 +42,7 @@ def run(tmp_path_factory):
     argv = ["demo", f"--workdir={workdir}", f"--config={cli.CONFIGS / 'demo.py'}:quick"]
     argv += [f"--config.data_dir={data_dir}", f"--config.num_train_steps={STEPS}"]
     argv += [f"--config.eval_split=validation[:{NUM_EVAL}]", f"--block_band_limits={BAND_LIMIT}"]
+    argv += [f"--num_seeds={NUM_SEEDS}"]
     report = demo.main([*argv, "--nofull_size_flops"])
     results = json.loads((workdir / "results.json").read_text())
     config = demo_config.get_config("quick")
@@ -51,7 +54,8 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def restored(run):
     workdir, _, _, config = run
-    model, variables = runs.restore_trained(config, workdir / "train")
+    seed_runs = runs.train_seeds(config, workdir / "train", num_seeds=NUM_SEEDS)  # read back
+    model, variables = runs.create_model(config), seed_runs.variables(0)
     images, labels = band_limit_sweep.evaluation_batch(config, NUM_EVAL)
     logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, images))
     return model, variables, images, labels, logits
@@ -123,31 +127,103 @@ def test_padded_preset_rows_equal_unpadded(run):
             np.testing.assert_allclose(row[nu], expected, rtol=2e-3, atol=2e-5)
 
 
+def _assert_spread(columns, name, values):
+    """``columns``' ``{name}_mean``, ``_std``, ``_ci_low``, ``_ci_high`` recomputed in NumPy."""
+    values = np.asarray(values, np.float64)
+    n = values.size
+    mean, std = values.mean(), values.std(ddof=1)
+    half = scipy.stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    np.testing.assert_allclose(columns[f"{name}_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(columns[f"{name}_std"], std, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(
+        [columns[f"{name}_ci_low"], columns[f"{name}_ci_high"]],
+        [mean - half, mean + half],
+        rtol=1e-10,
+        atol=1e-15,
+    )
+    assert columns[f"{name}_n"] == n
+
+
+def test_training_spread_over_seeds(run):
+    workdir, report, results, _ = run
+    training = results["training"]
+    assert training["seeds"] == [0, 1]
+    summaries = [
+        json.loads((workdir / "train" / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)
+    ]
+    assert training["mean_iou_per_seed"] == [s["mean_iou"] for s in summaries]
+    _assert_spread(training, "mean_iou", training["mean_iou_per_seed"])
+    _assert_spread(training, "pixel_accuracy", [s["pixel_accuracy"] for s in summaries])
+    text = report.read_text()
+    assert "Headline numbers" in text and f"n={NUM_SEEDS}" in text
+    assert results["time"]["cpu_model"] in text and "Another CPU gives other" in text
+
+
+def test_r_spread_over_seeds(run):
+    _, _, results, _ = run
+    seeds = results["ce_spectrum"]["seeds"]
+    for nu in ce_spectrum.MODEL_BAND_LIMITS:
+        values = seeds["per_seed"]["trained"][str(nu)]
+        assert len(values) == NUM_SEEDS
+        # Seed 0 is the model of the detailed table.
+        assert values[0] == results["ce_spectrum"]["trained"]["table"][str(nu)]
+        _assert_spread(seeds["trained"][str(nu)], "relative_discrepancy", values)
+        _assert_spread(
+            seeds["init"][str(nu)], "relative_discrepancy", seeds["per_seed"]["init"][str(nu)]
+        )
+
+
 def test_truncation_flops_and_miou(run, restored):
     _, _, results, _ = run
     model, _, _, _, _ = restored
-    rows = results["truncation"]["rows"]
-    assert [r["feature_size"] for r in rows] == [33, 17, 9]
-    for row in rows:
-        layers = flops.conv_layers(
-            model.clone(feature_size=row["feature_size"]), (1, IMAGE_SIZE, IMAGE_SIZE, 3)
-        )
-        assert row["macs"] == flops.conv_macs(layers)
-        assert row["fpi"] == pytest.approx(row["macs"] / 1e6 / row["mean_iou"])
-    # The untruncated grid is the model as trained: the trainer's own evaluation agrees.
-    assert rows[0]["mean_iou"] == pytest.approx(results["training"]["mean_iou"], abs=1e-6)
-    assert rows[0]["macs"] > rows[1]["macs"] > rows[2]["macs"]
+    per_seed = results["truncation"]["per_seed"]
+    assert len(per_seed) == NUM_SEEDS
+    for k, rows in enumerate(per_seed):
+        assert [r["feature_size"] for r in rows] == [33, 17, 9]
+        for row in rows:
+            layers = flops.conv_layers(
+                model.clone(feature_size=row["feature_size"]), (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+            )
+            assert row["macs"] == flops.conv_macs(layers)
+            assert row["fpi"] == pytest.approx(row["macs"] / 1e6 / row["mean_iou"])
+        # The untruncated grid is the model as trained: the trainer's own evaluation agrees.
+        expected = results["training"]["mean_iou_per_seed"][k]
+        assert rows[0]["mean_iou"] == pytest.approx(expected, abs=1e-6)
+        assert rows[0]["macs"] > rows[1]["macs"] > rows[2]["macs"]
+    for index, row in enumerate(results["truncation"]["rows"]):
+        at_grid = [rows[index] for rows in per_seed]
+        _assert_spread(row, "mean_iou", [r["mean_iou"] for r in at_grid])
+        _assert_spread(row, "fpi", [r["fpi"] for r in at_grid])
+        drops = [rows[0]["mean_iou"] - rows[index]["mean_iou"] for rows in per_seed]
+        _assert_spread(row, "mean_iou_drop", drops)
 
 
 def test_blockwise_relative_miou_is_the_ratio_of_summaries(run):
     workdir, _, results, _ = run
-    (record,) = results["blockwise"]
-    pixel = json.loads((workdir / "train" / "summary.json").read_text())
-    weak = json.loads((workdir / f"train_blockwise_nu{BAND_LIMIT}" / "summary.json").read_text())
-    assert record["relative_mean_iou"] == pytest.approx(weak["mean_iou"] / pixel["mean_iou"])
+    (record,) = results["blockwise"]["records"]
+    trained_r = results["ce_spectrum"]["seeds"]["per_seed"]["trained"]
+    relative = []
+    for k, seed in enumerate((0, 1)):
+        pixel = json.loads((workdir / "train" / f"seed{seed}" / "summary.json").read_text())
+        weak_dir = workdir / f"train_blockwise_nu{BAND_LIMIT}" / f"seed{seed}"
+        weak = json.loads((weak_dir / "summary.json").read_text())
+        relative.append(weak["mean_iou"] / pixel["mean_iou"])
+        assert record["relative_mean_iou_per_seed"][k] == pytest.approx(relative[-1])
     assert record["eval_band_limit"] == round(BAND_LIMIT * 129 / 65)
-    r = results["ce_spectrum"]["trained"]["relative_discrepancy"][record["eval_band_limit"]]
-    assert record["relative_discrepancy"] == r
+    nu = record["eval_band_limit"]
+    assert record["relative_discrepancy_per_seed"][0] == pytest.approx(
+        results["ce_spectrum"]["trained"]["relative_discrepancy"][nu]
+    )
+    if str(nu) in trained_r:
+        assert record["relative_discrepancy_per_seed"] == trained_r[str(nu)]
+    _assert_spread(record, "relative_mean_iou", relative)
+    _assert_spread(record, "relative_discrepancy", record["relative_discrepancy_per_seed"])
+    # Spearman's rho over the (seed, band limit) points against scipy.
+    correlation = results["blockwise"]["correlation"]
+    x, y = record["relative_discrepancy_per_seed"], record["relative_mean_iou_per_seed"]
+    assert correlation["spearman_points"] == NUM_SEEDS
+    expected = scipy.stats.spearmanr(x, y).statistic
+    np.testing.assert_allclose(correlation["spearman"], expected, rtol=1e-12)
 
 
 def test_circular_convolution_is_diagonal(run):

@@ -12,7 +12,7 @@ restored models.
 from __future__ import annotations
 
 import csv
-import math
+import json
 
 import jax
 import numpy as np
@@ -24,33 +24,13 @@ from experiments import cli, paper_values, runs
 from experiments.configs import tiny
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import create_input_pipeline
+from spectral_jax.evaluation import bootstrap_spearman
 from tests import references
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.mark.parametrize("n", [2, 5, 12, 31])
-@pytest.mark.parametrize("ties", [False, True])
-def test_rank_data_and_spearman_match_scipy(rng, n, ties):
-    x = rng.normal(size=n)
-    y = 0.5 * x + rng.normal(size=n)
-    if ties:
-        x = np.round(x)  # many ties
-        y[: n // 2] = y[0]
-    np.testing.assert_allclose(bw.rank_data(x), scipy.stats.rankdata(x), rtol=0, atol=0)
-    expected = scipy.stats.spearmanr(x, y).statistic
-    np.testing.assert_allclose(bw.spearman_correlation(x, y), expected, rtol=1e-12, atol=1e-12)
-
-
-def test_spearman_rejects_bad_input():
-    with pytest.raises(ValueError, match="length"):
-        bw.spearman_correlation([1.0, 2.0], [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="at least 2"):
-        bw.spearman_correlation([1.0], [1.0])
-    assert math.isnan(bw.spearman_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 def test_paper_correlation_matches_scipy():
@@ -69,6 +49,7 @@ def test_paper_correlation_matches_scipy():
     ]
     assert paper["points"] == 18
     np.testing.assert_allclose(paper["spearman"], scipy.stats.spearmanr(x, y).statistic)
+    assert paper["spearman_ci_low"] <= paper["spearman"] <= paper["spearman_ci_high"]
     assert paper["spearman"] < -0.8  # the paper's claim: larger R, lower relative IoU
 
 
@@ -120,7 +101,7 @@ def _restored_logits(workdir, band_limit, data_dir):
     config = tiny.get_config()
     config.update(crop_size=33, batch_size=4, eval_batch_size=4, data_dir=data_dir)
     config = runs.experiment_config(config, model="deeplab", dataset="pascal", self_evaluated=True)
-    run = workdir / bw._run_name("deeplab", "pascal", band_limit)
+    run = workdir / bw._run_name("deeplab", "pascal", band_limit) / "seed0"
     model, variables = runs.restore_trained(config, run)
     apply = jax.jit(model.apply)
     logits, labels = [], []
@@ -137,24 +118,50 @@ def test_main_smallest_setting(tmp_path, data_dir):
     argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
     argv += ["--config.crop_size=33", "--config.batch_size=4", "--config.eval_batch_size=4"]
     argv += ["--datasets=pascal", "--band_limits=4,8"]
+    argv += ["--num_seeds=2"]
     assert bw.main(argv) == workdir / "report.md"
-    rows = {r["band_limit"]: r for r in _read_csv(workdir / "blockwise_annotation.csv")}
-    assert set(rows) == {"4", "8", "pixel"}
-    pixel_miou = float(rows["pixel"]["mean_iou"])
-    for band, row in rows.items():
+    per_seed = _read_csv(workdir / "blockwise_annotation.csv")
+    rows = {(r["band_limit"], r["seed"]): r for r in per_seed}
+    assert set(rows) == {(b, s) for b in ("4", "8", "pixel") for s in ("0", "1")}
+    for (band, seed), row in rows.items():
+        pixel_miou = float(rows["pixel", seed]["mean_iou"])  # paired by seed
         np.testing.assert_allclose(float(row["relative_iou"]), float(row["mean_iou"]) / pixel_miou)
         expected_train = {"4": 1, "8": 2, "pixel": None}[band]  # 33-pixel crops, 129 grid
         assert (row["train_band_limit"] or None) == (
             None if expected_train is None else str(expected_train)
         )
-    np.testing.assert_allclose(float(rows["pixel"]["relative_iou"]), 1.0)
+        if band != "pixel":  # R of the same seed's pixel-wise model
+            pixel_r = json.loads(
+                (workdir / "deeplab_pascal_pixelwise" / f"seed{seed}" / "run.json").read_text()
+            )
+            np.testing.assert_allclose(
+                float(row["relative_discrepancy"]), pixel_r["relative_discrepancy"][int(band)]
+            )
     # Paper's columns at the same relative block size: 4 -> 16, 8 -> 32.
     assert (
-        float(rows["4"]["paper_relative_iou"])
+        float(rows["4", "0"]["paper_relative_iou"])
         == paper_values.TABLE3_RELATIVE_MIOU["deeplab"]["pascal"][1]
     )
 
-    # R(nu_max) of the pixel-wise model's predictions, recomputed in float64 NumPy.
+    # The spreads over seeds, recomputed in NumPy from the per-seed rows.
+    spreads = {r["band_limit"]: r for r in _read_csv(workdir / "blockwise_spread.csv")}
+    for band, spread in spreads.items():
+        names = ["mean_iou", "relative_iou"] + (["relative_discrepancy"] if band != "pixel" else [])
+        for name in names:
+            values = np.array([float(rows[band, s][name]) for s in ("0", "1")])
+            half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+            np.testing.assert_allclose(float(spread[f"{name}_mean"]), values.mean(), rtol=1e-12)
+            np.testing.assert_allclose(
+                float(spread[f"{name}_std"]), values.std(ddof=1), rtol=1e-9, atol=1e-15
+            )
+            np.testing.assert_allclose(
+                [float(spread[f"{name}_ci_low"]), float(spread[f"{name}_ci_high"])],
+                [values.mean() - half, values.mean() + half],
+                rtol=1e-9,
+                atol=1e-15,
+            )
+
+    # R(nu_max) of the first seed's pixel-wise model, recomputed in float64 NumPy.
     logits, labels = _restored_logits(workdir, "pixel", data_dir)
     spectrum = references.ce_spectrum(logits, labels)  # [N, H, W]
     total = spectrum.sum(axis=(1, 2))
@@ -162,15 +169,28 @@ def test_main_smallest_setting(tmp_path, data_dir):
         truncated = references.truncated_ce(spectrum, int(band), "chebyshev")
         expected = references.ratio_of_sums(truncated, total)
         np.testing.assert_allclose(
-            float(rows[band]["relative_discrepancy"]), expected, rtol=2e-3, atol=1e-5
+            float(rows[band, "0"]["relative_discrepancy"]), expected, rtol=2e-3, atol=1e-5
         )
 
-    # Rank correlation of the two block-wise points against scipy.
+    # Rank correlation of the four block-wise points (2 band limits x 2 seeds) against
+    # scipy, and its bootstrap interval against the library's with the same generator.
     correlations = _read_csv(workdir / "correlation.csv")
     (ours,) = [c for c in correlations if (c["source"], c["group"]) == ("ours", "all")]
-    x = [float(rows[b]["relative_discrepancy"]) for b in ("4", "8")]
-    y = [float(rows[b]["relative_iou"]) for b in ("4", "8")]
-    np.testing.assert_allclose(float(ours["spearman"]), scipy.stats.spearmanr(x, y).statistic)
+    points = [rows[b, s] for b in ("4", "8") for s in ("0", "1")]
+    x = [float(r["relative_discrepancy"]) for r in points]
+    y = [float(r["relative_iou"]) for r in points]
+    assert int(ours["spearman_points"]) == 4
+    np.testing.assert_allclose(
+        float(ours["spearman"]), scipy.stats.spearmanr(x, y).statistic, equal_nan=True
+    )
+    expected = bootstrap_spearman(x, y, rng=np.random.default_rng(0), resamples=10_000)
+    np.testing.assert_allclose(
+        [float(ours["spearman_ci_low"]), float(ours["spearman_ci_high"])],
+        [expected.low, expected.high],
+        equal_nan=True,
+    )
+    text = (workdir / "report.md").read_text()
+    assert "n=2" in text and "What the intervals say" in text
 
     # The example figure's arrays.
     with np.load(workdir / "examples_pascal.npz") as f:

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from experiments import band_limit_sweep, ce_spectrum, runs
 from experiments.configs import cityscapes, pascal, tiny
@@ -82,7 +83,7 @@ def tiny_run(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     argv = ["ce_spectrum", f"--workdir={workdir}", "--models=deeplab", "--datasets=pascal"]
     argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=1"]
-    argv += ["--config.crop_size=33", f"--config.eval_split={EVAL_SPLIT}"]
+    argv += ["--config.crop_size=33", f"--config.eval_split={EVAL_SPLIT}", "--num_seeds=2"]
     report = ce_spectrum.main(argv)
     return workdir, data_dir, argv, report
 
@@ -96,7 +97,7 @@ def _reference_predictions(workdir, data_dir):
     model = runs.create_model(config)
     variables = {
         "init": runs.initial_variables(model, config),
-        "trained": runs.restore_trained(config, workdir / "deeplab_pascal")[1],
+        "trained": runs.restore_trained(config, workdir / "deeplab_pascal" / "seed0")[1],
     }
     logits = {
         stage: np.asarray(model.apply(v, images, train=False), np.float64)
@@ -112,8 +113,8 @@ def test_csvs_match_float64_references(tiny_run):
     assert (workdir / "fig1_profiles.png").stat().st_size > 10_000
     assert (workdir / "fig2_init_vs_trained.png").stat().st_size > 10_000
     logits, labels = _reference_predictions(workdir, data_dir)
-    table = _read_csv(workdir / "table1.csv")
-    profiles = _read_csv(workdir / "profiles.csv")
+    table = [r for r in _read_csv(workdir / "table1.csv") if r["seed"] == "0"]
+    profiles = [r for r in _read_csv(workdir / "profiles.csv") if r["seed"] == "0"]
     for stage, stage_logits in logits.items():
         spectrum = references.ce_spectrum(stage_logits, labels)  # [B, H, W]
         bands = references.band_sums(spectrum, "chebyshev")  # [B, R]
@@ -144,12 +145,45 @@ def test_csvs_match_float64_references(tiny_run):
 
 
 @pytest.mark.slow
+def test_table1_spread_is_recomputed_from_the_seeds(tiny_run):
+    workdir = tiny_run[0]
+    per_seed = _read_csv(workdir / "table1.csv")
+    spreads = _read_csv(workdir / "table1_spread.csv")
+    assert len(spreads) == 2 * 5 and len(per_seed) == 2 * len(spreads)  # stages x nu, seeds
+    for row in spreads:
+        values = np.array(
+            [
+                float(r["relative_discrepancy"])
+                for r in per_seed
+                if (r["stage"], r["paper_nu_max"]) == (row["stage"], row["paper_nu_max"])
+            ]
+        )
+        assert values.size == 2
+        half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+        mean = values.mean()
+        np.testing.assert_allclose(float(row["relative_discrepancy_mean"]), mean, rtol=1e-12)
+        np.testing.assert_allclose(
+            [float(row["relative_discrepancy_ci_low"]), float(row["relative_discrepancy_ci_high"])],
+            [mean - half, mean + half],
+            rtol=1e-9,
+            atol=1e-15,
+        )
+    text = (workdir / "report.md").read_text()
+    assert "n=2" in text
+    assert any(verdict in text for verdict in ("**supports**", "**contradicts**", "**cannot"))
+
+
+@pytest.mark.slow
 def test_summary_agrees_with_the_trainers_evaluation(tiny_run):
     workdir = tiny_run[0]
-    (trained,) = [r for r in _read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
-    trainer = json.loads((workdir / "deeplab_pascal" / "summary.json").read_text())
-    assert float(trained["r16"]) == pytest.approx(trainer["relative_discrepancy"]["16"], rel=1e-4)
-    assert int(trained["num_images"]) == 3
+    summary = [r for r in _read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
+    assert [r["seed"] for r in summary] == ["0", "1"]
+    for trained in summary:
+        path = workdir / "deeplab_pascal" / f"seed{trained['seed']}" / "summary.json"
+        trainer = json.loads(path.read_text())
+        expected = trainer["relative_discrepancy"]["16"]
+        assert float(trained["r16"]) == pytest.approx(expected, rel=1e-4)
+        assert int(trained["num_images"]) == 3
     manifest = json.loads((workdir / "runs.json").read_text())
     assert [(e["model"], e["dataset"]) for e in manifest] == [("deeplab", "pascal")]
 
@@ -174,6 +208,7 @@ def test_band_limit_sweep_of_the_trained_runs_equals_experiment_1(tiny_run, tmp_
     )
     ours = {int(r["band_limit"]): float(r["R"]) for r in _read_csv(sweep_dir / "table.csv")}
     table = [r for r in _read_csv(workdir / "table1.csv") if r["stage"] == "trained"]
+    table = [r for r in table if r["seed"] == "0"]  # the manifest's run: the first seed
     for row in table[:4]:  # nu = 8, 16, 32, 64
         nu = int(row["nu_max"])
         assert ours[nu] == pytest.approx(float(row["relative_discrepancy"]), abs=1e-6)

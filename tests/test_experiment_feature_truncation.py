@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from experiments import cli, paper_values, runs
 from experiments import feature_truncation as ft
@@ -103,12 +104,40 @@ def test_main_smallest_grid(tmp_path, data_dir):
     argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
     argv += ["--config.crop_size=33", "--config.batch_size=4", "--config.eval_batch_size=4"]
     argv += ["--pruning_rates=0,0.4", "--feature_sizes=129,33", "--nofull_size_flops"]
+    argv += ["--num_seeds=2"]
     assert ft.main(argv) == workdir / "report.md"
+    per_seed = _read_csv(workdir / "feature_truncation.csv")
+    cells = {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
+    assert {
+        (float(r["encoder_rate"]), int(r["paper_feature_size"]), r["seed"]) for r in per_seed
+    } == {(*cell, seed) for cell in cells for seed in ("0", "1")}
+
+    # The spreads over seeds, recomputed in NumPy from the per-seed rows.
+    for spread in _read_csv(workdir / "feature_truncation_spread.csv"):
+        cell = (float(spread["encoder_rate"]), int(spread["paper_feature_size"]))
+        seeds = [
+            r for r in per_seed if (float(r["encoder_rate"]), int(r["paper_feature_size"])) == cell
+        ]
+        for name in ("mean_iou", "miou_drop", "fpi_eval_mmacs"):
+            values = np.array([float(r[name]) for r in seeds])
+            mean, std = values.mean(), values.std(ddof=1)
+            half = scipy.stats.t.ppf(0.975, 1) * std / np.sqrt(2)
+            np.testing.assert_allclose(float(spread[f"{name}_mean"]), mean, rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(float(spread[f"{name}_std"]), std, rtol=1e-9, atol=1e-15)
+            np.testing.assert_allclose(
+                [float(spread[f"{name}_ci_low"]), float(spread[f"{name}_ci_high"])],
+                [mean - half, mean + half],
+                rtol=1e-9,
+                atol=1e-15,
+            )
+    report = (workdir / "report.md").read_text()
+    assert "n=2" in report and "What the intervals over seeds say" in report
+
     rows = {
         (float(r["encoder_rate"]), int(r["paper_feature_size"])): r
-        for r in _read_csv(workdir / "feature_truncation.csv")
+        for r in per_seed
+        if r["seed"] == "1"  # the second seed: pairs with its own baseline
     }
-    assert set(rows) == {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
     base = rows[(0.0, 129)]
     config = tiny.get_config()
     config.crop_size = 33
@@ -130,7 +159,7 @@ def test_main_smallest_grid(tmp_path, data_dir):
     }
     for (rate, size), row in rows.items():
         name = f"deeplab_pascal_enc{round(100 * rate):02d}_f{size}"
-        cell = json.loads((workdir / name / "cell.json").read_text())
+        cell = json.loads((workdir / name / "seed1" / "cell.json").read_text())
         # Feature sizes: 33-pixel crops (L = 9) in training, 129 (L = 33) at evaluation.
         expected_sizes = {129: (None, None), 33: (3, 9)}[size]
         assert (cell["feature_size_train"], cell["feature_size_eval"]) == expected_sizes
@@ -183,9 +212,10 @@ def test_main_smallest_grid(tmp_path, data_dir):
 
     # Hard pruning keeps the function: the soft-pruned full-width model, truncated the
     # same way, has the same mIoU.
-    cell_dir = workdir / "deeplab_pascal_enc40_f33"
+    cell_dir = workdir / "deeplab_pascal_enc40_f33" / "seed1"
     config.model.feature_size = 3
     config.data_dir = data_dir
+    config.seed = 1
     model, variables = runs.restore_trained(config, cell_dir)
     plan = pruning.pruning_plan(model, pruning.PruningRates(encoder=0.4, decoder=0.2))
     soft, _ = pruning.soft_prune(variables, plan)

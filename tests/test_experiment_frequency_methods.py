@@ -64,7 +64,7 @@ def test_aliasing_experiment(tmp_path, data_dir, variants):
     assert len({r["layer"] for r in scores}) >= 4
     metrics = _rows(workdir / "boundary_metrics.csv")
     for row in metrics:
-        summary = json.loads((workdir / row["variant"] / "summary.json").read_text())
+        summary = json.loads((workdir / row["variant"] / "seed0" / "summary.json").read_text())
         np.testing.assert_allclose(float(row["mean_iou"]), summary["mean_iou"], rtol=1e-12)
         np.testing.assert_allclose(float(row["biou"]), summary["boundary"]["biou"], rtol=1e-12)
     assert (workdir / "aliasing_scores.png").exists() and (workdir / "report.md").exists()
@@ -77,7 +77,7 @@ def test_frequency_masking_experiment(tmp_path, data_dir):
     assert frequency_masking.main(args) == workdir / "report.md"
     rows = _rows(workdir / "mu_ablation.csv")
     assert [float(r["mu"]) for r in rows] == [0.2, 0.5]
-    summary = json.loads((workdir / "baseline" / "summary.json").read_text())
+    summary = json.loads((workdir / "baseline" / "seed0" / "summary.json").read_text())
     for row in rows:
         # Parseval: the two parts' energies add up to the features' sum of squares.
         np.testing.assert_allclose(
@@ -103,7 +103,7 @@ def test_frequency_input_experiment(tmp_path, data_dir):
     assert [r["variant"] for r in rows] == ["dct24s", "dct192_gate"]
     assert [int(r["input_channels"]) for r in rows] == [24, 192]
     for row in rows:
-        summary = json.loads((workdir / row["variant"] / "summary.json").read_text())
+        summary = json.loads((workdir / row["variant"] / "seed0" / "summary.json").read_text())
         np.testing.assert_allclose(float(row["mean_iou"]), summary["mean_iou"], rtol=1e-12)
         assert int(row["eval_crop_size"]) == 144
     frequency = np.load(workdir / "gate_frequency_dct192_gate.npy")

@@ -202,7 +202,7 @@ def test_main_ce_rows_match_grad_of_eq5(run):
     config = tiny.get_config()
     config.update(data_dir=str(data_dir), eval_split="validation[:2]")
     config = runs.experiment_config(config, model="deeplab", dataset="pascal")
-    model, variables = runs.restore_trained(config, workdir / "train" / "deeplab_pascal")
+    model, variables = runs.restore_trained(config, workdir / "train" / "deeplab_pascal" / "seed0")
     image, labels, ignore = exp.validation_example(config, 0)
     image = jnp.asarray(image)
     aspp, low_level = model.apply(variables, image, method="encode")

@@ -1,7 +1,8 @@
 """The demo's configuration: the tiny DeepLab v3+ of ``tiny.py``, trained for 1000 steps.
 
 ``python -m experiments.demo`` (``make demo``) trains three models with it (pixel-wise
-labels and two block-wise band limits) and analyses them; see ``experiments/demo.py``.
+labels and two block-wise band limits), each with 4 seeds (``--num_seeds``), and
+analyses them; see ``experiments/demo.py``.
 
 Launch::
 

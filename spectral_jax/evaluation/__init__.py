@@ -1,4 +1,5 @@
-"""Evaluation: the one evaluation loop, the segmentation metrics and the boundary counts.
+"""Evaluation: the one evaluation loop, the segmentation metrics, the boundary counts and
+the statistics over seeds (:mod:`spectral_jax.evaluation.spread`).
 
 :class:`Evaluator` is what the trainer and every experiment evaluate with
 (:mod:`spectral_jax.evaluation.evaluator`).
@@ -18,3 +19,14 @@ from spectral_jax.evaluation.metrics import cross_entropy_loss as cross_entropy_
 from spectral_jax.evaluation.metrics import iou_from_confusion as iou_from_confusion
 from spectral_jax.evaluation.metrics import mean_iou as mean_iou
 from spectral_jax.evaluation.metrics import pixel_accuracy as pixel_accuracy
+from spectral_jax.evaluation.spread import CONFIDENCE as CONFIDENCE
+from spectral_jax.evaluation.spread import RankCorrelation as RankCorrelation
+from spectral_jax.evaluation.spread import Spread as Spread
+from spectral_jax.evaluation.spread import bootstrap_spearman as bootstrap_spearman
+from spectral_jax.evaluation.spread import claim_verdict as claim_verdict
+from spectral_jax.evaluation.spread import compute_spread as compute_spread
+from spectral_jax.evaluation.spread import format_spread as format_spread
+from spectral_jax.evaluation.spread import interval_side as interval_side
+from spectral_jax.evaluation.spread import rank_data as rank_data
+from spectral_jax.evaluation.spread import spearman_correlation as spearman_correlation
+from spectral_jax.evaluation.spread import student_t_quantile as student_t_quantile
