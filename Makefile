@@ -1,6 +1,6 @@
 # Two-command setup: `make demo` and `make test` create .venv on first use.
 #
-#   make demo        the paper's analyses end to end on the embedded data, 4 seeds (~8 min CPU) -> runs/demo/
+#   make demo        the paper's analyses end to end on the embedded data, 4 seeds (~6 min on 2 cores) -> runs/demo/
 #   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2);
 #                    installs the torch extra for the PyTorch comparisons
 #   make test-slow   the tests marked `slow` (none collected counts as success)

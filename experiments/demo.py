@@ -50,10 +50,8 @@ checkpoint; the analyses are recomputed (seconds). Progress goes to stderr, the 
 path to stdout. The report's "Run" section gives the wall and CPU time of the run.
 
 Measured (``/usr/bin/time -v python -m experiments.demo --workdir DIR``, jax 0.10.2, AMD
-EPYC, 2 cores): 721 s wall, 489 s CPU with the 4 default seeds on cores shared with two
-other jobs (load average 3.4-8.8); one seed 90 s wall, 134 s CPU at load 0.2-1.6. On
-quiet cores the 4 seeds should take about 5.5 min (CPU time x the single-seed wall/CPU
-ratio; not measured).
+EPYC, 2 quiet cores, the data set built from scratch): 345 s wall, 548 s CPU with the 4
+default seeds; one seed (before the seeds were added) 90 s wall, 134 s CPU.
 """
 
 from __future__ import annotations
