@@ -263,9 +263,10 @@ def train_seeds(
 
     Each seed is the standalone run of :func:`train_once` with ``config.seed + k`` in
     ``<workdir>/seed<seed>``: finished seeds are read back, an interrupted one resumes,
-    and a rerun with more seeds trains only the new ones. (The trainer's vmapped
-    replicas, ``config.num_seeds``, will train them in one program behind this same
-    signature.)
+    and a rerun with more seeds trains only the new ones. The seeds run one after the
+    other, not as the trainer's vmapped replicas (``config.num_seeds``): on the CPU the
+    vmapped step does half the replica-steps per second (``benchmarks/bench_seeds.py``),
+    and a replica equals the standalone run of its seed anyway.
 
     Args:
       config: the setting's training config.

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.stats
 
 from spectral_jax.data import sharding
 from spectral_jax.models import create_model
@@ -99,6 +100,21 @@ def test_summary_and_metrics_of_the_replicas(seeded_runs):
     assert summary["iou"]["disk"] == pytest.approx(
         np.mean([r["iou"]["disk"] for r in summary["replicas"]]), rel=1e-12
     )
+    # The spread: sample std and the Student-t 95 % interval of the mean (scipy).
+    for name in ("mean_iou", "eval_loss", "relative_discrepancy/8"):
+        group, _, key = name.partition("/")
+        values = np.array(
+            [r[group][key] if key else r[group] for r in summary["replicas"]], np.float64
+        )
+        spread = summary["spread"][name]
+        half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1)
+        half /= np.sqrt(len(values))
+        assert spread["n"] == len(SEEDS)
+        np.testing.assert_allclose(spread["mean"], values.mean(), rtol=1e-12)
+        np.testing.assert_allclose(spread["std"], values.std(ddof=1), rtol=1e-12)
+        np.testing.assert_allclose(
+            spread["ci95"], [values.mean() - half, values.mean() + half], rtol=1e-9
+        )
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     last_eval = [r for r in records if "eval/mean_iou" in r][-1]
     for k, value in enumerate(per_replica):

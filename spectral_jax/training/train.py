@@ -36,7 +36,12 @@ import tqdm
 
 from spectral_jax.data import dct_pipeline, sharding
 from spectral_jax.data.inputs import InputPipeline, create_input_pipeline
-from spectral_jax.evaluation import EvaluationResult, Evaluator, inference_apply_fn
+from spectral_jax.evaluation import (
+    EvaluationResult,
+    Evaluator,
+    compute_spread,
+    inference_apply_fn,
+)
 from spectral_jax.models import pretrained, registry
 from spectral_jax.training import checkpointing, steps
 from spectral_jax.training import train_state as state_lib
@@ -320,6 +325,30 @@ def _result_summary(result: EvaluationResult, class_names: tuple[str, ...]) -> d
     }
 
 
+def _spread_over_replicas(replicas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{name: {"mean", "std", "ci95", "n"}}`` over the replicas of every scalar score
+    (:func:`spectral_jax.evaluation.compute_spread`: sample std, Student-t 95 % interval
+    of the mean); nested scores as ``relative_discrepancy/8``, ``boundary/biou``."""
+    scalars: dict[str, list[float]] = {}
+    for replica in replicas:
+        for name in ("mean_iou", "pixel_accuracy", "eval_loss", "mean_ce"):
+            scalars.setdefault(name, []).append(replica[name])
+        for group in ("relative_discrepancy", "boundary"):
+            for key, value in (replica[group] or {}).items():
+                scalars.setdefault(f"{group}/{key}", []).append(value)
+    spreads = {}
+    for name, values in scalars.items():
+        if len(values) == len(replicas) and all(v is not None and np.isfinite(v) for v in values):
+            spread = compute_spread([float(v) for v in values])
+            spreads[name] = {
+                "mean": spread.mean,
+                "std": spread.std,
+                "ci95": [spread.low, spread.high],
+                "n": spread.n,
+            }
+    return spreads
+
+
 def _mean_over_replicas(replicas: list[dict[str, Any]]) -> dict[str, Any]:
     """The replicas' summaries averaged leaf by leaf (None stays None)."""
     return jax.tree.map(
@@ -360,7 +389,9 @@ def train_and_evaluate(
       with ``config.boundary_metrics=False``), ``seeds``, ``replicas`` (one dict of
       these numbers and its ``seed`` per replica), ``steps``, ``resumed_from_step``,
       ``wall_time_s`` (of this process) and ``workdir``. With several seeds the
-      top-level numbers are the means over the replicas.
+      top-level numbers are the means over the replicas, and ``spread`` gives each
+      score's ``mean``, ``std``, ``ci95`` (Student-t interval of the mean) and ``n``
+      over them (None for one seed).
 
     Several seeds (``config.num_seeds = S > 1``): the loop trains ``S`` replicas in one
     compiled step, ``jax.vmap`` of the one-replica step over their parameters, optimizer
@@ -511,6 +542,7 @@ def train_and_evaluate(
         "replicas": [
             {"seed": seed, **values} for seed, values in zip(seeds, per_replica, strict=True)
         ],
+        "spread": _spread_over_replicas(per_replica) if len(per_replica) > 1 else None,
         "steps": total_steps,
         "epochs": total_steps / epoch_steps,
         "resumed_from_step": resumed_from,
