@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from experiments.configs import tiny
 from spectral_jax.data import sharding
 from spectral_jax.models import registry
@@ -114,18 +114,6 @@ def _conv_milliseconds(num_replicas: int, repeats: int = 10) -> dict[str, float]
     return times
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-seeds", type=int, default=4, help="replicas S")
@@ -135,7 +123,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = tiny.get_config()
     seeds = tuple(range(args.num_seeds))
-    print(f"{_cpu_model()}, jax {jax.__version__}, ")
+    print(f"{report.cpu_model()}, jax {jax.__version__}, ")
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s), load {os.getloadavg()}")
 
     variants = {}
