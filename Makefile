@@ -28,6 +28,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The index only where it answers: pip would retry an unreachable one for every package.
 torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
+# One worker per test module: a module's shared fixture (a trained run, a demo, a
+# multi-process run) is then computed once, not once in every worker that draws one of
+# its tests.
+PYTEST_DIST ?= --dist loadscope
 DEMO_WORKDIR ?= runs/demo
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -63,13 +67,13 @@ lint: .venv $(TORCH_STAMP)
 
 # pytest exits with 5 when it collects no tests; for `make test` that is a failure.
 test: lint
-	@rc=0; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) || rc=$$?; \
+	@rc=0; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_DIST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
 # There may be no slow tests yet: exit code 5 (none collected) counts as success here.
 test-slow: .venv $(TORCH_STAMP)
-	@rc=0; $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) || rc=$$?; \
+	@rc=0; $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) $(PYTEST_DIST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-slow: no slow tests collected"; rc=0; fi; \
 	exit $$rc
 
