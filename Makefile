@@ -28,10 +28,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The index only where it answers: pip would retry an unreachable one for every package.
 torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
-# One worker per test module: a module's shared fixture (a trained run, a demo, a
-# multi-process run) is then computed once, not once in every worker that draws one of
-# its tests.
-PYTEST_DIST ?= --dist loadscope
+# Tests are spread over the workers one by one, except those of a module marked
+# xdist_group: a module whose tests share an expensive fixture (a trained run, the demo,
+# a multi-process run) runs on one worker, so that the fixture is computed once.
+PYTEST_DIST ?= --dist loadgroup
 DEMO_WORKDIR ?= runs/demo
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

@@ -47,7 +47,10 @@ def _numpy_aliasing_score(images: np.ndarray, cutoff: float) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "variants",
-    [("baseline",), pytest.param(("baseline", "daf"), marks=pytest.mark.slow)],
+    [
+        pytest.param(("baseline",), marks=pytest.mark.slow),
+        pytest.param(("baseline", "daf"), marks=pytest.mark.slow),
+    ],
 )
 def test_aliasing_experiment(tmp_path, data_dir, variants):
     workdir = tmp_path / "aliasing"
@@ -70,6 +73,7 @@ def test_aliasing_experiment(tmp_path, data_dir, variants):
     assert (workdir / "aliasing_scores.png").exists() and (workdir / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_frequency_masking_experiment(tmp_path, data_dir):
     workdir = tmp_path / "masking"
     args = ["frequency_masking", f"--workdir={workdir}", *_training_flags(data_dir, crop=33)]
@@ -94,6 +98,7 @@ def test_frequency_masking_experiment(tmp_path, data_dir):
     assert "mIoU full" in (workdir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_frequency_input_experiment(tmp_path, data_dir):
     workdir = tmp_path / "dct"
     args = ["frequency_input", f"--workdir={workdir}", *_training_flags(data_dir, crop=32)]

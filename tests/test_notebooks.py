@@ -12,6 +12,7 @@ import pytest
 from tests.notebook_helpers import NOTEBOOKS, execute_notebook
 
 
+@pytest.mark.slow  # About a minute: 30 training steps and every cell compiled.
 @pytest.mark.parametrize("name", ["spectral_jacobians.ipynb"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     execute_notebook(NOTEBOOKS / name, tmp_path, monkeypatch)

@@ -40,6 +40,7 @@ def _predictions_of_checkpoint(config, workdir, pipeline, *, dct_pipeline=None):
     return np.concatenate(predictions), np.concatenate(labels)
 
 
+@pytest.mark.slow
 def test_summary_boundary_scores_equal_recomputation_from_checkpoint(tmp_path):
     config = tiny_test_config(crop_size=33, steps=2)
     pipeline = generated_pipeline(crop_size=33)
