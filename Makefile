@@ -28,10 +28,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The index only where it answers: pip would retry an unreachable one for every package.
 torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
-# Tests are spread over the workers one by one, except those of a module marked
-# xdist_group: a module whose tests share an expensive fixture (a trained run, the demo,
-# a multi-process run) runs on one worker, so that the fixture is computed once.
-PYTEST_DIST ?= --dist loadgroup
+# pytest-xdist's distribution (default: test by test). `--dist loadscope` and
+# `--dist loadgroup` compute a module's shared fixture once, but on 2 cores both made
+# the whole run slower (one worker left alone with a long module at the end).
+PYTEST_DIST ?=
 DEMO_WORKDIR ?= runs/demo
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

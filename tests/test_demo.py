@@ -28,9 +28,6 @@ from spectral_jax.data import synthetic
 from spectral_jax.models import DeepLabV3Plus
 from tests import references
 
-# One worker runs this module (make test: --dist loadgroup): its shared fixtures once.
-pytestmark = pytest.mark.xdist_group("demo")
-
 NUM_EVAL = 4
 STEPS = 3
 BAND_LIMIT = 4

@@ -36,9 +36,6 @@ from spectral_jax.data import load_split
 from spectral_jax.training import checkpointing
 from tests import multiprocess_worker as worker
 
-# One worker runs this module (make test: --dist loadgroup): its shared fixtures once.
-pytestmark = pytest.mark.xdist_group("multiprocess")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -27,9 +27,6 @@ from spectral_jax.training import (
 )
 from tests.training_helpers import generated_pipeline, tiny_test_config
 
-# One worker runs this module (make test: --dist loadgroup): its shared fixtures once.
-pytestmark = pytest.mark.xdist_group("seeds")
-
 STEPS = 4
 SEEDS = (3, 4)
 # At the tiny config's learning rate (0.05) a relative change of 1e-7 in the initial

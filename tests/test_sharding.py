@@ -19,9 +19,6 @@ import pytest
 
 from spectral_jax.data import sharding
 
-# One worker runs this module (make test: --dist loadgroup): its shared fixtures once.
-pytestmark = pytest.mark.xdist_group("sharding")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The subprocess: one train step and one eval step of a small conv + BatchNorm model on a

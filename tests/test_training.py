@@ -30,9 +30,6 @@ from tests.training_helpers import (
     tiny_test_config,
 )
 
-# One worker runs this module (make test: --dist loadgroup): its shared fixtures once.
-pytestmark = pytest.mark.xdist_group("training")
-
 # ---------------------------------------------------------------------------------------
 # Schedule, optimizer.
 
