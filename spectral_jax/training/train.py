@@ -236,13 +236,19 @@ def _replica_batches(
             }
 
 
+def _variables_per_replica(state, program: _TrainingProgram) -> list[dict[str, Any]]:
+    """The model variables of each replica of ``state`` (one for an unstacked state)."""
+    if program.stacked:
+        return [_replica_variables(state, k) for k in range(program.num_replicas)]
+    return [{"params": state.params, "batch_stats": state.batch_stats}]
+
+
 def _with_pretrained_backbone(state, checkpoint, program: _TrainingProgram):
     """``state`` with the backbone of ``checkpoint`` in every replica, replicated again."""
-    if program.stacked:
-        replicas = [_replica_variables(state, k) for k in range(program.num_replicas)]
-    else:
-        replicas = [{"params": state.params, "batch_stats": state.batch_stats}]
-    loaded = [pretrained.load_pretrained_backbone(v, checkpoint) for v in replicas]
+    loaded = [
+        pretrained.load_pretrained_backbone(v, checkpoint)
+        for v in _variables_per_replica(state, program)
+    ]
     variables = (
         jax.tree.map(lambda *leaves: np.stack(leaves), *loaded) if program.stacked else loaded[0]
     )
@@ -271,10 +277,6 @@ def _evaluate(
     evaluator: Evaluator, state, pipeline: InputPipeline, config, program: _TrainingProgram
 ) -> list[EvaluationResult]:
     """One :class:`EvaluationResult` per replica (the replicas one after the other)."""
-    if program.stacked:
-        variables = [_replica_variables(state, k) for k in range(program.num_replicas)]
-    else:
-        variables = [{"params": state.params, "batch_stats": state.batch_stats}]
     return [
         evaluator(
             replica,
@@ -282,7 +284,7 @@ def _evaluate(
                 int(config.eval_batch_size), jax.process_index(), jax.process_count()
             ),
         )
-        for replica in variables
+        for replica in _variables_per_replica(state, program)
     ]
 
 
