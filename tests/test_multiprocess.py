@@ -146,7 +146,9 @@ def test_evaluation_in_two_processes_equals_one(two_processes):
     one host's rows are smaller than the batch's largest example, and in the last batch
     process 1 holds filling rows only). Counts agree exactly (confusion matrix,
     boundary counts, examples evaluated, kept predictions); the float32 loss and
-    spectral sums to reduction-order rounding (``rtol=1e-5``); the float64 sums of the
+    spectral sums to reduction-order rounding (``rtol=1e-5`` of each value, and ``1e-5`` of
+    the largest entry of its array for the band components, which cancel: measured
+    3.7e-9 absolute on 1.6e-4 next to 8.0 with LLVM's optimisations off); the float64 sums of the
     float32 per-example outputs (and the kept outputs) to float32 rounding (``rtol=1e-6``: a device computes
     the example's mean in a batch of 2 instead of 4; measured 1.1e-7).
     """
@@ -158,7 +160,10 @@ def test_evaluation_in_two_processes_equals_one(two_processes):
         assert sorted(got.files) == sorted(want)
         for name, value in want.items():
             if name in ("loss", "band_ce", "spatial_ce"):
-                np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
+                scale = float(np.max(np.abs(value)))
+                np.testing.assert_allclose(
+                    got[name], value, rtol=1e-5, atol=1e-5 * scale, err_msg=name
+                )
             elif name in ("gates_sum", "example_gates"):
                 np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
             else:
