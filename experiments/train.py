@@ -28,6 +28,9 @@ import jax
 from experiments import cli
 from spectral_jax.training import train_and_evaluate
 
+# A name rather than __name__, which is "__main__" when run with -m.
+_LOG = logging.getLogger("experiments.train")
+
 
 def distributed_arguments(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     """``num_processes`` and ``process_id`` for ``jax.distributed.initialize`` from
@@ -70,8 +73,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         # comes from JAX_COORDINATOR_ADDRESS or the cluster (SLURM, Cloud TPU), the
         # process count and index from the launcher's variables or the cluster.
         jax.distributed.initialize(**distributed_arguments())
-    logging.getLogger().setLevel(logging.INFO)
-    logging.info(
+    # This script's and the trainer's progress at INFO; other libraries stay at the level
+    # cli.run set (WARNING): orbax logs every checkpoint operation at INFO, and under
+    # experiments.launch each process's lines would bury the run's own.
+    for name in ("experiments", "spectral_jax"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    _LOG.info(
         "process %d/%d, %d local / %d global devices",
         jax.process_index(),
         jax.process_count(),
@@ -80,7 +87,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     )
     summary = train_and_evaluate(config, flag_values.workdir)
     short = {key: summary[key] for key in ("mean_iou", "pixel_accuracy", "steps", "wall_time_s")}
-    logging.info("summary: %s", json.dumps(short))
+    _LOG.info("summary: %s", json.dumps(short))
     return summary
 
 
