@@ -265,7 +265,10 @@ def _half_spectrum_of_classes(logits, labels, valid, transformed, classes, chunk
     spectra: the peak memory grows with the chunk, not with ``C``. On 2 CPU cores chunks
     of 1 to 3 classes ran within noise of each other, at 1.15x (8x129x129x21) to 1.4x
     (2x513x513x21) the bare ``rfft2`` of all ``2 C`` maps under load, and larger chunks
-    slower; ``benchmarks/README.md`` has the measurements behind
+    slower. On idle cores the gap is wider: XLA:CPU runs an FFT that follows a fusion
+    split over its thread pool (here, the one that builds the FFT's maps) on a pool
+    thread, which leaves the FFT one core of two, while the bare ``rfft2`` of a
+    parameter gets both. ``benchmarks/README.md`` has the measurements behind
     :data:`DEFAULT_CLASS_CHUNK_SIZE` and what the remaining time goes to.
 
     Args:
