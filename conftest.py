@@ -14,11 +14,12 @@ import os
 
 # The tests compile hundreds of small programs and run each a few times: compilation is
 # most of their time. XLA's LLVM back end at optimisation level 0 compiles them faster
-# (the default run took 7.0 instead of 9.8 minutes on 2 cores) and computes the same
-# HLO; only the machine code is less optimised. Set before JAX creates its backend (it
-# reads XLA_FLAGS then); child processes the tests start inherit it. A level given in
-# XLA_FLAGS wins: `XLA_FLAGS=--xla_backend_optimization_level=3 make test` tests the
-# fully optimised code.
+# (the default run took 7.0 instead of 9.8 minutes on 2 cores). The HLO is the same; the
+# machine code is less optimised, and float32 results can differ from the optimised
+# code's at the rounding level (reduction order). Set before JAX creates its backend (it
+# reads XLA_FLAGS then); the processes the tests start inherit it (tests that set
+# XLA_FLAGS for a child append to it). A level given in XLA_FLAGS wins:
+# `XLA_FLAGS=--xla_backend_optimization_level=3 make test` tests the optimised code.
 _OPTIMIZATION_FLAG = "--xla_backend_optimization_level"
 if _OPTIMIZATION_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_OPTIMIZATION_FLAG}=0".strip()

@@ -8,13 +8,15 @@ Run from the repository root::
 
 ``bench_ce_spectrum``'s floor is ``jnp.fft.rfft2`` of a contiguous ``[B, 2C, H, W]``
 parameter: the FFT is the program's only operation. XLA:CPU hands every FFT its intra-op
-thread pool (DUCC splits the transform into one task per pool thread and waits for them).
-The first operation of a program runs on the calling thread, so the floor's tasks get
-every pool thread. An operation that follows a loop fusion split over the pool
+thread pool (DUCC splits the transform into one task per pool thread and waits for
+them). What the measurements below are consistent with (thread identities were not
+recorded): the first operation of a program runs on the calling thread, so the floor's
+tasks get every pool thread; an operation that follows a loop fusion split over the pool
 (``outer_dimension_partitions`` in the compiled HLO, which XLA chooses for large
-elementwise work) runs on the pool thread that finished that fusion; that thread then
-blocks on its own tasks, so the FFT gets one pool thread fewer: on 2 cores, one core.
-Every FFT of the decomposition follows such a fusion (it builds the maps it transforms).
+elementwise work; the script prints whether the fusion before each FFT has it) runs on
+the pool thread that finished that fusion, and that thread then blocks on its own
+tasks, so the FFT gets one pool thread fewer: on 2 cores, one core. Every FFT of the
+decomposition follows such a fusion (the one that builds the maps it transforms).
 
 The script times, interleaved in a random order per round, with the wall time and the
 process's CPU time per wall second (``cpu/wall``; 2.0 means both cores busy):
@@ -22,9 +24,11 @@ process's CPU time per wall second (``cpu/wall``; 2.0 means both cores busy):
 * ``floor``: ``rfft2`` of the ``[B, 2C, H, W]`` parameter (the floor);
 * ``fft_after_fusion``: ``rfft2(2 * x)`` of the same parameter: the same transform after
   one elementwise loop fusion;
-* ``chunk_scan_fft``: the decomposition's FFTs alone, a ``lax.scan`` over ``C / 3`` chunks
-  of ``[2, 3, B, H, W]`` maps (the default ``class_chunk_size``), each transformed and its
-  real part accumulated;
+* ``chunk_scan_fft``: the decomposition's FFTs with the least around them: a
+  ``lax.scan`` over ``C // k`` chunks of ``[2, k, B, H, W]`` random maps (``k`` the
+  default ``class_chunk_size``; a remainder of ``C mod k`` classes is left out), each
+  step slicing its chunk out of the stacked input (a copy), transforming it and adding
+  one real part to the carry;
 * ``one_chunk_fft``: the ``rfft2`` of one such chunk as a parameter, times the number of
   chunks (its wall time is multiplied; its ``cpu/wall`` is its own);
 * ``ce_half_spectrum``: the library's dense decomposition on the data of
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import time
 from collections.abc import Sequence
@@ -45,8 +50,7 @@ import numpy as np
 
 import spectral_jax as sj
 from benchmarks.bench_ce_spectrum import parse_shapes, pascal_like_labels, realistic_logits
-
-CHUNK = 3  # spectral_jax.loss_spectrum.DEFAULT_CLASS_CHUNK_SIZE
+from spectral_jax.loss_spectrum import DEFAULT_CLASS_CHUNK_SIZE as CHUNK
 
 
 def _cpu_seconds() -> float:
@@ -83,9 +87,31 @@ def candidates(shape: tuple[int, int, int, int], seed: int):
     }
 
 
-def run(shape, repeats: int, seed: int) -> dict[str, tuple[float, float]]:
-    """``{name: (median wall seconds, CPU seconds per wall second)}``."""
+def fusion_before_fft_is_split(fn, args) -> bool | None:
+    """Whether an FFT of ``fn``'s compiled HLO takes a fusion split over the thread pool.
+
+    ``None`` when the program has no FFT fed by a fusion (the floor: a parameter).
+    """
+    text = fn.lower(*args).compile().as_text()
+    fused = [m.group(1) for m in re.finditer(r"\sfft\(%([\w.-]+)\)", text)]
+    if not any(f"%{name} = " in text and "fusion(" in _line(text, name) for name in fused):
+        return None
+    return any("outer_dimension_partitions" in _line(text, name) for name in fused)
+
+
+def _line(text: str, name: str) -> str:
+    """The line of the HLO ``text`` that defines ``%name``."""
+    match = re.search(rf"^\s*%{re.escape(name)} = .*$", text, re.MULTILINE)
+    return match.group(0) if match else ""
+
+
+def run(shape, repeats: int, seed: int) -> dict[str, tuple[float, float, bool | None]]:
+    """``{name: (median wall s, CPU s per wall s, fusion before the FFT split?)}``."""
     cases = candidates(shape, seed)
+    split = {
+        name: fusion_before_fft_is_split(fn if hasattr(fn, "lower") else jax.jit(fn), args)
+        for name, (fn, args, _) in cases.items()
+    }
     for fn, args, _ in cases.values():  # Compile and warm up.
         jax.block_until_ready(fn(*args))
         jax.block_until_ready(fn(*args))
@@ -101,18 +127,23 @@ def run(shape, repeats: int, seed: int) -> dict[str, tuple[float, float]]:
             walls[name].append(wall)
             cpus[name].append((_cpu_seconds() - cpu0) / wall)
     return {
-        name: (float(np.median(walls[name])) * cases[name][2], float(np.median(cpus[name])))
+        name: (
+            float(np.median(walls[name])) * cases[name][2],
+            float(np.median(cpus[name])),
+            split[name],
+        )
         for name in cases
     }
 
 
-def _print_table(shape, results: dict[str, tuple[float, float]]) -> None:
+def _print_table(shape, results: dict[str, tuple[float, float, bool | None]]) -> None:
     floor = results["floor"][0]
     print(f"\n{'x'.join(map(str, shape))}  (load average {os.getloadavg()[0]:.2f})")
-    print("| case | ms | x floor | cpu/wall |")
-    print("|---|---:|---:|---:|")
-    for name, (wall, cpu) in results.items():
-        print(f"| `{name}` | {wall * 1e3:.1f} | {wall / floor:.2f} | {cpu:.2f} |")
+    print("| case | ms | x floor | cpu/wall | FFT input from a pool-split fusion |")
+    print("|---|---:|---:|---:|---|")
+    for name, (wall, cpu, split) in results.items():
+        fed = {None: "no fusion (a parameter)", True: "yes", False: "no"}[split]
+        print(f"| `{name}` | {wall * 1e3:.1f} | {wall / floor:.2f} | {cpu:.2f} | {fed} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

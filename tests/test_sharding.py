@@ -140,7 +140,8 @@ SIZES = (8, 9)
 def four_device_results(tmp_path_factory):
     """Runs the subprocess once for all sizes; returns the directory of its ``.npz``."""
     out = tmp_path_factory.mktemp("sharding")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
@@ -266,7 +267,8 @@ def test_training_loop_on_four_devices_equals_one(tmp_path):
     """
     runs = {}
     for count in (1, 4):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+        env = dict(os.environ, XLA_FLAGS=flags.strip())
         env["JAX_PLATFORMS"] = "cpu"
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         runs[count] = subprocess.Popen(

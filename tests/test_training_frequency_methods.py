@@ -176,7 +176,7 @@ def test_downsample_filter_configs_train(tmp_path, name):
     records = _train_metrics(tmp_path)
     assert records and all(np.isfinite(r["train/loss"]) for r in records)
     assert 0 <= summary["mean_iou"] <= 1
-    assert summary["boundary"] is None
+    assert summary["boundary"] is None, "boundary_metrics=False must leave no boundary scores"
     names = repr(jax.tree_util.tree_structure(load_variables(tmp_path)["params"]))
     # FreqMix has parameters (its channel attention); the DAF is parameter-free.
     assert ("'downsample_filter'" in names) == (name == "freqmix")
