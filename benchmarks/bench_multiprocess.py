@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import os
 import statistics
@@ -69,20 +68,12 @@ def _train_flags(steps: int, log_every: int) -> list[str]:
 
 
 def _launch(command: list[str], processes: int, devices: int) -> str:
-    out = io.StringIO()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    status = launch.run_processes(
-        command,
-        num_processes=processes,
-        devices_per_process=devices,
-        env=env,
-        out=out,
-        cwd=ROOT,
+    status, output = launch.run_captured(
+        command, cwd=ROOT, num_processes=processes, devices_per_process=devices
     )
     if status:
-        raise RuntimeError(f"{processes} x {devices} failed ({status}):\n{out.getvalue()[-4000:]}")
-    return out.getvalue()
+        raise RuntimeError(f"{processes} x {devices} failed ({status}):\n{output[-4000:]}")
+    return output
 
 
 def steps_per_second(processes: int, devices: int, *, steps: int, log_every: int) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import os
 import signal
 import socket
@@ -237,6 +238,30 @@ def run_processes(
         names = ", ".join(f"process {task.index}" for task in failed)
         say(f"failed: {names}; exit status {status}.")
     return status
+
+
+def run_captured(
+    command: Sequence[str], *, cwd: str, num_processes: int, devices_per_process: int, **kwargs
+) -> tuple[int, str]:
+    """:func:`run_processes` in ``cwd``, its output returned: ``(status, output)``.
+
+    ``cwd`` is put first on the processes' ``PYTHONPATH``, so that they import the
+    modules of that tree (a checkout's ``tests`` or ``benchmarks``). ``kwargs`` are
+    :func:`run_processes`'s other arguments, except ``env`` and ``out``.
+    """
+    output = io.StringIO()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = cwd + os.pathsep + env.get("PYTHONPATH", "")
+    status = run_processes(
+        command,
+        num_processes=num_processes,
+        devices_per_process=devices_per_process,
+        env=env,
+        out=output,
+        cwd=cwd,
+        **kwargs,
+    )
+    return status, output.getvalue()
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -14,7 +14,6 @@ on 1 x 4 and 1 x 1.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -38,22 +37,6 @@ from spectral_jax.training import checkpointing
 from tests import multiprocess_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(command, *, num_processes, devices_per_process, **kwargs) -> tuple[int, str]:
-    out = io.StringIO()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    status = launch.run_processes(
-        command,
-        num_processes=num_processes,
-        devices_per_process=devices_per_process,
-        env=env,
-        out=out,
-        cwd=ROOT,
-        **kwargs,
-    )
-    return status, out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,8 +78,8 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_launcher_prefixes_output_and_returns_zero():
-    status, out = _run(
-        [sys.executable, "-c", _SCRIPT, "ok"], num_processes=3, devices_per_process=1
+    status, out = launch.run_captured(
+        [sys.executable, "-c", _SCRIPT, "ok"], cwd=ROOT, num_processes=3, devices_per_process=1
     )
     assert status == 0, out
     for index in range(3):
@@ -106,8 +89,9 @@ def test_launcher_prefixes_output_and_returns_zero():
 def test_launcher_stops_the_others_when_one_process_fails():
     """Process 1 exits with 3; process 0 ignores SIGTERM and is killed after the grace."""
     start = time.monotonic()
-    status, out = _run(
+    status, out = launch.run_captured(
         [sys.executable, "-c", _SCRIPT, "fail"],
+        cwd=ROOT,
         num_processes=2,
         devices_per_process=1,
         grace_seconds=1.0,
@@ -135,7 +119,7 @@ def two_processes(tmp_path_factory):
     """Runs the evaluator and the train steps in 2 processes x 2 devices; the outputs."""
     out = tmp_path_factory.mktemp("two_processes")
     command = [sys.executable, "-m", "tests.multiprocess_worker", str(out), "evaluate,step"]
-    status, log = _run(command, num_processes=2, devices_per_process=2)
+    status, log = launch.run_captured(command, cwd=ROOT, num_processes=2, devices_per_process=2)
     assert status == 0, log[-4000:]
     return out
 
