@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -73,11 +74,41 @@ def test_start_step_resumes_without_reading_earlier_batches(rng, start_step):
     for x, y in zip(full[start_step:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
-    # Exactly the 3 resumed batches' examples were read, nothing of the first batches.
-    assert len(source.reads) == 3 * 4
+    # Exactly the 3 resumed batches' examples were read, nothing of the first batches,
+    # each once (the stream keeps what it decoded: DecodedExampleCache).
     fn = _batch_fn(examples)
     expected = np.concatenate([fn.example_indices(s) for s in range(start_step, start_step + 3)])
-    np.testing.assert_array_equal(source.reads, expected)
+    first_reads = [int(i) for k, i in enumerate(expected) if i not in expected[:k]]
+    assert source.reads == first_reads
+
+
+def test_decoded_example_cache_reads_each_example_once_within_its_budget(rng):
+    examples = _examples(rng, 7)
+    sizes = [e["image"].nbytes + e["label"].nbytes for e in examples]
+    # Room for the first three examples read, not the fourth.
+    source = CountingSource(examples)
+    cache = pipeline.DecodedExampleCache(source, max_bytes=sum(sizes[:3]))
+    for index in [0, 1, 2, 0, 1, 2, 3, 3, 0]:
+        example = cache[index]
+        np.testing.assert_array_equal(example["image"], examples[index]["image"])
+        np.testing.assert_array_equal(example["label"], examples[index]["label"])
+    assert source.reads == [0, 1, 2, 3, 3]
+    assert len(cache) == 7
+    # Kept arrays are read-only views; the source's own arrays stay writable.
+    assert not cache[0]["image"].flags.writeable
+    assert examples[0]["image"].flags.writeable
+    # A pickled cache (grain's workers) carries the source, not the decoded examples.
+    clone = pickle.loads(pickle.dumps(cache))
+    clone[0]
+    assert clone._source.reads[-1] == 0 and len(clone._examples) == 1
+    with pytest.raises(ValueError, match="max_bytes"):
+        pipeline.DecodedExampleCache(source, max_bytes=-1)
+    # The training stream is the same whether an example comes from the cache or not.
+    cached = list(itertools.islice(_train(CountingSource(examples)), 6))
+    uncached = [_batch_fn(CountingSource(examples))(step) for step in range(6)]
+    for x, y in zip(cached, uncached, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
 
 
 def _batch_fn(examples, **kwargs):
