@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,31 @@ from tests.training_helpers import (
 )
 
 # ---------------------------------------------------------------------------------------
-# Schedule, optimizer.
+# Initialisation, schedule, optimizer.
+
+
+class _TwoConvs(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        return nn.Conv(2, (3, 3))(nn.relu(nn.Conv(4, (3, 3))(x)))
+
+
+def test_init_variables_compiles_once_per_model_and_equals_model_init():
+    """Other keys of the same model reuse its compiled ``init``; the values are ``model.init``'s."""
+    model = _TwoConvs()
+    with count_compilations() as compiled:
+        first = train_state.init_variables(model, jax.random.key(11), image_size=5)
+    with count_compilations() as again:
+        second = train_state.init_variables(model, jax.random.key(12), image_size=5)
+    assert compiled.count("jit(init)") == 1 and again == [], (compiled, again)
+    for key, variables in ((11, first), (12, second)):
+        expected = model.init(jax.random.key(key), jnp.zeros((1, 5, 5, 3)), train=False)
+        for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(
+        first["params"]["Conv_0"]["kernel"], second["params"]["Conv_0"]["kernel"]
+    )
 
 
 @pytest.mark.parametrize("total_steps", [1, 10, 333])

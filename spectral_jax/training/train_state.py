@@ -127,7 +127,15 @@ def init_variables(
     """``model.init`` on a zero batch ``[batch_size, image_size, image_size, channels]``.
 
     Jitted: run eagerly, a ResNet's initialisation compiles every operation on its own
-    (seconds for even the tiny model on CPU).
+    (seconds for even the tiny model on CPU). One jitted ``init`` per model, so that the
+    seeds of a model (other keys) share its compilation instead of compiling it again.
     """
     images = jnp.zeros((batch_size, image_size, image_size, channels), jnp.float32)
-    return dict(jax.jit(functools.partial(model.init, train=False))(key, images))
+    return dict(_jitted_init(model)(key, images))
+
+
+# To avoid re-compiling the initialisation for every key of the same model (a new
+# functools.partial each call would be a new function for jax.jit).
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: nn.Module):
+    return jax.jit(functools.partial(model.init, train=False))
