@@ -1,8 +1,9 @@
 # Two-command setup: `make demo` and `make test` create .venv on first use.
 #
-#   make demo        the paper's analyses end to end on the embedded data, 4 seeds (~6 min on 2 cores) -> runs/demo/
+#   make demo        the paper's analyses end to end on the embedded data, 4 seeds -> runs/demo/
 #   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2);
 #                    installs the torch extra for the PyTorch comparisons
+#   make timings     times `make demo` and `make test` on a fresh clone (wall and CPU seconds)
 #   make test-slow   the tests marked `slow` (none collected counts as success)
 #   make bench       the timing scripts in benchmarks/
 #   make clean       caches and outputs; `make distclean` also removes .venv
@@ -28,10 +29,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The index only where it answers: pip would retry an unreachable one for every package.
 torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
-# pytest-xdist's distribution (default: test by test). `--dist loadscope` and
-# `--dist loadgroup` compute a module's shared fixture once, but on 2 cores both made
-# the whole run slower (one worker left alone with a long module at the end).
-PYTEST_DIST ?=
+# pytest-xdist's distribution: whole modules per worker, so that a module's shared fixture
+# (a trained run, the demo) is computed once, not by both workers; conftest.py puts the
+# longest modules first, so that no worker is left alone with a long one at the end.
+PYTEST_DIST ?= --dist loadscope
 DEMO_WORKDIR ?= runs/demo
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -39,7 +40,7 @@ export PIP_NO_INPUT := 1
 # Plots are written to files; never open a window (CI has no display).
 export MPLBACKEND := Agg
 
-.PHONY: help .venv venv demo test lint test-slow bench clean distclean
+.PHONY: help .venv venv demo test lint test-slow bench timings clean distclean
 
 help:
 	@sed -n '3,10s/^# \{0,1\}//p' $(MAKEFILE_LIST)
@@ -79,13 +80,17 @@ test-slow: .venv $(TORCH_STAMP)
 
 # Each benchmarks/<name>.py runs as `python -m benchmarks.<name>` from the repository root.
 bench: .venv
-	@shopt -s nullglob; scripts=(benchmarks/[!_]*.py); \
+	@shopt -s nullglob; scripts=(benchmarks/[!_]*.py); scripts=($${scripts[@]/benchmarks\/time_commands.py}); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no scripts in benchmarks/" >&2; exit 1; fi; \
 	for script in "$${scripts[@]}"; do \
 	  module=$$(basename "$$script" .py); \
 	  echo "+ $(BIN)/python -m benchmarks.$$module"; \
 	  $(BIN)/python -m "benchmarks.$$module"; \
 	done
+
+# The two commands' wall and CPU time on a fresh clone of HEAD (minutes; run it alone).
+timings: .venv
+	$(BIN)/python -m benchmarks.time_commands --clone
 
 clean:
 	rm -rf runs build dist .pytest_cache .ruff_cache .hypothesis *.egg-info

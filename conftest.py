@@ -35,6 +35,45 @@ import spectral_jax
 pytest_plugins = ("tests.optional_dependencies",)
 
 
+# The test modules that take longest on 2 cores (``pytest --durations``), longest first.
+# `make test` distributes whole modules over the workers (``--dist loadscope``), so that a
+# module's shared fixture (a trained run, the demo, a compiled model) is computed by one
+# worker instead of both; starting with the longest modules keeps one worker from being
+# left alone with a long module at the end. The other modules follow in collection order.
+LONGEST_MODULES = (
+    "test_pruning",
+    "test_training",
+    "test_spectral_gradient",
+    "test_seeds",
+    "test_resnet_scan",
+    "test_sharding",
+    "test_demo",
+    "test_training_frequency_methods",
+    "test_statistics",
+    "test_loss_spectrum",
+    "test_pretrained",
+    "test_experiment_spectral_gradient",
+    "test_truncation",
+    "test_flops",
+    "test_evaluator",
+    "test_accelerator_check",
+    "test_iou",
+    "test_synthetic_data",
+    "test_multiprocess",
+    "test_frequency_masking",
+    "test_mixed_precision",
+    "test_experiment_feature_truncation",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Puts the tests of :data:`LONGEST_MODULES` first (a stable sort: the order of the
+    tests within a module is kept)."""
+    del config
+    rank = {name: k for k, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _doctest_names(doctest_namespace: dict) -> None:
     doctest_namespace.update(jax=jax, jnp=jnp, np=np, spectral_jax=spectral_jax)

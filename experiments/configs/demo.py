@@ -1,4 +1,4 @@
-"""The demo's configuration: the tiny DeepLab v3+ of ``tiny.py``, trained for 1000 steps.
+"""The demo's configuration: the tiny DeepLab v3+ of ``tiny.py``, trained for 400 steps.
 
 ``python -m experiments.demo`` (``make demo``) trains three models with it (pixel-wise
 labels and two block-wise band limits), each with 4 seeds (``--num_seeds``), and
@@ -26,7 +26,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant not in ("", "quick"):
         raise ValueError(f"variant must be '' or 'quick', got {variant!r}.")
     config = tiny.get_config()
-    config.num_train_steps = 10 if variant == "quick" else 1000
+    # 400 steps keep `make demo` within 5 minutes on 2 cores. The training has not
+    # converged there (validation mIoU of two seeds: 0.64 and 0.69 after 400 steps, 0.85
+    # after 1000; the training loss still falls at 1000): the analyses' trends are those
+    # of a less trained model. --config.num_train_steps=1000 trains the longer run.
+    config.num_train_steps = 10 if variant == "quick" else 400
     # The first scenes of the validation split.
     config.eval_split = "validation[:8]" if variant == "quick" else "validation[:50]"
     # The demo evaluates the trained models itself; the trainer only at the end.
