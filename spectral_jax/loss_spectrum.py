@@ -534,6 +534,10 @@ def _truncate_profile(profile, band_limit):
     ``vmap`` over band limits at ``[N, B, R]`` work instead of ``[N, B, H, Kw]``.
     """
     bands = jnp.arange(profile.shape[-1])
+    if jnp.issubdtype(jnp.result_type(band_limit), jnp.unsignedinteger):
+        # int32 bands against a uint32 limit compare in int32 without x64, where 2**31
+        # and above wrap negative: clipped first, as _check_band_limit clips the others.
+        band_limit = jnp.minimum(band_limit, _BAND_LIMIT_BOUNDS[1]).astype(jnp.int32)
     total = jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
     if jnp.issubdtype(jnp.result_type(band_limit), jnp.floating):
         # A NaN band limit selects no band; without this the truncated CE would be 0 and

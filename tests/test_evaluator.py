@@ -249,3 +249,47 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="batch_size=2"):
         batch = {"image": np.zeros((3, 4, 4, 3), np.float32), "label": np.zeros((3, 4, 4))}
         Evaluator(lambda v, x: x, num_classes=3, batch_size=2)({}, [batch])
+
+
+class _FourClasses(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Conv(NUM_CLASSES + 1, (1, 1))(x)
+
+
+def test_a_model_with_another_number_of_classes_is_refused(rng):
+    # A 4-class model evaluated with num_classes=3 counted class 3's pixels at [., 0].
+    model = _FourClasses()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    evaluator = Evaluator(inference_apply_fn(model), num_classes=NUM_CLASSES)
+    with pytest.raises(
+        ValueError, match=r"C = num_classes = 3; got logits of shape \(4, 12, 12, 4\)"
+    ):
+        evaluator(variables, _batches(rng))
+
+
+def test_batches_of_another_size_are_named(rng, model_and_variables):
+    # The error named `logits` (an argument of SpectralStatistics.update), not the batch.
+    model, variables = model_and_variables
+    batches = _batches(rng)
+    batches[2] = {
+        "image": batches[2]["image"][:, :10],
+        "label": batches[2]["label"][:, :10],
+        "mask": batches[2]["mask"],
+    }
+    evaluator = Evaluator(inference_apply_fn(model), num_classes=3, spectral_statistics=True)
+    with pytest.raises(
+        ValueError,
+        match=r"batch 2 of the evaluation has images of shape \(4, 10, 12, 3\) and labels of "
+        r"shape \(4, 10, 12\), but batch 0 had \(4, 12, 12, 3\) and \(4, 12, 12\)",
+    ):
+        evaluator(variables, batches)
+    # Without the statistics every batch is evaluated at its own size: the float64 loop.
+    result = Evaluator(inference_apply_fn(model), num_classes=3)(variables, batches)
+    want = np.zeros((3, 3), np.int64)
+    for batch, logits in zip(batches, _logits(model, variables, batches), strict=True):
+        real = batch["mask"]
+        labels, predictions = batch["label"][real], logits[real].argmax(-1)
+        valid = labels != 255
+        np.add.at(want, (labels[valid], predictions[valid]), 1)
+    np.testing.assert_array_equal(result.confusion, want)

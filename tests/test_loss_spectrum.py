@@ -1010,3 +1010,35 @@ def test_property_parseval_and_sweep_endpoints(batch):
     # a ratio to a small CE would amplify float32 rounding).
     zero = np.asarray(spectrum)[:, 0, 0].astype(np.float64)
     np.testing.assert_allclose(sweep[:, 0] * ce, np.abs(zero - ce), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("big", [2**31, 2**32 - 1])
+def test_huge_unsigned_band_limit_keeps_every_band(small_batch, big):
+    # A jnp.uint32 of 2**31 or more wrapped negative against the int32 bands (x64 off):
+    # truncated CE 0, R 1.0. It is clipped like the signed integers.
+    logits, labels = small_batch
+    ce = references.spatial_ce(logits.astype(np.float64), labels)
+    limit = jnp.uint32(big)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, limit), ce, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(sj.truncated_ce)(logits, labels, limit), ce, rtol=1e-5)
+    limits = jnp.array([0, big], jnp.uint32)
+    swept = jax.vmap(lambda b: sj.relative_discrepancy(logits, labels, b))(limits)
+    want_r0 = abs(np.sum(references.ce_spectrum(logits, labels)[:, 0, 0]) - ce.sum()) / ce.sum()
+    np.testing.assert_allclose(np.asarray(swept), [want_r0, 0.0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [*ALL_FUNCTIONS, "spectral_iou", "statistics"])
+def test_ignore_index_the_label_dtype_cannot_hold_raises(small_batch, name):
+    # uint8 labels compared with 256 wrapped it to 0: class-0 pixels were ignored (CE off
+    # by 0.007, IoU by 0.106).
+    logits, labels = small_batch
+    labels = np.where(labels == 255, 0, labels).astype(np.uint8)
+    fn = {
+        **ALL_FUNCTIONS,
+        "spectral_iou": lambda z, y, **kw: sj.spectral_iou(jax.nn.softmax(z), y, **kw),
+        "statistics": lambda z, y, **kw: sj.SpectralStatistics.create(
+            z.shape[1:3], z.shape[-1], **kw
+        ).update(z, y),
+    }[name]
+    with pytest.raises(ValueError, match="ignore_index=256 does not fit the uint8 labels"):
+        fn(logits, labels, ignore_index=256)
