@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax._src import array as array_lib
 
+import spectral_jax as sj
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.related import boundary_metrics
 from spectral_jax.statistics import SpectralStatistics
@@ -293,3 +294,22 @@ def test_batches_of_another_size_are_named(rng, model_and_variables):
         valid = labels != 255
         np.add.at(want, (labels[valid], predictions[valid]), 1)
     np.testing.assert_array_equal(result.confusion, want)
+
+
+def test_a_sentinel_at_ignored_pixels_warns_once_evaluated(rng, model_and_variables):
+    # The step records the statistics' Parseval error under jit; the host warns.
+    model, variables = model_and_variables
+    batches = _batches(rng, sizes=(4,))
+
+    def apply_with_sentinel(variables, images):
+        logits = model.apply(variables, images)
+        fill = jnp.asarray([1e10, 0.0, 0.0], logits.dtype)  # where images carry 100
+        return jnp.where(images[..., :1] == 100.0, fill, logits)
+
+    evaluator = Evaluator(apply_with_sentinel, num_classes=3, spectral_statistics=True)
+    clean = evaluator(variables, batches)
+    assert clean.parseval_error < 1e-5
+    batches[0]["image"][batches[0]["label"] == 255] = 100.0
+    with pytest.warns(sj.ParsevalWarning, match=r"Evaluator: the spectral statistics' band"):
+        result = evaluator(variables, batches)
+    assert result.parseval_error > sj.PARSEVAL_TOLERANCE

@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -62,6 +63,7 @@ from spectral_jax.data import sharding
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
 from spectral_jax.evaluation import metrics as metrics_lib
+from spectral_jax.loss_spectrum import PARSEVAL_TOLERANCE, ParsevalWarning
 from spectral_jax.related import boundary_metrics
 from spectral_jax.statistics import SpectralStatistics
 
@@ -498,6 +500,17 @@ class Evaluator:
             totals.add(*in_flight.popleft())
         if statistics is not None:
             statistics = jax.device_get(statistics)
+            # The step recorded the decomposition's error; it is read here, on the host.
+            error = float(statistics.parseval_error())
+            if error > PARSEVAL_TOLERANCE:
+                warnings.warn(
+                    f"Evaluator: the spectral statistics' band sums miss the spatial CE by "
+                    f"{error:.3g} (relative; tolerance {PARSEVAL_TOLERANCE:g}): their "
+                    "R(nu_max) and band profile lost their precision (large logits at "
+                    "ignored pixels?). EvaluationResult.parseval_error holds the value.",
+                    ParsevalWarning,
+                    stacklevel=2,
+                )
         if self._spans_processes:
             # The confusion matrix, the loss, the boundary counts and the statistics are
             # sums over the global batch (replicated); these two are over this host's rows.
