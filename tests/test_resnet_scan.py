@@ -158,8 +158,12 @@ def test_stacked_blocks_compute_the_unrolled_function(rng, train, output_stride)
         )
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_gradients_of_stacked_blocks_are_the_unrolled_ones(rng, remat):
+@pytest.mark.parametrize("remat, branch", [(False, None), (True, None), (False, "native")])
+def test_gradients_of_stacked_blocks_are_the_unrolled_ones(rng, remat, branch, monkeypatch):
+    """``branch``: the gradient the stacked blocks' convolutions take (None: the
+    platform's, the forward-style one on the CPU). ``"native"`` runs on the CPU the
+    branch that GPUs and TPUs take (:data:`spectral_jax.models.resnet._FORCED_GRADIENT`)."""
+    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
     stacked_model, unrolled_model = _models(remat_blocks=remat)
     per_block = _per_block_variables(unrolled_model, rng)
     x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
@@ -273,6 +277,7 @@ def test_bad_layouts_raise():
 
 
 @pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("branch", [None, "native"])
 @pytest.mark.parametrize(
     "kernel, padding, dilation, strides",
     [
@@ -286,10 +291,12 @@ def test_bad_layouts_raise():
     ],
 )
 def test_loop_friendly_conv_has_the_native_values_and_gradients(
-    rng, kernel, padding, dilation, strides
+    rng, kernel, padding, dilation, strides, branch, monkeypatch
 ):
-    """Its gradients (on the CPU a forward convolution and a patch product) equal the
-    native ones to float64 rounding."""
+    """Its gradients (on the CPU a forward convolution and a patch product; with
+    ``branch="native"`` the other platforms' branch, forced) equal the native ones to
+    float64 rounding."""
+    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)))
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)))
     numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
