@@ -173,7 +173,7 @@ class SpectralStatistics:
 
         Warns:
           ParsevalWarning: (eager calls) when the batch's band sums miss its spatial CE
-            by more than :data:`spectral_jax.PARSEVAL_TOLERANCE`, relative (a sentinel
+            by more than :data:`spectral_jax.loss_spectrum.PARSEVAL_TOLERANCE`, relative (a sentinel
             at ignored pixels in the ``"labels"`` mode, :func:`spectral_jax.ce_spectrum`).
             Under ``jit`` the sums record it: :meth:`parseval_error`.
         """

@@ -312,4 +312,4 @@ def test_a_sentinel_at_ignored_pixels_warns_once_evaluated(rng, model_and_variab
     batches[0]["image"][batches[0]["label"] == 255] = 100.0
     with pytest.warns(sj.ParsevalWarning, match=r"Evaluator: the spectral statistics' band"):
         result = evaluator(variables, batches)
-    assert result.parseval_error > sj.PARSEVAL_TOLERANCE
+    assert result.parseval_error > sj.loss_spectrum.PARSEVAL_TOLERANCE
