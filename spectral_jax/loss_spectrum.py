@@ -392,8 +392,9 @@ def _warn_on_parseval_error(parseval_error, name: str):
             f"spatial CE (relative error up to {float(np.max(errors[images])):.3g}, "
             f"tolerance {PARSEVAL_TOLERANCE:g}): the components lost their precision, "
             "typically to large logits at ignored pixels (a padding sentinel), which the "
-            'default ignore_mode="labels" transforms. Use ignore_mode="both", mask such '
-            "logits, or compute in float64 (jax_enable_x64).",
+            'default ignore_mode="labels" transforms, or to a CE that is tiny beside the '
+            'logits (a confident model). Use ignore_mode="both" or mask such logits, or '
+            "compute in float64 (jax_enable_x64).",
             ParsevalWarning,
             stacklevel=3,
         )
