@@ -33,6 +33,7 @@ from spectral_jax.iou import iou_from_terms as iou_from_terms
 from spectral_jax.iou import spectral_iou as spectral_iou
 from spectral_jax.iou import spectral_iou_terms as spectral_iou_terms
 from spectral_jax.loss_spectrum import MagnitudeProfiles as MagnitudeProfiles
+from spectral_jax.loss_spectrum import ParsevalWarning as ParsevalWarning
 from spectral_jax.loss_spectrum import band_limit_sweep as band_limit_sweep
 from spectral_jax.loss_spectrum import band_profile as band_profile
 from spectral_jax.loss_spectrum import ce_half_spectrum as ce_half_spectrum

@@ -151,8 +151,29 @@ def check_logits_and_labels(logits, labels, *, ignore_index: int, logits_name: s
             f"ignore_index={ignore_index} is a valid class index for C = {num_classes}; "
             "it must lie outside [0, C)."
         )
+    check_ignore_index_fits(labels, ignore_index)
     check_label_values(labels, num_classes, ignore_index)
     return batch, height, width, num_classes
+
+
+def check_ignore_index_fits(labels, ignore_index: int, labels_name: str = "labels") -> None:
+    """Raises ``ValueError`` when the dtype of ``labels`` cannot hold ``ignore_index``.
+
+    A comparison of uint8 labels with 256 converts 256 to the labels' dtype, where it
+    wraps to 0: class-0 pixels would be ignored. No label of that dtype can equal such
+    an index, so it is refused rather than compared.
+    """
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        return  # the callers check the dtype with their own message
+    info = np.iinfo(dtype)
+    if not info.min <= ignore_index <= info.max:
+        raise ValueError(
+            f"ignore_index={ignore_index} does not fit the {dtype} {labels_name} "
+            f"(values in [{info.min}, {info.max}]): no label can equal it, and a comparison "
+            f"would wrap it to {np.asarray(ignore_index).astype(np.int64).astype(dtype)}. "
+            f"Cast {labels_name} to int32 or pick an ignore_index the dtype holds."
+        )
 
 
 def check_label_values(labels, num_classes: int, ignore_index: int) -> None:

@@ -32,7 +32,10 @@ ignored, so compare with the paper's Table 1 in the default mode. In the ``"labe
 mode an ignored pixel whose logits are not all finite (NaN or Inf padding, say) enters
 ``A`` as 0, so that it stays harmless; a NaN or Inf logit at a labelled pixel makes its
 image's components non-finite in both modes. An image without valid pixels has all
-components zero.
+components zero. A large finite fill value at ignored pixels (a padding sentinel) does
+enter ``A`` in the ``"labels"`` mode: the components then mean nothing, and float32 loses
+the CE under them; every eager call checks Parseval's identity per image and warns
+(:class:`ParsevalWarning`) above :data:`PARSEVAL_TOLERANCE`.
 
 The truncated CE keeps the components inside a band limit (Eq. 13) and ``R`` is its
 relative discrepancy from the CE (Eq. 14):
@@ -69,6 +72,7 @@ inner ``jit`` is inlined. Band limits are traced arguments: new values never rec
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal, NamedTuple
 
 import chex
@@ -333,9 +337,72 @@ def _compute_half_spectrum(
     return _checks.poison_invalid_labels(half, labels, num_classes, ignore_index)
 
 
+#: Largest relative Parseval error ``|sum_nu L_ce(nu) - CE| / CE`` of an image that the
+#: eager CE functions accept without a :class:`ParsevalWarning`. Rounding alone gave
+#: 1e-7 to 1e-6 in float32 (16 x 16 to 65 x 65 maps, 5 and 21 classes; 1e-15 in
+#: float64); a sentinel logit at the ignored pixels in the ``"labels"`` mode gave about
+#: 1e-8 times its value: 1e-3 at 1e5, 5e-3 to 2e-2 at 1e6, 50 to 230 at 1e10.
+PARSEVAL_TOLERANCE = 1e-3
+
+
+class ParsevalWarning(UserWarning):
+    """The CE components of an image do not sum to its spatial CE (Parseval's identity)."""
+
+
+def _parseval_error(logits, labels, half, ignore_index: int):
+    """``[B]`` ``|sum_nu L_ce(nu) - CE| / CE`` of ``half [B, H, Kw]`` (0 where CE is 0).
+
+    The CE is computed in space, over the valid pixels only, in the dtype of ``half``.
+    """
+    _, height, width, _ = logits.shape
+    logits = jnp.asarray(logits, half.dtype)
+    valid = labels != ignore_index  # [B, H, W]
+    # Ignored pixels (any value, NaN padding too) do not enter the spatial CE.
+    logits = jnp.where(valid[..., None], logits, 0.0)
+    safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)[..., None]
+    label_logits = jnp.take_along_axis(logits, safe_labels, axis=-1)[..., 0]  # [B, H, W]
+    losses = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - label_logits, 0.0)
+    num_valid = jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1).astype(half.dtype)
+    ce = jnp.sum(losses, axis=(1, 2)) / num_valid  # [B]
+    weights = bands_lib.half_spectrum_weights((height, width)).astype(half.dtype)
+    total = jnp.sum(half * weights, axis=(1, 2))  # [B]
+    nonzero = ce != 0
+    return jnp.where(nonzero, jnp.abs(total - ce) / jnp.where(nonzero, ce, 1), 0.0)
+
+
+def _half_spectrum_and_parseval_error(logits, labels, **settings):
+    """``(half [B, H, Kw], parseval_error [B])`` (traceable)."""
+    half = _compute_half_spectrum(logits, labels, **settings)
+    return half, _parseval_error(logits, labels, half, settings["ignore_index"])
+
+
+def _warn_on_parseval_error(parseval_error, name: str):
+    """Warns with :class:`ParsevalWarning` for concrete errors above the tolerance.
+
+    Traced errors (the caller's ``jit``, ``vmap``, ``grad``) cannot be read here; over a
+    data set :meth:`spectral_jax.SpectralStatistics.parseval_error` records them.
+    """
+    if _checks.is_traced(parseval_error):
+        return
+    errors = np.asarray(parseval_error)
+    images = np.flatnonzero(errors > PARSEVAL_TOLERANCE)  # NaN images are not flagged
+    if images.size:
+        warnings.warn(
+            f"{name}: the CE components of image(s) {images.tolist()} do not sum to their "
+            f"spatial CE (relative error up to {float(np.max(errors[images])):.3g}, "
+            f"tolerance {PARSEVAL_TOLERANCE:g}): the components lost their precision, "
+            "typically to large logits at ignored pixels (a padding sentinel), which the "
+            'default ignore_mode="labels" transforms, or to a CE that is tiny beside the '
+            'logits (a confident model). Use ignore_mode="both" or mask such logits, or '
+            "compute in float64 (jax_enable_x64).",
+            ParsevalWarning,
+            stacklevel=3,
+        )
+
+
 @functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
 def _ce_half_spectrum(logits, labels, **settings):
-    return _compute_half_spectrum(logits, labels, **settings)
+    return _half_spectrum_and_parseval_error(logits, labels, **settings)
 
 
 def ce_half_spectrum(
@@ -365,7 +432,9 @@ def ce_half_spectrum(
         class_chunk_size=class_chunk_size,
     )
     _check_ce_arguments(logits, labels, **settings)
-    return _ce_half_spectrum(logits, labels, **settings)
+    half, parseval_error = _ce_half_spectrum(logits, labels, **settings)
+    _warn_on_parseval_error(parseval_error, "ce_half_spectrum")
+    return half
 
 
 def _full_from_half(half, width: int):
@@ -379,8 +448,8 @@ def _full_from_half(half, width: int):
 
 @functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
 def _ce_spectrum(logits, labels, **settings):
-    half = _compute_half_spectrum(logits, labels, **settings)
-    return _full_from_half(half, logits.shape[2])
+    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, **settings)
+    return _full_from_half(half, logits.shape[2]), parseval_error
 
 
 def ce_spectrum(
@@ -418,7 +487,17 @@ def ce_spectrum(
         log-probabilities of every pixel are transformed, the labels of ignored pixels
         are zero) or ``"both"`` (the negative log-probabilities are zeroed at ignored
         pixels too). The total CE is the same; the components differ (module
-        docstring). Static.
+        docstring). ``"labels"`` suits logits that the network computed at every pixel
+        (a forward pass over the whole image, boundaries marked ignored, as PASCAL
+        VOC's): the components then see what it predicts there. It does not suit
+        logits that hold a fill value at ignored pixels (padding set to a large
+        sentinel such as 1e6): the components read the sentinel, so they mean nothing,
+        and float32 loses the CE under it; use ``"both"`` for such inputs (NaN or Inf
+        fills are harmless in either mode). Eager calls warn
+        (:class:`ParsevalWarning`) when an image's components miss its spatial CE by
+        more than :data:`PARSEVAL_TOLERANCE` (relative); under ``jit`` nothing is read
+        back, and :meth:`spectral_jax.SpectralStatistics.parseval_error` records the
+        error over a data set. Static.
       max_classes_present: static bound ``k`` on the number of classes per image. When
         given, only the classes present in each image are transformed (exact, since
         absent classes have ``b = 0``), about ``k / C`` of the dense cost. If an image
@@ -449,6 +528,10 @@ def ce_spectrum(
         by gradients (``"labels"``: such a pixel's log-probabilities are taken as 0).
         A bad ``ignore_mode`` raises ``ValueError``.
 
+    Warns:
+      ParsevalWarning: (eager calls) an image's components sum to its spatial CE only
+        within more than :data:`PARSEVAL_TOLERANCE`, relative (see ``ignore_mode``).
+
     Example:
       >>> import optax
       >>> rng = np.random.default_rng(0)
@@ -469,7 +552,9 @@ def ce_spectrum(
         class_chunk_size=class_chunk_size,
     )
     _check_ce_arguments(logits, labels, **settings)
-    return _ce_spectrum(logits, labels, **settings)
+    spectrum, parseval_error = _ce_spectrum(logits, labels, **settings)
+    _warn_on_parseval_error(parseval_error, "ce_spectrum")
+    return spectrum
 
 
 def _band_sums(half, shape, radius: str):
@@ -483,8 +568,9 @@ def _band_sums(half, shape, radius: str):
 
 
 def _compute_band_profile(logits, labels, *, radius: str, **settings):
-    half = _compute_half_spectrum(logits, labels, **settings)
-    return _band_sums(half, logits.shape[1:3], radius)
+    """``(profile [B, R], parseval_error [B])``."""
+    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, **settings)
+    return _band_sums(half, logits.shape[1:3], radius), parseval_error
 
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
@@ -524,7 +610,9 @@ def band_profile(
     )
     _check_ce_arguments(logits, labels, **settings)
     bands_lib._check_radius(radius)
-    return _band_profile(logits, labels, radius=radius, **settings)
+    profile, parseval_error = _band_profile(logits, labels, radius=radius, **settings)
+    _warn_on_parseval_error(parseval_error, "band_profile")
+    return profile
 
 
 def _truncate_profile(profile, band_limit):
@@ -534,6 +622,10 @@ def _truncate_profile(profile, band_limit):
     ``vmap`` over band limits at ``[N, B, R]`` work instead of ``[N, B, H, Kw]``.
     """
     bands = jnp.arange(profile.shape[-1])
+    if jnp.issubdtype(jnp.result_type(band_limit), jnp.unsignedinteger):
+        # int32 bands against a uint32 limit compare in int32 without x64, where 2**31
+        # and above wrap negative: clipped first, as _check_band_limit clips the others.
+        band_limit = jnp.minimum(band_limit, _BAND_LIMIT_BOUNDS[1]).astype(jnp.int32)
     total = jnp.sum(jnp.where(bands <= band_limit, profile, 0.0), axis=-1)
     if jnp.issubdtype(jnp.result_type(band_limit), jnp.floating):
         # A NaN band limit selects no band; without this the truncated CE would be 0 and
@@ -587,7 +679,8 @@ def _check_band_limit(band_limit):
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
 def _truncated_ce(logits, labels, band_limit, **settings):
-    return _truncate_profile(_compute_band_profile(logits, labels, **settings), band_limit)
+    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
+    return _truncate_profile(profile, band_limit), parseval_error
 
 
 def truncated_ce(
@@ -631,7 +724,9 @@ def truncated_ce(
     )
     _check_ce_arguments(logits, labels, **settings)
     bands_lib._check_radius(radius)
-    return _truncated_ce(logits, labels, band_limit, radius=radius, **settings)
+    truncated, parseval_error = _truncated_ce(logits, labels, band_limit, radius=radius, **settings)
+    _warn_on_parseval_error(parseval_error, "truncated_ce")
+    return truncated
 
 
 def _relative(truncated, total, per_image: bool):
@@ -644,9 +739,9 @@ def _relative(truncated, total, per_image: bool):
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
 def _relative_discrepancy(logits, labels, band_limit, *, per_image, **settings):
-    profile = _compute_band_profile(logits, labels, **settings)
+    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
     truncated = _truncate_profile(profile, band_limit)
-    return _relative(truncated, jnp.sum(profile, axis=-1), per_image)
+    return _relative(truncated, jnp.sum(profile, axis=-1), per_image), parseval_error
 
 
 def relative_discrepancy(
@@ -691,9 +786,11 @@ def relative_discrepancy(
     )
     _check_ce_arguments(logits, labels, **settings)
     bands_lib._check_radius(radius)
-    return _relative_discrepancy(
+    discrepancy, parseval_error = _relative_discrepancy(
         logits, labels, band_limit, radius=radius, per_image=per_image, **settings
     )
+    _warn_on_parseval_error(parseval_error, "relative_discrepancy")
+    return discrepancy
 
 
 def _compute_sweep(profile, per_image: bool):
@@ -736,7 +833,8 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
 
 @functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
 def _band_limit_sweep(logits, labels, *, per_image, **settings):
-    return _compute_sweep(_compute_band_profile(logits, labels, **settings), per_image)
+    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
+    return _compute_sweep(profile, per_image), parseval_error
 
 
 def band_limit_sweep(
@@ -774,7 +872,11 @@ def band_limit_sweep(
     )
     _check_ce_arguments(logits, labels, **settings)
     bands_lib._check_radius(radius)
-    return _band_limit_sweep(logits, labels, radius=radius, per_image=per_image, **settings)
+    sweep, parseval_error = _band_limit_sweep(
+        logits, labels, radius=radius, per_image=per_image, **settings
+    )
+    _warn_on_parseval_error(parseval_error, "band_limit_sweep")
+    return sweep
 
 
 class MagnitudeProfiles(NamedTuple):

@@ -838,6 +838,29 @@ def energy_by_distance(
     return sums
 
 
+def _check_diagonal_grids(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> None:
+    """Raises ``ValueError`` unless every axis of the two grids is equal or resampled.
+
+    The rows carry ``M_in`` but not ``M_out``, so a wrong ``out_shape`` (25 frequencies
+    for a 30-frequency Jacobian) would place the diagonal elsewhere and give a plausible
+    fraction. A layer keeps an axis (``n_out == n_in``) or resamples it by an integer
+    factor ``s >= 2``: the smaller size is ``ceil(larger / s)`` (a stride, or its
+    up-sampling).
+    """
+    if len(out_shape) != len(in_shape):
+        raise ValueError(f"out_shape {out_shape} and in_shape {in_shape} differ in rank.")
+    for axis, (n_out, n_in) in enumerate(zip(out_shape, in_shape, strict=True)):
+        small, large = sorted((int(n_out), int(n_in)))
+        if small == large or any(-(-large // s) == small for s in range(2, large + 1)):
+            continue
+        raise ValueError(
+            f"out_shape {out_shape} does not fit a Jacobian of input grid {in_shape}: axis "
+            f"{axis} has {n_out} output and {n_in} input frequencies, neither equal nor a "
+            "resampling by an integer factor, so the diagonal nu_j = nu_i is not defined. "
+            "Pass the output grid of the function whose Jacobian gave the rows."
+        )
+
+
 def within_radius_energy_fraction(
     rows: chex.Array,
     nu_i: chex.Array,
@@ -855,9 +878,15 @@ def within_radius_energy_fraction(
 
     Returns:
       ``[K]`` fractions in ``[0, 1]`` (0 for a row of zero energy).
+
+    Raises:
+      ValueError: a bad ``radius``; an ``out_shape`` whose every axis is neither that
+        of ``in_shape`` nor its resampling by an integer factor (``ceil(n / s)``), for
+        which the diagonal is not defined (a wrong ``out_shape`` would move it).
     """
     if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
         raise ValueError(f"radius must be a non-negative int, got {radius!r}.")
+    _check_diagonal_grids(tuple(out_shape), tuple(in_shape))
     fractions = energy_by_distance(
         rows, nu_i, out_shape=out_shape, in_shape=in_shape, distance=distance
     )
@@ -878,6 +907,10 @@ def diagonal_energy_fraction(
 
     Returns:
       ``[K]`` fractions; 1 for a diagonal Jacobian such as a circular convolution's.
+
+    Raises:
+      ValueError: as :func:`within_radius_energy_fraction`, for an ``out_shape`` that
+        does not fit ``in_shape``.
     """
     return within_radius_energy_fraction(
         rows, nu_i, out_shape=out_shape, in_shape=in_shape, radius=0

@@ -36,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import chex
 import flax.struct
 import jax
@@ -168,6 +170,12 @@ class SpectralStatistics:
           ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'; as
             :func:`spectral_jax.ce_spectrum` for bad inputs (eagerly, a label outside
             ``[0, C)``; under ``jit`` such an image makes the statistics NaN).
+
+        Warns:
+          ParsevalWarning: (eager calls) when the batch's band sums miss its spatial CE
+            by more than :data:`spectral_jax.loss_spectrum.PARSEVAL_TOLERANCE`, relative (a sentinel
+            at ignored pixels in the ``"labels"`` mode, :func:`spectral_jax.ce_spectrum`).
+            Under ``jit`` the sums record it: :meth:`parseval_error`.
         """
         if tuple(jnp.shape(logits)[1:]) != (*self.shape, self.num_classes):
             raise ValueError(
@@ -175,7 +183,20 @@ class SpectralStatistics:
                 f"{self.num_classes}] for these statistics, got {jnp.shape(logits)}."
             )
         _checks.check_logits_and_labels(logits, labels, ignore_index=self.ignore_index)
-        return _update(self, logits, labels)
+        updated, batch_error = _update(self, logits, labels)
+        if not _checks.is_traced(batch_error):
+            error = float(batch_error)
+            if error > ce_lib.PARSEVAL_TOLERANCE:
+                warnings.warn(
+                    f"SpectralStatistics.update: the batch's band sums miss its spatial CE "
+                    f"by {error:.3g} (relative; tolerance {ce_lib.PARSEVAL_TOLERANCE:g}): the "
+                    "components lost their precision, typically to large logits at ignored "
+                    'pixels (a padding sentinel) in ignore_mode="labels". Use '
+                    'ignore_mode="both", mask such logits, or accumulate in float64.',
+                    ce_lib.ParsevalWarning,
+                    stacklevel=2,
+                )
+        return updated
 
     def merge(self, other: SpectralStatistics) -> SpectralStatistics:
         """Sum of two statistics with the same settings (for example two hosts')."""
@@ -212,10 +233,7 @@ class SpectralStatistics:
         confident model): check it before reading small ``R(nu_max)`` values, and use
         float64 (``jax_enable_x64``) when it is not small.
         """
-        total = jnp.sum(self.band_ce)
-        nonzero = self.spatial_ce != 0
-        relative = jnp.abs(total - self.spatial_ce) / jnp.where(nonzero, self.spatial_ce, 1)
-        return jnp.where(nonzero, relative, 0.0)
+        return _relative_error(jnp.sum(self.band_ce), self.spatial_ce)
 
     def band_profile(self) -> jax.Array:
         """``[R]`` mean over images of the band sums of the CE components."""
@@ -249,8 +267,9 @@ class SpectralStatistics:
 
 
 @jax.jit
-def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
-    """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``)."""
+def _update(stats: SpectralStatistics, logits, labels) -> tuple[SpectralStatistics, jax.Array]:
+    """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``),
+    and the batch's own Parseval error (its sums, not the accumulators')."""
     settings = dict(ignore_index=stats.ignore_index)
     profile = ce_lib.band_profile(
         logits,
@@ -263,10 +282,12 @@ def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
     counted = jnp.any(labels != stats.ignore_index, axis=(1, 2))  # [B]
     terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
     dtype = stats.band_ce.dtype
+    batch_band_ce = jnp.sum(profile, axis=0).astype(dtype)  # [R]
+    batch_spatial_ce = jnp.sum(_spatial_ce(logits, labels, stats.ignore_index)).astype(dtype)
+    batch_error = _relative_error(jnp.sum(batch_band_ce), batch_spatial_ce)
     updates = dict(
-        band_ce=stats.band_ce + jnp.sum(profile, axis=0).astype(dtype),
-        spatial_ce=stats.spatial_ce
-        + jnp.sum(_spatial_ce(logits, labels, stats.ignore_index)).astype(dtype),
+        band_ce=stats.band_ce + batch_band_ce,
+        spatial_ce=stats.spatial_ce + batch_spatial_ce,
         num_images=stats.num_images + jnp.sum(counted, dtype=jnp.int32),
         overlap=stats.overlap + jnp.sum(terms.overlap, axis=0).astype(stats.overlap.dtype),
         prediction_mass=stats.prediction_mass
@@ -284,4 +305,11 @@ def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
         updates["logit_magnitude"] = stats.logit_magnitude + jnp.sum(
             jnp.where(mask, magnitudes.logits, 0.0), axis=0
         ).astype(dtype)
-    return stats.replace(**updates)
+    return stats.replace(**updates), batch_error
+
+
+def _relative_error(total, reference):
+    """``|total - reference| / reference``; 0 where ``reference`` is 0."""
+    nonzero = reference != 0
+    relative = jnp.abs(total - reference) / jnp.where(nonzero, reference, 1)
+    return jnp.where(nonzero, relative, 0.0)

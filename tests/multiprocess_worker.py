@@ -11,6 +11,8 @@ and, for each comma-separated part of ``PARTS``,
 * ``step``: runs :data:`TRAIN_STEPS` train steps of a small model over the mesh
   (:func:`train_steps`), saves the state from all processes into one orbax checkpoint in
   ``OUT/steps`` and its arrays to ``OUT/state<process>.npz``;
+* ``create_once``: creates ``OUT/created.txt`` through
+  :func:`spectral_jax.data.sharding.create_once` (:func:`create_file_once`);
 * ``train``: trains :func:`train_config` on :func:`train_pipeline` into ``OUT/run``.
 
 The test computes the single-process references from the same definitions.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -194,6 +197,29 @@ def train_pipeline():
     return generated_pipeline(crop_size=train_config().crop_size)
 
 
+def create_file_once(out: str) -> None:
+    """``sharding.create_once`` of ``out/created.txt`` (holding its creator's index),
+    slowly (a process that did not wait would miss it); every creation is logged to
+    ``out/creators.log``, and each process writes what it then reads to ``seen<i>.txt``."""
+    target = os.path.join(out, "created.txt")
+
+    def create():
+        with open(os.path.join(out, "creators.log"), "a") as log:
+            log.write(f"{jax.process_index()}\n")
+        time.sleep(1.0)
+        partial = f"{target}.{os.getpid()}.tmp"
+        with open(partial, "w") as file:
+            file.write(str(jax.process_index()))
+        os.replace(partial, target)
+
+    sharding.create_once("multiprocess_worker: created.txt", lambda: os.path.exists(target), create)
+    with (
+        open(target) as file,
+        open(os.path.join(out, f"seen{jax.process_index()}.txt"), "w") as seen,
+    ):
+        seen.write(file.read())
+
+
 def main(argv: list[str]) -> None:
     out, parts = argv[1], argv[2].split(",")
     jax.distributed.initialize(**train_script.distributed_arguments())
@@ -212,6 +238,8 @@ def main(argv: list[str]) -> None:
             os.path.join(out, f"state{jax.process_index()}.npz"),
             **{jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves},
         )
+    if "create_once" in parts:
+        create_file_once(out)
     if "train" in parts:
         train_and_evaluate(
             train_config(), os.path.join(out, "run"), input_pipeline=train_pipeline()

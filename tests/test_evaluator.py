@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax._src import array as array_lib
 
+import spectral_jax as sj
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.related import boundary_metrics
 from spectral_jax.statistics import SpectralStatistics
@@ -249,3 +250,66 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="batch_size=2"):
         batch = {"image": np.zeros((3, 4, 4, 3), np.float32), "label": np.zeros((3, 4, 4))}
         Evaluator(lambda v, x: x, num_classes=3, batch_size=2)({}, [batch])
+
+
+class _FourClasses(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Conv(NUM_CLASSES + 1, (1, 1))(x)
+
+
+def test_a_model_with_another_number_of_classes_is_refused(rng):
+    # A 4-class model evaluated with num_classes=3 counted class 3's pixels at [., 0].
+    model = _FourClasses()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    evaluator = Evaluator(inference_apply_fn(model), num_classes=NUM_CLASSES)
+    with pytest.raises(
+        ValueError, match=r"C = num_classes = 3; got logits of shape \(4, 12, 12, 4\)"
+    ):
+        evaluator(variables, _batches(rng))
+
+
+def test_batches_of_another_size_are_named(rng, model_and_variables):
+    # The error named `logits` (an argument of SpectralStatistics.update), not the batch.
+    model, variables = model_and_variables
+    batches = _batches(rng)
+    batches[2] = {
+        "image": batches[2]["image"][:, :10],
+        "label": batches[2]["label"][:, :10],
+        "mask": batches[2]["mask"],
+    }
+    evaluator = Evaluator(inference_apply_fn(model), num_classes=3, spectral_statistics=True)
+    with pytest.raises(
+        ValueError,
+        match=r"batch 2 of the evaluation has images of shape \(4, 10, 12, 3\) and labels of "
+        r"shape \(4, 10, 12\), but batch 0 had \(4, 12, 12, 3\) and \(4, 12, 12\)",
+    ):
+        evaluator(variables, batches)
+    # Without the statistics every batch is evaluated at its own size: the float64 loop.
+    result = Evaluator(inference_apply_fn(model), num_classes=3)(variables, batches)
+    want = np.zeros((3, 3), np.int64)
+    for batch, logits in zip(batches, _logits(model, variables, batches), strict=True):
+        real = batch["mask"]
+        labels, predictions = batch["label"][real], logits[real].argmax(-1)
+        valid = labels != 255
+        np.add.at(want, (labels[valid], predictions[valid]), 1)
+    np.testing.assert_array_equal(result.confusion, want)
+
+
+def test_a_sentinel_at_ignored_pixels_warns_once_evaluated(rng, model_and_variables):
+    # The step records the statistics' Parseval error under jit; the host warns.
+    model, variables = model_and_variables
+    batches = _batches(rng, sizes=(4,))
+
+    def apply_with_sentinel(variables, images):
+        logits = model.apply(variables, images)
+        fill = jnp.asarray([1e10, 0.0, 0.0], logits.dtype)  # where images carry 100
+        return jnp.where(images[..., :1] == 100.0, fill, logits)
+
+    evaluator = Evaluator(apply_with_sentinel, num_classes=3, spectral_statistics=True)
+    clean = evaluator(variables, batches)
+    assert clean.parseval_error < 1e-5
+    batches[0]["image"][batches[0]["label"] == 255] = 100.0
+    with pytest.warns(sj.ParsevalWarning, match=r"Evaluator: the spectral statistics' band"):
+        result = evaluator(variables, batches)
+    assert result.parseval_error > sj.loss_spectrum.PARSEVAL_TOLERANCE

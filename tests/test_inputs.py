@@ -119,3 +119,36 @@ def test_the_processes_rows_make_up_the_single_process_batches(shard_count):
             )
     assert int(sum(batch["mask"].sum() for batch in whole)) == len(source)
     assert not parts[-1][-1]["mask"].any()  # The last process: filling rows only.
+
+
+def test_config_ignore_index_labels_the_padding_and_replaces_the_data_sets():
+    # One 10 x 12 example (labels 0..2, the data set's ignore label 255 at one pixel)
+    # evaluated in crops of 16: the padding takes config.ignore_index, which the
+    # pipeline reports; a value inside [0, C) is refused.
+    label = np.tile(np.arange(12) % 3, (10, 1)).astype(np.uint8)
+    label[0, 0] = 255
+    source = [{"image": np.zeros((10, 12, 3), np.uint8), "label": label}]
+    info = SegmentationDatasetInfo("test", ("a", "b", "c"))
+    config = ml_collections.ConfigDict(
+        dict(
+            crop_size=16,
+            eval_crop_size=16,
+            scale_range=(1.0, 1.0),
+            flip=False,
+            seed=0,
+            worker_count=0,
+            block_band_limit=None,
+            ignore_index=-1,
+        )
+    )
+    pipeline = input_pipeline_from_sources(config, info, source, source)
+    assert pipeline.ignore_index == -1
+    (batch,) = pipeline.eval_batches(1, 0, 1)
+    want = np.full((16, 16), -1)
+    want[:10, :12] = label
+    np.testing.assert_array_equal(batch["label"][0], want)
+    config.ignore_index = None
+    assert input_pipeline_from_sources(config, info, source, source).ignore_index == 255
+    config.ignore_index = 2
+    with pytest.raises(ValueError, match=r"config.ignore_index=2 is a class of test \(C = 3\)"):
+        input_pipeline_from_sources(config, info, source, source)

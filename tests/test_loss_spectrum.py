@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -1010,3 +1011,178 @@ def test_property_parseval_and_sweep_endpoints(batch):
     # a ratio to a small CE would amplify float32 rounding).
     zero = np.asarray(spectrum)[:, 0, 0].astype(np.float64)
     np.testing.assert_allclose(sweep[:, 0] * ce, np.abs(zero - ce), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("big", [2**31, 2**32 - 1])
+def test_huge_unsigned_band_limit_keeps_every_band(small_batch, big):
+    # A jnp.uint32 of 2**31 or more wrapped negative against the int32 bands (x64 off):
+    # truncated CE 0, R 1.0. It is clipped like the signed integers.
+    logits, labels = small_batch
+    ce = references.spatial_ce(logits.astype(np.float64), labels)
+    limit = jnp.uint32(big)
+    np.testing.assert_allclose(sj.truncated_ce(logits, labels, limit), ce, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(sj.truncated_ce)(logits, labels, limit), ce, rtol=1e-5)
+    limits = jnp.array([0, big], jnp.uint32)
+    swept = jax.vmap(lambda b: sj.relative_discrepancy(logits, labels, b))(limits)
+    want_r0 = abs(np.sum(references.ce_spectrum(logits, labels)[:, 0, 0]) - ce.sum()) / ce.sum()
+    np.testing.assert_allclose(np.asarray(swept), [want_r0, 0.0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [*ALL_FUNCTIONS, "spectral_iou", "statistics"])
+def test_ignore_index_the_label_dtype_cannot_hold_raises(small_batch, name):
+    # uint8 labels compared with 256 wrapped it to 0: class-0 pixels were ignored (CE off
+    # by 0.007, IoU by 0.106).
+    logits, labels = small_batch
+    labels = np.where(labels == 255, 0, labels).astype(np.uint8)
+    fn = {
+        **ALL_FUNCTIONS,
+        "spectral_iou": lambda z, y, **kw: sj.spectral_iou(jax.nn.softmax(z), y, **kw),
+        "statistics": lambda z, y, **kw: sj.SpectralStatistics.create(
+            z.shape[1:3], z.shape[-1], **kw
+        ).update(z, y),
+    }[name]
+    with pytest.raises(ValueError, match="ignore_index=256 does not fit the uint8 labels"):
+        fn(logits, labels, ignore_index=256)
+
+
+def _with_sentinel(logits, labels):
+    """``logits`` with class 0's logit 1e10 at the ignored pixels (a padding sentinel)."""
+    assert (labels == 255).any()
+    filled = logits.copy()
+    filled[labels == 255, 0] = 1e10  # one class's logit: A = 1e10 for the others
+    return filled
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_FUNCTIONS if n != "magnitude_profiles"])
+def test_a_sentinel_at_ignored_pixels_warns_in_the_labels_mode(small_batch, name):
+    # Padding filled with a large finite logit: in the "labels" mode the components read
+    # it and float32 loses the CE (total CE 8 instead of 1.93 at 1e10). Only the
+    # Parseval check shows it.
+    logits, labels = small_batch
+    with pytest.warns(sj.ParsevalWarning, match=rf"{name}: the CE components of image"):
+        ALL_FUNCTIONS[name](_with_sentinel(logits, labels), labels)
+
+
+def test_a_sentinel_is_harmless_in_the_both_mode_and_recorded_under_jit(small_batch):
+    logits, labels = small_batch
+    filled = _with_sentinel(logits, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # "both" zeroes the ignored pixels' maps: the sentinel changes nothing.
+        np.testing.assert_allclose(
+            sj.ce_spectrum(filled, labels, ignore_mode="both"),
+            references.ce_spectrum(logits, labels, ignore_mode="both"),
+            atol=1e-6,
+        )
+        # Under jit nothing is read back: no warning.
+        jax.jit(sj.ce_spectrum)(filled, labels)
+    # The statistics warn eagerly and record it under jit.
+    stats = sj.SpectralStatistics.create(labels.shape[1:], 4)
+    with pytest.warns(sj.ParsevalWarning, match="SpectralStatistics.update"):
+        stats.update(filled, labels)
+    update = jax.jit(lambda s, z, y: s.update(z, y))
+    assert float(update(stats, filled, labels).parseval_error()) > 1e-3
+    assert float(update(stats, logits, labels).parseval_error()) < 1e-5
+
+
+# The identities of the decomposition over random content, compiled once per canvas and
+# dtype: an example draws its image size inside a fixed canvas (the rest is ignored
+# padding with random logits, which the "labels" mode transforms), its class pool, ignore
+# pattern, logit scale and band limits; both ignore modes and both radii are computed in
+# the same program.
+CANVASES = ((2, 7, 9, 4), (3, 8, 6, 6))  # [B, H, W, C]: odd and even grids
+SPARSE_K = 2  # max_classes_present of the class-sparse path
+
+
+@functools.partial(jax.jit, static_argnames="canvas")
+def _identities(logits, labels, band_limits, canvas):
+    del canvas  # the shapes' key, for the reader: one compilation per canvas and dtype
+    out = {}
+    for mode in ("labels", "both"):
+        out[mode, "spectrum"] = sj.ce_spectrum(logits, labels, ignore_mode=mode)
+        out[mode, "sparse"] = sj.ce_spectrum(
+            logits, labels, ignore_mode=mode, max_classes_present=SPARSE_K
+        )
+        for radius in RADII:
+            settings = dict(ignore_mode=mode, radius=radius)
+            out[mode, radius, "profile"] = sj.band_profile(logits, labels, **settings)
+            out[mode, radius, "sweep"] = sj.band_limit_sweep(logits, labels, **settings)
+            out[mode, radius, "truncated"] = jax.vmap(
+                lambda b, s=settings: sj.truncated_ce(logits, labels, b, **s)
+            )(band_limits)
+            out[mode, radius, "discrepancy"] = jax.vmap(
+                lambda b, s=settings: sj.relative_discrepancy(logits, labels, b, **s)
+            )(band_limits)
+    return out
+
+
+@st.composite
+def decomposition_cases(draw):
+    canvas = draw(st.sampled_from(CANVASES))
+    batch, height, width, num_classes = canvas
+    dtype = draw(st.sampled_from(["float32", "bfloat16"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows, cols = draw(st.integers(1, height)), draw(st.integers(1, width))
+    pool = draw(st.integers(1, num_classes))  # classes an image may hold
+    logits, content = references.make_batch(
+        rng,
+        batch,
+        rows,
+        cols,
+        num_classes,
+        ignore_fraction=draw(st.sampled_from([0.0, 0.2, 0.7, 1.0])),
+        classes_per_image=pool,
+        scale=draw(st.sampled_from([0.1, 2.0, 10.0])),
+    )
+    labels = np.full((batch, height, width), 255, np.int32)
+    labels[:, :rows, :cols] = content
+    padded = rng.normal(scale=2.0, size=(batch, height, width, num_classes))
+    padded[:, :rows, :cols] = logits
+    limits = draw(st.lists(st.integers(-3, max(height, width) + 2), min_size=3, max_size=3))
+    return canvas, padded.astype(dtype), labels, np.asarray(limits, np.int32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(decomposition_cases())
+def test_property_decomposition_identities_in_both_ignore_modes(case):
+    canvas, logits, labels, band_limits = case
+    out = jax.device_get(_identities(logits, labels, band_limits, canvas))
+    exact = np.asarray(logits, np.float64)  # bfloat16 -> float64 is exact
+    ce = references.spatial_ce(exact, labels)  # [B]
+    tolerance = 1e-5 * (1.0 + np.max(np.abs(exact)))  # float32, relative to the logits
+    for mode in ("labels", "both"):
+        spectrum = out[mode, "spectrum"].astype(np.float64)
+        # Parseval: each image's components sum to its mean CE (zero without valid pixels).
+        np.testing.assert_allclose(spectrum.sum((1, 2)), ce, rtol=1e-5, atol=tolerance)
+        np.testing.assert_allclose(
+            spectrum, references.ce_spectrum(exact, labels, ignore_mode=mode), atol=tolerance
+        )
+        # The class-sparse path equals the dense one (exact fallback when an image holds
+        # more than SPARSE_K classes).
+        np.testing.assert_allclose(out[mode, "sparse"], spectrum, rtol=0, atol=tolerance)
+        for radius in RADII:
+            profile = out[mode, radius, "profile"].astype(np.float64)  # [B, R]
+            num_bands = profile.shape[-1]
+            np.testing.assert_allclose(profile.sum(-1), ce, rtol=1e-5, atol=tolerance)
+            # R's denominator, the batch's CE, is non-negative; so is R.
+            assert profile.sum() >= -tolerance
+            sweep = out[mode, radius, "sweep"]
+            assert np.all(sweep >= 0) and sweep[-1] == 0
+            # The truncated CE at each limit is the cumulative profile (0 below band 0,
+            # the CE at or beyond the last band); R there is the sweep's entry.
+            cumulative = np.concatenate([[0.0], np.cumsum(profile.sum(0))])
+            for k, limit in enumerate(band_limits):
+                kept = int(np.clip(limit, -1, num_bands - 1)) + 1
+                truncated = out[mode, radius, "truncated"][k].astype(np.float64)
+                np.testing.assert_allclose(truncated.sum(), cumulative[kept], atol=tolerance)
+                if limit >= 0:
+                    np.testing.assert_allclose(
+                        out[mode, radius, "discrepancy"][k],
+                        sweep[min(limit, num_bands - 1)],
+                        rtol=1e-4,
+                        atol=1e-5,
+                    )
+    # The two modes differ in the components, never in the CE.
+    np.testing.assert_allclose(
+        out["labels", "spectrum"].sum((1, 2)), out["both", "spectrum"].sum((1, 2)), atol=tolerance
+    )

@@ -132,3 +132,65 @@ def test_cross_entropy_all_ignored_is_zero(rng):
         rng.standard_normal((2, 3, 3, 4)), np.full((2, 3, 3), 255)
     )
     assert float(loss) == 0.0 and float(num_valid) == 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs that used to give plausible, wrong numbers.
+
+
+@pytest.mark.parametrize("bad_label", [-1, -2, 4])
+def test_cross_entropy_refuses_labels_outside_the_classes(rng, bad_label):
+    # -1 and -2 (PyTorch's habit of negative ignore values) were read as classes C-1 and
+    # C-2; label C gave NaN.
+    logits = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(2, 3, 3))
+    labels[1, 2, 0] = bad_label
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*{bad_label}"):
+        metrics.cross_entropy_loss(logits, labels)
+    loss, num_valid = jax.jit(metrics.cross_entropy_loss)(logits, labels)
+    assert np.isnan(float(loss)) and float(num_valid) == 18
+    grads = jax.grad(lambda z: jax.jit(metrics.cross_entropy_loss)(z, labels)[0])(logits)
+    assert np.isnan(np.asarray(grads)).all()
+    # Marked with the ignore index it is left out, as the float64 reference does.
+    loss, _ = metrics.cross_entropy_loss(logits, labels, ignore_index=bad_label)
+    np.testing.assert_allclose(float(loss), _reference_ce(logits, labels, bad_label), rtol=1e-6)
+
+
+def test_cross_entropy_refuses_an_ignore_index_inside_the_classes(rng):
+    with pytest.raises(ValueError, match=r"ignore_index=2 is a valid class index for C = 4"):
+        metrics.cross_entropy_loss(np.zeros((1, 2, 2, 4)), np.zeros((1, 2, 2), int), ignore_index=2)
+
+
+@pytest.mark.parametrize("ignore_index", [256, -1])
+def test_an_ignore_index_the_label_dtype_cannot_hold_is_refused(rng, ignore_index):
+    # uint8 labels compared with 256 wrapped it to 0: class-0 pixels were ignored.
+    labels = rng.integers(0, 3, size=(2, 4, 4)).astype(np.uint8)
+    logits = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+    match = rf"ignore_index={ignore_index} does not fit the uint8 labels"
+    with pytest.raises(ValueError, match=match):
+        metrics.cross_entropy_loss(logits, labels, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=match):
+        metrics.confusion_matrix(labels, labels, num_classes=3, ignore_index=ignore_index)
+    # As int32 the same labels have no ignored pixel: the float64 reference.
+    loss, _ = metrics.cross_entropy_loss(logits, labels.astype(np.int32), ignore_index=ignore_index)
+    np.testing.assert_allclose(float(loss), _reference_ce(logits, labels, -7), rtol=1e-6)
+
+
+def test_confusion_matrix_refuses_predictions_outside_the_classes(rng):
+    # confusion_matrix(pred=5, label=1, num_classes=3) counted a true positive at [2, 2].
+    labels = np.array([[[1, 0, 255]]])
+    predictions = np.array([[[5, 0, 7]]])  # 7 sits at an ignored pixel: not counted
+    with pytest.raises(ValueError, match=r"predictions must lie in \[0, 3\).*such as 5"):
+        metrics.confusion_matrix(predictions, labels, num_classes=3)
+    jitted = jax.jit(metrics.confusion_matrix, static_argnames=("num_classes", "ignore_index"))
+    matrix = np.asarray(jitted(predictions, labels, num_classes=3))
+    np.testing.assert_array_equal(matrix, -np.ones((3, 3)))
+    for read in (metrics.iou_from_confusion, metrics.mean_iou, metrics.pixel_accuracy):
+        with pytest.raises(ValueError, match="negative counts"):
+            read(matrix)
+    # Predictions inside [0, C) at labelled pixels are counted as the loop counts them.
+    predictions = np.array([[[2, 0, 7]]])
+    np.testing.assert_array_equal(
+        np.asarray(jitted(predictions, labels, num_classes=3)),
+        _reference_confusion(predictions, labels, 3, 255),
+    )

@@ -32,7 +32,7 @@ import pytest
 
 from experiments import launch
 from experiments import train as train_script
-from spectral_jax.data import load_split
+from spectral_jax.data import load_split, sharding
 from spectral_jax.training import checkpointing
 from tests import multiprocess_worker as worker
 
@@ -118,7 +118,13 @@ def test_launcher_refuses_bad_arguments():
 def two_processes(tmp_path_factory):
     """Runs the evaluator and the train steps in 2 processes x 2 devices; the outputs."""
     out = tmp_path_factory.mktemp("two_processes")
-    command = [sys.executable, "-m", "tests.multiprocess_worker", str(out), "evaluate,step"]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.multiprocess_worker",
+        str(out),
+        "evaluate,step,create_once",
+    ]
     status, log = launch.run_captured(command, cwd=ROOT, num_processes=2, devices_per_process=2)
     assert status == 0, log[-4000:]
     return out
@@ -153,6 +159,27 @@ def test_evaluation_in_two_processes_equals_one(two_processes):
                 np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+def test_create_once_creates_on_process_zero_while_the_other_waits(two_processes):
+    """``sharding.create_once``: one creation (process 0's, which takes 1 s), and both
+    processes read it after the call."""
+    assert (two_processes / "creators.log").read_text() == "0\n"
+    for index in range(2):
+        assert (two_processes / f"seen{index}.txt").read_text() == "0"
+
+
+def test_create_once_in_one_process(tmp_path):
+    created = []
+    target = tmp_path / "file"
+
+    def create():
+        created.append(1)
+        target.write_text("x")
+
+    for _ in range(2):
+        sharding.create_once("one process", target.exists, create)
+    assert created == [1] and target.read_text() == "x"
+
+
 def test_train_steps_in_two_processes_equal_one_and_restore_in_one(two_processes):
     """Three train steps over 2 processes equal those in 1, and their checkpoint (written
     by both processes) restores in this single process to the state they held.
@@ -185,6 +212,55 @@ def test_train_steps_in_two_processes_equal_one_and_restore_in_one(two_processes
 
 # ---------------------------------------------------------------------------------------
 # The command line: python -m experiments.launch ... -- <experiments/train.py flags>.
+
+
+def test_first_run_of_two_processes_builds_the_missing_data_set_once(tmp_path):
+    """A user's first multi-process run: the TFDS data directory is empty. Every process
+    called ``download_and_prepare`` into it (process 0 died with ``FileExistsError``,
+    process 1 timed out in gloo); now process 0 builds it while process 1 waits at a
+    barrier, and the 2-step run ends with its summary. Kept cheap: 1 device per
+    process, 33 x 33 crops, batches of 2, 2 validation images, no spectral or boundary
+    statistics."""
+    data_dir = tmp_path / "tensorflow_datasets"
+    data_dir.mkdir()
+    workdir = tmp_path / "run"
+    env = _launch_env()
+    env["TFDS_DATA_DIR"] = str(data_dir)
+    flags = (
+        "--config=experiments/configs/tiny.py",
+        "--config.num_train_steps=2",
+        "--config.crop_size=33",
+        "--config.batch_size=2",
+        "--config.eval_batch_size=2",
+        "--config.eval_split=validation[:2]",
+        "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=-1",
+        "--config.spectral_statistics=False",
+        "--config.boundary_metrics=False",
+        "--config.progress_bar=False",
+        "--config.tensorboard=False",
+    )
+    command = [sys.executable, "-m", "experiments.launch", "--processes=2"]
+    command += ["--devices-per-process=1", "--grace-seconds=5", "--", *flags]
+    result = subprocess.run(
+        [*command, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert re.search(r"^\[process 0\] .*summary: ", output, re.MULTILINE), output[-4000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["num_devices"] == 2
+    assert np.isfinite(summary["mean_iou"])
+    # Built once, completely: one version directory and no leftover "incomplete.*" one.
+    built = sorted(p.name for p in (data_dir / "synthetic_scenes" / "pascal_like").iterdir())
+    assert built == ["1.0.0"], built
+    assert len(re.findall(r"Dataset synthetic_scenes downloaded and prepared", output)) == 1
+
 
 _STEPS = 8
 _TRAIN_FLAGS = (

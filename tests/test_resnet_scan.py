@@ -11,6 +11,8 @@ what the compile time follows, not by timing.
 
 from __future__ import annotations
 
+import functools
+
 import flax
 import flax.linen as nn
 import jax
@@ -158,25 +160,38 @@ def test_stacked_blocks_compute_the_unrolled_function(rng, train, output_stride)
         )
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_gradients_of_stacked_blocks_are_the_unrolled_ones(rng, remat):
-    stacked_model, unrolled_model = _models(remat_blocks=remat)
+def _stem_loss(model, params, batch_stats, x):
+    (low, high), _ = model.apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
+    return jnp.mean(low**2) + jnp.mean(jnp.sin(high))
+
+
+def _gradients(model, variables, x):
+    loss = lambda p: _stem_loss(model, p, variables["batch_stats"], x)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+
+@functools.cache
+def _unrolled_gradient_case(remat: bool):
+    """``(per_block variables, x, gradients of the unrolled model)``, computed once per
+    ``remat``: the reference of every gradient branch."""
+    rng = np.random.default_rng(20240601)
+    _, unrolled_model = _models(remat_blocks=remat)
     per_block = _per_block_variables(unrolled_model, rng)
     x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+    return per_block, x, _gradients(unrolled_model, per_block, x)
 
-    def loss(model, params, batch_stats):
-        (low, high), _ = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        return jnp.mean(low**2) + jnp.mean(jnp.sin(high))
 
-    def grads(model, variables):
-        return jax.jit(jax.grad(lambda p: loss(model, p, variables["batch_stats"])))(
-            variables["params"]
-        )
-
-    expected = grads(unrolled_model, per_block)
-    actual = unstack_blocks(grads(stacked_model, stack_blocks(per_block)))
+@pytest.mark.parametrize("remat, branch", [(False, None), (True, None), (False, "native")])
+def test_gradients_of_stacked_blocks_are_the_unrolled_ones(remat, branch, monkeypatch):
+    """``branch``: the gradient the stacked blocks' convolutions take (None: the
+    platform's, the forward-style one on the CPU). ``"native"`` runs on the CPU the
+    branch that GPUs and TPUs take (:data:`spectral_jax.models.resnet._FORCED_GRADIENT`)."""
+    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
+    stacked_model, _ = _models(remat_blocks=remat)
+    per_block, x, expected = _unrolled_gradient_case(remat)
+    actual = unstack_blocks(_gradients(stacked_model, stack_blocks(per_block), x))
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     jax.tree.map(_assert_close, actual, expected)
 
@@ -273,6 +288,7 @@ def test_bad_layouts_raise():
 
 
 @pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("branch", [None, "native"])
 @pytest.mark.parametrize(
     "kernel, padding, dilation, strides",
     [
@@ -286,10 +302,12 @@ def test_bad_layouts_raise():
     ],
 )
 def test_loop_friendly_conv_has_the_native_values_and_gradients(
-    rng, kernel, padding, dilation, strides
+    rng, kernel, padding, dilation, strides, branch, monkeypatch
 ):
-    """Its gradients (on the CPU a forward convolution and a patch product) equal the
-    native ones to float64 rounding."""
+    """Its gradients (on the CPU a forward convolution and a patch product; with
+    ``branch="native"`` the other platforms' branch, forced) equal the native ones to
+    float64 rounding."""
+    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)))
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)))
     numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import chex
 import jax
@@ -586,3 +587,25 @@ def test_eager_fn_identity_and_unhashable_fn(rng):
             return isinstance(other, Unhashable)
 
     _assert_close(sj.spectral_jacobian(Unhashable(), x), expected, "float32")
+
+
+@pytest.mark.parametrize(
+    ("out_shape", "in_shape"), [((25,), (30,)), ((5, 5), (5, 6)), ((9, 7), (8, 7))]
+)
+def test_diagonal_fraction_refuses_an_out_shape_that_does_not_fit(rng, out_shape, in_shape):
+    # A circular convolution's Jacobian of 30 frequencies read with an out_shape of 25
+    # gave a plausible fraction (0.03 to 0.12) instead of refusing.
+    x = _map(rng, in_shape)
+    kernel = _kernel(rng, 3, len(in_shape))
+    conv = functools.partial(probes.conv, kernel=kernel)
+    nu_i = np.arange(min(math.prod(out_shape), math.prod(in_shape)))
+    rows = spectral_jacobian_rows(conv, x, nu_i)
+    with pytest.raises(ValueError, match=rf"out_shape {re.escape(str(out_shape))} does not fit"):
+        sj.diagonal_energy_fraction(rows, nu_i, out_shape=out_shape, in_shape=in_shape)
+    with pytest.raises(ValueError, match="does not fit"):
+        sj.within_radius_energy_fraction(
+            rows, nu_i, out_shape=out_shape, in_shape=in_shape, radius=1
+        )
+    # With the true output grid the diagonal holds every row's energy.
+    fractions = sj.diagonal_energy_fraction(rows, nu_i, out_shape=in_shape, in_shape=in_shape)
+    np.testing.assert_allclose(fractions, 1, atol=1e-6)

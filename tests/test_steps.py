@@ -135,6 +135,7 @@ def test_sown_losses_are_added_and_sown_metrics_reported(rng):
     _, sown, metrics = results[0.3]
     kernel = np.asarray(params["Dense_0"]["kernel"], np.float64)
     reported = ("loss", "accuracy", "learning_rate", "grad_norm", "kernel_norm", "total_loss")
+    reported += ("num_invalid_labels",)
     assert set(metrics) == set(reported)
     np.testing.assert_allclose(metrics["kernel_norm"], np.sqrt(np.sum(kernel**2)), rtol=1e-6)
     np.testing.assert_allclose(
@@ -161,7 +162,32 @@ def test_a_model_without_sown_losses_reports_no_total(rng):
         learning_rate_fn=schedule,
         dropout_key=jax.random.key(0),
     )
-    assert set(metrics) == {"loss", "accuracy", "learning_rate", "grad_norm"}
+    assert set(metrics) == {"loss", "accuracy", "learning_rate", "grad_norm", "num_invalid_labels"}
+
+
+@pytest.mark.parametrize("bad_label", [-1, NUM_CLASSES])
+def test_a_label_outside_the_classes_makes_the_step_nan_and_is_counted(rng, bad_label):
+    # -1 was trained as class C - 1: a plausible loss, a wrong gradient.
+    images = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, size=(2, 3, 3)).astype(np.int32)
+    labels[1, 0, 2] = labels[0, 1, 1] = bad_label
+    model = _PixelLinear()
+    variables = model.init(jax.random.key(1), jnp.asarray(images))
+    schedule = train_state.poly_schedule(0.1, total_steps=10)
+    state = train_state.create_train_state(model, variables, train_state.create_optimizer(schedule))
+    step = jax.jit(
+        lambda s, b: steps.train_step(
+            s, b, learning_rate_fn=schedule, dropout_key=jax.random.key(0)
+        )
+    )
+    new_state, metrics = step(state, {"image": images, "label": labels})
+    assert int(metrics["num_invalid_labels"]) == 2
+    assert np.isnan(float(metrics["loss"]))
+    assert np.isnan(np.asarray(new_state.params["Dense_0"]["kernel"])).all()
+    # The same pixels marked with the ignore index: a finite step, nothing counted.
+    labels[labels == bad_label] = 255
+    _, metrics = step(state, {"image": images, "label": labels})
+    assert int(metrics["num_invalid_labels"]) == 0 and np.isfinite(float(metrics["loss"]))
 
 
 def test_run_keys_are_the_split_of_the_seed():

@@ -102,6 +102,43 @@ def _eval_logits_and_labels(config, pipeline, workdir):
         yield np.asarray(apply(variables, batch["image"])), batch["label"]
 
 
+def test_a_label_outside_the_classes_stops_training_at_its_step(trained_run, tmp_path):
+    # A label -1 (PyTorch's ignore value) was trained as class C - 1, silently. Now the
+    # step's loss is NaN and the loop stops at the next log step (4), before it logs,
+    # evaluates or saves, naming step 3 (batch 2 of the stream).
+    config, pipeline, _, _ = trained_run
+
+    def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
+        stream = pipeline.train_batches(start_step, batch_size, shard_index, shard_count, seed)
+        for index, batch in enumerate(stream, start=start_step):
+            if index == 2:
+                batch["label"][1, 4, 5] = -1
+            yield batch
+
+    bad_pipeline = dataclasses.replace(pipeline, train_batches=train_batches)
+    with pytest.raises(
+        train.InvalidLabelsError,
+        match=r"training step 3 \(batch 2 of the training stream, counted from 0\) holds 1 "
+        r"label\(s\) outside \[0, 3\) that are not the ignore index 255",
+    ):
+        train_and_evaluate(config, tmp_path, input_pipeline=bad_pipeline)
+    # Step 2 was logged and saved; steps 3 and 4 (NaN) were neither.
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line)["step"] for line in lines]
+    assert logged == [2]
+    manager = checkpointing.create_checkpoint_manager(tmp_path)
+    assert list(manager.all_steps()) == [2]
+    manager.close()
+
+
+def test_config_ignore_index_must_match_the_pipeline(trained_run, tmp_path):
+    config, pipeline, _, _ = trained_run
+    config = config.copy_and_resolve_references()
+    config.ignore_index = -1
+    with pytest.raises(ValueError, match=r"config.ignore_index=-1 differs from the input pipeline"):
+        train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
+
+
 def test_summary_and_metric_files(trained_run):
     config, _, workdir, summary = trained_run
     assert json.loads((workdir / "summary.json").read_text()) == summary

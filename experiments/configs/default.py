@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.scale_range = (0.5, 2.0)
     config.flip = True
     config.worker_count = 0
+    # The label of pixels left out of the loss and the metrics (and of the crops'
+    # padding); None: the data set's own (255). Any other label outside
+    # [0, num_classes) stops training with an error naming the step.
+    config.ignore_index = ml_collections.config_dict.placeholder(int)
     # Block-wise weak annotation (paper Sec. 3.3): band limit of the training labels;
     # None trains on the pixel-wise labels.
     config.block_band_limit = ml_collections.config_dict.placeholder(int)

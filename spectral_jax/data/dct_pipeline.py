@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from spectral_jax.data import sharding
 from spectral_jax.data.inputs import Batch, InputPipeline
 from spectral_jax.related import dct_input as dct_input_lib
 
@@ -205,7 +206,9 @@ def dct_run_pipeline(
     The layout is :func:`dct_layout` (``config.model.layout``). A fresh run estimates the
     statistics over ``config.dct_statistics_batches`` training batches of
     ``config.batch_size`` images and writes them, with the layout, to
-    ``workdir/`` :data:`DCT_STATISTICS_FILE` (process 0); a resumed run reads them back.
+    ``workdir/`` :data:`DCT_STATISTICS_FILE` (with several processes, process 0 computes
+    and writes them while the others wait, then every process reads the file); a
+    resumed run reads them back.
 
     Raises:
       ValueError: if ``config.crop_size`` or ``config.eval_crop_size`` is not a multiple
@@ -220,29 +223,31 @@ def dct_run_pipeline(
                 f"config.{field} must be a multiple of 16 for the DCT model, got {size}."
             )
     path = os.path.join(os.fspath(workdir), DCT_STATISTICS_FILE)
-    if os.path.exists(path):
-        mean, std = load_dct_statistics(workdir, layout=layout)
-    else:
+
+    def compute_and_save():
         statistics = dct_channel_statistics(
             pipeline,
             batch_size=int(config.batch_size),
             num_batches=int(config.dct_statistics_batches),
             layout=layout,
         )
-        mean, std = np.asarray(statistics.mean), np.asarray(statistics.std())
-        if jax.process_index() == 0:
-            # Written whole, then renamed: another process of the run that finds the file
-            # (it computed the same statistics) never reads a partly written one.
-            partial = f"{path}.{os.getpid()}.tmp"
-            with open(partial, "wb") as file:
-                np.savez(
-                    file,
-                    mean=mean,
-                    std=std,
-                    count=np.asarray(statistics.count),
-                    layout=np.asarray(layout),
-                )
-            os.replace(partial, path)
+        # Written whole, then renamed: a reader never finds a partly written file.
+        partial = f"{path}.{os.getpid()}.tmp"
+        with open(partial, "wb") as file:
+            np.savez(
+                file,
+                mean=np.asarray(statistics.mean),
+                std=np.asarray(statistics.std()),
+                count=np.asarray(statistics.count),
+                layout=np.asarray(layout),
+            )
+        os.replace(partial, path)
+
+    # Several processes: process 0 computes and writes them, the others wait and read.
+    sharding.create_once(
+        f"dct_run_pipeline: {DCT_STATISTICS_FILE}", lambda: os.path.exists(path), compute_and_save
+    )
+    mean, std = load_dct_statistics(workdir, layout=layout)
     return dct_input_pipeline(pipeline, mean, std, layout=layout)
 
 

@@ -88,8 +88,9 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
     """The :class:`InputPipeline` of ``config.dataset`` (:mod:`spectral_jax.data.pipeline`).
 
     Reads ``dataset``, ``data_dir``, ``train_split``, ``eval_split``, ``crop_size``,
-    ``eval_crop_size``, ``scale_range``, ``flip``, ``seed``, ``worker_count`` and
-    ``block_band_limit`` (``experiments/configs/default.py``).
+    ``eval_crop_size``, ``scale_range``, ``flip``, ``seed``, ``worker_count``,
+    ``block_band_limit`` and ``ignore_index`` (``experiments/configs/default.py``; when
+    set, it replaces the data set's ignore label, also as the padding's label).
     """
     info = pipeline_lib.dataset_info(config.dataset)
     train_source = pipeline_lib.load_split(
@@ -110,6 +111,15 @@ def input_pipeline_from_sources(
     """The :class:`InputPipeline` over given random-access sources, with ``config``'s
     augmentation, crops and block-wise labels (as :func:`create_input_pipeline`, which
     loads the sources of ``config.dataset``) and ``info``'s classes and normalisation."""
+    ignore_index = config.get("ignore_index")
+    if ignore_index is not None:
+        if 0 <= ignore_index < info.num_classes:
+            raise ValueError(
+                f"config.ignore_index={ignore_index} is a class of {info.name} "
+                f"(C = {info.num_classes}); it must lie outside [0, C)."
+            )
+        # The config's ignore label replaces the data set's (padding included).
+        info = dataclasses.replace(info, ignore_index=int(ignore_index))
     label_transform = blockwise_label_transform(config, info)
     normalisation = dict(mean=info.mean, std=info.std)
 

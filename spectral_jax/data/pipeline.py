@@ -51,7 +51,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import flags
 
-from spectral_jax.data import cityscapes, deepglobe, synthetic, voc_sbd
+from spectral_jax.data import cityscapes, deepglobe, sharding, synthetic, voc_sbd
 from spectral_jax.data._builder_utils import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data._builder_utils import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data._builder_utils import IMAGENET_STD as IMAGENET_STD
@@ -176,7 +176,9 @@ def load_split(
       data_dir: TFDS data directory (default: TFDS's, ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       build: build the data set (``download_and_prepare(file_format="array_record")``)
-        when it is missing.
+        when it is missing. With several processes (``jax.distributed``) process 0
+        builds it while the others wait (:func:`spectral_jax.data.sharding.create_once`):
+        every process must then call this function.
       builder_kwargs: passed to ``tfds.builder`` (e.g. ``config=SyntheticScenesConfig(...)``,
         which replaces the ``/config`` part of ``name``).
       manual_dir: where a real data set's downloaded files are (see the builder module's
@@ -197,14 +199,23 @@ def load_split(
     if config is not None and "config" not in kwargs:
         tfds_name = f"{tfds_name}/{config}"
     builder = tfds.builder(tfds_name, data_dir=data_dir, **kwargs)
-    if not builder.is_prepared():
-        if not build:
+    if not build:
+        if not builder.is_prepared():
             raise ValueError(
                 f"data set {name!r} is not prepared in {builder.data_dir}; pass build=True "
                 "or prepare it first."
             )
+        return builder.as_data_source(split=split)
+
+    def prepare():
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         builder.download_and_prepare(file_format="array_record", download_config=download_config)
+
+    # Several processes: process 0 builds a missing data set while the others wait.
+    sharding.create_once(f"load_split: prepare {tfds_name}", builder.is_prepared, prepare)
+    # A fresh builder: another process may have prepared the data set after this one
+    # was created.
+    builder = tfds.builder(tfds_name, data_dir=data_dir, **kwargs)
     return builder.as_data_source(split=split)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -229,3 +229,39 @@ def sum_over_processes(tree: Any) -> Any:
         totals.append(np.sum(pieces.reshape(-1, *value.shape), axis=0, dtype=value.dtype))
         offset += value.nbytes
     return jax.tree.unflatten(treedef, totals)
+
+
+def spans_processes() -> bool:
+    """Whether this program is one of several JAX processes (``jax.distributed``)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def create_once(name: str, exists: Callable[[], bool], create: Callable[[], None]) -> None:
+    """Creates what several processes need (a data set, a statistics file) once.
+
+    One process: ``create()`` unless ``exists()``. Several processes
+    (``jax.distributed``): process 0 calls ``create()`` unless ``exists()`` there,
+    while the others wait at a barrier; then every process finds it. Without this each
+    process created it at once in the same place (TFDS's ``download_and_prepare`` of
+    two processes into one data directory: ``FileExistsError`` in one, a collective
+    timeout in the other). A process that still misses it after the barrier (a
+    directory local to its host) creates it itself.
+
+    Every process of the run must call it (the barrier is a collective); ``exists``
+    must not depend on anything but what ``create`` makes.
+
+    Args:
+      name: the barrier's name, the same on every process (it says what is awaited).
+      exists: whether it is there (on this process's file system).
+      create: makes it; on several processes, called by process 0 only (and by a
+        process that does not see process 0's).
+    """
+    if not spans_processes():
+        if not exists():
+            create()
+        return
+    if jax.process_index() == 0 and not exists():
+        create()
+    multihost_utils.sync_global_devices(name)
+    if not exists():
+        create()

@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -62,6 +63,7 @@ from spectral_jax.data import sharding
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
 from spectral_jax.evaluation import metrics as metrics_lib
+from spectral_jax.loss_spectrum import PARSEVAL_TOLERANCE, ParsevalWarning
 from spectral_jax.related import boundary_metrics
 from spectral_jax.statistics import SpectralStatistics
 
@@ -118,6 +120,9 @@ def eval_step(
         on the unpadded images (:func:`spectral_jax.evaluation.boundary.
         valid_region_boundary_statistics`).
 
+    Raises:
+      ValueError: when ``apply_fn``'s logits do not have ``num_classes`` classes.
+
     Returns:
       ``(sums, statistics, per_example)``: ``sums`` has ``confusion`` ``[C, C]`` int32,
       ``loss_sum`` (CE summed over the valid pixels), ``num_valid``,
@@ -134,6 +139,12 @@ def eval_step(
         logits = outputs.pop("logits")
     else:
         logits, outputs = out, {}
+    if logits.ndim != 4 or logits.shape[-1] != num_classes:
+        # The arg-max of a model with more classes would land in other classes' cells.
+        raise ValueError(
+            f"apply_fn must return logits [B, H, W, C] with C = num_classes = {num_classes}; "
+            f"got logits of shape {logits.shape} for images of shape {images.shape}."
+        )
     loss, num_valid = metrics_lib.cross_entropy_loss(logits, labels, ignore_index=ignore_index)
     predictions = jnp.argmax(logits, axis=-1)
     confusion = metrics_lib.confusion_matrix(
@@ -340,6 +351,21 @@ def _pad_to_processes_size(batch: Batch, ignore_index: int) -> Batch:
     }
 
 
+def _check_batch_size(index: int, batch: Batch, first_shape) -> None:
+    """Raises ``ValueError`` naming batch ``index`` when its ``[H, W]`` is not batch 0's.
+
+    The spectral statistics hold one grid of frequencies over the whole split.
+    """
+    first_image, first_label = first_shape
+    if np.shape(batch["label"])[1:3] != first_label[1:3]:
+        raise ValueError(
+            f"batch {index} of the evaluation has images of shape {np.shape(batch['image'])} "
+            f"and labels of shape {np.shape(batch['label'])}, but batch 0 had {first_image} "
+            f"and {first_label}: the spectral statistics need one [H, W] over the split "
+            "(pad every batch to one size: config.eval_crop_size)."
+        )
+
+
 class Evaluator:
     """A model's metrics over an evaluation split (module docstring).
 
@@ -439,13 +465,18 @@ class Evaluator:
         in_flight: collections.deque[tuple[Any, ...]] = collections.deque()
         num_kept = 0
         batch_size = self.batch_size
-        for batch in batches:
+        first_shape = None
+        for index, batch in enumerate(batches):
             if batch_size is None:
                 batch_size = len(batch["label"])
             batch = pad_batch(batch, batch_size, self.ignore_index)
             if self._spans_processes:
                 batch = _pad_to_processes_size(batch, self.ignore_index)
             mask = batch.pop("mask")
+            if first_shape is None:
+                first_shape = (np.shape(batch["image"]), np.shape(batch["label"]))
+            elif self.spectral_statistics:
+                _check_batch_size(index, batch, first_shape)
             if statistics is None and self.spectral_statistics:
                 statistics = self._create_statistics(batch["label"])
             if self.mesh is not None:
@@ -469,6 +500,17 @@ class Evaluator:
             totals.add(*in_flight.popleft())
         if statistics is not None:
             statistics = jax.device_get(statistics)
+            # The step recorded the decomposition's error; it is read here, on the host.
+            error = float(statistics.parseval_error())
+            if error > PARSEVAL_TOLERANCE:
+                warnings.warn(
+                    f"Evaluator: the spectral statistics' band sums miss the spatial CE by "
+                    f"{error:.3g} (relative; tolerance {PARSEVAL_TOLERANCE:g}): their "
+                    "R(nu_max) and band profile lost their precision (large logits at "
+                    "ignored pixels?). EvaluationResult.parseval_error holds the value.",
+                    ParsevalWarning,
+                    stacklevel=2,
+                )
         if self._spans_processes:
             # The confusion matrix, the loss, the boundary counts and the statistics are
             # sums over the global batch (replicated); these two are over this host's rows.

@@ -203,6 +203,14 @@ def _forward_style_gradients(x, kernel, dy, padding, dilation, precision):
     return dx, dkernel.astype(kernel.dtype)
 
 
+#: Which gradient :func:`_loop_friendly_conv`'s VJP takes: None chooses by platform
+#: (the forward-style gradient on the CPU, the native one elsewhere); ``"native"`` or
+#: ``"forward_style"`` forces one on every platform. For tests only: the native branch
+#: is what every GPU and TPU user trains with, and it never runs on a CPU otherwise.
+#: Read when a function is traced (a jitted function keeps the branch it was traced with).
+_FORCED_GRADIENT: str | None = None
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _loop_friendly_conv(x, kernel, padding, dilation, precision):
     return _stride_one_conv(x, kernel, padding, dilation, precision)
@@ -228,6 +236,8 @@ def _loop_friendly_conv_backward(padding, dilation, precision, residuals, dy):
     # loop (an `nn.scan` body) than outside it, the kernel gradient most (measured 22x
     # for 22 stacked 3x3 convolutions; benchmarks/README.md); as a forward convolution
     # and a matrix product they run at full speed there. Other platforms keep theirs.
+    if _FORCED_GRADIENT is not None:
+        return {"native": native, "forward_style": forward_style}[_FORCED_GRADIENT](x, kernel, dy)
     return jax.lax.platform_dependent(x, kernel, dy, cpu=forward_style, default=native)
 
 

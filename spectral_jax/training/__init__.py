@@ -16,6 +16,7 @@ from spectral_jax.training.checkpointing import restore_latest as restore_latest
 from spectral_jax.training.checkpointing import save_checkpoint as save_checkpoint
 from spectral_jax.training.steps import create_soft_prune_fn as create_soft_prune_fn
 from spectral_jax.training.steps import train_step as train_step
+from spectral_jax.training.train import InvalidLabelsError as InvalidLabelsError
 from spectral_jax.training.train import train_and_evaluate as train_and_evaluate
 from spectral_jax.training.train_state import TrainState as TrainState
 from spectral_jax.training.train_state import create_optimizer as create_optimizer

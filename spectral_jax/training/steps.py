@@ -73,8 +73,11 @@ def train_step(
 
     Returns:
       ``(new_state, metrics)`` with scalar ``loss`` (the cross-entropy, without the L2
-      term and the sown losses), ``accuracy`` (over valid pixels), ``learning_rate`` and
-      ``grad_norm``; when the model sowed losses also ``total_loss`` (the objective), and
+      term and the sown losses; NaN, and so are the gradient and the new parameters,
+      when a label lies outside ``[0, C)`` and is not ``ignore_index``: see
+      :func:`spectral_jax.evaluation.metrics.cross_entropy_loss`),
+      ``num_invalid_labels`` (the count of such labels), ``accuracy`` (over valid
+      pixels), ``learning_rate`` and ``grad_norm``; when the model sowed losses also ``total_loss`` (the objective), and
       every sown metric under its name (the gate's ``gate_regularizer``, open gates per
       image).
     """
@@ -102,8 +105,11 @@ def train_step(
     loss, logits, num_valid, batch_stats, sown_losses, sown_metrics = aux
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     correct = (jnp.argmax(logits, axis=-1) == labels) & (labels != ignore_index)
+    # Labels outside [0, C) make the loss NaN; counted so that the loop can say so.
+    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= logits.shape[-1]))
     metrics = {
         "loss": loss,
+        "num_invalid_labels": jnp.sum(invalid, dtype=jnp.int32),
         "accuracy": jnp.sum(correct, dtype=jnp.float32) / jnp.maximum(num_valid, 1.0),
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         "grad_norm": optax.tree.norm(grads),

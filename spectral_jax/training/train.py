@@ -300,6 +300,33 @@ def _evaluation_scalars(results: list[EvaluationResult]) -> dict[str, float]:
     return scalars
 
 
+class InvalidLabelsError(ValueError):
+    """A training batch holds labels outside ``[0, C)`` other than the ignore index."""
+
+
+def _check_training_labels(
+    counts: list[Any], steps: list[int], num_classes: int, ignore_index: int
+) -> None:
+    """Raises :class:`InvalidLabelsError` naming the first step whose batch held labels
+    outside ``[0, C)`` (``counts``: the steps' ``num_invalid_labels``, on the device).
+
+    Such a step's loss, gradient and new parameters are NaN
+    (:func:`spectral_jax.evaluation.metrics.cross_entropy_loss`); the loop stops before
+    it evaluates or saves them.
+    """
+    for step, count in zip(steps, jax.device_get(counts), strict=True):
+        count = np.asarray(count)  # [] or [S] (one per replica)
+        if count.any():
+            replicas = np.flatnonzero(count.reshape(-1)).tolist()
+            raise InvalidLabelsError(
+                f"training step {step} (batch {step - 1} of the training stream, counted "
+                f"from 0{'' if count.ndim == 0 else f'; replicas {replicas}'}) holds "
+                f"{int(count.sum())} label(s) outside [0, {num_classes}) that are not the "
+                f"ignore index {ignore_index}: its loss and gradient are NaN. Map such "
+                "labels to the ignore index (config.ignore_index), or set it to their value."
+            )
+
+
 def _train_scalars(values: list[dict[str, Any]], stacked: bool) -> dict[str, float]:
     """The means of the steps' metrics since the last log (and over the replicas);
     with replicas also ``train/replica<k>/<name>``."""
@@ -415,14 +442,28 @@ def train_and_evaluate(
     ``config.model.gate`` the model adds ``config.model.gate_weight`` times the gate
     regulariser to the loss.
 
+    Labels outside ``[0, C)`` other than the ignore index (``config.ignore_index``, by
+    default the data set's) make a step's loss NaN; the loop stops at the next log,
+    evaluation or checkpoint step, before it logs, evaluates or saves, with an
+    :class:`InvalidLabelsError` naming the first such step and its batch.
+
     Raises:
       checkpointing.CheckpointError: when the workdir holds a checkpoint that cannot be
         restored (corrupt or from another configuration).
+      InvalidLabelsError: for a training batch with labels outside ``[0, C)`` other
+        than the ignore index (a ``ValueError``).
+      ValueError: when ``config.ignore_index`` is set and differs from the
+        ``input_pipeline``'s.
     """
     start_time = time.perf_counter()
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     pipeline = input_pipeline or create_input_pipeline(config)
+    if config.get("ignore_index") is not None and config.ignore_index != pipeline.ignore_index:
+        raise ValueError(
+            f"config.ignore_index={config.ignore_index} differs from the input pipeline's "
+            f"ignore_index={pipeline.ignore_index}, which labels its padding."
+        )
     pipeline = dct_pipeline.RUN_INPUTS[registry.input_kind(config.model)](config, pipeline, workdir)
     total_steps = total_train_steps(config, pipeline.num_train_examples)
     epoch_steps = steps_per_epoch(config, pipeline.num_train_examples)
@@ -499,13 +540,29 @@ def train_and_evaluate(
         # checkpointing read device values (the state is copied to the host when a save
         # starts, and written while the loop goes on).
         pending: list[dict[str, jax.Array]] = []
+        # The steps whose labels are not checked yet: the counts stay on the device
+        # until a log, evaluation or checkpoint step reads them.
+        unchecked: list[tuple[int, jax.Array]] = []
         results: list[EvaluationResult] | None = None
         log_time = time.perf_counter()
         for step in range(start_step + 1, total_steps + 1):
             state, step_metrics = program.train_fn(state, next(batches), dropout_keys)
+            unchecked.append((step, step_metrics.pop("num_invalid_labels")))
             pending.append(step_metrics)
             if prune_fn is not None and step % epoch_steps == 0:
                 state = prune_fn(state)
+            is_eval = (eval_every > 0 and step % eval_every == 0) or step == total_steps
+            is_save = (checkpoint_every > 0 and step % checkpoint_every == 0) or step == total_steps
+            if step % log_every == 0 or is_eval or is_save:
+                # A NaN loss from a bad label is reported as such, before it is logged,
+                # evaluated or saved.
+                _check_training_labels(
+                    [count for _, count in unchecked],
+                    [s for s, _ in unchecked],
+                    pipeline.num_classes,
+                    pipeline.ignore_index,
+                )
+                unchecked = []
             if step % log_every == 0 or step == total_steps:
                 values = jax.device_get(pending)
                 scalars = _train_scalars(values, program.stacked)
@@ -516,10 +573,10 @@ def train_and_evaluate(
                 if progress is not None:
                     progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
                 pending, log_time = [], now
-            if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+            if is_eval:
                 results = _evaluate(evaluator, state, pipeline, config, program)
                 writer.write_scalars(step, _evaluation_scalars(results))
-            if (checkpoint_every > 0 and step % checkpoint_every == 0) or step == total_steps:
+            if is_save:
                 checkpointing.save_checkpoint(manager, step, state, metadata)
             if progress is not None:
                 progress.update(1)
