@@ -463,3 +463,33 @@ def test_pruning_twice_composes_widths(rng):
     shapes = jax.eval_shape(second_model.init, jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, second_variables) == jax.tree.map(jnp.shape, shapes)
     assert second_variables["params"]["decoder"]["fuse2_conv"]["kernel"].shape == (3, 3, 4, 7)
+
+
+def test_imported_reference_deeplab_layout_prunes_exactly(rng, deep_tiny_backbone):
+    """The reference DeepLab v3+ repository's options (multi-grid, aligned corners, every
+    block of a stage at its dilation) keep the layer graph: soft equals hard pruning."""
+    model = DeepLabV3Plus(
+        **{**TINY_DEEPLAB, "backbone": deep_tiny_backbone},
+        align_corners=True,
+        first_block_dilation="stage",
+        multi_grid=(1, 2),
+    )
+    x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+    variables = stack_blocks(_variables(model.clone(scan_blocks=False), rng))
+    plan = pruning.pruning_plan(model, RATES)
+    soft, masks = soft_prune(variables, plan)
+    small_model, small_variables = pruning.hard_prune(model, soft, masks)
+    assert small_model.multi_grid == (1, 2) and small_model.align_corners
+    expected = _intermediate_logits(model, soft, x)
+    actual = _intermediate_logits(small_model, small_variables, x)
+    np.testing.assert_allclose(actual, expected, atol=TOLERANCE[jnp.float32], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(head="deeplabv3"), dict(separable_decoder=True), dict(aux_head=True)],
+)
+def test_pruning_refuses_heads_it_does_not_know(options):
+    model = DeepLabV3Plus(**TINY_DEEPLAB, **options)
+    with pytest.raises(ValueError, match=f"the model sets {{'{next(iter(options))}'"):
+        pruning.pruning_plan(model, RATES)

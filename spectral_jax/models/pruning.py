@@ -207,6 +207,33 @@ def _aspp_structure() -> tuple[list[PrunableConv], list[ConvInputs]]:
     return convs, [ConvInputs("aspp/project_conv", branches)]
 
 
+# DeepLabV3Plus options that change which convolutions feed which: the structure above
+# holds for their defaults only. (Dilations, rates, resampling and multi-grid keep it.)
+_STRUCTURAL_DEFAULTS = {
+    "head": "deeplabv3plus",
+    "separable_aspp": False,
+    "separable_decoder": False,
+    "aspp_output_conv": False,
+    "decoder_convs": 2,
+    "aux_head": False,
+}
+
+
+def _check_prunable_options(model: DeepLabV3Plus) -> None:
+    """Raises ``ValueError`` naming the options whose layer graph pruning does not know."""
+    differing = {
+        name: getattr(model, name)
+        for name, default in _STRUCTURAL_DEFAULTS.items()
+        if getattr(model, name) != default
+    }
+    if differing:
+        raise ValueError(
+            "pruning knows the DeepLab v3+ layer graph with "
+            f"{_STRUCTURAL_DEFAULTS}; the model sets {differing} (another head, separable "
+            "or extra convolutions), which it cannot prune."
+        )
+
+
 def _structure(model) -> tuple[list[PrunableConv], list[ConvInputs]]:
     if not isinstance(model, DeepLabV3Plus | DAN):
         raise ValueError(f"model must be a DeepLabV3Plus or a DAN, got {type(model).__name__}.")
@@ -214,6 +241,8 @@ def _structure(model) -> tuple[list[PrunableConv], list[ConvInputs]]:
         raise ValueError(
             f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {model.backbone!r}."
         )
+    if isinstance(model, DeepLabV3Plus):
+        _check_prunable_options(model)
     convs, inputs = _resnet_structure(model.backbone)
     aspp_convs, aspp_inputs = _aspp_structure()
     convs += aspp_convs
