@@ -375,6 +375,26 @@ def test_aux_head_keys_are_optional_and_module_prefix_is_removed():
     )
 
 
+def test_reference_repository_earlier_decoder_numbering(deep_tiny_backbone):
+    # Before its dropouts, the repository's decoder numbered last_conv 0 1 3 4 6.
+    layout = "pytorch_deeplab_xception"
+    model = checkpoints.create_layout_model(
+        layout, num_classes=3, backbone=deep_tiny_backbone, multi_grid=(1, 2)
+    )
+    variables = random_variables(model, (1, 32, 32, 3))
+    state_dict = checkpoints.flax_to_torch_state_dict(variables, layout=layout)
+    earlier = {
+        key.replace("last_conv.4.", "last_conv.3.")
+        .replace("last_conv.5.", "last_conv.4.")
+        .replace("last_conv.8.", "last_conv.6."): value
+        for key, value in state_dict.items()
+    }
+    assert "decoder.last_conv.6.bias" in earlier and "decoder.last_conv.8.bias" not in earlier
+    shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), variables)
+    imported = checkpoints.torch_to_flax_variables(earlier, shapes, layout=layout)
+    jax.tree.map(np.testing.assert_array_equal, imported, variables)
+
+
 def test_model_options_are_checked():
     with pytest.raises(ValueError, match="multi_grid"):
         create_resnet("resnet50", multi_grid=(1, 2))

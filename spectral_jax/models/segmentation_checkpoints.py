@@ -110,6 +110,24 @@ _IGNORED = re.compile(r".*\.num_batches_tracked$|^(backbone|encoder)\.fc\.")
 _AUX_KEYS = re.compile(r"^aux_classifier\.")
 
 
+# The reference repository's decoder before it gained its two dropouts: last_conv
+# Sequential(Conv, BN, ReLU, Conv, BN, ReLU, Conv), indices 0 1 3 4 6 instead of 0 1 4 5 8.
+_EARLIER_DECODER_INDICES = {"3": "4", "4": "5", "6": "8"}
+_EARLIER_DECODER_KEY = re.compile(r"^decoder\.last_conv\.([346])\.")
+
+
+def _renumber_earlier_decoder(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The keys of the repository's earlier decoder (no dropouts) in today's numbering."""
+    if "decoder.last_conv.8.weight" in state_dict or "decoder.last_conv.6.weight" not in state_dict:
+        return state_dict
+    return {
+        _EARLIER_DECODER_KEY.sub(
+            lambda match: f"decoder.last_conv.{_EARLIER_DECODER_INDICES[match.group(1)]}.", key
+        ): value
+        for key, value in state_dict.items()
+    }
+
+
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUT_SETTINGS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
@@ -319,7 +337,9 @@ def torch_to_flax_variables(
 
     Args:
       state_dict: ``{key: array}`` in PyTorch's layouts (keys as the PyTorch model's
-        ``state_dict()``; a ``module.`` prefix of ``DataParallel`` is removed).
+        ``state_dict()``; a ``module.`` prefix of ``DataParallel`` is removed, and the
+        reference repository's earlier decoder numbering, ``decoder.last_conv.{0,1,3,4,6}``
+        before its dropouts were added, is read as today's ``{0,1,4,5,8}``).
       target: the Flax model (a :class:`DeepLabV3Plus` with the layout's options) or its
         variables (arrays or ``jax.ShapeDtypeStruct``).
       layout: one of :data:`LAYOUTS`.
@@ -339,6 +359,8 @@ def torch_to_flax_variables(
     state_dict = dict(state_dict)
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
+    if layout == "pytorch_deeplab_xception":
+        state_dict = _renumber_earlier_decoder(state_dict)
     shapes = _variable_shapes(target)
     table = _key_table(shapes, layout)
     leaves = {
