@@ -33,6 +33,13 @@ import numpy as np
 
 from spectral_jax.models import segmentation_checkpoints
 
+try:  # PyTorch is optional (the `torch` extra): without it the script exits with status 2.
+    import torch
+
+    from benchmarks import _torch_deeplab
+except ImportError:
+    torch = _torch_deeplab = None
+
 LAYOUT = "pytorch_deeplab_xception"
 TOLERANCE = 1e-4
 
@@ -44,7 +51,7 @@ def _load() -> str:
         return "n/a"
 
 
-def _randomise_batch_norm(torch, model, seed: int):
+def _randomise_batch_norm(model, seed: int):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -66,11 +73,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
-    try:
-        import torch
-
-        from benchmarks._torch_deeplab import ReferenceRepositoryDeepLab
-    except ImportError:
+    if torch is None:
         print("PyTorch is not installed (pip install '.[torch]').", file=sys.stderr)
         return 2
     threads = len(os.sched_getaffinity(0))
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     print(f"load average at start: {_load()}; {threads} threads; batch {args.batch}")
 
     torch.manual_seed(0)
-    reference = _randomise_batch_norm(torch, ReferenceRepositoryDeepLab(), 0)
+    reference = _randomise_batch_norm(_torch_deeplab.ReferenceRepositoryDeepLab(), 0)
     state_dict = {key: value.numpy() for key, value in reference.state_dict().items()}
     model = segmentation_checkpoints.create_layout_model(
         LAYOUT, num_classes=21, backbone="resnet101"
