@@ -21,6 +21,7 @@ import pytest
 from spectral_jax.models import create_model, create_resnet
 from spectral_jax.models import resnet as resnet_lib
 from spectral_jax.models import segmentation_checkpoints as checkpoints
+from spectral_jax.models.deeplab import resize_bilinear
 from spectral_jax.models.pretrained import load_checkpoint
 from tests.model_helpers import num_params, random_variables
 
@@ -30,6 +31,7 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 # The reference DeepLab v3+ repository's model, written in torch.nn from its structure.
 ReferenceDeepLab = pytest.importorskip("benchmarks._torch_deeplab").ReferenceRepositoryDeepLab
 nn = torch.nn
+functional = torch.nn.functional
 
 # float32 Flax against float32 PyTorch: max |difference| / max |reference logit|.
 TOLERANCE = 1e-4
@@ -393,6 +395,44 @@ def test_reference_repository_earlier_decoder_numbering(deep_tiny_backbone):
     shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), variables)
     imported = checkpoints.torch_to_flax_variables(earlier, shapes, layout=layout)
     jax.tree.map(np.testing.assert_array_equal, imported, variables)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize(
+    ("size_in", "size_out"), [((5, 9), (17, 33)), ((33, 17), (9, 5)), ((7, 1), (1, 4))]
+)
+def test_resize_bilinear_matches_torch_interpolate(align_corners, size_in, size_out):
+    x = np.random.default_rng(0).normal(size=(2, *size_in, 3)).astype(np.float32)
+    expected = functional.interpolate(
+        torch.from_numpy(x).permute(0, 3, 1, 2),
+        size=size_out,
+        mode="bilinear",
+        align_corners=align_corners,
+    ).permute(0, 2, 3, 1)
+    actual = resize_bilinear(jnp.asarray(x), size_out, align_corners=align_corners)
+    # Down-sampling too: neither anti-aliases (two taps per output pixel).
+    np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["pytorch_deeplab_xception", "torchvision_deeplabv3"])
+def test_imported_models_truncate(layout, deep_tiny_backbone):
+    """feature_size (the paper's truncation) on an imported layout: the untruncated grid
+    gives the untruncated logits, a smaller one other logits of the same shape."""
+    settings = dict(num_classes=3, backbone=deep_tiny_backbone, aspp_channels=8)
+    settings |= dict(low_level_channels=4, decoder_channels=8)
+    if layout == "pytorch_deeplab_xception":
+        settings["multi_grid"] = (1, 2)
+    model = checkpoints.create_layout_model(layout, **settings)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 33, 33, 3)), jnp.float32)
+    variables = random_variables(model, x.shape)
+    full = model.apply(variables, x, method=model.intermediates)
+    grid = full["decoder_logits"].shape[1]  # 9 (stride 4) or 5 (the ASPP grid, stride 8)
+    same = model.clone(feature_size=grid).apply(variables, x)
+    np.testing.assert_array_equal(same, full["logits"])
+    truncated = model.clone(feature_size=grid - 2).apply(variables, x, method=model.intermediates)
+    assert truncated["decoder_logits"].shape[1:3] == (grid - 2, grid - 2)
+    assert truncated["logits"].shape == full["logits"].shape
+    assert np.max(np.abs(truncated["logits"] - full["logits"])) > 1e-3
 
 
 def test_model_options_are_checked():
