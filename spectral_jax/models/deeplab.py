@@ -366,7 +366,11 @@ class ConvHead(nn.Module):
       resample: how the input reaches the grid.
       align_corners: bilinear resampling with aligned corners.
       dtype: computation dtype.
+      widths: ``(("hidden_conv", channels),)`` for a pruned head; ``None`` for
+        ``features``.
     """
+
+    PRUNABLE_LAYERS = ("hidden_conv",)
 
     num_classes: int
     features: int
@@ -374,14 +378,17 @@ class ConvHead(nn.Module):
     resample: Resample = "bilinear"
     align_corners: bool = False
     dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
 
     @nn.compact
     def __call__(
         self, x: jax.Array, size: tuple[int, int], train: bool = False
     ) -> tuple[jax.Array, jax.Array]:
         """``x [B, h, w, Cin]`` -> ``(head_input [B, Fh, Fw, Cin], logits [B, Fh, Fw, C])``."""
+        widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "ConvHead")
         head_input = _resize(x, size, self.resample, self.align_corners)
-        y = _conv_bn_relu(head_input, self.features, 3, train, "hidden", dtype=self.dtype)
+        features = widths.get("hidden_conv", self.features)
+        y = _conv_bn_relu(head_input, features, 3, train, "hidden", dtype=self.dtype)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
         return head_input, logits
@@ -430,7 +437,9 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
       ValueError: for widths outside ``encoder``, ``aspp`` and ``decoder`` (naming the
         model's class), and as :func:`check_model_settings`.
     """
-    _check_widths_prefixes(model.widths, ("encoder", "aspp", "decoder"), type(model).__name__)
+    _check_widths_prefixes(
+        model.widths, ("encoder", "aspp", "decoder", "aux_decoder"), type(model).__name__
+    )
     check_model_settings(model.backbone, model.resample, model.feature_size)
     encoder = create_resnet(
         model.backbone,
@@ -609,8 +618,6 @@ class DeepLabV3Plus(nn.Module):
                 align_corners=self.align_corners,
             )
         else:
-            if _widths_under(self.widths, "decoder"):
-                raise ValueError(f"widths of the {self.head!r} head are not supported.")
             fcn = self.head == "fcn"
             self.decoder = ConvHead(
                 self.num_classes,
@@ -619,6 +626,7 @@ class DeepLabV3Plus(nn.Module):
                 self.resample,
                 self.align_corners,
                 self.dtype,
+                widths=_widths_under(self.widths, "decoder"),
             )
         if self.aux_head:
             self.aux_decoder = ConvHead(
@@ -628,6 +636,7 @@ class DeepLabV3Plus(nn.Module):
                 self.resample,
                 self.align_corners,
                 self.dtype,
+                widths=_widths_under(self.widths, "aux_decoder"),
             )
 
     def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
