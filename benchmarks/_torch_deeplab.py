@@ -16,6 +16,12 @@ bilinear up-sampling with ``align_corners=False``) and with its parameter names:
   for ``"resnet101"``) with ``replace_stride_with_dilation`` for the output stride, the
   model a PyTorch user would write (``benchmarks/accelerator_check.py``).
 
+And :class:`ReferenceRepositoryDeepLab`, the DeepLab v3+ ResNet of the widely used
+PyTorch reference repository (pytorch-deeplab-xception) written here from its structure
+(multi-grid, ``align_corners=True``, its key names), whose checkpoints
+:mod:`spectral_jax.models.segmentation_checkpoints` imports
+(``benchmarks/bench_imported_deeplab.py``, ``tests/test_segmentation_checkpoints.py``).
+
 Tensors are ``[B, C, H, W]``.
 """
 
@@ -286,3 +292,141 @@ def copy_flax_to_torch(variables: dict[str, Any], module: nn.Module) -> None:
     left = (set(params) | set(stats)) - copied
     if left:
         raise ValueError(f"Flax variables without a torch counterpart: {sorted(left)[:8]}.")
+
+
+# ---------------------------------------------------------------------------------------
+# The reference DeepLab v3+ repository's ResNet model (pytorch-deeplab-xception), written
+# here in torch.nn from its documented structure:
+# ResNet v1.5 bottlenecks; output stride 16: strides (1, 2, 2, 1), dilations (1, 1, 1, 2),
+# every block of a stage at the stage's dilation, the last stage a multi-grid unit of
+# three blocks at dilation 2 x (1, 2, 4); ASPP with rates (1, 6, 12, 18) and image
+# pooling ("aspp1".."aspp4": atrous_conv + bn; global_avg_pool: pool, conv, bn, relu;
+# conv1 + bn1 projection); decoder: conv1 + bn1 (256 -> 48) on the stride-4 features,
+# the ASPP output resized to them with align_corners=True, last_conv = conv 304 -> 256,
+# bn, relu, dropout, conv 256 -> 256, bn, relu, dropout, conv 256 -> classes; logits
+# resized to the input with align_corners=True.
+
+
+class ReferenceBottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride, dilation, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.downsample = None
+        if downsample:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes)
+            )
+
+    def forward(self, x):
+        y = functional.relu(self.bn1(self.conv1(x)))
+        y = functional.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return functional.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ReferenceResNet(nn.Module):
+    def __init__(self, layers, output_stride=16, multi_grid=(1, 2, 4)):
+        super().__init__()
+        strides, dilations = {16: ((1, 2, 2, 1), (1, 1, 1, 2)), 8: ((1, 2, 1, 1), (1, 1, 2, 4))}[
+            output_stride
+        ]
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for stage in range(4):
+            planes = 64 * 2**stage
+            block_dilations = [dilations[stage]] * layers[stage]
+            if stage == 3:
+                block_dilations = [dilations[stage] * m for m in multi_grid]
+            blocks = []
+            for index, dilation in enumerate(block_dilations):
+                stride = strides[stage] if index == 0 else 1
+                downsample = index == 0 and (stride != 1 or inplanes != 4 * planes)
+                blocks.append(ReferenceBottleneck(inplanes, planes, stride, dilation, downsample))
+                inplanes = 4 * planes
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+
+    def forward(self, x):
+        x = self.maxpool(functional.relu(self.bn1(self.conv1(x))))
+        low_level = self.layer1(x)
+        return self.layer4(self.layer3(self.layer2(low_level))), low_level
+
+
+class ReferenceASPPModule(nn.Module):
+    def __init__(self, inplanes, kernel, dilation):
+        super().__init__()
+        padding = 0 if kernel == 1 else dilation
+        self.atrous_conv = nn.Conv2d(inplanes, 256, kernel, 1, padding, dilation, bias=False)
+        self.bn = nn.BatchNorm2d(256)
+
+    def forward(self, x):
+        return functional.relu(self.bn(self.atrous_conv(x)))
+
+
+class ReferenceASPP(nn.Module):
+    def __init__(self, output_stride=16, inplanes=2048):
+        super().__init__()
+        rates = {16: (1, 6, 12, 18), 8: (1, 12, 24, 36)}[output_stride]
+        for i, rate in enumerate(rates):
+            setattr(self, f"aspp{i + 1}", ReferenceASPPModule(inplanes, 1 if i == 0 else 3, rate))
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d((1, 1)),
+            nn.Conv2d(inplanes, 256, 1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+        )
+        self.conv1 = nn.Conv2d(1280, 256, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(256)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        branches = [getattr(self, f"aspp{i}")(x) for i in range(1, 5)]
+        pooled = functional.interpolate(
+            self.global_avg_pool(x), size=x.shape[2:], mode="bilinear", align_corners=True
+        )
+        y = torch.cat([*branches, pooled], dim=1)
+        return self.dropout(functional.relu(self.bn1(self.conv1(y))))
+
+
+class ReferenceDecoder(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(256, 48, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(48)
+        self.last_conv = nn.Sequential(
+            nn.Conv2d(304, 256, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Conv2d(256, 256, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Conv2d(256, num_classes, 1),
+        )
+
+    def forward(self, x, low_level):
+        low_level = functional.relu(self.bn1(self.conv1(low_level)))
+        x = functional.interpolate(x, size=low_level.shape[2:], mode="bilinear", align_corners=True)
+        return self.last_conv(torch.cat([x, low_level], dim=1))
+
+
+class ReferenceRepositoryDeepLab(nn.Module):
+    """Logits ``[B, C, H, W]``; key names ``backbone.*``, ``aspp.*``, ``decoder.*``."""
+
+    def __init__(self, layers=(3, 4, 23, 3), num_classes=21, output_stride=16):
+        super().__init__()
+        self.backbone = ReferenceResNet(layers, output_stride)
+        self.aspp = ReferenceASPP(output_stride)
+        self.decoder = ReferenceDecoder(num_classes)
+
+    def forward(self, images):
+        x, low_level = self.backbone(images)
+        x = self.decoder(self.aspp(x), low_level)
+        return functional.interpolate(x, size=images.shape[2:], mode="bilinear", align_corners=True)

@@ -463,3 +463,59 @@ def test_pruning_twice_composes_widths(rng):
     shapes = jax.eval_shape(second_model.init, jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, second_variables) == jax.tree.map(jnp.shape, shapes)
     assert second_variables["params"]["decoder"]["fuse2_conv"]["kernel"].shape == (3, 3, 4, 7)
+
+
+def test_imported_reference_deeplab_layout_prunes_exactly(rng, deep_tiny_backbone):
+    """The reference DeepLab v3+ repository's options (multi-grid, aligned corners, every
+    block of a stage at its dilation) keep the layer graph: soft equals hard pruning."""
+    model = DeepLabV3Plus(
+        **{**TINY_DEEPLAB, "backbone": deep_tiny_backbone},
+        align_corners=True,
+        first_block_dilation="stage",
+        multi_grid=(1, 2),
+    )
+    x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+    variables = stack_blocks(_variables(model.clone(scan_blocks=False), rng))
+    plan = pruning.pruning_plan(model, RATES)
+    soft, masks = soft_prune(variables, plan)
+    small_model, small_variables = pruning.hard_prune(model, soft, masks)
+    assert small_model.multi_grid == (1, 2) and small_model.align_corners
+    expected = _intermediate_logits(model, soft, x)
+    actual = _intermediate_logits(small_model, small_variables, x)
+    np.testing.assert_allclose(actual, expected, atol=TOLERANCE[jnp.float32], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(separable_aspp=True), dict(separable_decoder=True), dict(decoder_convs=1)],
+)
+def test_pruning_refuses_heads_it_does_not_know(options):
+    model = DeepLabV3Plus(**TINY_DEEPLAB, **options)
+    with pytest.raises(ValueError, match=f"the model sets {{'{next(iter(options))}'"):
+        pruning.pruning_plan(model, RATES)
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "fcn"])
+def test_deeplabv3_and_fcn_heads_with_aux_head_prune_exactly(rng, head):
+    """torchvision's DeepLab v3 and FCN layouts: the heads' 3x3 convolutions (main and
+    auxiliary) are in the decoder group, and soft pruning equals hard pruning."""
+    model = DeepLabV3Plus(**TINY_DEEPLAB, head=head, output_stride=8, aux_head=True)
+    x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+    variables = _variables(model, rng)
+    plan = pruning.pruning_plan(model, RATES)
+    paths = {conv.path for conv in plan.convs}
+    assert {"decoder/hidden_conv", "aux_decoder/hidden_conv"} <= paths
+    assert ("aspp/project_conv" in paths) == (head == "deeplabv3")
+    soft, masks = soft_prune(variables, plan)
+    small_model, small_variables = pruning.hard_prune(model, soft, masks)
+    widths = dict(small_model.widths)
+    hidden = 8 if head == "deeplabv3" else 32  # decoder_channels, or Cin / 4 for FCN
+    assert widths["decoder/hidden_conv"] == hidden - _floor(0.2, hidden)
+    assert widths["aux_decoder/hidden_conv"] == 16 - _floor(0.2, 16)
+    apply = functools.partial(small_model.apply, method=small_model.intermediates)
+    actual = jax.jit(apply)(small_variables, x)
+    expected = jax.jit(functools.partial(model.apply, method=model.intermediates))(soft, x)
+    for key in ("logits", "aux_logits"):
+        np.testing.assert_allclose(
+            actual[key], expected[key], atol=TOLERANCE[jnp.float32], rtol=1e-5
+        )

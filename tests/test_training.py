@@ -20,10 +20,11 @@ import pytest
 from jax._src import array as array_lib
 from orbax.checkpoint.checkpoint_manager import is_async_checkpointer
 
-from spectral_jax.models import create_model
+from spectral_jax.models import create_model, flax_to_torch_state_dict
 from spectral_jax.training import checkpointing, train, train_and_evaluate, train_state, writers
 from tests import references
 from tests.compile_counting import count_compilations
+from tests.model_helpers import random_variables
 from tests.training_helpers import (
     NUM_CLASSES,
     generated_pipeline,
@@ -297,6 +298,40 @@ def test_pretrained_backbone_is_loaded_into_the_fresh_state(trained_run, tmp_pat
     # A resumed run keeps its trained weights: the loader is not called again.
     train_and_evaluate(config, tmp_path, input_pipeline=pipeline)
     assert len(calls) == 1
+
+
+def test_pretrained_weights_of_a_whole_network_start_the_run(tmp_path, monkeypatch):
+    """config.pretrained_weights: a trained PyTorch network's checkpoint (here an .npz of
+    torchvision DeepLab v3's state dict) is the fresh state; a checkpoint of another
+    network stops the run, naming what differs, before anything is written."""
+    config = tiny_test_config(steps=1)
+    config.model.name = "torchvision_deeplabv3"
+    pipeline = generated_pipeline(crop_size=config.crop_size)
+    model = create_model(config.model, num_classes=NUM_CLASSES)
+    variables = random_variables(model, (1, config.crop_size, config.crop_size, 3), seed=5)
+    path = tmp_path / "deeplabv3.npz"
+    np.savez(path, **flax_to_torch_state_dict(variables, layout="torchvision_deeplabv3"))
+    config.pretrained_weights = str(path)
+    first_states = []
+
+    def keep_first(state):  # a host copy: the step donates the state's buffers
+        if not first_states:
+            first_states.append(jax.tree.map(np.asarray, (state.params, state.batch_stats)))
+
+    _spy_on_train_fn(monkeypatch, keep_first)
+    train_and_evaluate(config, tmp_path / "run", input_pipeline=pipeline)
+    started = {"params": first_states[0][0], "batch_stats": first_states[0][1]}
+    jax.tree.map(np.testing.assert_array_equal, started, variables)
+
+    other = create_model(config.model, num_classes=NUM_CLASSES + 2)
+    wrong = random_variables(other, (1, config.crop_size, config.crop_size, 3))
+    np.savez(path, **flax_to_torch_state_dict(wrong, layout="torchvision_deeplabv3"))
+    with pytest.raises(ValueError, match="number of classes differs: the checkpoint has 5"):
+        train_and_evaluate(config, tmp_path / "refused", input_pipeline=pipeline)
+    assert os.listdir(tmp_path / "refused") == []
+    config.model.name = "deeplabv3plus"
+    with pytest.raises(ValueError, match="config.pretrained_weights needs config.model.name"):
+        train_and_evaluate(config, tmp_path / "refused", input_pipeline=pipeline)
 
 
 # ---------------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Path of ImageNet weights for the backbone (spectral_jax.models.pretrained); None
     # trains from scratch.
     config.pretrained_backbone = ml_collections.config_dict.placeholder(str)
+    # Path of a trained PyTorch segmentation network's checkpoint, the whole network, in
+    # the layout that config.model.name names (spectral_jax.models.segmentation_checkpoints:
+    # torchvision_deeplabv3, torchvision_fcn, smp_deeplabv3plus, smp_deeplabv3,
+    # pytorch_deeplab_xception): the run fine-tunes it. None: no such start.
+    config.pretrained_weights = ml_collections.config_dict.placeholder(str)
 
     # Optimisation.
     config.batch_size = 8

@@ -2,7 +2,9 @@
 
 Also: DeepLab v3+ on DCT-domain input with its channel gate (paper 002), the de-aliasing
 filter and FreqMix with the interceptors that place them (paper 004), soft filter pruning
-and its hard-pruned export, torchvision checkpoint loading, and
+and its hard-pruned export, torchvision backbone checkpoints, trained segmentation networks
+from PyTorch checkpoints (torchvision, segmentation_models_pytorch and the reference
+DeepLab v3+ repository's layouts), and
 :func:`~spectral_jax.models.registry.create_model`, the one place a config becomes a model.
 """
 
@@ -64,3 +66,13 @@ from spectral_jax.models.resnet import create_resnet as create_resnet
 from spectral_jax.models.resnet import stack_blocks as stack_blocks
 from spectral_jax.models.resnet import stage_dilations as stage_dilations
 from spectral_jax.models.resnet import unstack_blocks as unstack_blocks
+from spectral_jax.models.segmentation_checkpoints import LAYOUTS as LAYOUTS
+from spectral_jax.models.segmentation_checkpoints import (
+    flax_to_torch_state_dict as flax_to_torch_state_dict,
+)
+from spectral_jax.models.segmentation_checkpoints import (
+    load_segmentation_checkpoint as load_segmentation_checkpoint,
+)
+from spectral_jax.models.segmentation_checkpoints import (
+    torch_to_flax_variables as torch_to_flax_variables,
+)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectral_jax.models.resnet import (
     RESNET_CONFIGS,
@@ -95,6 +96,60 @@ def decoder_grid(
     return feature_size, feature_size
 
 
+HEADS: tuple[str, ...] = ("deeplabv3plus", "deeplabv3", "fcn")
+
+
+def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``[size_out, size_in]`` linear interpolation with the corner samples aligned."""
+    if size_out == 1:
+        source = np.zeros(1)
+    else:
+        source = np.arange(size_out) * ((size_in - 1) / (size_out - 1))
+    low = np.clip(np.floor(source).astype(int), 0, size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    weight = source - low
+    matrix = np.zeros((size_out, size_in))
+    np.add.at(matrix, (np.arange(size_out), low), 1.0 - weight)
+    np.add.at(matrix, (np.arange(size_out), high), weight)
+    return matrix
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int], *, align_corners: bool) -> jax.Array:
+    r"""Bilinear resizing ``[B, H, W, C] -> [B, h, w, C]`` in either of PyTorch's conventions.
+
+    ``align_corners=False`` samples output pixel ``i`` at ``(i + 1/2) H / h - 1/2``
+    (``jax.image.resize``, no anti-aliasing); ``align_corners=True`` at
+    ``i (H - 1) / (h - 1)``, so that the corner pixels of both grids coincide (PyTorch's
+    ``F.interpolate(..., align_corners=True)``, which the reference DeepLab v3+ and
+    segmentation_models_pytorch use):
+
+    .. math::
+
+       y = M_h\, x\, M_w^{\top}, \qquad M[i, \lfloor s_i \rfloor] = 1 - (s_i -
+       \lfloor s_i \rfloor), \quad M[i, \lfloor s_i \rfloor + 1] = s_i - \lfloor s_i
+       \rfloor, \quad s_i = i \frac{H - 1}{h - 1}.
+
+    Args:
+      x: maps ``[B, H, W, C]``.
+      size: static ``(h, w)``.
+      align_corners: the convention.
+
+    Returns:
+      ``[B, h, w, C]`` in the dtype of ``x``.
+    """
+    batch, height, width, channels = x.shape
+    h, w = size
+    if (h, w) == (height, width):
+        return x
+    if not align_corners:
+        return jax.image.resize(x, (batch, h, w, channels), method="linear", antialias=False)
+    rows = jnp.asarray(_align_corners_matrix(height, h), x.dtype)  # [h, H]
+    columns = jnp.asarray(_align_corners_matrix(width, w), x.dtype)  # [w, W]
+    precision = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("oh,bhwc->bowc", rows, x, precision=precision)  # [B, h, W, C]
+    return jnp.einsum("pw,bowc->bopc", columns, y, precision=precision)  # [B, h, w, C]
+
+
 def _check_widths_prefixes(widths: Widths | None, prefixes: tuple[str, ...], owner: str) -> None:
     """Checks that every path of ``widths`` starts with one of the submodules ``prefixes``.
 
@@ -116,8 +171,21 @@ def _check_widths_prefixes(widths: Widths | None, prefixes: tuple[str, ...], own
             )
 
 
-def _conv_bn_relu(x, features, kernel, train, name, dilation=1, dtype=jnp.float32):
+def _conv_bn_relu(x, features, kernel, train, name, dilation=1, dtype=jnp.float32, separable=False):
     pad = dilation * (kernel - 1) // 2
+    if separable and kernel > 1:
+        # Depthwise-separable: a per-channel k x k convolution, then the 1x1 `_conv`.
+        x = nn.Conv(
+            x.shape[-1],
+            (kernel, kernel),
+            padding=((pad, pad), (pad, pad)),
+            kernel_dilation=dilation,
+            feature_group_count=x.shape[-1],
+            use_bias=False,
+            dtype=dtype,
+            name=f"{name}_depthwise",
+        )(x)
+        kernel, pad, dilation = 1, 0, 1
     x = nn.Conv(
         features,
         (kernel, kernel),
@@ -140,6 +208,13 @@ class ASPP(nn.Module):
       dtype: computation dtype.
       widths: output channels of single layers (paths in :attr:`PRUNABLE_LAYERS`);
         ``None`` for ``features`` everywhere.
+      separable: depthwise-separable atrous branches (a depthwise 3x3
+        ``branch{i}_depthwise`` before the 1x1 ``branch{i}_conv``), as in DeepLab v3+'s
+        Xception variant ("Encoder-Decoder with Atrous Separable Convolution for
+        Semantic Image Segmentation", arXiv:1802.02611).
+      output_conv: a 3x3 convolution, BatchNorm and ReLU (``output_conv``,
+        ``output_bn``) after the projection, as segmentation_models_pytorch's DeepLab v3+.
+      separable_output_conv: that convolution depthwise-separable (``output_depthwise``).
     """
 
     PRUNABLE_LAYERS = (
@@ -156,6 +231,9 @@ class ASPP(nn.Module):
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
+    separable: bool = False
+    output_conv: bool = False
+    separable_output_conv: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -165,14 +243,34 @@ class ASPP(nn.Module):
         for i, rate in enumerate(self.rates):
             name = f"branch{i + 1}"
             branches.append(
-                _conv_bn_relu(x, width(name), 3, train, name, dilation=rate, dtype=self.dtype)
+                _conv_bn_relu(
+                    x,
+                    width(name),
+                    3,
+                    train,
+                    name,
+                    dilation=rate,
+                    dtype=self.dtype,
+                    separable=self.separable,
+                )
             )
         pooled = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, Cin]
         pooled = _conv_bn_relu(pooled, width("pool"), 1, train, "pool", dtype=self.dtype)
         branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], pooled.shape[-1])))
         y = jnp.concatenate(branches, axis=-1)  # [B, h, w, 5 * features]
         y = _conv_bn_relu(y, width("project"), 1, train, "project", dtype=self.dtype)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        if self.output_conv:
+            y = _conv_bn_relu(
+                y,
+                self.features,
+                3,
+                train,
+                "output",
+                dtype=self.dtype,
+                separable=self.separable_output_conv,
+            )
+        return y
 
 
 class Decoder(nn.Module):
@@ -186,6 +284,11 @@ class Decoder(nn.Module):
       dtype: computation dtype.
       widths: output channels of single layers (paths in :attr:`PRUNABLE_LAYERS`);
         ``None`` for the standard widths.
+      num_convs: 3x3 convolutions after the concatenation (2; 1 in
+        segmentation_models_pytorch), ``fuse1``, ``fuse2``, ...
+      separable: those convolutions depthwise-separable (``fuse{i}_depthwise``).
+      align_corners: bilinear resampling with aligned corners
+        (:func:`resize_bilinear`); only with ``resample="bilinear"``.
     """
 
     PRUNABLE_LAYERS = ("low_level_conv", "fuse1_conv", "fuse2_conv")
@@ -196,6 +299,9 @@ class Decoder(nn.Module):
     features: int = 256
     dtype: jnp.dtype = jnp.float32
     widths: Widths | None = None
+    num_convs: int = 2
+    separable: bool = False
+    align_corners: bool = False
 
     @nn.compact
     def __call__(
@@ -211,7 +317,8 @@ class Decoder(nn.Module):
         ``[B, Fh, Fw, C]``, with ``(Fh, Fw) = size`` (static).
         """
         widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "Decoder")
-        low_level = resize_features(low_level, size, method=self.resample)
+        resize = lambda x: _resize(x, size, self.resample, self.align_corners)
+        low_level = resize(low_level)
         low_level = _conv_bn_relu(
             low_level,
             widths.get("low_level_conv", self.low_level_channels),
@@ -220,13 +327,71 @@ class Decoder(nn.Module):
             "low_level",
             dtype=self.dtype,
         )
-        aspp = resize_features(aspp, size, method=self.resample)
+        aspp = resize(aspp)
         decoder_input = jnp.concatenate([aspp, low_level], axis=-1)  # [B, F, F, Ca + 48]
         features = lambda name: widths.get(f"{name}_conv", self.features)
-        y = _conv_bn_relu(decoder_input, features("fuse1"), 3, train, "fuse1", dtype=self.dtype)
-        y = _conv_bn_relu(y, features("fuse2"), 3, train, "fuse2", dtype=self.dtype)
+        y = decoder_input
+        for i in range(1, self.num_convs + 1):
+            y = _conv_bn_relu(
+                y,
+                features(f"fuse{i}"),
+                3,
+                train,
+                f"fuse{i}",
+                dtype=self.dtype,
+                separable=self.separable,
+            )
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
         return decoder_input, logits
+
+
+def _resize(x: jax.Array, size, resample: Resample, align_corners: bool) -> jax.Array:
+    if align_corners and resample == "bilinear":
+        return resize_bilinear(x, tuple(size), align_corners=True)
+    return resize_features(x, size, method=resample)
+
+
+class ConvHead(nn.Module):
+    """A 3x3 convolution, BatchNorm, ReLU, dropout and a 1x1 classifier on a static grid.
+
+    DeepLab v3's head after the ASPP (torchvision's ``DeepLabHead`` past its ASPP), and
+    the FCN head ("Fully Convolutional Networks for Semantic Segmentation",
+    arXiv:1411.4038, as torchvision's ``FCNHead`` builds it: ``Cin / 4`` hidden
+    channels and dropout 0.1), also the auxiliary head on the third stage.
+
+    Attributes:
+      num_classes: output classes ``C``.
+      features: channels of the 3x3 convolution ``hidden_conv``.
+      dropout_rate: dropout before the classifier in training.
+      resample: how the input reaches the grid.
+      align_corners: bilinear resampling with aligned corners.
+      dtype: computation dtype.
+      widths: ``(("hidden_conv", channels),)`` for a pruned head; ``None`` for
+        ``features``.
+    """
+
+    PRUNABLE_LAYERS = ("hidden_conv",)
+
+    num_classes: int
+    features: int
+    dropout_rate: float = 0.0
+    resample: Resample = "bilinear"
+    align_corners: bool = False
+    dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, size: tuple[int, int], train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """``x [B, h, w, Cin]`` -> ``(head_input [B, Fh, Fw, Cin], logits [B, Fh, Fw, C])``."""
+        widths = _check_widths(self.widths, self.PRUNABLE_LAYERS, "ConvHead")
+        head_input = _resize(x, size, self.resample, self.align_corners)
+        features = widths.get("hidden_conv", self.features)
+        y = _conv_bn_relu(head_input, features, 3, train, "hidden", dtype=self.dtype)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(y)
+        return head_input, logits
 
 
 def create_aspp(model: nn.Module, widths: Widths | None = None) -> ASPP:
@@ -238,12 +403,16 @@ def create_aspp(model: nn.Module, widths: Widths | None = None) -> ASPP:
       widths: the ASPP's own ``widths`` (paths below ``"aspp/"``); ``None`` for the
         standard widths.
     """
+    rates = getattr(model, "atrous_rates", None) or aspp_rates(model.output_stride)
     return ASPP(
-        aspp_rates(model.output_stride),
+        tuple(rates),
         model.aspp_channels,
         model.dropout_rate,
         dtype=model.dtype,
         widths=widths,
+        separable=getattr(model, "separable_aspp", False),
+        output_conv=getattr(model, "aspp_output_conv", False),
+        separable_output_conv=getattr(model, "separable_decoder", False),
     )
 
 
@@ -268,7 +437,9 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
       ValueError: for widths outside ``encoder``, ``aspp`` and ``decoder`` (naming the
         model's class), and as :func:`check_model_settings`.
     """
-    _check_widths_prefixes(model.widths, ("encoder", "aspp", "decoder"), type(model).__name__)
+    _check_widths_prefixes(
+        model.widths, ("encoder", "aspp", "decoder", "aux_decoder"), type(model).__name__
+    )
     check_model_settings(model.backbone, model.resample, model.feature_size)
     encoder = create_resnet(
         model.backbone,
@@ -278,32 +449,34 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
         downsample_filter=model.downsample_filter,
         scan_blocks=model.scan_blocks,
         remat_blocks=model.remat_blocks,
+        first_block_dilation=getattr(model, "first_block_dilation", "previous"),
+        multi_grid=getattr(model, "multi_grid", None),
     )
     return encoder, create_aspp(model, _widths_under(model.widths, "aspp"))
 
 
-def upsample_logits(decoder_logits: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+def upsample_logits(
+    decoder_logits: jax.Array, image_size: tuple[int, int], *, align_corners: bool = False
+) -> jax.Array:
     """Bilinear up-sampling of the decoder's logits to the image (always bilinear).
 
     Args:
       decoder_logits: ``[B, Fh, Fw, C]`` on the decoder grid.
       image_size: static ``(H, W)`` of the input images.
+      align_corners: PyTorch's ``align_corners=True`` convention (:func:`resize_bilinear`).
 
     Returns:
       ``[B, H, W, C]`` in the dtype of ``decoder_logits``.
     """
-    batch, *_, num_classes = decoder_logits.shape
-    height, width = image_size
-    return jax.image.resize(
-        decoder_logits,
-        (batch, height, width, num_classes),
-        method="linear",
-        antialias=False,
-    )
+    return resize_bilinear(decoder_logits, tuple(image_size), align_corners=align_corners)
 
 
 def decoder_outputs(
-    decoder_input: jax.Array, decoder_logits: jax.Array, image_size: tuple[int, int]
+    decoder_input: jax.Array,
+    decoder_logits: jax.Array,
+    image_size: tuple[int, int],
+    *,
+    align_corners: bool = False,
 ) -> dict[str, jax.Array]:
     """The dict returned by the models' ``decode``: the decoder's input and logits on the
     grid ``[B, F, F, Cd]``, ``[B, F, F, C]`` and the up-sampled ``"logits" [B, H, W, C]``.
@@ -318,7 +491,7 @@ def decoder_outputs(
     return {
         "decoder_input": decoder_input,
         "decoder_logits": decoder_logits,
-        "logits": upsample_logits(decoder_logits, image_size),
+        "logits": upsample_logits(decoder_logits, image_size, align_corners=align_corners),
     }
 
 
@@ -355,6 +528,34 @@ class DeepLabV3Plus(nn.Module):
       remat_blocks: recompute the scanned blocks in the backward pass
         (``jax.checkpoint``) instead of storing their activations: less memory, more
         compute.
+      head: what follows the backbone. ``"deeplabv3plus"``: ASPP and the decoder above.
+        ``"deeplabv3"``: DeepLab v3 ("Rethinking Atrous Convolution for Semantic Image
+        Segmentation", arXiv:1706.05587), the ASPP and a :class:`ConvHead` with
+        ``decoder_channels`` on the ASPP grid, no low-level features. ``"fcn"``: a
+        :class:`ConvHead` with ``Cin / 4`` channels on the backbone's last stage (FCN,
+        arXiv:1411.4038), no ASPP. The head is the submodule ``decoder`` in every case;
+        for ``"fcn"`` the ``"aspp"`` of :meth:`encode` is the backbone's last stage.
+        ``feature_size`` truncates the grid of the head as of the decoder.
+      atrous_rates: the ASPP's three rates; ``None`` for :func:`aspp_rates` of the
+        output stride (segmentation_models_pytorch keeps ``(12, 24, 36)`` at 16).
+      separable_aspp: depthwise-separable atrous ASPP branches (:class:`ASPP`).
+      separable_decoder: depthwise-separable 3x3 convolutions in the decoder and in the
+        ASPP's output convolution.
+      aspp_output_conv: a 3x3 convolution, BatchNorm and ReLU after the ASPP's projection
+        (segmentation_models_pytorch's DeepLab v3+).
+      decoder_convs: the decoder's 3x3 convolutions after the concatenation (2; 1 in
+        segmentation_models_pytorch).
+      align_corners: every bilinear resampling (the decoder's and the final one) with
+        PyTorch's ``align_corners=True`` (:func:`resize_bilinear`), as the reference
+        DeepLab v3+ in PyTorch and segmentation_models_pytorch; ``False``: half-pixel
+        centres, as torchvision.
+      aux_head: torchvision's auxiliary FCN head on the third stage (``aux_decoder``,
+        ``Cin / 4`` channels): its logits are the ``"aux_logits"`` of
+        :meth:`intermediates`; ``__call__`` returns the main logits only.
+      head_dropout_rate: dropout of the FCN and auxiliary heads in training (0.1).
+      first_block_dilation: ``"previous"`` or ``"stage"`` (:class:`ResNet`).
+      multi_grid: the last stage's per-block dilation multipliers, e.g. ``(1, 2, 4)``
+        (:class:`ResNet`); ``None`` for none.
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -381,17 +582,62 @@ class DeepLabV3Plus(nn.Module):
     downsample_filter: Callable[..., nn.Module] | None = None
     scan_blocks: bool = True
     remat_blocks: bool = False
+    head: str = "deeplabv3plus"
+    atrous_rates: tuple[int, int, int] | None = None
+    separable_aspp: bool = False
+    separable_decoder: bool = False
+    aspp_output_conv: bool = False
+    decoder_convs: int = 2
+    align_corners: bool = False
+    aux_head: bool = False
+    head_dropout_rate: float = 0.1
+    first_block_dilation: str = "previous"
+    multi_grid: tuple[int, ...] | None = None
 
     def setup(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
+        if self.atrous_rates is not None and (
+            not isinstance(self.atrous_rates, tuple) or len(self.atrous_rates) != 3
+        ):
+            raise ValueError(f"atrous_rates must be 3 ints or None, got {self.atrous_rates!r}.")
+        if self.decoder_convs < 1:
+            raise ValueError(f"decoder_convs must be positive, got {self.decoder_convs!r}.")
         self.encoder, self.aspp = create_encoder_and_aspp(self)
-        self.decoder = Decoder(
-            self.num_classes,
-            self.resample,
-            self.low_level_channels,
-            self.decoder_channels,
-            dtype=self.dtype,
-            widths=_widths_under(self.widths, "decoder"),
-        )
+        width = RESNET_CONFIGS[self.backbone].width
+        if self.head == "deeplabv3plus":
+            self.decoder = Decoder(
+                self.num_classes,
+                self.resample,
+                self.low_level_channels,
+                self.decoder_channels,
+                dtype=self.dtype,
+                widths=_widths_under(self.widths, "decoder"),
+                num_convs=self.decoder_convs,
+                separable=self.separable_decoder,
+                align_corners=self.align_corners,
+            )
+        else:
+            fcn = self.head == "fcn"
+            self.decoder = ConvHead(
+                self.num_classes,
+                32 * width // 4 if fcn else self.decoder_channels,
+                self.head_dropout_rate if fcn else 0.0,
+                self.resample,
+                self.align_corners,
+                self.dtype,
+                widths=_widths_under(self.widths, "decoder"),
+            )
+        if self.aux_head:
+            self.aux_decoder = ConvHead(
+                self.num_classes,
+                16 * width // 4,
+                self.head_dropout_rate,
+                self.resample,
+                self.align_corners,
+                self.dtype,
+                widths=_widths_under(self.widths, "aux_decoder"),
+            )
 
     def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Backbone and ASPP.
@@ -404,10 +650,16 @@ class DeepLabV3Plus(nn.Module):
           ``(aspp, low_level)``: ``[B, Hs, Ws, aspp_channels]`` at the output stride and
           ``[B, H4, W4, 4 * width]`` at stride 4 (33 and 129 at 513 input, stride 16).
         """
+        aspp, low_level, _ = self._encode_stages(x, train)
+        return aspp, low_level
+
+    def _encode_stages(self, x, train):
         if jnp.ndim(x) != 4:
             raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
-        low_level, high_level = self.encoder(x, train)
-        return self.aspp(high_level, train), low_level
+        low_level, _, third, high_level = self.encoder.stages(x, train)
+        if self.head != "fcn":
+            high_level = self.aspp(high_level, train)
+        return high_level, low_level, third
 
     def decode(
         self,
@@ -431,14 +683,28 @@ class DeepLabV3Plus(nn.Module):
           ``{"decoder_input": [B, F, F, aspp_channels + low_level_channels],
           "decoder_logits": [B, F, F, C], "logits": [B, H, W, C]}``.
         """
-        size = decoder_grid(self.feature_size, low_level.shape[1:3])
-        return decoder_outputs(*self.decoder(aspp, low_level, size, train), image_size)
+        if self.head == "deeplabv3plus":
+            size = decoder_grid(self.feature_size, low_level.shape[1:3])
+            outputs = self.decoder(aspp, low_level, size, train)
+        else:
+            stride = self.output_stride
+            size = decoder_grid(self.feature_size, aspp.shape[1:3], stride)
+            outputs = self.decoder(aspp, size, train)
+        return decoder_outputs(*outputs, image_size, align_corners=self.align_corners)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""
-        aspp, low_level = self.encode(x, train)
+        """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict.
+
+        With ``aux_head``, also ``"aux_logits" [B, H, W, C]``, the auxiliary head's.
+        """
+        aspp, low_level, third = self._encode_stages(x, train)
         outputs = self.decode(aspp, low_level, x.shape[1:3], train)
-        return {"aspp": aspp, "low_level": low_level, **outputs}
+        result = {"aspp": aspp, "low_level": low_level, **outputs}
+        if self.aux_head:
+            _, aux_logits = self.aux_decoder(third, third.shape[1:3], train)
+            aux = decoder_outputs(third, aux_logits, x.shape[1:3], align_corners=self.align_corners)
+            result["aux_logits"] = aux["logits"]
+        return result
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits ``[B, H, W, C]`` for images ``x [B, H, W, 3]``."""

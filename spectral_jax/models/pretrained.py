@@ -136,6 +136,38 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *_):
     return data
 
 
+class _SafeDtype:
+    """Stands for ``numpy.dtype`` in a pickle: only plain numeric dtypes are rebuilt."""
+
+    def __init__(self, name, align=False, copy=True):
+        del align, copy
+        dtype = np.dtype(str(name)) if isinstance(name, str) else None
+        if dtype is None or dtype.kind not in "biuf":
+            raise pickle.UnpicklingError(f"numpy dtype {name!r} is not allowed in a checkpoint.")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        # (version, byte order, ...): only the byte order matters for numeric dtypes.
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data=None):
+    """``numpy.core.multiarray.scalar``: a numeric NumPy scalar from its bytes."""
+    if not isinstance(dtype, _SafeDtype) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("bad numpy scalar in the checkpoint.")
+    if len(data) != dtype.dtype.itemsize:
+        raise pickle.UnpicklingError("bad numpy scalar size in the checkpoint.")
+    return np.frombuffer(data, dtype.dtype)[0]
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes``: latin-1 only."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("only latin-1 bytes may be encoded in a checkpoint.")
+    return text.encode("latin1")
+
+
 class _TensorUnpickler(pickle.Unpickler):
     """Unpickles a state dict, allowing only the globals that rebuild tensors.
 
@@ -158,6 +190,14 @@ class _TensorUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in self._storage_dtypes:
             return _StorageType(name, self._storage_dtypes[name])
+        # Numeric NumPy scalars (a training script's best score), their dtypes and, in
+        # protocol 2, their bytes.
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) == ("numpy", "dtype"):
+            return _SafeDtype
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+            return _numpy_scalar
         raise pickle.UnpicklingError(
             f"global {module}.{name} is not allowed in a weights-only checkpoint."
         )
@@ -250,10 +290,12 @@ def _read_with_torch(path: str) -> Any:
     import torch  # An optional extra (spectral_jax[bench]): only this reader needs it.
 
     loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(loaded, Mapping):
-        return loaded
 
     def to_numpy(value):
+        if isinstance(value, Mapping):
+            return {key: to_numpy(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(to_numpy(item) for item in value)
         if not isinstance(value, torch.Tensor):
             return value
         value = value.detach()
@@ -261,7 +303,7 @@ def _read_with_torch(path: str) -> Any:
             return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
         return value.numpy().copy()
 
-    return {key: to_numpy(value) for key, value in loaded.items()}
+    return to_numpy(loaded)
 
 
 def _as_state_dict(loaded: Any, path: str) -> StateDict:
@@ -299,6 +341,30 @@ def load_torchvision_state_dict(path: str | os.PathLike, *, backend: Backend = "
         mapping from names to tensors; for an unknown ``backend``, or ``"torch"``
         without torch installed.
     """
+    path = os.fspath(path)
+    return _as_state_dict(load_checkpoint(path, backend=backend), path)
+
+
+def load_checkpoint(path: str | os.PathLike, *, backend: Backend = "auto") -> Any:
+    """Reads any weights-only PyTorch checkpoint: nested dicts and lists of arrays.
+
+    A training checkpoint such as ``{"state_dict": ..., "optimizer": ..., "epoch": ...}``
+    comes back with its structure, tensors as NumPy arrays. Numeric NumPy scalars (a
+    best score a training script stored) are read by this module's reader; with
+    ``backend="auto"``, a file that ``torch.load(weights_only=True)`` refuses is read
+    again by it, which refuses everything but tensors, containers, numbers and strings.
+
+    Args:
+      path: the checkpoint file (``torch.save`` zip or legacy format, or ``.npz``).
+      backend: as :func:`load_torchvision_state_dict`.
+
+    Returns:
+      The unpickled object.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: as :func:`load_torchvision_state_dict`, naming the file.
+    """
     if backend not in ("auto", "torch", "numpy"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}.")
     path = os.fspath(path)
@@ -321,20 +387,35 @@ def load_torchvision_state_dict(path: str | os.PathLike, *, backend: Backend = "
                 loaded = {key: archive[key] for key in archive.files}
         elif use_torch:
             loaded = _read_with_torch(path)
-        elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                loaded = _read_zip_checkpoint(archive)
         else:
-            with open(path, "rb") as stream:
-                loaded = _read_legacy_checkpoint(stream)
+            loaded = _read_without_torch(path)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
+    except pickle.UnpicklingError as error:
+        if not use_torch or backend == "torch":
+            raise _unreadable(path, error) from error
+        try:  # torch refuses NumPy scalars; this module's reader takes numeric ones.
+            loaded = _read_without_torch(path)
+        except Exception as second:
+            raise _unreadable(path, second) from second
     except Exception as error:  # Whatever a reader raises, the file is bad.
-        raise ValueError(
-            f"cannot read checkpoint {path!r} (corrupt, truncated or not a PyTorch state "
-            f"dict): {type(error).__name__}: {error}"
-        ) from error
-    return _as_state_dict(loaded, path)
+        raise _unreadable(path, error) from error
+    return loaded
+
+
+def _read_without_torch(path: str) -> Any:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return _read_zip_checkpoint(archive)
+    with open(path, "rb") as stream:
+        return _read_legacy_checkpoint(stream)
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"cannot read checkpoint {path!r} (corrupt, truncated or not a PyTorch state "
+        f"dict): {type(error).__name__}: {error}"
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -207,6 +207,47 @@ def _aspp_structure() -> tuple[list[PrunableConv], list[ConvInputs]]:
     return convs, [ConvInputs("aspp/project_conv", branches)]
 
 
+# DeepLabV3Plus options whose layer graph pruning does not know: it holds for these
+# defaults only. (Dilations, rates, resampling, multi-grid, the DeepLab v3 and FCN heads
+# and the auxiliary head keep a graph it knows.)
+_STRUCTURAL_DEFAULTS = {
+    "separable_aspp": False,
+    "separable_decoder": False,
+    "aspp_output_conv": False,
+    "decoder_convs": 2,
+}
+
+
+def _check_prunable_options(model: DeepLabV3Plus) -> None:
+    """Raises ``ValueError`` naming the options whose layer graph pruning does not know."""
+    differing = {
+        name: getattr(model, name)
+        for name, default in _STRUCTURAL_DEFAULTS.items()
+        if getattr(model, name) != default
+    }
+    if differing:
+        raise ValueError(
+            "pruning knows the DeepLab v3+ layer graph with "
+            f"{_STRUCTURAL_DEFAULTS}; the model sets {differing} (separable or extra "
+            "convolutions), which it cannot prune."
+        )
+
+
+def _head_structure(model, convs, inputs) -> tuple[list[PrunableConv], list[ConvInputs]]:
+    """The DeepLab v3 head (ASPP, 3x3 convolution, classifier) or the FCN head (3x3
+    convolution on the last stage, classifier), and the auxiliary head if any."""
+    if model.head == "deeplabv3":
+        aspp_convs, aspp_inputs = _aspp_structure()
+        convs, inputs = convs + aspp_convs, inputs + aspp_inputs
+        inputs.append(ConvInputs("decoder/hidden_conv", ("aspp/project_conv",)))
+    # The FCN head reads the last stage's output, the residual path: nothing to slice.
+    heads = ["decoder", *(["aux_decoder"] if model.aux_head else [])]
+    for head in heads:
+        convs.append(_conv_bn(f"{head}/hidden_conv", "decoder"))
+        inputs.append(ConvInputs(f"{head}/classifier", (f"{head}/hidden_conv",)))
+    return convs, inputs
+
+
 def _structure(model) -> tuple[list[PrunableConv], list[ConvInputs]]:
     if not isinstance(model, DeepLabV3Plus | DAN):
         raise ValueError(f"model must be a DeepLabV3Plus or a DAN, got {type(model).__name__}.")
@@ -214,7 +255,11 @@ def _structure(model) -> tuple[list[PrunableConv], list[ConvInputs]]:
         raise ValueError(
             f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {model.backbone!r}."
         )
+    if isinstance(model, DeepLabV3Plus):
+        _check_prunable_options(model)
     convs, inputs = _resnet_structure(model.backbone)
+    if isinstance(model, DeepLabV3Plus) and model.head != "deeplabv3plus":
+        return _head_structure(model, convs, inputs)
     aspp_convs, aspp_inputs = _aspp_structure()
     convs += aspp_convs
     inputs += aspp_inputs

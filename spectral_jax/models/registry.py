@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,13 +27,21 @@ from spectral_jax.models.anti_aliasing import DeAliasingFilter, FreqMix
 from spectral_jax.models.dan import DAN
 from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus
 from spectral_jax.models.deeplab import DeepLabV3Plus
+from spectral_jax.models.segmentation_checkpoints import LAYOUT_SETTINGS
 from spectral_jax.related import dct_input
 
-#: ``config.model.name`` -> model class.
-MODELS: dict[str, type[nn.Module]] = {
+#: ``config.model.name`` -> model class, or a class with preset options: the PyTorch
+#: networks whose checkpoints :mod:`spectral_jax.models.segmentation_checkpoints` imports
+#: are :class:`DeepLabV3Plus` with the options of their layout (the config's fields
+#: override them), named as the layout.
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus": DeepLabV3Plus,
     "dan": DAN,
     "dct_deeplabv3plus": DCTDeepLabV3Plus,
+    **{
+        layout: functools.partial(DeepLabV3Plus, **settings)
+        for layout, settings in LAYOUT_SETTINGS.items()
+    },
 }
 
 #: ``config.model.downsample_filter`` values: the module put before every strided block
@@ -82,6 +91,7 @@ INPUT_KINDS: dict[str, str] = {
     "deeplabv3plus": "rgb",
     "dan": "rgb",
     "dct_deeplabv3plus": "dct",
+    **{layout: "rgb" for layout in LAYOUT_SETTINGS},
 }
 
 
@@ -149,4 +159,4 @@ def create_model(model_config: ml_collections.ConfigDict, *, num_classes: int) -
                     f"{tuple(DOWNSAMPLE_FILTERS)}, got {filter_name!r}."
                 )
             fields["downsample_filter"] = DOWNSAMPLE_FILTERS[filter_name]
-    return MODELS[name](num_classes=num_classes, **fields)
+    return MODELS[name](num_classes=num_classes, **fields)  # fields override presets

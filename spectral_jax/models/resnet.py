@@ -409,14 +409,16 @@ def bottleneck_stage(
     downsample_filter: Callable[..., nn.Module] | None = None,
     scan_blocks: bool = True,
     remat_blocks: bool = False,
+    later_dilations: Sequence[int] | None = None,
 ) -> jax.Array:
     """Runs one stage of bottlenecks; call it inside a parent's ``nn.compact`` method.
 
     The first block, ``layer{stage + 1}_block0``, has the stage's stride and
-    ``first_dilation``; the others stride 1 and ``dilation``. With ``scan_blocks`` the
-    others run as one scanned module ``layer{stage + 1}_blocks`` (module docstring),
-    otherwise as ``layer{stage + 1}_block{b}``; ``widths`` (``{"layer{s}_block{b}/convK":
-    channels}``) needs the unrolled form.
+    ``first_dilation``; the others stride 1 and ``dilation`` (or ``later_dilations``).
+    With ``scan_blocks`` the others run as one scanned module ``layer{stage + 1}_blocks``
+    (module docstring), otherwise as ``layer{stage + 1}_block{b}``; ``widths``
+    (``{"layer{s}_block{b}/convK": channels}``) needs the unrolled form, and so do
+    blocks of different dilations (a multi-grid stage), which always run unrolled.
 
     Args:
       x: ``[B, H, W, Cin]``.
@@ -435,16 +437,29 @@ def bottleneck_stage(
       scan_blocks: run the blocks after the first under ``nn.scan``.
       remat_blocks: with ``scan_blocks``, recompute each scanned block in the backward
         pass instead of storing its activations.
+      later_dilations: the dilations of blocks ``1 .. num_blocks - 1`` (a multi-grid
+        stage) instead of ``dilation`` for all of them; ``None`` for ``dilation``.
 
     Returns:
       ``[B, ceil(H / strides), ceil(W / strides), 4 * features]``.
 
     Raises:
-      ValueError: if ``widths`` is given together with ``scan_blocks``.
+      ValueError: if ``widths`` is given together with ``scan_blocks``, or
+        ``later_dilations`` does not have ``num_blocks - 1`` entries.
     """
     widths = dict(widths or {})
     if widths and scan_blocks:
         raise ValueError("widths needs unrolled blocks: pass scan_blocks=False with widths.")
+    if later_dilations is None:
+        later_dilations = (dilation,) * (num_blocks - 1)
+    later_dilations = tuple(int(d) for d in later_dilations)
+    if len(later_dilations) != num_blocks - 1:
+        raise ValueError(
+            f"later_dilations of layer{stage + 1} needs {num_blocks - 1} entries, got "
+            f"{later_dilations!r}."
+        )
+    if len(set(later_dilations)) > 1:
+        scan_blocks = False  # nn.scan needs identical blocks; dilation is static.
     layer = f"layer{stage + 1}"
     x = Bottleneck(
         features,
@@ -460,7 +475,7 @@ def bottleneck_stage(
         blocks = _stacked_bottlenecks(num_blocks - 1, remat_blocks)
         x, _ = blocks(
             features,
-            dilation=dilation,
+            dilation=later_dilations[0],
             dtype=dtype,
             loop_friendly_convs=True,
             name=f"{layer}_blocks",
@@ -470,13 +485,42 @@ def bottleneck_stage(
         name = f"{layer}_block{block}"
         x = Bottleneck(
             features,
-            dilation=dilation,
+            dilation=later_dilations[block - 1],
             dtype=dtype,
             conv1_features=widths.get(f"{name}/conv1"),
             conv2_features=widths.get(f"{name}/conv2"),
             name=name,
         )(x, train)
     return x
+
+
+FIRST_BLOCK_DILATIONS: tuple[str, ...] = ("previous", "stage")
+
+
+def check_dilation_settings(
+    first_block_dilation: str, multi_grid: Sequence[int] | None, stage_sizes: Sequence[int]
+) -> None:
+    """Validates ``first_block_dilation`` and ``multi_grid`` (see :func:`bottleneck_stages`).
+
+    Raises:
+      ValueError: naming the argument and its value.
+    """
+    if first_block_dilation not in FIRST_BLOCK_DILATIONS:
+        raise ValueError(
+            f"first_block_dilation must be one of {FIRST_BLOCK_DILATIONS}, got "
+            f"{first_block_dilation!r}."
+        )
+    if multi_grid is None:
+        return
+    if (
+        not isinstance(multi_grid, tuple)
+        or len(multi_grid) != stage_sizes[-1]
+        or not all(isinstance(m, int) and m >= 1 for m in multi_grid)
+    ):
+        raise ValueError(
+            f"multi_grid must be a tuple of {stage_sizes[-1]} positive ints (one per block of "
+            f"the last stage), got {multi_grid!r}."
+        )
 
 
 def bottleneck_stages(
@@ -486,6 +530,8 @@ def bottleneck_stages(
     stage_sizes: Sequence[int],
     width: int,
     plan: Sequence[tuple[int, int]],
+    first_block_dilation: str = "previous",
+    multi_grid: Sequence[int] | None = None,
     **stage_settings,
 ) -> tuple[jax.Array, ...]:
     """Runs every stage (:func:`bottleneck_stage`); call it inside ``nn.compact``.
@@ -499,15 +545,33 @@ def bottleneck_stages(
       stage_sizes: blocks per stage.
       width: the first stage's bottleneck width.
       plan: ``(strides, dilation)`` per stage (:func:`stage_dilations`).
+      first_block_dilation: ``"previous"`` (torchvision's rule: the first block of a
+        stage keeps the previous stage's dilation) or ``"stage"`` (it has its own
+        stage's, as segmentation_models_pytorch and the multi-grid unit dilate).
+      multi_grid: multipliers of the last stage's dilation, one per block, first
+        included (DeepLab v3's multi-grid, ``(1, 2, 4)``; "Rethinking Atrous
+        Convolution for Semantic Image Segmentation", arXiv:1706.05587); ``None`` for
+        none.
       **stage_settings: the other arguments of :func:`bottleneck_stage` (``dtype``,
         ``widths``, ``scan_blocks``, ...).
 
     Returns:
       The output of every stage, in order.
+
+    Raises:
+      ValueError: for an unknown ``first_block_dilation``, or a ``multi_grid`` that does
+        not have one positive entry per block of the last stage.
     """
+    check_dilation_settings(first_block_dilation, multi_grid, stage_sizes)
     previous_dilation = 1
     outputs = []
+    last = len(stage_sizes) - 1
     for stage, (num_blocks, (strides, dilation)) in enumerate(zip(stage_sizes, plan, strict=True)):
+        first_dilation = previous_dilation if first_block_dilation == "previous" else dilation
+        later_dilations = None
+        if multi_grid is not None and stage == last:
+            first_dilation = dilation * multi_grid[0]
+            later_dilations = tuple(dilation * m for m in multi_grid[1:])
         x = bottleneck_stage(
             x,
             train,
@@ -516,7 +580,8 @@ def bottleneck_stages(
             features=width * 2**stage,
             strides=strides,
             dilation=dilation,
-            first_dilation=previous_dilation,
+            first_dilation=first_dilation,
+            later_dilations=later_dilations,
             **stage_settings,
         )
         previous_dilation = dilation
@@ -543,6 +608,13 @@ class ResNet(nn.Module):
       remat_blocks: recompute the scanned blocks in the backward pass
         (``jax.checkpoint``) instead of storing their activations: less memory, more
         compute.
+      first_block_dilation: ``"previous"`` (torchvision: the first block of a dilated
+        stage keeps the previous stage's dilation) or ``"stage"``
+        (segmentation_models_pytorch: every block of the stage has its dilation).
+      multi_grid: per-block multipliers of the last stage's dilation, ``(1, 2, 4)`` in
+        DeepLab v3's multi-grid (arXiv:1706.05587); ``None`` for none. Blocks of
+        different dilations cannot be stacked: a multi-grid last stage runs unrolled
+        (``layer4_block1``, ``layer4_block2``, ...).
 
     Example:
       Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
@@ -564,6 +636,8 @@ class ResNet(nn.Module):
     downsample_filter: Callable[..., nn.Module] | None = None
     scan_blocks: bool = True
     remat_blocks: bool = False
+    first_block_dilation: str = "previous"
+    multi_grid: tuple[int, ...] | None = None
 
     @property
     def stacks_blocks(self) -> bool:
@@ -635,6 +709,8 @@ class ResNet(nn.Module):
             downsample_filter=self.downsample_filter,
             scan_blocks=self.stacks_blocks,
             remat_blocks=self.remat_blocks,
+            first_block_dilation=self.first_block_dilation,
+            multi_grid=self.multi_grid,
         )
 
 
@@ -647,6 +723,8 @@ def create_resnet(
     downsample_filter: Callable[..., nn.Module] | None = None,
     scan_blocks: bool = True,
     remat_blocks: bool = False,
+    first_block_dilation: str = "previous",
+    multi_grid: tuple[int, ...] | None = None,
 ) -> ResNet:
     """A ResNet by name: ``"resnet50"``, ``"resnet101"`` or ``"resnet_tiny"``.
 
@@ -660,14 +738,17 @@ def create_resnet(
       scan_blocks: stack the identical blocks of each stage under ``nn.scan`` (see
         :class:`ResNet`; ignored with ``widths``).
       remat_blocks: recompute the scanned blocks in the backward pass.
+      first_block_dilation: ``"previous"`` or ``"stage"`` (see :class:`ResNet`).
+      multi_grid: the last stage's per-block dilation multipliers, or ``None``.
 
     Raises:
-      ValueError: for an unknown name or output stride.
+      ValueError: for an unknown name, output stride or dilation setting.
     """
     if name not in RESNET_CONFIGS:
         raise ValueError(f"backbone must be one of {tuple(RESNET_CONFIGS)}, got {name!r}.")
     stage_dilations(output_stride)
     config = RESNET_CONFIGS[name]
+    check_dilation_settings(first_block_dilation, multi_grid, config.stage_sizes)
     return ResNet(
         config.stage_sizes,
         config.width,
@@ -677,6 +758,8 @@ def create_resnet(
         downsample_filter=downsample_filter,
         scan_blocks=scan_blocks,
         remat_blocks=remat_blocks,
+        first_block_dilation=first_block_dilation,
+        multi_grid=multi_grid,
     )
 
 

@@ -42,7 +42,7 @@ from spectral_jax.evaluation import (
     compute_spread,
     inference_apply_fn,
 )
-from spectral_jax.models import pretrained, registry
+from spectral_jax.models import pretrained, registry, segmentation_checkpoints
 from spectral_jax.training import checkpointing, steps
 from spectral_jax.training import train_state as state_lib
 from spectral_jax.training import writers as writers_lib
@@ -243,12 +243,46 @@ def _variables_per_replica(state, program: _TrainingProgram) -> list[dict[str, A
     return [{"params": state.params, "batch_stats": state.batch_stats}]
 
 
+def _pretrained_weights(config, model: nn.Module) -> dict[str, Any] | None:
+    """The variables of ``config.pretrained_weights``, a whole trained PyTorch network.
+
+    Read and checked before the run writes anything, so that a checkpoint of another
+    network stops the run with the differences named and no file written.
+
+    Raises:
+      ValueError: when ``config.model.name`` is not a layout of
+        :mod:`spectral_jax.models.segmentation_checkpoints`, when ``pretrained_backbone``
+        is set too, or as :func:`~spectral_jax.models.segmentation_checkpoints.
+        load_segmentation_checkpoint` for an unreadable or mismatched checkpoint.
+    """
+    path = config.get("pretrained_weights")
+    if not path:
+        return None
+    layout = config.model.name
+    if layout not in segmentation_checkpoints.LAYOUTS:
+        raise ValueError(
+            f"config.pretrained_weights needs config.model.name to be one of "
+            f"{segmentation_checkpoints.LAYOUTS} (the checkpoint's layout), got {layout!r}."
+        )
+    if config.get("pretrained_backbone"):
+        raise ValueError(
+            "config.pretrained_weights and config.pretrained_backbone are both set; the "
+            "whole network's weights include the backbone, set one."
+        )
+    return segmentation_checkpoints.load_segmentation_checkpoint(path, model, layout=layout)
+
+
 def _with_pretrained_backbone(state, checkpoint, program: _TrainingProgram):
     """``state`` with the backbone of ``checkpoint`` in every replica, replicated again."""
     loaded = [
         pretrained.load_pretrained_backbone(v, checkpoint)
         for v in _variables_per_replica(state, program)
     ]
+    return _with_variables(state, loaded, program)
+
+
+def _with_variables(state, loaded: list[dict[str, Any]], program: _TrainingProgram):
+    """``state`` with replica ``k``'s params and batch_stats from ``loaded[k]``, replicated."""
     variables = (
         jax.tree.map(lambda *leaves: np.stack(leaves), *loaded) if program.stacked else loaded[0]
     )
@@ -434,6 +468,12 @@ def train_and_evaluate(
     run normalises every replica's input with the statistics of the ``config.seed``
     stream.)
 
+    Trained PyTorch networks: ``config.pretrained_weights`` names a checkpoint of the
+    whole network in the layout of ``config.model.name`` (one of
+    :data:`spectral_jax.models.segmentation_checkpoints.LAYOUTS`); a fresh run starts from
+    it in every replica (fine-tuning), a resumed run from its own checkpoint. The file
+    is read and checked before anything is written.
+
     DCT model (``config.model.name = "dct_deeplabv3plus"``): the images become
     normalised DCT coefficients (:func:`spectral_jax.data.dct_pipeline.dct_run_pipeline`)
     with per-channel statistics of the first ``config.dct_statistics_batches`` training
@@ -484,6 +524,7 @@ def train_and_evaluate(
         devices=tuple(jax.devices()),
     )
     mesh = program.mesh
+    imported = _pretrained_weights(config, program.model)  # before anything is written
     init_keys, dropout_keys = replica_keys(seeds)
     dropout_keys = sharding.replicate(dropout_keys, mesh)
     sharding.local_batch_size(int(config.batch_size), mesh)  # Checks divisibility.
@@ -508,6 +549,8 @@ def train_and_evaluate(
         state = program.init_fn(init_keys)
         if config.get("pretrained_backbone"):
             state = _with_pretrained_backbone(state, config.pretrained_backbone, program)
+        if imported is not None:
+            state = _with_variables(state, [imported] * program.num_replicas, program)
         start_step = 0
     else:
         state, start_step = restored
