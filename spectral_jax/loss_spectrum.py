@@ -57,10 +57,13 @@ for an absent class, so dropping its term is exact. The classes are transformed
 ``class_chunk_size`` at a time in a ``lax.scan`` (:func:`_half_spectrum_of_classes`): the
 peak memory grows with the chunk, not with ``C``.
 
-Every public function checks its arguments in Python (label values too, when they are
-concrete) and runs its computation through a module-level ``jax.jit`` whose static
-arguments are the settings that fix shapes (``ignore_index``, ``radius``,
-``max_classes_present``, ``class_chunk_size``, ``per_image``). An eager call therefore
+Every public function gathers its settings in one frozen, hashable object (``ignore_index``,
+``ignore_mode``, ``radius``, ``max_classes_present``, ``class_chunk_size``, ``per_image``,
+``data_format``), which converts and checks its arguments in Python (label values too,
+when they are concrete) and runs the computation through a module-level ``jax.jit``
+whose one static argument it is. Logits and labels may be JAX or NumPy arrays or CPU
+PyTorch tensors, with the classes last (``data_format="NHWC"``, the default) or second
+(``"NCHW"``, moved last inside the ``jit``). An eager call therefore
 compiles once per input shape, dtype and setting, and a repeated eager call costs what a
 call jitted by the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the
 inner ``jit`` is inlined. Band limits are traced arguments: new values never recompile.
@@ -68,7 +71,9 @@ inner ``jit`` is inlined. Band limits are traced arguments: new values never rec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import chex
@@ -83,12 +88,13 @@ from spectral_jax.bands import Radius
 # Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
 DEFAULT_CLASS_CHUNK_SIZE = 3
 
-_CE_SETTINGS = ("ignore_index", "ignore_mode", "max_classes_present", "class_chunk_size")
-
 # Which maps an ignored pixel is removed from (module docstring, "Ignored pixels").
 IgnoreMode = Literal["labels", "both"]
 IGNORE_MODES: tuple[str, ...] = _checks.IGNORE_MODES
 DEFAULT_IGNORE_MODE: IgnoreMode = "labels"
+
+# Where the class axis of the logits is: last (Flax) or second (PyTorch).
+DataFormat = Literal["NHWC", "NCHW"]
 
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
@@ -111,15 +117,60 @@ def _check_class_chunk_size(class_chunk_size: int) -> None:
         raise ValueError(f"class_chunk_size must be a positive int, got {class_chunk_size!r}.")
 
 
-def _check_ce_arguments(
-    logits, labels, *, ignore_index, ignore_mode, max_classes_present, class_chunk_size
-) -> tuple[int, int, int, int]:
-    """The checks of :func:`ce_spectrum`'s arguments; concrete labels are range-checked."""
-    shape = _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
-    _checks.check_ignore_mode(ignore_mode)
-    _check_max_classes_present(max_classes_present)
-    _check_class_chunk_size(class_chunk_size)
-    return shape
+@dataclasses.dataclass(frozen=True)
+class _CESettings:
+    """The static settings of the public CE functions, checked in one place.
+
+    Hashable: it is the one static argument of every module-level ``jit`` of this module
+    (:func:`_jit_ce`), so a new value of any setting compiles once and equal settings
+    share a compilation. ``radius`` and ``per_image`` are read only by the functions that
+    take them; their defaults stand for the others.
+    """
+
+    ignore_index: int = 255
+    ignore_mode: str = DEFAULT_IGNORE_MODE
+    max_classes_present: int | None = None
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE
+    radius: str = "chebyshev"
+    per_image: bool = False
+    data_format: str = "NHWC"
+
+    def checked(self, logits, labels):
+        """``(logits, labels)`` as arrays, checked against each other and these settings.
+
+        Array-likes (a CPU PyTorch tensor) are converted (:func:`spectral_jax._checks.as_array`);
+        concrete labels are range-checked.
+        """
+        logits = _checks.as_array(logits, "logits")
+        labels = _checks.as_array(labels, "labels")
+        _checks.check_logits_and_labels(
+            logits, labels, ignore_index=self.ignore_index, data_format=self.data_format
+        )
+        _checks.check_ignore_mode(self.ignore_mode)
+        _check_max_classes_present(self.max_classes_present)
+        _check_class_chunk_size(self.class_chunk_size)
+        bands_lib._check_radius(self.radius)
+        return logits, labels
+
+    def call(self, jitted: Callable, logits, labels, *args):
+        """Checks the arguments, then runs ``jitted(logits, labels, *args, settings=self)``."""
+        logits, labels = self.checked(logits, labels)
+        return jitted(logits, labels, *args, settings=self)
+
+
+def _jit_ce(compute: Callable) -> Callable:
+    """``compute(logits [B, H, W, C], labels, *args, settings)``, jitted, ``settings`` static.
+
+    The logits are moved to channels last inside the ``jit`` (an eager transpose would
+    compile on its own), so ``compute`` always sees ``[B, H, W, C]``.
+    """
+
+    @functools.wraps(compute)
+    def channels_last(logits, labels, *args, settings: _CESettings):
+        logits = _checks.to_channels_last(logits, settings.data_format)  # [B, H, W, C]
+        return compute(logits, labels, *args, settings=settings)
+
+    return jax.jit(channels_last, static_argnames="settings")
 
 
 def _classes_present(labels, valid, num_classes: int):
@@ -295,16 +346,11 @@ def _half_spectrum_of_classes(logits, labels, valid, transformed, classes, chunk
     return _scan_class_chunks(add_chunk, total, class_logits, class_ids, chunk_size)
 
 
-def _compute_half_spectrum(
-    logits,
-    labels,
-    *,
-    ignore_index: int,
-    ignore_mode: str,
-    max_classes_present: int | None,
-    class_chunk_size: int,
-):
+def _compute_half_spectrum(logits, labels, *, settings: _CESettings):
     """The computation of :func:`ce_half_spectrum` on checked arguments (traceable)."""
+    ignore_index, ignore_mode = settings.ignore_index, settings.ignore_mode
+    max_classes_present = settings.max_classes_present
+    class_chunk_size = settings.class_chunk_size
     _, height, width, num_classes = jnp.shape(logits)
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     labels = jnp.asarray(labels)
@@ -333,9 +379,7 @@ def _compute_half_spectrum(
     return _checks.poison_invalid_labels(half, labels, num_classes, ignore_index)
 
 
-@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
-def _ce_half_spectrum(logits, labels, **settings):
-    return _compute_half_spectrum(logits, labels, **settings)
+_ce_half_spectrum = _jit_ce(_compute_half_spectrum)
 
 
 def ce_half_spectrum(
@@ -346,6 +390,7 @@ def ce_half_spectrum(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     """CE components on the half spectrum that ``rfft2`` returns (the fast layout).
 
@@ -358,14 +403,14 @@ def ce_half_spectrum(
     Returns:
       ``[B, H, Kw]`` float32 (float64 for float64 logits), ``Kw = W // 2 + 1``.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    return _ce_half_spectrum(logits, labels, **settings)
+    return settings.call(_ce_half_spectrum, logits, labels)
 
 
 def _full_from_half(half, width: int):
@@ -377,9 +422,9 @@ def _full_from_half(half, width: int):
     return jnp.concatenate([half, rest], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
-def _ce_spectrum(logits, labels, **settings):
-    half = _compute_half_spectrum(logits, labels, **settings)
+@_jit_ce
+def _ce_spectrum(logits, labels, *, settings):
+    half = _compute_half_spectrum(logits, labels, settings=settings)
     return _full_from_half(half, logits.shape[2])
 
 
@@ -391,6 +436,7 @@ def ce_spectrum(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Frequency components ``L_ce(nu)`` of each image's cross-entropy (Eq. 5).
 
@@ -407,11 +453,15 @@ def ce_spectrum(
     docstring); calling it under ``jax.jit`` costs the same.
 
     Args:
-      logits: ``[B, H, W, C]`` floating logits. float16 and bfloat16 logits are upcast
-        to float32 (exact; the result equals that of ``logits.astype(jnp.float32)``),
-        float32 logits are transformed in float32, and float64 logits (with
-        ``jax_enable_x64``, on CPU or GPU) in float64.
-      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
+      logits: ``[B, H, W, C]`` floating logits (``[B, C, H, W]`` with
+        ``data_format="NCHW"``): a JAX or NumPy array, or a CPU PyTorch tensor (read
+        through ``__array__``/``__dlpack__``; torch is not imported). float16 and
+        bfloat16 logits are upcast to float32 (exact; the result equals that of
+        ``logits.astype(jnp.float32)``), float32 logits are transformed in float32, and
+        float64 logits (with ``jax_enable_x64``, on CPU or GPU) in float64; float64
+        NumPy logits with x64 off are computed in float32 and warn once per process.
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index`` (any array
+        type, as ``logits``).
       ignore_index: label of pixels without a class: their one-hot labels are zero.
         Must lie outside ``[0, C)``. Static.
       ignore_mode: ``"labels"`` (default, the paper's Eq. 1: the negative
@@ -432,6 +482,9 @@ def ce_spectrum(
         with ``C``. Larger chunks batch more FFTs per step (the default was the fastest
         measured on 2 CPU cores, ``benchmarks/README.md``). The result does not depend
         on it beyond rounding.
+      data_format: ``"NHWC"`` (default, channels last as Flax convolutions give them) or
+        ``"NCHW"`` (channels first, as PyTorch's). Static; the axis is moved inside the
+        compiled computation.
 
     Returns:
       ``[B, H, W]`` float32 (float64 for float64 logits) in DFT (unshifted) order; use
@@ -441,7 +494,8 @@ def ce_spectrum(
       TypeError: non-floating ``logits`` or non-integer ``labels``.
       ValueError: float64 ``logits`` on a backend without float64 (TPU: cast them to
         float32, or run on CPU with ``jax_enable_x64``); wrong ranks, ``[B, H, W]``
-        mismatch, ``ignore_index`` inside
+        mismatch (saying so when the shape looks channels first), a bad
+        ``data_format``, ``ignore_index`` inside
         ``[0, C)``, a bad ``max_classes_present`` or ``class_chunk_size``, or (eagerly) a
         label outside ``[0, C)``. Under ``jit`` the images with such a label get NaN
         components. NaN or Inf logits at valid pixels make the image's components
@@ -462,14 +516,14 @@ def ce_spectrum(
       >>> np.allclose(ce, spatial.mean(axis=(1, 2)), atol=1e-5)
       True
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    return _ce_spectrum(logits, labels, **settings)
+    return settings.call(_ce_spectrum, logits, labels)
 
 
 def _band_sums(half, shape, radius: str):
@@ -482,14 +536,12 @@ def _band_sums(half, shape, radius: str):
     return jax.vmap(lambda row: jax.ops.segment_sum(row, index.ravel(), num_segments=num))(weighted)
 
 
-def _compute_band_profile(logits, labels, *, radius: str, **settings):
-    half = _compute_half_spectrum(logits, labels, **settings)
-    return _band_sums(half, logits.shape[1:3], radius)
+def _compute_band_profile(logits, labels, *, settings: _CESettings):
+    half = _compute_half_spectrum(logits, labels, settings=settings)
+    return _band_sums(half, logits.shape[1:3], settings.radius)
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
-def _band_profile(logits, labels, **settings):
-    return _compute_band_profile(logits, labels, **settings)
+_band_profile = _jit_ce(_compute_band_profile)
 
 
 def band_profile(
@@ -501,14 +553,15 @@ def band_profile(
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Sum of the CE components in each band (the paper's Fig. 1 and 2).
 
     .. math:: P(r) = \sum_{\mathrm{band}(\nu) = r} \mathcal{L}_{ce}(\nu)
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       radius: ``"chebyshev"`` (``max(|nu_h|, |nu_w|)``) or ``"euclidean"``
         (see :mod:`spectral_jax.bands`). Static.
 
@@ -516,15 +569,15 @@ def band_profile(
       ``[B, R]``, ``R = num_bands((H, W), radius=radius)``; each row sums to the image's
       mean CE.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    return _band_profile(logits, labels, radius=radius, **settings)
+    return settings.call(_band_profile, logits, labels)
 
 
 def _truncate_profile(profile, band_limit):
@@ -585,9 +638,9 @@ def _check_band_limit(band_limit):
     return band_limit
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
-def _truncated_ce(logits, labels, band_limit, **settings):
-    return _truncate_profile(_compute_band_profile(logits, labels, **settings), band_limit)
+@_jit_ce
+def _truncated_ce(logits, labels, band_limit, *, settings):
+    return _truncate_profile(_compute_band_profile(logits, labels, settings=settings), band_limit)
 
 
 def truncated_ce(
@@ -600,6 +653,7 @@ def truncated_ce(
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Truncated CE: the components inside a band limit (Eq. 13).
 
@@ -610,8 +664,8 @@ def truncated_ce(
     Differentiable in ``logits``: its gradient is the loss a band-limited training uses.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``; a traced value (it only selects), so
         ``jax.vmap`` over band limits compiles once, and so does a loop over band limits
         of one type (a Python int, say). A band limit at or above the last band gives
@@ -623,15 +677,15 @@ def truncated_ce(
       ``[B]`` truncated CE per image.
     """
     band_limit = _check_band_limit(band_limit)
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    return _truncated_ce(logits, labels, band_limit, radius=radius, **settings)
+    return settings.call(_truncated_ce, logits, labels, band_limit)
 
 
 def _relative(truncated, total, per_image: bool):
@@ -642,11 +696,11 @@ def _relative(truncated, total, per_image: bool):
     return jnp.where(nonzero, jnp.abs(truncated - total) / jnp.where(nonzero, total, 1), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
-def _relative_discrepancy(logits, labels, band_limit, *, per_image, **settings):
-    profile = _compute_band_profile(logits, labels, **settings)
+@_jit_ce
+def _relative_discrepancy(logits, labels, band_limit, *, settings):
+    profile = _compute_band_profile(logits, labels, settings=settings)
     truncated = _truncate_profile(profile, band_limit)
-    return _relative(truncated, jnp.sum(profile, axis=-1), per_image)
+    return _relative(truncated, jnp.sum(profile, axis=-1), settings.per_image)
 
 
 def relative_discrepancy(
@@ -660,6 +714,7 @@ def relative_discrepancy(
     per_image: bool = False,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Relative discrepancy ``R(nu_max)`` of the truncated CE from the CE (Eq. 14).
 
@@ -672,8 +727,8 @@ def relative_discrepancy(
     image with no valid pixel: all its components are 0).
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once); checked
         as in :func:`truncated_ce` (a traced NaN gives NaN).
       radius: band radius, as in :func:`band_profile`.
@@ -683,17 +738,16 @@ def relative_discrepancy(
       Scalar, or ``[B]`` with ``per_image=True``.
     """
     band_limit = _check_band_limit(band_limit)
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        per_image=per_image,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    return _relative_discrepancy(
-        logits, labels, band_limit, radius=radius, per_image=per_image, **settings
-    )
+    return settings.call(_relative_discrepancy, logits, labels, band_limit)
 
 
 def _compute_sweep(profile, per_image: bool):
@@ -734,9 +788,10 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
     return _sweep_from_band_profile(profile, per_image=per_image)
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
-def _band_limit_sweep(logits, labels, *, per_image, **settings):
-    return _compute_sweep(_compute_band_profile(logits, labels, **settings), per_image)
+@_jit_ce
+def _band_limit_sweep(logits, labels, *, settings):
+    profile = _compute_band_profile(logits, labels, settings=settings)
+    return _compute_sweep(profile, settings.per_image)
 
 
 def band_limit_sweep(
@@ -749,6 +804,7 @@ def band_limit_sweep(
     per_image: bool = False,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     """``R(nu_max)`` at every band limit ``0 .. R-1`` from one decomposition.
 
@@ -757,8 +813,8 @@ def band_limit_sweep(
     ``relative_discrepancy(logits, labels, r)``.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
       per_image: ``[B, R]`` per-image ratios instead of the ``[R]`` ratio of batch means.
         Static.
@@ -766,15 +822,16 @@ def band_limit_sweep(
     Returns:
       ``[R]`` (or ``[B, R]``); the last entry is 0.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        per_image=per_image,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    return _band_limit_sweep(logits, labels, radius=radius, per_image=per_image, **settings)
+    return settings.call(_band_limit_sweep, logits, labels)
 
 
 class MagnitudeProfiles(NamedTuple):
@@ -789,10 +846,10 @@ class MagnitudeProfiles(NamedTuple):
     logits: jax.Array
 
 
-@functools.partial(
-    jax.jit, static_argnames=("ignore_index", "ignore_mode", "radius", "class_chunk_size")
-)
-def _magnitude_profiles(logits, labels, *, ignore_index, ignore_mode, radius, class_chunk_size):
+@_jit_ce
+def _magnitude_profiles(logits, labels, *, settings):
+    ignore_index, ignore_mode, radius = settings.ignore_index, settings.ignore_mode, settings.radius
+    class_chunk_size = settings.class_chunk_size
     _, height, width, num_classes = logits.shape
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     valid = labels != ignore_index  # [B, H, W]
@@ -826,6 +883,7 @@ def magnitude_profiles(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> MagnitudeProfiles:
     r"""Class-averaged magnitude profiles ``|b(nu)|`` and ``|y_hat(nu)|`` (Fig. 1).
 
@@ -844,22 +902,18 @@ def magnitude_profiles(
     are transformed.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, class_chunk_size, data_format: as in
         :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       :class:`MagnitudeProfiles` of two ``[B, R]`` arrays.
     """
-    _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
-    _checks.check_ignore_mode(ignore_mode)
-    _check_class_chunk_size(class_chunk_size)
-    bands_lib._check_radius(radius)
-    return _magnitude_profiles(
-        logits,
-        labels,
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
-        radius=radius,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
+    return settings.call(_magnitude_profiles, logits, labels)
