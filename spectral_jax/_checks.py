@@ -32,6 +32,7 @@ PyTorch's); a shape that only fits channels first says so in the error.
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ IGNORE_MODES: tuple[str, ...] = ("labels", "both")
 
 
 #: Layouts of maps with channels: channels last (Flax) or channels first (PyTorch).
+DataFormat = Literal["NHWC", "NCHW"]
 DATA_FORMATS: tuple[str, ...] = ("NHWC", "NCHW")
 
 
@@ -73,7 +75,7 @@ def looks_channels_first(shape: tuple[int, ...], spatial: tuple[int, ...]) -> bo
 
 def channels_first_hint(shape: tuple[int, ...]) -> str:
     """The error's hint for a ``[B, C, H, W]``-looking ``shape``."""
-    return f" Got {tuple(shape)}: channels first? pass data_format='NCHW' or move axis 1 last."
+    return f"; got {tuple(shape)}: channels first? pass data_format='NCHW' or move axis 1 last"
 
 
 def _is_array(x) -> bool:
@@ -263,7 +265,7 @@ def check_logits_and_labels(
             hint = channels_first_hint(jnp.shape(logits))
         raise ValueError(
             f"{logits_name} {layout} and labels [B, H, W] disagree: "
-            f"{logits_name} shape {jnp.shape(logits)}, labels shape {jnp.shape(labels)}.{hint}"
+            f"{logits_name} shape {jnp.shape(logits)}, labels shape {jnp.shape(labels)}{hint}."
         )
     batch, height, width, num_classes = shape
     if num_classes < 1:

@@ -94,7 +94,7 @@ IGNORE_MODES: tuple[str, ...] = _checks.IGNORE_MODES
 DEFAULT_IGNORE_MODE: IgnoreMode = "labels"
 
 # Where the class axis of the logits is: last (Flax) or second (PyTorch).
-DataFormat = Literal["NHWC", "NCHW"]
+DataFormat = _checks.DataFormat
 
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
@@ -608,6 +608,7 @@ def _check_band_limit(band_limit):
       TypeError: naming ``band_limit`` for a string, a bool or a non-real value.
       ValueError: naming ``band_limit`` for a non-scalar, or a concrete NaN.
     """
+    band_limit = _checks.as_array(band_limit, "band_limit")  # a 0-d PyTorch tensor, say
     if isinstance(band_limit, str | bytes | bool | np.bool_) or not (
         isinstance(band_limit, int | float | np.number | np.ndarray | jax.Array)
     ):
@@ -782,6 +783,7 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
       TypeError: non-floating ``profile``.
       ValueError: a ``profile`` of rank below 2 or above 4; float64 on a TPU backend.
     """
+    profile = _checks.as_array(profile, "profile")
     _checks.check_floating(profile, "profile")
     if jnp.ndim(profile) not in (2, 3, 4):  # chex's check costs a call's worth: only on failure
         chex.assert_rank(profile, {2, 3, 4})

@@ -36,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import flax.struct
 import jax
@@ -45,6 +47,7 @@ from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import iou as iou_lib
 from spectral_jax import loss_spectrum as ce_lib
+from spectral_jax._checks import DataFormat
 from spectral_jax.bands import Radius
 from spectral_jax.loss_spectrum import IgnoreMode
 
@@ -153,29 +156,49 @@ class SpectralStatistics:
             max_classes_present=max_classes_present,
         )
 
-    def update(self, logits: chex.Array, labels: chex.Array) -> SpectralStatistics:
+    def update(
+        self, logits: chex.Array, labels: chex.Array, *, data_format: DataFormat = "NHWC"
+    ) -> SpectralStatistics:
         """Adds a batch: ``logits [B, H, W, C]``, ``labels [B, H, W]``.
 
         ``logits`` of any floating dtype, computed as in :func:`spectral_jax.ce_spectrum`
         (float16 and bfloat16 upcast to float32) and added to the accumulators in their
-        dtype.
+        dtype; JAX or NumPy arrays or CPU PyTorch tensors, ``[B, C, H, W]`` with
+        ``data_format="NCHW"`` (static; the axis is moved inside the compiled update).
 
         Compiled once per batch shape and settings, also when called eagerly: the checks
         run in Python (concrete labels are range-checked) and the update is one jitted
         computation, inlined under the caller's ``jit``.
 
         Raises:
-          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'; as
+          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'
+            (saying so when the shape looks channels first); as
             :func:`spectral_jax.ce_spectrum` for bad inputs (eagerly, a label outside
             ``[0, C)``; under ``jit`` such an image makes the statistics NaN).
         """
-        if tuple(jnp.shape(logits)[1:]) != (*self.shape, self.num_classes):
-            raise ValueError(
-                f"logits must have shape [B, {self.shape[0]}, {self.shape[1]}, "
-                f"{self.num_classes}] for these statistics, got {jnp.shape(logits)}."
+        logits = _checks.as_array(logits, "logits")
+        labels = _checks.as_array(labels, "labels")
+        _checks.check_data_format(data_format)
+        height, width = self.shape
+        shape = _checks.channels_last_shape(jnp.shape(logits), data_format)
+        if tuple(shape[1:]) != (height, width, self.num_classes):
+            expected = (
+                f"[B, {height}, {width}, {self.num_classes}]"
+                if data_format == "NHWC"
+                else f"[B, {self.num_classes}, {height}, {width}]"
             )
-        _checks.check_logits_and_labels(logits, labels, ignore_index=self.ignore_index)
-        return _update(self, logits, labels)
+            got = f", got {jnp.shape(logits)}"
+            if data_format == "NHWC" and tuple(jnp.shape(logits)[1:]) == (
+                self.num_classes,
+                height,
+                width,
+            ):
+                got = _checks.channels_first_hint(jnp.shape(logits))
+            raise ValueError(f"logits must have shape {expected} for these statistics{got}.")
+        _checks.check_logits_and_labels(
+            logits, labels, ignore_index=self.ignore_index, data_format=data_format
+        )
+        return _update(self, logits, labels, data_format=data_format)
 
     def merge(self, other: SpectralStatistics) -> SpectralStatistics:
         """Sum of two statistics with the same settings (for example two hosts')."""
@@ -248,9 +271,10 @@ class SpectralStatistics:
         )
 
 
-@jax.jit
-def _update(stats: SpectralStatistics, logits, labels) -> SpectralStatistics:
+@functools.partial(jax.jit, static_argnames="data_format")
+def _update(stats: SpectralStatistics, logits, labels, *, data_format) -> SpectralStatistics:
     """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``)."""
+    logits = _checks.to_channels_last(logits, data_format)  # [B, H, W, C]
     settings = dict(ignore_index=stats.ignore_index)
     profile = ce_lib.band_profile(
         logits,
