@@ -28,6 +28,10 @@ from spectral_jax.flops import conv_layers as conv_layers
 from spectral_jax.flops import conv_macs as conv_macs
 from spectral_jax.flops import count_flops as count_flops
 from spectral_jax.flops import flops_per_iou as flops_per_iou
+from spectral_jax.frequencies import fig4_frequencies as fig4_frequencies
+from spectral_jax.frequencies import flat_frequency_indices as flat_frequency_indices
+from spectral_jax.frequencies import ravel_frequencies as ravel_frequencies
+from spectral_jax.frequencies import unravel_frequencies as unravel_frequencies
 from spectral_jax.iou import IoUTerms as IoUTerms
 from spectral_jax.iou import iou_from_terms as iou_from_terms
 from spectral_jax.iou import spectral_iou as spectral_iou

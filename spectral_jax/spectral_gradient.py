@@ -73,6 +73,7 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
+from spectral_jax import frequencies as frequencies_lib
 from spectral_jax.loss_spectrum import (
     DEFAULT_IGNORE_MODE,
     IgnoreMode,
@@ -188,24 +189,6 @@ def _check_chunk_and_mode(chunk_size, mode) -> None:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
-
-
-def _check_indices(indices, size: int, name: str, spectrum: str) -> None:
-    if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
-        raise TypeError(
-            f"{name} must hold integer (flattened) frequency indices, got dtype "
-            f"{jnp.result_type(indices)}."
-        )
-    if jnp.ndim(indices) != 1:
-        raise ValueError(f"{name} must have shape [K], got shape {jnp.shape(indices)}.")
-    if not _checks.is_traced(indices):
-        values = np.asarray(indices)
-        bad = (values < 0) | (values >= size)
-        if bad.any():
-            raise ValueError(
-                f"{name} must lie in [0, {size}) (the {size} frequencies of the {spectrum} "
-                f"spectrum, flattened), got {int(values[bad][0])}."
-            )
 
 
 def _jit_with_static_fn(compute, static_argnames: tuple[str, ...]):
@@ -466,7 +449,9 @@ def spectral_jacobian_rows(
 
     Args:
       fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
-      nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies.
+      nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies, or
+        ``[K, d]`` signed frequencies such as ``[(nu_h, nu_w)]``
+        (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of rows per vectorised step.
 
     Returns:
@@ -478,7 +463,7 @@ def spectral_jacobian_rows(
     """
     _check_chunk_and_mode(chunk_size, "reverse")
     out_shape = _check_inputs(fn, x, in_projection, out_projection)
-    _check_indices(nu_i, math.prod(out_shape[:-1]), "nu_i", "output")
+    nu_i = frequencies_lib.flat_frequency_indices(nu_i, out_shape[:-1], name="nu_i")
     return _spectral_jacobian_rows(
         fn, x, nu_i, in_projection, out_projection, chunk_size=chunk_size
     )
@@ -506,7 +491,8 @@ def spectral_jacobian_columns(
 
     Args:
       fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
-      nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies.
+      nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies, or ``[K, d]``
+        signed frequencies (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of columns per vectorised step.
 
     Returns:
@@ -517,7 +503,9 @@ def spectral_jacobian_columns(
     """
     _check_chunk_and_mode(chunk_size, "forward")
     _check_inputs(fn, x, in_projection, out_projection)
-    _check_indices(nu_j, math.prod(jnp.shape(x)[:-1]), "nu_j", "input")
+    nu_j = frequencies_lib.flat_frequency_indices(
+        nu_j, jnp.shape(x)[:-1], name="nu_j", spectrum="input"
+    )
     return _spectral_jacobian_columns(
         fn, x, nu_j, in_projection, out_projection, chunk_size=chunk_size
     )
@@ -565,7 +553,8 @@ def ce_spectral_gradient(
       features: ``[H, W, Cin]`` real floating features (``[L, Cin]`` is not supported: the
         CE decomposition is 2-D); dtypes as ``x`` in :func:`spectral_jacobian`.
       labels: ``[H', W']`` integer labels in ``[0, C)`` or ``ignore_index``.
-      nu_i: optional ``[K]`` flat indices of the CE components to differentiate (rows, via
+      nu_i: optional ``[K]`` flat indices (or ``[K, 2]`` signed frequencies, as in
+        :func:`spectral_jacobian_rows`) of the CE components to differentiate (rows, via
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.
       in_projection: ``[Cin]`` real channel weights ``u`` (default ones).
       ignore_index, ignore_mode: as in :func:`spectral_jax.ce_spectrum`. Static.
@@ -599,7 +588,9 @@ def ce_spectral_gradient(
     _checks.check_ignore_mode(ignore_mode)
     _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
     if nu_i is not None:
-        _check_indices(nu_i, math.prod(out_shape[:2]), "nu_i", "CE")
+        nu_i = frequencies_lib.flat_frequency_indices(
+            nu_i, out_shape[:2], name="nu_i", spectrum="CE"
+        )
     return _ce_spectral_gradient(
         head_fn,
         features,
@@ -766,7 +757,8 @@ def frequency_distance(
     ``ceil(sqrt(sum of squares))``, as the bands of :mod:`spectral_jax.bands`.
 
     Args:
-      nu_i: ``[K]`` concrete flat output-frequency indices.
+      nu_i: ``[K]`` concrete flat output-frequency indices, or ``[K, d]`` signed
+        frequencies (:mod:`spectral_jax.frequencies`).
       out_shape: output spatial shape ``(H', W')`` or ``(L',)``.
       in_shape: input spatial shape ``(H, W)`` or ``(L,)``.
       distance: ``"chebyshev"`` or ``"euclidean"``.
@@ -778,7 +770,7 @@ def frequency_distance(
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
     if len(out_shape) != len(in_shape):
         raise ValueError(f"out_shape {out_shape} and in_shape {in_shape} differ in rank.")
-    nu_i = np.asarray(nu_i)
+    nu_i = np.asarray(frequencies_lib.flat_frequency_indices(nu_i, out_shape, name="nu_i"))
     if nu_i.ndim != 1 or ((nu_i < 0) | (nu_i >= math.prod(out_shape))).any():
         raise ValueError(f"nu_i must be [K] indices in [0, {math.prod(out_shape)}).")
     out_coords = np.unravel_index(nu_i, out_shape)
