@@ -29,6 +29,7 @@ CORE = (
     "bands",
     "blockwise",
     "flops",
+    "frequencies",
     "iou",
     "loss_spectrum",
     "probes",
@@ -202,9 +203,9 @@ def test_top_level_exports_only_the_core():
         if getattr(value, "__module__", None) not in core_modules
     }
     assert not outside, outside
-    # 44 names: bands 10, blockwise 3, flops 6, iou 4, loss_spectrum 9,
+    # 48 names: bands 10, blockwise 3, flops 6, frequencies 4, iou 4, loss_spectrum 9,
     # spectral_gradient 9, statistics 1, truncation 2.
-    assert len(public) == 44, sorted(public)
+    assert len(public) == 48, sorted(public)
 
 
 def test_related_namespace_is_one_import_away():
