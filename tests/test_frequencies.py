@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
+from spectral_jax import probes
 from tests import references
 
 SHAPES = [(7, 9), (8, 8), (1, 6), (5,), (6,)]
@@ -126,3 +127,43 @@ def test_ce_spectral_gradient_takes_signed_frequencies():
     np.testing.assert_array_equal(signed, flat)
     with pytest.raises(ValueError, match=r"nu_i holds \(4, 0\), which a grid of shape \(7, 6\)"):
         sj.ce_spectral_gradient(head, features, labels, nu_i=[(4, 0)])
+
+
+def test_upsampling_rows_at_the_same_signed_frequency_are_diagonal():
+    """The notebook's x2 up-sampling rows, against the dense float64 ``F_out U F_in^{-1}``.
+
+    Rows chosen by signed frequency (Fig. 4's i = 0, M/4, M/2 of the input) hold their
+    energy on the diagonal; the flat indices 4M/4 and 4M/2 of the output grid are the
+    frequencies (8, 0) and (-16, 0), which the 16-point input does not hold: 0 there.
+    """
+    size = 16
+    shape, out_shape = (size, size), (2 * size, 2 * size)
+
+    def dft(n):
+        k = np.arange(n)
+        return np.exp(-2j * np.pi * np.outer(k, k) / n)
+
+    upsampling = np.kron(*(references.bilinear_upsampling_matrix(size, 2),) * 2)
+    dense = np.kron(dft(2 * size), dft(2 * size)) @ upsampling
+    dense = dense @ np.kron(dft(size), dft(size)).conj().T / size**2  # [4M, M]
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(*shape, 1)), jnp.float32)
+    upsample = functools.partial(probes.upsample_bilinear, factor=2)
+    out_table = {v: k for k, v in _reference_signed(out_shape).items()}
+    in_table = {v: k for k, v in _reference_signed(shape).items()}
+    m = size * size
+    for nu, expect_diagonal in [
+        (sj.fig4_frequencies(shape), True),
+        (sj.unravel_frequencies([4 * m // 4, 4 * m // 2], out_shape), False),
+    ]:
+        flat = sj.ravel_frequencies(nu, out_shape)
+        assert flat.tolist() == [out_table[tuple(f)] for f in nu.tolist()]
+        rows = sj.spectral_jacobian_rows(upsample, x, nu)
+        np.testing.assert_allclose(rows, dense[flat], atol=1e-5)
+        fraction = sj.diagonal_energy_fraction(rows, nu, out_shape=out_shape, in_shape=shape)
+        energy = np.sum(np.abs(dense[flat]) ** 2, axis=-1)
+        diagonal = [
+            abs(dense[i, in_table[tuple(f)]]) ** 2 if tuple(f) in in_table else 0.0
+            for i, f in zip(flat, nu.tolist(), strict=True)
+        ]
+        np.testing.assert_allclose(fraction, np.array(diagonal) / energy, rtol=1e-5, atol=1e-7)
+        assert (np.min(fraction) > 0.97) if expect_diagonal else np.all(np.asarray(fraction) == 0)
