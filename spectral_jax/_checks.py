@@ -78,6 +78,36 @@ def channels_first_hint(shape: tuple[int, ...]) -> str:
     return f"; got {tuple(shape)}: channels first? pass data_format='NCHW' or move axis 1 last"
 
 
+#: Layouts of one unbatched map with channels (the input of a spectral Jacobian).
+MAP_FORMATS: tuple[str, ...] = ("HWC", "CHW")
+
+
+def unbatched_map_to_channels_last(x, name: str, data_format: str | None):
+    """One map ``[H, W, C]`` from ``x`` laid out as ``data_format`` says.
+
+    ``data_format=None`` (not stated) keeps ``x`` as ``[H, W, C]`` but refuses a shape
+    whose leading axis is smaller than both others, the usual sign of a channels-first
+    ``[C, H, W]`` map that would silently be read with ``H = C``; ``"HWC"`` keeps any
+    shape, ``"CHW"`` moves the channels last (traceable: call it inside the ``jit``
+    where ``x`` may be traced). Maps of another rank pass unchanged.
+
+    Raises:
+      ValueError: naming ``name`` for an unstated layout that looks channels first, or
+        naming ``data_format`` for a value outside ``("HWC", "CHW", None)``.
+    """
+    if data_format is not None and data_format not in MAP_FORMATS:
+        raise ValueError(f"data_format must be one of {MAP_FORMATS} or None, got {data_format!r}.")
+    shape = tuple(jnp.shape(x))
+    if len(shape) != 3:
+        return x
+    if data_format is None and shape[0] < shape[1] and shape[0] < shape[2]:
+        raise ValueError(
+            f"{name} has shape {shape}, read as [H, W, C] with H = {shape[0]}: channels "
+            f"first? pass data_format='CHW' (or data_format='HWC' to keep this layout)."
+        )
+    return jnp.moveaxis(x, 0, -1) if data_format == "CHW" else x
+
+
 def _is_array(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic | int | float | complex | bool)
 

@@ -9,6 +9,7 @@ the image's CE and sums 1e-5 relative (as tests/test_loss_spectrum.py).
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from tests import references
+from spectral_jax import _checks
+from tests import compile_counting, references
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C = 2, 7, 9, 3
@@ -220,3 +222,34 @@ def test_torch_tensors_in_the_other_entry_points(batch):
     np.testing.assert_allclose(truncated, expected, rtol=1e-5)
     centred = sj.centered_spectrum(torch.from_numpy(spectrum.astype(np.float32)))
     np.testing.assert_array_equal(centred, np.fft.fftshift(spectrum.astype(np.float32), (1, 2)))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_nchw_and_tensors_compile_once_per_shape(kind):
+    """The layout moves inside the function's one jit; reading a tensor compiles nothing."""
+    rng = np.random.default_rng(5)
+
+    def arguments(batch, height):
+        logits, labels = references.make_batch(rng, batch, height, 5, 3)
+        nchw = np.moveaxis(logits.astype(np.float32), -1, 1)
+        return _convert(nchw, kind), _convert(labels, kind)
+
+    call = functools.partial(sj.band_limit_sweep, data_format="NCHW")
+    compile_counting.assert_compiles_once_per_shape(
+        call, arguments(2, 6), arguments(2, 6), arguments(3, 6)
+    )
+
+
+def test_unbatched_map_layout_is_stated_or_refused():
+    """The helper the Jacobian functions can adopt for one map: [C, H, W] is not read as H = C."""
+    chw = np.arange(3 * 5 * 6, dtype=np.float32).reshape(3, 5, 6)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 5, 6\).*channels first\? pass"):
+        _checks.unbatched_map_to_channels_last(chw, "x", None)
+    np.testing.assert_array_equal(
+        _checks.unbatched_map_to_channels_last(chw, "x", "CHW"), np.transpose(chw, (1, 2, 0))
+    )
+    assert _checks.unbatched_map_to_channels_last(chw, "x", "HWC") is chw
+    hwc = np.zeros((5, 6, 3), np.float32)  # channels last and not smaller than H or W
+    assert _checks.unbatched_map_to_channels_last(hwc, "x", None) is hwc
+    with pytest.raises(ValueError, match=r"data_format must be one of \('HWC', 'CHW'\) or None"):
+        _checks.unbatched_map_to_channels_last(hwc, "x", "NHWC")
