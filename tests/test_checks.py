@@ -253,3 +253,18 @@ def test_unbatched_map_layout_is_stated_or_refused():
     assert _checks.unbatched_map_to_channels_last(hwc, "x", None) is hwc
     with pytest.raises(ValueError, match=r"data_format must be one of \('HWC', 'CHW'\) or None"):
         _checks.unbatched_map_to_channels_last(hwc, "x", "NHWC")
+
+
+def test_torch_tensors_in_truncation_and_blockwise_annotation(batch):
+    """The same numbers as the NumPy inputs (tested against their references elsewhere)."""
+    torch = pytest.importorskip("torch")
+    logits, labels = batch
+    np.testing.assert_array_equal(
+        sj.spectral_resize(torch.from_numpy(logits), 5), sj.spectral_resize(logits, 5)
+    )
+    np.testing.assert_array_equal(
+        sj.resize_features(torch.from_numpy(logits), 5, method="area"),
+        sj.resize_features(logits, 5, method="area"),
+    )
+    blocks = sj.blockwise_annotation(torch.from_numpy(labels).to(torch.int64), 3, num_classes=C)
+    np.testing.assert_array_equal(blocks, sj.blockwise_annotation(labels, 3, num_classes=C))
