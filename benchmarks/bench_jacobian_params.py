@@ -24,7 +24,8 @@ a ``--size`` map (default 33x33x4). Two measurements:
    scale.
 2. **The batched Jacobian.** ``spectral_jacobian_rows`` (32 rows) of ``--batch`` maps,
    ``batched=True`` (one ``vmap``-ed program) against a Python loop of the eager
-   per-map call (compiled already), same rounds.
+   per-map call (compiled already), same rounds; at ``--size`` and on small 9x9 maps,
+   where the per-call overhead of the loop weighs more.
 
 Every call ends in ``jax.block_until_ready``; the table gives medians. Times vary with
 the load of other processes (printed at the start and the end).
@@ -91,19 +92,23 @@ def run(size: int, batch: int, repeats: int, seed: int) -> dict[str, Any]:
     new_kernel = next(kernels)
     new_closure_s = _call(lambda: sj.spectral_jacobian(lambda z: _layer(z, new_kernel), x))
 
-    indices = np.arange(0, size * size, size * size // 32)[:32]
     params = {"kernel": kernel}
-    batched = {
-        "batched (vmap)": lambda: sj.spectral_jacobian_rows(
-            _layer_with_params, xs, indices, params=params, batched=True
-        ),
-        "Python loop": lambda: [
-            sj.spectral_jacobian_rows(_layer_with_params, xs[b], indices, params=params)
-            for b in range(batch)
-        ],
-    }
-    images = {name: float(np.median(t)) for name, t in _interleaved(batched, repeats).items()}
-    return dict(repeat=repeat, new_closure_first_s=new_closure_s, batch=images)
+    per_size = {}
+    for map_size in (size, 9):
+        maps = xs[:, :map_size, :map_size]
+        indices = np.arange(32) * (map_size * map_size // 32 or 1) % (map_size * map_size)
+        batched = {
+            "batched (vmap)": lambda maps=maps, indices=indices: sj.spectral_jacobian_rows(
+                _layer_with_params, maps, indices, params=params, batched=True
+            ),
+            "Python loop": lambda maps=maps, indices=indices: [
+                sj.spectral_jacobian_rows(_layer_with_params, maps[b], indices, params=params)
+                for b in range(batch)
+            ],
+        }
+        times = _interleaved(batched, repeats)
+        per_size[map_size] = {name: float(np.median(t)) for name, t in times.items()}
+    return dict(repeat=repeat, new_closure_first_s=new_closure_s, batch=per_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,10 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, seconds in result["repeat"].items():
         print(f"  {name:<22}{seconds * 1e3:9.1f} ms{seconds / floor:8.2f}x  (target <= {TARGET}x)")
     print(f"  {'new closure (1 call)':<22}{result['new_closure_first_s'] * 1e3:9.1f} ms (compiles)")
-    loop = result["batch"]["Python loop"]
-    print(f"\nspectral_jacobian_rows, 32 rows of {args.batch} maps (medians)")
-    for name, seconds in result["batch"].items():
-        print(f"  {name:<22}{seconds * 1e3:9.1f} ms{seconds / loop:8.2f}x of the loop")
+    for map_size, times in result["batch"].items():
+        loop = times["Python loop"]
+        print(f"\nspectral_jacobian_rows, 32 rows of {args.batch} maps {map_size}x{map_size}x4")
+        for name, seconds in times.items():
+            print(f"  {name:<22}{seconds * 1e3:9.1f} ms{seconds / loop:8.2f}x of the loop")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; load average at end {_load()}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -65,7 +65,7 @@ _FEATURE_PREFIX = "feature_power/"
 # Results.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LayerAnalysis:
     """What :func:`analyze` measured at one layer.
 
@@ -93,7 +93,7 @@ class LayerAnalysis:
     diagonal_energy_fraction: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Analysis:
     """The result of :func:`analyze` (plain NumPy and Python values).
 

@@ -449,6 +449,27 @@ def _assemble(vector_fn, count: int, length: int, chunk_size: int, dtype, *, as_
 # Public API.
 
 
+def _check_function_and_input(
+    fn, x, params, batched, *, fn_name: str = "fn", x_name: str = "x", two_d_only: bool = False
+):
+    """The one place where every Jacobian function checks its function and input.
+
+    Splits ``fn`` (:func:`_split_function`), takes one map of a batch, checks its dtype
+    and rank and evaluates ``fn``'s output shape.
+
+    Returns:
+      ``(static, traced, one, out_shape)``: the split function, one map (or its shape
+      and dtype, with ``batched``) and the output shape of one map.
+    """
+    static, traced = _split_function(fn, params, params is not None)
+    one = _check_batched(x, batched, x_name)
+    _check_x(one, x_name)
+    if two_d_only and jnp.ndim(one) != 3:
+        raise ValueError(f"{x_name} must have shape [H, W, Cin], got shape {jnp.shape(one)}.")
+    out_shape = _check_output(static, traced, one, fn_name=fn_name, x_name=x_name)
+    return static, traced, one, out_shape
+
+
 def _check_inputs(fn, x, params, batched, in_projection, out_projection):
     """Checks ``x``, ``fn(x)`` and the projections.
 
@@ -456,10 +477,7 @@ def _check_inputs(fn, x, params, batched, in_projection, out_projection):
       ``(static, traced, out_shape)``: the function split by :func:`_split_function`
       and the output shape of one map.
     """
-    static, traced = _split_function(fn, params, params is not None)
-    one = _check_batched(x, batched, "x")
-    _check_x(one)
-    out_shape = _check_output(static, traced, one)
+    static, traced, one, out_shape = _check_function_and_input(fn, x, params, batched)
     _check_projection(in_projection, jnp.shape(one)[-1], "in_projection")
     _check_projection(out_projection, out_shape[-1], "out_projection")
     return static, traced, out_shape
@@ -752,12 +770,9 @@ def ce_spectral_gradient(
         :func:`spectral_jax.ce_spectrum`; ``head_fn`` output not matching ``labels``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    static, traced = _split_function(head_fn, params, params is not None)
-    one = _check_batched(features, batched, "features")
-    _check_x(one, "features")
-    if jnp.ndim(one) != 3:
-        raise ValueError(f"features must have shape [H, W, Cin], got shape {jnp.shape(one)}.")
-    out_shape = _check_output(static, traced, one, fn_name="head_fn", x_name="features")
+    static, traced, one, out_shape = _check_function_and_input(
+        head_fn, features, params, batched, fn_name="head_fn", x_name="features", two_d_only=True
+    )
     batch = jnp.shape(features)[:1] if batched else ()
     if tuple(jnp.shape(labels)) != (*batch, *out_shape[:2]):
         expected = "[B, H', W']" if batched else "[H', W']"
