@@ -680,6 +680,9 @@ def test_new_params_and_recreated_partials_compile_nothing(rng):
         sj.ce_spectral_gradient, probes.decoder_head_fn(module), x[:4, :4], labels, params=doubled
     )
     assert new == [], f"new Flax variables compiled {new}"
+    by_params = sj.ce_spectral_gradient(head, x[:4, :4], labels, params=doubled)
+    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), x[:4, :4], labels)
+    _assert_close(by_params, by_closure, "float32")
 
 
 def test_batched_form_is_the_per_image_result_in_one_program(rng):
