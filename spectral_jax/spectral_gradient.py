@@ -39,19 +39,28 @@ preallocated result: one compiled loop body, memory ``~ chunk_size x (map size)`
 the result, never one graph with ``M`` directions. Rows and columns at given indices use
 ``jax.lax.map(..., batch_size=chunk_size)``.
 
+**Parameters are arguments.** Every Jacobian function takes the function in two forms:
+``fn(x)`` (a closure or a ``functools.partial``) or, with ``params=``, ``fn(params, x)``
+with ``params`` any pytree of arrays (a Flax model's variables, a kernel), differentiated
+at ``x`` only. ``batched=True`` takes a batch ``x [B, ...]`` (and ``labels [B, ...]``)
+and maps the computation over it with ``jax.vmap`` in one compiled program, the
+parameters shared; the result gets a leading ``B`` axis.
+
 **Compilation.** Every public function checks its arguments in Python (concrete
-frequency indices and labels by value) and then runs one module-level ``jax.jit`` with
-the function ``fn`` (``head_fn``) and the shape-setting arguments (``chunk_size``,
-``mode``, ``radius``, ``ignore_index``) static. A repeated eager call with the same
-``fn``, shapes and settings therefore compiles nothing and costs what a call jitted by
-the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is
-inlined. A static ``fn`` is keyed by ``hash`` and ``==``: a plain function by identity,
-so define it once and reuse it. A ``functools.partial`` also hashes by identity, so a
-partial re-created before every call (``partial(conv, kernel=k)`` in a notebook cell)
-compiles again each time: keep the partial in a variable, or jit at the edge with the
-array as an argument, ``jax.jit(lambda k, x: spectral_jacobian(partial(conv, kernel=k),
-x))``, which compiles once per shape. The compiled function (and the arrays a partial
-holds) stays in JAX's cache. An unhashable ``fn`` cannot be static: it is run without
+frequency indices and labels by value) and then runs one module-level ``jax.jit``. What
+is static: the function ``fn`` itself (for ``fn(params, x)``, or a plain ``fn(x)``,
+keyed by ``hash`` and ``==``: a function by identity), the shape-setting settings
+(``chunk_size``, ``mode``, ``radius``, ``ignore_index``, ``batched``) and the shapes.
+What is traced: ``params``, the arrays, and the array arguments of a
+``functools.partial``, which is opened into its function (static), its non-array
+arguments (static: strings and Python numbers may set shapes) and its arrays (traced).
+So new weights of the same structure, passed as ``params`` or in a re-created
+``partial(conv, kernel=new_kernel)``, compile nothing: a repeated eager call costs what a
+call jitted by the caller costs (``benchmarks/bench_jacobian_params.py``). A *new
+closure* (a ``lambda`` defined again, a function closing over new weights) is a new
+static ``fn`` and compiles again: pass the weights as ``params`` instead. Under the
+caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is inlined. An unhashable ``fn``
+(or a partial with unhashable non-array arguments) cannot be static: it is run without
 the inner ``jit`` (as eager JAX, compiling op by op).
 
 Frequency indices must be concrete to be range-checked; traced indices are not checked
@@ -61,10 +70,11 @@ DFT being periodic; a negative index counts from the end).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import chex
 import jax
@@ -119,27 +129,99 @@ def _is_hashable(fn) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------
+# What of a function is static and what is traced.
+
+
+def _is_array(leaf) -> bool:
+    return isinstance(leaf, jax.Array | np.ndarray)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StaticFunction:
+    """The static part of ``fn``: the compiled computation is keyed on it.
+
+    ``function`` is ``fn`` itself or, for a ``functools.partial``, the function it wraps;
+    the partial's array arguments (leaves of its ``args`` and ``keywords``) are traced,
+    its other arguments (strings, Python numbers: settings that may set a shape) are
+    static in ``static_leaves``. :meth:`__call__` calls
+    ``function(*args, [params,] x, **keywords)`` with the arguments rebuilt.
+
+    Attributes:
+      function: the user's function, or the function a partial wraps.
+      takes_params: ``fn(params, x)`` (a ``params=`` argument was given) or ``fn(x)``.
+      treedef: tree of the partial's ``(args, keywords)`` (empty for a plain function).
+      static_leaves: ``((position, value), ...)`` the partial's non-array leaves.
+    """
+
+    function: Callable
+    takes_params: bool
+    treedef: Any
+    static_leaves: tuple[tuple[int, Any], ...]
+
+    def __call__(self, traced, x):
+        """``fn(x)`` or ``fn(params, x)`` from ``traced = (partial_arrays, params)``."""
+        partial_arrays, params = traced
+        static, arrays = dict(self.static_leaves), iter(partial_arrays)
+        leaves = [
+            static[i] if i in static else next(arrays) for i in range(self.treedef.num_leaves)
+        ]
+        args, keywords = jax.tree.unflatten(self.treedef, leaves)
+        if self.takes_params:
+            return self.function(*args, params, x, **keywords)
+        return self.function(*args, x, **keywords)
+
+
+_NO_ARGUMENTS = jax.tree.structure(((), {}))
+
+
+def _split_function(fn, params, takes_params: bool) -> tuple[_StaticFunction, Any]:
+    """``(static, traced)`` with ``static(traced, x)`` equal to ``fn([params,] x)``.
+
+    A ``functools.partial`` is opened: its function and non-array arguments are static,
+    its arrays traced, so that a partial re-created with new array values (new weights)
+    is the same static function and compiles nothing new. Any other ``fn`` is static as
+    it is (hashed by identity for a plain function). A partial whose non-array
+    arguments are unhashable stays whole.
+    """
+    if isinstance(fn, functools.partial):
+        leaves, treedef = jax.tree.flatten((fn.args, fn.keywords))
+        static_leaves = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array(leaf))
+        arrays = tuple(leaf for leaf in leaves if _is_array(leaf))
+        static = _StaticFunction(fn.func, takes_params, treedef, static_leaves)
+        if _is_hashable(static):
+            return static, (arrays, params)
+    return _StaticFunction(fn, takes_params, _NO_ARGUMENTS, ()), ((), params)
+
+
+def _struct(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
 @functools.lru_cache(maxsize=256)
-def _cached_eval_shape(fn, x: jax.ShapeDtypeStruct):
-    return jax.eval_shape(fn, x)
+def _cached_eval_shape(static: _StaticFunction, traced_treedef, traced_structs, x):
+    traced = jax.tree.unflatten(traced_treedef, traced_structs)
+    return jax.eval_shape(static, traced, x)
 
 
-def _output_of(fn, x):
-    """``jax.eval_shape`` of ``fn`` at ``x`` in the compute dtype.
+def _output_of(static: _StaticFunction, traced, x):
+    """``jax.eval_shape`` of ``static(traced, x)`` at ``x`` in the compute dtype.
 
-    Cached per ``(fn, shape, dtype)`` for a hashable ``fn``: tracing ``fn`` on every eager
-    call would cost more than the rows of a small Jacobian. Errors are not cached.
+    Cached per static function and the shapes and dtypes of ``traced`` and ``x``, for a
+    hashable ``static``: tracing ``fn`` on every eager call would cost more than the rows
+    of a small Jacobian. Errors are not cached.
     """
     struct = jax.ShapeDtypeStruct(jnp.shape(x), _checks.compute_dtype(jnp.result_type(x)))
-    if _is_hashable(fn):
-        return _cached_eval_shape(fn, struct)
-    return jax.eval_shape(fn, struct)
+    leaves, treedef = jax.tree.flatten(traced)
+    if _is_hashable(static):
+        return _cached_eval_shape(static, treedef, tuple(map(_struct, leaves)), struct)
+    return jax.eval_shape(static, traced, struct)
 
 
-def _check_output(fn, x, *, fn_name: str = "fn", x_name: str = "x"):
+def _check_output(static, traced, x, *, fn_name: str = "fn", x_name: str = "x"):
     """Returns the output shape of ``fn(x)`` after checking its structure and dtype."""
     try:
-        out = _output_of(fn, x)
+        out = _output_of(static, traced, x)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{fn_name} could not be evaluated on {x_name} of shape {jnp.shape(x)}: {error}"
@@ -191,19 +273,49 @@ def _check_chunk_and_mode(chunk_size, mode) -> None:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
 
 
-def _jit_with_static_fn(compute, static_argnames: tuple[str, ...]):
-    """``compute(fn, *arrays, **settings)``, jitted with ``fn`` and the settings static.
+def _jit_with_static_fn(compute, static_argnames: tuple[str, ...], batched_args: tuple[int, ...]):
+    """The one checked-jit path of the Jacobian functions.
 
-    An unhashable ``fn`` cannot be a static argument: then ``compute`` runs unjitted,
-    as every call did before the inner ``jit`` (module docstring, "Compilation").
+    Returns ``call(static, traced, *args, batched, **settings)`` running
+    ``compute(fn, *args, **settings)`` with ``fn = partial(static, traced)``, under one
+    module-level ``jax.jit`` with ``static`` (:class:`_StaticFunction`), ``batched`` and
+    the settings static and ``traced`` (the parameters) an argument. With ``batched``
+    the arguments at ``batched_args`` carry a leading batch axis and ``compute`` is
+    ``vmap``-ed over it inside the same program. An unhashable ``static`` cannot be a
+    static argument: then the computation runs unjitted (module docstring,
+    "Compilation").
     """
-    jitted = jax.jit(compute, static_argnums=0, static_argnames=static_argnames)
+
+    def run(static, traced, *args, batched: bool, **settings):
+        def one(*one_args):
+            return compute(functools.partial(static, traced), *one_args, **settings)
+
+        if not batched:
+            return one(*args)
+        in_axes = tuple(0 if i in batched_args else None for i in range(len(args)))
+        return jax.vmap(one, in_axes=in_axes)(*args)
+
+    jitted = jax.jit(run, static_argnums=0, static_argnames=(*static_argnames, "batched"))
 
     @functools.wraps(compute)
-    def call(fn, *args, **settings):
-        return (jitted if _is_hashable(fn) else compute)(fn, *args, **settings)
+    def call(static, traced, *args, **settings):
+        return (jitted if _is_hashable(static) else run)(static, traced, *args, **settings)
 
     return call
+
+
+def _check_batched(x, batched: bool, name: str):
+    """``x`` itself, or for ``batched`` the shape and dtype of one element (checked)."""
+    if not isinstance(batched, bool):
+        raise ValueError(f"batched must be a bool, got {batched!r}.")
+    if not batched:
+        return x
+    if jnp.ndim(x) < 1 or jnp.shape(x)[0] < 1:
+        raise ValueError(
+            f"{name} must have a non-empty leading batch axis with batched=True, got shape "
+            f"{jnp.shape(x)}."
+        )
+    return jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,19 +432,44 @@ def _assemble(vector_fn, count: int, length: int, chunk_size: int, dtype, *, as_
 # Public API.
 
 
-def _check_inputs(fn, x, in_projection, out_projection) -> tuple[int, ...]:
-    """Checks ``x``, ``fn(x)`` and the projections; returns the output shape."""
-    _check_x(x)
-    out_shape = _check_output(fn, x)
-    _check_projection(in_projection, jnp.shape(x)[-1], "in_projection")
+def _check_function_and_input(
+    fn, x, params, batched, *, fn_name: str = "fn", x_name: str = "x", two_d_only: bool = False
+):
+    """The one place where every Jacobian function checks its function and input.
+
+    Splits ``fn`` (:func:`_split_function`), takes one map of a batch, checks its dtype
+    and rank and evaluates ``fn``'s output shape.
+
+    Returns:
+      ``(static, traced, one, out_shape)``: the split function, one map (or its shape
+      and dtype, with ``batched``) and the output shape of one map.
+    """
+    static, traced = _split_function(fn, params, params is not None)
+    one = _check_batched(x, batched, x_name)
+    _check_x(one, x_name)
+    if two_d_only and jnp.ndim(one) != 3:
+        raise ValueError(f"{x_name} must have shape [H, W, Cin], got shape {jnp.shape(one)}.")
+    out_shape = _check_output(static, traced, one, fn_name=fn_name, x_name=x_name)
+    return static, traced, one, out_shape
+
+
+def _check_inputs(fn, x, params, batched, in_projection, out_projection):
+    """Checks ``x``, ``fn(x)`` and the projections.
+
+    Returns:
+      ``(static, traced, out_shape)``: the function split by :func:`_split_function`
+      and the output shape of one map.
+    """
+    static, traced, one, out_shape = _check_function_and_input(fn, x, params, batched)
+    _check_projection(in_projection, jnp.shape(one)[-1], "in_projection")
     _check_projection(out_projection, out_shape[-1], "out_projection")
-    return out_shape
+    return static, traced, out_shape
 
 
 def _prepare(fn, x, in_projection, out_projection):
     """Checked arguments in the compute dtype, and the projected real output function."""
     x = _as_compute_dtype(x)
-    out_shape = _output_of(fn, x).shape
+    out_shape = jax.eval_shape(fn, x).shape
     in_projection = _projection_or_ones(in_projection, x.shape[-1], x.dtype)
     out_projection = _projection_or_ones(out_projection, out_shape[-1], x.dtype)
     # Output in x's dtype, so that float64 stays float64 and bfloat16 layers are upcast.
@@ -346,6 +483,8 @@ def spectral_jacobian(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
     chunk_size: int = 256,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -363,10 +502,11 @@ def spectral_jacobian(
 
     Args:
       fn: real function of one map ``[H, W, Cin]`` (or ``[L, Cin]``) returning one map
-        ``[H', W', Cout]`` (or ``[L', Cout]``) of a real floating dtype. Bind parameters
-        with ``functools.partial`` or a closure. Static: the computation compiles once
-        per ``fn``, shapes and settings, also eagerly; a re-created partial is a new
-        ``fn`` and compiles again (module docstring, "Compilation").
+        ``[H', W', Cout]`` (or ``[L', Cout]``) of a real floating dtype; with ``params``,
+        ``fn(params, x)``. Static: the computation compiles once per ``fn``, shapes and
+        settings, also eagerly. The arrays of a ``functools.partial`` are traced (a
+        re-created partial with new weights compiles nothing); a new closure compiles
+        again (module docstring, "Compilation").
       x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken.
         float16 and bfloat16 are upcast to float32 (exact) and ``fn``'s output is cast
         to that dtype; float64 (with ``jax_enable_x64``, on CPU or GPU) stays float64.
@@ -374,6 +514,11 @@ def spectral_jacobian(
         bfloat16 rounding, build the layers with ``dtype=jnp.float32``.
       in_projection: ``[Cin]`` real weights ``u`` of the input channels (default ones).
       out_projection: ``[Cout]`` real weights ``v`` of the output channels (default ones).
+      params: optional pytree of arrays: ``fn`` is called as ``fn(params, x)``. Traced:
+        new values of the same structure compile nothing. None: ``fn(x)``.
+      batched: ``x`` is a batch ``[B, H, W, Cin]`` (or ``[B, L, Cin]``) and the result
+        gets a leading ``B`` axis: one ``vmap``-ed program for all the maps, ``params``
+        shared.
       chunk_size: static number of basis directions (``mode="forward"``) or output
         frequencies (``mode="reverse"``) per vectorised step; memory beyond the result is
         about ``chunk_size`` times the size of a map and its tangent.
@@ -389,7 +534,8 @@ def spectral_jacobian(
     Returns:
       ``[M_out, M_in]`` complex64 (complex128 for float64 ``x``), frequencies flattened
       in C order of the DFT layout (``M_in = H W``, ``M_out = H' W'``); reshape to
-      ``[H', W', H, W]`` to index by ``(kh', kw', kh, kw)``.
+      ``[H', W', H, W]`` to index by ``(kh', kw', kh, kw)``. ``[B, M_out, M_in]`` with
+      ``batched``.
 
     Raises:
       TypeError: complex or non-floating ``x``; ``fn`` returning several arrays or a
@@ -412,11 +558,22 @@ def spectral_jacobian(
       >>> k_hat = jnp.fft.fft2(probes.embedded_kernel(k, (8, 8))[:, :, 0, 0])  # [H, W]
       >>> bool(jnp.allclose(jac, jnp.diag(jnp.conj(k_hat).ravel()), atol=1e-5))
       True
+      >>> layer = lambda params, z: probes.conv(z, params["kernel"], padding="circular")
+      >>> same = spectral_jacobian(layer, x, params={"kernel": k})  # new kernels: no recompile
+      >>> bool(jnp.allclose(same, jac, atol=1e-6))
+      True
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_inputs(fn, x, in_projection, out_projection)
+    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
     return _spectral_jacobian(
-        fn, x, in_projection, out_projection, chunk_size=chunk_size, mode=mode
+        static,
+        traced,
+        x,
+        in_projection,
+        out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
+        mode=mode,
     )
 
 
@@ -430,7 +587,7 @@ def _compute_spectral_jacobian(fn, x, in_projection, out_projection, *, chunk_si
     return _assemble(row, m_out, m_in, chunk_size, _cdtype(x), as_rows=True)
 
 
-_spectral_jacobian = _jit_with_static_fn(_compute_spectral_jacobian, ("chunk_size", "mode"))
+_spectral_jacobian = _jit_with_static_fn(_compute_spectral_jacobian, ("chunk_size", "mode"), (0,))
 
 
 def spectral_jacobian_rows(
@@ -440,6 +597,8 @@ def spectral_jacobian_rows(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Rows ``J[nu_i, :]`` of :func:`spectral_jacobian` through ``jax.vjp``.
@@ -448,24 +607,33 @@ def spectral_jacobian_rows(
     cost of two real pullbacks per row, without the full matrix.
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
+      fn, x, in_projection, out_projection, params, batched: as in
+        :func:`spectral_jacobian`.
       nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies, or
         ``[K, d]`` signed frequencies such as ``[(nu_h, nu_w)]``
         (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of rows per vectorised step.
 
     Returns:
-      ``[K, M_in]`` complex, equal to ``spectral_jacobian(fn, x)[nu_i]``.
+      ``[K, M_in]`` complex, equal to ``spectral_jacobian(fn, x)[nu_i]``
+      (``[B, K, M_in]`` with ``batched``).
 
     Raises:
       As :func:`spectral_jacobian`, and ValueError for ``nu_i`` outside ``[0, M_out)``
       (concrete indices only), TypeError for non-integer ``nu_i``.
     """
     _check_chunk_and_mode(chunk_size, "reverse")
-    out_shape = _check_inputs(fn, x, in_projection, out_projection)
+    static, traced, out_shape = _check_inputs(fn, x, params, batched, in_projection, out_projection)
     nu_i = frequencies_lib.flat_frequency_indices(nu_i, out_shape[:-1], name="nu_i")
     return _spectral_jacobian_rows(
-        fn, x, nu_i, in_projection, out_projection, chunk_size=chunk_size
+        static,
+        traced,
+        x,
+        nu_i,
+        in_projection,
+        out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
     )
 
 
@@ -475,7 +643,7 @@ def _compute_rows(fn, x, nu_i, in_projection, out_projection, *, chunk_size):
     return jax.lax.map(row, jnp.asarray(nu_i, jnp.int32), batch_size=chunk_size)
 
 
-_spectral_jacobian_rows = _jit_with_static_fn(_compute_rows, ("chunk_size",))
+_spectral_jacobian_rows = _jit_with_static_fn(_compute_rows, ("chunk_size",), (0,))
 
 
 def spectral_jacobian_columns(
@@ -485,29 +653,39 @@ def spectral_jacobian_columns(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Columns ``J[:, nu_j]`` of :func:`spectral_jacobian` through ``jax.jvp``.
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
+      fn, x, in_projection, out_projection, params, batched: as in
+        :func:`spectral_jacobian`.
       nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies, or ``[K, d]``
         signed frequencies (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of columns per vectorised step.
 
     Returns:
-      ``[M_out, K]`` complex, equal to ``spectral_jacobian(fn, x)[:, nu_j]``.
+      ``[M_out, K]`` complex, equal to ``spectral_jacobian(fn, x)[:, nu_j]``
+      (``[B, M_out, K]`` with ``batched``).
 
     Raises:
       As :func:`spectral_jacobian_rows`, for ``nu_j`` outside ``[0, M_in)``.
     """
     _check_chunk_and_mode(chunk_size, "forward")
-    _check_inputs(fn, x, in_projection, out_projection)
-    nu_j = frequencies_lib.flat_frequency_indices(
-        nu_j, jnp.shape(x)[:-1], name="nu_j", spectrum="input"
-    )
+    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
+    in_spatial = jnp.shape(x)[1:-1] if batched else jnp.shape(x)[:-1]
+    nu_j = frequencies_lib.flat_frequency_indices(nu_j, in_spatial, name="nu_j", spectrum="input")
     return _spectral_jacobian_columns(
-        fn, x, nu_j, in_projection, out_projection, chunk_size=chunk_size
+        static,
+        traced,
+        x,
+        nu_j,
+        in_projection,
+        out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
     )
 
 
@@ -517,7 +695,7 @@ def _compute_columns(fn, x, nu_j, in_projection, out_projection, *, chunk_size):
     return jax.lax.map(column, jnp.asarray(nu_j, jnp.int32), batch_size=chunk_size).T
 
 
-_spectral_jacobian_columns = _jit_with_static_fn(_compute_columns, ("chunk_size",))
+_spectral_jacobian_columns = _jit_with_static_fn(_compute_columns, ("chunk_size",), (0,))
 
 
 def ce_spectral_gradient(
@@ -529,6 +707,8 @@ def ce_spectral_gradient(
     in_projection: chex.Array | None = None,
     ignore_index: int = 255,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
+    params: Any = None,
+    batched: bool = False,
     chunk_size: int = 64,
     mode: Mode = "forward",
 ) -> jax.Array:
@@ -548,8 +728,10 @@ def ce_spectral_gradient(
 
     Args:
       head_fn: real function from features ``[H, W, Cin]`` to logits ``[H', W', C]`` of
-        one image (for example an ASPP-to-logits decoder head with bound parameters).
-        Static, as ``fn`` in :func:`spectral_jacobian`.
+        one image (for example an ASPP-to-logits decoder head); with ``params``,
+        ``head_fn(params, features)``. Static, as ``fn`` in :func:`spectral_jacobian`;
+        :func:`spectral_jax.layer_head` gives the head after a named layer of a Flax
+        model.
       features: ``[H, W, Cin]`` real floating features (``[L, Cin]`` is not supported: the
         CE decomposition is 2-D); dtypes as ``x`` in :func:`spectral_jacobian`.
       labels: ``[H', W']`` integer labels in ``[0, C)`` or ``ignore_index``.
@@ -558,45 +740,55 @@ def ce_spectral_gradient(
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.
       in_projection: ``[Cin]`` real channel weights ``u`` (default ones).
       ignore_index, ignore_mode: as in :func:`spectral_jax.ce_spectrum`. Static.
+      params: optional pytree of arrays, traced: ``head_fn(params, features)``.
+      batched: ``features [B, H, W, Cin]`` and ``labels [B, H', W']``; the result gets a
+        leading ``B`` axis (one ``vmap``-ed program).
       chunk_size: static rows or columns per vectorised step.
       mode: ``"forward"`` (columns by ``jax.jvp``, ``H W`` steps) or ``"reverse"`` (rows by
         ``jax.vjp``, ``H' W'`` steps) for the full matrix. The default is forward because
         decoder heads up-sample (``H' W' = 16 H W`` for x4); rows always use ``jax.vjp``.
 
     Returns:
-      ``[H' W', H W]`` complex (or ``[K, H W]`` for ``nu_i``), flattened DFT order.
+      ``[H' W', H W]`` complex (or ``[K, H W]`` for ``nu_i``), flattened DFT order;
+      a leading ``B`` axis with ``batched``.
 
     Raises:
       TypeError, ValueError: as :func:`spectral_jacobian` and
         :func:`spectral_jax.ce_spectrum`; ``head_fn`` output not matching ``labels``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_x(features, "features")
-    if jnp.ndim(features) != 3:
-        raise ValueError(f"features must have shape [H, W, Cin], got shape {jnp.shape(features)}.")
-    out_shape = _check_output(head_fn, features, fn_name="head_fn", x_name="features")
-    if jnp.ndim(labels) != 2 or tuple(out_shape[:2]) != tuple(jnp.shape(labels)):
+    static, traced, one, out_shape = _check_function_and_input(
+        head_fn, features, params, batched, fn_name="head_fn", x_name="features", two_d_only=True
+    )
+    batch = jnp.shape(features)[:1] if batched else ()
+    if tuple(jnp.shape(labels)) != (*batch, *out_shape[:2]):
+        expected = "[B, H', W']" if batched else "[H', W']"
         raise ValueError(
-            f"labels must have shape [H', W'] = {tuple(out_shape[:2])} (the spatial shape of "
-            f"head_fn(features), shape {tuple(out_shape)}), got shape {jnp.shape(labels)}."
+            f"labels must have shape {expected} = {(*batch, *out_shape[:2])} (the spatial "
+            f"shape of head_fn(features), shape {tuple(out_shape)}), got shape "
+            f"{jnp.shape(labels)}."
         )
     # Validates labels (concrete ones by value), their dtype and ignore_index, as
-    # ce_spectrum would on the logits [1, H', W', C].
-    logits = jax.ShapeDtypeStruct((1, *out_shape), jnp.float32)  # floating: checked above
-    one_image = labels[None] if _checks.is_traced(labels) else np.asarray(labels)[None]
-    _checks.check_logits_and_labels(logits, one_image, ignore_index=ignore_index)
+    # ce_spectrum would on the logits [B, H', W', C].
+    images = labels if batched else labels[None]
+    if not _checks.is_traced(labels):
+        images = np.asarray(labels) if batched else np.asarray(labels)[None]
+    logits = jax.ShapeDtypeStruct((len(images), *out_shape), jnp.float32)  # floating: checked
+    _checks.check_logits_and_labels(logits, images, ignore_index=ignore_index)
     _checks.check_ignore_mode(ignore_mode)
-    _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
+    _check_projection(in_projection, jnp.shape(one)[-1], "in_projection")
     if nu_i is not None:
         nu_i = frequencies_lib.flat_frequency_indices(
             nu_i, out_shape[:2], name="nu_i", spectrum="CE"
         )
     return _ce_spectral_gradient(
-        head_fn,
+        static,
+        traced,
         features,
         labels,
         nu_i,
         in_projection,
+        batched=batched,
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         chunk_size=chunk_size,
@@ -608,7 +800,7 @@ def _compute_ce_spectral_gradient(
     head_fn, features, labels, nu_i, in_projection, *, ignore_index, ignore_mode, chunk_size, mode
 ):
     features = _as_compute_dtype(features)
-    out_shape = _output_of(head_fn, features).shape
+    out_shape = jax.eval_shape(head_fn, features).shape
     in_projection = _projection_or_ones(in_projection, features.shape[-1], features.dtype)
 
     def out_fn(f):  # [H, W, Cin] -> [H', W'] real CE components
@@ -630,7 +822,7 @@ def _compute_ce_spectral_gradient(
 
 
 _ce_spectral_gradient = _jit_with_static_fn(
-    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode")
+    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode"), (0, 1)
 )
 
 
@@ -666,6 +858,8 @@ def spectral_jacobian_band_energy(
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
     radius: bands_lib.Radius = "chebyshev",
+    params: Any = None,
+    batched: bool = False,
     chunk_size: int = 64,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -685,7 +879,8 @@ def spectral_jacobian_band_energy(
     :func:`spectral_jax.half_spectrum_weights`).
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
+      fn, x, in_projection, out_projection, params, batched: as in
+        :func:`spectral_jacobian`.
       radius: band radius (``"chebyshev"`` or ``"euclidean"``) for 2-D maps; in 1-D the
         band is ``|nu|``.
       chunk_size: static number of rows (or columns) per vectorised step.
@@ -696,13 +891,21 @@ def spectral_jacobian_band_energy(
 
     Returns:
       ``[R_out, R_in]`` real energies, with ``R = num_bands(shape, radius=radius)``;
-      ``E.sum()`` is ``|J|_F^2``.
+      ``E.sum()`` is ``|J|_F^2``. ``[B, R_out, R_in]`` with ``batched``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_inputs(fn, x, in_projection, out_projection)
+    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
     bands_lib._check_radius(radius)
     return _spectral_jacobian_band_energy(
-        fn, x, in_projection, out_projection, radius=radius, chunk_size=chunk_size, mode=mode
+        static,
+        traced,
+        x,
+        in_projection,
+        out_projection,
+        batched=batched,
+        radius=radius,
+        chunk_size=chunk_size,
+        mode=mode,
     )
 
 
@@ -732,7 +935,7 @@ def _compute_band_energy(fn, x, in_projection, out_projection, *, radius, chunk_
 
 
 _spectral_jacobian_band_energy = _jit_with_static_fn(
-    _compute_band_energy, ("radius", "chunk_size", "mode")
+    _compute_band_energy, ("radius", "chunk_size", "mode"), (0,)
 )
 
 

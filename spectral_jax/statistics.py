@@ -8,7 +8,8 @@ quantities are read at the end:
 * ``relative_discrepancy()``: ``R(nu_max)`` for every band limit, a ratio of means over
   the images (``|sum_i T_i(nu_max) - sum_i L_i| / sum_i L_i``);
 * ``band_profile()`` and ``mean_ce()``: the mean over images of the band sums and of the
-  CE;
+  CE; ``ce_spectrum()``: the mean over images of the CE components ``L_ce(nu)`` (Eq. 5)
+  themselves, ``[H, W]``;
 * ``iou()`` and ``mean_iou()``: the data-set IoU per class of the arg-max predictions,
   from the summed terms of Eq. 8 (intersections and unions are summed over images before
   the ratio, as mIoU is computed);
@@ -42,6 +43,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
@@ -69,6 +71,8 @@ class SpectralStatistics:
 
     Attributes:
       band_ce: ``[R]`` sum over images of the per-band CE components.
+      half_spectrum_ce: ``[H, Kw]`` sum over images of the CE components on the half
+        spectrum (:func:`spectral_jax.ce_half_spectrum`, ``Kw = W // 2 + 1``).
       spatial_ce: ``[]`` sum over images of the CE computed directly in space, the
         reference of :meth:`parseval_error`.
       num_images: ``[]`` number of images with at least one valid pixel.
@@ -81,6 +85,7 @@ class SpectralStatistics:
     """
 
     band_ce: jax.Array
+    half_spectrum_ce: jax.Array
     spatial_ce: jax.Array
     num_images: jax.Array
     overlap: jax.Array
@@ -140,6 +145,7 @@ class SpectralStatistics:
         zeros_classes = jnp.zeros((num_classes,), dtype)
         return cls(
             band_ce=zeros_bands,
+            half_spectrum_ce=jnp.zeros((shape[0], shape[1] // 2 + 1), dtype),
             spatial_ce=jnp.zeros((), dtype),
             num_images=jnp.zeros((), jnp.int32),
             overlap=zeros_classes,
@@ -244,6 +250,19 @@ class SpectralStatistics:
         """``[R]`` mean over images of the band sums of the CE components."""
         return self._per_image(self.band_ce)
 
+    def ce_spectrum(self) -> jax.Array:
+        """``[H, W]`` mean over images of the CE components ``L_ce(nu)``, DFT layout.
+
+        The columns past ``W // 2`` are the mirrors ``L_ce(-nu) = L_ce(nu)`` of the
+        accumulated half spectrum; the whole array sums to :meth:`mean_ce`.
+        """
+        half = self._per_image(self.half_spectrum_ce)  # [H, Kw]
+        height, width = self.shape
+        mirrored_rows = (-np.arange(height)) % height
+        mirrored_cols = width - np.arange(width // 2 + 1, width)  # columns W//2+1 .. W-1
+        rest = half[mirrored_rows][:, mirrored_cols]
+        return jnp.concatenate([half, rest], axis=-1)
+
     def truncated_ce(self) -> jax.Array:
         """``[R]`` mean over images of the truncated CE at every band limit (Eq. 13)."""
         return self._per_image(jnp.cumsum(self.band_ce))
@@ -271,24 +290,34 @@ class SpectralStatistics:
         )
 
 
+def _band_sums(half: jax.Array, shape: tuple[int, int], radius: str) -> jax.Array:
+    """``[B, R]`` band sums of half spectra ``[B, H, Kw]`` (:func:`spectral_jax.band_profile`)."""
+    index = bands_lib.half_band_index(shape, radius=radius).reshape(-1)  # [H Kw]
+    weights = jnp.asarray(bands_lib.half_spectrum_weights(shape), half.dtype)  # [Kw]
+    weighted = (half * weights).reshape(half.shape[0], -1)  # [B, H Kw]
+    num = bands_lib.num_bands(shape, radius=radius)
+    return jax.vmap(lambda row: jax.ops.segment_sum(row, index, num_segments=num))(weighted)
+
+
 @functools.partial(jax.jit, static_argnames="data_format")
 def _update(stats: SpectralStatistics, logits, labels, *, data_format) -> SpectralStatistics:
     """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``)."""
     logits = _checks.to_channels_last(logits, data_format)  # [B, H, W, C]
     settings = dict(ignore_index=stats.ignore_index)
-    profile = ce_lib.band_profile(
+    half = ce_lib.ce_half_spectrum(
         logits,
         labels,
-        radius=stats.radius,
         ignore_mode=stats.ignore_mode,
         max_classes_present=stats.max_classes_present,
         **settings,
-    )  # [B, R]
+    )  # [B, H, Kw]
+    profile = _band_sums(half, stats.shape, stats.radius)  # [B, R], as band_profile
     counted = jnp.any(labels != stats.ignore_index, axis=(1, 2))  # [B]
     terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
     dtype = stats.band_ce.dtype
     updates = dict(
         band_ce=stats.band_ce + jnp.sum(profile, axis=0).astype(dtype),
+        half_spectrum_ce=stats.half_spectrum_ce + jnp.sum(half, axis=0).astype(dtype),
         spatial_ce=stats.spatial_ce
         + jnp.sum(_spatial_ce(logits, labels, stats.ignore_index)).astype(dtype),
         num_images=stats.num_images + jnp.sum(counted, dtype=jnp.int32),
