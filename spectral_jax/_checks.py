@@ -82,6 +82,28 @@ def channels_first_hint(shape: tuple[int, ...]) -> str:
 MAP_FORMATS: tuple[str, ...] = ("HWC", "CHW")
 
 
+def unbatched_map_shape(shape: tuple[int, ...], name: str, data_format: str | None):
+    """The ``[H, W, C]`` shape of one map of ``shape`` laid out as ``data_format`` says.
+
+    The checks of :func:`unbatched_map_to_channels_last`, on a shape alone (no array is
+    touched, so that the axis is moved inside the ``jit``).
+
+    Raises:
+      ValueError: as :func:`unbatched_map_to_channels_last`.
+    """
+    if data_format is not None and data_format not in MAP_FORMATS:
+        raise ValueError(f"data_format must be one of {MAP_FORMATS} or None, got {data_format!r}.")
+    shape = tuple(shape)
+    if len(shape) != 3:
+        return shape
+    if data_format is None and shape[0] < shape[1] and shape[0] < shape[2]:
+        raise ValueError(
+            f"{name} has shape {shape}, read as [H, W, C] with H = {shape[0]}: channels "
+            f"first? pass data_format='CHW' (or data_format='HWC' to keep this layout)."
+        )
+    return (*shape[1:], shape[0]) if data_format == "CHW" else shape
+
+
 def unbatched_map_to_channels_last(x, name: str, data_format: str | None):
     """One map ``[H, W, C]`` from ``x`` laid out as ``data_format`` says.
 
@@ -95,17 +117,10 @@ def unbatched_map_to_channels_last(x, name: str, data_format: str | None):
       ValueError: naming ``name`` for an unstated layout that looks channels first, or
         naming ``data_format`` for a value outside ``("HWC", "CHW", None)``.
     """
-    if data_format is not None and data_format not in MAP_FORMATS:
-        raise ValueError(f"data_format must be one of {MAP_FORMATS} or None, got {data_format!r}.")
-    shape = tuple(jnp.shape(x))
-    if len(shape) != 3:
-        return x
-    if data_format is None and shape[0] < shape[1] and shape[0] < shape[2]:
-        raise ValueError(
-            f"{name} has shape {shape}, read as [H, W, C] with H = {shape[0]}: channels "
-            f"first? pass data_format='CHW' (or data_format='HWC' to keep this layout)."
-        )
-    return jnp.moveaxis(x, 0, -1) if data_format == "CHW" else x
+    unbatched_map_shape(jnp.shape(x), name, data_format)
+    if jnp.ndim(x) == 3 and data_format == "CHW":
+        return jnp.moveaxis(x, 0, -1)
+    return x
 
 
 def _is_array(x) -> bool:

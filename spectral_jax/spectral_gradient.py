@@ -46,6 +46,15 @@ at ``x`` only. ``batched=True`` takes a batch ``x [B, ...]`` (and ``labels [B, .
 and maps the computation over it with ``jax.vmap`` in one compiled program, the
 parameters shared; the result gets a leading ``B`` axis.
 
+**Inputs as users hold them.** ``x`` (``features``), ``labels``, the projections,
+``params`` and the arrays of a ``functools.partial`` may be JAX or NumPy arrays or CPU
+PyTorch tensors (read through ``__array__`` or ``__dlpack__``). ``data_format="CHW"``
+states channels-first maps: ``fn`` then maps ``[Cin, H, W]`` to ``[Cout, H', W']`` and
+the axis is moved inside the compiled program (the frequencies, and so the result, are
+those of the channels-last map). An unbatched map ``[a, b, c]`` with ``a`` smaller than
+both ``b`` and ``c`` is refused unless ``data_format`` is stated: it is most likely
+``[Cin, H, W]``, which would silently be read with ``H = Cin``.
+
 **Compilation.** Every public function checks its arguments in Python (concrete
 frequency indices and labels by value) and then runs one module-level ``jax.jit``. What
 is static: the function ``fn`` itself (for ``fn(params, x)``, or a plain ``fn(x)``,
@@ -74,7 +83,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -91,6 +100,8 @@ from spectral_jax.loss_spectrum import (
 )
 
 Mode = Literal["forward", "reverse"]
+#: Layout of one map: channels last (``"HWC"``, Flax's) or first (``"CHW"``, PyTorch's).
+MapFormat = Literal["HWC", "CHW"]
 Distance = Literal["chebyshev", "euclidean"]
 _MODES = ("forward", "reverse")
 
@@ -145,19 +156,24 @@ class _StaticFunction:
     the partial's array arguments (leaves of its ``args`` and ``keywords``) are traced,
     its other arguments (strings, Python numbers: settings that may set a shape) are
     static in ``static_leaves``. :meth:`__call__` calls
-    ``function(*args, [params,] x, **keywords)`` with the arguments rebuilt.
+    ``function(*args, [params,] x, **keywords)`` with the arguments rebuilt. For a
+    function of channels-first maps (``data_format="CHW"``) it takes and returns
+    channels-last maps, moving the axis on the way in and out, so that the computation
+    only ever sees ``[H, W, C]``.
 
     Attributes:
       function: the user's function, or the function a partial wraps.
       takes_params: ``fn(params, x)`` (a ``params=`` argument was given) or ``fn(x)``.
       treedef: tree of the partial's ``(args, keywords)`` (empty for a plain function).
       static_leaves: ``((position, value), ...)`` the partial's non-array leaves.
+      channels_first: ``fn`` maps ``[C, H, W]`` to ``[C', H', W']``.
     """
 
     function: Callable
     takes_params: bool
     treedef: Any
     static_leaves: tuple[tuple[int, Any], ...]
+    channels_first: bool = False
 
     def __call__(self, traced, x):
         """``fn(x)`` or ``fn(params, x)`` from ``traced = (partial_arrays, params)``."""
@@ -167,31 +183,48 @@ class _StaticFunction:
             static[i] if i in static else next(arrays) for i in range(self.treedef.num_leaves)
         ]
         args, keywords = jax.tree.unflatten(self.treedef, leaves)
+        if self.channels_first:
+            x = jnp.moveaxis(x, -1, 0)  # [H, W, C] -> [C, H, W]
         if self.takes_params:
-            return self.function(*args, params, x, **keywords)
-        return self.function(*args, x, **keywords)
+            out = self.function(*args, params, x, **keywords)
+        else:
+            out = self.function(*args, x, **keywords)
+        return jnp.moveaxis(out, 0, -1) if self.channels_first else out  # [H', W', C']
+
+    def map_to_channels_last(self, x):
+        """One map as :meth:`__call__` takes it: ``[C, H, W]`` moved to ``[H, W, C]``."""
+        return jnp.moveaxis(x, 0, -1) if self.channels_first else x
 
 
 _NO_ARGUMENTS = jax.tree.structure(((), {}))
 
 
-def _split_function(fn, params, takes_params: bool) -> tuple[_StaticFunction, Any]:
+def _read_arrays(tree, name: str):
+    """``tree`` with its array-likes (CPU PyTorch tensors) read as arrays (``as_array``)."""
+    return jax.tree.map(lambda leaf: _checks.as_array(leaf, name), tree)
+
+
+def _split_function(
+    fn, params, takes_params: bool, channels_first: bool = False
+) -> tuple[_StaticFunction, Any]:
     """``(static, traced)`` with ``static(traced, x)`` equal to ``fn([params,] x)``.
 
     A ``functools.partial`` is opened: its function and non-array arguments are static,
     its arrays traced, so that a partial re-created with new array values (new weights)
     is the same static function and compiles nothing new. Any other ``fn`` is static as
     it is (hashed by identity for a plain function). A partial whose non-array
-    arguments are unhashable stays whole.
+    arguments are unhashable stays whole. Array-likes (CPU PyTorch tensors) in
+    ``params`` or in the partial's arguments are read as arrays first.
     """
+    params = _read_arrays(params, "params")
     if isinstance(fn, functools.partial):
-        leaves, treedef = jax.tree.flatten((fn.args, fn.keywords))
+        leaves, treedef = jax.tree.flatten(_read_arrays((fn.args, fn.keywords), "fn"))
         static_leaves = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array(leaf))
         arrays = tuple(leaf for leaf in leaves if _is_array(leaf))
-        static = _StaticFunction(fn.func, takes_params, treedef, static_leaves)
+        static = _StaticFunction(fn.func, takes_params, treedef, static_leaves, channels_first)
         if _is_hashable(static):
             return static, (arrays, params)
-    return _StaticFunction(fn, takes_params, _NO_ARGUMENTS, ()), ((), params)
+    return _StaticFunction(fn, takes_params, _NO_ARGUMENTS, (), channels_first), ((), params)
 
 
 def _struct(x) -> jax.ShapeDtypeStruct:
@@ -281,14 +314,17 @@ def _jit_with_static_fn(compute, static_argnames: tuple[str, ...], batched_args:
     module-level ``jax.jit`` with ``static`` (:class:`_StaticFunction`), ``batched`` and
     the settings static and ``traced`` (the parameters) an argument. With ``batched``
     the arguments at ``batched_args`` carry a leading batch axis and ``compute`` is
-    ``vmap``-ed over it inside the same program. An unhashable ``static`` cannot be a
+    ``vmap``-ed over it inside the same program. The first argument is the map ``x``,
+    moved channels last inside the program for a channels-first ``static`` (an eager
+    transpose would compile on its own). An unhashable ``static`` cannot be a
     static argument: then the computation runs unjitted (module docstring,
     "Compilation").
     """
 
     def run(static, traced, *args, batched: bool, **settings):
-        def one(*one_args):
-            return compute(functools.partial(static, traced), *one_args, **settings)
+        def one(x, *one_args):  # x: one map in the user's layout
+            x = static.map_to_channels_last(x)
+            return compute(functools.partial(static, traced), x, *one_args, **settings)
 
         if not batched:
             return one(*args)
@@ -432,38 +468,76 @@ def _assemble(vector_fn, count: int, length: int, chunk_size: int, dtype, *, as_
 # Public API.
 
 
+_MAP_FORMAT_HINT = "the layout of one map; with batched=True the batch axis comes first"
+
+
 def _check_function_and_input(
-    fn, x, params, batched, *, fn_name: str = "fn", x_name: str = "x", two_d_only: bool = False
+    fn,
+    x,
+    params,
+    batched,
+    data_format,
+    *,
+    fn_name: str = "fn",
+    x_name: str = "x",
+    two_d_only: bool = False,
 ):
     """The one place where every Jacobian function checks its function and input.
 
-    Splits ``fn`` (:func:`_split_function`), takes one map of a batch, checks its dtype
-    and rank and evaluates ``fn``'s output shape.
+    Reads ``x`` (a CPU PyTorch tensor too, :func:`spectral_jax._checks.as_array`),
+    splits ``fn`` (:func:`_split_function`), takes one map of a batch, checks its dtype,
+    rank and layout (``data_format``; an unstated ``[C, H, W]``-looking map is refused)
+    and evaluates ``fn``'s output shape.
 
     Returns:
-      ``(static, traced, one, out_shape)``: the split function, one map (or its shape
-      and dtype, with ``batched``) and the output shape of one map.
+      ``(static, traced, x, one, out_shape)``: the split function, ``x`` as an array,
+      the shape and dtype of one map channels last (``[H, W, Cin]`` or ``[L, Cin]``) and
+      the output shape of one map, channels last.
     """
-    static, traced = _split_function(fn, params, params is not None)
+    x = _checks.as_array(x, x_name)
     one = _check_batched(x, batched, x_name)
     _check_x(one, x_name)
-    if two_d_only and jnp.ndim(one) != 3:
-        raise ValueError(f"{x_name} must have shape [H, W, Cin], got shape {jnp.shape(one)}.")
+    if data_format is not None and data_format not in _checks.MAP_FORMATS:
+        raise ValueError(
+            f"data_format must be one of {_checks.MAP_FORMATS} or None ({_MAP_FORMAT_HINT}), "
+            f"got {data_format!r}."
+        )
+    if data_format == "CHW" and jnp.ndim(one) != 3:
+        raise ValueError(
+            f"data_format='CHW' is for 2-D maps [Cin, H, W]; {x_name} has one map of shape "
+            f"{jnp.shape(one)} ([L, Cin] 1-D signals are channels last)."
+        )
+    shape = _checks.unbatched_map_shape(jnp.shape(one), x_name, data_format)
+    one = jax.ShapeDtypeStruct(shape, jnp.result_type(one))
+    if two_d_only and len(shape) != 3:
+        raise ValueError(f"{x_name} must have shape [H, W, Cin], got shape {jnp.shape(x)}.")
+    static, traced = _split_function(fn, params, params is not None, data_format == "CHW")
     out_shape = _check_output(static, traced, one, fn_name=fn_name, x_name=x_name)
-    return static, traced, one, out_shape
+    return static, traced, x, one, out_shape
 
 
-def _check_inputs(fn, x, params, batched, in_projection, out_projection):
-    """Checks ``x``, ``fn(x)`` and the projections.
+class _Checked(NamedTuple):
+    """The checked arguments of a Jacobian function (:func:`_check_inputs`)."""
 
-    Returns:
-      ``(static, traced, out_shape)``: the function split by :func:`_split_function`
-      and the output shape of one map.
-    """
-    static, traced, one, out_shape = _check_function_and_input(fn, x, params, batched)
-    _check_projection(in_projection, jnp.shape(one)[-1], "in_projection")
+    static: _StaticFunction
+    traced: Any
+    x: Any  # the map(s) as an array, in the user's layout
+    one: jax.ShapeDtypeStruct  # one map, channels last
+    out_shape: tuple[int, ...]  # fn's output for one map, channels last
+    in_projection: Any
+    out_projection: Any
+
+
+def _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection):
+    """Checks ``x``, ``fn(x)`` and the projections (read as arrays, PyTorch tensors too)."""
+    static, traced, x, one, out_shape = _check_function_and_input(
+        fn, x, params, batched, data_format
+    )
+    in_projection = _checks.as_array(in_projection, "in_projection")
+    out_projection = _checks.as_array(out_projection, "out_projection")
+    _check_projection(in_projection, one.shape[-1], "in_projection")
     _check_projection(out_projection, out_shape[-1], "out_projection")
-    return static, traced, out_shape
+    return _Checked(static, traced, x, one, out_shape, in_projection, out_projection)
 
 
 def _prepare(fn, x, in_projection, out_projection):
@@ -485,6 +559,7 @@ def spectral_jacobian(
     out_projection: chex.Array | None = None,
     params: Any = None,
     batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 256,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -507,7 +582,9 @@ def spectral_jacobian(
         settings, also eagerly. The arrays of a ``functools.partial`` are traced (a
         re-created partial with new weights compiles nothing); a new closure compiles
         again (module docstring, "Compilation").
-      x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken.
+      x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken: a
+        JAX or NumPy array or a CPU PyTorch tensor (``[Cin, H, W]`` with
+        ``data_format="CHW"``).
         float16 and bfloat16 are upcast to float32 (exact) and ``fn``'s output is cast
         to that dtype; float64 (with ``jax_enable_x64``, on CPU or GPU) stays float64.
         ``fn`` itself computes in whatever dtype its layers use: for a Jacobian free of
@@ -519,6 +596,13 @@ def spectral_jacobian(
       batched: ``x`` is a batch ``[B, H, W, Cin]`` (or ``[B, L, Cin]``) and the result
         gets a leading ``B`` axis: one ``vmap``-ed program for all the maps, ``params``
         shared.
+      data_format: the layout of one map of ``x`` and of ``fn``'s input and output:
+        ``"HWC"`` (channels last, Flax's) or ``"CHW"`` (channels first, PyTorch's:
+        ``fn`` maps ``[Cin, H, W]`` to ``[Cout, H', W']``, and the axis is moved inside
+        the compiled program). ``None`` (not stated) reads ``[H, W, Cin]`` but refuses a
+        map whose leading axis is smaller than both others, which is most likely
+        ``[Cin, H, W]`` and would silently be read with ``H = Cin``; state ``"HWC"`` to
+        keep such a map. Static.
       chunk_size: static number of basis directions (``mode="forward"``) or output
         frequencies (``mode="reverse"``) per vectorised step; memory beyond the result is
         about ``chunk_size`` times the size of a map and its tangent.
@@ -539,9 +623,12 @@ def spectral_jacobian(
 
     Raises:
       TypeError: complex or non-floating ``x``; ``fn`` returning several arrays or a
-        non-real-floating array.
+        non-real-floating array; an array-like that cannot be read (a tensor that
+        requires grad).
       ValueError: float64 ``x`` on a backend without float64 (TPU; the message says
-        what to do); ``x`` not ``[H, W, Cin]``/``[L, Cin]``; ``fn(x)`` of another rank (a
+        what to do); ``x`` not ``[H, W, Cin]``/``[L, Cin]``; an unstated layout that
+        looks channels first, or a ``data_format`` outside ``("HWC", "CHW")``; ``fn(x)``
+        of another rank (a
         batch axis added or dropped); projections of the wrong length; bad
         ``chunk_size`` or ``mode``.
 
@@ -564,13 +651,13 @@ def spectral_jacobian(
       True
     """
     _check_chunk_and_mode(chunk_size, mode)
-    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
     return _spectral_jacobian(
-        static,
-        traced,
-        x,
-        in_projection,
-        out_projection,
+        checked.static,
+        checked.traced,
+        checked.x,
+        checked.in_projection,
+        checked.out_projection,
         batched=batched,
         chunk_size=chunk_size,
         mode=mode,
@@ -599,6 +686,7 @@ def spectral_jacobian_rows(
     out_projection: chex.Array | None = None,
     params: Any = None,
     batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Rows ``J[nu_i, :]`` of :func:`spectral_jacobian` through ``jax.vjp``.
@@ -607,7 +695,7 @@ def spectral_jacobian_rows(
     cost of two real pullbacks per row, without the full matrix.
 
     Args:
-      fn, x, in_projection, out_projection, params, batched: as in
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
         :func:`spectral_jacobian`.
       nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies, or
         ``[K, d]`` signed frequencies such as ``[(nu_h, nu_w)]``
@@ -623,15 +711,15 @@ def spectral_jacobian_rows(
       (concrete indices only), TypeError for non-integer ``nu_i``.
     """
     _check_chunk_and_mode(chunk_size, "reverse")
-    static, traced, out_shape = _check_inputs(fn, x, params, batched, in_projection, out_projection)
-    nu_i = frequencies_lib.flat_frequency_indices(nu_i, out_shape[:-1], name="nu_i")
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
+    nu_i = frequencies_lib.flat_frequency_indices(nu_i, checked.out_shape[:-1], name="nu_i")
     return _spectral_jacobian_rows(
-        static,
-        traced,
-        x,
+        checked.static,
+        checked.traced,
+        checked.x,
         nu_i,
-        in_projection,
-        out_projection,
+        checked.in_projection,
+        checked.out_projection,
         batched=batched,
         chunk_size=chunk_size,
     )
@@ -655,12 +743,13 @@ def spectral_jacobian_columns(
     out_projection: chex.Array | None = None,
     params: Any = None,
     batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Columns ``J[:, nu_j]`` of :func:`spectral_jacobian` through ``jax.jvp``.
 
     Args:
-      fn, x, in_projection, out_projection, params, batched: as in
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
         :func:`spectral_jacobian`.
       nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies, or ``[K, d]``
         signed frequencies (:mod:`spectral_jax.frequencies`).
@@ -674,16 +763,16 @@ def spectral_jacobian_columns(
       As :func:`spectral_jacobian_rows`, for ``nu_j`` outside ``[0, M_in)``.
     """
     _check_chunk_and_mode(chunk_size, "forward")
-    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
-    in_spatial = jnp.shape(x)[1:-1] if batched else jnp.shape(x)[:-1]
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
+    in_spatial = checked.one.shape[:-1]
     nu_j = frequencies_lib.flat_frequency_indices(nu_j, in_spatial, name="nu_j", spectrum="input")
     return _spectral_jacobian_columns(
-        static,
-        traced,
-        x,
+        checked.static,
+        checked.traced,
+        checked.x,
         nu_j,
-        in_projection,
-        out_projection,
+        checked.in_projection,
+        checked.out_projection,
         batched=batched,
         chunk_size=chunk_size,
     )
@@ -709,6 +798,7 @@ def ce_spectral_gradient(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     params: Any = None,
     batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
     mode: Mode = "forward",
 ) -> jax.Array:
@@ -743,6 +833,9 @@ def ce_spectral_gradient(
       params: optional pytree of arrays, traced: ``head_fn(params, features)``.
       batched: ``features [B, H, W, Cin]`` and ``labels [B, H', W']``; the result gets a
         leading ``B`` axis (one ``vmap``-ed program).
+      data_format: the layout of ``features`` and ``head_fn``, as in
+        :func:`spectral_jacobian` (``"CHW"``: ``head_fn`` maps ``[Cin, H, W]`` to logits
+        ``[C, H', W']``).
       chunk_size: static rows or columns per vectorised step.
       mode: ``"forward"`` (columns by ``jax.jvp``, ``H W`` steps) or ``"reverse"`` (rows by
         ``jax.vjp``, ``H' W'`` steps) for the full matrix. The default is forward because
@@ -757,9 +850,18 @@ def ce_spectral_gradient(
         :func:`spectral_jax.ce_spectrum`; ``head_fn`` output not matching ``labels``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    static, traced, one, out_shape = _check_function_and_input(
-        head_fn, features, params, batched, fn_name="head_fn", x_name="features", two_d_only=True
+    static, traced, features, one, out_shape = _check_function_and_input(
+        head_fn,
+        features,
+        params,
+        batched,
+        data_format,
+        fn_name="head_fn",
+        x_name="features",
+        two_d_only=True,
     )
+    labels = _checks.as_array(labels, "labels")
+    in_projection = _checks.as_array(in_projection, "in_projection")
     batch = jnp.shape(features)[:1] if batched else ()
     if tuple(jnp.shape(labels)) != (*batch, *out_shape[:2]):
         expected = "[B, H', W']" if batched else "[H', W']"
@@ -776,7 +878,7 @@ def ce_spectral_gradient(
     logits = jax.ShapeDtypeStruct((len(images), *out_shape), jnp.float32)  # floating: checked
     _checks.check_logits_and_labels(logits, images, ignore_index=ignore_index)
     _checks.check_ignore_mode(ignore_mode)
-    _check_projection(in_projection, jnp.shape(one)[-1], "in_projection")
+    _check_projection(in_projection, one.shape[-1], "in_projection")
     if nu_i is not None:
         nu_i = frequencies_lib.flat_frequency_indices(
             nu_i, out_shape[:2], name="nu_i", spectrum="CE"
@@ -860,6 +962,7 @@ def spectral_jacobian_band_energy(
     radius: bands_lib.Radius = "chebyshev",
     params: Any = None,
     batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -879,7 +982,7 @@ def spectral_jacobian_band_energy(
     :func:`spectral_jax.half_spectrum_weights`).
 
     Args:
-      fn, x, in_projection, out_projection, params, batched: as in
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
         :func:`spectral_jacobian`.
       radius: band radius (``"chebyshev"`` or ``"euclidean"``) for 2-D maps; in 1-D the
         band is ``|nu|``.
@@ -894,14 +997,14 @@ def spectral_jacobian_band_energy(
       ``E.sum()`` is ``|J|_F^2``. ``[B, R_out, R_in]`` with ``batched``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    static, traced, _ = _check_inputs(fn, x, params, batched, in_projection, out_projection)
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
     bands_lib._check_radius(radius)
     return _spectral_jacobian_band_energy(
-        static,
-        traced,
-        x,
-        in_projection,
-        out_projection,
+        checked.static,
+        checked.traced,
+        checked.x,
+        checked.in_projection,
+        checked.out_projection,
         batched=batched,
         radius=radius,
         chunk_size=chunk_size,

@@ -745,3 +745,115 @@ def test_params_and_batched_errors_name_the_argument(rng):
             params=head_params,
             batched=True,
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs as users hold them: PyTorch tensors and channels-first maps.
+
+
+def _channels_first(fn):
+    """``fn(params, [H, W, C])`` as a function of channels-first maps ``[C, H, W]``."""
+
+    def of_channels_first(params, z):
+        return jnp.moveaxis(fn(params, jnp.moveaxis(z, 0, -1)), -1, 0)
+
+    return of_channels_first
+
+
+_conv_relu_chw = _channels_first(_conv_relu)
+_head_chw = _channels_first(_head_with_params)
+
+
+def _double(z):
+    return 2.0 * z
+
+
+def test_torch_channels_first_maps_match_the_float64_reference(rng):
+    torch = pytest.importorskip("torch")
+    kernel = _kernel(rng, 3, 2, (2, 3))
+    x = _map(rng, (6, 5), 2)  # [H, W, Cin]
+    params = {"kernel": torch.tensor(np.asarray(kernel))}  # torch params too
+    expected = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), x)
+    x_chw = torch.from_numpy(np.moveaxis(np.asarray(x), -1, 0).copy())  # [Cin, H, W]
+    settings = dict(params=params, data_format="CHW")
+    _assert_close(sj.spectral_jacobian(_conv_relu_chw, x_chw, **settings), expected, "float32")
+    nu_i, nu_j = torch.tensor([0, 7, 29]), [(1, -2), (0, 2)]
+    rows = sj.spectral_jacobian_rows(_conv_relu_chw, x_chw, nu_i, **settings)
+    _assert_close(rows, expected[nu_i.numpy()], "float32")
+    columns = sj.spectral_jacobian_columns(_conv_relu_chw, x_chw, nu_j, **settings)
+    _assert_close(columns, expected[:, sj.ravel_frequencies(nu_j, (6, 5))], "float32")
+    energy = sj.spectral_jacobian_band_energy(_conv_relu_chw, x_chw, chunk_size=8, **settings)
+    assert np.isclose(float(energy.sum()), np.sum(np.abs(expected) ** 2), rtol=1e-4)
+    # A batch of channels-first maps: the layout of each map, the batch axis first.
+    xs = jnp.stack([x, _map(rng, (6, 5), 2)])  # [B, H, W, Cin]
+    xs_chw = torch.from_numpy(np.moveaxis(np.asarray(xs), -1, 1).copy())  # [B, Cin, H, W]
+    batched = sj.spectral_jacobian_rows(_conv_relu_chw, xs_chw, nu_i, batched=True, **settings)
+    for b in range(2):
+        reference = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), xs[b])
+        _assert_close(batched[b], reference[nu_i.numpy()], "float32")
+    # The CE gradient of a channels-first head (logits [C, H', W']) on torch labels.
+    weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    labels = rng.integers(0, 3, size=(12, 10))
+    by_chw = sj.ce_spectral_gradient(
+        _head_chw,
+        x_chw,
+        torch.from_numpy(labels),
+        params={"weights": torch.tensor(np.asarray(weights))},
+        data_format="CHW",
+    )
+    _assert_close(by_chw, ce_spectral_gradient(_linear_head(weights), x, labels), "float32")
+
+
+def test_an_unstated_channels_first_map_is_refused(rng):
+    x = np.asarray(_map(rng, (9, 9), 2)).transpose(2, 0, 1).copy()  # [2, 9, 9]
+    refused = r"x has shape \(2, 9, 9\), read as \[H, W, C\] with H = 2: channels first\? "
+    refused += r"pass data_format='CHW'"
+    calls = [
+        lambda **kw: sj.spectral_jacobian(_double, x, **kw),
+        lambda **kw: sj.spectral_jacobian_rows(_double, x, [0], **kw),
+        lambda **kw: sj.spectral_jacobian_columns(_double, x, [0], **kw),
+        lambda **kw: sj.spectral_jacobian_band_energy(_double, x, **kw),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=refused):
+            call()
+        with pytest.raises(ValueError, match=r"data_format must be one of \('HWC', 'CHW'\)"):
+            call(data_format="NCHW")
+    with pytest.raises(ValueError, match=refused.replace("x has", "features has")):
+        sj.ce_spectral_gradient(_double, x, np.zeros((2, 9), int))
+    with pytest.raises(ValueError, match=refused):
+        sj.spectral_jacobian(_double, x[None], batched=True)  # each map is checked
+    # Stated, either layout is computed: J = 2 C I for z -> 2 z (u, v all ones).
+    as_hwc = sj.spectral_jacobian(_double, x, data_format="HWC")  # H = 2, W = 9, C = 9
+    _assert_close(as_hwc, 2 * 9 * np.eye(18), "float32")
+    as_chw = sj.spectral_jacobian(_double, x, data_format="CHW")  # C = 2, H = W = 9
+    _assert_close(as_chw, 2 * 2 * np.eye(81), "float32")
+    with pytest.raises(ValueError, match=r"data_format='CHW' is for 2-D maps"):
+        sj.spectral_jacobian(_double, x[0], data_format="CHW")  # [L, Cin]
+
+
+def test_torch_tensors_that_cannot_be_read_name_the_argument(rng):
+    torch = pytest.importorskip("torch")
+    x = torch.zeros((4, 4, 2), requires_grad=True)
+    with pytest.raises(TypeError, match=r"x of type Tensor could not be read.*detach\(\)"):
+        sj.spectral_jacobian(_double, x)
+    with pytest.raises(TypeError, match=r"features of type Tensor could not be read"):
+        sj.ce_spectral_gradient(_double, x, np.zeros((4, 4), int))
+
+
+def test_channels_first_torch_maps_compile_once_per_shape(rng):
+    torch = pytest.importorskip("torch")
+    kernel = torch.tensor(np.asarray(_kernel(rng, 3, 2, (2, 2))))
+
+    def chw(seed):
+        return torch.tensor(np.asarray(_map(np.random.default_rng(seed), (8, 8), 2)))
+
+    call = functools.partial(
+        sj.spectral_jacobian_rows, _conv_relu_chw, nu_i=np.array([0, 9]), data_format="CHW"
+    )
+    compile_counting.assert_compiles_once_per_shape(
+        lambda x, k: call(x.permute(2, 0, 1), params={"kernel": k}),
+        (chw(0), kernel),
+        (chw(1), 2 * kernel),
+        (torch.tensor(np.asarray(_map(rng, (9, 9), 2))), kernel),
+    )
