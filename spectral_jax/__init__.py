@@ -2,11 +2,12 @@
 
 The top level holds the paper's core (Chen, Chiu, Wu): the frequency bands, the spectral
 decomposition of the cross-entropy and its truncation, spectral IoU, streamed data-set
-statistics, exact spectral Jacobians, feature truncation, block-wise annotation, FLOPs
-and the layer probes. The related frequency-domain methods (papers 002-004) are one
-import away in :mod:`spectral_jax.related`; models, data, evaluation and training are
-the subpackages :mod:`spectral_jax.models`, :mod:`spectral_jax.data`,
-:mod:`spectral_jax.evaluation` and :mod:`spectral_jax.training`.
+statistics, exact spectral Jacobians (also at a Flax model's layer named by its path),
+feature truncation, block-wise annotation, FLOPs and the layer probes. The related
+frequency-domain methods (papers 002-004) are one import away in
+:mod:`spectral_jax.related`; models, data, evaluation and training are the subpackages
+:mod:`spectral_jax.models`, :mod:`spectral_jax.data`, :mod:`spectral_jax.evaluation` and
+:mod:`spectral_jax.training`.
 """
 
 from spectral_jax.bands import band_index as band_index
@@ -28,10 +29,20 @@ from spectral_jax.flops import conv_layers as conv_layers
 from spectral_jax.flops import conv_macs as conv_macs
 from spectral_jax.flops import count_flops as count_flops
 from spectral_jax.flops import flops_per_iou as flops_per_iou
+from spectral_jax.frequencies import fig4_frequencies as fig4_frequencies
+from spectral_jax.frequencies import flat_frequency_indices as flat_frequency_indices
+from spectral_jax.frequencies import ravel_frequencies as ravel_frequencies
+from spectral_jax.frequencies import unravel_frequencies as unravel_frequencies
 from spectral_jax.iou import IoUTerms as IoUTerms
 from spectral_jax.iou import iou_from_terms as iou_from_terms
 from spectral_jax.iou import spectral_iou as spectral_iou
 from spectral_jax.iou import spectral_iou_terms as spectral_iou_terms
+from spectral_jax.layers import LayerHead as LayerHead
+from spectral_jax.layers import layer_head as layer_head
+from spectral_jax.layers import layer_output as layer_output
+from spectral_jax.layers import layer_outputs as layer_outputs
+from spectral_jax.layers import layer_paths as layer_paths
+from spectral_jax.layers import layer_spectral_gradient as layer_spectral_gradient
 from spectral_jax.loss_spectrum import MagnitudeProfiles as MagnitudeProfiles
 from spectral_jax.loss_spectrum import ParsevalWarning as ParsevalWarning
 from spectral_jax.loss_spectrum import band_limit_sweep as band_limit_sweep

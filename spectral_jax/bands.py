@@ -23,6 +23,8 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax import _checks
+
 Radius = Literal["chebyshev", "euclidean"]
 RADII: tuple[str, ...] = ("chebyshev", "euclidean")
 
@@ -186,6 +188,7 @@ def centered_spectrum(spectrum: jnp.ndarray) -> jnp.ndarray:
     Returns:
       Array ``[..., H, W]``, shifted.
     """
+    spectrum = _checks.as_array(spectrum, "spectrum")  # a CPU PyTorch tensor, say
     return jnp.fft.fftshift(spectrum, axes=(-2, -1))
 
 

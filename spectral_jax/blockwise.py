@@ -128,6 +128,7 @@ def blockwise_annotation(
     """
     _check_classes(num_classes, ignore_index)
     band_limit = _check_band_limit(band_limit)
+    labels = _checks.as_array(labels, "labels")  # a CPU PyTorch tensor, say
     _check_labels(labels, num_classes, ignore_index)
     labels = jnp.asarray(labels)
     height, width = labels.shape[-2:]

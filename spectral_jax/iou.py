@@ -30,6 +30,17 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
+from spectral_jax._checks import DataFormat
+
+
+def _checked(probs, labels, ignore_index: int, data_format: str):
+    """``(probs, labels)`` as arrays (a CPU PyTorch tensor is read), checked."""
+    probs = _checks.as_array(probs, "probs")
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_logits_and_labels(
+        probs, labels, ignore_index=ignore_index, logits_name="probs", data_format=data_format
+    )
+    return probs, labels
 
 
 class IoUTerms(NamedTuple):
@@ -78,7 +89,7 @@ def _raise_for_violations(violations, binarize: bool) -> None:
         )
 
 
-def _compute_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
+def _compute_iou_terms(probs, labels, *, ignore_index: int, binarize: bool, data_format: str):
     """The computation of :func:`spectral_iou_terms` on checked arguments.
 
     Returns:
@@ -86,6 +97,7 @@ def _compute_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
       NaN or (soft IoU) outside ``[0, 1]`` at a valid pixel, and
       :func:`_probability_violations` for the eager error message.
     """
+    probs = _checks.to_channels_last(probs, data_format)  # [B, H, W, C]
     _, height, width, num_classes = probs.shape
     probs = jnp.asarray(probs, _checks.compute_dtype(jnp.result_type(probs)))
     valid = labels != ignore_index  # [B, H, W]
@@ -116,17 +128,13 @@ def _compute_iou_terms(probs, labels, *, ignore_index: int, binarize: bool):
     return terms, violations
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
-def _spectral_iou_terms(probs, labels, *, ignore_index: int, binarize: bool) -> IoUTerms:
-    return _compute_iou_terms(probs, labels, ignore_index=ignore_index, binarize=binarize)[0]
-
-
 def spectral_iou_terms(
     probs: chex.Array,
     labels: chex.Array,
     *,
     ignore_index: int = 255,
     binarize: bool = False,
+    data_format: DataFormat = "NHWC",
 ) -> IoUTerms:
     """The terms ``O``, ``s(0)``, ``b(0)`` of the spectral IoU (Eq. 7-8).
 
@@ -135,13 +143,16 @@ def spectral_iou_terms(
     :func:`spectral_jax.ce_spectrum`).
 
     Args:
-      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``);
-        dtypes as the logits of :func:`spectral_jax.ce_spectrum` (float16 and bfloat16
-        upcast to float32, float64 with ``jax_enable_x64`` kept).
+      probs: ``[B, H, W, C]`` soft segmentation ``S`` (probabilities in ``[0, 1]``;
+        ``[B, C, H, W]`` with ``data_format="NCHW"``); array types and dtypes as the
+        logits of :func:`spectral_jax.ce_spectrum` (a CPU PyTorch tensor is read too;
+        float16 and bfloat16 upcast to float32, float64 with ``jax_enable_x64`` kept).
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels left out of both maps. Static.
       binarize: replace ``S`` with the one-hot of its arg-max over classes (hard IoU).
         Static.
+      data_format: ``"NHWC"`` (default) or ``"NCHW"``, as in
+        :func:`spectral_jax.ce_spectrum`. Static.
 
     Returns:
       :class:`IoUTerms` of ``[B, C]`` arrays.
@@ -153,9 +164,9 @@ def spectral_iou_terms(
         image's terms are NaN. With ``binarize=True`` only the arg-max is read, so any
         real scores (logits too) are accepted.
     """
-    _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
+    probs, labels = _checked(probs, labels, ignore_index, data_format)
     terms, violations = _checked_iou_terms(
-        probs, labels, ignore_index=ignore_index, binarize=binarize
+        probs, labels, ignore_index=ignore_index, binarize=binarize, data_format=data_format
     )
     _raise_for_violations(violations, binarize)
     return terms
@@ -175,6 +186,12 @@ def iou_from_terms(terms: IoUTerms) -> jax.Array:
     Raises:
       ValueError: float64 terms on a backend without float64 (TPU).
     """
+    terms = IoUTerms(
+        *(
+            _checks.as_array(term, f"terms.{name}")
+            for name, term in zip(IoUTerms._fields, terms, strict=True)
+        )
+    )
     dtype = _checks.compute_dtype(jnp.result_type(*terms))
     if dtype == jnp.float64:
         _checks.check_float64_available("terms")
@@ -190,6 +207,7 @@ def spectral_iou(
     *,
     ignore_index: int = 255,
     binarize: bool = False,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Per-image, per-class IoU through its spectral form (Eq. 8).
 
@@ -201,10 +219,11 @@ def spectral_iou(
 
     Args:
       probs: ``[B, H, W, C]`` soft segmentation (for example ``jax.nn.softmax(logits)``);
-        dtypes as in :func:`spectral_iou_terms`.
+        layouts, array types and dtypes as in :func:`spectral_iou_terms`.
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       ignore_index: label of pixels left out. Static.
       binarize: use the one-hot of the arg-max prediction (hard IoU). Static.
+      data_format: ``"NHWC"`` (default) or ``"NCHW"``. Static.
 
     Returns:
       ``[B, C]``; NaN where a class is in neither the prediction nor the labels.
@@ -223,18 +242,21 @@ def spectral_iou(
       >>> jnp.nanmean(iou, axis=-1).tolist()  # [B] mean IoU
       [0.583]
     """
-    _checks.check_logits_and_labels(probs, labels, ignore_index=ignore_index, logits_name="probs")
-    iou, violations = _spectral_iou(probs, labels, ignore_index=ignore_index, binarize=binarize)
+    probs, labels = _checked(probs, labels, ignore_index, data_format)
+    iou, violations = _spectral_iou(
+        probs, labels, ignore_index=ignore_index, binarize=binarize, data_format=data_format
+    )
     _raise_for_violations(violations, binarize)
     return iou
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "binarize"))
-def _spectral_iou(probs, labels, *, ignore_index: int, binarize: bool):
-    terms, violations = _compute_iou_terms(
-        probs, labels, ignore_index=ignore_index, binarize=binarize
-    )
+_STATIC = ("ignore_index", "binarize", "data_format")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _spectral_iou(probs, labels, **settings):
+    terms, violations = _compute_iou_terms(probs, labels, **settings)
     return iou_from_terms(terms), violations
 
 
-_checked_iou_terms = jax.jit(_compute_iou_terms, static_argnames=("ignore_index", "binarize"))
+_checked_iou_terms = jax.jit(_compute_iou_terms, static_argnames=_STATIC)

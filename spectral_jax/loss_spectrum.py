@@ -60,10 +60,13 @@ for an absent class, so dropping its term is exact. The classes are transformed
 ``class_chunk_size`` at a time in a ``lax.scan`` (:func:`_half_spectrum_of_classes`): the
 peak memory grows with the chunk, not with ``C``.
 
-Every public function checks its arguments in Python (label values too, when they are
-concrete) and runs its computation through a module-level ``jax.jit`` whose static
-arguments are the settings that fix shapes (``ignore_index``, ``radius``,
-``max_classes_present``, ``class_chunk_size``, ``per_image``). An eager call therefore
+Every public function gathers its settings in one frozen, hashable object (``ignore_index``,
+``ignore_mode``, ``radius``, ``max_classes_present``, ``class_chunk_size``, ``per_image``,
+``data_format``), which converts and checks its arguments in Python (label values too,
+when they are concrete) and runs the computation through a module-level ``jax.jit``
+whose one static argument it is. Logits and labels may be JAX or NumPy arrays or CPU
+PyTorch tensors, with the classes last (``data_format="NHWC"``, the default) or second
+(``"NCHW"``, moved last inside the ``jit``). An eager call therefore
 compiles once per input shape, dtype and setting, and a repeated eager call costs what a
 call jitted by the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the
 inner ``jit`` is inlined. Band limits are traced arguments: new values never recompile.
@@ -71,8 +74,10 @@ inner ``jit`` is inlined. Band limits are traced arguments: new values never rec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import chex
@@ -87,12 +92,13 @@ from spectral_jax.bands import Radius
 # Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
 DEFAULT_CLASS_CHUNK_SIZE = 3
 
-_CE_SETTINGS = ("ignore_index", "ignore_mode", "max_classes_present", "class_chunk_size")
-
 # Which maps an ignored pixel is removed from (module docstring, "Ignored pixels").
 IgnoreMode = Literal["labels", "both"]
 IGNORE_MODES: tuple[str, ...] = _checks.IGNORE_MODES
 DEFAULT_IGNORE_MODE: IgnoreMode = "labels"
+
+# Where the class axis of the logits is: last (Flax) or second (PyTorch).
+DataFormat = _checks.DataFormat
 
 
 def _check_max_classes_present(max_classes_present: int | None) -> None:
@@ -115,15 +121,70 @@ def _check_class_chunk_size(class_chunk_size: int) -> None:
         raise ValueError(f"class_chunk_size must be a positive int, got {class_chunk_size!r}.")
 
 
-def _check_ce_arguments(
-    logits, labels, *, ignore_index, ignore_mode, max_classes_present, class_chunk_size
-) -> tuple[int, int, int, int]:
-    """The checks of :func:`ce_spectrum`'s arguments; concrete labels are range-checked."""
-    shape = _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
-    _checks.check_ignore_mode(ignore_mode)
-    _check_max_classes_present(max_classes_present)
-    _check_class_chunk_size(class_chunk_size)
-    return shape
+@dataclasses.dataclass(frozen=True)
+class _CESettings:
+    """The static settings of the public CE functions, checked in one place.
+
+    Hashable: it is the one static argument of every module-level ``jit`` of this module
+    (:func:`_jit_ce`), so a new value of any setting compiles once and equal settings
+    share a compilation. ``radius`` and ``per_image`` are read only by the functions that
+    take them; their defaults stand for the others.
+    """
+
+    ignore_index: int = 255
+    ignore_mode: str = DEFAULT_IGNORE_MODE
+    max_classes_present: int | None = None
+    class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE
+    radius: str = "chebyshev"
+    per_image: bool = False
+    data_format: str = "NHWC"
+
+    def checked(self, logits, labels):
+        """``(logits, labels)`` as arrays, checked against each other and these settings.
+
+        Array-likes (a CPU PyTorch tensor) are converted (:func:`spectral_jax._checks.as_array`);
+        concrete labels are range-checked.
+        """
+        logits = _checks.as_array(logits, "logits")
+        labels = _checks.as_array(labels, "labels")
+        _checks.check_logits_and_labels(
+            logits, labels, ignore_index=self.ignore_index, data_format=self.data_format
+        )
+        _checks.check_ignore_mode(self.ignore_mode)
+        _check_max_classes_present(self.max_classes_present)
+        _check_class_chunk_size(self.class_chunk_size)
+        bands_lib._check_radius(self.radius)
+        return logits, labels
+
+    def call(self, jitted: Callable, logits, labels, *args, parseval_name: str | None = None):
+        """Checks the arguments, then runs ``jitted(logits, labels, *args, settings=self)``.
+
+        With ``parseval_name``, ``jitted`` returns ``(value, parseval_error [B])``: concrete
+        errors above :data:`PARSEVAL_TOLERANCE` warn (:class:`ParsevalWarning`, naming
+        the public function) and ``value`` is returned.
+        """
+        logits, labels = self.checked(logits, labels)
+        result = jitted(logits, labels, *args, settings=self)
+        if parseval_name is None:
+            return result
+        value, parseval_error = result
+        _warn_on_parseval_error(parseval_error, parseval_name)
+        return value
+
+
+def _jit_ce(compute: Callable) -> Callable:
+    """``compute(logits [B, H, W, C], labels, *args, settings)``, jitted, ``settings`` static.
+
+    The logits are moved to channels last inside the ``jit`` (an eager transpose would
+    compile on its own), so ``compute`` always sees ``[B, H, W, C]``.
+    """
+
+    @functools.wraps(compute)
+    def channels_last(logits, labels, *args, settings: _CESettings):
+        logits = _checks.to_channels_last(logits, settings.data_format)  # [B, H, W, C]
+        return compute(logits, labels, *args, settings=settings)
+
+    return jax.jit(channels_last, static_argnames="settings")
 
 
 def _classes_present(labels, valid, num_classes: int):
@@ -299,16 +360,11 @@ def _half_spectrum_of_classes(logits, labels, valid, transformed, classes, chunk
     return _scan_class_chunks(add_chunk, total, class_logits, class_ids, chunk_size)
 
 
-def _compute_half_spectrum(
-    logits,
-    labels,
-    *,
-    ignore_index: int,
-    ignore_mode: str,
-    max_classes_present: int | None,
-    class_chunk_size: int,
-):
+def _compute_half_spectrum(logits, labels, *, settings: _CESettings):
     """The computation of :func:`ce_half_spectrum` on checked arguments (traceable)."""
+    ignore_index, ignore_mode = settings.ignore_index, settings.ignore_mode
+    max_classes_present = settings.max_classes_present
+    class_chunk_size = settings.class_chunk_size
     _, height, width, num_classes = jnp.shape(logits)
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     labels = jnp.asarray(labels)
@@ -370,10 +426,10 @@ def _parseval_error(logits, labels, half, ignore_index: int):
     return jnp.where(nonzero, jnp.abs(total - ce) / jnp.where(nonzero, ce, 1), 0.0)
 
 
-def _half_spectrum_and_parseval_error(logits, labels, **settings):
+def _half_spectrum_and_parseval_error(logits, labels, *, settings: _CESettings):
     """``(half [B, H, Kw], parseval_error [B])`` (traceable)."""
-    half = _compute_half_spectrum(logits, labels, **settings)
-    return half, _parseval_error(logits, labels, half, settings["ignore_index"])
+    half = _compute_half_spectrum(logits, labels, settings=settings)
+    return half, _parseval_error(logits, labels, half, settings.ignore_index)
 
 
 def _warn_on_parseval_error(parseval_error, name: str):
@@ -400,9 +456,7 @@ def _warn_on_parseval_error(parseval_error, name: str):
         )
 
 
-@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
-def _ce_half_spectrum(logits, labels, **settings):
-    return _half_spectrum_and_parseval_error(logits, labels, **settings)
+_ce_half_spectrum = _jit_ce(_half_spectrum_and_parseval_error)
 
 
 def ce_half_spectrum(
@@ -413,6 +467,7 @@ def ce_half_spectrum(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     """CE components on the half spectrum that ``rfft2`` returns (the fast layout).
 
@@ -425,16 +480,14 @@ def ce_half_spectrum(
     Returns:
       ``[B, H, Kw]`` float32 (float64 for float64 logits), ``Kw = W // 2 + 1``.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    half, parseval_error = _ce_half_spectrum(logits, labels, **settings)
-    _warn_on_parseval_error(parseval_error, "ce_half_spectrum")
-    return half
+    return settings.call(_ce_half_spectrum, logits, labels, parseval_name="ce_half_spectrum")
 
 
 def _full_from_half(half, width: int):
@@ -446,9 +499,9 @@ def _full_from_half(half, width: int):
     return jnp.concatenate([half, rest], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=_CE_SETTINGS)
-def _ce_spectrum(logits, labels, **settings):
-    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, **settings)
+@_jit_ce
+def _ce_spectrum(logits, labels, *, settings):
+    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, settings=settings)
     return _full_from_half(half, logits.shape[2]), parseval_error
 
 
@@ -460,6 +513,7 @@ def ce_spectrum(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Frequency components ``L_ce(nu)`` of each image's cross-entropy (Eq. 5).
 
@@ -476,11 +530,15 @@ def ce_spectrum(
     docstring); calling it under ``jax.jit`` costs the same.
 
     Args:
-      logits: ``[B, H, W, C]`` floating logits. float16 and bfloat16 logits are upcast
-        to float32 (exact; the result equals that of ``logits.astype(jnp.float32)``),
-        float32 logits are transformed in float32, and float64 logits (with
-        ``jax_enable_x64``, on CPU or GPU) in float64.
-      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
+      logits: ``[B, H, W, C]`` floating logits (``[B, C, H, W]`` with
+        ``data_format="NCHW"``): a JAX or NumPy array, or a CPU PyTorch tensor (read
+        through ``__array__``/``__dlpack__``; torch is not imported). float16 and
+        bfloat16 logits are upcast to float32 (exact; the result equals that of
+        ``logits.astype(jnp.float32)``), float32 logits are transformed in float32, and
+        float64 logits (with ``jax_enable_x64``, on CPU or GPU) in float64; float64
+        NumPy logits with x64 off are computed in float32 and warn once per process.
+      labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index`` (any array
+        type, as ``logits``).
       ignore_index: label of pixels without a class: their one-hot labels are zero.
         Must lie outside ``[0, C)``. Static.
       ignore_mode: ``"labels"`` (default, the paper's Eq. 1: the negative
@@ -511,6 +569,9 @@ def ce_spectrum(
         with ``C``. Larger chunks batch more FFTs per step (the default was the fastest
         measured on 2 CPU cores, ``benchmarks/README.md``). The result does not depend
         on it beyond rounding.
+      data_format: ``"NHWC"`` (default, channels last as Flax convolutions give them) or
+        ``"NCHW"`` (channels first, as PyTorch's). Static; the axis is moved inside the
+        compiled computation.
 
     Returns:
       ``[B, H, W]`` float32 (float64 for float64 logits) in DFT (unshifted) order; use
@@ -520,7 +581,8 @@ def ce_spectrum(
       TypeError: non-floating ``logits`` or non-integer ``labels``.
       ValueError: float64 ``logits`` on a backend without float64 (TPU: cast them to
         float32, or run on CPU with ``jax_enable_x64``); wrong ranks, ``[B, H, W]``
-        mismatch, ``ignore_index`` inside
+        mismatch (saying so when the shape looks channels first), a bad
+        ``data_format``, ``ignore_index`` inside
         ``[0, C)``, a bad ``max_classes_present`` or ``class_chunk_size``, or (eagerly) a
         label outside ``[0, C)``. Under ``jit`` the images with such a label get NaN
         components. NaN or Inf logits at valid pixels make the image's components
@@ -545,16 +607,14 @@ def ce_spectrum(
       >>> np.allclose(ce, spatial.mean(axis=(1, 2)), atol=1e-5)
       True
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    spectrum, parseval_error = _ce_spectrum(logits, labels, **settings)
-    _warn_on_parseval_error(parseval_error, "ce_spectrum")
-    return spectrum
+    return settings.call(_ce_spectrum, logits, labels, parseval_name="ce_spectrum")
 
 
 def _band_sums(half, shape, radius: str):
@@ -567,15 +627,13 @@ def _band_sums(half, shape, radius: str):
     return jax.vmap(lambda row: jax.ops.segment_sum(row, index.ravel(), num_segments=num))(weighted)
 
 
-def _compute_band_profile(logits, labels, *, radius: str, **settings):
+def _compute_band_profile(logits, labels, *, settings: _CESettings):
     """``(profile [B, R], parseval_error [B])``."""
-    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, **settings)
-    return _band_sums(half, logits.shape[1:3], radius), parseval_error
+    half, parseval_error = _half_spectrum_and_parseval_error(logits, labels, settings=settings)
+    return _band_sums(half, logits.shape[1:3], settings.radius), parseval_error
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
-def _band_profile(logits, labels, **settings):
-    return _compute_band_profile(logits, labels, **settings)
+_band_profile = _jit_ce(_compute_band_profile)
 
 
 def band_profile(
@@ -587,14 +645,15 @@ def band_profile(
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Sum of the CE components in each band (the paper's Fig. 1 and 2).
 
     .. math:: P(r) = \sum_{\mathrm{band}(\nu) = r} \mathcal{L}_{ce}(\nu)
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       radius: ``"chebyshev"`` (``max(|nu_h|, |nu_w|)``) or ``"euclidean"``
         (see :mod:`spectral_jax.bands`). Static.
 
@@ -602,17 +661,15 @@ def band_profile(
       ``[B, R]``, ``R = num_bands((H, W), radius=radius)``; each row sums to the image's
       mean CE.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    profile, parseval_error = _band_profile(logits, labels, radius=radius, **settings)
-    _warn_on_parseval_error(parseval_error, "band_profile")
-    return profile
+    return settings.call(_band_profile, logits, labels, parseval_name="band_profile")
 
 
 def _truncate_profile(profile, band_limit):
@@ -647,6 +704,7 @@ def _check_band_limit(band_limit):
       TypeError: naming ``band_limit`` for a string, a bool or a non-real value.
       ValueError: naming ``band_limit`` for a non-scalar, or a concrete NaN.
     """
+    band_limit = _checks.as_array(band_limit, "band_limit")  # a 0-d PyTorch tensor, say
     if isinstance(band_limit, str | bytes | bool | np.bool_) or not (
         isinstance(band_limit, int | float | np.number | np.ndarray | jax.Array)
     ):
@@ -677,9 +735,9 @@ def _check_band_limit(band_limit):
     return band_limit
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius"))
-def _truncated_ce(logits, labels, band_limit, **settings):
-    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
+@_jit_ce
+def _truncated_ce(logits, labels, band_limit, *, settings):
+    profile, parseval_error = _compute_band_profile(logits, labels, settings=settings)
     return _truncate_profile(profile, band_limit), parseval_error
 
 
@@ -693,6 +751,7 @@ def truncated_ce(
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Truncated CE: the components inside a band limit (Eq. 13).
 
@@ -703,8 +762,8 @@ def truncated_ce(
     Differentiable in ``logits``: its gradient is the loss a band-limited training uses.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``; a traced value (it only selects), so
         ``jax.vmap`` over band limits compiles once, and so does a loop over band limits
         of one type (a Python int, say). A band limit at or above the last band gives
@@ -716,17 +775,15 @@ def truncated_ce(
       ``[B]`` truncated CE per image.
     """
     band_limit = _check_band_limit(band_limit)
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    truncated, parseval_error = _truncated_ce(logits, labels, band_limit, radius=radius, **settings)
-    _warn_on_parseval_error(parseval_error, "truncated_ce")
-    return truncated
+    return settings.call(_truncated_ce, logits, labels, band_limit, parseval_name="truncated_ce")
 
 
 def _relative(truncated, total, per_image: bool):
@@ -737,11 +794,11 @@ def _relative(truncated, total, per_image: bool):
     return jnp.where(nonzero, jnp.abs(truncated - total) / jnp.where(nonzero, total, 1), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
-def _relative_discrepancy(logits, labels, band_limit, *, per_image, **settings):
-    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
+@_jit_ce
+def _relative_discrepancy(logits, labels, band_limit, *, settings):
+    profile, parseval_error = _compute_band_profile(logits, labels, settings=settings)
     truncated = _truncate_profile(profile, band_limit)
-    return _relative(truncated, jnp.sum(profile, axis=-1), per_image), parseval_error
+    return _relative(truncated, jnp.sum(profile, axis=-1), settings.per_image), parseval_error
 
 
 def relative_discrepancy(
@@ -755,6 +812,7 @@ def relative_discrepancy(
     per_image: bool = False,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Relative discrepancy ``R(nu_max)`` of the truncated CE from the CE (Eq. 14).
 
@@ -767,8 +825,8 @@ def relative_discrepancy(
     image with no valid pixel: all its components are 0).
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       band_limit: scalar ``nu_max``, traced (``vmap`` over it compiles once); checked
         as in :func:`truncated_ce` (a traced NaN gives NaN).
       radius: band radius, as in :func:`band_profile`.
@@ -778,19 +836,18 @@ def relative_discrepancy(
       Scalar, or ``[B]`` with ``per_image=True``.
     """
     band_limit = _check_band_limit(band_limit)
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        per_image=per_image,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    discrepancy, parseval_error = _relative_discrepancy(
-        logits, labels, band_limit, radius=radius, per_image=per_image, **settings
+    return settings.call(
+        _relative_discrepancy, logits, labels, band_limit, parseval_name="relative_discrepancy"
     )
-    _warn_on_parseval_error(parseval_error, "relative_discrepancy")
-    return discrepancy
 
 
 def _compute_sweep(profile, per_image: bool):
@@ -825,16 +882,17 @@ def sweep_from_band_profile(profile: chex.Array, *, per_image: bool = False) -> 
       TypeError: non-floating ``profile``.
       ValueError: a ``profile`` of rank below 2 or above 4; float64 on a TPU backend.
     """
+    profile = _checks.as_array(profile, "profile")
     _checks.check_floating(profile, "profile")
     if jnp.ndim(profile) not in (2, 3, 4):  # chex's check costs a call's worth: only on failure
         chex.assert_rank(profile, {2, 3, 4})
     return _sweep_from_band_profile(profile, per_image=per_image)
 
 
-@functools.partial(jax.jit, static_argnames=(*_CE_SETTINGS, "radius", "per_image"))
-def _band_limit_sweep(logits, labels, *, per_image, **settings):
-    profile, parseval_error = _compute_band_profile(logits, labels, **settings)
-    return _compute_sweep(profile, per_image), parseval_error
+@_jit_ce
+def _band_limit_sweep(logits, labels, *, settings):
+    profile, parseval_error = _compute_band_profile(logits, labels, settings=settings)
+    return _compute_sweep(profile, settings.per_image), parseval_error
 
 
 def band_limit_sweep(
@@ -847,6 +905,7 @@ def band_limit_sweep(
     per_image: bool = False,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     """``R(nu_max)`` at every band limit ``0 .. R-1`` from one decomposition.
 
@@ -855,8 +914,8 @@ def band_limit_sweep(
     ``relative_discrepancy(logits, labels, r)``.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size: as in
-        :func:`ce_spectrum`.
+      logits, labels, ignore_index, ignore_mode, max_classes_present, class_chunk_size,
+        data_format: as in :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
       per_image: ``[B, R]`` per-image ratios instead of the ``[R]`` ratio of batch means.
         Static.
@@ -864,19 +923,16 @@ def band_limit_sweep(
     Returns:
       ``[R]`` (or ``[B, R]``); the last entry is 0.
     """
-    settings = dict(
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         max_classes_present=max_classes_present,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        per_image=per_image,
+        data_format=data_format,
     )
-    _check_ce_arguments(logits, labels, **settings)
-    bands_lib._check_radius(radius)
-    sweep, parseval_error = _band_limit_sweep(
-        logits, labels, radius=radius, per_image=per_image, **settings
-    )
-    _warn_on_parseval_error(parseval_error, "band_limit_sweep")
-    return sweep
+    return settings.call(_band_limit_sweep, logits, labels, parseval_name="band_limit_sweep")
 
 
 class MagnitudeProfiles(NamedTuple):
@@ -891,10 +947,10 @@ class MagnitudeProfiles(NamedTuple):
     logits: jax.Array
 
 
-@functools.partial(
-    jax.jit, static_argnames=("ignore_index", "ignore_mode", "radius", "class_chunk_size")
-)
-def _magnitude_profiles(logits, labels, *, ignore_index, ignore_mode, radius, class_chunk_size):
+@_jit_ce
+def _magnitude_profiles(logits, labels, *, settings):
+    ignore_index, ignore_mode, radius = settings.ignore_index, settings.ignore_mode, settings.radius
+    class_chunk_size = settings.class_chunk_size
     _, height, width, num_classes = logits.shape
     logits = jnp.asarray(logits, _checks.compute_dtype(jnp.result_type(logits)))
     valid = labels != ignore_index  # [B, H, W]
@@ -928,6 +984,7 @@ def magnitude_profiles(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+    data_format: DataFormat = "NHWC",
 ) -> MagnitudeProfiles:
     r"""Class-averaged magnitude profiles ``|b(nu)|`` and ``|y_hat(nu)|`` (Fig. 1).
 
@@ -946,22 +1003,18 @@ def magnitude_profiles(
     are transformed.
 
     Args:
-      logits, labels, ignore_index, ignore_mode, class_chunk_size: as in
+      logits, labels, ignore_index, ignore_mode, class_chunk_size, data_format: as in
         :func:`ce_spectrum`.
       radius: band radius, as in :func:`band_profile`.
 
     Returns:
       :class:`MagnitudeProfiles` of two ``[B, R]`` arrays.
     """
-    _checks.check_logits_and_labels(logits, labels, ignore_index=ignore_index)
-    _checks.check_ignore_mode(ignore_mode)
-    _check_class_chunk_size(class_chunk_size)
-    bands_lib._check_radius(radius)
-    return _magnitude_profiles(
-        logits,
-        labels,
+    settings = _CESettings(
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
-        radius=radius,
         class_chunk_size=class_chunk_size,
+        radius=radius,
+        data_format=data_format,
     )
+    return settings.call(_magnitude_profiles, logits, labels)

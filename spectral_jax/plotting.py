@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from spectral_jax import bands as bands_lib
+from spectral_jax import frequencies as frequencies_lib
 from spectral_jax.related import dct_input
 
 
@@ -47,7 +48,8 @@ def plot_spectral_rows(
 
     Args:
       rows: ``[K, M_in]`` complex rows (:func:`spectral_jax.spectral_jacobian_rows`).
-      nu_i: ``[K]`` flat output-frequency indices of the rows (for the panel titles).
+      nu_i: ``[K]`` flat output-frequency indices of the rows, or ``[K, d]`` signed
+        frequencies (:mod:`spectral_jax.frequencies`), for the panel titles.
       in_shape: input spatial shape ``(H, W)`` or ``(L,)``.
       out_shape: output spatial shape, for the titles (default ``in_shape``).
       title: optional title above the panels.
@@ -59,9 +61,10 @@ def plot_spectral_rows(
     """
     plt = _pyplot()
     rows = np.asarray(rows)
-    nu_i = np.asarray(nu_i).reshape(-1)
     in_shape = tuple(in_shape)
     out_shape = tuple(out_shape or in_shape)
+    nu_i = np.reshape(nu_i, -1) if np.ndim(nu_i) == 0 else nu_i  # one row's index
+    nu_i = np.asarray(frequencies_lib.flat_frequency_indices(nu_i, out_shape, name="nu_i"))
     if rows.ndim != 2 or rows.shape != (nu_i.size, int(np.prod(in_shape))):
         raise ValueError(
             f"rows must have shape [K, M_in] = {(nu_i.size, int(np.prod(in_shape)))}, "

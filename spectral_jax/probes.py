@@ -2,8 +2,10 @@
 
 Every function takes one map ``[H, W, C]`` (or a 1-D signal ``[L, C]``) without a batch
 axis and returns one map, so that it can be passed to
-:func:`spectral_jax.spectral_jacobian` directly (bind its parameters with
-``functools.partial``). :class:`DecoderHead` is a Flax module on batches ``[B, H, W, C]``
+:func:`spectral_jax.spectral_jacobian` directly: bind its parameters with
+``functools.partial`` (its arrays are traced, so a partial re-created with a new kernel
+compiles nothing) or write ``lambda params, x: conv(x, params["kernel"])`` and pass
+``params=``. :class:`DecoderHead` is a Flax module on batches ``[B, H, W, C]``
 with pure ``init``/``apply``; :func:`decoder_head_fn` turns it into such a function.
 
 Convolutions are cross-correlations, as ``jax.lax.conv_general_dilated`` computes them:
@@ -15,8 +17,10 @@ grid (:func:`embedded_kernel`).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import chex
 import flax.linen as nn
@@ -189,13 +193,29 @@ class DecoderHead(nn.Module):
         return jax.image.resize(x, shape, method="linear", antialias=False)
 
 
-def decoder_head_fn(module: DecoderHead, variables) -> callable:
-    """``x [H, W, Cin] -> logits [H', W', C]``: the head applied to one map (no batch axis)."""
+@functools.cache
+def _decoder_head_apply(module: DecoderHead) -> Callable[[Any, jax.Array], jax.Array]:
+    """``(variables, x) -> logits``; one function per (equal) module, for ``params=``."""
 
-    def head(x):
+    def head(variables, x):
         return module.apply(variables, x[None])[0]
 
     return head
+
+
+def decoder_head_fn(module: DecoderHead, variables=None) -> Callable:
+    """The head applied to one map (no batch axis): ``x [H, W, Cin] -> logits [H', W', C]``.
+
+    Args:
+      module: the :class:`DecoderHead`.
+      variables: its variables, bound into a closure ``head(x)``; None returns the
+        parameter form ``head(variables, x)`` for the Jacobian functions' ``params=``
+        argument (the same function for equal modules: new variables compile nothing).
+    """
+    if variables is None:
+        return _decoder_head_apply(module)
+    apply = _decoder_head_apply(module)
+    return lambda x: apply(variables, x)
 
 
 def init_decoder_head(

@@ -39,19 +39,37 @@ preallocated result: one compiled loop body, memory ``~ chunk_size x (map size)`
 the result, never one graph with ``M`` directions. Rows and columns at given indices use
 ``jax.lax.map(..., batch_size=chunk_size)``.
 
+**Parameters are arguments.** Every Jacobian function takes the function in two forms:
+``fn(x)`` (a closure or a ``functools.partial``) or, with ``params=``, ``fn(params, x)``
+with ``params`` any pytree of arrays (a Flax model's variables, a kernel), differentiated
+at ``x`` only. ``batched=True`` takes a batch ``x [B, ...]`` (and ``labels [B, ...]``)
+and maps the computation over it with ``jax.vmap`` in one compiled program, the
+parameters shared; the result gets a leading ``B`` axis.
+
+**Inputs as users hold them.** ``x`` (``features``), ``labels``, the projections,
+``params`` and the arrays of a ``functools.partial`` may be JAX or NumPy arrays or CPU
+PyTorch tensors (read through ``__array__`` or ``__dlpack__``). ``data_format="CHW"``
+states channels-first maps: ``fn`` then maps ``[Cin, H, W]`` to ``[Cout, H', W']`` and
+the axis is moved inside the compiled program (the frequencies, and so the result, are
+those of the channels-last map). An unbatched map ``[a, b, c]`` with ``a`` smaller than
+both ``b`` and ``c`` is refused unless ``data_format`` is stated: it is most likely
+``[Cin, H, W]``, which would silently be read with ``H = Cin``.
+
 **Compilation.** Every public function checks its arguments in Python (concrete
-frequency indices and labels by value) and then runs one module-level ``jax.jit`` with
-the function ``fn`` (``head_fn``) and the shape-setting arguments (``chunk_size``,
-``mode``, ``radius``, ``ignore_index``) static. A repeated eager call with the same
-``fn``, shapes and settings therefore compiles nothing and costs what a call jitted by
-the caller costs; under the caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is
-inlined. A static ``fn`` is keyed by ``hash`` and ``==``: a plain function by identity,
-so define it once and reuse it. A ``functools.partial`` also hashes by identity, so a
-partial re-created before every call (``partial(conv, kernel=k)`` in a notebook cell)
-compiles again each time: keep the partial in a variable, or jit at the edge with the
-array as an argument, ``jax.jit(lambda k, x: spectral_jacobian(partial(conv, kernel=k),
-x))``, which compiles once per shape. The compiled function (and the arrays a partial
-holds) stays in JAX's cache. An unhashable ``fn`` cannot be static: it is run without
+frequency indices and labels by value) and then runs one module-level ``jax.jit``. What
+is static: the function ``fn`` itself (for ``fn(params, x)``, or a plain ``fn(x)``,
+keyed by ``hash`` and ``==``: a function by identity), the shape-setting settings
+(``chunk_size``, ``mode``, ``radius``, ``ignore_index``, ``batched``) and the shapes.
+What is traced: ``params``, the arrays, and the array arguments of a
+``functools.partial``, which is opened into its function (static), its non-array
+arguments (static: strings and Python numbers may set shapes) and its arrays (traced).
+So new weights of the same structure, passed as ``params`` or in a re-created
+``partial(conv, kernel=new_kernel)``, compile nothing: a repeated eager call costs what a
+call jitted by the caller costs (``benchmarks/bench_jacobian_params.py``). A *new
+closure* (a ``lambda`` defined again, a function closing over new weights) is a new
+static ``fn`` and compiles again: pass the weights as ``params`` instead. Under the
+caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is inlined. An unhashable ``fn``
+(or a partial with unhashable non-array arguments) cannot be static: it is run without
 the inner ``jit`` (as eager JAX, compiling op by op).
 
 Frequency indices must be concrete to be range-checked; traced indices are not checked
@@ -61,10 +79,11 @@ DFT being periodic; a negative index counts from the end).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -73,6 +92,7 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
+from spectral_jax import frequencies as frequencies_lib
 from spectral_jax.loss_spectrum import (
     DEFAULT_IGNORE_MODE,
     IgnoreMode,
@@ -80,6 +100,8 @@ from spectral_jax.loss_spectrum import (
 )
 
 Mode = Literal["forward", "reverse"]
+#: Layout of one map: channels last (``"HWC"``, Flax's) or first (``"CHW"``, PyTorch's).
+MapFormat = Literal["HWC", "CHW"]
 Distance = Literal["chebyshev", "euclidean"]
 _MODES = ("forward", "reverse")
 
@@ -118,27 +140,121 @@ def _is_hashable(fn) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------
+# What of a function is static and what is traced.
+
+
+def _is_array(leaf) -> bool:
+    return isinstance(leaf, jax.Array | np.ndarray)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StaticFunction:
+    """The static part of ``fn``: the compiled computation is keyed on it.
+
+    ``function`` is ``fn`` itself or, for a ``functools.partial``, the function it wraps;
+    the partial's array arguments (leaves of its ``args`` and ``keywords``) are traced,
+    its other arguments (strings, Python numbers: settings that may set a shape) are
+    static in ``static_leaves``. :meth:`__call__` calls
+    ``function(*args, [params,] x, **keywords)`` with the arguments rebuilt. For a
+    function of channels-first maps (``data_format="CHW"``) it takes and returns
+    channels-last maps, moving the axis on the way in and out, so that the computation
+    only ever sees ``[H, W, C]``.
+
+    Attributes:
+      function: the user's function, or the function a partial wraps.
+      takes_params: ``fn(params, x)`` (a ``params=`` argument was given) or ``fn(x)``.
+      treedef: tree of the partial's ``(args, keywords)`` (empty for a plain function).
+      static_leaves: ``((position, value), ...)`` the partial's non-array leaves.
+      channels_first: ``fn`` maps ``[C, H, W]`` to ``[C', H', W']``.
+    """
+
+    function: Callable
+    takes_params: bool
+    treedef: Any
+    static_leaves: tuple[tuple[int, Any], ...]
+    channels_first: bool = False
+
+    def __call__(self, traced, x):
+        """``fn(x)`` or ``fn(params, x)`` from ``traced = (partial_arrays, params)``."""
+        partial_arrays, params = traced
+        static, arrays = dict(self.static_leaves), iter(partial_arrays)
+        leaves = [
+            static[i] if i in static else next(arrays) for i in range(self.treedef.num_leaves)
+        ]
+        args, keywords = jax.tree.unflatten(self.treedef, leaves)
+        if self.channels_first:
+            x = jnp.moveaxis(x, -1, 0)  # [H, W, C] -> [C, H, W]
+        if self.takes_params:
+            out = self.function(*args, params, x, **keywords)
+        else:
+            out = self.function(*args, x, **keywords)
+        return jnp.moveaxis(out, 0, -1) if self.channels_first else out  # [H', W', C']
+
+    def map_to_channels_last(self, x):
+        """One map as :meth:`__call__` takes it: ``[C, H, W]`` moved to ``[H, W, C]``."""
+        return jnp.moveaxis(x, 0, -1) if self.channels_first else x
+
+
+_NO_ARGUMENTS = jax.tree.structure(((), {}))
+
+
+def _read_arrays(tree, name: str):
+    """``tree`` with its array-likes (CPU PyTorch tensors) read as arrays (``as_array``)."""
+    return jax.tree.map(lambda leaf: _checks.as_array(leaf, name), tree)
+
+
+def _split_function(
+    fn, params, takes_params: bool, channels_first: bool = False
+) -> tuple[_StaticFunction, Any]:
+    """``(static, traced)`` with ``static(traced, x)`` equal to ``fn([params,] x)``.
+
+    A ``functools.partial`` is opened: its function and non-array arguments are static,
+    its arrays traced, so that a partial re-created with new array values (new weights)
+    is the same static function and compiles nothing new. Any other ``fn`` is static as
+    it is (hashed by identity for a plain function). A partial whose non-array
+    arguments are unhashable stays whole. Array-likes (CPU PyTorch tensors) in
+    ``params`` or in the partial's arguments are read as arrays first.
+    """
+    params = _read_arrays(params, "params")
+    if isinstance(fn, functools.partial):
+        leaves, treedef = jax.tree.flatten(_read_arrays((fn.args, fn.keywords), "fn"))
+        static_leaves = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array(leaf))
+        arrays = tuple(leaf for leaf in leaves if _is_array(leaf))
+        static = _StaticFunction(fn.func, takes_params, treedef, static_leaves, channels_first)
+        if _is_hashable(static):
+            return static, (arrays, params)
+    return _StaticFunction(fn, takes_params, _NO_ARGUMENTS, (), channels_first), ((), params)
+
+
+def _struct(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
 @functools.lru_cache(maxsize=256)
-def _cached_eval_shape(fn, x: jax.ShapeDtypeStruct):
-    return jax.eval_shape(fn, x)
+def _cached_eval_shape(static: _StaticFunction, traced_treedef, traced_structs, x):
+    traced = jax.tree.unflatten(traced_treedef, traced_structs)
+    return jax.eval_shape(static, traced, x)
 
 
-def _output_of(fn, x):
-    """``jax.eval_shape`` of ``fn`` at ``x`` in the compute dtype.
+def _output_of(static: _StaticFunction, traced, x):
+    """``jax.eval_shape`` of ``static(traced, x)`` at ``x`` in the compute dtype.
 
-    Cached per ``(fn, shape, dtype)`` for a hashable ``fn``: tracing ``fn`` on every eager
-    call would cost more than the rows of a small Jacobian. Errors are not cached.
+    Cached per static function and the shapes and dtypes of ``traced`` and ``x``, for a
+    hashable ``static``: tracing ``fn`` on every eager call would cost more than the rows
+    of a small Jacobian. Errors are not cached.
     """
     struct = jax.ShapeDtypeStruct(jnp.shape(x), _checks.compute_dtype(jnp.result_type(x)))
-    if _is_hashable(fn):
-        return _cached_eval_shape(fn, struct)
-    return jax.eval_shape(fn, struct)
+    leaves, treedef = jax.tree.flatten(traced)
+    if _is_hashable(static):
+        return _cached_eval_shape(static, treedef, tuple(map(_struct, leaves)), struct)
+    return jax.eval_shape(static, traced, struct)
 
 
-def _check_output(fn, x, *, fn_name: str = "fn", x_name: str = "x"):
+def _check_output(static, traced, x, *, fn_name: str = "fn", x_name: str = "x"):
     """Returns the output shape of ``fn(x)`` after checking its structure and dtype."""
     try:
-        out = _output_of(fn, x)
+        out = _output_of(static, traced, x)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{fn_name} could not be evaluated on {x_name} of shape {jnp.shape(x)}: {error}"
@@ -190,37 +306,52 @@ def _check_chunk_and_mode(chunk_size, mode) -> None:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
 
 
-def _check_indices(indices, size: int, name: str, spectrum: str) -> None:
-    if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
-        raise TypeError(
-            f"{name} must hold integer (flattened) frequency indices, got dtype "
-            f"{jnp.result_type(indices)}."
-        )
-    if jnp.ndim(indices) != 1:
-        raise ValueError(f"{name} must have shape [K], got shape {jnp.shape(indices)}.")
-    if not _checks.is_traced(indices):
-        values = np.asarray(indices)
-        bad = (values < 0) | (values >= size)
-        if bad.any():
-            raise ValueError(
-                f"{name} must lie in [0, {size}) (the {size} frequencies of the {spectrum} "
-                f"spectrum, flattened), got {int(values[bad][0])}."
-            )
+def _jit_with_static_fn(compute, static_argnames: tuple[str, ...], batched_args: tuple[int, ...]):
+    """The one checked-jit path of the Jacobian functions.
 
-
-def _jit_with_static_fn(compute, static_argnames: tuple[str, ...]):
-    """``compute(fn, *arrays, **settings)``, jitted with ``fn`` and the settings static.
-
-    An unhashable ``fn`` cannot be a static argument: then ``compute`` runs unjitted,
-    as every call did before the inner ``jit`` (module docstring, "Compilation").
+    Returns ``call(static, traced, *args, batched, **settings)`` running
+    ``compute(fn, *args, **settings)`` with ``fn = partial(static, traced)``, under one
+    module-level ``jax.jit`` with ``static`` (:class:`_StaticFunction`), ``batched`` and
+    the settings static and ``traced`` (the parameters) an argument. With ``batched``
+    the arguments at ``batched_args`` carry a leading batch axis and ``compute`` is
+    ``vmap``-ed over it inside the same program. The first argument is the map ``x``,
+    moved channels last inside the program for a channels-first ``static`` (an eager
+    transpose would compile on its own). An unhashable ``static`` cannot be a
+    static argument: then the computation runs unjitted (module docstring,
+    "Compilation").
     """
-    jitted = jax.jit(compute, static_argnums=0, static_argnames=static_argnames)
+
+    def run(static, traced, *args, batched: bool, **settings):
+        def one(x, *one_args):  # x: one map in the user's layout
+            x = static.map_to_channels_last(x)
+            return compute(functools.partial(static, traced), x, *one_args, **settings)
+
+        if not batched:
+            return one(*args)
+        in_axes = tuple(0 if i in batched_args else None for i in range(len(args)))
+        return jax.vmap(one, in_axes=in_axes)(*args)
+
+    jitted = jax.jit(run, static_argnums=0, static_argnames=(*static_argnames, "batched"))
 
     @functools.wraps(compute)
-    def call(fn, *args, **settings):
-        return (jitted if _is_hashable(fn) else compute)(fn, *args, **settings)
+    def call(static, traced, *args, **settings):
+        return (jitted if _is_hashable(static) else run)(static, traced, *args, **settings)
 
     return call
+
+
+def _check_batched(x, batched: bool, name: str):
+    """``x`` itself, or for ``batched`` the shape and dtype of one element (checked)."""
+    if not isinstance(batched, bool):
+        raise ValueError(f"batched must be a bool, got {batched!r}.")
+    if not batched:
+        return x
+    if jnp.ndim(x) < 1 or jnp.shape(x)[0] < 1:
+        raise ValueError(
+            f"{name} must have a non-empty leading batch axis with batched=True, got shape "
+            f"{jnp.shape(x)}."
+        )
+    return jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,19 +468,82 @@ def _assemble(vector_fn, count: int, length: int, chunk_size: int, dtype, *, as_
 # Public API.
 
 
-def _check_inputs(fn, x, in_projection, out_projection) -> tuple[int, ...]:
-    """Checks ``x``, ``fn(x)`` and the projections; returns the output shape."""
-    _check_x(x)
-    out_shape = _check_output(fn, x)
-    _check_projection(in_projection, jnp.shape(x)[-1], "in_projection")
+_MAP_FORMAT_HINT = "the layout of one map; with batched=True the batch axis comes first"
+
+
+def _check_function_and_input(
+    fn,
+    x,
+    params,
+    batched,
+    data_format,
+    *,
+    fn_name: str = "fn",
+    x_name: str = "x",
+    two_d_only: bool = False,
+):
+    """The one place where every Jacobian function checks its function and input.
+
+    Reads ``x`` (a CPU PyTorch tensor too, :func:`spectral_jax._checks.as_array`),
+    splits ``fn`` (:func:`_split_function`), takes one map of a batch, checks its dtype,
+    rank and layout (``data_format``; an unstated ``[C, H, W]``-looking map is refused)
+    and evaluates ``fn``'s output shape.
+
+    Returns:
+      ``(static, traced, x, one, out_shape)``: the split function, ``x`` as an array,
+      the shape and dtype of one map channels last (``[H, W, Cin]`` or ``[L, Cin]``) and
+      the output shape of one map, channels last.
+    """
+    x = _checks.as_array(x, x_name)
+    one = _check_batched(x, batched, x_name)
+    _check_x(one, x_name)
+    if data_format is not None and data_format not in _checks.MAP_FORMATS:
+        raise ValueError(
+            f"data_format must be one of {_checks.MAP_FORMATS} or None ({_MAP_FORMAT_HINT}), "
+            f"got {data_format!r}."
+        )
+    if data_format == "CHW" and jnp.ndim(one) != 3:
+        raise ValueError(
+            f"data_format='CHW' is for 2-D maps [Cin, H, W]; {x_name} has one map of shape "
+            f"{jnp.shape(one)} ([L, Cin] 1-D signals are channels last)."
+        )
+    shape = _checks.unbatched_map_shape(jnp.shape(one), x_name, data_format)
+    one = jax.ShapeDtypeStruct(shape, jnp.result_type(one))
+    if two_d_only and len(shape) != 3:
+        raise ValueError(f"{x_name} must have shape [H, W, Cin], got shape {jnp.shape(x)}.")
+    static, traced = _split_function(fn, params, params is not None, data_format == "CHW")
+    out_shape = _check_output(static, traced, one, fn_name=fn_name, x_name=x_name)
+    return static, traced, x, one, out_shape
+
+
+class _Checked(NamedTuple):
+    """The checked arguments of a Jacobian function (:func:`_check_inputs`)."""
+
+    static: _StaticFunction
+    traced: Any
+    x: Any  # the map(s) as an array, in the user's layout
+    one: jax.ShapeDtypeStruct  # one map, channels last
+    out_shape: tuple[int, ...]  # fn's output for one map, channels last
+    in_projection: Any
+    out_projection: Any
+
+
+def _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection):
+    """Checks ``x``, ``fn(x)`` and the projections (read as arrays, PyTorch tensors too)."""
+    static, traced, x, one, out_shape = _check_function_and_input(
+        fn, x, params, batched, data_format
+    )
+    in_projection = _checks.as_array(in_projection, "in_projection")
+    out_projection = _checks.as_array(out_projection, "out_projection")
+    _check_projection(in_projection, one.shape[-1], "in_projection")
     _check_projection(out_projection, out_shape[-1], "out_projection")
-    return out_shape
+    return _Checked(static, traced, x, one, out_shape, in_projection, out_projection)
 
 
 def _prepare(fn, x, in_projection, out_projection):
     """Checked arguments in the compute dtype, and the projected real output function."""
     x = _as_compute_dtype(x)
-    out_shape = _output_of(fn, x).shape
+    out_shape = jax.eval_shape(fn, x).shape
     in_projection = _projection_or_ones(in_projection, x.shape[-1], x.dtype)
     out_projection = _projection_or_ones(out_projection, out_shape[-1], x.dtype)
     # Output in x's dtype, so that float64 stays float64 and bfloat16 layers are upcast.
@@ -363,6 +557,9 @@ def spectral_jacobian(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 256,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -380,17 +577,32 @@ def spectral_jacobian(
 
     Args:
       fn: real function of one map ``[H, W, Cin]`` (or ``[L, Cin]``) returning one map
-        ``[H', W', Cout]`` (or ``[L', Cout]``) of a real floating dtype. Bind parameters
-        with ``functools.partial`` or a closure. Static: the computation compiles once
-        per ``fn``, shapes and settings, also eagerly; a re-created partial is a new
-        ``fn`` and compiles again (module docstring, "Compilation").
-      x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken.
+        ``[H', W', Cout]`` (or ``[L', Cout]``) of a real floating dtype; with ``params``,
+        ``fn(params, x)``. Static: the computation compiles once per ``fn``, shapes and
+        settings, also eagerly. The arrays of a ``functools.partial`` are traced (a
+        re-created partial with new weights compiles nothing); a new closure compiles
+        again (module docstring, "Compilation").
+      x: ``[H, W, Cin]`` or ``[L, Cin]`` real floating point at which ``A`` is taken: a
+        JAX or NumPy array or a CPU PyTorch tensor (``[Cin, H, W]`` with
+        ``data_format="CHW"``).
         float16 and bfloat16 are upcast to float32 (exact) and ``fn``'s output is cast
         to that dtype; float64 (with ``jax_enable_x64``, on CPU or GPU) stays float64.
         ``fn`` itself computes in whatever dtype its layers use: for a Jacobian free of
         bfloat16 rounding, build the layers with ``dtype=jnp.float32``.
       in_projection: ``[Cin]`` real weights ``u`` of the input channels (default ones).
       out_projection: ``[Cout]`` real weights ``v`` of the output channels (default ones).
+      params: optional pytree of arrays: ``fn`` is called as ``fn(params, x)``. Traced:
+        new values of the same structure compile nothing. None: ``fn(x)``.
+      batched: ``x`` is a batch ``[B, H, W, Cin]`` (or ``[B, L, Cin]``) and the result
+        gets a leading ``B`` axis: one ``vmap``-ed program for all the maps, ``params``
+        shared.
+      data_format: the layout of one map of ``x`` and of ``fn``'s input and output:
+        ``"HWC"`` (channels last, Flax's) or ``"CHW"`` (channels first, PyTorch's:
+        ``fn`` maps ``[Cin, H, W]`` to ``[Cout, H', W']``, and the axis is moved inside
+        the compiled program). ``None`` (not stated) reads ``[H, W, Cin]`` but refuses a
+        map whose leading axis is smaller than both others, which is most likely
+        ``[Cin, H, W]`` and would silently be read with ``H = Cin``; state ``"HWC"`` to
+        keep such a map. Static.
       chunk_size: static number of basis directions (``mode="forward"``) or output
         frequencies (``mode="reverse"``) per vectorised step; memory beyond the result is
         about ``chunk_size`` times the size of a map and its tangent.
@@ -406,13 +618,17 @@ def spectral_jacobian(
     Returns:
       ``[M_out, M_in]`` complex64 (complex128 for float64 ``x``), frequencies flattened
       in C order of the DFT layout (``M_in = H W``, ``M_out = H' W'``); reshape to
-      ``[H', W', H, W]`` to index by ``(kh', kw', kh, kw)``.
+      ``[H', W', H, W]`` to index by ``(kh', kw', kh, kw)``. ``[B, M_out, M_in]`` with
+      ``batched``.
 
     Raises:
       TypeError: complex or non-floating ``x``; ``fn`` returning several arrays or a
-        non-real-floating array.
+        non-real-floating array; an array-like that cannot be read (a tensor that
+        requires grad).
       ValueError: float64 ``x`` on a backend without float64 (TPU; the message says
-        what to do); ``x`` not ``[H, W, Cin]``/``[L, Cin]``; ``fn(x)`` of another rank (a
+        what to do); ``x`` not ``[H, W, Cin]``/``[L, Cin]``; an unstated layout that
+        looks channels first, or a ``data_format`` outside ``("HWC", "CHW")``; ``fn(x)``
+        of another rank (a
         batch axis added or dropped); projections of the wrong length; bad
         ``chunk_size`` or ``mode``.
 
@@ -429,11 +645,22 @@ def spectral_jacobian(
       >>> k_hat = jnp.fft.fft2(probes.embedded_kernel(k, (8, 8))[:, :, 0, 0])  # [H, W]
       >>> bool(jnp.allclose(jac, jnp.diag(jnp.conj(k_hat).ravel()), atol=1e-5))
       True
+      >>> layer = lambda params, z: probes.conv(z, params["kernel"], padding="circular")
+      >>> same = spectral_jacobian(layer, x, params={"kernel": k})  # new kernels: no recompile
+      >>> bool(jnp.allclose(same, jac, atol=1e-6))
+      True
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_inputs(fn, x, in_projection, out_projection)
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
     return _spectral_jacobian(
-        fn, x, in_projection, out_projection, chunk_size=chunk_size, mode=mode
+        checked.static,
+        checked.traced,
+        checked.x,
+        checked.in_projection,
+        checked.out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
+        mode=mode,
     )
 
 
@@ -447,7 +674,7 @@ def _compute_spectral_jacobian(fn, x, in_projection, out_projection, *, chunk_si
     return _assemble(row, m_out, m_in, chunk_size, _cdtype(x), as_rows=True)
 
 
-_spectral_jacobian = _jit_with_static_fn(_compute_spectral_jacobian, ("chunk_size", "mode"))
+_spectral_jacobian = _jit_with_static_fn(_compute_spectral_jacobian, ("chunk_size", "mode"), (0,))
 
 
 def spectral_jacobian_rows(
@@ -457,6 +684,9 @@ def spectral_jacobian_rows(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Rows ``J[nu_i, :]`` of :func:`spectral_jacobian` through ``jax.vjp``.
@@ -465,22 +695,33 @@ def spectral_jacobian_rows(
     cost of two real pullbacks per row, without the full matrix.
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
-      nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies.
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
+        :func:`spectral_jacobian`.
+      nu_i: ``[K]`` integer flat indices into the ``M_out`` output frequencies, or
+        ``[K, d]`` signed frequencies such as ``[(nu_h, nu_w)]``
+        (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of rows per vectorised step.
 
     Returns:
-      ``[K, M_in]`` complex, equal to ``spectral_jacobian(fn, x)[nu_i]``.
+      ``[K, M_in]`` complex, equal to ``spectral_jacobian(fn, x)[nu_i]``
+      (``[B, K, M_in]`` with ``batched``).
 
     Raises:
       As :func:`spectral_jacobian`, and ValueError for ``nu_i`` outside ``[0, M_out)``
       (concrete indices only), TypeError for non-integer ``nu_i``.
     """
     _check_chunk_and_mode(chunk_size, "reverse")
-    out_shape = _check_inputs(fn, x, in_projection, out_projection)
-    _check_indices(nu_i, math.prod(out_shape[:-1]), "nu_i", "output")
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
+    nu_i = frequencies_lib.flat_frequency_indices(nu_i, checked.out_shape[:-1], name="nu_i")
     return _spectral_jacobian_rows(
-        fn, x, nu_i, in_projection, out_projection, chunk_size=chunk_size
+        checked.static,
+        checked.traced,
+        checked.x,
+        nu_i,
+        checked.in_projection,
+        checked.out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
     )
 
 
@@ -490,7 +731,7 @@ def _compute_rows(fn, x, nu_i, in_projection, out_projection, *, chunk_size):
     return jax.lax.map(row, jnp.asarray(nu_i, jnp.int32), batch_size=chunk_size)
 
 
-_spectral_jacobian_rows = _jit_with_static_fn(_compute_rows, ("chunk_size",))
+_spectral_jacobian_rows = _jit_with_static_fn(_compute_rows, ("chunk_size",), (0,))
 
 
 def spectral_jacobian_columns(
@@ -500,26 +741,40 @@ def spectral_jacobian_columns(
     *,
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
+    params: Any = None,
+    batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
 ) -> jax.Array:
     """Columns ``J[:, nu_j]`` of :func:`spectral_jacobian` through ``jax.jvp``.
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
-      nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies.
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
+        :func:`spectral_jacobian`.
+      nu_j: ``[K]`` integer flat indices into the ``M_in`` input frequencies, or ``[K, d]``
+        signed frequencies (:mod:`spectral_jax.frequencies`).
       chunk_size: static number of columns per vectorised step.
 
     Returns:
-      ``[M_out, K]`` complex, equal to ``spectral_jacobian(fn, x)[:, nu_j]``.
+      ``[M_out, K]`` complex, equal to ``spectral_jacobian(fn, x)[:, nu_j]``
+      (``[B, M_out, K]`` with ``batched``).
 
     Raises:
       As :func:`spectral_jacobian_rows`, for ``nu_j`` outside ``[0, M_in)``.
     """
     _check_chunk_and_mode(chunk_size, "forward")
-    _check_inputs(fn, x, in_projection, out_projection)
-    _check_indices(nu_j, math.prod(jnp.shape(x)[:-1]), "nu_j", "input")
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
+    in_spatial = checked.one.shape[:-1]
+    nu_j = frequencies_lib.flat_frequency_indices(nu_j, in_spatial, name="nu_j", spectrum="input")
     return _spectral_jacobian_columns(
-        fn, x, nu_j, in_projection, out_projection, chunk_size=chunk_size
+        checked.static,
+        checked.traced,
+        checked.x,
+        nu_j,
+        checked.in_projection,
+        checked.out_projection,
+        batched=batched,
+        chunk_size=chunk_size,
     )
 
 
@@ -529,7 +784,7 @@ def _compute_columns(fn, x, nu_j, in_projection, out_projection, *, chunk_size):
     return jax.lax.map(column, jnp.asarray(nu_j, jnp.int32), batch_size=chunk_size).T
 
 
-_spectral_jacobian_columns = _jit_with_static_fn(_compute_columns, ("chunk_size",))
+_spectral_jacobian_columns = _jit_with_static_fn(_compute_columns, ("chunk_size",), (0,))
 
 
 def ce_spectral_gradient(
@@ -541,6 +796,9 @@ def ce_spectral_gradient(
     in_projection: chex.Array | None = None,
     ignore_index: int = 255,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
+    params: Any = None,
+    batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
     mode: Mode = "forward",
 ) -> jax.Array:
@@ -560,52 +818,79 @@ def ce_spectral_gradient(
 
     Args:
       head_fn: real function from features ``[H, W, Cin]`` to logits ``[H', W', C]`` of
-        one image (for example an ASPP-to-logits decoder head with bound parameters).
-        Static, as ``fn`` in :func:`spectral_jacobian`.
+        one image (for example an ASPP-to-logits decoder head); with ``params``,
+        ``head_fn(params, features)``. Static, as ``fn`` in :func:`spectral_jacobian`;
+        :func:`spectral_jax.layer_head` gives the head after a named layer of a Flax
+        model.
       features: ``[H, W, Cin]`` real floating features (``[L, Cin]`` is not supported: the
         CE decomposition is 2-D); dtypes as ``x`` in :func:`spectral_jacobian`.
       labels: ``[H', W']`` integer labels in ``[0, C)`` or ``ignore_index``.
-      nu_i: optional ``[K]`` flat indices of the CE components to differentiate (rows, via
+      nu_i: optional ``[K]`` flat indices (or ``[K, 2]`` signed frequencies, as in
+        :func:`spectral_jacobian_rows`) of the CE components to differentiate (rows, via
         ``jax.vjp``: one pullback each, for large maps); ``None`` for the full matrix.
       in_projection: ``[Cin]`` real channel weights ``u`` (default ones).
       ignore_index, ignore_mode: as in :func:`spectral_jax.ce_spectrum`. Static.
+      params: optional pytree of arrays, traced: ``head_fn(params, features)``.
+      batched: ``features [B, H, W, Cin]`` and ``labels [B, H', W']``; the result gets a
+        leading ``B`` axis (one ``vmap``-ed program).
+      data_format: the layout of ``features`` and ``head_fn``, as in
+        :func:`spectral_jacobian` (``"CHW"``: ``head_fn`` maps ``[Cin, H, W]`` to logits
+        ``[C, H', W']``).
       chunk_size: static rows or columns per vectorised step.
       mode: ``"forward"`` (columns by ``jax.jvp``, ``H W`` steps) or ``"reverse"`` (rows by
         ``jax.vjp``, ``H' W'`` steps) for the full matrix. The default is forward because
         decoder heads up-sample (``H' W' = 16 H W`` for x4); rows always use ``jax.vjp``.
 
     Returns:
-      ``[H' W', H W]`` complex (or ``[K, H W]`` for ``nu_i``), flattened DFT order.
+      ``[H' W', H W]`` complex (or ``[K, H W]`` for ``nu_i``), flattened DFT order;
+      a leading ``B`` axis with ``batched``.
 
     Raises:
       TypeError, ValueError: as :func:`spectral_jacobian` and
         :func:`spectral_jax.ce_spectrum`; ``head_fn`` output not matching ``labels``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_x(features, "features")
-    if jnp.ndim(features) != 3:
-        raise ValueError(f"features must have shape [H, W, Cin], got shape {jnp.shape(features)}.")
-    out_shape = _check_output(head_fn, features, fn_name="head_fn", x_name="features")
-    if jnp.ndim(labels) != 2 or tuple(out_shape[:2]) != tuple(jnp.shape(labels)):
+    static, traced, features, one, out_shape = _check_function_and_input(
+        head_fn,
+        features,
+        params,
+        batched,
+        data_format,
+        fn_name="head_fn",
+        x_name="features",
+        two_d_only=True,
+    )
+    labels = _checks.as_array(labels, "labels")
+    in_projection = _checks.as_array(in_projection, "in_projection")
+    batch = jnp.shape(features)[:1] if batched else ()
+    if tuple(jnp.shape(labels)) != (*batch, *out_shape[:2]):
+        expected = "[B, H', W']" if batched else "[H', W']"
         raise ValueError(
-            f"labels must have shape [H', W'] = {tuple(out_shape[:2])} (the spatial shape of "
-            f"head_fn(features), shape {tuple(out_shape)}), got shape {jnp.shape(labels)}."
+            f"labels must have shape {expected} = {(*batch, *out_shape[:2])} (the spatial "
+            f"shape of head_fn(features), shape {tuple(out_shape)}), got shape "
+            f"{jnp.shape(labels)}."
         )
     # Validates labels (concrete ones by value), their dtype and ignore_index, as
-    # ce_spectrum would on the logits [1, H', W', C].
-    logits = jax.ShapeDtypeStruct((1, *out_shape), jnp.float32)  # floating: checked above
-    one_image = labels[None] if _checks.is_traced(labels) else np.asarray(labels)[None]
-    _checks.check_logits_and_labels(logits, one_image, ignore_index=ignore_index)
+    # ce_spectrum would on the logits [B, H', W', C].
+    images = labels if batched else labels[None]
+    if not _checks.is_traced(labels):
+        images = np.asarray(labels) if batched else np.asarray(labels)[None]
+    logits = jax.ShapeDtypeStruct((len(images), *out_shape), jnp.float32)  # floating: checked
+    _checks.check_logits_and_labels(logits, images, ignore_index=ignore_index)
     _checks.check_ignore_mode(ignore_mode)
-    _check_projection(in_projection, jnp.shape(features)[-1], "in_projection")
+    _check_projection(in_projection, one.shape[-1], "in_projection")
     if nu_i is not None:
-        _check_indices(nu_i, math.prod(out_shape[:2]), "nu_i", "CE")
+        nu_i = frequencies_lib.flat_frequency_indices(
+            nu_i, out_shape[:2], name="nu_i", spectrum="CE"
+        )
     return _ce_spectral_gradient(
-        head_fn,
+        static,
+        traced,
         features,
         labels,
         nu_i,
         in_projection,
+        batched=batched,
         ignore_index=ignore_index,
         ignore_mode=ignore_mode,
         chunk_size=chunk_size,
@@ -617,7 +902,7 @@ def _compute_ce_spectral_gradient(
     head_fn, features, labels, nu_i, in_projection, *, ignore_index, ignore_mode, chunk_size, mode
 ):
     features = _as_compute_dtype(features)
-    out_shape = _output_of(head_fn, features).shape
+    out_shape = jax.eval_shape(head_fn, features).shape
     in_projection = _projection_or_ones(in_projection, features.shape[-1], features.dtype)
 
     def out_fn(f):  # [H, W, Cin] -> [H', W'] real CE components
@@ -639,7 +924,7 @@ def _compute_ce_spectral_gradient(
 
 
 _ce_spectral_gradient = _jit_with_static_fn(
-    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode")
+    _compute_ce_spectral_gradient, ("ignore_index", "ignore_mode", "chunk_size", "mode"), (0, 1)
 )
 
 
@@ -675,6 +960,9 @@ def spectral_jacobian_band_energy(
     in_projection: chex.Array | None = None,
     out_projection: chex.Array | None = None,
     radius: bands_lib.Radius = "chebyshev",
+    params: Any = None,
+    batched: bool = False,
+    data_format: MapFormat | None = None,
     chunk_size: int = 64,
     mode: Mode = "reverse",
 ) -> jax.Array:
@@ -694,7 +982,8 @@ def spectral_jacobian_band_energy(
     :func:`spectral_jax.half_spectrum_weights`).
 
     Args:
-      fn, x, in_projection, out_projection: as in :func:`spectral_jacobian`.
+      fn, x, in_projection, out_projection, params, batched, data_format: as in
+        :func:`spectral_jacobian`.
       radius: band radius (``"chebyshev"`` or ``"euclidean"``) for 2-D maps; in 1-D the
         band is ``|nu|``.
       chunk_size: static number of rows (or columns) per vectorised step.
@@ -705,13 +994,21 @@ def spectral_jacobian_band_energy(
 
     Returns:
       ``[R_out, R_in]`` real energies, with ``R = num_bands(shape, radius=radius)``;
-      ``E.sum()`` is ``|J|_F^2``.
+      ``E.sum()`` is ``|J|_F^2``. ``[B, R_out, R_in]`` with ``batched``.
     """
     _check_chunk_and_mode(chunk_size, mode)
-    _check_inputs(fn, x, in_projection, out_projection)
+    checked = _check_inputs(fn, x, params, batched, data_format, in_projection, out_projection)
     bands_lib._check_radius(radius)
     return _spectral_jacobian_band_energy(
-        fn, x, in_projection, out_projection, radius=radius, chunk_size=chunk_size, mode=mode
+        checked.static,
+        checked.traced,
+        checked.x,
+        checked.in_projection,
+        checked.out_projection,
+        batched=batched,
+        radius=radius,
+        chunk_size=chunk_size,
+        mode=mode,
     )
 
 
@@ -741,7 +1038,7 @@ def _compute_band_energy(fn, x, in_projection, out_projection, *, radius, chunk_
 
 
 _spectral_jacobian_band_energy = _jit_with_static_fn(
-    _compute_band_energy, ("radius", "chunk_size", "mode")
+    _compute_band_energy, ("radius", "chunk_size", "mode"), (0,)
 )
 
 
@@ -766,7 +1063,8 @@ def frequency_distance(
     ``ceil(sqrt(sum of squares))``, as the bands of :mod:`spectral_jax.bands`.
 
     Args:
-      nu_i: ``[K]`` concrete flat output-frequency indices.
+      nu_i: ``[K]`` concrete flat output-frequency indices, or ``[K, d]`` signed
+        frequencies (:mod:`spectral_jax.frequencies`).
       out_shape: output spatial shape ``(H', W')`` or ``(L',)``.
       in_shape: input spatial shape ``(H, W)`` or ``(L,)``.
       distance: ``"chebyshev"`` or ``"euclidean"``.
@@ -778,7 +1076,7 @@ def frequency_distance(
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
     if len(out_shape) != len(in_shape):
         raise ValueError(f"out_shape {out_shape} and in_shape {in_shape} differ in rank.")
-    nu_i = np.asarray(nu_i)
+    nu_i = np.asarray(frequencies_lib.flat_frequency_indices(nu_i, out_shape, name="nu_i"))
     if nu_i.ndim != 1 or ((nu_i < 0) | (nu_i >= math.prod(out_shape))).any():
         raise ValueError(f"nu_i must be [K] indices in [0, {math.prod(out_shape)}).")
     out_coords = np.unravel_index(nu_i, out_shape)

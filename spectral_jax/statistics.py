@@ -8,7 +8,8 @@ quantities are read at the end:
 * ``relative_discrepancy()``: ``R(nu_max)`` for every band limit, a ratio of means over
   the images (``|sum_i T_i(nu_max) - sum_i L_i| / sum_i L_i``);
 * ``band_profile()`` and ``mean_ce()``: the mean over images of the band sums and of the
-  CE;
+  CE; ``ce_spectrum()``: the mean over images of the CE components ``L_ce(nu)`` (Eq. 5)
+  themselves, ``[H, W]``;
 * ``iou()`` and ``mean_iou()``: the data-set IoU per class of the arg-max predictions,
   from the summed terms of Eq. 8 (intersections and unions are summed over images before
   the ratio, as mIoU is computed);
@@ -36,17 +37,20 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import iou as iou_lib
 from spectral_jax import loss_spectrum as ce_lib
+from spectral_jax._checks import DataFormat
 from spectral_jax.bands import Radius
 from spectral_jax.loss_spectrum import IgnoreMode
 
@@ -68,6 +72,8 @@ class SpectralStatistics:
 
     Attributes:
       band_ce: ``[R]`` sum over images of the per-band CE components.
+      half_spectrum_ce: ``[H, Kw]`` sum over images of the CE components on the half
+        spectrum (:func:`spectral_jax.ce_half_spectrum`, ``Kw = W // 2 + 1``).
       spatial_ce: ``[]`` sum over images of the CE computed directly in space, the
         reference of :meth:`parseval_error`.
       num_images: ``[]`` number of images with at least one valid pixel.
@@ -80,6 +86,7 @@ class SpectralStatistics:
     """
 
     band_ce: jax.Array
+    half_spectrum_ce: jax.Array
     spatial_ce: jax.Array
     num_images: jax.Array
     overlap: jax.Array
@@ -139,6 +146,7 @@ class SpectralStatistics:
         zeros_classes = jnp.zeros((num_classes,), dtype)
         return cls(
             band_ce=zeros_bands,
+            half_spectrum_ce=jnp.zeros((shape[0], shape[1] // 2 + 1), dtype),
             spatial_ce=jnp.zeros((), dtype),
             num_images=jnp.zeros((), jnp.int32),
             overlap=zeros_classes,
@@ -155,19 +163,23 @@ class SpectralStatistics:
             max_classes_present=max_classes_present,
         )
 
-    def update(self, logits: chex.Array, labels: chex.Array) -> SpectralStatistics:
+    def update(
+        self, logits: chex.Array, labels: chex.Array, *, data_format: DataFormat = "NHWC"
+    ) -> SpectralStatistics:
         """Adds a batch: ``logits [B, H, W, C]``, ``labels [B, H, W]``.
 
         ``logits`` of any floating dtype, computed as in :func:`spectral_jax.ce_spectrum`
         (float16 and bfloat16 upcast to float32) and added to the accumulators in their
-        dtype.
+        dtype; JAX or NumPy arrays or CPU PyTorch tensors, ``[B, C, H, W]`` with
+        ``data_format="NCHW"`` (static; the axis is moved inside the compiled update).
 
         Compiled once per batch shape and settings, also when called eagerly: the checks
         run in Python (concrete labels are range-checked) and the update is one jitted
         computation, inlined under the caller's ``jit``.
 
         Raises:
-          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'; as
+          ValueError: if the batch's ``(H, W)`` or ``C`` differ from the statistics'
+            (saying so when the shape looks channels first); as
             :func:`spectral_jax.ce_spectrum` for bad inputs (eagerly, a label outside
             ``[0, C)``; under ``jit`` such an image makes the statistics NaN).
 
@@ -177,13 +189,29 @@ class SpectralStatistics:
             at ignored pixels in the ``"labels"`` mode, :func:`spectral_jax.ce_spectrum`).
             Under ``jit`` the sums record it: :meth:`parseval_error`.
         """
-        if tuple(jnp.shape(logits)[1:]) != (*self.shape, self.num_classes):
-            raise ValueError(
-                f"logits must have shape [B, {self.shape[0]}, {self.shape[1]}, "
-                f"{self.num_classes}] for these statistics, got {jnp.shape(logits)}."
+        logits = _checks.as_array(logits, "logits")
+        labels = _checks.as_array(labels, "labels")
+        _checks.check_data_format(data_format)
+        height, width = self.shape
+        shape = _checks.channels_last_shape(jnp.shape(logits), data_format)
+        if tuple(shape[1:]) != (height, width, self.num_classes):
+            expected = (
+                f"[B, {height}, {width}, {self.num_classes}]"
+                if data_format == "NHWC"
+                else f"[B, {self.num_classes}, {height}, {width}]"
             )
-        _checks.check_logits_and_labels(logits, labels, ignore_index=self.ignore_index)
-        updated, batch_error = _update(self, logits, labels)
+            got = f", got {jnp.shape(logits)}"
+            if data_format == "NHWC" and tuple(jnp.shape(logits)[1:]) == (
+                self.num_classes,
+                height,
+                width,
+            ):
+                got = _checks.channels_first_hint(jnp.shape(logits))
+            raise ValueError(f"logits must have shape {expected} for these statistics{got}.")
+        _checks.check_logits_and_labels(
+            logits, labels, ignore_index=self.ignore_index, data_format=data_format
+        )
+        updated, batch_error = _update(self, logits, labels, data_format=data_format)
         if not _checks.is_traced(batch_error):
             error = float(batch_error)
             if error > ce_lib.PARSEVAL_TOLERANCE:
@@ -239,6 +267,19 @@ class SpectralStatistics:
         """``[R]`` mean over images of the band sums of the CE components."""
         return self._per_image(self.band_ce)
 
+    def ce_spectrum(self) -> jax.Array:
+        """``[H, W]`` mean over images of the CE components ``L_ce(nu)``, DFT layout.
+
+        The columns past ``W // 2`` are the mirrors ``L_ce(-nu) = L_ce(nu)`` of the
+        accumulated half spectrum; the whole array sums to :meth:`mean_ce`.
+        """
+        half = self._per_image(self.half_spectrum_ce)  # [H, Kw]
+        height, width = self.shape
+        mirrored_rows = (-np.arange(height)) % height
+        mirrored_cols = width - np.arange(width // 2 + 1, width)  # columns W//2+1 .. W-1
+        rest = half[mirrored_rows][:, mirrored_cols]
+        return jnp.concatenate([half, rest], axis=-1)
+
     def truncated_ce(self) -> jax.Array:
         """``[R]`` mean over images of the truncated CE at every band limit (Eq. 13)."""
         return self._per_image(jnp.cumsum(self.band_ce))
@@ -266,19 +307,31 @@ class SpectralStatistics:
         )
 
 
-@jax.jit
-def _update(stats: SpectralStatistics, logits, labels) -> tuple[SpectralStatistics, jax.Array]:
+def _band_sums(half: jax.Array, shape: tuple[int, int], radius: str) -> jax.Array:
+    """``[B, R]`` band sums of half spectra ``[B, H, Kw]`` (:func:`spectral_jax.band_profile`)."""
+    index = bands_lib.half_band_index(shape, radius=radius).reshape(-1)  # [H Kw]
+    weights = jnp.asarray(bands_lib.half_spectrum_weights(shape), half.dtype)  # [Kw]
+    weighted = (half * weights).reshape(half.shape[0], -1)  # [B, H Kw]
+    num = bands_lib.num_bands(shape, radius=radius)
+    return jax.vmap(lambda row: jax.ops.segment_sum(row, index, num_segments=num))(weighted)
+
+
+@functools.partial(jax.jit, static_argnames="data_format")
+def _update(
+    stats: SpectralStatistics, logits, labels, *, data_format
+) -> tuple[SpectralStatistics, jax.Array]:
     """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``),
     and the batch's own Parseval error (its sums, not the accumulators')."""
+    logits = _checks.to_channels_last(logits, data_format)  # [B, H, W, C]
     settings = dict(ignore_index=stats.ignore_index)
-    profile = ce_lib.band_profile(
+    half = ce_lib.ce_half_spectrum(
         logits,
         labels,
-        radius=stats.radius,
         ignore_mode=stats.ignore_mode,
         max_classes_present=stats.max_classes_present,
         **settings,
-    )  # [B, R]
+    )  # [B, H, Kw]
+    profile = _band_sums(half, stats.shape, stats.radius)  # [B, R], as band_profile
     counted = jnp.any(labels != stats.ignore_index, axis=(1, 2))  # [B]
     terms = iou_lib.spectral_iou_terms(logits, labels, binarize=True, **settings)
     dtype = stats.band_ce.dtype
@@ -287,6 +340,7 @@ def _update(stats: SpectralStatistics, logits, labels) -> tuple[SpectralStatisti
     batch_error = _relative_error(jnp.sum(batch_band_ce), batch_spatial_ce)
     updates = dict(
         band_ce=stats.band_ce + batch_band_ce,
+        half_spectrum_ce=stats.half_spectrum_ce + jnp.sum(half, axis=0).astype(dtype),
         spatial_ce=stats.spatial_ce + batch_spatial_ce,
         num_images=stats.num_images + jnp.sum(counted, dtype=jnp.int32),
         overlap=stats.overlap + jnp.sum(terms.overlap, axis=0).astype(stats.overlap.dtype),

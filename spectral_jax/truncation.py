@@ -109,6 +109,7 @@ def spectral_resize(x: chex.Array, size: int | tuple[int, int]) -> jax.Array:
       >>> bool(jnp.allclose(y[0, :, :, 0], f(t)[:, None], atol=1e-5))
       True
     """
+    x = _checks.as_array(x, "x")  # a CPU PyTorch tensor, say
     chex.assert_rank(x, 4)
     h, w = _check_size(size)
     dtype = jnp.result_type(x)
@@ -140,6 +141,7 @@ def resize_features(
     """
     if method not in RESAMPLE_METHODS:
         raise ValueError(f"method must be one of {RESAMPLE_METHODS}, got {method!r}.")
+    x = _checks.as_array(x, "x")
     chex.assert_rank(x, 4)
     h, w = _check_size(size)
     batch, height, width, channels = x.shape

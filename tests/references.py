@@ -198,3 +198,15 @@ def hard_iou_counts(probs, labels, ignore_index: int = 255):
         intersection[:, c] = (predicted & labelled).sum(axis=(1, 2))
         union[:, c] = (predicted | labelled).sum(axis=(1, 2))
     return intersection, union
+
+
+def bilinear_upsampling_matrix(n: int, factor: int) -> np.ndarray:
+    """Half-pixel bilinear up-sampling ``[factor n, n]`` with edge clamping (one axis)."""
+    out = np.zeros((factor * n, n))
+    for o in range(factor * n):
+        source = min(max((o + 0.5) / factor - 0.5, 0.0), n - 1.0)
+        low = math.floor(source)
+        high = min(low + 1, n - 1)
+        out[o, low] += 1 - (source - low)
+        out[o, high] += source - low
+    return out

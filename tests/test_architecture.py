@@ -29,7 +29,9 @@ CORE = (
     "bands",
     "blockwise",
     "flops",
+    "frequencies",
     "iou",
+    "layers",
     "loss_spectrum",
     "probes",
     "spectral_gradient",
@@ -47,6 +49,7 @@ ALLOWED = {
     "data": {*CORE, "related"},
     "evaluation": {*CORE, "related", "models", "data"},
     "training": {*CORE, "related", "models", "data", "evaluation"},
+    "analysis": {*CORE, "related", "plotting", "models", "data", "evaluation"},
 }
 
 
@@ -202,9 +205,9 @@ def test_top_level_exports_only_the_core():
         if getattr(value, "__module__", None) not in core_modules
     }
     assert not outside, outside
-    # 45 names: bands 10, blockwise 3, flops 6, iou 4, loss_spectrum 10,
-    # spectral_gradient 9, statistics 1, truncation 2.
-    assert len(public) == 45, sorted(public)
+    # 55 names: bands 10, blockwise 3, flops 6, frequencies 4, iou 4, layers 6,
+    # loss_spectrum 10, spectral_gradient 9, statistics 1, truncation 2.
+    assert len(public) == 55, sorted(public)
 
 
 def test_related_namespace_is_one_import_away():

@@ -10,6 +10,7 @@ float16 and bfloat16 inputs in float32 and refuses float64 where there is none
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.extend.core as jax_core
@@ -21,7 +22,7 @@ from flax import traverse_util
 
 import spectral_jax as sj
 from experiments.configs import default
-from spectral_jax import probes
+from spectral_jax import _checks, probes
 from spectral_jax.evaluation.metrics import cross_entropy_loss
 from spectral_jax.models import registry
 from spectral_jax.training import steps, train_state
@@ -442,9 +443,58 @@ def test_statistics_float64_accumulator_is_refused_on_tpu(monkeypatch, x64):
         sj.SpectralStatistics.create((6, 7), num_classes=3, dtype=jnp.float64)
 
 
-def test_float64_numpy_input_without_x64_is_computed_in_float32():
+# The once-per-process warning of a float64 input with x64 off, matched in full.
+X64_WARNING = (
+    r"logits is float64 but jax_enable_x64 is off, so it is computed in float32\. For "
+    r'float64 results call jax\.config\.update\("jax_enable_x64", True\)'
+)
+
+
+def test_float64_numpy_input_without_x64_is_computed_in_float32_and_warns_once(monkeypatch):
+    monkeypatch.setattr(_checks, "_float64_warned", False)  # as in a fresh process
     logits, labels = _logits_and_labels()
     with jax.enable_x64(False):
-        spectrum = sj.ce_spectrum(logits.astype(np.float64), labels)
-    assert spectrum.dtype == FLOAT32
+        with pytest.warns(UserWarning, match=X64_WARNING):
+            spectrum = sj.ce_spectrum(logits.astype(np.float64), labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: the second float64 call is silent
+            again = sj.band_profile(logits.astype(np.float64), labels)
+    assert spectrum.dtype == FLOAT32 and again.dtype == FLOAT32
     np.testing.assert_array_equal(spectrum, sj.ce_spectrum(logits, labels))
+    np.testing.assert_array_equal(again, sj.band_profile(logits, labels))
+
+
+def _probs64():
+    logits, labels = _logits_and_labels()
+    return np.asarray(jax.nn.softmax(logits), np.float64), labels
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("probs", lambda: sj.spectral_iou(*_probs64())),
+        ("logits", lambda: sj.SpectralStatistics.create((6, 7), num_classes=3).update(*_probs64())),
+        ("x", lambda: sj.spectral_jacobian_rows(_CONV, _features().astype(np.float64), [0])),
+    ],
+)
+def test_float64_without_x64_warns_naming_the_argument(monkeypatch, name, call):
+    monkeypatch.setattr(_checks, "_float64_warned", False)
+    with jax.enable_x64(False), pytest.warns(UserWarning, match=f"^{name} is float64 .*x64"):
+        call()
+
+
+def test_float64_torch_tensor_without_x64_warns(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_checks, "_float64_warned", False)
+    logits, labels = _logits_and_labels()
+    with jax.enable_x64(False), pytest.warns(UserWarning, match=X64_WARNING):
+        spectrum = sj.ce_spectrum(torch.from_numpy(np.asarray(logits, np.float64)), labels)
+    np.testing.assert_array_equal(spectrum, sj.ce_spectrum(logits, labels))
+
+
+def test_float64_with_x64_does_not_warn(monkeypatch, x64):
+    monkeypatch.setattr(_checks, "_float64_warned", False)
+    logits, labels = _logits_and_labels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sj.ce_spectrum(np.asarray(logits, np.float64), labels).dtype == jnp.float64

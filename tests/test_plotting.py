@@ -33,6 +33,21 @@ def test_plot_spectral_rows_draws_one_panel_per_row(rng, in_shape):
         plt.close(figure)
 
 
+def test_plot_spectral_rows_titles_signed_frequencies():
+    """Rows given by signed frequency: the titles read them back (the 8-point Nyquist is -4)."""
+    import matplotlib.pyplot as plt
+
+    rows = np.ones((3, 4 * 4))
+    figure = plotting.plot_spectral_rows(
+        rows, [(1, -2), (4, 0), (-3, 7)], in_shape=(4, 4), out_shape=(8, 15)
+    )
+    try:
+        titles = [ax.get_title() for ax in figure.axes if ax.get_title().startswith(r"$\nu_i$")]
+        assert titles == [r"$\nu_i$ = (1, -2)", r"$\nu_i$ = (-4, 0)", r"$\nu_i$ = (-3, 7)"]
+    finally:
+        plt.close(figure)
+
+
 def test_plot_spectral_rows_checks_shapes():
     with pytest.raises(ValueError, match=r"rows must have shape \[K, M_in\]"):
         plotting.plot_spectral_rows(np.ones((2, 10)), np.array([0, 1]), in_shape=(3, 3))

@@ -568,8 +568,11 @@ def test_eager_fn_identity_and_unhashable_fn(rng):
     expected = spectral_jacobian(make_layer(), x)
     jax.clear_caches()
     assert len(compile_counting.compilations(sj.spectral_jacobian, make_layer(), x)) == 1
-    # A re-created partial is another static fn (partials hash by identity): compiles again.
-    assert len(compile_counting.compilations(sj.spectral_jacobian, make_layer(), x)) == 1
+    # A re-created partial is opened into its function (static) and arrays (traced).
+    assert compile_counting.compilations(sj.spectral_jacobian, make_layer(), x) == []
+    # A new closure is a new static fn: compiles again.
+    closure = lambda z: probes.conv(z, kernel)  # noqa: E731
+    assert len(compile_counting.compilations(sj.spectral_jacobian, closure, x)) == 1
     # Jitting at the edge with the array as an argument compiles once per shape.
     by_kernel = jax.jit(
         lambda kernel, x: sj.spectral_jacobian(functools.partial(probes.conv, kernel=kernel), x)
@@ -609,3 +612,271 @@ def test_diagonal_fraction_refuses_an_out_shape_that_does_not_fit(rng, out_shape
     # With the true output grid the diagonal holds every row's energy.
     fractions = sj.diagonal_energy_fraction(rows, nu_i, out_shape=in_shape, in_shape=in_shape)
     np.testing.assert_allclose(fractions, 1, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters as arguments, re-created partials and the batched form.
+
+
+def _conv_relu(params, z):
+    """A params-form layer: ``relu(conv(z, params["kernel"]))``, zero padding."""
+    return probes.conv_activation(z, params["kernel"], activation="relu", padding="zero")
+
+
+def _head_with_params(params, features):
+    """A params-form head: 1x1 conv ``params["weights"]`` and bilinear x2 up-sampling."""
+    return probes.upsample_bilinear(features @ params["weights"], factor=2)
+
+
+def test_params_form_matches_the_float64_reference(rng):
+    kernel = _kernel(rng, 3, 2, (2, 3))
+    x = _map(rng, (6, 5), 2)
+    params = {"kernel": kernel}
+    closure = lambda z: _conv_relu(params, z)  # noqa: E731
+    expected = _dense_reference(closure, x)  # [M_out, M_in] float64 NumPy
+    nu_i, nu_j = np.array([0, 7, 29]), np.array([3, 11])
+    _assert_close(sj.spectral_jacobian(_conv_relu, x, params=params), expected, "float32")
+    _assert_close(
+        sj.spectral_jacobian_rows(_conv_relu, x, nu_i, params=params), expected[nu_i], "float32"
+    )
+    _assert_close(
+        sj.spectral_jacobian_columns(_conv_relu, x, nu_j, params=params),
+        expected[:, nu_j],
+        "float32",
+    )
+    energy = sj.spectral_jacobian_band_energy(_conv_relu, x, params=params, chunk_size=8)
+    assert np.isclose(float(energy.sum()), np.sum(np.abs(expected) ** 2), rtol=1e-4)
+    weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    labels = rng.integers(0, 3, size=(12, 10))
+    head_params = {"weights": weights}
+    by_params = sj.ce_spectral_gradient(_head_with_params, x, labels, params=head_params)
+    by_closure = ce_spectral_gradient(_linear_head(weights), x, labels)
+    _assert_close(by_params, by_closure, "float32")
+
+
+def test_new_params_and_recreated_partials_compile_nothing(rng):
+    kernel = _kernel(rng, 3, 2, (2, 2))
+    x = _map(rng, (8, 8), 2)
+    nu_i = np.array([0, 9, 40])
+    jax.clear_caches()
+    first = compile_counting.compilations(
+        sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": kernel}
+    )
+    assert len(first) == 1, first
+    new_kernel = 2 * kernel + 1
+    new = compile_counting.compilations(
+        sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": new_kernel}
+    )
+    assert new == [], f"new parameter values compiled {new}"
+    # The new parameters are used, not the first ones: compare with the closure form.
+    rows = sj.spectral_jacobian_rows(_conv_relu, x, nu_i, params={"kernel": new_kernel})
+    closure = lambda z: _conv_relu({"kernel": new_kernel}, z)  # noqa: E731
+    _assert_close(rows, _dense_reference(closure, x)[nu_i], "float32")
+
+    # A re-created partial with new array values is the same static function.
+    def make_layer(k):
+        return functools.partial(
+            probes.conv_activation, kernel=k, activation="relu", padding="zero"
+        )
+
+    assert len(compile_counting.compilations(sj.spectral_jacobian, make_layer(kernel), x)) == 1
+    again = compile_counting.compilations(sj.spectral_jacobian, make_layer(new_kernel), x)
+    assert again == [], f"a re-created partial compiled {again}"
+    # Its non-array arguments are static: another activation is another computation.
+    softplus_layer = functools.partial(probes.conv_activation, kernel=kernel)
+    assert len(compile_counting.compilations(sj.spectral_jacobian, softplus_layer, x)) == 1
+    _assert_close(
+        sj.spectral_jacobian(make_layer(new_kernel), x),
+        sj.spectral_jacobian(_conv_relu, x, params={"kernel": new_kernel}),
+        "float32",
+    )
+    # The CE spectral gradient with a Flax head's variables as params.
+    module, variables = probes.init_decoder_head(jax.random.key(0), (4, 4, 2), upsample=2)
+    head = probes.decoder_head_fn(module)
+    labels = rng.integers(0, 3, size=(8, 8))
+    first = compile_counting.compilations(
+        sj.ce_spectral_gradient, head, x[:4, :4], labels, params=variables
+    )
+    assert len(first) == 1, first
+    doubled = jax.tree.map(lambda v: 2 * v, variables)
+    new = compile_counting.compilations(
+        sj.ce_spectral_gradient, probes.decoder_head_fn(module), x[:4, :4], labels, params=doubled
+    )
+    assert new == [], f"new Flax variables compiled {new}"
+    by_params = sj.ce_spectral_gradient(head, x[:4, :4], labels, params=doubled)
+    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), x[:4, :4], labels)
+    _assert_close(by_params, by_closure, "float32")
+
+
+def test_batched_form_is_the_per_image_result_in_one_program(rng):
+    kernel = _kernel(rng, 3, 2, (2, 2))
+    params = {"kernel": kernel}
+    xs = jnp.stack([_map(rng, (6, 6), 2) for _ in range(3)])  # [B, H, W, Cin]
+    nu_i = np.array([0, 8, 21])
+    jax.clear_caches()
+    compiled = compile_counting.compilations(
+        sj.spectral_jacobian_rows, _conv_relu, xs, nu_i, params=params, batched=True
+    )
+    assert len(compiled) == 1, compiled
+    batched = sj.spectral_jacobian_rows(_conv_relu, xs, nu_i, params=params, batched=True)
+    assert batched.shape == (3, 3, 36)
+    for b in range(3):
+        reference = _dense_reference(lambda z: _conv_relu(params, z), xs[b])[nu_i]
+        _assert_close(batched[b], reference, "float32")
+    full = sj.spectral_jacobian(_conv_relu, xs, params=params, batched=True, chunk_size=8)
+    _assert_close(full[2], _dense_reference(lambda z: _conv_relu(params, z), xs[2]), "float32")
+    columns = sj.spectral_jacobian_columns(
+        _conv_relu, xs, np.array([1, 4]), params=params, batched=True
+    )
+    _assert_close(columns[1], full[1][:, [1, 4]], "float32")
+    energy = sj.spectral_jacobian_band_energy(_conv_relu, xs, params=params, batched=True)
+    assert energy.shape[0] == 3
+    assert np.allclose(energy.sum(axis=(1, 2)), (np.abs(full) ** 2).sum(axis=(1, 2)), rtol=1e-4)
+    weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    labels = rng.integers(0, 3, size=(3, 12, 12))
+    gradient = sj.ce_spectral_gradient(
+        _head_with_params, xs, labels, params={"weights": weights}, batched=True
+    )
+    for b in range(3):
+        one = ce_spectral_gradient(_linear_head(weights), xs[b], labels[b])
+        _assert_close(gradient[b], one, "float32")
+
+
+def test_params_and_batched_errors_name_the_argument(rng):
+    x = _map(rng, (8, 8), 2)
+    params = {"kernel": _kernel(rng, 3, 2, (2, 2))}
+    with pytest.raises(ValueError, match="batched must be a bool"):
+        sj.spectral_jacobian(_conv_relu, x, params=params, batched="yes")
+    with pytest.raises(ValueError, match=r"x must have shape \[H, W, Cin\] or \[L, Cin\]"):
+        sj.spectral_jacobian(_conv_relu, x[None, None], params=params, batched=True)
+    with pytest.raises(ValueError, match="fn could not be evaluated"):
+        sj.spectral_jacobian(_conv_relu, x, params={"kernel": jnp.ones((3, 3, 5, 2))})
+    head_params = {"weights": jnp.ones((2, 3))}
+    with pytest.raises(ValueError, match=r"labels must have shape \[B, H', W'\] = \(2, 16, 16\)"):
+        sj.ce_spectral_gradient(
+            _head_with_params,
+            jnp.stack([x, x]),
+            np.zeros((16, 16), np.int32),
+            params=head_params,
+            batched=True,
+        )
+    with pytest.raises(ValueError, match="labels must lie in"):
+        sj.ce_spectral_gradient(
+            _head_with_params,
+            jnp.stack([x, x]),
+            np.full((2, 16, 16), 9, np.int32),
+            params=head_params,
+            batched=True,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs as users hold them: PyTorch tensors and channels-first maps.
+
+
+def _channels_first(fn):
+    """``fn(params, [H, W, C])`` as a function of channels-first maps ``[C, H, W]``."""
+
+    def of_channels_first(params, z):
+        return jnp.moveaxis(fn(params, jnp.moveaxis(z, 0, -1)), -1, 0)
+
+    return of_channels_first
+
+
+_conv_relu_chw = _channels_first(_conv_relu)
+_head_chw = _channels_first(_head_with_params)
+
+
+def _double(z):
+    return 2.0 * z
+
+
+def test_torch_channels_first_maps_match_the_float64_reference(rng):
+    torch = pytest.importorskip("torch")
+    kernel = _kernel(rng, 3, 2, (2, 3))
+    x = _map(rng, (6, 5), 2)  # [H, W, Cin]
+    params = {"kernel": torch.tensor(np.asarray(kernel))}  # torch params too
+    expected = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), x)
+    x_chw = torch.from_numpy(np.moveaxis(np.asarray(x), -1, 0).copy())  # [Cin, H, W]
+    settings = dict(params=params, data_format="CHW")
+    _assert_close(sj.spectral_jacobian(_conv_relu_chw, x_chw, **settings), expected, "float32")
+    nu_i, nu_j = torch.tensor([0, 7, 29]), [(1, -2), (0, 2)]
+    rows = sj.spectral_jacobian_rows(_conv_relu_chw, x_chw, nu_i, **settings)
+    _assert_close(rows, expected[nu_i.numpy()], "float32")
+    columns = sj.spectral_jacobian_columns(_conv_relu_chw, x_chw, nu_j, **settings)
+    _assert_close(columns, expected[:, sj.ravel_frequencies(nu_j, (6, 5))], "float32")
+    energy = sj.spectral_jacobian_band_energy(_conv_relu_chw, x_chw, chunk_size=8, **settings)
+    assert np.isclose(float(energy.sum()), np.sum(np.abs(expected) ** 2), rtol=1e-4)
+    # A batch of channels-first maps: the layout of each map, the batch axis first.
+    xs = jnp.stack([x, _map(rng, (6, 5), 2)])  # [B, H, W, Cin]
+    xs_chw = torch.from_numpy(np.moveaxis(np.asarray(xs), -1, 1).copy())  # [B, Cin, H, W]
+    batched = sj.spectral_jacobian_rows(_conv_relu_chw, xs_chw, nu_i, batched=True, **settings)
+    for b in range(2):
+        reference = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), xs[b])
+        _assert_close(batched[b], reference[nu_i.numpy()], "float32")
+    # The CE gradient of a channels-first head (logits [C, H', W']) on torch labels.
+    weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    labels = rng.integers(0, 3, size=(12, 10))
+    by_chw = sj.ce_spectral_gradient(
+        _head_chw,
+        x_chw,
+        torch.from_numpy(labels),
+        params={"weights": torch.tensor(np.asarray(weights))},
+        data_format="CHW",
+    )
+    _assert_close(by_chw, ce_spectral_gradient(_linear_head(weights), x, labels), "float32")
+
+
+def test_an_unstated_channels_first_map_is_refused(rng):
+    x = np.asarray(_map(rng, (9, 9), 2)).transpose(2, 0, 1).copy()  # [2, 9, 9]
+    refused = r"x has shape \(2, 9, 9\), read as \[H, W, C\] with H = 2: channels first\? "
+    refused += r"pass data_format='CHW'"
+    calls = [
+        lambda **kw: sj.spectral_jacobian(_double, x, **kw),
+        lambda **kw: sj.spectral_jacobian_rows(_double, x, [0], **kw),
+        lambda **kw: sj.spectral_jacobian_columns(_double, x, [0], **kw),
+        lambda **kw: sj.spectral_jacobian_band_energy(_double, x, **kw),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=refused):
+            call()
+        with pytest.raises(ValueError, match=r"data_format must be one of \('HWC', 'CHW'\)"):
+            call(data_format="NCHW")
+    with pytest.raises(ValueError, match=refused.replace("x has", "features has")):
+        sj.ce_spectral_gradient(_double, x, np.zeros((2, 9), int))
+    with pytest.raises(ValueError, match=refused):
+        sj.spectral_jacobian(_double, x[None], batched=True)  # each map is checked
+    # Stated, either layout is computed: J = 2 C I for z -> 2 z (u, v all ones).
+    as_hwc = sj.spectral_jacobian(_double, x, data_format="HWC")  # H = 2, W = 9, C = 9
+    _assert_close(as_hwc, 2 * 9 * np.eye(18), "float32")
+    as_chw = sj.spectral_jacobian(_double, x, data_format="CHW")  # C = 2, H = W = 9
+    _assert_close(as_chw, 2 * 2 * np.eye(81), "float32")
+    with pytest.raises(ValueError, match=r"data_format='CHW' is for 2-D maps"):
+        sj.spectral_jacobian(_double, x[0], data_format="CHW")  # [L, Cin]
+
+
+def test_torch_tensors_that_cannot_be_read_name_the_argument(rng):
+    torch = pytest.importorskip("torch")
+    x = torch.zeros((4, 4, 2), requires_grad=True)
+    with pytest.raises(TypeError, match=r"x of type Tensor could not be read.*detach\(\)"):
+        sj.spectral_jacobian(_double, x)
+    with pytest.raises(TypeError, match=r"features of type Tensor could not be read"):
+        sj.ce_spectral_gradient(_double, x, np.zeros((4, 4), int))
+
+
+def test_channels_first_torch_maps_compile_once_per_shape(rng):
+    torch = pytest.importorskip("torch")
+    kernel = torch.tensor(np.asarray(_kernel(rng, 3, 2, (2, 2))))
+
+    def chw(seed):
+        return torch.tensor(np.asarray(_map(np.random.default_rng(seed), (8, 8), 2)))
+
+    call = functools.partial(
+        sj.spectral_jacobian_rows, _conv_relu_chw, nu_i=np.array([0, 9]), data_format="CHW"
+    )
+    compile_counting.assert_compiles_once_per_shape(
+        lambda x, k: call(x.permute(2, 0, 1), params={"kernel": k}),
+        (chw(0), kernel),
+        (chw(1), 2 * kernel),
+        (torch.tensor(np.asarray(_map(rng, (9, 9), 2))), kernel),
+    )

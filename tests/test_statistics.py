@@ -46,8 +46,9 @@ def data_set_reference(batches, radius, dtype="float32"):
     logits = np.concatenate([b[0] for b in batches]).astype(dtype).astype(np.float64)
     labels = np.concatenate([b[1] for b in batches])
     counted = np.any(labels != 255, axis=(1, 2))
-    profiles = references.band_sums(references.ce_spectrum(logits, labels), radius)
-    return logits, labels, counted, profiles
+    spectra = references.ce_spectrum(logits, labels)  # [B, H, W]
+    profiles = references.band_sums(spectra, radius)
+    return logits, labels, counted, profiles, spectra
 
 
 def read(stats):
@@ -55,6 +56,7 @@ def read(stats):
     return {
         "mean_ce": np.asarray(stats.mean_ce()),
         "band_profile": np.asarray(stats.band_profile()),
+        "ce_spectrum": np.asarray(stats.ce_spectrum()),
         "truncated_ce": np.asarray(stats.truncated_ce()),
         "relative_discrepancy": np.asarray(stats.relative_discrepancy()),
         "iou": np.asarray(stats.iou()),
@@ -71,7 +73,7 @@ def test_streaming_equals_the_data_set_reference(batches, radius, dtype):
     with jax.enable_x64(dtype == "float64"):
         stats = sj.SpectralStatistics.create(SHAPE, NUM_CLASSES, radius=radius, dtype=dtype)
         got = read(stream(stats, batches, dtype))
-    logits, labels, counted, profiles = data_set_reference(batches, radius, dtype)
+    logits, labels, counted, profiles, spectra = data_set_reference(batches, radius, dtype)
     rtol = RTOL[dtype]
     assert got["num_images"] == counted.sum() == 5
     mean_profile = profiles[counted].mean(axis=0)
@@ -79,6 +81,9 @@ def test_streaming_equals_the_data_set_reference(batches, radius, dtype):
     np.testing.assert_allclose(got["band_profile"], mean_profile, rtol=rtol, atol=rtol * 1e-2)
     ce = references.spatial_ce(logits, labels)
     np.testing.assert_allclose(got["mean_ce"], ce[counted].mean(), rtol=rtol)
+    mean_spectrum = spectra[counted].mean(axis=0)  # [H, W], every column (mirrors too)
+    scale = np.abs(mean_spectrum).max()
+    np.testing.assert_allclose(got["ce_spectrum"], mean_spectrum, rtol=rtol, atol=rtol * scale)
     np.testing.assert_allclose(got["truncated_ce"], np.cumsum(mean_profile), rtol=rtol)
     truncated = np.cumsum(profiles.sum(axis=0))  # [R], summed over images
     expected_r = np.abs(truncated - ce.sum()) / ce.sum()
@@ -174,7 +179,7 @@ def test_magnitude_profiles_are_means_over_counted_images(batches, radius):
     stats = sj.SpectralStatistics.create(SHAPE, NUM_CLASSES, radius=radius, with_magnitudes=True)
     profiles = stream(stats, batches).magnitude_profiles()
     assert isinstance(profiles, sj.MagnitudeProfiles)
-    logits, labels, counted, _ = data_set_reference(batches, radius)
+    logits, labels, counted, _, _ = data_set_reference(batches, radius)
     label_profiles, logit_profiles = references.magnitude_profiles(logits, labels, radius)
     np.testing.assert_allclose(profiles.labels, label_profiles[counted].mean(0), rtol=1e-5)
     np.testing.assert_allclose(profiles.logits, logit_profiles[counted].mean(0), rtol=1e-5)
@@ -228,7 +233,7 @@ def test_parseval_error_compares_band_sums_with_the_spatial_ce(batches, dtype):
         error = float(stats.parseval_error())
         # A decomposition that lost 1% of the CE shows up as a 1% error.
         off = float(stats.replace(band_ce=stats.band_ce * 0.99).parseval_error())
-    logits, labels, _, _ = data_set_reference(batches, "chebyshev", dtype)
+    logits, labels, _, _, _ = data_set_reference(batches, "chebyshev", dtype)
     np.testing.assert_allclose(
         spatial_ce, references.spatial_ce(logits, labels).sum(), rtol=RTOL[dtype]
     )
@@ -262,7 +267,7 @@ def test_mean_iou_skips_a_class_absent_from_labels_and_predictions(batches):
         logits[..., 3] = -50.0
         edited.append((logits, np.where(labels == 3, 0, labels)))
     got = read(stream(sj.SpectralStatistics.create(SHAPE, NUM_CLASSES), edited))
-    logits, labels, _, _ = data_set_reference(edited, "chebyshev")
+    logits, labels, _, _, _ = data_set_reference(edited, "chebyshev")
     intersection, union = references.hard_iou_counts(logits, labels)
     expected = intersection.sum(axis=0)[:3] / union.sum(axis=0)[:3]
     assert np.isnan(got["iou"][3]) and np.all(np.isfinite(got["iou"][:3]))

@@ -1,0 +1,211 @@
+"""Tests of spectral_jax.layers: a Flax model's layer by name, the rest as the head.
+
+References: the hand-carved DeepLab v3+ head of ``experiments/spectral_gradient.py``
+(``model.decode`` with the low-level features held fixed) for the CE spectral gradient at
+the ASPP output, in float32 and under x64; Flax's own ``capture_intermediates`` for the
+layer outputs; the compilation counter for new variables.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spectral_jax as sj
+from spectral_jax.models.deeplab import DeepLabV3Plus
+from tests import compile_counting
+from tests.model_helpers import TINY_DEEPLAB, random_variables
+
+IMAGE = 33  # ASPP map 3 x 3 at output stride 16
+ROWS = np.array([0, 70, 560, 1088])  # flat indices of the 33 x 33 CE components
+
+
+def _deeplab(dtype=jnp.float32):
+    model = DeepLabV3Plus(**TINY_DEEPLAB, dtype=dtype)
+    variables = random_variables(model, (1, IMAGE, IMAGE, 3))
+    variables = jax.tree.map(lambda v: jnp.asarray(v, dtype), variables)
+    return model, variables
+
+
+def _batch(rng, dtype=np.float32):
+    images = rng.normal(size=(2, IMAGE, IMAGE, 3)).astype(dtype)
+    labels = rng.integers(0, 3, size=(2, IMAGE, IMAGE))
+    labels[0, :4, :4] = 255  # some ignored pixels
+    return images, labels
+
+
+def _hand_carved_rows(model, variables, images, labels, nu_i):
+    """The head as the experiments carve it: ``decode`` with the low-level map fixed."""
+    parts = model.apply(variables, jnp.asarray(images), method=DeepLabV3Plus.intermediates)
+
+    def head_fn(low_level, features):  # [h, w, Ca] -> [H, W, C]; one compilation
+        return model.apply(
+            variables, features[None], low_level, (IMAGE, IMAGE), method=DeepLabV3Plus.decode
+        )["logits"][0]
+
+    rows = [
+        sj.ce_spectral_gradient(
+            head_fn, parts["aspp"][b], labels[b], nu_i=nu_i, params=parts["low_level"][b : b + 1]
+        )
+        for b in range(len(images))
+    ]
+    return np.stack(rows), parts
+
+
+def _relative_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+@pytest.fixture(scope="module")
+def deeplab():
+    return _deeplab()
+
+
+def test_aspp_rows_equal_the_hand_carved_head_float32(deeplab, rng):
+    model, variables = deeplab
+    images, labels = _batch(rng)
+    apply_fn = functools.partial(model.apply, train=False)
+    rows = sj.layer_spectral_gradient(apply_fn, variables, images, labels, "aspp", nu_i=ROWS)
+    expected, parts = _hand_carved_rows(model, variables, images, labels, ROWS)
+    assert rows.shape == (2, len(ROWS), 9) and rows.dtype == np.complex64
+    assert _relative_error(rows, expected) < 1e-5  # float32 rounding
+    features = sj.layer_output(apply_fn, variables, images, "aspp")
+    assert _relative_error(features, parts["aspp"]) < 1e-5
+
+
+@pytest.mark.usefixtures("x64")
+def test_aspp_rows_equal_the_hand_carved_head_float64(rng):
+    model, variables = _deeplab(jnp.float64)
+    images, labels = _batch(rng, np.float64)
+    apply_fn = functools.partial(model.apply, train=False)
+    rows = sj.layer_spectral_gradient(apply_fn, variables, images, labels, "aspp", nu_i=ROWS)
+    expected, _ = _hand_carved_rows(model, variables, images, labels, ROWS)
+    assert rows.dtype == np.complex128
+    assert _relative_error(rows, expected) < 1e-12  # float64 rounding
+
+
+class _Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+
+
+class _UserNet(nn.Module):
+    """A user's own model: stem, a block, and a head reading the stem (a skip)."""
+
+    @nn.compact
+    def __call__(self, x):
+        stem = nn.relu(nn.Conv(4, (3, 3), name="stem")(x))
+        block = _Block(name="block")(stem)
+        return nn.Conv(5, (1, 1), name="classify")(block + stem)
+
+
+@pytest.fixture(scope="module")
+def user_net():
+    net = _UserNet()
+    images = np.random.default_rng(1).normal(size=(2, 9, 9, 3)).astype(np.float32)
+    return net, net.init(jax.random.key(0), images), images
+
+
+def test_layer_output_is_what_capture_intermediates_records(user_net):
+    net, variables, images = user_net
+    _, state = net.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+    captured = state["intermediates"]["block"]["conv"]["__call__"][0]
+    output = sj.layer_output(net.apply, variables, images, "block/conv")
+    assert _relative_error(output, captured) < 1e-6
+    paths = sj.layer_paths(net.apply, variables, images)
+    assert paths == ("stem", "block/conv", "block", "classify")
+    logits, outputs = sj.layer_outputs(net.apply, variables, images, ["stem", "block/conv"])
+    assert _relative_error(logits, net.apply(variables, images)) < 1e-6
+    assert _relative_error(outputs["stem"], state["intermediates"]["stem"]["__call__"][0]) < 1e-6
+    assert _relative_error(outputs["block/conv"], captured) < 1e-6
+
+
+def test_layer_head_is_the_gradient_of_the_whole_model(user_net, rng):
+    # Through a skip: the head of "block" keeps the stem from the image, so the
+    # gradient of the summed CE with respect to the block's output is jax.grad of the
+    # model with the block's output perturbed, which capture + perturbation gives too.
+    net, variables, images = user_net
+    labels = rng.integers(0, 5, size=(2, 9, 9))
+    rows = sj.layer_spectral_gradient(net.apply, variables, images, labels, "block")
+    assert rows.shape == (2, 81, 81)
+
+    def loss_of_perturbation(delta):  # mean CE of image 0 with block += delta
+        def add(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            return out + delta[None] if context.module.path == ("block",) else out
+
+        with nn.intercept_methods(add):
+            logits = net.apply(variables, images[:1])[0]
+        log_probs = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(log_probs, labels[0][..., None], -1))
+
+    grad = jax.grad(loss_of_perturbation)(jnp.zeros((9, 9, 4)))  # [h, w, c]
+    # sum_i G[i, j] = d(mean CE)/d x_hat(nu_j) with the channel-summed direction:
+    # (1/M) sum_t sum_c grad(t, c) exp(+2 pi i <nu_j, t>/N) = ifft2 of the channel sum.
+    expected = np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
+    actual = np.asarray(rows[0]).sum(axis=0)
+    assert _relative_error(actual, expected) < 1e-5
+
+
+def test_new_variables_and_recreated_partials_compile_nothing(deeplab, rng):
+    model, variables = deeplab
+    images, labels = _batch(rng)
+    call = functools.partial(sj.layer_spectral_gradient, layer="aspp", nu_i=ROWS[:2])
+    jax.clear_caches()
+    first = compile_counting.compilations(
+        call, functools.partial(model.apply, train=False), variables, images, labels
+    )
+    assert first, "the first call compiles"
+    doubled = jax.tree.map(lambda v: v * 1.5, variables)
+    again = compile_counting.compilations(
+        call, functools.partial(model.apply, train=False), doubled, images[::-1], labels
+    )
+    assert again == [], f"new variables and a re-created partial compiled {again}"
+
+
+def test_bad_layers_get_clear_errors(user_net, deeplab):
+    net, variables, images = user_net
+    with pytest.raises(ValueError, match=r"nearest valid paths are \['stem'"):
+        sj.layer_output(net.apply, variables, images, "stemm")
+    with pytest.raises(TypeError, match="layer must be a module path"):
+        sj.layer_output(net.apply, variables, images, 3)
+    with pytest.raises(ValueError, match="layer must name a module below the root"):
+        sj.layer_output(net.apply, variables, images, "")
+    with pytest.raises(ValueError, match=r"images must have shape \[B, H, W, Ci\]"):
+        sj.layer_output(net.apply, variables, images[0], "stem")
+    with pytest.raises(ValueError, match=r"labels must have shape \[B, H, W\]"):
+        sj.layer_spectral_gradient(net.apply, variables, images, np.zeros((9, 9), int), "stem")
+    with pytest.raises(ValueError, match="labels must lie in"):
+        sj.layer_spectral_gradient(
+            net.apply, variables, images, np.full((2, 9, 9), 7), "stem", nu_i=np.array([0])
+        )
+    with pytest.raises(ValueError, match=r"nu_i must lie in \[0, 81\)"):
+        sj.layer_spectral_gradient(
+            net.apply, variables, images, np.zeros((2, 9, 9), int), "stem", nu_i=np.array([81])
+        )
+    model, deeplab_variables = deeplab
+    apply_fn = functools.partial(model.apply, train=False)
+    deeplab_images = np.zeros((1, IMAGE, IMAGE, 3), np.float32)
+    with pytest.raises(ValueError, match="returns .* not one array"):
+        sj.layer_output(apply_fn, deeplab_variables, deeplab_images, "encoder")
+
+    class Shared(nn.Module):  # one module called twice
+        @nn.compact
+        def __call__(self, x):
+            conv = nn.Conv(3, (1, 1), name="shared")
+            return conv(conv(x))
+
+    shared = Shared()
+    shared_variables = shared.init(jax.random.key(0), np.zeros((1, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="called 2 times"):
+        sj.layer_output(
+            shared.apply, shared_variables, np.zeros((1, 5, 5, 3), np.float32), "shared"
+        )

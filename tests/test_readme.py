@@ -1,0 +1,155 @@
+"""README.md's Python examples run as written, and give the references' numbers.
+
+Every ```python block of the README is executed, in order, in one namespace, as a reader
+pasting them into one session would, in a temporary working directory (the blocks may
+write files, such as an analysis report). A block may be left out only by an HTML comment
+``<!-- readme-test: skip: <reason> -->`` on the lines just above it (blank lines
+allowed), and the reason must be given. The values the examples compute are then
+checked against the float64 NumPy references (tests/references.py) and against each
+other, each section's names as they stand after that section's blocks (a later section
+may reuse a name such as ``labels``).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import spectral_jax as sj
+from tests import references
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+SKIP = re.compile(r"<!-- readme-test: skip: (?P<reason>\S.*?) -->")
+FENCE = re.compile(r"^```python\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+    """``(line, code, skip reason or None)`` of each ```python block of ``text``."""
+    blocks = []
+    for match in FENCE.finditer(text):
+        before = text[: match.start()].rstrip("\n").splitlines()
+        reason = None
+        if before and (marker := SKIP.fullmatch(before[-1].strip())):
+            reason = marker["reason"]
+        line = text[: match.start()].count("\n") + 1
+        blocks.append((line, match["code"], reason))
+    return blocks
+
+
+def section_of(text: str, line: int) -> str:
+    """The ``## `` heading above ``line`` (1-based) of ``text``."""
+    headings = [h for h in text.splitlines()[: line - 1] if h.startswith("## ")]
+    return headings[-1][3:] if headings else ""
+
+
+def test_the_extractor_finds_blocks_and_skip_markers():
+    text = (
+        "intro\n```python\na = 1\n```\n\n<!-- readme-test: skip: slow -->\n\n"
+        "```python\nb = 2\n```\n```bash\nls\n```\n```python\nc = a\n```\n"
+    )
+    assert python_blocks(text) == [
+        (2, "a = 1\n", None),
+        (8, "b = 2\n", "slow"),
+        (14, "c = a\n", None),
+    ]
+
+
+@pytest.fixture(scope="module")
+def readme_dir(tmp_path_factory) -> pathlib.Path:
+    """The working directory the README's blocks run in."""
+    return tmp_path_factory.mktemp("readme")
+
+
+@pytest.fixture(scope="module")
+def sections(readme_dir) -> dict[str, dict]:
+    """``{section heading: the README's namespace after that section's blocks}``."""
+    text = README.read_text()
+    blocks = python_blocks(text)
+    run = [(line, code) for line, code, reason in blocks if reason is None]
+    assert len(run) >= 3, f"only {len(run)} of {len(blocks)} README blocks run"
+    scope: dict = {"__name__": "readme"}
+    snapshots: dict[str, dict] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(readme_dir)
+        for line, code in run:
+            exec(compile(code, f"README.md:{line}", "exec"), scope)  # noqa: S102
+            snapshots[section_of(text, line)] = dict(scope)
+    return snapshots
+
+
+def test_core_examples_give_the_reference(sections):
+    namespace = sections["The spectral core"]
+    logits, labels = namespace["logits"], namespace["labels"]
+    spectrum = references.ce_spectrum(logits, labels)  # [B, H, W] float64
+    np.testing.assert_allclose(namespace["spectrum"], spectrum, atol=1e-6)
+    profile = references.band_sums(spectrum, "chebyshev")  # [B, R]
+    np.testing.assert_allclose(namespace["profile"], profile, rtol=1e-5, atol=1e-7)
+    # stats: both images, R(nu_max) as a ratio of means at 4, 8, 16
+    total = profile.sum(axis=-1)
+    expected = [references.ratio_of_sums(profile[:, : r + 1].sum(-1), total) for r in (4, 8, 16)]
+    np.testing.assert_allclose(
+        np.asarray(namespace["stats"].relative_discrepancy())[[4, 8, 16]],
+        expected,
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    assert int(namespace["stats"].num_images) == 2
+
+
+def test_jacobian_examples_agree_with_the_full_matrix(sections):
+    namespace = sections["Spectral Jacobians"]
+    jac, rows, cols = (np.asarray(namespace[name]) for name in ("jac", "rows", "cols"))
+    shape = (namespace["H"], namespace["W"])
+    nu_i = sj.ravel_frequencies(namespace["nu_i"], shape)
+    nu_j = sj.ravel_frequencies(namespace["nu_j"], shape)
+    scale = np.abs(jac).max()
+    np.testing.assert_allclose(rows, jac[nu_i], atol=1e-5 * scale)
+    np.testing.assert_allclose(cols, jac[:, nu_j], atol=1e-5 * scale)
+    np.testing.assert_allclose(namespace["rows_now"], rows, atol=1e-5 * scale)
+    assert not np.allclose(namespace["rows_later"], rows, atol=1e-3 * scale)
+    # E[r_i, r_j] sums |J|^2 between bands: its total is the full matrix's energy.
+    np.testing.assert_allclose(np.sum(namespace["energy"]), np.sum(np.abs(jac) ** 2), rtol=1e-4)
+    assert namespace["grad"].shape == (3, shape[0] * shape[1])
+
+
+def test_analyse_your_own_model_in_fifteen_lines(sections, readme_dir):
+    # The README's block as a user copies it: their own Flax model, torch tensors as data,
+    # one call of analyze, at most 15 lines besides the model.
+    text = README.read_text()
+    ((line, script),) = [
+        (line, code)
+        for line, code, reason in python_blocks(text)
+        if reason is None and section_of(text, line) == "Analyse your own model"
+    ]
+    tree = ast.parse(script)
+    model_lines = sum(
+        node.end_lineno - node.lineno + 1 for node in tree.body if isinstance(node, ast.ClassDef)
+    )
+    lines = [code for code in script.splitlines() if code.strip() and code[0] != "#"]
+    assert len(lines) - model_lines <= 15, (len(lines), model_lines)
+    namespace = sections["Analyse your own model"]
+    result = namespace["result"]
+    assert result.num_classes == 5 and result.image_shape == (33, 33)
+    assert result.num_images == 4
+    assert result.layer("encoder").shape == (11, 11, 8)
+    assert result.layer("encoder").rows.shape == (1, 3, 121)
+    # R(nu_max) and mIoU against float64 NumPy on the model's own logits.
+    images = np.asarray(namespace["images"])  # [4, 33, 33, 3]
+    labels = np.asarray(namespace["labels"])  # [4, 33, 33]
+    model, variables = namespace["model"], namespace["variables"]
+    logits = np.asarray(model.apply(variables, images), np.float64)
+    profile = references.band_sums(references.ce_spectrum(logits, labels), "chebyshev")
+    total = profile.sum(axis=-1)
+    expected = [references.ratio_of_sums(profile[:, : r + 1].sum(-1), total) for r in range(17)]
+    np.testing.assert_allclose(result.relative_discrepancy, expected, rtol=1e-4, atol=1e-6)
+    intersection, union = references.hard_iou_counts(logits, labels)
+    np.testing.assert_allclose(
+        result.mean_iou, np.nanmean(intersection.sum(0) / union.sum(0)), rtol=1e-12
+    )
+    report = readme_dir / "analysis_report"
+    assert (report / "report.md").exists() and (report / "analysis.json").exists()
+    assert not (README.parent / "analysis_report").exists()
