@@ -171,7 +171,7 @@ def test_new_variables_and_recreated_partials_compile_nothing(deeplab, rng):
     assert again == [], f"new variables and a re-created partial compiled {again}"
 
 
-def test_bad_layers_get_clear_errors(user_net, deeplab):
+def test_bad_layers_get_clear_errors(user_net):
     net, variables, images = user_net
     with pytest.raises(ValueError, match=r"nearest valid paths are \['stem'"):
         sj.layer_output(net.apply, variables, images, "stemm")
@@ -191,11 +191,24 @@ def test_bad_layers_get_clear_errors(user_net, deeplab):
         sj.layer_spectral_gradient(
             net.apply, variables, images, np.zeros((2, 9, 9), int), "stem", nu_i=np.array([81])
         )
-    model, deeplab_variables = deeplab
-    apply_fn = functools.partial(model.apply, train=False)
-    deeplab_images = np.zeros((1, IMAGE, IMAGE, 3), np.float32)
+
+    class Pair(nn.Module):  # a layer with two outputs
+        @nn.compact
+        def __call__(self, x):
+            features = nn.Conv(2, (1, 1))(x)
+            return features, 2 * features
+
+    class WithPair(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            first, second = Pair(name="pair")(x)
+            return nn.Conv(3, (1, 1))(first + second)
+
+    with_pair = WithPair()
+    pair_images = np.zeros((1, 5, 5, 3), np.float32)
+    pair_variables = with_pair.init(jax.random.key(0), pair_images)
     with pytest.raises(ValueError, match="returns .* not one array"):
-        sj.layer_output(apply_fn, deeplab_variables, deeplab_images, "encoder")
+        sj.layer_output(with_pair.apply, pair_variables, pair_images, "pair")
 
     class Shared(nn.Module):  # one module called twice
         @nn.compact
