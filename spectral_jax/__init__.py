@@ -3,7 +3,8 @@
 The top level holds the paper's core (Chen, Chiu, Wu): the frequency bands, the spectral
 decomposition of the cross-entropy and its truncation, spectral IoU, streamed data-set
 statistics, exact spectral Jacobians (also at a Flax model's layer named by its path),
-feature truncation, block-wise annotation, FLOPs and the layer probes. The related
+signed frequencies and their flat DFT indices, feature truncation, block-wise
+annotation, FLOPs and the layer probes. The related
 frequency-domain methods (papers 002-004) are one import away in
 :mod:`spectral_jax.related`; models, data, evaluation and training are the subpackages
 :mod:`spectral_jax.models`, :mod:`spectral_jax.data`, :mod:`spectral_jax.evaluation` and

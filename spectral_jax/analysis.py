@@ -52,10 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax import _checks, plotting
 from spectral_jax import bands as bands_lib
+from spectral_jax import frequencies as frequencies_lib
 from spectral_jax import layers as layers_lib
-from spectral_jax import plotting
 from spectral_jax import spectral_gradient as sg_lib
+from spectral_jax._checks import DataFormat
 from spectral_jax.evaluation.evaluator import REPORTED_BAND_LIMITS, Evaluator
 
 _FEATURE_PREFIX = "feature_power/"
@@ -255,17 +257,10 @@ class _ApplyWithFeatures:
 # Rows of the paper's Fig. 4.
 
 
-def _signed(index: int, shape: tuple[int, int]) -> tuple[int, int]:
-    coords = np.unravel_index(int(index), shape)
-    return tuple(
-        int(bands_lib.signed_frequencies(n)[c]) for c, n in zip(coords, shape, strict=True)
-    )
-
-
 def _layer_row_frequencies(rows, layer_shape: tuple[int, int]) -> list[tuple[int, int]]:
     """Signed frequencies of the paper's rows ``0, M/4, M/2`` and the user's rows."""
     m = math.prod(layer_shape)
-    frequencies = [_signed(i, layer_shape) for i in (0, m // 4, m // 2)]
+    frequencies = [tuple(nu) for nu in frequencies_lib.fig4_frequencies(layer_shape).tolist()]
     for row in rows or ():
         if isinstance(row, int | np.integer) and not isinstance(row, bool):
             if not 0 <= row < m:
@@ -273,7 +268,8 @@ def _layer_row_frequencies(rows, layer_shape: tuple[int, int]) -> list[tuple[int
                     f"rows must be flat indices in [0, {m}) of the layer's {layer_shape} "
                     f"grid or signed frequencies (nu_h, nu_w); got {row}."
                 )
-            frequencies.append(_signed(row, layer_shape))
+            (signed,) = frequencies_lib.unravel_frequencies([row], layer_shape).tolist()
+            frequencies.append(tuple(signed))
         elif (
             isinstance(row, tuple | list)
             and len(row) == 2
@@ -294,11 +290,6 @@ def _layer_row_frequencies(rows, layer_shape: tuple[int, int]) -> list[tuple[int
     return list(dict.fromkeys(frequencies))
 
 
-def _image_indices(frequencies, image_shape: tuple[int, int]) -> np.ndarray:
-    coords = [np.asarray([f[axis] for f in frequencies]) % image_shape[axis] for axis in (0, 1)]
-    return np.ravel_multi_index(tuple(coords), image_shape)
-
-
 # ---------------------------------------------------------------------------------------
 # The one call.
 
@@ -313,13 +304,20 @@ def _check_layers(layers) -> tuple[str, ...]:
     return tuple(layers)
 
 
-def _counted(batches: Iterable[Mapping[str, Any]]):
-    """``batches`` as a generator that counts what it yields (``counter[0]``)."""
+def _counted(batches: Iterable[Mapping[str, Any]], data_format: str):
+    """``batches`` as a generator that counts what it yields (``counter[0]``).
+
+    Array-likes (CPU PyTorch tensors) are read as arrays, and ``[B, Ci, H, W]`` images
+    (``"NCHW"``) moved channels last on the host, where the evaluator pads them.
+    """
     counter = [0]
 
     def generate():
         for batch in batches:
             counter[0] += 1
+            batch = {key: _checks.as_array(value, key) for key, value in batch.items()}
+            if data_format == "NCHW" and "image" in batch:
+                batch["image"] = np.moveaxis(np.asarray(batch["image"]), 1, -1)
             yield batch
 
     return generate(), counter
@@ -337,6 +335,7 @@ def analyze(
     ignore_index: int = 255,
     num_examples: int = 1,
     chunk_size: int = 64,
+    data_format: DataFormat = "NHWC",
 ) -> Analysis:
     """A model's spectral analysis over a data set, streamed once (module docstring).
 
@@ -346,7 +345,8 @@ def analyze(
         ``functools.partial(model.apply, train=False)``.
       variables: the model's variables.
       batches: an iterable of ``{"image": [B, H, W, Ci], "label": [B, H, W]}`` (optionally
-        ``"mask"`` ``[B]``), iterated once; every batch has the same ``H, W``.
+        ``"mask"`` ``[B]``), iterated once; every batch has the same ``H, W``. JAX or
+        NumPy arrays or CPU PyTorch tensors.
       num_classes: ``C``.
       layers: module paths to analyse (:func:`spectral_jax.layer_paths`), each the output
         ``[B, h, w, c]`` of a module called once per forward pass.
@@ -359,6 +359,8 @@ def analyze(
       ignore_index: label of ignored pixels.
       num_examples: the Jacobian rows are computed on the first ``num_examples`` images.
       chunk_size: rows per vectorised step of the spectral gradient.
+      data_format: the layout of the images: ``"NHWC"`` or ``"NCHW"`` (``[B, Ci, H, W]``,
+        PyTorch's; moved channels last before the model, which gets ``[B, H, W, Ci]``).
 
     Returns:
       :class:`Analysis`.
@@ -370,6 +372,7 @@ def analyze(
       TypeError: ``layers`` or ``rows`` of the wrong kind.
     """
     layer_names = _check_layers(layers)
+    _checks.check_data_format(data_format)
     if layer_names and (isinstance(num_examples, bool) or num_examples < 1):
         raise ValueError(f"num_examples must be at least 1 with layers, got {num_examples}.")
     if band_limits is not None and not all(
@@ -387,7 +390,7 @@ def analyze(
         spectral_statistics=True,
         num_examples=num_examples if layer_names else 0,
     )
-    stream, counter = _counted(batches)
+    stream, counter = _counted(batches, data_format)
     result = evaluator(variables, stream)
     if counter[0] == 0:
         raise ValueError("batches yielded no batch: nothing to analyse.")
@@ -415,7 +418,7 @@ def analyze(
         )
         layer_shape = tuple(int(n) for n in features.shape[1:3])
         frequencies = _layer_row_frequencies(rows, layer_shape)
-        nu_i = _image_indices(frequencies, image_shape)
+        nu_i = frequencies_lib.ravel_frequencies(frequencies, image_shape)
         gradient = layers_lib.layer_spectral_gradient(
             apply_fn,
             variables,

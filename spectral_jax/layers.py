@@ -26,7 +26,10 @@ the head. This module splits any Flax model there by the layer's name, with
 ``functools.partial(model.apply, train=False)``: the same convention as
 :class:`spectral_jax.evaluation.Evaluator`. ``variables`` and the images are traced
 arguments; ``apply_fn`` and the path are static (a ``functools.partial`` is compared by
-its function and arguments, so a re-created one compiles nothing new).
+its function and arguments, so a re-created one compiles nothing new). Images and labels
+may be JAX or NumPy arrays or CPU PyTorch tensors; ``data_format="NCHW"`` takes images
+``[B, Ci, H, W]`` (PyTorch's layout), moved channels last inside the compiled program.
+A layer's output is read as ``[B, h, w, c]``, Flax's layout, whatever its shape.
 
 Example:
   >>> import flax.linen as nn
@@ -66,6 +69,7 @@ import numpy as np
 from spectral_jax import _checks
 from spectral_jax import frequencies as frequencies_lib
 from spectral_jax import spectral_gradient as sg_lib
+from spectral_jax._checks import DataFormat
 from spectral_jax.loss_spectrum import DEFAULT_IGNORE_MODE, IgnoreMode
 
 ApplyFn = Callable[[Any, jax.Array], Any]
@@ -170,12 +174,18 @@ def _forward_structure(apply_fn, variables, images):
     return _traced_calls.__wrapped__(apply_fn, (treedef, structs), images_struct)
 
 
-def _check_images(images) -> None:
+def _check_images(images, data_format: str):
+    """``(images as an array, their shape and dtype channels last)``, checked."""
+    images = _checks.as_array(images, "images")
+    _checks.check_data_format(data_format)
     _checks.check_floating(images, "images")
     if jnp.ndim(images) != 4:
+        layout = "[B, H, W, Ci]" if data_format == "NHWC" else "[B, Ci, H, W]"
         raise ValueError(
-            f"images must have shape [B, H, W, Ci] (a batch), got shape {jnp.shape(images)}."
+            f"images must have shape {layout} (a batch), got shape {jnp.shape(images)}."
         )
+    shape = _checks.channels_last_shape(jnp.shape(images), data_format)  # [B, H, W, Ci]
+    return images, jax.ShapeDtypeStruct(shape, jnp.result_type(images))
 
 
 def _check_layer(apply_fn, variables, images, layer) -> tuple[tuple[str, ...], Any, Any]:
@@ -221,24 +231,28 @@ def _check_layer(apply_fn, variables, images, layer) -> tuple[tuple[str, ...], A
 # Public API.
 
 
-def layer_paths(apply_fn: ApplyFn, variables: Any, images: chex.Array) -> tuple[str, ...]:
+def layer_paths(
+    apply_fn: ApplyFn, variables: Any, images: chex.Array, *, data_format: DataFormat = "NHWC"
+) -> tuple[str, ...]:
     """Every module path a forward pass of ``apply_fn`` calls, in call order.
 
     Args:
       apply_fn: ``apply_fn(variables, images) -> logits`` (module docstring).
       variables: the model's variables.
       images: ``[B, H, W, Ci]`` (only the shape and dtype are used).
+      data_format: as in :func:`layer_output`.
 
     Returns:
       Paths such as ``"aspp"`` or ``"decoder/fuse1_conv"``, each once.
     """
-    _check_images(images)
+    _, images = _check_images(images, data_format)
     paths, _, _ = _forward_structure(_static_apply(apply_fn), variables, images)
     return tuple(dict.fromkeys(_path_name(path) for path in paths))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _layer_outputs(apply_fn, paths, variables, images):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _layer_outputs(apply_fn, paths, data_format, variables, images):
+    images = _checks.to_channels_last(images, data_format)  # [B, H, W, Ci]
     calls, logits = _record_calls(apply_fn, variables, images)
     found = dict(calls)  # each path is called once (checked)
     return logits, tuple(found[path] for path in paths)
@@ -249,11 +263,13 @@ def layer_outputs(
     variables: Any,
     images: chex.Array,
     layers: tuple[str, ...] | list[str],
+    *,
+    data_format: DataFormat = "NHWC",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The logits and the outputs of several layers, from one forward pass.
 
     Args:
-      apply_fn, variables, images: as in :func:`layer_output`.
+      apply_fn, variables, images, data_format: as in :func:`layer_output`.
       layers: module paths (:func:`layer_paths`).
 
     Returns:
@@ -263,23 +279,32 @@ def layer_outputs(
     Raises:
       As :func:`layer_output`, for each path.
     """
-    _check_images(images)
+    images, struct = _check_images(images, data_format)
     apply_fn = _static_apply(apply_fn)
-    paths = tuple(_check_layer(apply_fn, variables, images, layer)[0] for layer in layers)
-    logits, outputs = _layer_outputs(apply_fn, paths, variables, images)
+    paths = tuple(_check_layer(apply_fn, variables, struct, layer)[0] for layer in layers)
+    logits, outputs = _layer_outputs(apply_fn, paths, data_format, variables, images)
     return logits, {_path_name(path): out for path, out in zip(paths, outputs, strict=True)}
 
 
 def layer_output(
-    apply_fn: ApplyFn, variables: Any, images: chex.Array, layer: str | tuple[str, ...]
+    apply_fn: ApplyFn,
+    variables: Any,
+    images: chex.Array,
+    layer: str | tuple[str, ...],
+    *,
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     """The output of the module at ``layer`` for a batch of images.
 
     Args:
       apply_fn: ``apply_fn(variables, images) -> logits`` (module docstring).
       variables: the model's variables (traced).
-      images: ``[B, H, W, Ci]`` real floating images.
+      images: ``[B, H, W, Ci]`` real floating images: JAX or NumPy arrays or CPU
+        PyTorch tensors.
       layer: a module path such as ``"decoder/aspp"`` (:func:`layer_paths`).
+      data_format: the layout of ``images``: ``"NHWC"`` or ``"NCHW"`` (``[B, Ci, H,
+        W]``, moved channels last inside the compiled program: the model always gets
+        ``[B, H, W, Ci]``). Static.
 
     Returns:
       ``[B, h, w, c]`` the layer's output, as ``capture_intermediates`` records it.
@@ -290,7 +315,7 @@ def layer_output(
         ``[B, h, w, c]`` array; images not ``[B, H, W, Ci]``.
       TypeError: for a ``layer`` that is not a string path; non-floating images.
     """
-    _, outputs = layer_outputs(apply_fn, variables, images, [layer])
+    _, outputs = layer_outputs(apply_fn, variables, images, [layer], data_format=data_format)
     (output,) = outputs.values()
     return output
 
@@ -351,7 +376,9 @@ def layer_head(apply_fn: ApplyFn, layer: str | tuple[str, ...]) -> LayerHead:
 
 
 @functools.partial(
-    jax.jit, static_argnums=0, static_argnames=("ignore_index", "ignore_mode", "chunk_size", "mode")
+    jax.jit,
+    static_argnums=0,
+    static_argnames=("ignore_index", "ignore_mode", "chunk_size", "mode", "data_format"),
 )
 def _layer_spectral_gradient(
     head,
@@ -365,8 +392,10 @@ def _layer_spectral_gradient(
     ignore_mode,
     chunk_size,
     mode,
+    data_format,
 ):
-    _, (features,) = _layer_outputs(head.apply_fn, (head.path,), variables, images)  # [B, h, w, c]
+    images = _checks.to_channels_last(images, data_format)  # [B, H, W, Ci]
+    _, (features,) = _layer_outputs(head.apply_fn, (head.path,), "NHWC", variables, images)
 
     def one(image, feature_map, image_labels):  # one image: [K, M_in] (or [M_out, M_in])
         return sg_lib.ce_spectral_gradient(
@@ -374,6 +403,7 @@ def _layer_spectral_gradient(
             feature_map,
             image_labels,
             params=(variables, image),
+            data_format="HWC",  # a layer's output [h, w, c], whatever its shape
             nu_i=nu_i,
             in_projection=in_projection,
             ignore_index=ignore_index,
@@ -398,6 +428,7 @@ def layer_spectral_gradient(
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     chunk_size: int = 64,
     mode: sg_lib.Mode = "forward",
+    data_format: DataFormat = "NHWC",
 ) -> jax.Array:
     r"""Spectral gradient of the CE at a named layer, ``dL_ce(nu_i)/dx_hat(nu_j)`` (Eq. 11).
 
@@ -415,9 +446,10 @@ def layer_spectral_gradient(
     Args:
       apply_fn: ``apply_fn(variables, images) -> logits`` (module docstring).
       variables: the model's variables (traced).
-      images: ``[B, H, W, Ci]`` real floating images.
+      images: ``[B, H, W, Ci]`` real floating images (arrays or CPU PyTorch tensors).
       labels: ``[B, H, W]`` integer labels in ``[0, C)`` or ``ignore_index``.
       layer: a module path such as ``"decoder/aspp"`` (:func:`layer_paths`).
+      data_format: the layout of ``images``, as in :func:`layer_output`.
       nu_i, in_projection, ignore_index, ignore_mode, chunk_size, mode: as in
         :func:`spectral_jax.ce_spectral_gradient` (``nu_i`` index the ``H W`` frequencies
         of the logits' grid).
@@ -430,9 +462,11 @@ def layer_spectral_gradient(
       ValueError, TypeError: as :func:`layer_output` and
         :func:`spectral_jax.ce_spectral_gradient`.
     """
-    _check_images(images)
+    images, struct = _check_images(images, data_format)
+    labels = _checks.as_array(labels, "labels")
+    in_projection = _checks.as_array(in_projection, "in_projection")
     apply_fn = _static_apply(apply_fn)
-    path, output, logits = _check_layer(apply_fn, variables, images, layer)
+    path, output, logits = _check_layer(apply_fn, variables, struct, layer)
     sg_lib._check_chunk_and_mode(chunk_size, mode)
     _checks.check_ignore_mode(ignore_mode)
     checked_labels = labels if _checks.is_traced(labels) else np.asarray(labels)
@@ -453,4 +487,5 @@ def layer_spectral_gradient(
         ignore_mode=ignore_mode,
         chunk_size=chunk_size,
         mode=mode,
+        data_format=data_format,
     )

@@ -186,6 +186,29 @@ def test_write_report(analysed, tmp_path):
     np.testing.assert_array_equal(back.layers[0].rows, result.layers[0].rows)
 
 
+def test_torch_channels_first_batches_give_the_same_analysis(analysed):
+    # PyTorch's layout, passed as it is: CPU tensors, images [B, Ci, H, W].
+    torch = pytest.importorskip("torch")
+    net, variables, batches, result = analysed
+    as_torch = [
+        {
+            "image": torch.tensor(np.moveaxis(b["image"], -1, 1).copy()),
+            "label": torch.tensor(b["label"]),
+        }
+        for b in batches
+    ]
+    again = sj_analyze(net.apply, variables, as_torch, data_format="NCHW")
+    np.testing.assert_allclose(again.relative_discrepancy, result.relative_discrepancy, rtol=1e-6)
+    np.testing.assert_allclose(again.spectral_iou, result.spectral_iou, rtol=1e-6)
+    layer, again_layer = result.layer("encoder"), again.layer("encoder")
+    np.testing.assert_allclose(again_layer.feature_profile, layer.feature_profile, rtol=1e-6)
+    np.testing.assert_array_equal(again_layer.row_indices, layer.row_indices)
+    scale = np.abs(layer.rows).max()
+    np.testing.assert_allclose(again_layer.rows, layer.rows, atol=1e-6 * scale)
+    with pytest.raises(ValueError, match=r"data_format must be one of \('NHWC', 'NCHW'\)"):
+        sj_analyze(net.apply, variables, as_torch, data_format="CHW")
+
+
 def test_bad_arguments_raise_clear_errors():
     net = UserSegmenter()
     batches = _batches()[:1]

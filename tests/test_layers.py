@@ -222,3 +222,70 @@ def test_bad_layers_get_clear_errors(user_net):
         sj.layer_output(
             shared.apply, shared_variables, np.zeros((1, 5, 5, 3), np.float32), "shared"
         )
+
+
+def _ce_gradient_sum(net, variables, image, labels, path, shape):
+    """``sum_i G[i, :]`` from ``jax.grad`` of the mean CE with the layer at ``path`` perturbed.
+
+    ``(1/M) sum_t sum_c grad(t, c) exp(+2 pi i <nu_j, t>/N)``: the ``ifft2`` of the
+    channel-summed gradient, float64 ``[h w]``.
+    """
+
+    def loss_of_perturbation(delta):
+        def add(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            return out + delta[None] if context.module.path == path else out
+
+        with nn.intercept_methods(add):
+            logits = net.apply(variables, image[None])[0]
+        log_probs = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], -1))
+
+    grad = jax.grad(loss_of_perturbation)(jnp.zeros(shape))  # [h, w, c]
+    return np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
+
+
+def test_torch_channels_first_images(user_net, rng):
+    torch = pytest.importorskip("torch")
+    net, variables, images = user_net  # [B, H, W, Ci]
+    nchw = torch.tensor(np.moveaxis(images, -1, 1).copy())  # [B, Ci, H, W], PyTorch's layout
+    _, state = net.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+    captured = state["intermediates"]["block"]["conv"]["__call__"][0]
+    output = sj.layer_output(net.apply, variables, nchw, "block/conv", data_format="NCHW")
+    assert _relative_error(output, captured) < 1e-6
+    paths = sj.layer_paths(net.apply, variables, nchw, data_format="NCHW")
+    assert paths == ("stem", "block/conv", "block", "classify")
+    labels = rng.integers(0, 5, size=(2, 9, 9))
+    rows = sj.layer_spectral_gradient(
+        net.apply, variables, nchw, torch.tensor(labels), "block", data_format="NCHW"
+    )
+    expected = _ce_gradient_sum(net, variables, images[1], labels[1], ("block",), (9, 9, 4))
+    assert _relative_error(np.asarray(rows[1]).sum(axis=0), expected) < 1e-5
+    with pytest.raises(ValueError, match=r"images must have shape \[B, Ci, H, W\]"):
+        sj.layer_output(net.apply, variables, nchw[0], "stem", data_format="NCHW")
+    with pytest.raises(ValueError, match=r"data_format must be one of \('NHWC', 'NCHW'\)"):
+        sj.layer_output(net.apply, variables, nchw, "stem", data_format="CHW")
+    with pytest.raises(TypeError, match=r"images of type Tensor could not be read"):
+        sj.layer_output(net.apply, variables, nchw.requires_grad_(), "stem")
+
+
+class _WideNet(nn.Module):
+    """A layer whose output ``[B, 2, 9, 8]`` has fewer rows than columns and channels."""
+
+    @nn.compact
+    def __call__(self, x):
+        wide = nn.relu(nn.Conv(8, (3, 3), name="wide")(x))
+        return nn.Conv(3, (1, 1), name="classify")(wide)
+
+
+def test_a_layer_of_few_rows_is_read_channels_last(rng):
+    # A Flax layer's output is [h, w, c] whatever its shape: the layer functions state
+    # the layout, so the Jacobian's refusal of a [C, H, W]-looking map does not apply.
+    net = _WideNet()
+    images = rng.normal(size=(1, 2, 9, 3)).astype(np.float32)
+    variables = net.init(jax.random.key(0), images)
+    labels = rng.integers(0, 3, size=(1, 2, 9))
+    rows = sj.layer_spectral_gradient(net.apply, variables, images, labels, "wide")
+    assert rows.shape == (1, 18, 18)
+    expected = _ce_gradient_sum(net, variables, images[0], labels[0], ("wide",), (2, 9, 8))
+    assert _relative_error(np.asarray(rows[0]).sum(axis=0), expected) < 1e-5

@@ -117,8 +117,9 @@ def test_jacobian_examples_agree_with_the_full_matrix(sections):
 
 
 def test_analyse_your_own_model_in_fifteen_lines(sections, readme_dir):
-    # The README's block as a user copies it: their own Flax model, torch tensors as data,
-    # one call of analyze, at most 15 lines besides the model.
+    # The README's block as a user copies it: their own Flax model, PyTorch tensors
+    # (channels first) passed as they are, one call of analyze, at most 15 lines besides
+    # the model.
     text = README.read_text()
     ((line, script),) = [
         (line, code)
@@ -132,13 +133,16 @@ def test_analyse_your_own_model_in_fifteen_lines(sections, readme_dir):
     lines = [code for code in script.splitlines() if code.strip() and code[0] != "#"]
     assert len(lines) - model_lines <= 15, (len(lines), model_lines)
     namespace = sections["Analyse your own model"]
+    assert "np.asarray" not in script
+    batch = namespace["batches"][0]
+    assert all(type(batch[key]).__module__.startswith("torch") for key in ("image", "label"))
     result = namespace["result"]
     assert result.num_classes == 5 and result.image_shape == (33, 33)
     assert result.num_images == 4
     assert result.layer("encoder").shape == (11, 11, 8)
     assert result.layer("encoder").rows.shape == (1, 3, 121)
     # R(nu_max) and mIoU against float64 NumPy on the model's own logits.
-    images = np.asarray(namespace["images"])  # [4, 33, 33, 3]
+    images = np.moveaxis(np.asarray(namespace["images"]), 1, -1)  # [4, 3, H, W] -> [4, H, W, 3]
     labels = np.asarray(namespace["labels"])  # [4, 33, 33]
     model, variables = namespace["model"], namespace["variables"]
     logits = np.asarray(model.apply(variables, images), np.float64)
