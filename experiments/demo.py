@@ -49,9 +49,9 @@ trainer directory per trained model and seed. Rerunning skips the finished train
 checkpoint; the analyses are recomputed (seconds). Progress goes to stderr, the report's
 path to stdout. The report's "Run" section gives the wall and CPU time of the run.
 
-Measured (``/usr/bin/time -v python -m experiments.demo --workdir DIR``, jax 0.10.2, AMD
-EPYC, 2 quiet cores, the data set built from scratch): 345 s wall, 548 s CPU with the 4
-default seeds; one seed (before the seeds were added) 90 s wall, 134 s CPU.
+Measured (``make timings``: ``make demo`` on a fresh clone, the data set built from
+scratch, nothing else running; jax 0.10.2, Intel Xeon, 2 cores): 155 s wall, 234 s CPU
+with the 4 default seeds and 400 steps.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ from spectral_jax import data
 from spectral_jax.evaluation import compute_spread, format_spread
 
 DATASET = "synthetic_scenes/pascal_like"
-#: Seeds of every training (``--num_seeds``): ``make demo`` stays under 10 minutes on 2
+#: Seeds of every training (``--num_seeds``): ``make demo`` stays under 5 minutes on 2
 #: cores (see the module docstring for the measured time).
 DEMO_NUM_SEEDS = 4
 #: Scenes per batch of the demo's own evaluations (the trainer's: ``config.eval_batch_size``).
@@ -96,7 +96,7 @@ EVAL_BATCH_SIZE = 10
 CPU_NOTE = (
     "Another CPU gives other single-run numbers: XLA compiles its kernels for the CPU at "
     "hand (vector width, threads), which can change the order of float32 reductions and "
-    "so the rounding of a training, and a thousand SGD steps amplify such differences "
+    "so the rounding of a training, and hundreds of SGD steps amplify such differences "
     "like another seed would (the same commit gave mIoU 0.815 on one "
     "2-core x86-64 machine and 0.871 on another, bit-identical between runs on each). "
     "The spread over seeds measures that variation; compare numbers by their intervals."

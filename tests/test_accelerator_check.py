@@ -143,6 +143,10 @@ def test_the_spectrum_gate_catches_a_wrong_spectrum(tmp_path, monkeypatch):
     assert "ce_spectrum Parseval (all images)" in failed
 
 
+# Every section end to end, the PyTorch train step included: about 45 s of the 2 cores, so
+# in the slow suite (`make test-slow`); the default tests keep the checks, the records and a
+# failing section (above).
+@pytest.mark.slow
 def test_smoke_runs_every_section(tmp_path):
     status = accelerator_check.main(["--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "accelerator_check.json").read_text())
