@@ -49,6 +49,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes  # comes with jax: bfloat16 as a NumPy dtype
@@ -439,14 +440,18 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> str:
     return ".".join([*parts, _LEAF_NAMES[collection, leaf]])
 
 
-def _backbone_shapes(target: ResNet | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(target, ResNet):
-        images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+def _variable_shapes(
+    target: nn.Module | Mapping[str, Any], *, module_type: type = nn.Module, image_size: int = 64
+) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` shapes of a ``module_type`` model (``eval_shape`` of its
+    init on one ``image_size`` square image) or of its variables."""
+    if isinstance(target, module_type):
+        images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
         target = jax.eval_shape(target.init, jax.random.key(0), images)
     if not isinstance(target, Mapping) or "params" not in target:
         raise ValueError(
-            "target must be a ResNet or its variables {'params', 'batch_stats'}, got "
-            f"{type(target).__name__}."
+            f"target must be a {module_type.__name__} or its variables {{'params', "
+            f"'batch_stats'}}, got {type(target).__name__}."
         )
     # Shapes only, so that splitting stacked blocks slices no arrays.
     return {
@@ -492,7 +497,7 @@ def torchvision_to_flax_resnet(
         ``*.num_batches_tracked`` are ignored) and the mismatched ones (shape, or a
         non-floating dtype), all at once; or for a ``target`` that is not a ResNet's.
     """
-    shapes = _backbone_shapes(target)
+    shapes = _variable_shapes(target, module_type=ResNet, image_size=32)
     converted, missing, mismatched, used = {}, [], [], set()
     for collection, tree in unstack_blocks(shapes).items():
         for path, leaf in traverse_util.flatten_dict(dict(tree)).items():

@@ -50,7 +50,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -61,6 +60,7 @@ from spectral_jax.models.pretrained import (
     Backend,
     _listing,
     _torch_key,
+    _variable_shapes,
     load_checkpoint,
 )
 from spectral_jax.models.resnet import RESNET_CONFIGS, stack_blocks, unstack_blocks
@@ -232,23 +232,6 @@ def torch_module_names(layout: str, *, separable_aspp: bool = False) -> dict[str
         "decoder/fuse2_conv": "decoder.last_conv.4",
         "decoder/fuse2_bn": "decoder.last_conv.5",
         "decoder/classifier": "decoder.last_conv.8",
-    }
-
-
-def _variable_shapes(target: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` shapes of a model (``eval_shape`` of its init)."""
-    if isinstance(target, nn.Module):
-        images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-        target = jax.eval_shape(target.init, jax.random.key(0), images)
-    if not isinstance(target, Mapping) or "params" not in target:
-        raise ValueError(
-            "target must be a model or its variables {'params', 'batch_stats'}, got "
-            f"{type(target).__name__}."
-        )
-    return {
-        collection: jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)
-        for collection, tree in target.items()
-        if collection in ("params", "batch_stats")
     }
 
 
