@@ -430,3 +430,22 @@ class ReferenceRepositoryDeepLab(nn.Module):
         x, low_level = self.backbone(images)
         x = self.decoder(self.aspp(x), low_level)
         return functional.interpolate(x, size=images.shape[2:], mode="bilinear", align_corners=True)
+
+
+def randomise_batch_norm(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm affine parameters and statistics.
+
+    A freshly built PyTorch model has BatchNorm weight 1, bias 0, mean 0 and variance 1,
+    which would hide a mix-up of the four in an import; these draws make each matter.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                shape = module.weight.shape
+                module.weight.copy_(0.5 + 0.5 * torch.rand(shape, generator=generator))
+                module.bias.normal_(0.0, 0.1, generator=generator)
+                module.running_mean.normal_(0.0, 0.1, generator=generator)
+                module.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator))
+                module.num_batches_tracked.fill_(11)
+    return model.eval()

@@ -51,19 +51,6 @@ def _load() -> str:
         return "n/a"
 
 
-def _randomise_batch_norm(model, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(0.5 + 0.5 * torch.rand(shape, generator=generator))
-                module.bias.normal_(0.0, 0.1, generator=generator)
-                module.running_mean.normal_(0.0, 0.1, generator=generator)
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator))
-    return model.eval()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -81,7 +68,7 @@ def main(argv=None) -> int:
     print(f"load average at start: {_load()}; {threads} threads; batch {args.batch}")
 
     torch.manual_seed(0)
-    reference = _randomise_batch_norm(_torch_deeplab.ReferenceRepositoryDeepLab(), 0)
+    reference = _torch_deeplab.randomise_batch_norm(_torch_deeplab.ReferenceRepositoryDeepLab(), 0)
     state_dict = {key: value.numpy() for key, value in reference.state_dict().items()}
     model = segmentation_checkpoints.create_layout_model(
         LAYOUT, num_classes=21, backbone="resnet101"

@@ -676,19 +676,7 @@ def torch_resnet(backbone, output_stride):
 
 
 def _randomise_batch_norm(model, seed):
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(0.5 + 0.5 * torch.rand(shape, generator=generator))
-                module.bias.normal_(0.0, 0.1, generator=generator)
-                module.running_mean.normal_(0.0, 0.1, generator=generator)
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator))
-                module.num_batches_tracked.fill_(11)
-    return model.eval()
+    return pytest.importorskip("benchmarks._torch_deeplab").randomise_batch_norm(model, seed)
 
 
 def _compare_with_torch(tmp_path, backbone, size, output_strides, seed=0):

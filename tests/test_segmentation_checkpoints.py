@@ -30,7 +30,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 smp = pytest.importorskip("segmentation_models_pytorch")
 # The reference DeepLab v3+ repository's model, written in torch.nn from its structure.
-ReferenceDeepLab = pytest.importorskip("benchmarks._torch_deeplab").ReferenceRepositoryDeepLab
+_torch_deeplab = pytest.importorskip("benchmarks._torch_deeplab")
+ReferenceDeepLab = _torch_deeplab.ReferenceRepositoryDeepLab
 nn = torch.nn
 functional = torch.nn.functional
 
@@ -41,21 +42,6 @@ TOLERANCE = 1e-4
 ODD_SIZES = ((65, 65), (33, 49))
 SMP_SIZES = ((64, 64), (32, 48))
 NUM_CLASSES = 21
-
-
-def randomise_batch_norm(model, seed=0):
-    """Random affine parameters and running statistics in every BatchNorm; eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(0.5 + 0.5 * torch.rand(shape, generator=generator))
-                module.bias.normal_(0.0, 0.1, generator=generator)
-                module.running_mean.normal_(0.0, 0.1, generator=generator)
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator))
-                module.num_batches_tracked.fill_(11)
-    return model.eval()
 
 
 def numpy_state_dict(model) -> dict[str, np.ndarray]:
@@ -106,7 +92,7 @@ class Imported:
     def __init__(self, layout, seed=0):
         torch.manual_seed(seed)
         self.layout = layout
-        self.reference = randomise_batch_norm(REFERENCES[layout](), seed)
+        self.reference = _torch_deeplab.randomise_batch_norm(REFERENCES[layout](), seed)
         self.state_dict = numpy_state_dict(self.reference)
         config = ml_collections.ConfigDict({"name": layout, **SETTINGS[layout]})
         self.model = create_model(config, num_classes=NUM_CLASSES)
@@ -182,7 +168,7 @@ def test_imported_variables_keep_the_models_stacked_layout(imported):
 def xception_checkpoint(tmp_path_factory):
     """A training checkpoint as the reference repository writes it, of a small reference."""
     torch.manual_seed(3)
-    reference = randomise_batch_norm(ReferenceDeepLab(layers=(1, 1, 1, 3)), 3)
+    reference = _torch_deeplab.randomise_batch_norm(ReferenceDeepLab(layers=(1, 1, 1, 3)), 3)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.007, momentum=0.9)
     for parameter in reference.parameters():  # a step without a forward pass: cheap
         parameter.grad = torch.zeros_like(parameter)
@@ -492,7 +478,7 @@ SLOW_CASES = {
 def test_slow_variants_match_the_reference(case):
     layout, build, settings = SLOW_CASES[case]
     torch.manual_seed(1)
-    reference = randomise_batch_norm(build(), 1)
+    reference = _torch_deeplab.randomise_batch_norm(build(), 1)
     model = checkpoints.create_layout_model(layout, num_classes=NUM_CLASSES, **settings)
     variables = checkpoints.torch_to_flax_variables(
         numpy_state_dict(reference), model, layout=layout
