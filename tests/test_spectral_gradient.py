@@ -28,7 +28,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import probes
-from tests import compile_counting
+from tests import compile_counting, references
 
 RTOL = {"float32": 2e-5, "float64": 1e-11}
 CHUNKS = ("chunk_size", "mode")
@@ -149,26 +149,14 @@ def test_relu_is_circulant_of_mask_spectrum(rng, shape, dtype):
         _assert_close(jac, expected, dtype)
 
 
-def _bilinear_matrix(n: int, factor: int) -> np.ndarray:
-    """Half-pixel bilinear up-sampling ``[factor n, n]`` with edge clamping (NumPy)."""
-    out = np.zeros((factor * n, n))
-    for o in range(factor * n):
-        source = min(max((o + 0.5) / factor - 0.5, 0.0), n - 1.0)
-        low = math.floor(source)
-        high = min(low + 1, n - 1)
-        out[o, low] += 1 - (source - low)
-        out[o, high] += source - low
-    return out
-
-
 @pytest.mark.parametrize("factor", [2, 4])
 @pytest.mark.parametrize("shape", [(8, 8), (9, 7), (16,)])
 def test_bilinear_upsampling_against_interpolation_matrix(rng, shape, factor):
     x = _map(rng, shape)
     fn = functools.partial(probes.upsample_bilinear, factor=factor)
-    dense = _bilinear_matrix(shape[0], factor)
+    dense = references.bilinear_upsampling_matrix(shape[0], factor)
     for n in shape[1:]:
-        dense = np.kron(dense, _bilinear_matrix(n, factor))
+        dense = np.kron(dense, references.bilinear_upsampling_matrix(n, factor))
     out_shape = tuple(factor * n for n in shape)
     f_in = _dft_matrix(shape)
     expected = _dft_matrix(out_shape) @ dense @ (f_in.conj().T / math.prod(shape))
