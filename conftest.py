@@ -59,6 +59,7 @@ LONGEST_MODULES = (
     "test_analysis",
     "test_readme",
     "test_experiment_spectral_gradient",
+    "test_experiment_analyze",
     "test_truncation",
     "test_flops",
     "test_evaluator",

@@ -59,6 +59,7 @@ from spectral_jax import layers as layers_lib
 from spectral_jax import spectral_gradient as sg_lib
 from spectral_jax._checks import DataFormat
 from spectral_jax.evaluation.evaluator import REPORTED_BAND_LIMITS, Evaluator
+from spectral_jax.loss_spectrum import IgnoreMode
 
 _FEATURE_PREFIX = "feature_power/"
 
@@ -116,6 +117,8 @@ class Analysis:
       parseval_error: relative error of the CE decomposition (check it before reading
         small ``R`` values; use float64 where it is not small).
       layers: one :class:`LayerAnalysis` per named layer.
+      ignore_mode: how ignored pixels entered the CE decomposition (``"labels"`` or
+        ``"both"``).
     """
 
     num_classes: int
@@ -133,6 +136,7 @@ class Analysis:
     pixel_accuracy: float
     parseval_error: float
     layers: tuple[LayerAnalysis, ...] = ()
+    ignore_mode: str = "labels"
 
     def layer(self, name: str) -> LayerAnalysis:
         """The :class:`LayerAnalysis` of the layer ``name``."""
@@ -333,6 +337,7 @@ def analyze(
     band_limits: Sequence[int] | None = None,
     rows: Sequence[int | tuple[int, int]] | None = None,
     ignore_index: int = 255,
+    ignore_mode: IgnoreMode = "labels",
     num_examples: int = 1,
     chunk_size: int = 64,
     data_format: DataFormat = "NHWC",
@@ -357,6 +362,9 @@ def analyze(
         or a signed frequency ``(nu_h, nu_w)``, besides the paper's ``0, M/4, M/2``;
         each row is taken at the same signed frequency of the image's grid.
       ignore_index: label of ignored pixels.
+      ignore_mode: how ignored pixels enter the CE decomposition of the spectrum, ``R``
+        and the Jacobian rows: ``"labels"`` (the paper's Eq. 1) or ``"both"``
+        (:func:`spectral_jax.ce_spectrum`).
       num_examples: the Jacobian rows are computed on the first ``num_examples`` images.
       chunk_size: rows per vectorised step of the spectral gradient.
       data_format: the layout of the images: ``"NHWC"`` or ``"NCHW"`` (``[B, Ci, H, W]``,
@@ -388,6 +396,7 @@ def analyze(
         num_classes=num_classes,
         ignore_index=ignore_index,
         spectral_statistics=True,
+        ignore_mode=ignore_mode,
         num_examples=num_examples if layer_names else 0,
     )
     stream, counter = _counted(batches, data_format)
@@ -427,6 +436,7 @@ def analyze(
             name,
             nu_i=nu_i,
             ignore_index=ignore_index,
+            ignore_mode=ignore_mode,
             chunk_size=chunk_size,
         )  # [N, K, h w]
         diagonal = np.stack(
@@ -467,6 +477,7 @@ def analyze(
         pixel_accuracy=float(result.pixel_accuracy),
         parseval_error=float(statistics.parseval_error()),
         layers=tuple(layer_results),
+        ignore_mode=ignore_mode,
     )
 
 
@@ -497,7 +508,9 @@ def _write_report(analysis: Analysis, directory: pathlib.Path) -> pathlib.Path:
         "",
         'The analyses of Chen, Chiu, Wu, "Spectral Analysis for Semantic Segmentation with '
         'Applications on Feature Truncation and Weak Annotation" (arXiv:2012.14123) on '
-        f"{analysis.num_images} images of {height} x {width}, {analysis.num_classes} classes.",
+        f"{analysis.num_images} images of {height} x {width}, {analysis.num_classes} classes; "
+        f"ignored pixels: `ignore_mode={analysis.ignore_mode!r}` (`labels`: zeroed in the "
+        "label maps, Eq. 1; `both`: in the label and log-probability maps).",
         "",
         "| quantity | value |",
         "|---|---:|",

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from spectral_jax import _checks
 from spectral_jax.data import sharding
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
@@ -380,6 +381,9 @@ class Evaluator:
       ignore_index: label of ignored and padded pixels.
       spectral_statistics: accumulate :class:`spectral_jax.SpectralStatistics` of the
         logits (created from the first batch's ``[H, W]``: every batch must have it).
+      ignore_mode: how ignored (and padded) pixels enter the statistics' CE
+        decomposition: ``"labels"`` (the paper's Eq. 1, the default) or ``"both"``
+        (:func:`spectral_jax.ce_spectrum`).
       with_magnitudes: the statistics also hold the magnitude profiles.
       boundary_metrics: count the boundary metrics on the unpadded images.
       mesh: split every batch over the mesh's ``"data"`` axis (the trainer's mesh); None
@@ -391,7 +395,8 @@ class Evaluator:
         (:func:`spectral_jax.data.sharding.local_batch_size`).
 
     Raises:
-      ValueError: for a non-positive ``num_classes`` or a negative ``num_examples``.
+      ValueError: for a non-positive ``num_classes``, a negative ``num_examples`` or an
+        unknown ``ignore_mode``.
 
     Example:
       >>> import flax.linen as nn
@@ -415,6 +420,7 @@ class Evaluator:
         num_classes: int,
         ignore_index: int = 255,
         spectral_statistics: bool = False,
+        ignore_mode: str = "labels",
         with_magnitudes: bool = False,
         boundary_metrics: bool = False,
         mesh: Mesh | None = None,
@@ -429,6 +435,8 @@ class Evaluator:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.spectral_statistics = bool(spectral_statistics)
+        _checks.check_ignore_mode(ignore_mode)
+        self.ignore_mode = ignore_mode
         self.with_magnitudes = bool(with_magnitudes)
         self.boundary_metrics = bool(boundary_metrics)
         self.mesh = mesh
@@ -445,6 +453,7 @@ class Evaluator:
             labels.shape[1:3],
             self.num_classes,
             ignore_index=self.ignore_index,
+            ignore_mode=self.ignore_mode,
             with_magnitudes=self.with_magnitudes,
         )
         return statistics if self.mesh is None else sharding.replicate(statistics, self.mesh)
