@@ -29,8 +29,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # 400 steps keep `make demo` within 5 minutes on 2 cores. The training has not
     # converged there (validation mIoU of seeds 0-3: 0.64, 0.69, 0.67, 0.49 after 400
     # steps; 0.85, 0.85, 0.86, 0.79 after 1000, where the training loss still falls): the
-    # analyses' trends are those
-    # of a less trained model. --config.num_train_steps=1000 trains the longer run.
+    # analyses' trends are those of a less trained model. --config.num_train_steps=1000
+    # trains the longer run.
     config.num_train_steps = 10 if variant == "quick" else 400
     # The first scenes of the validation split.
     config.eval_split = "validation[:8]" if variant == "quick" else "validation[:50]"
