@@ -485,22 +485,12 @@ def analyze(
 # The report.
 
 
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Analysis.write_report needs matplotlib: pip install 'spectral_jax[plot]'."
-        ) from error
-    return plt
-
-
 def _file_name(layer: str) -> str:
     return layer.replace("/", "-")
 
 
 def _write_report(analysis: Analysis, directory: pathlib.Path) -> pathlib.Path:
-    plt = _pyplot()
+    plt = plotting._pyplot("Analysis.write_report")
     directory.mkdir(parents=True, exist_ok=True)
     height, width = analysis.image_shape
     lines = [

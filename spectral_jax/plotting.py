@@ -21,13 +21,12 @@ from spectral_jax import frequencies as frequencies_lib
 from spectral_jax.related import dct_input
 
 
-def _pyplot():
+def _pyplot(user: str = "spectral_jax.plotting"):
+    """``matplotlib.pyplot`` (the ``plot`` extra); the error names ``user`` when it is missing."""
     try:
         import matplotlib.pyplot as plt
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "spectral_jax.plotting needs matplotlib: pip install 'spectral_jax[plot]'."
-        ) from error
+        raise ImportError(f"{user} needs matplotlib: pip install 'spectral_jax[plot]'.") from error
     return plt
 
 

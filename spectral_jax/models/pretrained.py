@@ -440,6 +440,27 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> str:
     return ".".join([*parts, _LEAF_NAMES[collection, leaf]])
 
 
+def _converted_tensor(
+    key: str, value: Any, expected: tuple[int, ...] | None, path: tuple[str, ...], leaf, mismatched
+) -> jax.Array | None:
+    """Checkpoint tensor ``key`` as the Flax leaf at ``path`` (``leaf``: its shape and dtype).
+
+    A convolution kernel is transposed from PyTorch's ``[O, I, Kh, Kw]``. Returns None, and
+    appends the reason to ``mismatched``, when the tensor's shape is not ``expected`` (the
+    PyTorch shape; None: none fits) or its dtype is not floating.
+    """
+    value = np.asarray(value)
+    if expected is None or value.shape != expected:
+        mismatched.append(f"{key}: checkpoint {value.shape}, model {expected}")
+        return None
+    if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+        mismatched.append(f"{key}: checkpoint dtype {value.dtype} is not floating")
+        return None
+    if path[-1] == "kernel":
+        value = np.transpose(value, (2, 3, 1, 0))  # [O, I, Kh, Kw] -> [Kh, Kw, I, O]
+    return jnp.asarray(value.astype(np.float32), leaf.dtype)
+
+
 def _variable_shapes(
     target: nn.Module | Mapping[str, Any], *, module_type: type = nn.Module, image_size: int = 64
 ) -> dict[str, Any]:
@@ -510,16 +531,9 @@ def torchvision_to_flax_resnet(
                 missing.append(key)
                 continue
             used.add(key)
-            value = np.asarray(state_dict[key])
-            if expected is None or value.shape != expected:
-                mismatched.append(f"{key}: checkpoint {value.shape}, model {expected}")
-                continue
-            if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
-                mismatched.append(f"{key}: checkpoint dtype {value.dtype} is not floating")
-                continue
-            if path[-1] == "kernel":
-                value = np.transpose(value, (2, 3, 1, 0))  # [O, I, Kh, Kw] -> [Kh, Kw, I, O]
-            converted[(collection, *path)] = jnp.asarray(value.astype(np.float32), leaf.dtype)
+            value = _converted_tensor(key, state_dict[key], expected, path, leaf, mismatched)
+            if value is not None:
+                converted[(collection, *path)] = value
     unexpected = sorted(key for key in state_dict if key not in used and not _is_ignored(key))
     if missing or unexpected or mismatched:
         problems = []

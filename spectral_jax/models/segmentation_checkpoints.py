@@ -50,7 +50,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -58,6 +57,7 @@ from spectral_jax.models.deeplab import DeepLabV3Plus
 from spectral_jax.models.pretrained import (
     _LEAF_NAMES,
     Backend,
+    _converted_tensor,
     _listing,
     _torch_key,
     _variable_shapes,
@@ -359,17 +359,10 @@ def torch_to_flax_variables(
             missing.append(key)
             continue
         used.add(key)
-        value = np.asarray(state_dict[key])
         expected = _torch_shape(path, tuple(leaf.shape))
-        if value.shape != expected:
-            mismatched.append(f"{key}: checkpoint {value.shape}, model {expected}")
-            continue
-        if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
-            mismatched.append(f"{key}: checkpoint dtype {value.dtype} is not floating")
-            continue
-        if path[-1] == "kernel":
-            value = np.transpose(value, (2, 3, 1, 0))  # [O, I, Kh, Kw] -> [Kh, Kw, I, O]
-        converted[path] = jnp.asarray(value.astype(np.float32), leaf.dtype)
+        value = _converted_tensor(key, state_dict[key], expected, path, leaf, mismatched)
+        if value is not None:
+            converted[path] = value
     unexpected = sorted(
         key
         for key in state_dict
