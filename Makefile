@@ -6,6 +6,7 @@
 #   make timings     times `make demo` and `make test` on a fresh clone (wall and CPU seconds)
 #   make test-slow   the tests marked `slow` (none collected counts as success)
 #   make bench       the timing scripts in benchmarks/
+#   make docs        the documentation site -> docs/_build/html (warnings are errors)
 #   make clean       caches and outputs; `make distclean` also removes .venv
 #
 # Override the interpreter that creates the venv with `make PYTHON=python3.11 ...`.
@@ -40,10 +41,10 @@ export PIP_NO_INPUT := 1
 # Plots are written to files; never open a window (CI has no display).
 export MPLBACKEND := Agg
 
-.PHONY: help .venv venv demo test lint test-slow bench timings clean distclean
+.PHONY: help .venv venv demo test lint test-slow bench docs timings clean distclean
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' $(MAKEFILE_LIST)
+	@sed -n '3,11s/^# \{0,1\}//p' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
@@ -88,12 +89,19 @@ bench: .venv
 	  $(BIN)/python -m "benchmarks.$$module"; \
 	done
 
+# Sphinx with warnings as errors and every cross-reference checked (nitpicky); the
+# notebooks are shown with their committed outputs, not executed.
+DOCS_BUILD ?= docs/_build
+docs: .venv
+	$(BIN)/python -m sphinx -b html -W --keep-going -n docs $(DOCS_BUILD)/html
+	@echo "make docs: open $(DOCS_BUILD)/html/index.html"
+
 # The two commands' wall and CPU time on a fresh clone of HEAD (minutes; run it alone).
 timings: .venv
 	$(BIN)/python -m benchmarks.time_commands --clone
 
 clean:
-	rm -rf runs build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf runs build dist .pytest_cache .ruff_cache .hypothesis *.egg-info docs/_build
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

@@ -4,24 +4,24 @@ Three families of published PyTorch segmentation networks map one to one onto
 :class:`spectral_jax.models.DeepLabV3Plus` with the options of a registry entry
 (:data:`LAYOUT_SETTINGS`, :data:`spectral_jax.models.registry.MODELS`):
 
-========================== ===================================================== ==========
-layout (registry name)     PyTorch model                                          prefix
-========================== ===================================================== ==========
-``torchvision_deeplabv3``  ``torchvision.models.segmentation.deeplabv3_resnet50``  backbone.
-                           / ``_resnet101``: DeepLab v3 (arXiv:1706.05587),
-                           output stride 8, optional auxiliary FCN head
-``torchvision_fcn``        ``fcn_resnet50`` / ``fcn_resnet101``: FCN             backbone.
-                           (arXiv:1411.4038), output stride 8
-``smp_deeplabv3plus``      ``segmentation_models_pytorch.DeepLabV3Plus`` with a  encoder.
-                           ResNet encoder: separable ASPP and decoder, one
-                           decoder convolution, ``align_corners=True``
-``smp_deeplabv3``          ``segmentation_models_pytorch.DeepLabV3``              encoder.
-``pytorch_deeplab_xception`` the DeepLab v3+ ResNet of the widely used            backbone.
-                           ``pytorch-deeplab-xception`` repository: multi-grid
-                           ``(1, 2, 4)``, ``align_corners=True``, two decoder
-                           convolutions; training checkpoints
-                           ``{"state_dict", "optimizer", "epoch", ...}``
-========================== ===================================================== ==========
+============================ ======================================================== =========
+layout (registry name)       PyTorch model                                            prefix
+============================ ======================================================== =========
+``torchvision_deeplabv3``    ``torchvision.models.segmentation.deeplabv3_resnet50``   backbone.
+                             / ``_resnet101``: DeepLab v3 (arXiv:1706.05587),
+                             output stride 8, optional auxiliary FCN head
+``torchvision_fcn``          ``fcn_resnet50`` / ``fcn_resnet101``: FCN                backbone.
+                             (arXiv:1411.4038), output stride 8
+``smp_deeplabv3plus``        ``segmentation_models_pytorch.DeepLabV3Plus`` with a     encoder.
+                             ResNet encoder: separable ASPP and decoder, one
+                             decoder convolution, ``align_corners=True``
+``smp_deeplabv3``            ``segmentation_models_pytorch.DeepLabV3``                encoder.
+``pytorch_deeplab_xception`` the DeepLab v3+ ResNet of the widely used                backbone.
+                             ``pytorch-deeplab-xception`` repository: multi-grid
+                             ``(1, 2, 4)``, ``align_corners=True``, two decoder
+                             convolutions; training checkpoints
+                             ``{"state_dict", "optimizer", "epoch", ...}``
+============================ ======================================================== =========
 
 The backbone's keys are torchvision's ResNet keys
 (:mod:`spectral_jax.models.pretrained`) under the prefix; the heads' keys are listed in

@@ -21,6 +21,7 @@ computed.
 * :func:`aliasing_score`: the share of a map's spectral energy at or above the cutoff.
 * :func:`de_alias`: the de-aliasing filter (DAF), an ideal low-pass keeping the
   frequencies below the cutoff (the authors' ``FLC_Pooling`` with ``freq_thres``).
+
 The scores of a model's down-sampling inputs, captured with a Flax method interceptor,
 are in :mod:`spectral_jax.models.anti_aliasing`
 (:func:`~spectral_jax.models.anti_aliasing.downsampling_aliasing_scores`).
