@@ -57,6 +57,7 @@ LONGEST_MODULES = (
     "test_loss_spectrum",
     "test_pretrained",
     "test_analysis",
+    "test_docs",
     "test_readme",
     "test_experiment_spectral_gradient",
     "test_experiment_analyze",

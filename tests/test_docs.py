@@ -142,7 +142,8 @@ def test_equations_render_offline(site):
     parsed = _parse(page)
     mathjax = [src for src in parsed.scripts if "mathjax" in src.lower()]
     assert mathjax == ["../_static/mathjax/tex-svg.js"]
-    assert (site / "_static" / "mathjax" / "tex-svg.js").stat().st_size > 1_000_000
+    script = site / "_static" / "mathjax" / "tex-svg.js"
+    assert script.is_file() and script.stat().st_size > 1_000_000
     assert not [src for src in parsed.scripts if urllib.parse.urlsplit(src).netloc]
     text = page.read_text()
     # The entry of ce_spectrum, with Eq. 5 as a display equation for MathJax.
