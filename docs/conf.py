@@ -53,10 +53,11 @@ nitpick_ignore_regex = [
     ),
 ]
 
-# API entries: the order of the source, signatures with their annotations, the docstrings'
-# Google style (Args, Returns, Raises).
+# API entries: the order of the source, the docstrings' Google style (Args, Returns,
+# Raises). Signatures without annotations: the docstrings give shapes and types, and
+# chex.Array would print as its expanded union.
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+autodoc_typehints = "none"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_inherit_docstrings = False

@@ -133,7 +133,7 @@ def half_spectrum_weights(shape: tuple[int, int]) -> np.ndarray:
 
 
 def num_bands(shape: tuple[int, int], *, radius: Radius = "chebyshev") -> int:
-    """Number of bands ``R`` of an ``H x W`` DFT (bands are ``0 .. R - 1``).
+    """Number of bands ``R`` of an ``H x W`` DFT (bands ``0`` to ``R - 1``).
 
     Args:
       shape: spatial shape ``(H, W)``.

@@ -907,7 +907,7 @@ def band_limit_sweep(
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
     data_format: DataFormat = "NHWC",
 ) -> jax.Array:
-    """``R(nu_max)`` at every band limit ``0 .. R-1`` from one decomposition.
+    """``R(nu_max)`` at every band limit ``0`` to ``R - 1`` from one decomposition.
 
     One :func:`band_profile` and a cumulative sum over bands: about the cost of one
     decomposition, however many band limits. Entry ``r`` equals

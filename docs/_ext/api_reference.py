@@ -43,6 +43,9 @@ PUBLIC_PACKAGES = (
     "spectral_jax.training",
 )
 
+# Values of constants longer than this (a dict of classes, a table) are not printed.
+MAX_VALUE_CHARS = 80
+
 # Where the offline MathJax lands in the HTML output, relative to ``_static``.
 MATHJAX_FILE = "mathjax/tex-svg.js"
 
@@ -111,6 +114,8 @@ class ModuleReference(SphinxDirective):
         for name, obj in members:
             directive = _auto_directive(obj)
             lines.append(f".. {directive}:: {name}")
+            if directive == "autodata" and len(repr(obj)) > MAX_VALUE_CHARS:
+                lines.append("   :no-value:")
             if directive in ("autoclass", "autoexception"):
                 lines.append("   :members:")
                 lines.append("   :show-inheritance:")
@@ -160,7 +165,8 @@ def _import_note(app: Sphinx, what: str, name: str, obj: Any, options: Any, line
     publics = _public_aliases().get(name)
     if publics:
         paths = ", ".join(f"``{p}``" for p in publics)
-        lines[:0] = [f"*Public name:* {paths}.", ""]
+        # At the end: the summary tables show the docstring's first sentence.
+        lines += ["", f"*Public name:* {paths}."]
 
 
 # ``name, other_name: text`` in Args/Attributes: Sphinx would read the first names as a type.
