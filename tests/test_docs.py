@@ -132,13 +132,13 @@ def test_every_module_of_the_package_is_documented(site):
         ".".join(path.parent.relative_to(package_dir.parent).parts)
         for path in package_dir.rglob("__init__.py")
     }
-    text = "".join(path.read_text() for path in (site / "library").glob("*.html"))
+    text = "".join(path.read_text() for path in (site / "api").glob("*.html"))
     missing = sorted(m for m in modules if f'id="module-{m}"' not in text)
     assert missing == []
 
 
 def test_equations_render_offline(site):
-    page = site / "library" / "core.html"
+    page = site / "api" / "core.html"
     parsed = _parse(page)
     mathjax = [src for src in parsed.scripts if "mathjax" in src.lower()]
     assert mathjax == ["../_static/mathjax/tex-svg.js"]
@@ -156,7 +156,7 @@ def test_equations_render_offline(site):
 def test_public_names_link_to_their_entries(site):
     # {func}`~spectral_jax.band_limit_of_grid` on the conventions page is a re-export.
     page = _parse(site / "conventions.html")
-    assert "library/core.html#spectral_jax.bands.band_limit_of_grid" in page.links
+    assert "api/core.html#spectral_jax.bands.band_limit_of_grid" in page.links
 
 
 def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
@@ -218,7 +218,7 @@ def test_page_examples_run(page, tmp_path):
         model_logits = scope["model"].apply(scope["variables"], scope["images"])
         expected = sj.relative_discrepancy(model_logits, scope["labels"], 8)
         np.testing.assert_allclose(scope["result"].relative_discrepancy[8], expected, rtol=1e-4)
-    if name == "library/jacobians.md":
+    if name == "api/jacobians.md":
         (scope,) = snapshots
         # The rows by jax.vjp are the full matrix's rows at the same frequencies.
         flat = sj.ravel_frequencies(scope["nu_i"], (16, 16))
@@ -231,4 +231,4 @@ def test_every_page_with_code_runs_some_of_it():
         for p in PAGES
         if (blocks := python_blocks(p.read_text())) and all(r is not None for _, _, r in blocks)
     }
-    assert skipped <= {"library/data.md", "library/evaluation.md", "library/models.md"}, skipped
+    assert skipped <= {"api/data.md", "api/evaluation.md", "api/models.md"}, skipped
