@@ -1,9 +1,9 @@
 """Sphinx helpers for the API reference of spectral_jax.
 
 * ``.. module-reference:: spectral_jax.loss_spectrum``: the module's docstring, a summary
-  table of its public objects and their entries, all found from the module itself (its
-  ``__all__`` where it has one, otherwise the public functions and classes defined in it
-  and the public names assigned at its top level, in source order). A renamed or split
+  table of its public objects and their entries, all found from the module itself: the
+  public functions and classes defined in it and the public names assigned at its top
+  level, those of its ``__all__`` first, then in source order. A renamed or split
   module needs only its name changed in the page that lists it.
 * The public import paths (``spectral_jax.ce_spectrum``, ``spectral_jax.models.ResNet``,
   ...) become aliases of the entries documented at their defining module, so that
@@ -70,17 +70,19 @@ def _top_level_names(module: types.ModuleType) -> list[str]:
 def public_members(module_name: str) -> list[tuple[str, Any]]:
     """``(name, object)`` of the public members of the module, in documentation order."""
     module = importlib.import_module(module_name)
-    if hasattr(module, "__all__"):
-        names = list(module.__all__)
-    else:
-        names = []
-        for name in _top_level_names(module):
-            obj = getattr(module, name, None)
-            # Names imported under an alias (``from x import y as y``) belong to ``x``.
-            if inspect.isfunction(obj) or inspect.isclass(obj):
-                if getattr(obj, "__module__", None) != module_name:
-                    continue
-            names.append(name)
+    names = []
+    for name in _top_level_names(module):
+        obj = getattr(module, name, None)
+        # Names imported under an alias (``from x import y as y``) belong to ``x``.
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            if getattr(obj, "__module__", None) != module_name:
+                continue
+        names.append(name)
+    # ``__all__`` orders the names it lists first; a package's ``__all__`` lists names
+    # that its modules define, which are documented there. Public names left out of
+    # ``__all__`` still get an entry: docstrings refer to them.
+    listed = [n for n in getattr(module, "__all__", ()) if n in names]
+    names = listed + [n for n in names if n not in listed]
     return [(name, getattr(module, name)) for name in names]
 
 
