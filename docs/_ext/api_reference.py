@@ -256,6 +256,20 @@ def _resolve_relative(app: Sphinx, env: Any, node: Any, contnode: Any):
                 return make_refnode(
                     app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, name
                 )
+    # A bare name that the module does not import (``ResNet`` in a helper module of the
+    # models): the one entry of that name in the module's package, if there is one.
+    if module_name and "." not in target:
+        package = module_name.rsplit(".", 1)[0] + "."
+        matches = [
+            name
+            for name, entry in domain.objects.items()
+            if name.startswith(package) and name.endswith("." + target) and not entry.aliased
+        ]
+        if len(matches) == 1:
+            entry = domain.objects[matches[0]]
+            return make_refnode(
+                app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, matches[0]
+            )
     return None
 
 
