@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -44,6 +45,9 @@ def quickstart_script() -> str:
 def test_version_is_the_installed_metadata_of_pyproject():
     assert spectral_jax.__version__ == VERSION
     assert "dynamic" not in PYPROJECT["project"]  # one place for the version
+    # CITATION.cff names the version too.
+    (cited,) = re.findall(r"^version: (\S+)$", (ROOT / "CITATION.cff").read_text(), re.MULTILINE)
+    assert cited == VERSION
 
 
 def test_the_wheel_declares_its_typing_marker():
