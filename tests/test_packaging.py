@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,6 +30,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 QUICKSTARTS = ("Quickstart: arrays", "Quickstart: your model")
+# What a working tree holds besides its sources.
+LOCAL_FILES = (
+    ".git",
+    ".venv",
+    "runs",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "_build",
+)
 
 
 def quickstart_script() -> str:
@@ -68,8 +82,12 @@ def distributions(tmp_path_factory) -> dict[str, pathlib.Path]:
     """``{"wheel": path, "sdist": path}`` built from the working tree."""
     pytest.importorskip("build", reason="python -m build needs the dev extra")
     outdir = tmp_path_factory.mktemp("dist")
+    # A copy of the working tree, so that the build's files (build/, *.egg-info) stay out
+    # of the repository, where importlib.metadata would find them.
+    source = tmp_path_factory.mktemp("source") / "spectral_jax"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*LOCAL_FILES))
     subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(outdir), str(ROOT)],
+        [sys.executable, "-m", "build", "--outdir", str(outdir), str(source)],
         check=True,
         capture_output=True,
         text=True,
