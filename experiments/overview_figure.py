@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 import spectral_jax as sj
+from experiments.report import pyplot
 from spectral_jax.data import synthetic
-from spectral_jax.plotting import _pyplot
 
 PRESETS = ("cityscapes_like", "pascal_like", "deepglobe_like")
 NUM_IMAGES = 4  # validation scenes per preset
@@ -55,7 +55,7 @@ def preset_curves(num_images: int = NUM_IMAGES, sigma: float = SIGMA) -> dict[st
 
 def draw(curves: dict[str, dict]):
     """The three-panel figure of :func:`preset_curves`'s result; returns the ``Figure``."""
-    plt = _pyplot("experiments.overview_figure")
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2), layout="constrained")
     pascal = curves["pascal_like"]
     labels = np.ma.masked_equal(pascal["labels"][0], synthetic.IGNORE_INDEX)
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     fig = draw(preset_curves())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi, metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return args.output
 
 
