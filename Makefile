@@ -5,6 +5,8 @@
 #                    installs the torch extra for the PyTorch comparisons
 #   make timings     times `make demo` and `make test` on a fresh clone (wall and CPU seconds)
 #   make test-slow   the tests marked `slow` (none collected counts as success)
+#   make notebook    JupyterLab on notebooks/ (installs the notebook extra)
+#   make dist        the sdist and the wheel in dist/ (python -m build)
 #   make bench       the timing scripts in benchmarks/
 #   make docs        the documentation site -> docs/_build/html (warnings are errors)
 #   make clean       caches and outputs; `make distclean` also removes .venv
@@ -27,6 +29,8 @@ STAMP := $(VENV)/.installed
 # takes the default index's build); `make TORCH_INDEX= test` uses the default index only.
 TORCH_STAMP := $(VENV)/.installed-torch
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# JupyterLab (the `notebook` extra) for `make notebook` only.
+NOTEBOOK_STAMP := $(VENV)/.installed-notebook
 # The index only where it answers: pip would retry an unreachable one for every package.
 torch_index_flag = $(shell $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' '$(TORCH_INDEX)' >/dev/null 2>&1 && echo '--extra-index-url $(TORCH_INDEX)')
 PYTEST_WORKERS ?= 2
@@ -41,21 +45,25 @@ export PIP_NO_INPUT := 1
 # Plots are written to files; never open a window (CI has no display).
 export MPLBACKEND := Agg
 
-.PHONY: help .venv venv demo test lint test-slow bench docs timings clean distclean
+.PHONY: help .venv venv demo test lint test-slow bench docs timings notebook dist clean distclean
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' $(MAKEFILE_LIST)
+	@sed -n '3,13s/^# \{0,1\}//p' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
 $(TORCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install $(torch_index_flag) -e '.[torch]'
+	touch $@
+
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[notebook]'
 	touch $@
 
 .venv venv: $(STAMP)
@@ -78,6 +86,13 @@ test-slow: .venv $(TORCH_STAMP)
 	@rc=0; $(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) $(PYTEST_DIST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-slow: no slow tests collected"; rc=0; fi; \
 	exit $$rc
+
+notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+dist: .venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
 
 # Each benchmarks/<name>.py runs as `python -m benchmarks.<name>` from the repository root.
 bench: .venv

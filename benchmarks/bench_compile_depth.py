@@ -9,7 +9,8 @@ The train step is that of ``benchmarks.bench_train_step`` (pixel CE, training-mo
 BatchNorm, SGD with momentum and weight decay, metrics), jitted the same way. Variants of
 the backbone (:class:`spectral_jax.models.ResNet`):
 
-* ``unrolled``: ``scan_blocks=False``, one module per bottleneck, as before issue 12;
+* ``unrolled``: ``scan_blocks=False``, one module per bottleneck (the layout before
+  blocks were scanned);
 * ``scanned``: ``scan_blocks=True`` (the default), the blocks after the first of each
   stage under ``nn.scan``;
 * ``remat``: ``scanned`` with ``remat_blocks=True`` (each scanned block recomputed in the

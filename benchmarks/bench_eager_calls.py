@@ -7,7 +7,7 @@ Run from the repository root::
   python -m benchmarks.bench_eager_calls --only ce_spectrum,spectral_jacobian
 
 A notebook user calls ``sj.ce_spectrum(logits, labels)`` directly, again and again; the
-target (issue 12) is that such a repeated eager call costs at most 1.2x the same call
+target is that such a repeated eager call costs at most 1.2x the same call
 under ``jax.jit`` at the edge. For every public function the script times, after two
 warm-up calls each, ``repeats`` interleaved rounds of the eager call and of
 ``jax.jit(fn, static_argnames=...)`` on the same inputs (the order within a round drawn
@@ -16,7 +16,7 @@ and the first eager call (which compiles).
 
 Inputs: PASCAL-like labels and logits of ``--shape BxHxWxC`` (default ``8x129x129x21``,
 the data of ``bench_ce_spectrum``) for the CE decomposition, its reductions, the spectral
-IoU and the statistics update; for the Jacobians the layer of issue 12, a 3x3 circular
+IoU and the statistics update; for the Jacobians the benchmarked layer, a 3x3 circular
 conv of 4 channels + ReLU on a ``--jacobian-size`` map (default 33x33x4), 32 rows or
 columns, and a 1x1 conv head to 5 classes with bilinear x2 up-sampling on 17x17x4
 features for the CE spectral gradient. Timings vary with the load of other processes

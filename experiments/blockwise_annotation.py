@@ -31,7 +31,7 @@ experiment 1's CSV (see :func:`read_ce_spectrum`).
 With a config on the embedded data the defaults are DeepLab v3+ only, the three presets
 and band limits 2 and 4 plus pixel-wise, 3 seeds each (``--num_seeds``); with 120 steps
 (the first command: nine trainings per seed; one preset's three took 10 min wall clock,
-55 s of CPU time, on a 2-core machine shared with other jobs) one seed fits in about 10
+55 s of CPU time, on a 2-core CPU) one seed fits in about 10
 minutes on 2 CPU cores, three in about three times that. With a paper config: both
 models, band limits 8, 16 and 32, the config's data set, one seed.
 

@@ -43,7 +43,7 @@ With a config on the embedded data the grid defaults to DeepLab v3+ only, the co
 preset only (``pascal_like`` for ``tiny.py``) and encoder pruning 0 and 40 %, at three
 feature sizes, 3 seeds per cell (``--num_seeds``); with 120 steps (the first command: six
 trainings per seed, about 5 min of CPU time per seed, measured as 19 min wall clock for
-one seed on a 2-core machine shared with other jobs). With a paper config it defaults
+one seed on a 2-core CPU). With a paper config it defaults
 to both models, the four pruning rates of Tables 2 and 4 and one seed.
 
 Every cell is trained with seeds ``config.seed + k`` (:func:`experiments.runs.

@@ -23,7 +23,7 @@ that ended by themselves (a signal ``s`` counts as ``128 + s``); 0 when all succ
 Rerunning the same command resumes from the latest checkpoint of ``--workdir``.
 
 On a cluster there is no launcher: the scheduler starts one process per host and
-``jax.distributed.initialize()`` finds its peers (README.md, "Training on several hosts").
+``jax.distributed.initialize()`` finds its peers (``experiments/README.md``, "Training").
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The main paper's published numbers (Chen, Chiu, Wu), for the reports to set beside ours.
 
-Transcribed from ``../shared/papers/000_*.txt``. Keys: model ``"deeplab"`` or ``"dan"``,
-data set ``"pascal"``, ``"deepglobe"`` or ``"cityscapes"``; our embedded presets stand in
-for them as ``PRESET_OF_DATASET`` says.
+Transcribed from *Spectral Analysis for Semantic Segmentation with Applications on Feature
+Truncation and Weak Annotation* (Chen, Chiu, Wu; arXiv:2012.14123), its Tables 1-4 and
+Sec. 3.2. Keys: model ``"deeplab"`` or ``"dan"``, data set ``"pascal"``, ``"deepglobe"``
+or ``"cityscapes"``; our embedded presets stand in for them as ``PRESET_OF_DATASET`` says.
 """
 
 from __future__ import annotations

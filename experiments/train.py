@@ -9,8 +9,8 @@ Example::
 Rerunning with the same ``--workdir`` resumes from the latest checkpoint. With
 ``--config.distributed=True`` the script is one process of a multi-process run: on a
 SLURM cluster or a Cloud TPU pod ``jax.distributed.initialize()`` finds its peers, and
-on one machine ``python -m experiments.launch`` starts the processes (README.md,
-"Training on several hosts"). Writes
+on one machine ``python -m experiments.launch`` starts the processes (``experiments/README.md``,
+"Training"). Writes
 ``metrics.jsonl``, TensorBoard event files, ``checkpoints/`` and ``summary.json`` to the
 work directory (see :func:`spectral_jax.training.train_and_evaluate`).
 """

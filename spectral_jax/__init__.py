@@ -1,15 +1,18 @@
 """spectral_jax: spectral analysis of semantic segmentation networks in JAX.
 
-The top level holds the paper's core (Chen, Chiu, Wu): the frequency bands, the spectral
-decomposition of the cross-entropy and its truncation, spectral IoU, streamed data-set
-statistics, exact spectral Jacobians (also at a Flax model's layer named by its path),
-signed frequencies and their flat DFT indices, feature truncation, block-wise
-annotation, FLOPs and the layer probes. The related
-frequency-domain methods (papers 002-004) are one import away in
-:mod:`spectral_jax.related`; models, data, evaluation and training are the subpackages
-:mod:`spectral_jax.models`, :mod:`spectral_jax.data`, :mod:`spectral_jax.evaluation` and
-:mod:`spectral_jax.training`.
+The top level holds the core of *Spectral Analysis for Semantic Segmentation with
+Applications on Feature Truncation and Weak Annotation* (Chen, Chiu, Wu;
+arXiv:2012.14123): the frequency bands, the spectral decomposition of the cross-entropy
+and its truncation, spectral IoU, streamed data-set statistics, exact spectral Jacobians
+(also at a Flax model's layer named by its path), signed frequencies and their flat DFT
+indices, feature truncation, block-wise annotation, FLOPs and the layer probes. The
+related frequency-domain methods (DCT-domain input, frequency aliasing, frequency
+masking) are one import away in :mod:`spectral_jax.related`; models, data, evaluation and
+training are the subpackages :mod:`spectral_jax.models`, :mod:`spectral_jax.data`,
+:mod:`spectral_jax.evaluation` and :mod:`spectral_jax.training`.
 """
+
+import importlib.metadata as _metadata
 
 from spectral_jax.bands import band_index as band_index
 from spectral_jax.bands import band_limit_of_grid as band_limit_of_grid
@@ -71,4 +74,9 @@ from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
 from spectral_jax.truncation import resize_features as resize_features
 from spectral_jax.truncation import spectral_resize as spectral_resize
 
-__version__ = "0.1.0"
+# The installed distribution's version (pyproject.toml); a source tree that was never
+# installed has none.
+try:
+    __version__ = _metadata.version("spectral_jax")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"

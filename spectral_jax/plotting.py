@@ -1,9 +1,9 @@
 """Every figure of the library (matplotlib, an optional extra).
 
 * :func:`plot_spectral_rows`: Fig. 4-style panels of spectral-Jacobian rows.
-* :func:`plot_frequency_cams`: low- and high-frequency CAMs (paper 003).
-* :func:`plot_selection_heat_map`: the DCT channel gate's selection frequency (paper 002,
-  Fig. 5).
+* :func:`plot_frequency_cams`: low- and high-frequency CAMs (FFR, CVPR 2025, supplementary).
+* :func:`plot_selection_heat_map`: the DCT channel gate's selection frequency (Xu et al., CVPR
+  2020, Fig. 5).
 
 matplotlib is imported when a function is called, not when ``spectral_jax`` is: install
 it with ``pip install 'spectral_jax[plot]'``. This module is the presentation layer above

@@ -2,12 +2,15 @@
 
 A notebook that raises fails its test. Execution starts a kernel and compiles every
 cell. ``analyze_your_model.ipynb`` runs in the default tests: its ``R(nu_max)`` and mIoU
-are recomputed in float64 NumPy from its model's logits. ``spectral_jacobians.ipynb`` also trains a tiny DeepLab v3+ for 30 steps on the
-embedded data set, which it builds in a temporary TFDS data directory (``TFDS_DATA_DIR``).
+are recomputed in float64 NumPy from its model's logits. ``spectral_jacobians.ipynb``
+(slow) also trains a tiny DeepLab v3+ for 30 steps on the embedded data set, which it
+builds in a temporary TFDS data directory (``TFDS_DATA_DIR``). Every notebook is stored
+in git with its outputs and figures (``python -m tests.notebook_helpers`` stores them).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 
 import nbformat
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests import references
-from tests.notebook_helpers import NOTEBOOKS, execute_notebook
+from tests.notebook_helpers import NOTEBOOKS, execute_notebook, stored_outputs_problems
 
 # The up-sampling rows are chosen at the input's signed frequencies: each holds its energy
 # on the diagonal (tests/test_frequencies.py has the dense float64 reference).
@@ -43,10 +46,41 @@ print(_json.dumps({
 """
 
 
-def test_analyze_your_model_notebook_is_stored_without_outputs():
-    notebook = nbformat.read(NOTEBOOKS / "analyze_your_model.ipynb", as_version=4)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+# Stored with outputs, so that a reader sees the figures without running anything; each
+# notebook small enough for git (its PNGs at screen resolution).
+MAX_NOTEBOOK_BYTES = 400_000
+MAX_PNG_BYTES = 150_000
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name)
+def test_notebook_is_stored_with_its_outputs_and_figures(path):
+    assert not stored_outputs_problems(path, max_bytes=MAX_NOTEBOOK_BYTES)
+    notebook = nbformat.read(path, as_version=4)
+    pngs = [
+        output["data"]["image/png"]
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "image/png" in output.get("data", {})
+    ]
+    assert pngs, "no figure stored"
+    assert max(len(base64.b64decode(png)) for png in pngs) <= MAX_PNG_BYTES
+
+
+def test_stored_outputs_problems_finds_each_problem(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("print(1)", execution_count=2),
+        nbformat.v4.new_code_cell("x", execution_count=1),
+    ]
+    notebook.cells[0].outputs = [nbformat.v4.new_output("stream", text="/tmp/run_1: done\n")]
+    notebook.cells[1].outputs = [
+        nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])
+    ]
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(notebook, path)
+    problems = stored_outputs_problems(path, max_bytes=10)
+    assert len(problems) == 4, problems  # size, order, the path and the error
 
 
 def test_analyze_your_model_notebook_executes(tmp_path, monkeypatch):

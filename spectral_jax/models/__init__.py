@@ -1,7 +1,7 @@
 """Segmentation models in Flax linen: dilated ResNet backbones, DeepLab v3+ and DAN.
 
-Also: DeepLab v3+ on DCT-domain input with its channel gate (paper 002), the de-aliasing
-filter and FreqMix with the interceptors that place them (paper 004), soft filter pruning
+Also: DeepLab v3+ on DCT-domain input with its channel gate (Xu et al., CVPR 2020), the
+de-aliasing filter and FreqMix with the interceptors that place them (Chen, Gu, Fu, ICLR 2024), soft filter pruning
 and its hard-pruned export, torchvision backbone checkpoints, trained segmentation networks
 from PyTorch checkpoints (torchvision, segmentation_models_pytorch and the reference
 DeepLab v3+ repository's layouts), and

@@ -1,14 +1,17 @@
-"""Related frequency-domain methods (papers 002-004), one import away from the core.
+"""Related frequency-domain methods one import away from the core.
 
 Like ``optax.contrib``: ``import spectral_jax.related as related`` (or
 ``from spectral_jax import related``) and ``related.<name>``.
 
-* :mod:`~spectral_jax.related.dct_input`: DCT-domain input (Xu et al. 2020, paper 002).
+* :mod:`~spectral_jax.related.dct_input`: DCT-domain input of *Learning in the Frequency
+  Domain* (Xu et al., CVPR 2020, arXiv:2002.12416).
 * :mod:`~spectral_jax.related.frequency_masking`: low/high frequency splits and the
-  frequency CAMs of FFR (paper 003).
+  frequency CAMs of *FFR: Frequency Feature Rectification for Weakly Supervised
+  Semantic Segmentation* (CVPR 2025, supplementary material).
 * :mod:`~spectral_jax.related.aliasing`: the aliasing score and the de-aliasing filter
-  (Chen, Gu, Fu 2024, paper 004), as pure functions of feature maps.
-* :mod:`~spectral_jax.related.boundary_metrics`: the boundary metrics of paper 004.
+  of *When Semantic Segmentation Meets Frequency Aliasing* (Chen, Gu, Fu, ICLR 2024,
+  arXiv:2403.09065), as pure functions of feature maps.
+* :mod:`~spectral_jax.related.boundary_metrics`: the boundary metrics of the same paper.
 
 The Flax modules and interceptors that place these methods in a network (DAF, FreqMix,
 the down-sampling probes) are in :mod:`spectral_jax.models.anti_aliasing`; their plots in
