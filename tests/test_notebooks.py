@@ -14,8 +14,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from tests import references
-from tests.notebook_helpers import NOTEBOOKS, execute_notebook
+from tests.helpers import references
+from tests.helpers.notebooks import NOTEBOOKS, execute_notebook
 
 # The up-sampling rows are chosen at the input's signed frequencies: each holds its energy
 # on the diagonal (tests/test_frequencies.py has the dense float64 reference).

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import nbclient
 import nbformat
 
-NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def execute_notebook(
