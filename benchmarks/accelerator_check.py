@@ -69,7 +69,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_jax as sj
-from benchmarks import bench_ce_spectrum, bench_spectral_jacobian, bench_train_step
+from benchmarks import _ce_inputs, _deeplab_step, _jacobian_cases, timing
 from experiments.configs import pascal
 from spectral_jax.data import pipeline as pipeline_lib
 from spectral_jax.data import sharding, synthetic
@@ -122,7 +121,7 @@ class CheckSizes:
     band_energy_size: int
     band_energy_chunk: int
     jacobian_repeats: int
-    train: bench_train_step.BenchConfig
+    train: _deeplab_step.BenchConfig
     train_warmup: int
     train_steps: int
     train_rounds: int
@@ -144,7 +143,7 @@ FULL = CheckSizes(
     band_energy_size=257,
     band_energy_chunk=512,
     jacobian_repeats=3,
-    train=bench_train_step.BenchConfig("resnet101", batch_size=8, crop_size=513),
+    train=_deeplab_step.BenchConfig("resnet101", batch_size=8, crop_size=513),
     train_warmup=2,
     train_steps=10,
     train_rounds=3,
@@ -166,7 +165,7 @@ SMOKE = CheckSizes(
     band_energy_size=9,
     band_energy_chunk=16,
     jacobian_repeats=1,
-    train=bench_train_step.BenchConfig(
+    train=_deeplab_step.BenchConfig(
         "resnet_tiny",
         batch_size=2,
         crop_size=33,
@@ -260,7 +259,7 @@ class Report:
         self.rows: list[Row] = []
         self.checks: list[dict[str, Any]] = []
         self.sections: dict[str, dict[str, Any]] = {}
-        self.start = time.perf_counter()
+        self.watch = timing.Stopwatch()
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         print(TABLE_HEADER, flush=True)
@@ -304,7 +303,7 @@ class Report:
         return json_ready(
             dict(
                 **self.header,
-                elapsed_s=time.perf_counter() - self.start,
+                elapsed_s=self.watch.wall_s,
                 sections=self.sections,
                 rows=rows,
                 checks=self.checks,
@@ -320,7 +319,7 @@ class Report:
             "",
             f"{env.get('device')} x{env.get('num_devices')}; JAX {env.get('jax')}, "
             f"PyTorch {env.get('torch') or 'not installed'}; "
-            f"{time.perf_counter() - self.start:.0f} s",
+            f"{self.watch.wall_s:.0f} s",
             "",
             TABLE_HEADER,
             *[row.markdown() for row in self.rows],
@@ -366,9 +365,9 @@ def compile_timed(fn: Callable, args: Sequence[Any]) -> tuple[Any, float, float 
     aliased (donated) bytes; None where the backend gives none.
     """
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - start, compiled_memory_mib(compiled)
+    with timing.Stopwatch() as watch:
+        compiled = jitted.lower(*args).compile()
+    return compiled, watch.wall_s, compiled_memory_mib(compiled)
 
 
 def compiled_memory_mib(compiled) -> float | None:
@@ -395,16 +394,6 @@ def device_peak_mib() -> float | None:
     return stats["peak_bytes_in_use"] / MIB
 
 
-def time_calls(fn: Callable, args: Sequence[Any], repeats: int) -> list[float]:
-    """Wall seconds of ``repeats`` blocking calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def convolution_dtypes(lowered) -> dict[str, int]:
     """Count of the convolutions of a lowered (StableHLO) program by operand element type."""
     counts: collections.Counter[str] = collections.Counter()
@@ -423,7 +412,7 @@ def convolution_dtypes(lowered) -> dict[str, int]:
 def realistic_logits(clean: jax.Array, key: jax.Array, *, num_classes: int, radius: int):
     """``[B, H, W, C]``: 5 x (box-blurred one-hot of ``clean`` + N(0, 0.3^2)), on device.
 
-    :func:`benchmarks.bench_ce_spectrum.realistic_logits`'s recipe computed by JAX (at
+    :func:`benchmarks._ce_inputs.realistic_logits`'s recipe computed by JAX (at
     ``8 x 513 x 513 x 150`` the NumPy one takes tens of seconds), zero-padded at the edges.
     """
     smooth = jax.nn.one_hot(clean, num_classes, dtype=jnp.float32)
@@ -463,7 +452,7 @@ def _spectrum_shape(shape, sizes: CheckSizes, report: Report) -> dict[str, Any]:
     batch, height, width, num_classes = shape
     tag = "x".join(map(str, shape))
     rng = np.random.default_rng(0)
-    labels_np, clean = bench_ce_spectrum.pascal_like_labels(rng, batch, height, width, num_classes)
+    labels_np, clean = _ce_inputs.pascal_like_labels(rng, batch, height, width, num_classes)
     labels = jax.device_put(labels_np)
     logits = realistic_logits(
         jax.device_put(clean), jax.random.key(0), num_classes=num_classes, radius=height // 32 or 1
@@ -489,7 +478,7 @@ def _spectrum_shape(shape, sizes: CheckSizes, report: Report) -> dict[str, Any]:
     section = f"spectrum {tag}"
     direct = np.asarray(direct_mean_ce(logits, labels), np.float64)
     count = min(sizes.reference_images, batch)
-    ref_spectrum, ref_ce = bench_ce_spectrum.reference_ce_spectrum(
+    ref_spectrum, ref_ce = _ce_inputs.reference_ce_spectrum(
         np.asarray(logits[:count]), labels_np[:count], IGNORE_INDEX
     )
     report.check(
@@ -508,14 +497,14 @@ def _spectrum_shape(shape, sizes: CheckSizes, report: Report) -> dict[str, Any]:
         )
         if name == "ce_spectrum":
             checked_spectrum = spectrum if count < batch else ref_spectrum
-    _, ref_sweep = bench_ce_spectrum.reference_sweep(checked_spectrum)
+    _, ref_sweep = _ce_inputs.reference_sweep(checked_spectrum)
     for name in ("band_limit_sweep", f"band_limit_sweep[k={k}]"):
         sweep = np.asarray(compiled[name](logits, labels), np.float64)
         report.check(
             section, f"{name} vs reference sweep", float(np.max(np.abs(sweep - ref_sweep)))
         )
 
-    _, times, _ = bench_ce_spectrum.time_interleaved(
+    _, times, _ = timing.time_interleaved(
         {name: (fn, functions[name][1]) for name, fn in compiled.items()}, sizes.spectrum_repeats
     )
     medians = {name: float(np.median(t)) for name, t in times.items()}
@@ -595,10 +584,10 @@ def run_jacobian(sizes: CheckSizes, report: Report) -> dict[str, Any]:
     )
     for case, chunk, label in cases:
         size = int(case.split(":")[1])
-        compute, args = bench_spectral_jacobian.build_case(case, chunk)
+        compute, args = _jacobian_cases.build_case(case, chunk)
         compiled, compile_s, memory = compile_timed(compute, args)
         result = jax.block_until_ready(compiled(*args))
-        x, kernel = bench_spectral_jacobian.layer_input(size)
+        x, kernel = _jacobian_cases.layer_input(size)
         expected = conv_layer_jacobian_norm(x, kernel)
         if case.startswith("full"):
             actual = float(_frobenius_squared(result))
@@ -612,7 +601,7 @@ def run_jacobian(sizes: CheckSizes, report: Report) -> dict[str, Any]:
             f"{label} {size}x{size}: |J|_F^2 vs closed form",
             abs(actual - expected) / expected,
         )
-        times = time_calls(compiled, args, sizes.jacobian_repeats)
+        times = timing.time_calls(compiled, args, sizes.jacobian_repeats)
         row = report.add(
             Row(
                 section="jacobian",
@@ -634,7 +623,7 @@ def run_jacobian(sizes: CheckSizes, report: Report) -> dict[str, Any]:
 # train_step: DeepLab v3+ ResNet-101 in JAX and in PyTorch.
 
 
-def train_model_config(bench: bench_train_step.BenchConfig, dtype: str):
+def train_model_config(bench: _deeplab_step.BenchConfig, dtype: str):
     """``experiments/configs/pascal.py``'s ``config.model`` with ``bench``'s sizes.
 
     ``dtype != "float32"`` sets ``config.model.dtype`` (the models compute their
@@ -659,11 +648,11 @@ def _jax_train_row(sizes: CheckSizes, batch, dtype: str, torch_rate: float | Non
         model = registry.create_model(
             train_model_config(bench, dtype), num_classes=bench.num_classes
         )
-        variables = bench_train_step.init_variables(model, bench)
-        state, step = bench_train_step.make_jax_step(model, variables)
+        variables = _deeplab_step.init_variables(model, bench)
+        state, step = _deeplab_step.make_jax_step(model, variables)
         del variables
         jax_batch = jax.device_put(batch)
-        start = time.perf_counter()
+        compiling = timing.Stopwatch()
         lowered = step.lower(state, jax_batch)
     except (TypeError, ValueError) as error:
         if dtype == "float32":
@@ -681,18 +670,15 @@ def _jax_train_row(sizes: CheckSizes, batch, dtype: str, torch_rate: float | Non
             note=f"not supported: config.model.dtype left the convolutions in {convolutions}",
         )
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    compile_s = compiling.wall_s
     memory = compiled_memory_mib(compiled)
-    for _ in range(sizes.train_warmup):
-        state, metrics = compiled(state, jax_batch)
-    jax.block_until_ready((state, metrics))
+    state, _, _, metrics = timing.time_steps(compiled, state, jax_batch, sizes.train_warmup)
     step_times = []
     for _ in range(sizes.train_rounds):
-        start = time.perf_counter()
-        for _ in range(sizes.train_steps):
-            state, metrics = compiled(state, jax_batch)
-        jax.block_until_ready((state, metrics))
-        step_times.append((time.perf_counter() - start) / sizes.train_steps)
+        state, seconds, _, metrics = timing.time_steps(
+            compiled, state, jax_batch, sizes.train_steps
+        )
+        step_times.append(seconds)
     rate = 1.0 / statistics.median(step_times)
     loss = float(metrics["loss"])
     return Row(
@@ -724,37 +710,37 @@ def _torch_train_row(sizes: CheckSizes, batch, dtype: str) -> Row:
         return Row("train_step", name, None, "steps/s", note="torch not installed")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        module = _torch_deeplab.torchvision_deeplab(**bench_train_step.torch_settings(bench))
+        module = _torch_deeplab.torchvision_deeplab(**_deeplab_step.torch_settings(bench))
     except ImportError:
         return Row("train_step", name, None, "steps/s", note="torchvision not installed")
     module = module.to(device)
-    images, labels = bench_train_step.torch_batch(batch, torch)
+    images, labels = _deeplab_step.torch_batch(batch, torch)
     images, labels = images.to(device), labels.to(device)
     autocast_dtype = None
     if dtype == "bfloat16":
         module = module.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
         autocast_dtype = torch.bfloat16
-    step = bench_train_step.make_torch_step(module, torch, autocast_dtype=autocast_dtype)
+    step = _deeplab_step.make_torch_step(module, torch, autocast_dtype=autocast_dtype)
     cuda = device.type == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its kernels.
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    step(images, labels)
-    synchronize()
-    first_s = time.perf_counter() - start
+    with timing.Stopwatch() as first_call:
+        step(images, labels)
+        synchronize()
+    first_s = first_call.wall_s
     for _ in range(sizes.train_warmup):
         loss = step(images, labels)[0]
     synchronize()
     step_times = []
     for _ in range(sizes.train_rounds):
-        start = time.perf_counter()
-        for _ in range(sizes.train_steps):
-            loss = step(images, labels)[0]
-        synchronize()
-        step_times.append((time.perf_counter() - start) / sizes.train_steps)
+        with timing.Stopwatch() as watch:
+            for _ in range(sizes.train_steps):
+                loss = step(images, labels)[0]
+            synchronize()
+        step_times.append(watch.wall_s / sizes.train_steps)
     rate = 1.0 / statistics.median(step_times)
     memory = torch.cuda.max_memory_allocated() / MIB if cuda else None
     widths = ""
@@ -783,7 +769,7 @@ def _torch_train_row(sizes: CheckSizes, batch, dtype: str) -> Row:
 
 
 def run_train_step(sizes: CheckSizes, report: Report) -> dict[str, Any]:
-    batch = bench_train_step.make_batch(sizes.train)
+    batch = _deeplab_step.make_batch(sizes.train)
     rows = {}
     # PyTorch first: the JAX rows then print their ratio, and PyTorch's cached memory is
     # released before JAX allocates.
@@ -868,7 +854,7 @@ def loop_config(sizes: CheckSizes):
 def run_loop(sizes: CheckSizes, report: Report, scratch: str) -> dict[str, Any]:
     config = loop_config(sizes)
     workdir = os.path.join(scratch, "loop")
-    start = time.perf_counter()
+    building = timing.Stopwatch()
     pipeline = synthetic_input_pipeline(
         config,
         image_size=sizes.loop_image_size,
@@ -876,10 +862,10 @@ def run_loop(sizes: CheckSizes, report: Report, scratch: str) -> dict[str, Any]:
         num_validation=sizes.loop_num_validation,
         data_dir=os.path.join(scratch, "tensorflow_datasets"),
     )
-    build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    summary = train_and_evaluate(config, workdir, input_pipeline=pipeline)
-    loop_s = time.perf_counter() - start
+    build_s = building.wall_s
+    with timing.Stopwatch() as looping:
+        summary = train_and_evaluate(config, workdir, input_pipeline=pipeline)
+    loop_s = looping.wall_s
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
         records = [json.loads(line) for line in file]
     losses = [r["train/loss"] for r in records if r.get("train/loss") is not None]
@@ -932,15 +918,15 @@ def _time_evaluation(sizes, report: Report, config, pipeline: InputPipeline, wor
     }
     first, results = {}, {}
     for name, evaluator in evaluators.items():
-        start = time.perf_counter()
-        results[name] = evaluator(variables, batches)
-        first[name] = time.perf_counter() - start
+        with timing.Stopwatch() as watch:
+            results[name] = evaluator(variables, batches)
+        first[name] = watch.wall_s
     times: dict[str, list[float]] = {name: [] for name in evaluators}
     for _ in range(sizes.eval_repeats):  # Interleaved rounds.
         for name, evaluator in evaluators.items():
-            start = time.perf_counter()
-            evaluator(variables, batches)
-            times[name].append(time.perf_counter() - start)
+            with timing.Stopwatch() as watch:
+                evaluator(variables, batches)
+            times[name].append(watch.wall_s)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     report.check(
         "loop",
@@ -975,7 +961,7 @@ def _time_evaluation(sizes, report: Report, config, pipeline: InputPipeline, wor
 
 
 def environment() -> dict[str, Any]:
-    env = bench_ce_spectrum.environment()
+    env = timing.environment()
     env.update(
         default_matmul_precision=str(jax.config.jax_default_matmul_precision),
         xla_python_client_preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
@@ -1059,7 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loop": lambda: run_loop(sizes, report, scratch),
         }
         for name in args.sections:
-            elapsed = time.perf_counter() - report.start
+            elapsed = report.watch.wall_s
             if elapsed > args.budget_s:
                 report.section(
                     name,
@@ -1069,24 +1055,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(f"section {name}: skipped (time budget)", flush=True)
                 continue
-            start = time.perf_counter()
+            section_watch = timing.Stopwatch()
             report.section(name, status="running", elapsed_s=0.0)
             try:
                 results = runners[name]()
             except KeyboardInterrupt:  # A time limit (SIGINT): keep what was measured.
-                report.section(name, status="interrupted", elapsed_s=time.perf_counter() - start)
+                report.section(name, status="interrupted", elapsed_s=section_watch.wall_s)
                 raise
             except Exception:  # Recorded; the next section still runs.
                 error = traceback.format_exc()
                 print(f"section {name} FAILED:\n{error}", file=sys.stderr, flush=True)
-                report.section(
-                    name, status="error", elapsed_s=time.perf_counter() - start, error=error
-                )
+                report.section(name, status="error", elapsed_s=section_watch.wall_s, error=error)
             else:
                 report.section(
                     name,
                     status="ok",
-                    elapsed_s=time.perf_counter() - start,
+                    elapsed_s=section_watch.wall_s,
                     results=results,
                     device_peak_mib=device_peak_mib(),
                 )
@@ -1094,7 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jax.clear_caches()  # Free the section's executables before the next.
     report.write()
     print(
-        f"\n{time.perf_counter() - report.start:.0f} s; sections: "
+        f"\n{report.watch.wall_s:.0f} s; sections: "
         + ", ".join(f"{n} {s['status']}" for n, s in report.sections.items())
         + f"; correctness checks {'passed' if all(c['ok'] for c in report.checks) else 'FAILED'}"
         + (f"; wrote {args.out}" if args.out else ""),

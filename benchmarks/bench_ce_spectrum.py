@@ -38,10 +38,8 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -49,13 +47,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_jax as sj
+from benchmarks._ce_inputs import (
+    IGNORE_INDEX,
+    parse_shapes,
+    pascal_like_labels,
+    realistic_logits,
+    reference_ce_spectrum,
+    reference_sweep,
+)
+from benchmarks.timing import Stopwatch, environment, load_average, time_call, time_interleaved
 
-try:
-    import resource
-except ImportError:  # Not on a Unix.
-    resource = None
-
-IGNORE_INDEX = 255
 MAX_CLASSES_PRESENT = 3
 DEFAULT_SHAPES = "8x129x129x21,2x513x513x21"
 # Shapes with more than this many logits (B*H*W*C) count as "large": fewer default repeats.
@@ -78,186 +79,6 @@ TARGETS = (
     ("band_limit_sweep", "ce_half_spectrum", 1.1),
     ("vmap_relative_discrepancy", "relative_discrepancy", 1.1),
 )
-
-
-# --------------------------------------------------------------------------------------
-# Synthetic PASCAL-like data.
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Square (Chebyshev) dilation of ``[..., H, W]`` booleans by ``radius`` pixels."""
-    out = mask
-    for axis in (-2, -1):
-        grown = out.copy()
-        n = out.shape[axis]
-        for shift in range(1, radius + 1):
-            if shift >= n:
-                break
-            lo = [slice(None)] * out.ndim
-            hi = [slice(None)] * out.ndim
-            lo[axis], hi[axis] = slice(0, n - shift), slice(shift, n)
-            grown[tuple(lo)] |= out[tuple(hi)]
-            grown[tuple(hi)] |= out[tuple(lo)]
-        out = grown
-    return out
-
-
-def pascal_like_labels(
-    rng: np.random.Generator, batch: int, height: int, width: int, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Label maps with background 0, 1-2 object classes as ellipses, and a void border.
-
-    Returns:
-      ``(labels, clean)``: ``[B, H, W]`` int32 labels with ``IGNORE_INDEX`` on a band
-      along the object boundaries, and the same maps without the band.
-    """
-    yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    clean = np.zeros((batch, height, width), np.int32)
-    for i in range(batch):
-        num_objects = int(rng.integers(1, 3)) if num_classes > 2 else min(num_classes - 1, 1)
-        classes = rng.choice(np.arange(1, num_classes), size=num_objects, replace=False)
-        for cls in classes:
-            for _ in range(int(rng.integers(1, 4))):
-                cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
-                ay, ax = rng.uniform(0.06, 0.22) * height, rng.uniform(0.06, 0.22) * width
-                angle = rng.uniform(0.0, np.pi)
-                dy, dx = yy - cy, xx - cx
-                u = (dx * np.cos(angle) + dy * np.sin(angle)) / ax
-                v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ay
-                clean[i][u * u + v * v <= 1.0] = cls
-    # Boundary pixels (both sides of every label change), grown into a band ~5 px wide.
-    edge = np.zeros(clean.shape, bool)
-    vertical = clean[:, 1:, :] != clean[:, :-1, :]
-    horizontal = clean[:, :, 1:] != clean[:, :, :-1]
-    edge[:, 1:, :] |= vertical
-    edge[:, :-1, :] |= vertical
-    edge[:, :, 1:] |= horizontal
-    edge[:, :, :-1] |= horizontal
-    void_radius = max(1, min(height, width) // 200)
-    labels = np.where(_dilate(edge, void_radius), IGNORE_INDEX, clean).astype(np.int32)
-    return labels, clean
-
-
-def _box_blur(x: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """Moving average of width ``2 * radius + 1`` along ``axis`` (edges replicated)."""
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius + 1, radius)
-    c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis, dtype=np.float32)
-    n = x.shape[axis]
-    hi = np.take(c, np.arange(2 * radius + 1, 2 * radius + 1 + n), axis=axis)
-    lo = np.take(c, np.arange(0, n), axis=axis)
-    return (hi - lo) / np.float32(2 * radius + 1)
-
-
-def realistic_logits(rng: np.random.Generator, clean: np.ndarray, num_classes: int):
-    """``[B, H, W, C]`` float32: smoothed one-hot labels plus noise, times 5."""
-    height = clean.shape[1]
-    onehot = (clean[..., None] == np.arange(num_classes)).astype(np.float32)
-    radius = max(1, height // 32)
-    smooth = _box_blur(_box_blur(onehot, radius, axis=1), radius, axis=2)
-    noise = rng.normal(0.0, 0.3, size=smooth.shape).astype(np.float32)
-    return np.float32(5.0) * (smooth + noise)
-
-
-# --------------------------------------------------------------------------------------
-# Float64 NumPy reference.
-
-
-def reference_ce_spectrum(
-    logits: np.ndarray, labels: np.ndarray, ignore_index: int = 255, ignore_mode: str = "labels"
-):
-    """``(spectrum [B, H, W], ce [B])`` in float64, straight from the definition.
-
-    ``L(nu) = Re sum_c conj(b(nu, c)) y_hat(nu, c) / (N H W)`` with the full ``fft2`` of
-    every class's map, and the per-image mean CE over valid pixels computed directly.
-    ``ignore_mode`` as in :func:`spectral_jax.ce_spectrum` (finite logits assumed):
-    ``"labels"`` zeroes only the one-hot labels at ignored pixels, ``"both"`` also
-    ``y_hat``'s map.
-    """
-    logits = np.asarray(logits, np.float64)
-    batch, height, width, num_classes = logits.shape
-    spectrum = np.zeros((batch, height, width))
-    ce = np.zeros(batch)
-    for i in range(batch):
-        y = logits[i]
-        peak = y.max(axis=-1, keepdims=True)
-        log_partition = peak[..., 0] + np.log(np.exp(y - peak).sum(axis=-1))
-        valid = labels[i] != ignore_index
-        count = max(int(valid.sum()), 1)
-        acc = np.zeros((height, width))
-        for c in range(num_classes):
-            kept = valid if ignore_mode == "both" else np.ones_like(valid)
-            neg_log_prob = np.where(kept, log_partition - y[..., c], 0.0)
-            target = ((labels[i] == c) & valid).astype(np.float64)
-            acc += (np.conj(np.fft.fft2(target)) * np.fft.fft2(neg_log_prob)).real
-        spectrum[i] = acc / (count * height * width)
-        picked = np.take_along_axis(y, np.where(valid, labels[i], 0)[..., None], axis=-1)
-        ce[i] = np.where(valid, log_partition - picked[..., 0], 0.0).sum() / count
-    return spectrum, ce
-
-
-def reference_chebyshev_bands(height: int, width: int) -> np.ndarray:
-    """``[H, W]`` band ``max(|nu_h|, |nu_w|)`` in DFT order, independent of the library."""
-    fh = np.abs(np.rint(np.fft.fftfreq(height) * height)).astype(int)
-    fw = np.abs(np.rint(np.fft.fftfreq(width) * width)).astype(int)
-    return np.maximum(fh[:, None], fw[None, :])
-
-
-def reference_sweep(spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(profile [B, R], R(nu_max) [R])`` as a ratio of batch means, from the spectrum."""
-    batch, height, width = spectrum.shape
-    bands = reference_chebyshev_bands(height, width).ravel()
-    num = int(bands.max()) + 1
-    profile = np.stack([np.bincount(bands, s.ravel(), minlength=num) for s in spectrum])
-    truncated = np.cumsum(profile, axis=-1).sum(axis=0)
-    total = truncated[-1]
-    return profile, np.abs(truncated - total) / total
-
-
-# --------------------------------------------------------------------------------------
-# Timing.
-
-
-def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
-    shapes = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise argparse.ArgumentTypeError(f"shape must be BxHxWxC, got {item!r}")
-        shapes.append(tuple(int(p) for p in parts))
-    return shapes
-
-
-def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
-
-
-def _call(fn: Callable, args: Sequence[Any]) -> tuple[float, int]:
-    """Wall time of one blocking call, and the minor page faults it took (all threads)."""
-    faults = _minor_faults()
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start, _minor_faults() - faults
-
-
-def time_interleaved(candidates: dict[str, tuple[Callable, tuple]], repeats: int):
-    """Per candidate: first-call (compile) time, ``repeats`` interleaved wall times, faults."""
-    compile_s = {name: _call(fn, args)[0] for name, (fn, args) in candidates.items()}
-    for fn, args in candidates.values():  # A second warm-up call, after compilation.
-        _call(fn, args)
-    names = list(candidates)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    faults: dict[str, list[int]] = {name: [] for name in names}
-    # A fresh random order every round: a candidate that maps and frees much memory slows
-    # the call after it, so a fixed neighbour would be charged for it in every round.
-    rng = np.random.default_rng(1234)
-    for _ in range(repeats):
-        for name in rng.permutation(names):
-            fn, args = candidates[name]
-            seconds, count = _call(fn, args)
-            times[name].append(seconds)
-            faults[name].append(count)
-    return compile_s, times, faults
 
 
 def _ms(seconds: float) -> str:
@@ -321,9 +142,10 @@ def bench_shape(
     # NumPy float64 reference: slow, timed on its own, and the ground truth of the checks.
     ref_times = []
     for _ in range(ref_repeats):
-        start = time.perf_counter()
-        ref_spectrum, ref_ce = reference_ce_spectrum(logits_np, labels_np, IGNORE_INDEX)
-        ref_times.append(time.perf_counter() - start)
+        seconds, (ref_spectrum, ref_ce) = time_call(
+            reference_ce_spectrum, logits_np, labels_np, IGNORE_INDEX
+        )
+        ref_times.append(seconds)
     ref_profile, ref_sweep = reference_sweep(ref_spectrum)
 
     floor = float(np.median(times["floor"]))
@@ -437,44 +259,6 @@ def bench_shape(
     )
 
 
-def environment() -> dict[str, Any]:
-    device = jax.devices()[0]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # Not on Linux.
-        cores = os.cpu_count()
-    return dict(
-        jax=jax.__version__,
-        jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-        numpy=np.__version__,
-        python=platform.python_version(),
-        backend=jax.default_backend(),
-        device=f"{device.platform}: {device.device_kind}",
-        num_devices=jax.device_count(),
-        cpu_count=os.cpu_count(),
-        usable_cores=cores,
-        processor=platform.processor() or platform.machine(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        x64=bool(jax.config.jax_enable_x64),
-    )
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _jaxlib_version() -> str | None:
-    try:
-        import jaxlib
-
-        return jaxlib.__version__
-    except (ImportError, AttributeError):
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES))
@@ -514,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(usable {env['usable_cores']}), {env['processor']}"
     )
     print(f"XLA_FLAGS: {env['xla_flags'] or '(unset)'}; jax_enable_x64={env['x64']}")
-    print(f"load average at start: {_load()} (other processes on the machine skew timings)")
+    print(f"load average at start: {load_average()} (other processes on the machine skew timings)")
 
-    start = time.perf_counter()
+    watch = Stopwatch()
     results = []
     for shape in args.shapes:
         large = int(np.prod(shape)) > LARGE_ELEMENTS
@@ -526,10 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {repeats} repeats for {shape}; at least {minimum} recommended")
         ref_repeats = args.ref_repeats or (1 if large else 2)
         results.append(bench_shape(shape, repeats, ref_repeats, args.seed, args.class_chunk_sizes))
-    elapsed = time.perf_counter() - start
+    elapsed = watch.wall_s
     ok = all(r["checks_ok"] for r in results)
     print(
-        f"\ntotal {elapsed:.0f} s; load average at end: {_load()}; "
+        f"\ntotal {elapsed:.0f} s; load average at end: {load_average()}; "
         f"correctness checks {'passed' if ok else 'FAILED'}"
     )
 

@@ -38,15 +38,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import statistics
 import sys
-import time
 
 import jax
 import optax
 
-from benchmarks import bench_train_step as bench
+from benchmarks import _deeplab_step as bench
+from benchmarks import timing
 from spectral_jax.training import steps as steps_lib
 from spectral_jax.training import train_state as state_lib
 
@@ -90,16 +89,15 @@ def time_compile(config: bench.BenchConfig, variant: str) -> dict[str, float]:
     """Wall and CPU seconds to trace and lower the step, and to compile it with XLA."""
     state, step = make_state_and_step(config, variant)
     batch = jax.device_put(bench.make_batch(config))
-    wall, cpu = time.perf_counter(), time.process_time()
-    lowered = step.lower(state, batch)
-    lower, lower_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    wall, cpu = time.perf_counter(), time.process_time()
-    lowered.compile()
+    with timing.Stopwatch() as lowering:
+        lowered = step.lower(state, batch)
+    with timing.Stopwatch() as compiling:
+        lowered.compile()
     return {
-        "lower": lower,
-        "compile": time.perf_counter() - wall,
-        "lower_cpu": lower_cpu,
-        "compile_cpu": time.process_time() - cpu,
+        "lower": lowering.wall_s,
+        "compile": compiling.wall_s,
+        "lower_cpu": lowering.cpu_s,
+        "compile_cpu": compiling.cpu_s,
     }
 
 
@@ -119,12 +117,9 @@ def time_steps(variants, *, warmup: int, steps: int, rounds: int) -> dict[str, t
     for _ in range(rounds):
         for variant in variants:
             state, step = runs[variant]
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                state, metrics = step(state, batch)
-            jax.block_until_ready((state, metrics))
-            times[variant].append((time.perf_counter() - wall) / steps)
-            cpu_times[variant].append((time.process_time() - cpu) / steps)
+            state, wall, cpu, _ = timing.time_steps(step, state, batch, steps)
+            times[variant].append(wall)
+            cpu_times[variant].append(cpu)
             runs[variant][0] = state
     return {
         variant: (statistics.median(times[variant]), statistics.median(cpu_times[variant]))
@@ -154,7 +149,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}); "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        f"load average at start {timing.load_average()}"
     )
     if not args.no_compile_time:
         results = {(b, v): [] for b in BACKBONES for v in args.variants}
@@ -167,12 +162,12 @@ def main(argv=None) -> int:
                     print(
                         f"round {round_}: {backbone} {variant}: lower {result['lower']:.1f} s "
                         f"(CPU {result['lower_cpu']:.1f} s), compile {result['compile']:.1f} s "
-                        f"(CPU {result['compile_cpu']:.1f} s), load {os.getloadavg()[0]:.2f}",
+                        f"(CPU {result['compile_cpu']:.1f} s), load {timing.load_average()}",
                         flush=True,
                     )
         print(
             f"\nTrain step at batch {args.batch}, {args.crop} x {args.crop}; median of "
-            f"{args.rounds} interleaved rounds; load average at end {os.getloadavg()[0]:.2f}\n"
+            f"{args.rounds} interleaved rounds; load average at end {timing.load_average()}\n"
         )
         print(
             "| variant | backbone | trace + lower, s | XLA compile, s | total, s | 101 / 50 "
@@ -201,7 +196,7 @@ def main(argv=None) -> int:
         print(
             f"\nFull-config step (ResNet-101, batch 2, 257 x 257), median of {args.rounds} "
             f"interleaved rounds of {args.steps} steps; load average at end "
-            f"{os.getloadavg()[0]:.2f}\n"
+            f"{timing.load_average()}\n"
         )
         print("| variant | ms/step | / unrolled | CPU ms/step | / unrolled (CPU) |")
         print("|---|---:|---:|---:|---:|")

@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -40,23 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_jax as sj
-from benchmarks import bench_ce_spectrum as data
+from benchmarks import _ce_inputs as data
+from benchmarks.timing import Stopwatch, load_average, time_interleaved
 from spectral_jax import probes
 
 TARGET = 1.2
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _call(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
 
 
 def _update(stats, logits, labels):
@@ -156,15 +142,8 @@ def run(
     print(f"{'function':<32}{'first eager s':>14}{'eager ms':>10}{'jit ms':>10}{'eager/jit':>11}")
     for name in names:
         eager, jitted = all_cases[name]
-        first = _call(eager)
-        for _ in range(2):
-            _call(eager)
-            _call(jitted)
-        times: dict[str, list[float]] = {"eager": [], "jit": []}
-        rng = np.random.default_rng(1234)
-        for _ in range(repeats):
-            for which in rng.permutation(["eager", "jit"]):
-                times[which].append(_call(eager if which == "eager" else jitted))
+        first_s, times, _ = time_interleaved({"eager": (eager, ()), "jit": (jitted, ())}, repeats)
+        first = first_s["eager"]
         eager_s, jit_s = (float(np.median(times[k])) for k in ("eager", "jit"))
         rows[name] = dict(
             first_eager_s=first, eager_s=eager_s, jit_s=jit_s, ratio=eager_s / jit_s, times=times
@@ -189,14 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     (shape,) = args.shape
-    print(f"JAX {jax.__version__}, {jax.devices()[0].device_kind}; load average {_load()}")
+    print(f"JAX {jax.__version__}, {jax.devices()[0].device_kind}; load average {load_average()}")
     print(f"shape {shape}, Jacobians on {args.jacobian_size}x{args.jacobian_size}x4, "
           f"{args.repeats} interleaved repeats; target eager <= {TARGET}x jit")  # fmt: skip
-    start = time.perf_counter()
+    watch = Stopwatch()
     rows = run(shape, args.jacobian_size, args.repeats, args.seed, args.only)
     worst = max(rows.values(), key=lambda row: row["ratio"])
     print(
-        f"total {time.perf_counter() - start:.0f} s; load average at end {_load()}; "
+        f"total {watch.wall_s:.0f} s; load average at end {load_average()}; "
         f"largest ratio {worst['ratio']:.2f}x"
     )
     if args.json is not None:

@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
-import time
 from collections.abc import Sequence
 
 import jax
@@ -49,13 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_jax as sj
-from benchmarks.bench_ce_spectrum import parse_shapes, pascal_like_labels, realistic_logits
+from benchmarks._ce_inputs import parse_shapes, pascal_like_labels, realistic_logits
+from benchmarks.timing import Stopwatch, load_average
 from spectral_jax.loss_spectrum import DEFAULT_CLASS_CHUNK_SIZE as CHUNK
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _chunk_scan_fft(chunks):
@@ -121,11 +115,10 @@ def run(shape, repeats: int, seed: int) -> dict[str, tuple[float, float, bool | 
     for _ in range(repeats):
         for name in order_rng.permutation(list(cases)):
             fn, args, _ = cases[name]
-            cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            wall = time.perf_counter() - wall0
-            walls[name].append(wall)
-            cpus[name].append((_cpu_seconds() - cpu0) / wall)
+            with Stopwatch() as watch:
+                jax.block_until_ready(fn(*args))
+            walls[name].append(watch.wall_s)
+            cpus[name].append(watch.cpu_s / watch.wall_s)
     return {
         name: (
             float(np.median(walls[name])) * cases[name][2],
@@ -138,7 +131,7 @@ def run(shape, repeats: int, seed: int) -> dict[str, tuple[float, float, bool | 
 
 def _print_table(shape, results: dict[str, tuple[float, float, bool | None]]) -> None:
     floor = results["floor"][0]
-    print(f"\n{'x'.join(map(str, shape))}  (load average {os.getloadavg()[0]:.2f})")
+    print(f"\n{'x'.join(map(str, shape))}  (load average {load_average()})")
     print("| case | ms | x floor | cpu/wall | FFT input from a pool-split fusion |")
     print("|---|---:|---:|---:|---|")
     for name, (wall, cpu, split) in results.items():

@@ -25,12 +25,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import Stopwatch, load_average, time_call
 from spectral_jax.models import segmentation_checkpoints
 
 try:  # PyTorch is optional (the `torch` extra): without it the script exits with status 2.
@@ -42,13 +42,6 @@ except ImportError:
 
 LAYOUT = "pytorch_deeplab_xception"
 TOLERANCE = 1e-4
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv=None) -> int:
@@ -65,7 +58,7 @@ def main(argv=None) -> int:
         return 2
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    print(f"load average at start: {_load()}; {threads} threads; batch {args.batch}")
+    print(f"load average at start: {load_average()}; {threads} threads; batch {args.batch}")
 
     torch.manual_seed(0)
     reference = _torch_deeplab.randomise_batch_norm(_torch_deeplab.ReferenceRepositoryDeepLab(), 0)
@@ -79,19 +72,17 @@ def main(argv=None) -> int:
     torch_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
     apply = jax.jit(model.apply)
-    start = time.perf_counter()
-    compiled = apply.lower(variables, jnp.asarray(images)).compile()
-    compile_s = time.perf_counter() - start
+    with Stopwatch() as compiling:
+        compiled = apply.lower(variables, jnp.asarray(images)).compile()
+    compile_s = compiling.wall_s
     jax_logits = np.asarray(jax.block_until_ready(compiled(variables, jnp.asarray(images))))
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(variables, jnp.asarray(images)))
-    jax_s = time.perf_counter() - start
+    jax_s, _ = time_call(lambda: compiled(variables, jnp.asarray(images)))
 
     with torch.inference_mode():
         torch_logits = reference(torch_images).permute(0, 2, 3, 1).numpy()
-        start = time.perf_counter()
-        reference(torch_images)
-        torch_s = time.perf_counter() - start
+        with Stopwatch() as torch_call:
+            reference(torch_images)
+        torch_s = torch_call.wall_s
 
     error = float(np.max(np.abs(jax_logits - torch_logits)) / np.max(np.abs(torch_logits)))
     results = {
@@ -105,7 +96,7 @@ def main(argv=None) -> int:
         "jax_images_per_s": args.batch / jax_s,
         "torch_images_per_s": args.batch / torch_s,
         "jax_over_torch": (args.batch / jax_s) / (args.batch / torch_s),
-        "load_at_end": _load(),
+        "load_at_end": load_average(),
     }
     print(f"logits: max relative difference {error:.2e} (limit {TOLERANCE:g})")
     print("| framework | s/batch | images/s | JAX / PyTorch |")

@@ -37,7 +37,6 @@ import argparse
 import functools
 import json
 import pathlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +44,7 @@ import jax
 import numpy as np
 
 import spectral_jax as sj
-from benchmarks.bench_eager_calls import _call, _load
+from benchmarks.timing import Stopwatch, load_average, time_call, time_interleaved
 from spectral_jax import probes
 
 TARGET = 1.2
@@ -60,15 +59,8 @@ def _layer_with_params(params, x):
 
 
 def _interleaved(thunks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    for thunk in thunks.values():
-        for _ in range(2):
-            _call(thunk)
-    times: dict[str, list[float]] = {name: [] for name in thunks}
-    rng = np.random.default_rng(1234)
-    for _ in range(repeats):
-        for name in rng.permutation(list(thunks)):
-            times[name].append(_call(thunks[name]))
-    return times
+    """Wall times of ``repeats`` interleaved rounds of the thunks, after two calls each."""
+    return time_interleaved({name: (thunk, ()) for name, thunk in thunks.items()}, repeats)[1]
 
 
 def run(size: int, batch: int, repeats: int, seed: int) -> dict[str, Any]:
@@ -90,7 +82,7 @@ def run(size: int, batch: int, repeats: int, seed: int) -> dict[str, Any]:
     }
     repeat = {name: float(np.median(t)) for name, t in _interleaved(thunks, repeats).items()}
     new_kernel = next(kernels)
-    new_closure_s = _call(lambda: sj.spectral_jacobian(lambda z: _layer(z, new_kernel), x))
+    new_closure_s, _ = time_call(lambda: sj.spectral_jacobian(lambda z: _layer(z, new_kernel), x))
 
     params = {"kernel": kernel}
     per_size = {}
@@ -119,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    print(f"JAX {jax.__version__}, {jax.devices()[0].device_kind}; load average {_load()}")
+    print(f"JAX {jax.__version__}, {jax.devices()[0].device_kind}; load average {load_average()}")
     print(f"3x3 conv + ReLU on {args.size}x{args.size}x4; {args.repeats} interleaved repeats")
-    start = time.perf_counter()
+    watch = Stopwatch()
     result = run(args.size, args.batch, args.repeats, args.seed)
     floor = result["repeat"]["jitted repeat"]
     print(f"\nspectral_jacobian, full {args.size**2}x{args.size**2} matrix (medians)")
@@ -133,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nspectral_jacobian_rows, 32 rows of {args.batch} maps {map_size}x{map_size}x4")
         for name, seconds in times.items():
             print(f"  {name:<22}{seconds * 1e3:9.1f} ms{seconds / loop:8.2f}x of the loop")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; load average at end {_load()}")
+    print(f"\ntotal {watch.wall_s:.0f} s; load average at end {load_average()}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -25,15 +25,14 @@ average is printed); compare the ratio within one run.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.bench_train_step import CONFIGS, init_variables, make_batch, make_jax_step
+from benchmarks._deeplab_step import CONFIGS, init_variables, make_batch, make_jax_step
+from benchmarks.timing import Stopwatch, load_average, time_steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -47,28 +46,23 @@ def time_dtypes(config, batch, *, warmup: int, steps: int, rounds: int) -> dict[
         # A copy per dtype: the step donates its state, buffers included.
         copy = jax.tree.map(jnp.array, variables)
         state, step = make_jax_step(model.clone(dtype=dtype), copy)
-        start = time.perf_counter()
         first_loss = None
-        for _ in range(warmup):
-            state, metrics = step(state, batch)
-            first_loss = float(metrics["loss"]) if first_loss is None else first_loss
-        jax.block_until_ready(state)
+        with Stopwatch() as watch:
+            for _ in range(warmup):
+                state, metrics = step(state, batch)
+                first_loss = float(metrics["loss"]) if first_loss is None else first_loss
+            jax.block_until_ready(state)
         runs[name] = dict(
             state=state,
             step=step,
-            warmup=time.perf_counter() - start,
+            warmup=watch.wall_s,
             first_loss=first_loss,
             times=[],
         )
     for _ in range(rounds):
         for run in runs.values():
-            state, step = run["state"], run["step"]
-            start = time.perf_counter()
-            for _ in range(steps):
-                state, _ = step(state, batch)
-            jax.block_until_ready(state)
-            run["times"].append((time.perf_counter() - start) / steps)
-            run["state"] = state
+            run["state"], seconds, _, _ = time_steps(run["step"], run["state"], batch, steps)
+            run["times"].append(seconds)
     return {
         name: dict(
             seconds=statistics.median(run["times"]),
@@ -102,7 +96,7 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     print(
         f"jax {jax.__version__} ({device.platform}: {device.device_kind}), "
-        f"python {platform.python_version()}, load average at start {os.getloadavg()[0]:.2f}"
+        f"python {platform.python_version()}, load average at start {load_average()}"
     )
     table = []
     for name in args.configs:
@@ -117,7 +111,7 @@ def main(argv=None) -> int:
                 f"first compiles), first loss {result['first_loss']:.6f}"
             )
         table.append((name, config, results))
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}\n")
+    print(f"\nload average at end {load_average()}\n")
     print("| config | model | batch x crop | dtype | steps/s | ms/step | speed-up |")
     print("|---|---|---|---|---:|---:|---:|")
     for name, config, results in table:

@@ -35,12 +35,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from benchmarks.timing import load_average, time_calls
 from experiments import launch
 from experiments import train as train_script
 from experiments.configs import default, tiny
@@ -130,12 +130,7 @@ def allreduce_worker(trees: list[str], repeats: int) -> None:
                 out_specs=P(),
             )
         )
-        times = []
-        for index in range(repeats + 2):
-            start = time.perf_counter()
-            jax.block_until_ready(allreduce(gradients))
-            if index >= 2:
-                times.append(time.perf_counter() - start)
+        times = time_calls(allreduce, (gradients,), repeats + 2)[2:]  # 2 warm-up calls
         check = jax.tree.leaves(allreduce(gradients))[0]
         assert float(np.asarray(check.addressable_data(0)).ravel()[0]) == mesh.devices.size
         size = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
@@ -172,7 +167,7 @@ def main() -> None:
     if args.allreduce_worker:
         allreduce_worker(trees, args.repeats)
         return
-    print(f"load average at start: {os.getloadavg()}, jax {jax.__version__}")
+    print(f"load average at start: {load_average()}, jax {jax.__version__}")
     if not args.skip_training:
         load_split("synthetic_scenes/pascal_like", "train")  # Built once, not per process.
         load_split("synthetic_scenes/pascal_like", "validation")
@@ -188,7 +183,7 @@ def main() -> None:
                 result = allreduce_times(*topology, trees, args.repeats)
                 reduces[topology].append(result)
                 print(f"round {round_index}: {topology[0]} x {topology[1]} all-reduce: {result}")
-    print(f"load average at end: {os.getloadavg()}")
+    print(f"load average at end: {load_average()}")
     print("\n| processes x devices | steps/s (median) | rounds |")
     print("|---|---:|---|")
     for topology, values in rates.items():

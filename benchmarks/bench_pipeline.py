@@ -27,8 +27,8 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
+from benchmarks.timing import Stopwatch, load_average
 from spectral_jax import data
 from spectral_jax.data import synthetic
 
@@ -44,10 +44,10 @@ def _time_run(source, *, crop_size, batch_size, batches, workers, mean, std) -> 
         worker_count=workers,
     )
     next(iterator)  # warm-up (and worker start-up)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    elapsed = time.perf_counter() - start
+    with Stopwatch() as watch:
+        for _ in range(batches):
+            next(iterator)
+    elapsed = watch.wall_s
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
@@ -78,14 +78,14 @@ def main(argv=None) -> list[dict]:
     info = data.dataset_info(f"synthetic_scenes/{args.scene}")
     sources = {}
     for config in (small, large):
-        start = time.perf_counter()
+        watch = Stopwatch()
         sources[config.image_size] = data.load_split(
             "synthetic_scenes",
             "train",
             data_dir=args.data_dir,
             builder_kwargs={"config": config},
         )
-        print(f"data set {config.name}: ready in {time.perf_counter() - start:.1f} s")
+        print(f"data set {config.name}: ready in {watch.wall_s:.1f} s")
 
     rows = []
     cases = [(129, 129), (129, 513), (513, 513)]
@@ -104,9 +104,7 @@ def main(argv=None) -> list[dict]:
                 dict(image_size=image_size, crop_size=crop_size, workers=workers, images_per_s=rate)
             )
 
-    print(
-        f"\nload average: {os.getloadavg()}, CPUs: {os.cpu_count()}, batch size {args.batch_size}"
-    )
+    print(f"\nload average: {load_average()}, CPUs: {os.cpu_count()}, batch size {args.batch_size}")
     print(f"{'image':>6} {'crop':>6} {'workers':>8} {'images/s':>10}")
     for row in rows:
         print(

@@ -32,12 +32,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import Stopwatch, load_average, time_calls
 from experiments import report
 from experiments.configs import tiny
 from spectral_jax.data import sharding
@@ -78,9 +78,9 @@ def _batch(config, num_replicas: int, mesh) -> dict[str, jax.Array]:
 def _compile_seconds(program, state, batch, keys) -> float:
     program.train_fn.lower(state, batch, keys).compile()  # Warms JAX's tracing caches.
     jax.clear_caches()
-    start = time.perf_counter()
-    program.train_fn.lower(state, batch, keys).compile()
-    return time.perf_counter() - start
+    with Stopwatch() as watch:
+        program.train_fn.lower(state, batch, keys).compile()
+    return watch.wall_s
 
 
 def _conv_milliseconds(num_replicas: int, repeats: int = 10) -> dict[str, float]:
@@ -107,10 +107,7 @@ def _conv_milliseconds(num_replicas: int, repeats: int = 10) -> dict[str, float]
     times = {}
     for name, fn in candidates.items():
         jax.block_until_ready(fn(kernel, x))
-        start = time.perf_counter()
-        for _ in range(repeats):
-            jax.block_until_ready(fn(kernel, x))
-        times[name] = (time.perf_counter() - start) / repeats * 1e3
+        times[name] = sum(time_calls(fn, (kernel, x), repeats)) / repeats * 1e3
     return times
 
 
@@ -124,7 +121,7 @@ def main(argv=None) -> int:
     config = tiny.get_config()
     seeds = tuple(range(args.num_seeds))
     print(f"{report.cpu_model()}, jax {jax.__version__}, ")
-    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s), load {os.getloadavg()}")
+    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s), load {load_average()}")
 
     variants = {}
     for name, replica_seeds in (("one replica", seeds[:1]), (f"{len(seeds)} replicas", seeds)):
@@ -145,11 +142,11 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for name, variant in variants.items():
             state = variant["state"]
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                state, _ = variant["program"].train_fn(state, variant["batch"], variant["keys"])
-            jax.block_until_ready(state)
-            times[name].append(time.perf_counter() - start)
+            with Stopwatch() as watch:
+                for _ in range(calls[name]):
+                    state, _ = variant["program"].train_fn(state, variant["batch"], variant["keys"])
+                jax.block_until_ready(state)
+            times[name].append(watch.wall_s)
             variant["state"] = state
 
     replica_steps = args.num_seeds * args.steps
@@ -170,7 +167,7 @@ def main(argv=None) -> int:
             }
         )
     one, many = (rows[0]["replica_steps_per_second"], rows[1]["replica_steps_per_second"])
-    print(f"\nvmapped / sequential throughput: {many / one:.2f}x; load {os.getloadavg()}")
+    print(f"\nvmapped / sequential throughput: {many / one:.2f}x; load {load_average()}")
     conv_times = _conv_milliseconds(args.num_seeds)
     print(f"\nOne conv layer for {args.num_seeds} replicas (ms per call):")
     print("| | ms |\n|---|---:|")

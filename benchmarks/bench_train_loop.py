@@ -41,27 +41,28 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from unittest import mock
 
 import jax
 import ml_collections
 
+from benchmarks.timing import Stopwatch, load_average
 from experiments.configs import tiny
 from spectral_jax.training import checkpointing, train_and_evaluate
 from spectral_jax.training import writers as writers_lib
 
 
 class _TimingWriter:
-    """Forwards to ``writer``; records ``(time, step)`` of every training log record."""
+    """Forwards to ``writer``; records ``(seconds, step)`` of every training log record."""
 
-    def __init__(self, writer, records: list[tuple[float, int]]):
+    def __init__(self, writer, records: list[tuple[float, int]], watch: Stopwatch):
         self._writer = writer
         self._records = records
+        self._watch = watch
 
     def write_scalars(self, step, scalars):
         if "train/loss" in scalars:
-            self._records.append((time.perf_counter(), int(step)))
+            self._records.append((self._watch.wall_s, int(step)))
         self._writer.write_scalars(step, scalars)
 
     def flush(self):
@@ -113,6 +114,7 @@ def time_run(args: argparse.Namespace, overrides: dict[str, str]) -> float:
     """Steps per second of one run, between its first and last training log records."""
     config = make_config(args, overrides)
     records: list[tuple[float, int]] = []
+    watch = Stopwatch()
     create_writer = writers_lib.create_default_writer
     asynchronous = bool(_value(overrides.get("async_checkpoints", "1")))
     create_manager = functools.partial(
@@ -123,7 +125,7 @@ def time_run(args: argparse.Namespace, overrides: dict[str, str]) -> float:
         mock.patch.object(
             writers_lib,
             "create_default_writer",
-            lambda *a, **k: _TimingWriter(create_writer(*a, **k, console=False), records),
+            lambda *a, **k: _TimingWriter(create_writer(*a, **k, console=False), records, watch),
         ),
         mock.patch.object(checkpointing, "create_checkpoint_manager", create_manager),
     ):
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} devices), "
         f"python {platform.python_version()}, {os.cpu_count()} cores; "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        f"load average at start {load_average()}"
     )
     results: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(args.rounds):
@@ -173,10 +175,10 @@ def main(argv=None) -> int:
             results[name].append(time_run(args, overrides))
             print(
                 f"round {round_index + 1}: {name}: {results[name][-1]:.2f} steps/s "
-                f"(load {os.getloadavg()[0]:.2f})",
+                f"(load {load_average()})",
                 flush=True,
             )
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}\n")
+    print(f"\nload average at end {load_average()}\n")
     print("| variant | steps/s (median) | per round |")
     print("|---|---:|---|")
     for name in names:

@@ -18,31 +18,22 @@ before and after is printed: numbers taken on a busy machine are not the command
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
-import time
+
+from benchmarks.timing import Stopwatch, children_cpu_seconds, load_average
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed(command: list[str], cwd: pathlib.Path) -> tuple[float, float, int]:
     """Runs ``command`` in ``cwd``; returns ``(wall_s, cpu_s, exit_code)``."""
-    cpu_before, start = _children_cpu_seconds(), time.perf_counter()
-    exit_code = subprocess.call(command, cwd=cwd)
-    return time.perf_counter() - start, _children_cpu_seconds() - cpu_before, exit_code
-
-
-def _load() -> str:
-    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    cpu_before = children_cpu_seconds()
+    with Stopwatch() as watch:
+        exit_code = subprocess.call(command, cwd=cwd)
+    return watch.wall_s, children_cpu_seconds() - cpu_before, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="spectral_jax_timings_"))
     checkout = ROOT
     rows = []
-    print(f"load average (1 / 5 / 15 min) at start: {_load()}", flush=True)
+    print(f"load average (1 / 5 / 15 min) at start: {load_average()}", flush=True)
     if args.clone:
         checkout = scratch / "clone"
         subprocess.check_call(["git", "clone", "--quiet", str(ROOT), str(checkout)])
@@ -68,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("make demo", *timed(command, checkout)))
     if not args.skip_test:
         rows.append(("make test", *timed(["make", "test"], checkout)))
-    print(f"\nload average (1 / 5 / 15 min) at end: {_load()}")
+    print(f"\nload average (1 / 5 / 15 min) at end: {load_average()}")
     print(f"checkout: {checkout}\n")
     print("| command | wall | CPU | exit code |")
     print("|---|---:|---:|---:|")

@@ -49,6 +49,7 @@ truth of the three embedded presets (computed by :func:`preset_sweep`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import pathlib
@@ -418,7 +419,40 @@ def _order_sentence(preset_r: np.ndarray) -> str:
     return "Order of the presets, largest R first: " + "; ".join(sentences) + "."
 
 
-def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PresetSweep:
+    """R(nu_max) of one model's predictions and of the presets' blurred ground truth.
+
+    Attributes:
+      names: ``[4]`` the predictions: the model's, then the three presets'.
+      relative_discrepancy: ``[4, R]`` R at every band limit, the default ``ignore_mode``.
+      relative_discrepancy_by_ignore_mode: the same ``[4, R]`` for each of
+        :data:`spectral_jax.loss_spectrum.IGNORE_MODES`.
+      compilations: XLA compilations of the default mode's call.
+      seconds: of that call, compiling included.
+    """
+
+    names: list[str]
+    relative_discrepancy: np.ndarray
+    relative_discrepancy_by_ignore_mode: dict[str, np.ndarray]
+    compilations: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, arrays as nested lists."""
+        return {
+            "names": list(self.names),
+            "relative_discrepancy": self.relative_discrepancy.tolist(),
+            "relative_discrepancy_by_ignore_mode": {
+                mode: values.tolist()
+                for mode, values in self.relative_discrepancy_by_ignore_mode.items()
+            },
+            "compilations": self.compilations,
+            "seconds": self.seconds,
+        }
+
+
+def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> PresetSweep:
     """R(nu_max) of a model's predictions and of the presets' blurred ground truth.
 
     One jitted :func:`relative_discrepancy_grid` call over the four predictions (as four
@@ -430,10 +464,8 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> dict[s
       name: the model's name.
 
     Returns:
-      ``names`` (of the four predictions), ``relative_discrepancy`` (``[4, R]`` as lists,
-      the default ``ignore_mode``), ``relative_discrepancy_by_ignore_mode`` (the same for
-      each of :data:`spectral_jax.loss_spectrum.IGNORE_MODES`), ``compilations`` (XLA compilations of
-      the default mode's call) and ``seconds`` (of that call, compiling included).
+      The four predictions' R at every band limit, for each ``ignore_mode``
+      (:class:`PresetSweep`).
     """
     num_images = len(labels)
     preset_logits, preset_labels = blurred_label_predictions(num_images, logits.shape[-1])
@@ -445,24 +477,24 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> dict[s
     with count_compilations() as compilations:
         r = np.asarray(grid(all_logits[None], all_labels, band_limits))[0]  # [4, R]
     seconds = time.perf_counter() - start
-    by_mode = {DEFAULT_IGNORE_MODE: r.tolist()}
+    by_mode = {DEFAULT_IGNORE_MODE: r}
     for mode in IGNORE_MODES:
         if mode != DEFAULT_IGNORE_MODE:
             other = grid(all_logits[None], all_labels, band_limits, ignore_mode=mode)
-            by_mode[mode] = np.asarray(other)[0].tolist()
+            by_mode[mode] = np.asarray(other)[0]
     presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
-    return {
-        "names": [name] + [f"blurred ground truth, {preset}" for preset in presets],
-        "relative_discrepancy": r.tolist(),
-        "relative_discrepancy_by_ignore_mode": by_mode,
-        "compilations": compilations[0],
-        "seconds": seconds,
-    }
+    return PresetSweep(
+        names=[name] + [f"blurred ground truth, {preset}" for preset in presets],
+        relative_discrepancy=r,
+        relative_discrepancy_by_ignore_mode=by_mode,
+        compilations=compilations[0],
+        seconds=seconds,
+    )
 
 
-def preset_section(report: Report, sweep: dict[str, Any], *, heading: str, num_images: int) -> None:
+def preset_section(report: Report, sweep: PresetSweep, *, heading: str, num_images: int) -> None:
     """Adds :func:`preset_sweep` (on ``num_images`` scenes) beside Table 1's DeepLab v3+ rows."""
-    names, r = sweep["names"], np.asarray(sweep["relative_discrepancy"], np.float32)
+    names, r = sweep.names, sweep.relative_discrepancy
     fig, ax = pyplot().subplots(figsize=(7, 4), layout="constrained")
     for k, (label, curve) in enumerate(zip(names, r, strict=True)):
         shown = curve > 0
@@ -479,16 +511,16 @@ def preset_section(report: Report, sweep: dict[str, Any], *, heading: str, num_i
     report.paragraph(
         f"`jax.vmap` of `relative_discrepancy` over {len(names)} predictions x {r.shape[1]} "
         f"band limits on {num_images} scenes each (`relative_discrepancy_grid`), "
-        f"compiled {sweep['compilations']} time(s) (XLA compilations counted) and called once "
-        f"({sweep['seconds']:.1f} s including the compilation). The band limit only "
+        f"compiled {sweep.compilations} time(s) (XLA compilations counted) and called once "
+        f"({sweep.seconds:.1f} s including the compilation). The band limit only "
         "selects bands, so it is traced. The three presets' rows use the ground truth "
         "blurred by a 1-pixel Gaussian with 10 % uniform mixing (the presets' own yardstick, "
         "`spectral_jax.data.blurred_label_logits`), logits padded to 21 classes with "
         f"{PAD_LOGIT:g} (a padded class changes no component). " + _order_sentence(r[1:])
     )
     rows = []
-    for mode, curves in sweep["relative_discrepancy_by_ignore_mode"].items():
-        for label, curve in zip(names, np.asarray(curves), strict=True):
+    for mode, curves in sweep.relative_discrepancy_by_ignore_mode.items():
+        for label, curve in zip(names, curves, strict=True):
             rows.append([label, IGNORE_MODE_TITLES[mode], *ce_spectrum.r_row(curve)])
     rows += [
         [f"paper DeepLab v3+, {d}", "(no ignore label)", *ce_spectrum.paper_r_row(d)]

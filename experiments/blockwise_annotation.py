@@ -53,6 +53,7 @@ read back from ``run.json``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
@@ -787,24 +788,133 @@ def evaluation_band_limit(band_limit: int, *, crop_size: int, eval_size: int) ->
     return int(round(band_limit * eval_size / crop_size))
 
 
-def _plot_model(records, labels: np.ndarray, num_classes: int):
+@dataclasses.dataclass(frozen=True)
+class BlockwiseSetting:
+    """The block-wise runs of one band limit, paired by seed with the pixel-wise runs.
+
+    Attributes:
+      band_limit: on the training crop.
+      eval_band_limit: the same blocks' band limit on the evaluation scene.
+      mean_iou_per_seed: ``[S]`` validation mIoU of the block-wise runs.
+      relative_mean_iou_per_seed: ``[S]`` mIoU over the pixel-wise run's of the same seed.
+      relative_discrepancy_per_seed: ``[S]`` R(eval_band_limit) of the pixel-wise model of
+        the same seed.
+    """
+
+    band_limit: int
+    eval_band_limit: int
+    mean_iou_per_seed: list[float]
+    relative_mean_iou_per_seed: list[float]
+    relative_discrepancy_per_seed: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, their means over seeds and their :class:`Spread` columns."""
+        record = {
+            **dataclasses.asdict(self),
+            "mean_iou": float(np.mean(self.mean_iou_per_seed)),
+            "relative_mean_iou": float(np.mean(self.relative_mean_iou_per_seed)),
+            "relative_discrepancy": float(np.mean(self.relative_discrepancy_per_seed)),
+        }
+        record.update(compute_spread(self.mean_iou_per_seed).columns("mean_iou"))
+        record.update(compute_spread(self.relative_mean_iou_per_seed).columns("relative_mean_iou"))
+        record.update(
+            compute_spread(self.relative_discrepancy_per_seed).columns("relative_discrepancy")
+        )
+        return record
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBlockwise:
+    """One model trained on block-wise labels at a few band limits, over seeds
+    (:func:`model_blockwise`).
+
+    Attributes:
+      settings: one per block-wise band limit.
+      pixelwise_mean_iou: ``[S]`` mIoU of the same training on the pixel-wise labels.
+      correlation: Spearman's rho of the (R, relative mIoU) points of every seed and band
+        limit with its bootstrap interval; None for fewer than two points.
+      crop_size: the training crop.
+    """
+
+    settings: list[BlockwiseSetting]
+    pixelwise_mean_iou: list[float]
+    correlation: RankCorrelation | None
+    crop_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``records`` (per setting), ``pixelwise`` (the mIoU's spread columns), ``correlation``."""
+        pixel_spread = compute_spread(self.pixelwise_mean_iou)
+        return {
+            "records": [setting.to_json() for setting in self.settings],
+            "pixelwise": {
+                "mean_iou_per_seed": self.pixelwise_mean_iou,
+                **pixel_spread.columns("mean_iou"),
+            },
+            "correlation": None
+            if self.correlation is None
+            else self.correlation.columns("spearman"),
+        }
+
+
+def model_blockwise(
+    weak_mean_iou: dict[int, Sequence[float]],
+    pixelwise_mean_iou: Sequence[float],
+    relative_discrepancy: Sequence[np.ndarray],
+    *,
+    crop_size: int,
+    eval_size: int,
+    bootstrap_seed: int = 0,
+) -> ModelBlockwise:
+    """DeepLab v3+ trained on block-wise labels beside the pixel-wise model, over seeds.
+
+    Seed ``k`` of every block-wise setting is paired with seed ``k`` of the pixel-wise
+    training: relative mIoU ``mIoU_k(nu) / mIoU_k(pixel-wise)`` and ``R_k(nu)`` of the
+    pixel-wise model of seed ``k``.
+
+    Args:
+      weak_mean_iou: ``{band limit on the crop: [S] mIoU}`` of the block-wise runs.
+      pixelwise_mean_iou: ``[S]`` mIoU of the same training on the pixel-wise labels.
+      relative_discrepancy: ``S`` arrays ``[R]``: R(nu_max) of each pixel-wise model on
+        the validation scenes.
+      crop_size: the training crop.
+      eval_size: the side of the evaluation scenes.
+      bootstrap_seed: of the bootstrap of the rank correlation.
+    """
+    pixelwise = list(map(float, pixelwise_mean_iou))
+    settings = []
+    for band_limit, weak in weak_mean_iou.items():
+        nu = evaluation_band_limit(band_limit, crop_size=crop_size, eval_size=eval_size)
+        relative = [w / p for w, p in zip(weak, pixelwise, strict=True)]
+        r_values = [float(r[nu]) for r in relative_discrepancy]
+        settings.append(
+            BlockwiseSetting(band_limit, nu, list(map(float, weak)), relative, r_values)
+        )
+    x = [v for s in settings for v in s.relative_discrepancy_per_seed]
+    y = [v for s in settings for v in s.relative_mean_iou_per_seed]
+    correlation = None
+    if len(x) >= 2:
+        correlation = bootstrap_spearman(x, y, rng=np.random.default_rng(bootstrap_seed))
+    return ModelBlockwise(settings, pixelwise, correlation, crop_size)
+
+
+def _plot_model(settings: Sequence[BlockwiseSetting], labels: np.ndarray, num_classes: int):
     """Block-wise labels of one scene at each band limit, and relative mIoU against R."""
     plt = pyplot()
     figure, axes = plt.subplots(
-        1, 2 + len(records), figsize=(3 * (3 + len(records)), 3), layout="constrained"
+        1, 2 + len(settings), figsize=(3 * (3 + len(settings)), 3), layout="constrained"
     )
     axes[0].imshow(colour_labels(labels, num_classes))
     axes[0].set_title("pixel-wise")
-    for axis, record in zip(axes[1:], records, strict=False):
-        nu = record["eval_band_limit"]
+    for axis, setting in zip(axes[1:], settings, strict=False):
+        nu = setting.eval_band_limit
         weak = blockwise_annotation_numpy(labels, nu, num_classes=num_classes)
         axis.imshow(colour_labels(weak, num_classes))
         axis.set_title(f"block-wise, ν_max {nu}")
     for axis in axes[:-1]:
         axis.set_axis_off()
     scatter = axes[-1]
-    x = [v for r in records for v in r["relative_discrepancy_per_seed"]]
-    y = [v for r in records for v in r["relative_mean_iou_per_seed"]]
+    x = [v for s in settings for v in s.relative_discrepancy_per_seed]
+    y = [v for s in settings for v in s.relative_mean_iou_per_seed]
     scatter.plot(x, y, "o", alpha=0.6, label="ours (one point per seed)")
     paper = [(x, y) for m, d, _, x, y in _paper_points() if (m, d) == ("deeplab", "pascal")]
     scatter.plot(*zip(*paper, strict=True), "s", mfc="none", label="paper, PASCAL")
@@ -816,71 +926,22 @@ def _plot_model(records, labels: np.ndarray, num_classes: int):
 
 
 def model_section(
-    report: Report,
-    weak_mean_iou: dict[int, Sequence[float]],
-    pixelwise_mean_iou: Sequence[float],
-    relative_discrepancy: Sequence[np.ndarray],
-    labels: np.ndarray,
-    *,
-    heading: str,
-    crop_size: int,
-    num_classes: int,
-    bootstrap_seed: int = 0,
-) -> dict[str, Any]:
-    """Adds DeepLab v3+ trained on block-wise labels beside the pixel-wise model (PASCAL-like),
-    over seeds.
-
-    Seed ``k`` of every block-wise setting is paired with seed ``k`` of the pixel-wise
-    training: relative mIoU ``mIoU_k(nu) / mIoU_k(pixel-wise)`` and ``R_k(nu)`` of the
-    pixel-wise model of seed ``k``.
+    report: Report, result: ModelBlockwise, labels: np.ndarray, *, heading: str, num_classes: int
+) -> None:
+    """Adds :func:`model_blockwise` beside the paper's Table 3 and Fig. 6 (PASCAL-like).
 
     Args:
       report: the report to add the section to.
-      weak_mean_iou: ``{band limit on the crop: [S] mIoU}`` of the block-wise runs.
-      pixelwise_mean_iou: ``[S]`` mIoU of the same training on the pixel-wise labels.
-      relative_discrepancy: ``S`` arrays ``[R]``: R(nu_max) of each pixel-wise model on
-        the validation scenes.
+      result: the block-wise runs paired with the pixel-wise ones.
       labels: ``[N, N]`` the labels of one validation scene (``N`` the evaluation size).
       heading: the section's heading.
-      crop_size: the training crop.
       num_classes: the data set's classes.
-      bootstrap_seed: of the bootstrap of the rank correlation.
-
-    Returns:
-      ``records``, per block-wise band limit: ``band_limit``, ``eval_band_limit`` (on
-      the scene), the per-seed lists ``mean_iou_per_seed``,
-      ``relative_mean_iou_per_seed`` and ``relative_discrepancy_per_seed``, their
-      means ``mean_iou``, ``relative_mean_iou``, ``relative_discrepancy`` and their
-      :class:`~spectral_jax.evaluation.Spread` columns (``relative_mean_iou_std``, ...);
-      ``pixelwise``: the pixel-wise mIoU's spread columns; ``correlation``: Spearman's
-      rho of the (R, relative mIoU) points of every seed and band limit with its
-      bootstrap interval (:meth:`~spectral_jax.evaluation.RankCorrelation.columns`).
     """
-    size = labels.shape[0]
-    pixelwise = list(map(float, pixelwise_mean_iou))
-    records = []
-    for band_limit, weak in weak_mean_iou.items():
-        nu = evaluation_band_limit(band_limit, crop_size=crop_size, eval_size=size)
-        relative = [w / p for w, p in zip(weak, pixelwise, strict=True)]
-        r_values = [float(r[nu]) for r in relative_discrepancy]
-        record = {
-            "band_limit": band_limit,
-            "eval_band_limit": nu,
-            "mean_iou_per_seed": list(map(float, weak)),
-            "relative_mean_iou_per_seed": relative,
-            "relative_discrepancy_per_seed": r_values,
-            "mean_iou": float(np.mean(weak)),
-            "relative_mean_iou": float(np.mean(relative)),
-            "relative_discrepancy": float(np.mean(r_values)),
-        }
-        record.update(compute_spread(weak).columns("mean_iou"))
-        record.update(compute_spread(relative).columns("relative_mean_iou"))
-        record.update(compute_spread(r_values).columns("relative_discrepancy"))
-        records.append(record)
-    num_seeds = len(pixelwise)
+    settings, crop_size, correlation = result.settings, result.crop_size, result.correlation
+    num_seeds, size = len(result.pixelwise_mean_iou), labels.shape[0]
     rows = []
-    for record in records:
-        nu = record["eval_band_limit"]
+    for setting in settings:
+        nu = setting.eval_band_limit
         paper_relative = paper_r = None
         if nu in paper_values.TABLE3_BAND_LIMITS:
             paper_relative = paper_values.table3_relative_miou("deeplab", "pascal", nu)
@@ -888,22 +949,17 @@ def model_section(
             paper_r = paper_values.table1_relative_discrepancy("deeplab", "pascal", nu)
         rows.append(
             [
-                record["band_limit"],
+                setting.band_limit,
                 nu,
-                format_spread(compute_spread(record["mean_iou_per_seed"])),
-                format_spread(compute_spread(record["relative_mean_iou_per_seed"])),
+                format_spread(compute_spread(setting.mean_iou_per_seed)),
+                format_spread(compute_spread(setting.relative_mean_iou_per_seed)),
                 paper_relative,
-                format_spread(compute_spread(record["relative_discrepancy_per_seed"])),
+                format_spread(compute_spread(setting.relative_discrepancy_per_seed)),
                 paper_r,
             ]
         )
-    pixel_spread = compute_spread(pixelwise)
+    pixel_spread = compute_spread(result.pixelwise_mean_iou)
     rows.append(["pixel-wise", "-", format_spread(pixel_spread), 1.0, 1.0, None, None])
-    x = [v for r in records for v in r["relative_discrepancy_per_seed"]]
-    y = [v for r in records for v in r["relative_mean_iou_per_seed"]]
-    correlation = None
-    if len(x) >= 2:
-        correlation = bootstrap_spearman(x, y, rng=np.random.default_rng(bootstrap_seed))
     report.heading(heading)
     report.paragraph(
         f"The same model and steps trained on block-wise labels: every training crop "
@@ -920,18 +976,17 @@ def model_section(
     header = ["ν_max (crop)", "ν_max (scene)", "mIoU", "relative mIoU", "paper relative mIoU"]
     report.table([*header, "R(ν_max), ours", "R(ν_max), paper"], rows)
     lines = ["What the intervals say of the paper's claims:"]
-    for record in records:
+    for setting in settings:
+        nu = setting.eval_band_limit
         paper_relative = None
-        if record["eval_band_limit"] in paper_values.TABLE3_BAND_LIMITS:
-            paper_relative = paper_values.table3_relative_miou(
-                "deeplab", "pascal", record["eval_band_limit"]
-            )
+        if nu in paper_values.TABLE3_BAND_LIMITS:
+            paper_relative = paper_values.table3_relative_miou("deeplab", "pascal", nu)
         paper_text = "" if paper_relative is None else f"; paper {paper_relative:.3f}"
         lines.append(
             claim_line(
-                f"Table 3: block-wise labels at ν_max = {record['eval_band_limit']} cost mIoU "
+                f"Table 3: block-wise labels at ν_max = {nu} cost mIoU "
                 f"(relative mIoU below 1{paper_text})",
-                compute_spread(record["relative_mean_iou_per_seed"]),
+                compute_spread(setting.relative_mean_iou_per_seed),
                 reference=1.0,
                 expected="below",
             )
@@ -954,15 +1009,10 @@ def model_section(
         "loss at ν_max = 8 (relative 0.868) comes from real object shapes at 513 x 513."
     )
     report.figure(
-        _plot_model(records, labels, num_classes),
+        _plot_model(settings, labels, num_classes),
         "blockwise.png",
         "Block-wise labels of scene 0 and relative mIoU vs R (one point per seed).",
     )
-    return {
-        "records": records,
-        "pixelwise": {"mean_iou_per_seed": pixelwise, **pixel_spread.columns("mean_iou")},
-        "correlation": None if correlation is None else correlation.columns("spearman"),
-    }
 
 
 # --------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ finished trainings and evaluations are read back.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -401,6 +402,19 @@ def _difference(first: Sequence[float], second: Sequence[float]):
     return compute_spread([a - b for a, b in zip(first, second, strict=True)])
 
 
+def _falls_claim(
+    label: str, low: int, high: int, r_low: Sequence[float], r_high: Sequence[float]
+) -> str:
+    """Table 1's claim that R falls from ``nu_max = low`` to ``high``, paired by seed."""
+    return claim_line(
+        f"{label}: R falls from ν_max = {low} to {high} (R({low}) − R({high}) above 0)",
+        _difference(r_low, r_high),
+        reference=0.0,
+        expected="above",
+        digits=4,
+    )
+
+
 def _observations(cells) -> list[str]:
     """What the intervals over seeds say of Table 1's and Fig. 2's claims."""
     lines = []
@@ -437,18 +451,9 @@ def _observations(cells) -> list[str]:
         for dataset in datasets:
             cell = cells[model, dataset]
             for low, high in ((8, 16), (16, 32)):
-                lines.append(
-                    claim_line(
-                        f"Table 1, {MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}: R falls from "
-                        f"ν_max = {low} to {high} (R({low}) − R({high}) above 0)",
-                        _difference(
-                            _r_values(cell, "trained", low), _r_values(cell, "trained", high)
-                        ),
-                        reference=0.0,
-                        expected="above",
-                        digits=4,
-                    )
-                )
+                label = f"Table 1, {MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}"
+                r_low, r_high = _r_values(cell, "trained", low), _r_values(cell, "trained", high)
+                lines.append(_falls_claim(label, low, high, r_low, r_high))
             ratios = [
                 np.sum(r["trained"]["band_profile"][:9]) / np.sum(r["init"]["band_profile"][:9])
                 for r in cell["per_seed"]
@@ -682,35 +687,82 @@ def _plot_model(spectra: dict[str, dict[str, Any]]):
     return fig
 
 
-def model_section(
-    report: Report, spectra: dict[str, dict[str, Any]], *, heading: str, title: str
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ModelSpectra:
+    """The CE spectra of one model trained with several seeds, at initialisation and trained.
+
+    Attributes:
+      per_seed: ``[S]`` of ``{"init": ..., "trained": ...}``, each :func:`evaluate_spectra`
+        of that seed's model on validation scenes of the embedded PASCAL-like set.
+    """
+
+    per_seed: Sequence[dict[str, dict[str, Any]]]
+
+    def r_per_seed(self) -> dict[str, dict[str, list[float]]]:
+        """``{stage: {"8": [S], ...}}``: R at :data:`MODEL_BAND_LIMITS` of every seed."""
+        return {
+            stage: {
+                str(nu): [float(s[stage]["relative_discrepancy"][nu]) for s in self.per_seed]
+                for nu in MODEL_BAND_LIMITS
+            }
+            for stage in STAGES
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The section's numbers.
+
+        Per stage, of the first seed: ``relative_discrepancy`` and ``band_profile`` (lists
+        over the bands), ``mean_ce``, ``parseval_error`` and ``table`` (R at 8, 16, 32 and
+        the last band, keyed "8", "16", "32", "64"); ``seeds``: ``{stage: {"8": spread
+        columns, ...}}`` (:meth:`~spectral_jax.evaluation.Spread.columns` named
+        ``relative_discrepancy``) and ``per_seed``: ``{stage: {"8": [S]}}``.
+        """
+        numbers: dict[str, Any] = {
+            stage: {
+                "relative_discrepancy": result["relative_discrepancy"].tolist(),
+                "band_profile": result["band_profile"].tolist(),
+                "mean_ce": result["mean_ce"],
+                "parseval_error": result["parseval_error"],
+                "table": dict(
+                    zip(["8", "16", "32", "64"], r_row(result["relative_discrepancy"]), strict=True)
+                ),
+            }
+            for stage, result in self.per_seed[0].items()
+        }
+        per_seed = self.r_per_seed()
+        numbers["seeds"] = {
+            "per_seed": per_seed,
+            **{
+                stage: {
+                    nu: compute_spread(values).columns("relative_discrepancy")
+                    for nu, values in by_band.items()
+                }
+                for stage, by_band in per_seed.items()
+            },
+        }
+        return numbers
+
+
+def model_section(report: Report, spectra: ModelSpectra, *, heading: str, title: str) -> None:
     """Adds the CE spectrum of one DeepLab v3+ at initialisation and trained (129 x 129 maps).
+
+    The first seed's band profile, R(nu_max) beside Table 1 and magnitude profiles; then
+    R(nu_max) at 8 / 16 / 32 over the seeds, and what the intervals say of the paper.
 
     Args:
       report: the report to add the section to.
-      spectra: ``{"init": ..., "trained": ...}``, each :func:`evaluate_spectra` of the
-        model on validation scenes of the embedded PASCAL-like set.
+      spectra: the model's spectra, every seed.
       heading: the section's heading.
       title: the model's name in the table.
-
-    Returns:
-      The section's numbers per stage: ``relative_discrepancy`` and ``band_profile``
-      (lists over the bands), ``mean_ce``, ``parseval_error`` and ``table`` (R at 8, 16,
-      32 and the last band, keyed "8", "16", "32", "64").
     """
-    numbers = {
-        stage: {
-            "relative_discrepancy": result["relative_discrepancy"].tolist(),
-            "band_profile": result["band_profile"].tolist(),
-            "mean_ce": result["mean_ce"],
-            "parseval_error": result["parseval_error"],
-            "table": dict(
-                zip(["8", "16", "32", "64"], r_row(result["relative_discrepancy"]), strict=True)
-            ),
-        }
-        for stage, result in spectra.items()
-    }
+    _first_seed_part(report, spectra.per_seed[0], heading=heading, title=title)
+    _seeds_part(report, spectra)
+
+
+def _first_seed_part(
+    report: Report, spectra: dict[str, dict[str, Any]], *, heading: str, title: str
+) -> None:
+    """The heading, the R table beside the paper's, and the figure of one seed's model."""
     report.heading(heading)
     r64 = paper_values.table1_relative_discrepancy("deeplab", "pascal", 64)
     report.paragraph(
@@ -744,28 +796,11 @@ def model_section(
         "Band profile, R(ν_max) (paper's PASCAL row as circles) and class-averaged |b(ν)|, "
         "|ŷ(ν)| at initialisation and after training.",
     )
-    return numbers
 
 
-def seed_section(report: Report, spectra_per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict:
-    """Adds R(nu_max) at 8 / 16 / 32 over seeds, and what the intervals say of the paper.
-
-    Args:
-      report: the report to add the section to.
-      spectra_per_seed: ``[S]`` of ``{"init": ..., "trained": ...}``
-        (:func:`evaluate_spectra` of each seed's model).
-
-    Returns:
-      ``{stage: {"8": spread columns, ...}}`` (:meth:`~spectral_jax.evaluation.Spread.
-      columns` named ``relative_discrepancy``) and ``per_seed``: ``{stage: {"8": [S]}}``.
-    """
-    per_seed = {
-        stage: {
-            str(nu): [float(s[stage]["relative_discrepancy"][nu]) for s in spectra_per_seed]
-            for nu in MODEL_BAND_LIMITS
-        }
-        for stage in STAGES
-    }
+def _seeds_part(report: Report, spectra: ModelSpectra) -> None:
+    """R(nu_max) at 8 / 16 / 32 over seeds, and what the intervals say of the paper."""
+    per_seed = spectra.r_per_seed()
     spreads = {
         stage: {nu: compute_spread(values) for nu, values in by_band.items()}
         for stage, by_band in per_seed.items()
@@ -777,51 +812,24 @@ def seed_section(report: Report, spectra_per_seed: Sequence[dict[str, dict[str, 
     ]
     rows.append(["paper (Table 1, PASCAL)", *paper[: len(MODEL_BAND_LIMITS)]])
     report.paragraph(
-        f"R(ν_max) over {len(spectra_per_seed)} seeds (mean ± std, 95 % t interval of the "
+        f"R(ν_max) over {len(spectra.per_seed)} seeds (mean ± std, 95 % t interval of the "
         "mean); the table and figure above are the first seed's."
     )
     report.table(["stage", *(f"R({nu})" for nu in MODEL_BAND_LIMITS)], rows, digits=4)
-
-    def paired(first, second, stage_first="trained", stage_second="trained"):
-        return compute_spread(
-            [
-                a - b
-                for a, b in zip(
-                    per_seed[stage_first][str(first)],
-                    per_seed[stage_second][str(second)],
-                    strict=True,
-                )
-            ]
-        )
-
+    trained = per_seed["trained"]
     lines = ["What the intervals say of the paper's claims (paired by seed):"]
     for low, high in zip(MODEL_BAND_LIMITS, MODEL_BAND_LIMITS[1:], strict=False):
-        lines.append(
-            claim_line(
-                f"Table 1: R falls from ν_max = {low} to {high} (R({low}) − R({high}) above 0)",
-                paired(low, high),
-                reference=0.0,
-                expected="above",
-                digits=4,
-            )
-        )
+        lines.append(_falls_claim("Table 1", low, high, trained[str(low)], trained[str(high)]))
     lines.append(
         claim_line(
             "Fig. 2: training moves the CE to higher frequencies (R(16) trained − init above 0)",
-            paired(16, 16, "trained", "init"),
+            _difference(trained["16"], per_seed["init"]["16"]),
             reference=0.0,
             expected="above",
             digits=4,
         )
     )
     report.paragraph("\n".join(lines))
-    return {
-        "per_seed": per_seed,
-        **{
-            stage: {nu: spread.columns("relative_discrepancy") for nu, spread in by_band.items()}
-            for stage, by_band in spreads.items()
-        },
-    }
 
 
 # --------------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ first use, no download) the script composes the experiments' sections:
    ``<workdir>/train/seed<seed>`` (:func:`experiments.runs.train_seeds`);
 3. decomposes its cross-entropy on the validation scenes at initialisation and after
    training (:func:`experiments.ce_spectrum.model_section`: band profile, ``R(nu_max)``
-   beside Table 1, magnitude profiles, of the first seed; ``R(nu_max)`` of every seed,
-   :func:`experiments.ce_spectrum.seed_section`);
+   beside Table 1, magnitude profiles, of the first seed; ``R(nu_max)`` of every seed);
 4. sweeps every band limit in one jitted, vmapped call over the first seed's
    predictions and the three presets' blurred ground truth
    (:func:`experiments.band_limit_sweep.preset_section`);
@@ -309,13 +308,11 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         }
         for k in range(num_seeds)
     ]
-    spectra = spectra_per_seed[0]
+    spectra = ce_spectrum.ModelSpectra(spectra_per_seed)
     heading = "3. The spectrum of the CE (Fig. 1, Fig. 2, Table 1)"
     title = f"tiny DeepLab v3+ (seed {seed_runs.seeds[0]})"
-    results["ce_spectrum"] = ce_spectrum.model_section(
-        report, spectra, heading=heading, title=title
-    )
-    results["ce_spectrum"]["seeds"] = ce_spectrum.seed_section(report, spectra_per_seed)
+    ce_spectrum.model_section(report, spectra, heading=heading, title=title)
+    results["ce_spectrum"] = spectra.to_json()
 
     progress("[4/7] band-limit sweep: one vmap over predictions and band limits (first seed)")
     images, labels = band_limit_sweep.evaluation_batch(config, num_eval)
@@ -325,14 +322,13 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     )
     heading = "4. Band-limit sweep in one vmap (data sets differ)"
     band_limit_sweep.preset_section(report, sweep, heading=heading, num_images=num_eval)
-    results["sweep"] = sweep
+    results["sweep"] = sweep.to_json()
 
     progress("[5/7] spectral Jacobians of the trained model (first seed)")
     jacobians = spectral_gradient.model_jacobians(model, trained, images[:1], labels[0])
     heading = "5. Spectral Jacobians (Fig. 4)"
-    results["spectral_gradient"] = spectral_gradient.model_section(
-        report, jacobians, heading=heading
-    )
+    spectral_gradient.model_section(report, jacobians, heading=heading)
+    results["spectral_gradient"] = jacobians.to_json()
 
     progress("[6/7] truncated feature sizes, every seed")
     heading = "6. Feature truncation (Table 2, no pruning)"
@@ -340,9 +336,9 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         feature_truncation.truncated_model_rows(model, variables[k], analysis)
         for k in range(num_seeds)
     ]
-    size = int(analysis.eval_crop_size)
-    rows = feature_truncation.model_section(report, per_seed, heading=heading, input_size=size)
-    truncation = {"rows": rows, "per_seed": per_seed}
+    model_truncation = feature_truncation.ModelTruncation(per_seed, int(analysis.eval_crop_size))
+    feature_truncation.model_section(report, model_truncation, heading=heading)
+    truncation = model_truncation.to_json()
     if flag_values.full_size_flops:
         progress("      full-size ResNet-101 FLOPs at 513 x 513 (shapes only)")
         truncation["full_size"] = flops_table.full_size_section(report)
@@ -356,16 +352,21 @@ def main(argv: Sequence[str]) -> pathlib.Path:
             weak, workdir / f"train_blockwise_nu{band_limit}", num_seeds=num_seeds
         )
         weak_mean_iou[band_limit] = [s["mean_iou"] for s in weak_runs.summaries]
-    results["blockwise"] = blockwise_annotation.model_section(
-        report,
+    blockwise = blockwise_annotation.model_blockwise(
         weak_mean_iou,
         [s["mean_iou"] for s in seed_runs.summaries],
         [s["trained"]["relative_discrepancy"] for s in spectra_per_seed],
+        crop_size=int(config.crop_size),
+        eval_size=labels.shape[1],
+    )
+    blockwise_annotation.model_section(
+        report,
+        blockwise,
         labels[0],
         heading="7. Block-wise annotation (Table 3, Fig. 6, Fig. 7)",
-        crop_size=int(config.crop_size),
         num_classes=logits.shape[-1],
     )
+    results["blockwise"] = blockwise.to_json()
 
     cpu, wall = _cpu_seconds(), time.perf_counter() - start
     cpu_name = cpu_model()

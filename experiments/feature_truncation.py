@@ -59,6 +59,7 @@ per cell and seed; rerunning resumes (finished cells are read back from ``cell.j
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -755,7 +756,46 @@ def _differences(rows: Sequence[dict[str, Any]]) -> str:
 # One trained model's decoder truncated, without pruning or fine-tuning (the demo).
 
 
-def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class GridResult:
+    """One trained model evaluated with its decoder on one grid (:func:`truncated_model_rows`).
+
+    Attributes:
+      feature_size: ``F``, the decoder's grid.
+      paper_feature_size: the paper's ``F`` at 513 x 513 that ``F`` stands for.
+      mean_iou: the validation mIoU.
+      macs: multiply-accumulates of one image at the evaluation size.
+      fpi: M MACs per unit mIoU (None for an mIoU of 0).
+    """
+
+    feature_size: int
+    paper_feature_size: int
+    mean_iou: float
+    macs: float
+    fpi: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTruncation:
+    """Every seed's trained model with its decoder truncated to the paper's three grids.
+
+    Attributes:
+      per_seed: ``[S][3]`` :func:`truncated_model_rows` of each seed's model.
+      input_size: the evaluation size.
+    """
+
+    per_seed: Sequence[Sequence[GridResult]]
+    input_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``rows`` (:func:`seed_rows`) and ``per_seed`` (``[S][3]`` of the records' fields)."""
+        return {
+            "rows": seed_rows(self.per_seed),
+            "per_seed": [[dataclasses.asdict(r) for r in records] for records in self.per_seed],
+        }
+
+
+def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) -> list[GridResult]:
     """The mIoU, MACs and FPI of ``model`` with its decoder on the paper's three grids.
 
     The grids are :func:`decoder_grid` of 129 / 65 / 33 at ``config.eval_crop_size``; the
@@ -763,8 +803,7 @@ def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) ->
     not depend on it).
 
     Returns:
-      Per grid: ``feature_size``, ``paper_feature_size``, ``mean_iou``, ``macs`` (one
-      image at the evaluation size) and ``fpi`` (M MACs per unit mIoU).
+      Per grid, its mIoU, MACs and FPI (:class:`GridResult`).
     """
     input_size = int(config.eval_crop_size)
     records = []
@@ -773,19 +812,12 @@ def truncated_model_rows(model, variables, config: ml_collections.ConfigDict) ->
         truncated = model.clone(feature_size=feature_size)
         miou = float(runs.evaluate_model(truncated, variables, config).mean_iou)
         macs = flops.conv_macs(flops.conv_layers(truncated, (1, input_size, input_size, 3)))
-        records.append(
-            {
-                "feature_size": feature_size,
-                "paper_feature_size": paper_size,
-                "mean_iou": miou,
-                "macs": macs,
-                "fpi": _fpi(macs / 1e6, miou),
-            }
-        )
+        fpi = _fpi(macs / 1e6, miou)
+        records.append(GridResult(feature_size, paper_size, miou, macs, fpi))
     return records
 
 
-def seed_rows(records_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+def seed_rows(records_per_seed: Sequence[Sequence[GridResult]]) -> list[dict[str, Any]]:
     """Per decoder grid, the spreads over seeds of :func:`truncated_model_rows`' numbers.
 
     Args:
@@ -802,30 +834,24 @@ def seed_rows(records_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict
         at_grid = [records[index] for records in records_per_seed]
         full = [records[0] for records in records_per_seed]
         row = {
-            "feature_size": first["feature_size"],
-            "paper_feature_size": first["paper_feature_size"],
-            "macs": first["macs"],
+            "feature_size": first.feature_size,
+            "paper_feature_size": first.paper_feature_size,
+            "macs": first.macs,
         }
-        row.update(compute_spread([r["mean_iou"] for r in at_grid]).columns("mean_iou"))
-        row.update(compute_spread([r["fpi"] for r in at_grid]).columns("fpi"))
-        drops = [f["mean_iou"] - r["mean_iou"] for f, r in zip(full, at_grid, strict=True)]
-        changes = [r["fpi"] - f["fpi"] for f, r in zip(full, at_grid, strict=True)]
+        row.update(compute_spread([r.mean_iou for r in at_grid]).columns("mean_iou"))
+        row.update(compute_spread([r.fpi for r in at_grid]).columns("fpi"))
+        drops = [f.mean_iou - r.mean_iou for f, r in zip(full, at_grid, strict=True)]
+        changes = [r.fpi - f.fpi for f, r in zip(full, at_grid, strict=True)]
         row.update(compute_spread(drops).columns("mean_iou_drop"))
         row.update(compute_spread(changes).columns("fpi_change"))
         rows.append(row)
     return rows
 
 
-def model_section(
-    report: Report,
-    records_per_seed: Sequence[Sequence[dict[str, Any]]],
-    *,
-    heading: str,
-    input_size: int,
-) -> list[dict[str, Any]]:
-    """Adds :func:`truncated_model_rows` of every seed (an ``input_size`` evaluation)
-    beside Table 2, with mean ± std and 95 % intervals over the seeds; returns
-    :func:`seed_rows`."""
+def model_section(report: Report, truncation: ModelTruncation, *, heading: str) -> None:
+    """Adds :func:`truncated_model_rows` of every seed beside Table 2, with mean ± std and
+    95 % intervals over the seeds."""
+    records_per_seed, input_size = truncation.per_seed, truncation.input_size
     rows = seed_rows(records_per_seed)
     num_seeds = len(records_per_seed)
     table = []
@@ -836,7 +862,7 @@ def model_section(
         saving = 100 * (1 - macs / rows[0]["macs"])
         grid = f"{feature_size} (ν_max {(feature_size - 1) // 2})"
         values = {
-            name: compute_spread([records[index][name] for records in records_per_seed])
+            name: compute_spread([getattr(records[index], name) for records in records_per_seed])
             for name in ("mean_iou", "fpi")
         }
         table.append(
@@ -865,10 +891,10 @@ def model_section(
     for index in (1, 2):
         row = rows[index]
         drop = compute_spread(
-            [records[0]["mean_iou"] - records[index]["mean_iou"] for records in records_per_seed]
+            [records[0].mean_iou - records[index].mean_iou for records in records_per_seed]
         )
         change = compute_spread(
-            [records[index]["fpi"] - records[0]["fpi"] for records in records_per_seed]
+            [records[index].fpi - records[0].fpi for records in records_per_seed]
         )
         size = row["feature_size"]
         paper_drop = paper[0] - paper[index]
@@ -891,7 +917,6 @@ def model_section(
             )
         )
     report.paragraph("\n".join(lines))
-    return rows
 
 
 # --------------------------------------------------------------------------------------

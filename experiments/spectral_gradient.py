@@ -62,6 +62,7 @@ first convolution of one DeepLab v3+.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import pathlib
@@ -784,7 +785,53 @@ def _compile_fast(fn, *args):
     return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(*args)
 
 
-def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ModelJacobians:
+    """Fig. 4-style rows of one trained DeepLab v3+ on one image (:func:`model_jacobians`).
+
+    Attributes:
+      ce_rows: ``[3, M]`` rows ``i = 0, M/4, M/2`` of dL_ce(nu_i)/dx(nu_j) at the ASPP
+        output (channels summed), ``M`` the frequencies of the image grid.
+      layer_rows: per probed layer, ``[3, F F]`` rows of its spectral Jacobian.
+      aspp_shape: ``(h, w, Ca)`` of the ASPP output.
+      image_size: ``(H, W)`` of the image (the CE grid).
+      kernel_shape: ``(3, 3, Cin, Cout)`` of the probed convolution.
+      ce_rows_output_index: ``[3]`` flat indices of ``nu_i`` in the image grid.
+      ce_diagonal_fraction: ``[3]`` share of each CE row's energy at ``nu_j = nu_i``.
+      ce_within_1_fraction: ``[3]`` the same within Chebyshev distance 1.
+      layer_grid: ``(F, F)`` of the probed layer's input.
+      layer_rows_index: ``[3]`` flat indices of the layer rows.
+      layer_diagonal_fraction: per probed layer, ``[3]`` diagonal energy shares.
+    """
+
+    ce_rows: np.ndarray
+    layer_rows: dict[str, np.ndarray]
+    aspp_shape: tuple[int, ...]
+    image_size: tuple[int, int]
+    kernel_shape: tuple[int, ...]
+    ce_rows_output_index: np.ndarray
+    ce_diagonal_fraction: np.ndarray
+    ce_within_1_fraction: np.ndarray
+    layer_grid: tuple[int, int]
+    layer_rows_index: np.ndarray
+    layer_diagonal_fraction: dict[str, np.ndarray]
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers of the section (indices, diagonal energy fractions, shapes) as lists."""
+        return {
+            "aspp_shape": list(self.aspp_shape),
+            "ce_rows_output_index": self.ce_rows_output_index.tolist(),
+            "ce_diagonal_fraction": self.ce_diagonal_fraction.tolist(),
+            "ce_within_1_fraction": self.ce_within_1_fraction.tolist(),
+            "layer_grid": list(self.layer_grid),
+            "layer_rows_index": self.layer_rows_index.tolist(),
+            "layer_diagonal_fraction": {
+                k: v.tolist() for k, v in self.layer_diagonal_fraction.items()
+            },
+        }
+
+
+def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> ModelJacobians:
     """Fig. 4-style rows of a trained DeepLab v3+ on one image, with diagonal energies.
 
     The rows ``i = 0, M/4, M/2`` (:func:`fig4_row_indices`) of dL_ce(nu_i)/dx(nu_j) at
@@ -798,11 +845,8 @@ def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> 
       labels: ``[S, S]`` its labels.
 
     Returns:
-      ``ce_rows`` ``[3, M]`` and ``layer_rows`` (per layer, ``[3, F F]``), their indices
-      (``ce_rows_output_index``, ``layer_rows_index``), diagonal energy fractions
-      (``ce_diagonal_fraction``, ``ce_within_1_fraction``, ``layer_diagonal_fraction``
-      per layer, ``[3]`` each), the shapes (``aspp_shape``, ``image_size``, ``layer_grid``)
-      and ``kernel_shape`` of the layer.
+      The rows, their indices, diagonal energy fractions and shapes
+      (:class:`ModelJacobians`).
     """
     x = jnp.asarray(image)
     parts = _compile_fast(
@@ -850,34 +894,29 @@ def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> 
         for name, rows_ in layer_rows.items()
     }
     ce_near = sj.within_radius_energy_fraction(rows, out_index, **shapes, radius=1)
-    return {
-        "ce_rows": rows,
-        "layer_rows": layer_rows,
-        "aspp_shape": tuple(aspp.shape),
-        "image_size": image_size,
-        "kernel_shape": tuple(kernel.shape),
-        "ce_rows_output_index": out_index,
-        "ce_diagonal_fraction": np.asarray(sj.diagonal_energy_fraction(rows, out_index, **shapes)),
-        "ce_within_1_fraction": np.asarray(ce_near),
-        "layer_grid": grid,
-        "layer_rows_index": probe_index,
-        "layer_diagonal_fraction": layer_diag,
-    }
+    return ModelJacobians(
+        ce_rows=rows,
+        layer_rows=layer_rows,
+        aspp_shape=tuple(aspp.shape),
+        image_size=image_size,
+        kernel_shape=tuple(kernel.shape),
+        ce_rows_output_index=out_index,
+        ce_diagonal_fraction=np.asarray(sj.diagonal_energy_fraction(rows, out_index, **shapes)),
+        ce_within_1_fraction=np.asarray(ce_near),
+        layer_grid=grid,
+        layer_rows_index=probe_index,
+        layer_diagonal_fraction=layer_diag,
+    )
 
 
-def model_section(report: Report, jacobians: dict[str, Any], *, heading: str) -> dict[str, Any]:
-    """Adds :func:`model_jacobians` (of validation scene 0) and its figures to ``report``.
-
-    Returns:
-      The numbers of ``jacobians`` (the rows' indices and diagonal energy fractions, the
-      shapes) as lists.
-    """
-    aspp_shape, image_size = jacobians["aspp_shape"], jacobians["image_size"]
-    in_shape, grid = aspp_shape[:2], jacobians["layer_grid"]
-    kernel_shape = jacobians["kernel_shape"]
-    out_index, probe_index = jacobians["ce_rows_output_index"], jacobians["layer_rows_index"]
-    ce_diag, ce_near = jacobians["ce_diagonal_fraction"], jacobians["ce_within_1_fraction"]
-    layer_diag = jacobians["layer_diagonal_fraction"]
+def model_section(report: Report, jacobians: ModelJacobians, *, heading: str) -> None:
+    """Adds :func:`model_jacobians` (of validation scene 0) and its figures to ``report``."""
+    aspp_shape, image_size = jacobians.aspp_shape, jacobians.image_size
+    in_shape, grid = aspp_shape[:2], jacobians.layer_grid
+    kernel_shape = jacobians.kernel_shape
+    out_index, probe_index = jacobians.ce_rows_output_index, jacobians.layer_rows_index
+    ce_diag, ce_near = jacobians.ce_diagonal_fraction, jacobians.ce_within_1_fraction
+    layer_diag = jacobians.layer_diagonal_fraction
     report.heading(heading)
     report.paragraph(
         f"Exact rows (two `jax.vjp` pullbacks each) of dL_ce(ν_i)/dx̂(ν_j) with x the "
@@ -900,22 +939,13 @@ def model_section(report: Report, jacobians: dict[str, Any], *, heading: str) ->
     report.table(["Jacobian", "i = 0", "i = M/4", "i = M/2"], table)
     title = "dL_ce(ν_i)/dx̂(ν_j), trained ASPP features"
     shapes = {"out_shape": image_size, "in_shape": in_shape}
-    figure = plot_spectral_rows(jacobians["ce_rows"], out_index, **shapes, title=title)
+    figure = plot_spectral_rows(jacobians.ce_rows, out_index, **shapes, title=title)
     report.figure(figure, "ce_spectral_gradient.png", "Rows of the CE spectral gradient.")
     name = "3x3 conv + ReLU, zero padding"
     figure = plot_spectral_rows(
-        jacobians["layer_rows"][name], probe_index, in_shape=grid, title=f"dŷ/dx̂, {name}"
+        jacobians.layer_rows[name], probe_index, in_shape=grid, title=f"dŷ/dx̂, {name}"
     )
     report.figure(figure, "layer_spectral_rows.png", f"Rows of the spectral Jacobian, {name}.")
-    return {
-        "aspp_shape": list(aspp_shape),
-        "ce_rows_output_index": out_index.tolist(),
-        "ce_diagonal_fraction": ce_diag.tolist(),
-        "ce_within_1_fraction": ce_near.tolist(),
-        "layer_grid": list(grid),
-        "layer_rows_index": probe_index.tolist(),
-        "layer_diagonal_fraction": {k: v.tolist() for k, v in layer_diag.items()},
-    }
 
 
 if __name__ == "__main__":

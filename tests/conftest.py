@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spectral_jax.models import create_resnet
 from spectral_jax.models import resnet as resnet_lib
-from tests.model_helpers import DEEP_TINY_BACKBONE, DEEP_TINY_STAGES
+from tests.helpers.models import DEEP_TINY_BACKBONE, DEEP_TINY_STAGES, random_variables
 
 
 @pytest.fixture
@@ -33,3 +35,24 @@ def deep_tiny_backbone(monkeypatch) -> str:
     config = resnet_lib.ResNetConfig(DEEP_TINY_STAGES, width=4)
     monkeypatch.setitem(resnet_lib.RESNET_CONFIGS, DEEP_TINY_BACKBONE, config)
     return DEEP_TINY_BACKBONE
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """The TFDS directory the experiment tests build the embedded data sets into.
+
+    One per session (per worker under ``pytest -n``): a data set that one test module
+    generated is read back by the next instead of being generated again.
+    """
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet():
+    """``(model, variables, images)``: ``resnet_tiny`` at output stride 32, random
+    variables (:func:`tests.helpers.models.random_variables`) and 2 images of 29 x 26."""
+    model = create_resnet("resnet_tiny", output_stride=32)
+    shape = (2, 29, 26, 3)
+    variables = random_variables(model, shape, seed=1)
+    images = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
+    return model, variables, images

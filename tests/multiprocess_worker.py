@@ -35,7 +35,7 @@ from spectral_jax.data import pipeline as pipeline_lib
 from spectral_jax.data import sharding
 from spectral_jax.evaluation import EvaluationResult, Evaluator
 from spectral_jax.training import checkpointing, steps, train_and_evaluate, train_state
-from tests.training_helpers import generated_pipeline, tiny_test_config
+from tests.helpers.training import generated_pipeline, tiny_test_config
 
 NUM_CLASSES = 3
 EVAL_BATCH_SIZE = 4

@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import accelerator_check
 from spectral_jax import probes
-from tests import references
+from tests.helpers import references
 
 
 def _explicit_conv_layer_jacobian(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.models import DeepLabV3Plus, anti_aliasing, create_resnet
+from spectral_jax.models import DeepLabV3Plus, anti_aliasing
 from spectral_jax.models.resnet import Bottleneck
 from spectral_jax.related import aliasing
-from tests.model_helpers import TINY_DEEPLAB, random_variables
+from tests.helpers.models import TINY_DEEPLAB, random_variables
 
 SHAPES = [(8, 8), (9, 7), (12, 10), (5, 6)]
 
@@ -204,15 +204,6 @@ def test_de_alias_is_self_adjoint_under_grad_and_jit(rng):
     daf = jax.jit(functools.partial(aliasing.de_alias, stride=4))
     grad = jax.grad(lambda x: jnp.sum(daf(x) * g))(x)
     np.testing.assert_allclose(grad, daf(g), atol=1e-12)
-
-
-@pytest.fixture(scope="module")
-def tiny_resnet():
-    model = create_resnet("resnet_tiny", output_stride=32)
-    shape = (2, 29, 26, 3)
-    variables = random_variables(model, shape, seed=1)
-    images = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
-    return model, variables, images
 
 
 def _record_inputs(model, variables, images):

@@ -1,7 +1,7 @@
 """Tests of spectral_jax.analysis: one call on a user's own Flax model.
 
 Every number of the :class:`Analysis` is checked against an independent reference:
-float64 NumPy of the CE decomposition (tests/references.py) on the model's logits, the
+float64 NumPy of the CE decomposition (tests/helpers/references.py) on the model's logits, the
 IoU of the arg-max by pixel counting, NumPy FFTs of the layer output that Flax's
 ``capture_intermediates`` records, and ``jax.grad`` of one CE component with respect to a
 perturbation of the layer (through ``nn.intercept_methods``) for the Jacobian rows.
@@ -17,7 +17,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import analysis
-from tests import references
+from tests.helpers import references
 
 SIZE, NUM_CLASSES = 33, 5
 

@@ -22,7 +22,7 @@ from spectral_jax.models import anti_aliasing as fmod
 from spectral_jax.models import create_resnet, stack_blocks
 from spectral_jax.models.resnet import Bottleneck
 from spectral_jax.related import aliasing, frequency_masking
-from tests.model_helpers import random_variables
+from tests.helpers.models import random_variables
 
 SHAPES = [(2, 8, 8, 4), (1, 9, 7, 3), (3, 12, 10, 20)]
 
@@ -178,15 +178,6 @@ def _block_inputs(model, variables, images, **filters):
     return jax.jit(run)(variables, images)
 
 
-@pytest.fixture(scope="module")
-def tiny_resnet():
-    model = create_resnet("resnet_tiny", output_stride=32)
-    shape = (1, 30, 27, 3)
-    variables = random_variables(model, shape, seed=3)
-    images = jnp.asarray(np.random.default_rng(4).normal(size=shape), jnp.float32)
-    return model, variables, images
-
-
 def test_insert_de_aliasing_filters_at_block_inputs(tiny_resnet):
     model, variables, images = tiny_resnet
     (plain_low, plain_high), plain = _block_inputs(model, variables, images)
@@ -255,7 +246,7 @@ def test_de_aliasing_filters_and_scores_with_stacked_blocks(deep_tiny_backbone):
 def test_downsample_filter_attribute_equals_the_interceptor(model_name):
     """The model attribute places the DAF where the interceptor does, with equal outputs."""
     from spectral_jax.models import DAN, DeepLabV3Plus
-    from tests.model_helpers import TINY_DEEPLAB
+    from tests.helpers.models import TINY_DEEPLAB
 
     cls = DeepLabV3Plus if model_name == "deeplab" else DAN
     settings = dict(TINY_DEEPLAB)
@@ -278,7 +269,7 @@ def test_downsample_filter_attribute_equals_the_interceptor(model_name):
 
 def test_freqmix_as_downsample_filter_trains():
     from spectral_jax.models import DeepLabV3Plus
-    from tests.model_helpers import TINY_DEEPLAB
+    from tests.helpers.models import TINY_DEEPLAB
 
     model = DeepLabV3Plus(
         **TINY_DEEPLAB, downsample_filter=functools.partial(fmod.FreqMix, reduction=4)

@@ -216,3 +216,26 @@ def test_related_namespace_is_one_import_away():
     for name in ("aliasing_score", "de_alias", "boundary_scores", "images_to_dct"):
         assert callable(getattr(related, name)), name
         assert not hasattr(spectral_jax, name), name
+
+
+def test_benchmark_scripts_do_not_import_each_other(everything):
+    """A script in ``benchmarks/`` imports shared code from ``benchmarks.timing`` (the
+    timers) and the private ``benchmarks._*`` helpers, never another script."""
+    known = set(everything)
+    scripts = {
+        module
+        for module in known
+        if module.startswith("benchmarks.")
+        and not module.split(".")[1].startswith("_")
+        and module != "benchmarks.timing"
+    }
+    violations = [
+        f"{module} imports {target}"
+        for module in sorted(known)
+        if module.startswith("benchmarks")
+        for node in _module_level_imports(everything[module])
+        for target in _imported_modules(node, known)
+        if target in scripts and target != module
+    ]
+    assert len(scripts) >= 15, sorted(scripts)
+    assert not violations, "\n".join(violations)

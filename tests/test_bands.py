@@ -1,6 +1,6 @@
 """Tests for spectral_jax.bands: frequency grids, bands and their sizes.
 
-References are explicit loops over signed DFT indices (tests/references.py) and closed
+References are explicit loops over signed DFT indices (tests/helpers/references.py) and closed
 forms; everything here is integer-exact, so comparisons are exact.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import bands
-from tests import references
+from tests.helpers import references
 
 SHAPES = [(1, 1), (1, 6), (5, 1), (4, 4), (7, 9), (8, 8), (16, 12), (33, 33)]
 RADII = ["chebyshev", "euclidean"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.training import checkpointing, train_state
-from tests.training_helpers import run_python_isolated
+from tests.helpers.training import run_python_isolated
 
 
 class _Small(nn.Module):

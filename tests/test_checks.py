@@ -1,7 +1,7 @@
 """Inputs as users hold them (spectral_jax._checks), through the public spectral core.
 
 NumPy and JAX arrays and CPU PyTorch tensors, channels last (``"NHWC"``) or first
-(``"NCHW"``), give the numbers of the float64 NumPy references in tests/references.py;
+(``"NCHW"``), give the numbers of the float64 NumPy references in tests/helpers/references.py;
 a channels-first shape passed as channels last, an unreadable tensor and a bad
 ``data_format`` raise naming the argument. Tolerances: float32, components 1e-6 times
 the image's CE and sums 1e-5 relative (as tests/test_loss_spectrum.py).
@@ -21,7 +21,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import _checks
-from tests import compile_counting, references
+from tests.helpers import compile_counting, references
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C = 2, 7, 9, 3

@@ -19,26 +19,20 @@ import pytest
 
 from spectral_jax import truncation
 from spectral_jax.models import DAN, DeepLabV3Plus
-from tests.model_helpers import TINY_DAN, num_params, random_variables
+from tests.helpers.models import (
+    TINY_DAN,
+    full_size_shapes,
+    num_params,
+    tiny_variables,
+)
 
 # ASPP channels + three projections.
 TINY_DECODER_INPUT = 8 + 3 * 4
 BN_EPS = 1e-5
 
 
-def _tiny_variables():
-    # Parameter shapes depend neither on the feature size nor on the resampling method.
-    return random_variables(DAN(**TINY_DAN), (2, 33, 33, 3))
-
-
-@functools.lru_cache(maxsize=1)
-def _full_size_variables():
-    x = jax.ShapeDtypeStruct((1, 513, 513, 3), jnp.float32)
-    return jax.eval_shape(DAN().init, jax.random.key(0), x)
-
-
 def test_full_size_decoder_parameter_count():
-    params = _full_size_variables()["params"]
+    params = full_size_shapes(DAN)["params"]
     projection, fuse, classes = 48, 64, 21
     stage_channels = (256, 512, 1024)  # ResNet-101 stages 1-3
     aspp = 256
@@ -59,7 +53,7 @@ def test_encoder_is_deeplab_encoder():
     # Same backbone and ASPP, with the same parameter names and shapes.
     x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
     deeplab = jax.eval_shape(DeepLabV3Plus().init, jax.random.key(0), x)["params"]
-    dan = _full_size_variables()["params"]
+    dan = full_size_shapes(DAN)["params"]
     shapes = lambda tree: jax.tree.map(lambda leaf: leaf.shape, tree)
     for name in ("encoder", "aspp"):
         assert shapes(dan[name]) == shapes(deeplab[name])
@@ -71,7 +65,7 @@ def test_full_size_shapes_at_513(feature_size, decoder_size):
     model = DAN(feature_size=feature_size, resample="spectral")
     x = jax.ShapeDtypeStruct((2, 513, 513, 3), jnp.float32)
     out = jax.eval_shape(
-        functools.partial(model.apply, method=model.intermediates), _full_size_variables(), x
+        functools.partial(model.apply, method=model.intermediates), full_size_shapes(DAN), x
     )
     assert out["aspp"].shape == (2, 33, 33, 256)
     assert [s.shape for s in out["low_level"]] == [
@@ -132,7 +126,7 @@ def test_decoder_input_against_numpy_reference(rng, feature_size, method):
     smaller of its own grid and the decoder grid (stage grids 9, 5, 3)."""
     model = DAN(**TINY_DAN, feature_size=feature_size, resample=method)
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DAN)
     out = jax.jit(functools.partial(model.apply, method="intermediates"))(variables, x)
     size = 9 if feature_size is None else feature_size
     resize = lambda y: np.asarray(
@@ -153,7 +147,7 @@ def test_decoder_input_against_numpy_reference(rng, feature_size, method):
 def test_encode_decode_split_equals_call_and_grad(rng):
     model = DAN(**TINY_DAN, feature_size=5, resample="spectral")
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DAN)
     logits = jax.jit(model.apply)(variables, x)
     aspp, low_level = jax.jit(functools.partial(model.apply, method="encode"))(variables, x)
     decode = functools.partial(model.apply, method=model.decode, image_size=(33, 33))
@@ -176,7 +170,7 @@ def test_encode_decode_split_equals_call_and_grad(rng):
 
 def test_untruncated_equals_explicit_stride4_size(rng):
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DAN)
     untruncated = jax.jit(DAN(**TINY_DAN, feature_size=None).apply)(variables, x)
     explicit = jax.jit(DAN(**TINY_DAN, feature_size=9).apply)(variables, x)
     np.testing.assert_allclose(untruncated, explicit, atol=1e-5)
@@ -187,7 +181,7 @@ def test_dan_train_mode_updates_batch_stats_without_retracing(rng):
     # tests/test_deeplab.py's, so that the two trace counters stay apart in one session.
     model = DAN(**TINY_DAN, feature_size=5, resample="area")
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DAN)
 
     @jax.jit
     @chex.assert_max_traces(n=1)

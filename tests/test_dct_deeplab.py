@@ -25,7 +25,7 @@ from spectral_jax.models.dct_gate import gate_regularizer
 from spectral_jax.models.deeplab import DeepLabV3Plus
 from spectral_jax.models.resnet import stage_dilations
 from spectral_jax.related.dct_input import selection_pattern
-from tests.model_helpers import TINY_DEEPLAB, num_params, random_variables
+from tests.helpers.models import TINY_DEEPLAB, num_params, random_variables
 
 IMAGE = 48  # pixels per side of the tiny models' images
 GRIDS = {"segmentation": IMAGE // 4, "classification": IMAGE // 8}  # DCT positions per side

@@ -32,7 +32,7 @@ import pytest
 
 from spectral_jax.models import DAN, DeepLabV3Plus, aspp_rates
 from spectral_jax.truncation import RESAMPLE_METHODS, resize_features
-from tests.model_helpers import TINY_DAN, TINY_DEEPLAB
+from tests.helpers.models import TINY_DAN, TINY_DEEPLAB
 
 BN_EPS = 1e-5
 TOL = dict(atol=1e-10, rtol=1e-10)

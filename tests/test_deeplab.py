@@ -18,24 +18,16 @@ import pytest
 
 from spectral_jax import truncation
 from spectral_jax.models import DeepLabV3Plus, aspp_rates
-from tests.model_helpers import TINY_DEEPLAB, num_params, random_variables
-
-
-def _tiny_variables():
-    # Parameter shapes do not depend on the feature size, the resampling method or the
-    # output stride, so one set of variables serves every tiny model.
-    return random_variables(DeepLabV3Plus(**TINY_DEEPLAB), (2, 33, 33, 3))
-
-
-@functools.lru_cache(maxsize=1)
-def _full_size_variables():
-    model = DeepLabV3Plus()
-    x = jax.ShapeDtypeStruct((1, 513, 513, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
+from tests.helpers.models import (
+    TINY_DEEPLAB,
+    full_size_shapes,
+    num_params,
+    tiny_variables,
+)
 
 
 def test_full_size_parameter_counts():
-    params = _full_size_variables()["params"]
+    params = full_size_shapes(DeepLabV3Plus)["params"]
     # ResNet-101 as torchvision counts it (no classifier); ASPP and decoder of the
     # paper's 256-channel DeepLab v3+ (decoder: "1.3 million parameters", Sec. 3.2).
     assert num_params(params["encoder"]) == 42_500_160
@@ -50,7 +42,9 @@ def test_full_size_shapes_at_513(feature_size, decoder_size):
     model = DeepLabV3Plus(feature_size=feature_size, resample="spectral")
     x = jax.ShapeDtypeStruct((2, 513, 513, 3), jnp.float32)
     out = jax.eval_shape(
-        functools.partial(model.apply, method=model.intermediates), _full_size_variables(), x
+        functools.partial(model.apply, method=model.intermediates),
+        full_size_shapes(DeepLabV3Plus),
+        x,
     )
     assert out["aspp"].shape == (2, 33, 33, 256)
     assert out["low_level"].shape == (2, 129, 129, 256)
@@ -89,7 +83,7 @@ def test_non_square_input(feature_size, decoder_shape):
 def test_tiny_forward_encode_decode_and_grad(rng, method):
     model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5, resample=method)
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DeepLabV3Plus)
     out = jax.jit(functools.partial(model.apply, method="intermediates"))(variables, x)
     assert out["logits"].shape == (2, 33, 33, 3)
     assert np.isfinite(np.asarray(out["logits"])).all()
@@ -112,7 +106,7 @@ def test_untruncated_equals_explicit_low_level_size(rng):
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     untruncated = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=None)
     explicit = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=9)
-    variables = _tiny_variables()
+    variables = tiny_variables(DeepLabV3Plus)
     np.testing.assert_allclose(
         jax.jit(untruncated.apply)(variables, x), jax.jit(explicit.apply)(variables, x), atol=1e-5
     )
@@ -121,7 +115,7 @@ def test_untruncated_equals_explicit_low_level_size(rng):
 def test_train_mode_updates_batch_stats_and_no_retrace(rng):
     model = DeepLabV3Plus(**TINY_DEEPLAB, feature_size=5, resample="spectral")
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
-    variables = _tiny_variables()
+    variables = tiny_variables(DeepLabV3Plus)
 
     @jax.jit
     @chex.assert_max_traces(n=1)

@@ -3,7 +3,7 @@
 One run of ``main`` (3 training steps per model, 4 validation scenes, one block-wise band
 limit, no full-size FLOPs) into a temporary directory; the tests then check its numbers
 against independent computations: R(nu_max) recomputed in float64 NumPy
-(``tests/references.py``) from the logits of the model restored from the saved
+(``tests/helpers/references.py``) from the logits of the model restored from the saved
 checkpoint, the vmapped sweep against ``SpectralStatistics``, the FLOPs against
 ``conv_macs`` of the rebuilt model, the untruncated mIoU against the trainer's summary,
 the relative mIoU against the two summaries' ratio, and the circular convolution's
@@ -26,7 +26,7 @@ from experiments.configs import demo as demo_config
 from spectral_jax import flops
 from spectral_jax.data import synthetic
 from spectral_jax.models import DeepLabV3Plus
-from tests import references
+from tests.helpers import references
 
 NUM_EVAL = 4
 STEPS = 3
@@ -36,9 +36,8 @@ IMAGE_SIZE = 129  # the embedded scenes' side
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("demo")
-    data_dir = tmp_path_factory.mktemp("tfds")
     argv = ["demo", f"--workdir={workdir}", f"--config={cli.CONFIGS / 'demo.py'}:quick"]
     argv += [f"--config.data_dir={data_dir}", f"--config.num_train_steps={STEPS}"]
     argv += [f"--config.eval_split=validation[:{NUM_EVAL}]", f"--block_band_limits={BAND_LIMIT}"]
@@ -47,7 +46,7 @@ def run(tmp_path_factory):
     results = json.loads((workdir / "results.json").read_text())
     config = demo_config.get_config("quick")
     config.update(num_train_steps=STEPS, eval_split=f"validation[:{NUM_EVAL}]")
-    config = demo.training_config(config, data_dir=str(data_dir))
+    config = demo.training_config(config, data_dir=data_dir)
     return workdir, report, results, config
 
 

@@ -6,7 +6,7 @@ squares so that its predictions are not one class) is saved with ``torch.save``;
 analyses 3 validation scenes of the embedded PASCAL-like data (129 x 129, batches of 2
 so that the last batch is padded). Its numbers are checked against float64 NumPy
 computations from the PyTorch model's own logits and ASPP output on the same images
-(``tests/references.py``): mIoU, R(nu_max) and the band profiles under both ignore
+(``tests/helpers/references.py``): mIoU, R(nu_max) and the band profiles under both ignore
 conventions, and the ASPP's feature spectrum (Parseval). A rerun must read every stage
 back without evaluating anything; a checkpoint with another class count must stop the
 run before anything is written.
@@ -24,7 +24,7 @@ from experiments import analyze
 from spectral_jax import analysis as analysis_lib
 from spectral_jax.data import pipeline as pipeline_lib
 from spectral_jax.evaluation import Evaluator
-from tests import references
+from tests.helpers import references
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -98,11 +98,6 @@ def _fit_classifier(model, data_dir, stride=8, ridge=1e-3):
         model.classifier[4].weight.copy_(torch.from_numpy(solution[:-1].T[:, :, None, None]))
         model.classifier[4].bias.copy_(torch.from_numpy(solution[-1]))
     return model
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
 
 
 @pytest.fixture(scope="module")

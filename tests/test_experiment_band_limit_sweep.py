@@ -10,8 +10,6 @@ and compiles four models, about a minute of CPU time).
 
 from __future__ import annotations
 
-import csv
-
 import jax
 import numpy as np
 import pytest
@@ -19,7 +17,8 @@ import pytest
 import spectral_jax as sj
 from experiments import band_limit_sweep
 from spectral_jax.data import dataset_info
-from tests import references
+from tests.helpers import references
+from tests.helpers.outputs import read_csv
 
 
 def _random_grid(rng, *, models, datasets, images, shape, classes, dtype):
@@ -130,8 +129,7 @@ def test_tiny_run_at_initialisation(tmp_path):
         assert list(saved["models"]) == ["deeplab", "dan"]
         assert list(saved["datasets"]) == ["pascal", "deepglobe"]
     assert logits.shape == (2, 2, 2, 129, 129, 21) and labels.shape == (2, 2, 129, 129)
-    with open(workdir / "relative_discrepancy.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_csv(workdir / "relative_discrepancy.csv")
     assert len(rows) == 2 * 2 * 2 * 65  # both ignore modes x models x data sets x bands
     assert {row["ignore_mode"] for row in rows} == {"labels", "both"}
     classes = {"pascal": 21, "deepglobe": 7}

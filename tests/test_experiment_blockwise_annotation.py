@@ -3,7 +3,7 @@
 The end-to-end test runs ``main`` on the smallest setting (one data set, band limits 4
 and 8 plus pixel-wise, 2 training steps, 33-pixel crops) and checks the outputs against
 independent computations: relative IoU from the CSV's own mIoU, R(nu_max) recomputed in
-float64 NumPy (``tests/references.py``) from the restored pixel-wise model's logits, the
+float64 NumPy (``tests/helpers/references.py``) from the restored pixel-wise model's logits, the
 rank correlation against ``scipy.stats.spearmanr``, the example figure's block-wise labels
 against :func:`spectral_jax.blockwise_annotation_numpy` and its predictions against the
 restored models.
@@ -25,12 +25,8 @@ from experiments.configs import tiny
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import create_input_pipeline
 from spectral_jax.evaluation import bootstrap_spearman
-from tests import references
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+from tests.helpers import references
+from tests.helpers.outputs import read_csv
 
 
 def test_paper_correlation_matches_scipy():
@@ -91,11 +87,6 @@ def test_read_ce_spectrum(tmp_path):
         bw.read_ce_spectrum(tmp_path / "missing")
 
 
-def _read_csv(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
 def _restored_logits(workdir, band_limit, data_dir):
     """Logits ``[N, H, W, C]`` and labels ``[N, H, W]`` of a run's model on the validation set."""
     config = tiny.get_config()
@@ -120,7 +111,7 @@ def test_main_smallest_setting(tmp_path, data_dir):
     argv += ["--datasets=pascal", "--band_limits=4,8"]
     argv += ["--num_seeds=2"]
     assert bw.main(argv) == workdir / "report.md"
-    per_seed = _read_csv(workdir / "blockwise_annotation.csv")
+    per_seed = read_csv(workdir / "blockwise_annotation.csv")
     rows = {(r["band_limit"], r["seed"]): r for r in per_seed}
     assert set(rows) == {(b, s) for b in ("4", "8", "pixel") for s in ("0", "1")}
     for (band, seed), row in rows.items():
@@ -144,7 +135,7 @@ def test_main_smallest_setting(tmp_path, data_dir):
     )
 
     # The spreads over seeds, recomputed in NumPy from the per-seed rows.
-    spreads = {r["band_limit"]: r for r in _read_csv(workdir / "blockwise_spread.csv")}
+    spreads = {r["band_limit"]: r for r in read_csv(workdir / "blockwise_spread.csv")}
     for band, spread in spreads.items():
         names = ["mean_iou", "relative_iou"] + (["relative_discrepancy"] if band != "pixel" else [])
         for name in names:
@@ -174,7 +165,7 @@ def test_main_smallest_setting(tmp_path, data_dir):
 
     # Rank correlation of the four block-wise points (2 band limits x 2 seeds) against
     # scipy, and its bootstrap interval against the library's with the same generator.
-    correlations = _read_csv(workdir / "correlation.csv")
+    correlations = read_csv(workdir / "correlation.csv")
     (ours,) = [c for c in correlations if (c["source"], c["group"]) == ("ours", "all")]
     points = [rows[b, s] for b in ("4", "8") for s in ("0", "1")]
     x = [float(r["relative_discrepancy"]) for r in points]

@@ -9,7 +9,6 @@ against the trainer's evaluation and experiment 5's vmapped sweep of the same ru
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -18,14 +17,10 @@ import scipy.stats
 
 from experiments import band_limit_sweep, ce_spectrum, runs
 from experiments.configs import cityscapes, pascal, tiny
-from tests import references
+from tests.helpers import references
+from tests.helpers.outputs import read_csv
 
 EVAL_SPLIT = "validation[:3]"
-
-
-def _read_csv(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
 
 
 # --------------------------------------------------------------------------------------
@@ -78,9 +73,8 @@ def test_table_band_limits_map_above_the_grid_to_its_last_band(num_bands):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("ce_spectrum")
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
     argv = ["ce_spectrum", f"--workdir={workdir}", "--models=deeplab", "--datasets=pascal"]
     argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=1"]
     argv += ["--config.crop_size=33", f"--config.eval_split={EVAL_SPLIT}", "--num_seeds=2"]
@@ -113,8 +107,8 @@ def test_csvs_match_float64_references(tiny_run):
     assert (workdir / "fig1_profiles.png").stat().st_size > 10_000
     assert (workdir / "fig2_init_vs_trained.png").stat().st_size > 10_000
     logits, labels = _reference_predictions(workdir, data_dir)
-    table = [r for r in _read_csv(workdir / "table1.csv") if r["seed"] == "0"]
-    profiles = [r for r in _read_csv(workdir / "profiles.csv") if r["seed"] == "0"]
+    table = [r for r in read_csv(workdir / "table1.csv") if r["seed"] == "0"]
+    profiles = [r for r in read_csv(workdir / "profiles.csv") if r["seed"] == "0"]
     for stage, stage_logits in logits.items():
         spectrum = references.ce_spectrum(stage_logits, labels)  # [B, H, W]
         bands = references.band_sums(spectrum, "chebyshev")  # [B, R]
@@ -147,8 +141,8 @@ def test_csvs_match_float64_references(tiny_run):
 @pytest.mark.slow
 def test_table1_spread_is_recomputed_from_the_seeds(tiny_run):
     workdir = tiny_run[0]
-    per_seed = _read_csv(workdir / "table1.csv")
-    spreads = _read_csv(workdir / "table1_spread.csv")
+    per_seed = read_csv(workdir / "table1.csv")
+    spreads = read_csv(workdir / "table1_spread.csv")
     assert len(spreads) == 2 * 5 and len(per_seed) == 2 * len(spreads)  # stages x nu, seeds
     for row in spreads:
         values = np.array(
@@ -176,7 +170,7 @@ def test_table1_spread_is_recomputed_from_the_seeds(tiny_run):
 @pytest.mark.slow
 def test_summary_agrees_with_the_trainers_evaluation(tiny_run):
     workdir = tiny_run[0]
-    summary = [r for r in _read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
+    summary = [r for r in read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
     assert [r["seed"] for r in summary] == ["0", "1"]
     for trained in summary:
         path = workdir / "deeplab_pascal" / f"seed{trained['seed']}" / "summary.json"
@@ -206,8 +200,8 @@ def test_band_limit_sweep_of_the_trained_runs_equals_experiment_1(tiny_run, tmp_
     band_limit_sweep.main(
         ["sweep", f"--workdir={sweep_dir}", f"--from_ce_spectrum={workdir}", "--num_images=3"]
     )
-    ours = {int(r["band_limit"]): float(r["R"]) for r in _read_csv(sweep_dir / "table.csv")}
-    table = [r for r in _read_csv(workdir / "table1.csv") if r["stage"] == "trained"]
+    ours = {int(r["band_limit"]): float(r["R"]) for r in read_csv(sweep_dir / "table.csv")}
+    table = [r for r in read_csv(workdir / "table1.csv") if r["stage"] == "trained"]
     table = [r for r in table if r["seed"] == "0"]  # the manifest's run: the first seed
     for row in table[:4]:  # nu = 8, 16, 32, 64
         nu = int(row["nu_max"])

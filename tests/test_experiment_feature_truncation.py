@@ -9,7 +9,6 @@ change the function), and the derived columns (drop, pruned %, FPI).
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -25,11 +24,7 @@ from experiments import feature_truncation as ft
 from experiments.configs import tiny
 from spectral_jax import flops
 from spectral_jax.models import DAN, DeepLabV3Plus, create_model, pruning
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+from tests.helpers.outputs import read_csv
 
 
 @pytest.mark.parametrize(
@@ -88,11 +83,6 @@ def test_full_size_macs_unpruned_and_pruned():
     assert 0.36 * reference < pruned < 0.8 * reference
 
 
-def _read_csv(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
 def _float(value):
     return None if value in ("", "None") else float(value)
 
@@ -106,14 +96,14 @@ def test_main_smallest_grid(tmp_path, data_dir):
     argv += ["--pruning_rates=0,0.4", "--feature_sizes=129,33", "--nofull_size_flops"]
     argv += ["--num_seeds=2"]
     assert ft.main(argv) == workdir / "report.md"
-    per_seed = _read_csv(workdir / "feature_truncation.csv")
+    per_seed = read_csv(workdir / "feature_truncation.csv")
     cells = {(0.0, 129), (0.0, 33), (0.4, 129), (0.4, 33)}
     assert {
         (float(r["encoder_rate"]), int(r["paper_feature_size"]), r["seed"]) for r in per_seed
     } == {(*cell, seed) for cell in cells for seed in ("0", "1")}
 
     # The spreads over seeds, recomputed in NumPy from the per-seed rows.
-    for spread in _read_csv(workdir / "feature_truncation_spread.csv"):
+    for spread in read_csv(workdir / "feature_truncation_spread.csv"):
         cell = (float(spread["encoder_rate"]), int(spread["paper_feature_size"]))
         seeds = [
             r for r in per_seed if (float(r["encoder_rate"]), int(r["paper_feature_size"])) == cell

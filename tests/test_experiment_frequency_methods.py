@@ -6,7 +6,6 @@ scenes) into ``tmp_path`` and checks its outputs against independent computation
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -14,16 +13,7 @@ import pytest
 
 from experiments import aliasing as aliasing_experiment
 from experiments import frequency_input, frequency_masking
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _rows(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
+from tests.helpers.outputs import read_csv
 
 
 def _training_flags(data_dir, *, crop: int, batch: int = 4) -> list[str]:
@@ -57,7 +47,7 @@ def test_aliasing_experiment(tmp_path, data_dir, variants):
     args = ["aliasing", f"--workdir={workdir}", *_training_flags(data_dir, crop=33, batch=2)]
     args += ["--eval_images=2", f"--variants={','.join(variants)}"]
     assert aliasing_experiment.main(args) == workdir / "report.md"
-    scores = _rows(workdir / "aliasing_scores.csv")
+    scores = read_csv(workdir / "aliasing_scores.csv")
     images = np.load(workdir / "aliasing_images.npy")
     # The stem convolution (stride 2) sees the images themselves: cutoff 1.4 / 4.
     want = _numpy_aliasing_score(images, 0.35).mean()
@@ -65,7 +55,7 @@ def test_aliasing_experiment(tmp_path, data_dir, variants):
         (row,) = [r for r in scores if r["model"] == model and r["layer"] == "encoder/conv1"]
         np.testing.assert_allclose(float(row["aliasing_score"]), want, rtol=1e-4)
     assert len({r["layer"] for r in scores}) >= 4
-    metrics = _rows(workdir / "boundary_metrics.csv")
+    metrics = read_csv(workdir / "boundary_metrics.csv")
     for row in metrics:
         summary = json.loads((workdir / row["variant"] / "seed0" / "summary.json").read_text())
         np.testing.assert_allclose(float(row["mean_iou"]), summary["mean_iou"], rtol=1e-12)
@@ -79,7 +69,7 @@ def test_frequency_masking_experiment(tmp_path, data_dir):
     args = ["frequency_masking", f"--workdir={workdir}", *_training_flags(data_dir, crop=33)]
     args += ["--mus=0.2,0.5"]
     assert frequency_masking.main(args) == workdir / "report.md"
-    rows = _rows(workdir / "mu_ablation.csv")
+    rows = read_csv(workdir / "mu_ablation.csv")
     assert [float(r["mu"]) for r in rows] == [0.2, 0.5]
     summary = json.loads((workdir / "baseline" / "seed0" / "summary.json").read_text())
     for row in rows:
@@ -104,7 +94,7 @@ def test_frequency_input_experiment(tmp_path, data_dir):
     args = ["frequency_input", f"--workdir={workdir}", *_training_flags(data_dir, crop=32)]
     args += ["--config.dct_statistics_batches=1", "--variants=dct24s,dct192_gate"]
     assert frequency_input.main(args) == workdir / "report.md"
-    rows = _rows(workdir / "frequency_input.csv")
+    rows = read_csv(workdir / "frequency_input.csv")
     assert [r["variant"] for r in rows] == ["dct24s", "dct192_gate"]
     assert [int(r["input_channels"]) for r in rows] == [24, 192]
     for row in rows:

@@ -15,10 +15,10 @@ from spectral_jax.training import load_variables
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
+def config(data_dir):
     config = tiny.get_config()
     config.update(num_train_steps=2, crop_size=33, batch_size=2, eval_batch_size=4, seed=5)
-    config.update(eval_split="validation[:4]", data_dir=str(tmp_path_factory.mktemp("tfds")))
+    config.update(eval_split="validation[:4]", data_dir=data_dir)
     return runs.experiment_config(config, model="deeplab", dataset="pascal", self_evaluated=True)
 
 

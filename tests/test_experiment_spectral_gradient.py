@@ -12,7 +12,6 @@ and curves against a NumPy recomputation from the saved rows.
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 
@@ -25,6 +24,7 @@ from experiments import runs
 from experiments import spectral_gradient as exp
 from experiments.configs import tiny
 from spectral_jax import probes
+from tests.helpers.outputs import read_csv
 
 # float32 rows of maps with O(1) entries; the closed forms are float64.
 ATOL = 2e-5
@@ -152,19 +152,13 @@ pytestmark_main = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("spectral_gradient")
-    data_dir = tmp_path_factory.mktemp("tfds")
     argv = ["spectral_gradient", f"--workdir={workdir}", "--datasets=pascal", "--models=deeplab"]
     argv += [f"--config.data_dir={data_dir}", "--config.num_train_steps=2"]
     argv += ["--config.crop_size=33", "--config.eval_split=validation[:2]", "--probe_size=9"]
     report = exp.main(argv)
     return workdir, report, argv, data_dir
-
-
-def _read_csv(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def _case(workdir, name):
@@ -200,7 +194,7 @@ def test_main_ce_rows_match_grad_of_eq5(run):
     """Rows of the channel-summed CE spectral gradient from ``jax.grad`` and NumPy DFTs."""
     workdir, _, _, data_dir = run
     config = tiny.get_config()
-    config.update(data_dir=str(data_dir), eval_split="validation[:2]")
+    config.update(data_dir=data_dir, eval_split="validation[:2]")
     config = runs.experiment_config(config, model="deeplab", dataset="pascal")
     model, variables = runs.restore_trained(config, workdir / "train" / "deeplab_pascal" / "seed0")
     image, labels, ignore = exp.validation_example(config, 0)
@@ -236,8 +230,8 @@ def test_main_ce_rows_match_grad_of_eq5(run):
 @pytestmark_main
 def test_main_csv_shares_and_curves_match_the_saved_rows(run):
     workdir, _, _, _ = run
-    shares = _read_csv(workdir / "diagonal_energy.csv")
-    curves = _read_csv(workdir / "energy_by_distance.csv")
+    shares = read_csv(workdir / "diagonal_energy.csv")
+    curves = read_csv(workdir / "energy_by_distance.csv")
     checked = 0
     for name, label in [
         ("probe_conv_zero_9", "conv_zero"),

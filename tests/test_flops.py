@@ -18,7 +18,7 @@ import pytest
 
 from spectral_jax import flops
 from spectral_jax.models import DeepLabV3Plus
-from tests.model_helpers import DEEP_TINY_STAGES, TINY_DEEPLAB
+from tests.helpers.models import DEEP_TINY_STAGES, TINY_DEEPLAB
 
 
 @pytest.mark.parametrize(

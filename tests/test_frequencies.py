@@ -1,6 +1,6 @@
 """Tests of spectral_jax.frequencies: signed frequencies <-> flat DFT indices.
 
-The references are explicit loops over the DFT bins with tests/references.py's signed
+The references are explicit loops over the DFT bins with tests/helpers/references.py's signed
 frequencies, and a dense float64 NumPy spectral Jacobian ``F diag(m) F^{-1}`` for the
 Jacobian functions that take signed frequencies.
 """
@@ -16,7 +16,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import probes
-from tests import references
+from tests.helpers import references
 
 SHAPES = [(7, 9), (8, 8), (1, 6), (5,), (6,)]
 

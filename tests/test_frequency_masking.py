@@ -18,7 +18,7 @@ import pytest
 
 from spectral_jax.models import DeepLabV3Plus
 from spectral_jax.related import frequency_masking as fm
-from tests.model_helpers import TINY_DEEPLAB, random_variables
+from tests.helpers.models import TINY_DEEPLAB, random_variables
 
 SHAPES = [(8, 8), (7, 9), (6, 5), (16, 12)]
 CUTOFFS = [0.1, 0.25, 0.35, 0.5]

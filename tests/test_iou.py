@@ -1,6 +1,6 @@
 """Tests for spectral_jax.iou: the spectral form of the IoU (Eq. 6-8).
 
-The reference is the spatial IoU in float64 NumPy (tests/references.py): the soft IoU
+The reference is the spatial IoU in float64 NumPy (tests/helpers/references.py): the soft IoU
 ``sum B S / (sum B + sum S - sum B S)`` and, for ``binarize=True``, the hard IoU from
 pixel sets of the arg-max prediction. The library computes the overlap in the frequency
 domain, so agreement checks Parseval's identity as well.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from tests import compile_counting, references
+from tests.helpers import compile_counting, references
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 DTYPES = ["float32", "float64"]

@@ -18,8 +18,8 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax.models.deeplab import DeepLabV3Plus
-from tests import compile_counting
-from tests.model_helpers import TINY_DEEPLAB, random_variables
+from tests.helpers import compile_counting
+from tests.helpers.models import TINY_DEEPLAB, random_variables
 
 IMAGE = 33  # ASPP map 3 x 3 at output stride 16
 ROWS = np.array([0, 70, 560, 1088])  # flat indices of the 33 x 33 CE components

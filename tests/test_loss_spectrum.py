@@ -1,6 +1,6 @@
 """Tests for spectral_jax.loss_spectrum: CE components, band profiles, truncation and R.
 
-Every numeric check is against tests/references.py (float64 NumPy, full ``fft2``, bands
+Every numeric check is against tests/helpers/references.py (float64 NumPy, full ``fft2``, bands
 from loops), a closed form, or Parseval's identity (the components of an image sum to its
 spatial mean CE, computed with ``log_softmax``).
 
@@ -28,8 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spectral_jax as sj
-from tests import compile_counting, references
-from tests.compile_counting import compilations
+from tests.helpers import compile_counting, references
+from tests.helpers.compile_counting import compilations
 
 SUM_RTOL = {"float32": 1e-5, "float64": 1e-12}
 COMPONENT_ATOL = {"float32": 1e-6, "float64": 1e-12}  # times the image's CE

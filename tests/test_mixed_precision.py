@@ -26,9 +26,9 @@ from spectral_jax import _checks, probes
 from spectral_jax.evaluation.metrics import cross_entropy_loss
 from spectral_jax.models import registry
 from spectral_jax.training import steps, train_state
-from tests import references
-from tests.model_helpers import TINY_DEEPLAB, random_variables
-from tests.training_helpers import generated_example
+from tests.helpers import references
+from tests.helpers.models import TINY_DEEPLAB, random_variables
+from tests.helpers.training import generated_example
 
 FLOAT32 = jnp.dtype(jnp.float32)
 BFLOAT16 = jnp.dtype(jnp.bfloat16)

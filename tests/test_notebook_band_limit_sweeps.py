@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 
-from tests import references
-from tests.notebook_helpers import NOTEBOOKS, execute_notebook
+from tests.helpers import references
+from tests.helpers.notebooks import NOTEBOOKS, execute_notebook
 
 NOTEBOOK = NOTEBOOKS / "band_limit_sweeps.ipynb"
 

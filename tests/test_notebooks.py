@@ -5,7 +5,7 @@ cell. ``analyze_your_model.ipynb`` runs in the default tests: its ``R(nu_max)`` 
 are recomputed in float64 NumPy from its model's logits. ``spectral_jacobians.ipynb``
 (slow) also trains a tiny DeepLab v3+ for 30 steps on the embedded data set, which it
 builds in a temporary TFDS data directory (``TFDS_DATA_DIR``). Every notebook is stored
-in git with its outputs and figures (``python -m tests.notebook_helpers`` stores them).
+in git with its outputs and figures (``python -m tests.helpers.notebooks`` stores them).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from tests import references
-from tests.notebook_helpers import NOTEBOOKS, execute_notebook, stored_outputs_problems
+from tests.helpers import references
+from tests.helpers.notebooks import NOTEBOOKS, execute_notebook, stored_outputs_problems
 
 # The up-sampling rows are chosen at the input's signed frequencies: each holds its energy
 # on the diagonal (tests/test_frequencies.py has the dense float64 reference).

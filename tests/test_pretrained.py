@@ -27,7 +27,7 @@ from spectral_jax.models.pretrained import (
     load_torchvision_state_dict,
     torchvision_to_flax_resnet,
 )
-from tests.model_helpers import (
+from tests.helpers.models import (
     DEEP_TINY_BACKBONE,
     DEEP_TINY_STAGES,
     TINY_DAN,

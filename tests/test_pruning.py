@@ -19,7 +19,7 @@ import pytest
 
 from spectral_jax import flops
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning, stack_blocks, unstack_blocks
-from tests.model_helpers import TINY_DAN, TINY_DEEPLAB, random_variables
+from tests.helpers.models import TINY_DAN, TINY_DEEPLAB, random_variables
 
 MODELS = {"deeplab": (DeepLabV3Plus, TINY_DEEPLAB), "dan": (DAN, TINY_DAN)}
 SHAPE = (2, 33, 33, 3)

@@ -5,7 +5,7 @@ pasting them into one session would, in a temporary working directory (the block
 write files, such as an analysis report). A block may be left out only by an HTML comment
 ``<!-- readme-test: skip: <reason> -->`` on the lines just above it (blank lines
 allowed), and the reason must be given. The values the examples compute are then
-checked against the float64 NumPy references (tests/references.py) and against each
+checked against the float64 NumPy references (tests/helpers/references.py) and against each
 other, each section's names as they stand after that section's blocks (a later section
 may reuse a name such as ``labels``).
 """
@@ -23,7 +23,7 @@ import pytest
 
 import spectral_jax as sj
 from experiments import overview_figure
-from tests import references
+from tests.helpers import references
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 SKIP = re.compile(r"<!-- readme-test: skip: (?P<reason>\S.*?) -->")

@@ -1,7 +1,7 @@
 """Tests of the VOC+SBD, Cityscapes and DeepGlobe builders on tiny fake trees.
 
 Each builder is built with ``download_and_prepare(file_format="array_record")`` from a
-tree written by ``tests/fake_trees.py`` and read back with ``tfds.data_source`` (no
+tree written by ``tests/helpers/fake_trees.py`` and read back with ``tfds.data_source`` (no
 TensorFlow). Split membership, label maps and pixels are compared with what was
 written, the label maps through tables written here independently of the builders'.
 """
@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from spectral_jax.data import _builder_utils, cityscapes, deepglobe, voc_sbd
-from tests import fake_trees
+from tests.helpers import fake_trees
 
 SPLITS = ("train", "validation")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models import resnet as resnet_lib  # the module
-from tests.model_helpers import num_params, random_variables
+from tests.helpers.models import num_params, random_variables
 
 
 @pytest.mark.parametrize("name, expected", [("resnet50", 23_508_032), ("resnet101", 42_500_160)])

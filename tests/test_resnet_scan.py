@@ -22,7 +22,7 @@ import pytest
 
 from spectral_jax.models import resnet as resnet_lib
 from spectral_jax.models import stack_blocks, unstack_blocks
-from tests.model_helpers import DEEP_TINY_STAGES, num_params, random_variables
+from tests.helpers.models import DEEP_TINY_STAGES, num_params, random_variables
 
 SHAPE = (2, 33, 33, 3)
 TOLERANCE = 1e-5

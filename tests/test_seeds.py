@@ -25,7 +25,7 @@ from spectral_jax.training import (
     train_and_evaluate,
     train_state,
 )
-from tests.training_helpers import generated_pipeline, tiny_test_config
+from tests.helpers.training import generated_pipeline, tiny_test_config
 
 STEPS = 4
 SEEDS = (3, 4)

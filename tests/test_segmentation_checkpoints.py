@@ -24,7 +24,7 @@ from spectral_jax.models import resnet as resnet_lib
 from spectral_jax.models import segmentation_checkpoints as checkpoints
 from spectral_jax.models.deeplab import resize_bilinear
 from spectral_jax.models.pretrained import load_checkpoint
-from tests.model_helpers import num_params, random_variables
+from tests.helpers.models import num_params, random_variables
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

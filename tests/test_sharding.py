@@ -241,7 +241,7 @@ _LOOP_SCRIPT = textwrap.dedent(
     import sys
     import jax, numpy as np
     from spectral_jax.training import load_checkpoint, train_and_evaluate
-    from tests.training_helpers import generated_pipeline, tiny_test_config
+    from tests.helpers.training import generated_pipeline, tiny_test_config
 
     config = tiny_test_config(steps=4)
     summary = train_and_evaluate(

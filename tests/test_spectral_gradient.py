@@ -28,7 +28,7 @@ import pytest
 
 import spectral_jax as sj
 from spectral_jax import probes
-from tests import compile_counting, references
+from tests.helpers import compile_counting, references
 
 RTOL = {"float32": 2e-5, "float64": 1e-11}
 CHUNKS = ("chunk_size", "mode")

@@ -1,7 +1,7 @@
 """Tests for spectral_jax.statistics: the streaming SpectralStatistics accumulator.
 
 Streaming several batches must give the data-set quantities computed at once, in float64
-NumPy, over all images together (tests/references.py): means over the images with a
+NumPy, over all images together (tests/helpers/references.py): means over the images with a
 valid pixel, R as a ratio of sums, and the IoU from intersections and unions summed over
 the data set.
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import spectral_jax as sj
-from tests import compile_counting, references
+from tests.helpers import compile_counting, references
 
 SHAPE, NUM_CLASSES = (7, 8), 4
 RTOL = {"float32": 1e-5, "float64": 1e-12}

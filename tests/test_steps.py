@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.training import steps, train_state
-from tests.training_helpers import NUM_CLASSES
+from tests.helpers.training import NUM_CLASSES
 
 # ---------------------------------------------------------------------------------------
 # train_step on a per-pixel linear classifier, whose CE gradient has a closed form.

@@ -22,10 +22,10 @@ from orbax.checkpoint.checkpoint_manager import is_async_checkpointer
 
 from spectral_jax.models import create_model, flax_to_torch_state_dict
 from spectral_jax.training import checkpointing, train, train_and_evaluate, train_state, writers
-from tests import references
-from tests.compile_counting import count_compilations
-from tests.model_helpers import random_variables
-from tests.training_helpers import (
+from tests.helpers import references
+from tests.helpers.compile_counting import count_compilations
+from tests.helpers.models import random_variables
+from tests.helpers.training import (
     NUM_CLASSES,
     generated_pipeline,
     run_python_isolated,
@@ -216,7 +216,7 @@ _TRAIN_ON_CORRUPT = """
 import sys
 from spectral_jax.training import checkpointing, train_and_evaluate
 from tests.test_training import STEPS
-from tests.training_helpers import generated_pipeline, tiny_test_config
+from tests.helpers.training import generated_pipeline, tiny_test_config
 config = tiny_test_config(steps=STEPS)
 config.tensorboard = True
 try:

@@ -24,7 +24,7 @@ from spectral_jax.evaluation import BOUNDARY_SCORES
 from spectral_jax.models import create_model
 from spectral_jax.related import boundary_metrics
 from spectral_jax.training import load_variables, train_and_evaluate
-from tests.training_helpers import NUM_CLASSES, generated_pipeline, tiny_test_config
+from tests.helpers.training import NUM_CLASSES, generated_pipeline, tiny_test_config
 
 
 def _predictions_of_checkpoint(config, workdir, pipeline, *, dct_pipeline=None):

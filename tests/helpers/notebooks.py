@@ -4,7 +4,7 @@ The notebooks are committed with their outputs, so that their figures can be rea
 running them. After changing a notebook, store its outputs again, from the repository
 root (``MPLBACKEND`` is left to the kernel: inline figures)::
 
-  python -m tests.notebook_helpers notebooks/spectral_jacobians.ipynb ...
+  python -m tests.helpers.notebooks notebooks/spectral_jacobians.ipynb ...
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import nbclient
 import nbformat
 
-NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 # What the stored outputs may not mention: paths of the machine that ran them.
 MACHINE_PATHS = ("/tmp/", "/work/", "/home/", "/root/", "site-packages", "/usr/")
 

@@ -113,7 +113,7 @@ def tiny_test_config(*, crop_size: int = 33, steps: int = 4):
     return config
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_python_isolated(source: str, *args: str, timeout: float = 300) -> str:

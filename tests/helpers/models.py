@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spectral_jax.models import DAN, DeepLabV3Plus
 
 TINY_DEEPLAB = dict(
     num_classes=3,
@@ -54,3 +58,20 @@ def random_variables(model, shape, seed=0):
 
 def num_params(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def tiny_variables(model_class: type) -> dict:
+    """Random variables (:func:`random_variables`) of the tiny ``DeepLabV3Plus`` or ``DAN``.
+
+    Parameter shapes depend neither on the feature size, the resampling method nor the
+    output stride, so one set of variables serves every tiny model of the class.
+    """
+    settings = {DeepLabV3Plus: TINY_DEEPLAB, DAN: TINY_DAN}[model_class]
+    return random_variables(model_class(**settings), (2, 33, 33, 3))
+
+
+@functools.cache
+def full_size_shapes(model_class: type) -> dict:
+    """The variables' shapes (``jax.ShapeDtypeStruct``) of ``model_class()`` at 513 x 513."""
+    x = jax.ShapeDtypeStruct((1, 513, 513, 3), jnp.float32)
+    return jax.eval_shape(model_class().init, jax.random.key(0), x)
