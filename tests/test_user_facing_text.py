@@ -22,20 +22,31 @@ GLOBS = (
     "notebooks/*.ipynb",
     "notebooks/*.md",
     "benchmarks/*.py",
+    "benchmarks/*.md",
     "docs/**/*.md",
     "docs/**/*.py",
 )
-# "../" but not an ellipsis before a slash (".../max_pool").
-FORBIDDEN = re.compile(r"shared/|\b[Ii]ssues? [0-9]|\bpapers? 00[0-9]|(?<!\.)\.\./")
+FORBIDDEN = re.compile(r"shared/|\b[Ii]ssues? [0-9]|\bpapers? 00[0-9]")
+# A relative path that climbs ("../x", but not an ellipsis before a slash: ".../max_pool").
+CLIMBING_PATH = re.compile(r"(?<![.\w])(?:\.\./)+[\w./-]*")
 
 
 def user_facing_files() -> list[pathlib.Path]:
     return sorted({path for pattern in GLOBS for path in ROOT.glob(pattern)})
 
 
-def forbidden_mentions(text: str) -> list[str]:
-    """The lines of ``text`` that mention something :data:`FORBIDDEN` matches."""
-    return [line.strip() for line in text.splitlines() if FORBIDDEN.search(line)]
+def forbidden_mentions(text: str, folder: pathlib.Path = ROOT) -> list[str]:
+    """The lines of ``text`` that mention something :data:`FORBIDDEN` matches, or a relative
+    path that, read from ``folder`` (where the text lives), leaves the repository."""
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if FORBIDDEN.search(line)
+        or any(
+            not (folder / path).resolve().is_relative_to(ROOT)
+            for path in CLIMBING_PATH.findall(line)
+        )
+    ]
 
 
 def test_the_pattern_finds_what_it_must():
@@ -46,8 +57,12 @@ def test_the_pattern_finds_what_it_must():
     assert forbidden_mentions("the related methods (papers 002-004)") != []
     assert forbidden_mentions("Table 2 (arXiv:2012.14123), 2-core CPU, tissue 3D") == []
     assert forbidden_mentions('name is ".../max_pool"') == []
+    docs = ROOT / "docs" / "api"
+    assert forbidden_mentions("see {doc}`../conventions`", docs) == []
+    assert forbidden_mentions("```{include} ../../benchmarks/README.md", docs) == []
+    assert forbidden_mentions("read ../../../papers/x.txt", docs) == ["read ../../../papers/x.txt"]
 
 
 @pytest.mark.parametrize("path", user_facing_files(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_no_path_outside_the_repository_nor_work_item(path):
-    assert not forbidden_mentions(path.read_text())
+    assert not forbidden_mentions(path.read_text(), path.parent)
