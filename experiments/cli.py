@@ -126,7 +126,7 @@ def _config_argument(argv: list[str], default: pathlib.Path) -> str:
 
 
 def _unknown_override_message(argv: list[str], config_path: str) -> str | None:
-    """``--config.x: no config field 'x'; did you mean 'y'?`` for the first override in
+    """``--config.x: no config field 'x' (did you mean 'y'?)`` for the first override in
     ``argv`` of a field that the config file ``config_path`` lacks, else None."""
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file(

@@ -5,8 +5,9 @@
 reads, with its type, its default, a one-line meaning and, where the paper gives it,
 the paper's value ("Spectral Analysis for Semantic Segmentation with Applications on
 Feature Truncation and Weak Annotation", Chen, Chiu, Wu, arXiv:2012.14123, Sec. 3,
-"Segmentation models and implementation details"). :func:`get_config` returns the
-defaults; the experiment configs (``experiments/configs``) start from it and set what
+"Segmentation models and implementation details"); one field, ``distributed``, is
+read by the training script (``experiments/train.py``) before the library runs.
+:func:`get_config` returns the defaults; the experiment configs (``experiments/configs``) start from it and set what
 changes.
 
 The paper trains DeepLab v3+ or DAN on an ImageNet ResNet-101 with random 513 x 513
