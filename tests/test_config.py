@@ -170,6 +170,17 @@ def library_reads() -> Reads:
     return config_reads(*sorted(set((ROOT / "spectral_jax").rglob("*.py")) - {schema}))
 
 
+def test_every_config_parameter_of_the_library_is_walked():
+    """A ``ConfigDict`` parameter under another name would escape the walk."""
+    escaped = []
+    for path in sorted((ROOT / "spectral_jax").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.arg) and node.annotation is not None:
+                if "ConfigDict" in ast.unparse(node.annotation) and node.arg not in ROOTS:
+                    escaped.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.arg}")
+    assert not escaped
+
+
 def _model_attributes() -> set[str]:
     attributes = set()
     for model in registry.MODELS.values():
