@@ -2,11 +2,18 @@
 
 Every ``python -m experiments.<name>`` takes
 
-* ``--config path/to/config.py`` (ml_collections' config file, as ``experiments/train.py``
-  takes it; default ``experiments/configs/tiny.py``) and overrides of its fields, e.g.
-  ``--config.num_train_steps=2 --config.crop_size=33 --config.data_dir=/data/tfds``;
-  a parameterised config takes its argument after a colon
-  (``--config experiments/configs/demo.py:quick``);
+* ``--config NAME_OR_PATH`` (ml_collections' config file, as ``experiments/train.py``
+  takes it; default ``tiny``): the name of a config of ``experiments/configs``
+  (``tiny``, ``pascal``, ...; ``--list_configs`` lists them) or the path of a config
+  file, from the working directory or from the directory that holds ``experiments``
+  (``experiments/configs/tiny.py`` works from any directory); a parameterised config
+  takes its argument after a colon (``--config demo:quick``);
+* overrides of its fields, e.g. ``--config.num_train_steps=2 --config.crop_size=33
+  --config.data_dir=/data/tfds``; a field the config lacks is refused with the nearest
+  name (the fields: :mod:`spectral_jax.training.config`);
+* ``--print_config``: print the resolved config (overrides applied), each field with its
+  documentation, and exit; ``--list_configs``: print the config names with their
+  one-line description, and exit;
 * ``--workdir DIR`` (default ``runs/<name>``);
 * its own absl flags; ``--help`` prints the script's docstring and every flag.
 
@@ -19,19 +26,128 @@ in one process and the scripts import each other without their flags colliding.
 
 from __future__ import annotations
 
+import ast
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from experiments import paper_values
+from spectral_jax.training import config as config_schema
 
 #: The directory of the config files (``experiments/configs``).
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+#: ``--config``, ``-config``, ``--config=...``: the config flag itself (ml_collections'
+#: pattern), and an override of one of its fields, ``--config.a.b=...``.
+_CONFIG_FLAG = re.compile(r"^-{1,2}config(=|$)")
+_CONFIG_OVERRIDE = re.compile(r"^-{1,2}(?:no)?config\.([^=]+)")
+
+
+def config_names() -> list[str]:
+    """The names of the configs in ``experiments/configs`` (the modules with a
+    ``get_config``), sorted."""
+    return sorted(
+        path.stem
+        for path in CONFIGS.glob("*.py")
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "get_config"
+            for node in ast.parse(path.read_text()).body
+        )
+    )
+
+
+def config_description(name: str) -> str:
+    """The first line of the docstring of the config ``name``."""
+    docstring = ast.get_docstring(ast.parse((CONFIGS / f"{name}.py").read_text())) or ""
+    return docstring.strip().splitlines()[0] if docstring.strip() else ""
+
+
+def resolve_config(value: str) -> str:
+    """The config file that ``--config=value`` names, as an absolute path (with the
+    ``:argument`` kept).
+
+    ``value`` is a path from the working directory, a path from the directory that
+    holds ``experiments`` (``experiments/configs/tiny.py``), or a config name (``tiny``
+    or ``tiny.py``).
+
+    Raises:
+      absl.app.UsageError: when it is none of them.
+    """
+    path, colon, argument = value.partition(":")
+    candidates = [
+        pathlib.Path(path).expanduser(),
+        CONFIGS.parents[1] / path,
+        CONFIGS / path,
+        CONFIGS / f"{path}.py",
+    ]
+    for candidate in candidates:
+        if path and candidate.is_file():
+            return f"{candidate.resolve()}{colon}{argument}"
+    raise app.UsageError(
+        f"--config={value}: no such config file or config name; the names: "
+        f"{', '.join(config_names())} (--list_configs describes them)"
+    )
+
+
+def _with_resolved_config(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--config`` replaced by :func:`resolve_config`'s."""
+    argv = list(argv)
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        match = _CONFIG_FLAG.match(arg)
+        if match is None:
+            continue
+        if match.group(1):  # --config=value
+            argv[index] = f"--config={resolve_config(arg.split('=', 1)[1])}"
+        elif index + 1 < len(argv):  # --config value
+            argv[index + 1] = resolve_config(argv[index + 1])
+    return argv
+
+
+def _config_argument(argv: list[str], default: pathlib.Path) -> str:
+    """The value of ``--config`` in ``argv``, else ``default``."""
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        match = _CONFIG_FLAG.match(arg)
+        if match is not None and match.group(1):
+            return arg.split("=", 1)[1]
+        if match is not None and index + 1 < len(argv):
+            return argv[index + 1]
+    return str(default)
+
+
+def _unknown_override_message(argv: list[str], config_path: str) -> str | None:
+    """``--config.x: no config field 'x' (did you mean 'y'?)`` for the first override in
+    ``argv`` of a field that the config file ``config_path`` lacks, else None."""
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", config_path, flag_values=flag_values, sys_argv=argv[:1]
+    )
+    flag_values(argv[:1])
+    config = flag_values.config
+    names = list(config_schema.leaf_names(config))
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        match = _CONFIG_OVERRIDE.match(arg)
+        if match is None:
+            continue
+        node = config
+        for part in match.group(1).split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                field = config_schema.unknown_field_message(match.group(1), names)
+                return f"--config.{match.group(1)}: {field}"
+            node = node[part]
+    return None
 
 
 class _ListParser(flags.ListParser):
@@ -155,7 +271,7 @@ def parse(
       doc: the script's docstring, printed by ``--help``.
       define_flags: defines the script's own flags on the ``FlagValues`` it is given.
       config: the default config file, relative to ``experiments/configs`` (``None``: the
-        script takes no ``--config``).
+        script takes no ``--config``, ``--list_configs`` nor ``--print_config``).
       config_help: appended to the help of ``--config`` (e.g. what the default trains).
       required: flags the command line must give explicitly (``experiments.train``
         requires ``config`` and ``workdir``: a run silently trained on the default config
@@ -166,8 +282,11 @@ def parse(
       ``ConfigDict`` with the overrides applied) and the script's own.
 
     Raises:
-      absl.app.UsageError: for an unknown flag, a bad value or a positional argument.
-      SystemExit: after printing the help, for ``--help``.
+      absl.app.UsageError: for an unknown flag, a bad value, a positional argument, an
+        unknown config name or an override of a field the config lacks (naming the
+        nearest field).
+      SystemExit: after printing the help (``--help``), the config names
+        (``--list_configs``) or the resolved config (``--print_config``).
     """
     argv = [str(arg) for arg in argv]
     flag_values = flags.FlagValues()
@@ -178,33 +297,65 @@ def parse(
         "Directory of the report, its tables and figures, and the trained runs.",
         flag_values=flag_values,
     )
+    if config is not None:
+        flags.DEFINE_boolean(
+            "list_configs",
+            False,
+            "Print the names of the configs (for --config) with their description, and exit.",
+            flag_values=flag_values,
+        )
+        flags.DEFINE_boolean(
+            "print_config",
+            False,
+            "Print the resolved config (--config with its overrides), each field with its "
+            "documentation, and exit.",
+            flag_values=flag_values,
+        )
     if define_flags is not None:
         define_flags(flag_values)
+    if config is not None:
+        argv = _with_resolved_config(argv)
     try:
         if config is not None:
             # Loads the default config at once, with the overrides found in `argv`.
             config_flags.DEFINE_config_file(
                 "config",
                 str(CONFIGS / config),
-                "Training configuration file (ml_collections, `path.py` or "
-                "`path.py:argument`); override its fields with --config.<field>=<value>. "
-                + config_help,
+                "Training configuration: a config name (--list_configs) or file "
+                "(ml_collections, `path.py`), with `:argument` for a parameterised one; "
+                "override its fields with --config.<field>=<value> (--print_config "
+                "documents them). " + config_help,
                 flag_values=flag_values,
                 sys_argv=argv,
             )
         rest = flag_values(argv)
-    except (flags.Error, AttributeError) as error:
-        # ml_collections raises AttributeError for an override of a field the config lacks.
-        what = "no config field " if isinstance(error, AttributeError) else ""
+    except AttributeError as error:
+        # ml_collections raises AttributeError (around a KeyError that quotes its own
+        # message) for an override of a field the config lacks.
+        message = _unknown_override_message(argv, _config_argument(argv, CONFIGS / config))
+        if message is None:
+            raise
         raise app.UsageError(
-            f"{what}{error}; flags: python -m experiments.{name} --help"
+            f"{message}; the fields: python -m experiments.{name} --print_config"
         ) from error
+    except flags.Error as error:
+        raise app.UsageError(f"{error}; flags: python -m experiments.{name} --help") from error
     usage = f"{doc or ''}\nFlags:\n{flag_values.get_help(include_special_flags=False)}"
     if flag_values.help:
         print(usage)
         raise SystemExit(0)
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments {rest[1:]}; flags take the form --name=value")
+    if config is not None and flag_values.list_configs:
+        names = config_names()
+        width = max(map(len, names))
+        for config_name in names:
+            print(f"{config_name:<{width}}  {config_description(config_name)}")
+        raise SystemExit(0)
+    if config is not None and flag_values.print_config:
+        print(f"# {config_file(flag_values)}, with the command line's overrides")
+        print(config_schema.describe_config(flag_values.config))
+        raise SystemExit(0)
     missing = [f"--{flag}" for flag in required if not flag_values[flag].present]
     if missing:
         raise app.UsageError(

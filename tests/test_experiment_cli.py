@@ -7,11 +7,19 @@ overrides of one command line do not leak into the next.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 from absl import app
 
 from experiments import cli
 from experiments.configs import pascal, tiny
+from spectral_jax.training import config as config_schema
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _define(flag_values):
@@ -88,3 +96,156 @@ def test_required_flags_must_be_given(args, missing):
         ["prog", *given], name="train", doc=None, required=("config", "workdir")
     )
     assert flag_values.workdir == "/tmp/run"
+
+
+# --config by name or path, from any directory; --list_configs and --print_config.
+
+#: The configs of experiments/configs (the modules with a get_config), as the tree has them.
+CONFIG_NAMES = [
+    "cityscapes",
+    "dct_cityscapes",
+    "dct_deepglobe",
+    "dct_pascal",
+    "deepglobe",
+    "default",
+    "demo",
+    "pascal",
+    "tiny",
+]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--config=tiny",),
+        ("--config", "tiny"),
+        ("--config=tiny.py",),
+        ("--config=experiments/configs/tiny.py",),
+        (f"--config={cli.CONFIGS / 'tiny.py'}",),
+    ],
+)
+def test_a_config_is_named_or_given_by_path_from_any_directory(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    flag_values = _parse(*args, "--config.crop_size=33")
+    expected = tiny.get_config()
+    expected.crop_size = 33
+    assert flag_values.config.to_dict() == expected.to_dict()
+    assert cli.config_file(flag_values) == "experiments/configs/tiny.py"
+
+
+def test_a_named_config_takes_its_argument_after_a_colon():
+    flag_values = _parse("--config=demo:quick")
+    assert flag_values.config.num_train_steps == 10
+    assert cli.config_file(flag_values) == "experiments/configs/demo.py:quick"
+
+
+def test_a_config_file_in_the_working_directory_comes_first(tmp_path, monkeypatch):
+    (tmp_path / "tiny.py").write_text(
+        "from experiments.configs import tiny\n"
+        "def get_config():\n"
+        "    config = tiny.get_config()\n"
+        "    config.seed = 7\n"
+        "    return config\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert _parse("--config=tiny.py").config.seed == 7
+    assert _parse("--config=tiny").config.seed == tiny.get_config().seed  # the name
+
+
+def test_an_unknown_config_name_lists_the_names():
+    with pytest.raises(app.UsageError) as error:
+        _parse("--config=tinny")
+    assert str(error.value) == (
+        "--config=tinny: no such config file or config name; the names: "
+        f"{', '.join(CONFIG_NAMES)} (--list_configs describes them)"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("--config.num_train_step=2",),
+            "--config.num_train_step: no config field 'num_train_step' "
+            "(did you mean 'num_train_steps'?)",
+        ),
+        (
+            ("--config=tiny", "--config.model.aspp_chanels=4"),
+            "--config.model.aspp_chanels: no config field 'model.aspp_chanels' "
+            "(did you mean 'model.aspp_channels'?)",
+        ),
+        (("--config", "pascal", "--config.zzz=1"), "--config.zzz: no config field 'zzz'"),
+        (
+            # The field exists in tiny.py, not in pascal.py: the file given is checked.
+            ("--config=pascal", "--config.model.low_level_channels=4"),
+            "--config.model.low_level_channels: no config field 'model.low_level_channels'",
+        ),
+    ],
+)
+def test_an_override_of_a_field_the_config_lacks_names_the_nearest(args, message):
+    with pytest.raises(app.UsageError) as error:
+        _parse(*args, "--config.crop_size=33")
+    assert str(error.value) == f"{message}; the fields: python -m experiments.script --print_config"
+
+
+def test_list_configs_prints_each_name_with_its_description(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--list_configs")
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == CONFIG_NAMES
+    tiny_line = lines[CONFIG_NAMES.index("tiny")]
+    assert tiny_line.split(None, 1)[1] == tiny.__doc__.splitlines()[0]
+
+
+def test_print_config_prints_the_resolved_config_with_the_documentation(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        # experiments.train requires --workdir, but not to print its config.
+        cli.parse(
+            ["prog", "--config=tiny", "--config.crop_size=33", "--print_config"],
+            name="train",
+            doc=None,
+            required=("config", "workdir"),
+        )
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# experiments/configs/tiny.py, with the command line's overrides"
+    fields = dict(line.split(" = ", 1) for line in lines[1::2])
+    expected = tiny.get_config()
+    expected.crop_size = 33
+    assert fields["crop_size"] == "33" and fields["model.backbone"] == "'resnet_tiny'"
+    assert len(fields) == len(list(config_schema.leaf_names(expected)))
+    docs = dict(zip(lines[1::2], lines[2::2], strict=True))
+    assert docs["crop_size = 33"] == (
+        "    Side of the square random training crops. [int; default 513; paper: 513]"
+    )
+    # tiny.py sets a model attribute that the schema documents as optional.
+    assert docs["model.aspp_channels = 16"].startswith("    Channels of the ASPP.")
+
+
+def test_a_script_runs_from_another_directory(tmp_path):
+    """``python -m experiments.train`` with the package importable (as after
+    ``pip install``) and the working directory outside the repository."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config",
+            "experiments/configs/demo.py:quick",
+            "--config.crop_size=33",
+            "--print_config",
+        ],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "# experiments/configs/demo.py:quick, with the command line's overrides"
+    assert "crop_size = 33" in lines and "num_train_steps = 10" in lines
+    assert not (tmp_path / "runs").exists()

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import default
+from spectral_jax.training import config as config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
     """PASCAL VOC with the paper's training policy."""
-    config = default.get_config()
+    config = config_schema.get_config()
     config.dataset = "voc_sbd"
     config.learning_rate = 0.0007
     config.num_epochs = 100

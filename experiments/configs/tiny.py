@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import default
+from spectral_jax.training import config as config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The tiny CPU configuration."""
-    config = default.get_config()
+    config = config_schema.get_config()
     config.dataset = "synthetic_scenes/pascal_like"
     config.crop_size = 65
     config.eval_crop_size = 129  # The generated scenes are 129 x 129.

@@ -89,7 +89,7 @@ def create_input_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
 
     Reads ``dataset``, ``data_dir``, ``train_split``, ``eval_split``, ``crop_size``,
     ``eval_crop_size``, ``scale_range``, ``flip``, ``seed``, ``worker_count``,
-    ``block_band_limit`` and ``ignore_index`` (``experiments/configs/default.py``; when
+    ``block_band_limit`` and ``ignore_index`` (:mod:`spectral_jax.training.config`; when
     set, it replaces the data set's ignore label, also as the padding's label).
     """
     info = pipeline_lib.dataset_info(config.dataset)

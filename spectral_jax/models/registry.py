@@ -1,7 +1,7 @@
 """The one place a configuration becomes a model.
 
 ``config.model.name`` picks the class of :data:`MODELS`; the other fields of
-``config.model`` are its attributes (``experiments/configs/default.py``).
+``config.model`` are its attributes (:mod:`spectral_jax.training.config`).
 :func:`create_model` builds it, :func:`input_shape` says what it takes (RGB images, or
 the DCT model's coefficients), so that the trainer and the experiments never branch on a
 model's name.

@@ -13,7 +13,7 @@ the host reads device values only at log, evaluation and checkpoint steps (the m
 of the steps in between are fetched together), and orbax writes checkpoints in the
 background.
 
-The configuration fields are documented in ``experiments/configs/default.py``.
+The configuration fields are documented in :mod:`spectral_jax.training.config`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from spectral_jax.evaluation import (
 )
 from spectral_jax.models import pretrained, registry, segmentation_checkpoints
 from spectral_jax.training import checkpointing, steps
+from spectral_jax.training import config as config_schema
 from spectral_jax.training import train_state as state_lib
 from spectral_jax.training import writers as writers_lib
 
@@ -439,7 +440,7 @@ def train_and_evaluate(
     (evaluations and checkpoint saves in between included).
 
     Args:
-      config: see ``experiments/configs/default.py``.
+      config: the fields of :mod:`spectral_jax.training.config`.
       workdir: output directory (created).
       input_pipeline: the data; by default :func:`spectral_jax.data.create_input_pipeline`
         (tests pass generated data).
@@ -493,8 +494,11 @@ def train_and_evaluate(
       InvalidLabelsError: for a training batch with labels outside ``[0, C)`` other
         than the ignore index (a ``ValueError``).
       ValueError: when ``config.ignore_index`` is set and differs from the
-        ``input_pipeline``'s.
+        ``input_pipeline``'s; for a field the library does not read (a misspelling:
+        the message names the nearest field, :func:`spectral_jax.training.config.
+        check_fields`).
     """
+    config_schema.check_fields(config)
     start_time = time.perf_counter()
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
