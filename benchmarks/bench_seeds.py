@@ -40,7 +40,7 @@ import numpy as np
 
 from experiments import report
 from experiments.configs import tiny
-from spectral_jax.data import sharding
+from spectral_jax import parallel
 from spectral_jax.models import registry
 from spectral_jax.training import train
 from spectral_jax.training import writers as writers_lib
@@ -72,7 +72,7 @@ def _batch(config, num_replicas: int, mesh) -> dict[str, jax.Array]:
     }
     if num_replicas == 1:
         batch = {name: value[0] for name, value in batch.items()}
-    return sharding.shard_batch(batch, mesh, batch_axis=int(num_replicas > 1))
+    return parallel.shard_batch(batch, mesh, batch_axis=int(num_replicas > 1))
 
 
 def _compile_seconds(program, state, batch, keys) -> float:

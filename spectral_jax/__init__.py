@@ -8,7 +8,8 @@ annotation, FLOPs and the layer probes. The related
 frequency-domain methods (papers 002-004) are one import away in
 :mod:`spectral_jax.related`; models, data, evaluation and training are the subpackages
 :mod:`spectral_jax.models`, :mod:`spectral_jax.data`, :mod:`spectral_jax.evaluation` and
-:mod:`spectral_jax.training`.
+:mod:`spectral_jax.training`, which split their batches over the device mesh of
+:mod:`spectral_jax.parallel`.
 """
 
 from spectral_jax.bands import band_index as band_index

@@ -2,7 +2,8 @@
 
 The paper's core sits at the top of ``spectral_jax``; the related methods
 (``spectral_jax.related``) build on the core only; models build on the core and the
-related methods; data, evaluation and training sit above them; ``experiments`` and
+related methods; the device mesh (``spectral_jax.parallel``) builds on the core only;
+data, evaluation and training sit above the models and the mesh; ``experiments`` and
 ``benchmarks`` use everything and are used by nothing in the library. These tests parse
 every module (no import needed) and fail on an upward import, an import cycle, or a
 first-party import hidden inside a function.
@@ -45,11 +46,12 @@ ALLOWED = {
     **{name: set(CORE) for name in CORE},
     "related": set(CORE),
     "plotting": {*CORE, "related"},
+    "parallel": set(CORE),
     "models": {*CORE, "related"},
-    "data": {*CORE, "related"},
-    "evaluation": {*CORE, "related", "models", "data"},
-    "training": {*CORE, "related", "models", "data", "evaluation"},
-    "analysis": {*CORE, "related", "plotting", "models", "data", "evaluation"},
+    "data": {*CORE, "related", "parallel"},
+    "evaluation": {*CORE, "related", "parallel", "models", "data"},
+    "training": {*CORE, "related", "parallel", "models", "data", "evaluation"},
+    "analysis": {*CORE, "related", "plotting", "parallel", "models", "data", "evaluation"},
 }
 
 

@@ -1,7 +1,7 @@
 """Data: segmentation data sets (TFDS builders), the input pipeline and the run's inputs.
 
-Also the DCT input pipeline (:mod:`spectral_jax.data.dct_pipeline`) and the data mesh
-(:mod:`spectral_jax.data.sharding`).
+Also the DCT input pipeline (:mod:`spectral_jax.data.dct_pipeline`). The data mesh the
+batches are split over is :mod:`spectral_jax.parallel`.
 """
 
 from spectral_jax.data.dct_pipeline import DCT_STATISTICS_FILE as DCT_STATISTICS_FILE

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spectral_jax.data import sharding
+from spectral_jax import parallel
 from spectral_jax.data.inputs import Batch, InputPipeline
 from spectral_jax.related import dct_input as dct_input_lib
 
@@ -244,7 +244,7 @@ def dct_run_pipeline(
         os.replace(partial, path)
 
     # Several processes: process 0 computes and writes them, the others wait and read.
-    sharding.create_once(
+    parallel.create_once(
         f"dct_run_pipeline: {DCT_STATISTICS_FILE}", lambda: os.path.exists(path), compute_and_save
     )
     mean, std = load_dct_statistics(workdir, layout=layout)

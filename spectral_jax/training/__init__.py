@@ -3,7 +3,7 @@
 The model comes from :func:`spectral_jax.models.create_model`, the data from
 :func:`spectral_jax.data.create_input_pipeline`, the evaluation from
 :class:`spectral_jax.evaluation.Evaluator`; the data mesh is
-:mod:`spectral_jax.data.sharding`.
+:mod:`spectral_jax.parallel`.
 """
 
 from spectral_jax.training.checkpointing import CheckpointError as CheckpointError
