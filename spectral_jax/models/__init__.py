@@ -22,6 +22,8 @@ from spectral_jax.models.anti_aliasing import (
 from spectral_jax.models.anti_aliasing import (
     insert_de_aliasing_filters as insert_de_aliasing_filters,
 )
+from spectral_jax.models.block_stacking import stack_blocks as stack_blocks
+from spectral_jax.models.block_stacking import unstack_blocks as unstack_blocks
 from spectral_jax.models.dan import DAN as DAN
 from spectral_jax.models.dan import AggregationDecoder as AggregationDecoder
 from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus as DCTDeepLabV3Plus
@@ -63,9 +65,7 @@ from spectral_jax.models.resnet import ResNet as ResNet
 from spectral_jax.models.resnet import ResNetConfig as ResNetConfig
 from spectral_jax.models.resnet import Widths as Widths
 from spectral_jax.models.resnet import create_resnet as create_resnet
-from spectral_jax.models.resnet import stack_blocks as stack_blocks
 from spectral_jax.models.resnet import stage_dilations as stage_dilations
-from spectral_jax.models.resnet import unstack_blocks as unstack_blocks
 from spectral_jax.models.segmentation_checkpoints import LAYOUTS as LAYOUTS
 from spectral_jax.models.segmentation_checkpoints import (
     flax_to_torch_state_dict as flax_to_torch_state_dict,
