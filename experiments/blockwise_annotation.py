@@ -63,7 +63,15 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, paper_values, runs
-from experiments.report import Report, claim_line, colour_labels, log, pyplot, write_csv
+from experiments.report import (
+    Report,
+    claim_line,
+    colour_labels,
+    format_spread,
+    log,
+    pyplot,
+    write_csv,
+)
 from experiments.runs import MODEL_TITLES
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import dataset_info
@@ -73,7 +81,6 @@ from spectral_jax.evaluation import (
     Spread,
     bootstrap_spearman,
     compute_spread,
-    format_spread,
     spearman_correlation,
 )
 

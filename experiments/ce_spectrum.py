@@ -78,12 +78,13 @@ from experiments.report import (
     MODEL_STYLES,
     Report,
     claim_line,
+    format_spread,
     log,
     pyplot,
     write_csv,
 )
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
-from spectral_jax.evaluation import compute_spread, format_spread
+from spectral_jax.evaluation import compute_spread
 
 STAGES = ("init", "trained")
 

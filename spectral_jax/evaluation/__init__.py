@@ -23,10 +23,7 @@ from spectral_jax.evaluation.spread import CONFIDENCE as CONFIDENCE
 from spectral_jax.evaluation.spread import RankCorrelation as RankCorrelation
 from spectral_jax.evaluation.spread import Spread as Spread
 from spectral_jax.evaluation.spread import bootstrap_spearman as bootstrap_spearman
-from spectral_jax.evaluation.spread import claim_verdict as claim_verdict
 from spectral_jax.evaluation.spread import compute_spread as compute_spread
-from spectral_jax.evaluation.spread import format_spread as format_spread
-from spectral_jax.evaluation.spread import interval_side as interval_side
 from spectral_jax.evaluation.spread import rank_data as rank_data
 from spectral_jax.evaluation.spread import spearman_correlation as spearman_correlation
 from spectral_jax.evaluation.spread import student_t_quantile as student_t_quantile
