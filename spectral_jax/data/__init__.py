@@ -29,4 +29,3 @@ from spectral_jax.data.synthetic import SyntheticScenes as SyntheticScenes
 from spectral_jax.data.synthetic import SyntheticScenesConfig as SyntheticScenesConfig
 from spectral_jax.data.synthetic import blurred_label_logits as blurred_label_logits
 from spectral_jax.data.synthetic import generate_example as generate_example
-from spectral_jax.data.synthetic import preset_relative_discrepancy as preset_relative_discrepancy
