@@ -246,7 +246,9 @@ def run_setting(
         }
         if pixelwise:
             statistics = result.statistics
-            run["relative_discrepancy"] = np.asarray(statistics.relative_discrepancy()).tolist()
+            run["relative_discrepancy"] = np.asarray(
+                statistics.relative_discrepancy_curve()
+            ).tolist()
         run_path.write_text(json.dumps(run, indent=2))
         results.append(run)
     return results

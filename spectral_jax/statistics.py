@@ -28,7 +28,7 @@ Example:
   ...     stats = stats.update(logits[i : i + 2], labels[i : i + 2])
   >>> stats.num_images
   Array(4, dtype=int32)
-  >>> stats.relative_discrepancy().shape  # R(nu_max) for nu_max = 0..4
+  >>> stats.relative_discrepancy_curve().shape  # R(nu_max) for nu_max = 0..4
   (5,)
   >>> spatial = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B, H, W]
   >>> bool(jnp.isclose(stats.mean_ce(), spatial.mean()))  # the bands sum to the CE
@@ -284,7 +284,7 @@ class SpectralStatistics:
         """``[R]`` mean over images of the truncated CE at every band limit (Eq. 13)."""
         return self._per_image(jnp.cumsum(self.band_ce))
 
-    def relative_discrepancy(self) -> jax.Array:
+    def relative_discrepancy_curve(self) -> jax.Array:
         """``[R]`` data-set ``R(nu_max)`` at every band limit (Eq. 14, ratio of means)."""
         return ce_lib.sweep_from_band_profile(self.band_ce[None, :])
 

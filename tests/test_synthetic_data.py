@@ -209,7 +209,7 @@ def _preset_relative_discrepancy(
                 labels, num_classes=config.num_classes, sigma=sigma, smoothing=smoothing
             )
             stats = update(stats, logits, labels)
-        return np.asarray(stats.relative_discrepancy())
+        return np.asarray(stats.relative_discrepancy_curve())
 
 
 def test_label_spectra_order_cityscapes_pascal_deepglobe():

@@ -41,7 +41,7 @@ Example (a trained run, as the experiments evaluate it)::
       num_examples=4,
   )
   result = evaluator(variables, pipeline.eval_batches(config.eval_batch_size, 0, 1))
-  result.mean_iou, result.relative_discrepancy[16], result.examples["prediction"]
+  result.mean_iou, result.relative_discrepancy_at[16], result.examples["prediction"]
 """
 
 from __future__ import annotations
@@ -225,11 +225,11 @@ class EvaluationResult:
         return None if self.statistics is None else float(self.statistics.parseval_error())
 
     @property
-    def relative_discrepancy(self) -> dict[int, float] | None:
+    def relative_discrepancy_at(self) -> dict[int, float] | None:
         """``R(nu_max)`` at the :data:`REPORTED_BAND_LIMITS` the grid holds, or None."""
         if self.statistics is None:
             return None
-        discrepancy = np.asarray(self.statistics.relative_discrepancy())
+        discrepancy = np.asarray(self.statistics.relative_discrepancy_curve())
         return {nu: float(discrepancy[nu]) for nu in REPORTED_BAND_LIMITS if nu < len(discrepancy)}
 
     @property
@@ -249,7 +249,7 @@ class EvaluationResult:
         }
         if self.statistics is not None:
             scalars[f"{prefix}spectral_mean_ce"] = self.mean_ce
-            for nu, value in self.relative_discrepancy.items():
+            for nu, value in self.relative_discrepancy_at.items():
                 scalars[f"{prefix}relative_discrepancy_{nu}"] = value
         for name, value in (self.boundary or {}).items():
             scalars[f"{prefix}{name}"] = value
@@ -406,7 +406,7 @@ class Evaluator:
       >>> evaluator = Evaluator(model.apply, num_classes=3, spectral_statistics=True,
       ...                       num_examples=1)
       >>> result = evaluator(variables, batches)
-      >>> int(result.confusion.sum()), result.num_evaluated, sorted(result.relative_discrepancy)
+      >>> int(result.confusion.sum()), result.num_evaluated, sorted(result.relative_discrepancy_at)
       (2048, 2, [8, 16])
       >>> result.examples["prediction"].shape
       (1, 32, 32)

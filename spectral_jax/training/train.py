@@ -383,7 +383,7 @@ def _result_summary(result: EvaluationResult, class_names: tuple[str, ...]) -> d
         "iou": dict(zip(class_names, result.iou.tolist(), strict=True)),
         "mean_ce": result.mean_ce,
         "parseval_error": result.parseval_error,
-        "relative_discrepancy": result.relative_discrepancy,
+        "relative_discrepancy": result.relative_discrepancy_at,
         "band_profile": result.band_profile,
         "boundary": result.boundary,
     }
