@@ -66,7 +66,7 @@ from spectral_jax.spectral_gradient import (
 from spectral_jax.spectral_gradient import spectral_jacobian_columns as spectral_jacobian_columns
 from spectral_jax.spectral_gradient import spectral_jacobian_rows as spectral_jacobian_rows
 from spectral_jax.spectral_gradient import (
-    within_radius_energy_fraction as within_radius_energy_fraction,
+    within_distance_energy_fraction as within_distance_energy_fraction,
 )
 from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
 from spectral_jax.truncation import resize_features as resize_features
