@@ -82,8 +82,8 @@ import spectral_jax as sj
 from benchmarks import bench_ce_spectrum, bench_spectral_jacobian, bench_train_step
 from experiments.configs import pascal
 from spectral_jax import parallel
+from spectral_jax.data import IGNORE_INDEX, synthetic
 from spectral_jax.data import pipeline as pipeline_lib
-from spectral_jax.data import synthetic
 from spectral_jax.data.inputs import InputPipeline, input_pipeline_from_sources
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.models import registry
@@ -98,7 +98,6 @@ except ImportError:
     torch = _torch_deeplab = None
 
 SECTIONS = ("spectrum", "jacobian", "train_step", "loop")
-IGNORE_INDEX = 255
 MAX_CLASSES_PRESENT = 3
 # float32 against float64 references: errors relative to the largest value.
 TOLERANCE = 1e-4

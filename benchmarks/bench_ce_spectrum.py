@@ -49,13 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_jax as sj
+from spectral_jax.data import IGNORE_INDEX
 
 try:
     import resource
 except ImportError:  # Not on a Unix.
     resource = None
 
-IGNORE_INDEX = 255
 MAX_CLASSES_PRESENT = 3
 DEFAULT_SHAPES = "8x129x129x21,2x513x513x21"
 # Shapes with more than this many logits (B*H*W*C) count as "large": fewer default repeats.
@@ -164,7 +164,10 @@ def realistic_logits(rng: np.random.Generator, clean: np.ndarray, num_classes: i
 
 
 def reference_ce_spectrum(
-    logits: np.ndarray, labels: np.ndarray, ignore_index: int = 255, ignore_mode: str = "labels"
+    logits: np.ndarray,
+    labels: np.ndarray,
+    ignore_index: int = IGNORE_INDEX,
+    ignore_mode: str = "labels",
 ):
     """``(spectrum [B, H, W], ce [B])`` in float64, straight from the definition.
 

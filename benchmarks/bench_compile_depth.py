@@ -46,6 +46,7 @@ import jax
 import optax
 
 from benchmarks import bench_train_step as bench
+from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.training import steps as steps_lib
 from spectral_jax.training import train_state as state_lib
 
@@ -78,7 +79,7 @@ def make_state_and_step(config: bench.BenchConfig, variant: str):
             steps_lib.train_step,
             learning_rate_fn=schedule,
             dropout_key=jax.random.key(1),
-            ignore_index=bench.IGNORE_INDEX,
+            ignore_index=IGNORE_INDEX,
         ),
         donate_argnums=0,
     )

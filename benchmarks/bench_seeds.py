@@ -41,6 +41,7 @@ import numpy as np
 from experiments import report
 from experiments.configs import tiny
 from spectral_jax import parallel
+from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.models import registry
 from spectral_jax.training import train
 from spectral_jax.training import writers as writers_lib
@@ -58,7 +59,7 @@ def _program(config, num_replicas: int):
         ),
         num_replicas=num_replicas,
         input_shape=registry.input_shape(config.model, image_size=int(config.crop_size)),
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         devices=tuple(jax.devices()),
     )
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.evaluation import RankCorrelation, Spread
 
 #: Colour of each of the paper's data sets, and line style of each model, in figures.
@@ -43,7 +44,9 @@ def pyplot():
     return plt
 
 
-def colour_labels(labels: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def colour_labels(
+    labels: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """RGB colours ``[..., 3]`` of integer labels ``[...]``: tab20 per class, ignored white.
 
     Labels outside ``[0, num_classes)`` (the ignore label) are white.

@@ -57,7 +57,7 @@ from spectral_jax import bands as bands_lib
 from spectral_jax import frequencies as frequencies_lib
 from spectral_jax import layers as layers_lib
 from spectral_jax import spectral_gradient as sg_lib
-from spectral_jax._checks import DataFormat
+from spectral_jax._checks import IGNORE_INDEX, DataFormat
 from spectral_jax.evaluation.evaluator import REPORTED_BAND_LIMITS, Evaluator
 from spectral_jax.loss_spectrum import IgnoreMode
 
@@ -348,7 +348,7 @@ def analyze(
     layers: Sequence[str] = (),
     band_limits: Sequence[int] | None = None,
     rows: Sequence[int | tuple[int, int]] | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = "labels",
     num_examples: int = 1,
     chunk_size: int = 64,

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import _checks
+from spectral_jax._checks import IGNORE_INDEX
 
 
 def _check_band_limit(band_limit) -> int:
@@ -105,7 +106,7 @@ def blockwise_annotation(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> jax.Array:
     """Block-wise annotation of label maps at band limit ``band_limit`` (JAX).
 
@@ -153,7 +154,7 @@ def blockwise_annotation_numpy(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """Block-wise annotation of label maps at band limit ``band_limit`` (NumPy).
 

@@ -93,6 +93,7 @@ import numpy as np
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import frequencies as frequencies_lib
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.loss_spectrum import (
     DEFAULT_IGNORE_MODE,
     IgnoreMode,
@@ -793,7 +794,7 @@ def ce_spectral_gradient(
     *,
     nu_i: chex.Array | None = None,
     in_projection: chex.Array | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     params: Any = None,
     batched: bool = False,

@@ -216,3 +216,46 @@ def test_related_namespace_is_one_import_away():
     for name in ("aliasing_score", "de_alias", "boundary_scores", "images_to_dct"):
         assert callable(getattr(related, name)), name
         assert not hasattr(spectral_jax, name), name
+
+
+def test_ignore_index_is_defined_once(everything):
+    """``IGNORE_INDEX`` is assigned in ``spectral_jax._checks`` only, and no ``ignore_index``
+    default (argument, field, ``flax.struct.field(default=...)``) is a literal number."""
+    definitions, literals = [], []
+
+    def literal(value: ast.AST | None) -> bool:
+        if isinstance(value, ast.Call):
+            value = next((k.value for k in value.keywords if k.arg == "default"), None)
+        return isinstance(value, ast.Constant) and isinstance(value.value, int)
+
+    for module, tree in everything.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {t.id for t in targets if isinstance(t, ast.Name)}
+                if "IGNORE_INDEX" in names:
+                    definitions.append(module)
+                if "ignore_index" in names and literal(node.value):
+                    literals.append(f"{module}:{node.lineno}")
+            if isinstance(node, ast.FunctionDef):
+                arguments = node.args
+                positional = arguments.posonlyargs + arguments.args
+                pairs = list(
+                    zip(
+                        positional[len(positional) - len(arguments.defaults) :],
+                        arguments.defaults,
+                        strict=True,
+                    )
+                )
+                pairs += [
+                    (a, d)
+                    for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+                    if d
+                ]
+                literals += [
+                    f"{module}:{node.lineno}"
+                    for a, d in pairs
+                    if a.arg == "ignore_index" and literal(d)
+                ]
+    assert definitions == ["spectral_jax._checks"], definitions
+    assert not literals, "ignore_index defaults written as a number at " + ", ".join(literals)

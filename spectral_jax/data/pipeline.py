@@ -52,8 +52,8 @@ import tqdm
 from absl import flags
 
 from spectral_jax import parallel
+from spectral_jax._checks import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data import cityscapes, deepglobe, synthetic, voc_sbd
-from spectral_jax.data._builder_utils import IGNORE_INDEX as IGNORE_INDEX
 from spectral_jax.data._builder_utils import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data._builder_utils import IMAGENET_STD as IMAGENET_STD
 

@@ -69,7 +69,8 @@ import PIL.Image
 import scipy.ndimage
 import tensorflow_datasets as tfds
 
-IGNORE_INDEX = 255
+from spectral_jax._checks import IGNORE_INDEX
+
 SPLITS: tuple[str, ...] = ("train", "validation")
 _SPLIT_CODES = {"train": 0, "validation": 1}
 # Appearance (class colours and textures) is fixed per scene kind, not per config seed, so

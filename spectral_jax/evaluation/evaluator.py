@@ -60,6 +60,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from spectral_jax import _checks, parallel
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
 from spectral_jax.evaluation import metrics as metrics_lib
@@ -101,7 +102,7 @@ def eval_step(
     *,
     apply_fn: ApplyFn,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     boundary_metrics: bool = False,
 ) -> tuple[dict[str, Any], SpectralStatistics | None, dict[str, jax.Array]]:
     """Forward pass in inference mode; the batch's confusion matrix and loss sums.
@@ -417,7 +418,7 @@ class Evaluator:
         apply_fn: ApplyFn,
         *,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         spectral_statistics: bool = False,
         ignore_mode: str = "labels",
         with_magnitudes: bool = False,

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import _checks
+from spectral_jax._checks import IGNORE_INDEX
 
 REGIONS: tuple[str, ...] = ("boundary", "false_response", "merging", "displacement")
 
@@ -200,7 +201,7 @@ def boundary_statistics(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     dilation: int = 15,
 ) -> BoundaryStatistics:
     """Per-class counts of the boundary metrics for a batch (module docstring).
