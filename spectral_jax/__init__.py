@@ -22,7 +22,6 @@ from spectral_jax.bands import half_band_index as half_band_index
 from spectral_jax.bands import half_spectrum_weights as half_spectrum_weights
 from spectral_jax.bands import num_bands as num_bands
 from spectral_jax.bands import signed_frequencies as signed_frequencies
-from spectral_jax.blockwise import block_partition as block_partition
 from spectral_jax.blockwise import blockwise_annotation as blockwise_annotation
 from spectral_jax.blockwise import blockwise_annotation_numpy as blockwise_annotation_numpy
 from spectral_jax.flops import ConvLayer as ConvLayer
@@ -73,3 +72,60 @@ from spectral_jax.truncation import resize_features as resize_features
 from spectral_jax.truncation import spectral_resize as spectral_resize
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConvLayer",
+    "FlopCount",
+    "IoUTerms",
+    "LayerHead",
+    "MagnitudeProfiles",
+    "ParsevalWarning",
+    "SpectralStatistics",
+    "band_index",
+    "band_limit_of_grid",
+    "band_limit_sweep",
+    "band_profile",
+    "band_sizes",
+    "blockwise_annotation",
+    "blockwise_annotation_numpy",
+    "ce_half_spectrum",
+    "ce_spectral_gradient",
+    "ce_spectrum",
+    "centered_frequencies",
+    "centered_spectrum",
+    "conv_layers",
+    "conv_macs",
+    "count_flops",
+    "diagonal_energy_fraction",
+    "energy_by_distance",
+    "fig4_frequencies",
+    "flat_frequency_indices",
+    "flops_per_iou",
+    "frequency_distance",
+    "grid_of_band_limit",
+    "half_band_index",
+    "half_spectrum_weights",
+    "iou_from_terms",
+    "layer_head",
+    "layer_output",
+    "layer_outputs",
+    "layer_paths",
+    "layer_spectral_gradient",
+    "magnitude_profiles",
+    "num_bands",
+    "ravel_frequencies",
+    "relative_discrepancy",
+    "resize_features",
+    "signed_frequencies",
+    "spectral_iou",
+    "spectral_iou_terms",
+    "spectral_jacobian",
+    "spectral_jacobian_band_energy",
+    "spectral_jacobian_columns",
+    "spectral_jacobian_rows",
+    "spectral_resize",
+    "sweep_from_band_profile",
+    "truncated_ce",
+    "unravel_frequencies",
+    "within_distance_energy_fraction",
+]

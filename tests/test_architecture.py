@@ -18,7 +18,11 @@ import types
 import pytest
 
 import spectral_jax
+import spectral_jax.data
+import spectral_jax.evaluation
+import spectral_jax.models
 import spectral_jax.related as related
+import spectral_jax.training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "spectral_jax"
@@ -207,9 +211,21 @@ def test_top_level_exports_only_the_core():
         if getattr(value, "__module__", None) not in core_modules
     }
     assert not outside, outside
-    # 55 names: bands 10, blockwise 3, flops 6, frequencies 4, iou 4, layers 6,
+    # 54 names: bands 10, blockwise 2, flops 6, frequencies 4, iou 4, layers 6,
     # loss_spectrum 10, spectral_gradient 9, statistics 1, truncation 2.
-    assert len(public) == 55, sorted(public)
+    assert len(public) == 54, sorted(public)
+
+
+@pytest.mark.parametrize("package", ["", "data", "evaluation", "models", "related", "training"])
+def test_packages_declare_what_they_export(package):
+    """``__all__`` of the package and of each subpackage lists exactly its public names."""
+    module = getattr(spectral_jax, package) if package else spectral_jax
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert sorted(module.__all__) == sorted(public)
 
 
 def test_related_namespace_is_one_import_away():

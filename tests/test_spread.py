@@ -27,14 +27,14 @@ def test_t_quantile_closed_forms(probability):
     # Cauchy (1 dof): tan(pi (p - 1/2)); 2 dof: (2p - 1) / sqrt(2 p (1 - p)).
     expected_1 = math.tan(math.pi * (probability - 0.5))
     expected_2 = (2 * probability - 1) / math.sqrt(2 * probability * (1 - probability))
-    np.testing.assert_allclose(spread_lib.student_t_quantile(probability, 1), expected_1, 1e-12)
-    np.testing.assert_allclose(spread_lib.student_t_quantile(probability, 2), expected_2, 1e-12)
+    np.testing.assert_allclose(spread_lib._student_t_quantile(probability, 1), expected_1, 1e-12)
+    np.testing.assert_allclose(spread_lib._student_t_quantile(probability, 2), expected_2, 1e-12)
 
 
 @pytest.mark.parametrize("dof", [1, 3, 7, 30])
 def test_t_quantile_matches_scipy(dof):
     np.testing.assert_allclose(
-        spread_lib.student_t_quantile(0.975, dof), scipy.stats.t.ppf(0.975, dof), rtol=1e-12
+        spread_lib._student_t_quantile(0.975, dof), scipy.stats.t.ppf(0.975, dof), rtol=1e-12
     )
 
 
@@ -105,7 +105,7 @@ def test_rank_data_and_spearman_match_scipy(rng, n, ties):
     if ties:
         x = np.round(x)  # many ties
         y[: n // 2] = y[0]
-    np.testing.assert_array_equal(spread_lib.rank_data(x), scipy.stats.rankdata(x))
+    np.testing.assert_array_equal(spread_lib._rank_data(x), scipy.stats.rankdata(x))
     expected = scipy.stats.spearmanr(x, y).statistic
     np.testing.assert_allclose(
         spread_lib.spearman_correlation(x, y), expected, rtol=1e-12, atol=1e-12
@@ -115,7 +115,7 @@ def test_rank_data_and_spearman_match_scipy(rng, n, ties):
 def test_rank_data_of_rows_matches_scipy(rng):
     values = np.round(rng.normal(size=(6, 9)))
     np.testing.assert_array_equal(
-        spread_lib.rank_data(values), scipy.stats.rankdata(values, axis=-1)
+        spread_lib._rank_data(values), scipy.stats.rankdata(values, axis=-1)
     )
 
 

@@ -303,7 +303,7 @@ def _check_example(example, position) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def augment_example(
+def _augment_example(
     image: np.ndarray,
     label: np.ndarray,
     rng: np.random.Generator,
@@ -415,7 +415,7 @@ class TrainBatchFn:
         for position, index in zip(self.positions(step), self.example_indices(step), strict=True):
             image, label = _check_example(self.source[int(index)], int(index))
             rng = np.random.default_rng((self.seed, 1, int(position)))
-            image, label = augment_example(
+            image, label = _augment_example(
                 image,
                 label,
                 rng,

@@ -94,7 +94,7 @@ class Spread:
         }
 
 
-def student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
+def _student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
     """The ``probability`` quantile of Student's ``t`` with ``degrees_of_freedom``.
 
     Raises:
@@ -130,12 +130,12 @@ def compute_spread(values: Sequence[float], *, confidence: float = CONFIDENCE) -
         std = low = high = float("nan")
     else:
         std = float(np.std(array, ddof=1))
-        half_width = student_t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
+        half_width = _student_t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
         low, high = mean - half_width, mean + half_width
     return Spread(mean, std, low, high, n, confidence, tuple(float(v) for v in array))
 
 
-def rank_data(values: Sequence[float]) -> np.ndarray:
+def _rank_data(values: Sequence[float]) -> np.ndarray:
     r"""Ranks ``1..n`` along the last axis, tied values sharing the mean of their ranks.
 
     .. math::
@@ -149,7 +149,7 @@ def rank_data(values: Sequence[float]) -> np.ndarray:
       ``[..., n]`` float64 ranks.
 
     Example:
-      >>> rank_data([0.5, 0.1, 0.5]).tolist()
+      >>> _rank_data([0.5, 0.1, 0.5]).tolist()
       [2.5, 1.0, 2.5]
     """
     values = np.asarray(values, np.float64)
@@ -164,8 +164,8 @@ def rank_data(values: Sequence[float]) -> np.ndarray:
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``[...]`` Spearman's rho of each row of ``x``, ``y`` ``[..., n]`` (NaN: a constant row)."""
-    rx = rank_data(x)
-    ry = rank_data(y)
+    rx = _rank_data(x)
+    ry = _rank_data(y)
     rx = rx - rx.mean(axis=-1, keepdims=True)
     ry = ry - ry.mean(axis=-1, keepdims=True)
     denominator = np.sqrt(np.sum(rx * rx, axis=-1) * np.sum(ry * ry, axis=-1))
@@ -194,7 +194,7 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
        \rho = \frac{\sum_i (r_i - \bar r)(s_i - \bar s)}
                    {\sqrt{\sum_i (r_i - \bar r)^2 \sum_i (s_i - \bar s)^2}}
 
-    with ``r``, ``s`` the ranks of ``x``, ``y`` (:func:`rank_data`).
+    with ``r``, ``s`` the ranks of ``x``, ``y`` (:func:`_rank_data`).
 
     Args:
       x, y: ``[n]`` finite paired values, ``n >= 2``.
