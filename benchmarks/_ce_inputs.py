@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from spectral_jax.data import IGNORE_INDEX
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -89,7 +89,10 @@ def realistic_logits(rng: np.random.Generator, clean: np.ndarray, num_classes: i
 
 
 def reference_ce_spectrum(
-    logits: np.ndarray, labels: np.ndarray, ignore_index: int = 255, ignore_mode: str = "labels"
+    logits: np.ndarray,
+    labels: np.ndarray,
+    ignore_index: int = IGNORE_INDEX,
+    ignore_mode: str = "labels",
 ):
     """``(spectrum [B, H, W], ce [B])`` in float64, straight from the definition.
 

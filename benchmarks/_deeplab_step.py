@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.models import DeepLabV3Plus
 from spectral_jax.training import steps as steps_lib
 from spectral_jax.training import train_state as state_lib
@@ -28,7 +29,6 @@ try:  # PyTorch is optional: the PyTorch helpers need it, the JAX ones do not.
 except ImportError:
     _torch_deeplab = None
 
-IGNORE_INDEX = 255
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4

@@ -35,8 +35,9 @@ from flax import traverse_util
 from torch import nn
 from torch.nn import functional
 
+from spectral_jax.models.block_stacking import unstack_blocks
 from spectral_jax.models.deeplab import aspp_rates
-from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations, unstack_blocks
+from spectral_jax.models.resnet import RESNET_CONFIGS, stage_dilations
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, bias=False):

@@ -80,8 +80,9 @@ import numpy as np
 import spectral_jax as sj
 from benchmarks import _ce_inputs, _deeplab_step, _jacobian_cases, timing
 from experiments.configs import pascal
+from spectral_jax import parallel
+from spectral_jax.data import IGNORE_INDEX, synthetic
 from spectral_jax.data import pipeline as pipeline_lib
-from spectral_jax.data import sharding, synthetic
 from spectral_jax.data.inputs import InputPipeline, input_pipeline_from_sources
 from spectral_jax.evaluation import Evaluator, inference_apply_fn
 from spectral_jax.models import registry
@@ -96,7 +97,6 @@ except ImportError:
     torch = _torch_deeplab = None
 
 SECTIONS = ("spectrum", "jacobian", "train_step", "loop")
-IGNORE_INDEX = 255
 MAX_CLASSES_PRESENT = 3
 # float32 against float64 references: errors relative to the largest value.
 TOLERANCE = 1e-4
@@ -901,14 +901,14 @@ def run_loop(sizes: CheckSizes, report: Report, scratch: str) -> dict[str, Any]:
 def _time_evaluation(sizes, report: Report, config, pipeline: InputPipeline, workdir: str):
     """One evaluation pass with :class:`Evaluator`: plain, + spectral, as the trainer's."""
     model = registry.create_model(config.model, num_classes=pipeline.num_classes)
-    mesh = sharding.create_mesh(jax.devices())  # The trainer's: its compiled step is reused.
-    variables = sharding.replicate(load_variables(workdir), mesh)
+    mesh = parallel.create_mesh(jax.devices())  # The trainer's: its compiled step is reused.
+    variables = parallel.replicate(load_variables(workdir), mesh)
     batches = list(pipeline.eval_batches(int(config.eval_batch_size), 0, 1))
     common = dict(
         num_classes=pipeline.num_classes,
         ignore_index=pipeline.ignore_index,
         mesh=mesh,
-        batch_size=sharding.local_batch_size(int(config.eval_batch_size), mesh),
+        batch_size=parallel.local_batch_size(int(config.eval_batch_size), mesh),
     )
     apply_fn = inference_apply_fn(model)
     evaluators = {

@@ -44,7 +44,8 @@ from benchmarks.timing import load_average, time_calls
 from experiments import launch
 from experiments import train as train_script
 from experiments.configs import default, tiny
-from spectral_jax.data import load_split, sharding
+from spectral_jax import parallel
+from spectral_jax.data import load_split
 from spectral_jax.models import registry
 from spectral_jax.training import train_state as state_lib
 
@@ -110,13 +111,13 @@ def allreduce_worker(trees: list[str], repeats: int) -> None:
     """In each launched process: times one psum of each tree; process 0 prints it."""
     if os.environ.get("JAX_NUM_PROCESSES"):
         jax.distributed.initialize(**train_script.distributed_arguments())
-    mesh = sharding.create_mesh()
+    mesh = parallel.create_mesh()
     local = mesh.devices.size // jax.process_count()
 
     # Every device holds its own gradient: row d of [D, ...] on device d.
     def place(leaf):
         rows = np.ones((local, *leaf.shape), np.float32)
-        return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), rows)
+        return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), rows)
 
     results = {}
     for name in trees:
@@ -124,9 +125,9 @@ def allreduce_worker(trees: list[str], repeats: int) -> None:
         gradients = jax.tree.map(place, shapes)
         allreduce = jax.jit(
             jax.shard_map(
-                lambda tree: jax.tree.map(lambda g: jax.lax.psum(g[0], sharding.DATA_AXIS), tree),
+                lambda tree: jax.tree.map(lambda g: jax.lax.psum(g[0], parallel.DATA_AXIS), tree),
                 mesh=mesh,
-                in_specs=P(sharding.DATA_AXIS),
+                in_specs=P(parallel.DATA_AXIS),
                 out_specs=P(),
             )
         )

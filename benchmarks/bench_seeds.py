@@ -40,7 +40,8 @@ import numpy as np
 from benchmarks.timing import Stopwatch, load_average, time_calls
 from experiments import report
 from experiments.configs import tiny
-from spectral_jax.data import sharding
+from spectral_jax import parallel
+from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.models import registry
 from spectral_jax.training import train
 from spectral_jax.training import writers as writers_lib
@@ -58,7 +59,7 @@ def _program(config, num_replicas: int):
         ),
         num_replicas=num_replicas,
         input_shape=registry.input_shape(config.model, image_size=int(config.crop_size)),
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         devices=tuple(jax.devices()),
     )
 
@@ -72,7 +73,7 @@ def _batch(config, num_replicas: int, mesh) -> dict[str, jax.Array]:
     }
     if num_replicas == 1:
         batch = {name: value[0] for name, value in batch.items()}
-    return sharding.shard_batch(batch, mesh, batch_axis=int(num_replicas > 1))
+    return parallel.shard_batch(batch, mesh, batch_axis=int(num_replicas > 1))
 
 
 def _compile_seconds(program, state, batch, keys) -> float:

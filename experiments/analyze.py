@@ -318,7 +318,9 @@ def _plot_band_profiles(analyses: dict[str, analysis_lib.Analysis]):
     for mode, result in analyses.items():
         bands = np.arange(len(result.band_profile))
         left.plot(bands, result.band_profile, label=IGNORE_MODE_TITLES[mode])
-        right.semilogy(bands, np.maximum(np.abs(result.relative_discrepancy), 1e-12), label=mode)
+        right.semilogy(
+            bands, np.maximum(np.abs(result.relative_discrepancy_curve), 1e-12), label=mode
+        )
     left.set(xlabel="band r (Chebyshev)", ylabel="mean CE in band", title="CE band profile")
     left.set_yscale("symlog", linthresh=1e-4)
     right.set(xlabel="nu_max", ylabel="R(nu_max)", title="relative discrepancy (Eq. 14)")
@@ -368,7 +370,7 @@ def write_report(
     )
 
     report.heading("Table 1: R(nu_max)")
-    num_bands = len(labels.relative_discrepancy)
+    num_bands = len(labels.relative_discrepancy_curve)
     columns = ce_spectrum.table_band_limits(num_bands)
     report.paragraph(
         f"R(nu_max) of the CE truncated to the bands up to nu_max (Eq. 14, ratio of means "
@@ -382,7 +384,7 @@ def write_report(
     table = [
         [
             IGNORE_MODE_TITLES[mode],
-            *(float(result.relative_discrepancy[ours]) for _, ours in columns),
+            *(float(result.relative_discrepancy_curve[ours]) for _, ours in columns),
         ]
         for mode, result in analyses.items()
     ]
@@ -473,7 +475,7 @@ def write_report(
 
 def _results(settings, analyses, rows) -> dict[str, Any]:
     labels = analyses["labels"]
-    columns = ce_spectrum.table_band_limits(len(labels.relative_discrepancy))
+    columns = ce_spectrum.table_band_limits(len(labels.relative_discrepancy_curve))
     results: dict[str, Any] = {
         "settings": settings,
         "num_images": labels.num_images,
@@ -484,9 +486,9 @@ def _results(settings, analyses, rows) -> dict[str, Any]:
         "ignore_modes": {
             mode: {
                 "relative_discrepancy_table1": [
-                    float(result.relative_discrepancy[ours]) for _, ours in columns
+                    float(result.relative_discrepancy_curve[ours]) for _, ours in columns
                 ],
-                "relative_discrepancy": result.relative_discrepancy.tolist(),
+                "relative_discrepancy": result.relative_discrepancy_curve.tolist(),
                 "band_profile": result.band_profile.tolist(),
                 "mean_ce": result.mean_ce,
                 "parseval_error": result.parseval_error,

@@ -69,7 +69,13 @@ from experiments import ce_spectrum, cli, paper_values, runs
 from experiments.report import DATASET_COLORS, MODEL_STYLES, Report, log, pyplot, write_csv
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
 from spectral_jax.bands import Radius
-from spectral_jax.data import blurred_label_logits, create_input_pipeline, synthetic, take_examples
+from spectral_jax.data import (
+    IGNORE_INDEX,
+    blurred_label_logits,
+    create_input_pipeline,
+    synthetic,
+    take_examples,
+)
 from spectral_jax.loss_spectrum import DEFAULT_IGNORE_MODE, IGNORE_MODES, IgnoreMode
 
 #: Logit of the classes a data set does not have, when data sets are stacked.
@@ -102,7 +108,7 @@ def relative_discrepancy_grid(
     labels: chex.Array,
     band_limits: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
 ) -> jax.Array:

@@ -64,7 +64,15 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, paper_values, runs
-from experiments.report import Report, claim_line, colour_labels, log, pyplot, write_csv
+from experiments.report import (
+    Report,
+    claim_line,
+    colour_labels,
+    format_spread,
+    log,
+    pyplot,
+    write_csv,
+)
 from experiments.runs import MODEL_TITLES
 from spectral_jax.blockwise import blockwise_annotation_numpy
 from spectral_jax.data import dataset_info
@@ -74,7 +82,6 @@ from spectral_jax.evaluation import (
     Spread,
     bootstrap_spearman,
     compute_spread,
-    format_spread,
     spearman_correlation,
 )
 
@@ -240,7 +247,9 @@ def run_setting(
         }
         if pixelwise:
             statistics = result.statistics
-            run["relative_discrepancy"] = np.asarray(statistics.relative_discrepancy()).tolist()
+            run["relative_discrepancy"] = np.asarray(
+                statistics.relative_discrepancy_curve()
+            ).tolist()
         run_path.write_text(json.dumps(run, indent=2))
         results.append(run)
     return results

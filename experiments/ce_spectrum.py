@@ -79,12 +79,13 @@ from experiments.report import (
     MODEL_STYLES,
     Report,
     claim_line,
+    format_spread,
     log,
     pyplot,
     write_csv,
 )
 from experiments.runs import DATASET_TITLES, MODEL_TITLES
-from spectral_jax.evaluation import compute_spread, format_spread
+from spectral_jax.evaluation import compute_spread
 
 STAGES = ("init", "trained")
 
@@ -109,7 +110,7 @@ def evaluate_spectra(model, variables, config: ml_collections.ConfigDict) -> dic
     magnitudes = stats.magnitude_profiles()
     return {
         "band_profile": np.asarray(stats.band_profile(), np.float64),
-        "relative_discrepancy": np.asarray(stats.relative_discrepancy(), np.float64),
+        "relative_discrepancy": np.asarray(stats.relative_discrepancy_curve(), np.float64),
         "label_magnitude": np.asarray(magnitudes.labels, np.float64),
         "logit_magnitude": np.asarray(magnitudes.logits, np.float64),
         "mean_ce": float(stats.mean_ce()),

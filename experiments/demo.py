@@ -79,9 +79,9 @@ from experiments import (
     runs,
     spectral_gradient,
 )
-from experiments.report import Report, colour_labels, cpu_model, log, pyplot
+from experiments.report import Report, colour_labels, cpu_model, format_spread, log, pyplot
 from spectral_jax import data
-from spectral_jax.evaluation import compute_spread, format_spread
+from spectral_jax.evaluation import compute_spread
 
 DATASET = "synthetic_scenes/pascal_like"
 #: Seeds of every training (``--num_seeds``): ``make demo`` stays under 5 minutes on 2

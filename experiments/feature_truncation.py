@@ -73,10 +73,10 @@ from absl import flags
 
 from experiments import cli, paper_values, runs
 from experiments import flops_table as flops_table_lib
-from experiments.report import Report, claim_line, log, pyplot, write_csv
+from experiments.report import Report, claim_line, format_spread, log, pyplot, write_csv
 from experiments.runs import MODEL_TITLES
 from spectral_jax import flops
-from spectral_jax.evaluation import CONFIDENCE, Spread, compute_spread, format_spread
+from spectral_jax.evaluation import CONFIDENCE, Spread, compute_spread
 from spectral_jax.models import DAN, DeepLabV3Plus, pruning
 
 #: The paper's feature sizes and the fraction of the untruncated band each keeps.

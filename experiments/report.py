@@ -10,16 +10,18 @@ the colours and line styles below shared by every experiment.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import pathlib
 import platform
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from spectral_jax.evaluation import RankCorrelation, Spread, claim_verdict, format_spread
+from spectral_jax.data import IGNORE_INDEX
+from spectral_jax.evaluation import RankCorrelation, Spread
 
 #: Colour of each of the paper's data sets, and line style of each model, in figures.
 DATASET_COLORS = {"pascal": "C0", "deepglobe": "C2", "cityscapes": "C3"}
@@ -42,7 +44,9 @@ def pyplot():
     return plt
 
 
-def colour_labels(labels: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def colour_labels(
+    labels: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """RGB colours ``[..., 3]`` of integer labels ``[...]``: tab20 per class, ignored white.
 
     Labels outside ``[0, num_classes)`` (the ignore label) are white.
@@ -81,6 +85,82 @@ def write_csv(path: os.PathLike | str, rows: Sequence[Mapping[str, Any]]) -> Non
         writer.writerows(rows)
 
 
+def _number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}".replace("-", "−") if math.isfinite(value) else "nan"
+
+
+def format_spread(estimate: Spread | RankCorrelation, digits: int = 3) -> str:
+    """The reports' one text form of a :class:`Spread` or a :class:`RankCorrelation`.
+
+    ``0.815 ± 0.013 (95 % CI 0.794 to 0.836, n=4)`` for a spread over seeds,
+    ``0.815 (n=1, no spread)`` for a single seed, and ``−0.600 (95 % bootstrap CI
+    −0.886 to −0.143, 18 points)`` for a rank correlation.
+
+    Args:
+      estimate: the spread or the correlation.
+      digits: decimals of every number.
+    """
+    if digits < 0:
+        raise ValueError(f"digits must be non-negative, got {digits}.")
+    percent = f"{100 * estimate.confidence:g} %"
+    if isinstance(estimate, RankCorrelation):
+        interval = f"{_number(estimate.low, digits)} to {_number(estimate.high, digits)}"
+        return (
+            f"{_number(estimate.rho, digits)} ({percent} bootstrap CI {interval}, "
+            f"{estimate.n} points)"
+        )
+    if estimate.n == 1:
+        return f"{_number(estimate.mean, digits)} (n=1, no spread)"
+    interval = f"{_number(estimate.low, digits)} to {_number(estimate.high, digits)}"
+    return (
+        f"{_number(estimate.mean, digits)} ± {_number(estimate.std, digits)} "
+        f"({percent} CI {interval}, n={estimate.n})"
+    )
+
+
+def interval_side(
+    estimate: Spread | RankCorrelation, reference: float
+) -> Literal["above", "below", "across"]:
+    """Where the interval of ``estimate`` lies relative to ``reference``.
+
+    Returns:
+      ``"above"`` if the whole interval is above ``reference``, ``"below"`` if below,
+      ``"across"`` if it contains ``reference`` or is undefined (one seed, too few
+      defined resamples): the data cannot decide.
+    """
+    low, high = estimate.low, estimate.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "across"
+    if low > reference:
+        return "above"
+    if high < reference:
+        return "below"
+    return "across"
+
+
+def claim_verdict(
+    estimate: Spread | RankCorrelation,
+    reference: float,
+    *,
+    expected: Literal["above", "below"],
+) -> Literal["supports", "contradicts", "cannot decide"]:
+    """What the interval of ``estimate`` says of a claim "the value is ``expected`` ``reference``".
+
+    Example: the paper's claim that block-wise labels cost mIoU is "relative mIoU below
+    1": an interval wholly below 1 ``"supports"`` it, wholly above ``"contradicts"`` it,
+    one containing 1 (or undefined) ``"cannot decide"``.
+
+    Raises:
+      ValueError: for ``expected`` other than ``"above"`` or ``"below"``.
+    """
+    if expected not in ("above", "below"):
+        raise ValueError(f"expected must be 'above' or 'below', got {expected!r}.")
+    side = interval_side(estimate, reference)
+    if side == "across":
+        return "cannot decide"
+    return "supports" if side == expected else "contradicts"
+
+
 def claim_line(
     claim: str,
     estimate: Spread | RankCorrelation,
@@ -92,7 +172,7 @@ def claim_line(
     """A Markdown list item: the paper's ``claim``, our estimate and what its interval says.
 
     ``expected`` is where the claim puts the value relative to ``reference`` (``"above"``
-    or ``"below"``; :func:`spectral_jax.evaluation.claim_verdict`).
+    or ``"below"``; :func:`claim_verdict`).
 
     Example: ``- Block-wise labels cost mIoU (relative mIoU below 1): 0.97 ± 0.01 (95 % CI
     0.95 to 0.99, n=4): **supports**.``

@@ -35,8 +35,8 @@ What it computes, all exact (``jax.vjp`` rows of the spectral Jacobian, no appro
   indices ``0, M/4, M/2`` of the input's DFT layout (for an odd ``n x n`` map the
   frequencies ``(0, 0)``, about ``(n/4, n/4)`` and ``((n-1)/2, (n-1)/2)``), taken at the
   same signed frequency in the output (the up-sampled map, the image).
-* **Diagonal energy**: the share of a row's ``|row|^2`` within Chebyshev radius ``r`` of
-  ``nu_i`` (:func:`spectral_jax.within_radius_energy_fraction`, ``r = 0`` is
+* **Diagonal energy**: the share of a row's ``|row|^2`` within Chebyshev distance ``r`` of
+  ``nu_i`` (:func:`spectral_jax.within_distance_energy_fraction`, ``r = 0`` is
   :func:`spectral_jax.diagonal_energy_fraction`), for the three rows and averaged over
   *every* output frequency that the input grid holds (``M`` rows), beside the share a
   flat row would have (the number of frequencies within ``r`` over ``M``); and the
@@ -893,7 +893,7 @@ def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> 
         )
         for name, rows_ in layer_rows.items()
     }
-    ce_near = sj.within_radius_energy_fraction(rows, out_index, **shapes, radius=1)
+    ce_near = sj.within_distance_energy_fraction(rows, out_index, **shapes, max_distance=1)
     return ModelJacobians(
         ce_rows=rows,
         layer_rows=layer_rows,

@@ -9,7 +9,8 @@ indices, feature truncation, block-wise annotation, FLOPs and the layer probes. 
 related frequency-domain methods (DCT-domain input, frequency aliasing, frequency
 masking) are one import away in :mod:`spectral_jax.related`; models, data, evaluation and
 training are the subpackages :mod:`spectral_jax.models`, :mod:`spectral_jax.data`,
-:mod:`spectral_jax.evaluation` and :mod:`spectral_jax.training`.
+:mod:`spectral_jax.evaluation` and :mod:`spectral_jax.training`, which split their
+batches over the device mesh of :mod:`spectral_jax.parallel`.
 """
 
 import importlib.metadata as _metadata
@@ -24,7 +25,6 @@ from spectral_jax.bands import half_band_index as half_band_index
 from spectral_jax.bands import half_spectrum_weights as half_spectrum_weights
 from spectral_jax.bands import num_bands as num_bands
 from spectral_jax.bands import signed_frequencies as signed_frequencies
-from spectral_jax.blockwise import block_partition as block_partition
 from spectral_jax.blockwise import blockwise_annotation as blockwise_annotation
 from spectral_jax.blockwise import blockwise_annotation_numpy as blockwise_annotation_numpy
 from spectral_jax.flops import ConvLayer as ConvLayer
@@ -68,7 +68,7 @@ from spectral_jax.spectral_gradient import (
 from spectral_jax.spectral_gradient import spectral_jacobian_columns as spectral_jacobian_columns
 from spectral_jax.spectral_gradient import spectral_jacobian_rows as spectral_jacobian_rows
 from spectral_jax.spectral_gradient import (
-    within_radius_energy_fraction as within_radius_energy_fraction,
+    within_distance_energy_fraction as within_distance_energy_fraction,
 )
 from spectral_jax.statistics import SpectralStatistics as SpectralStatistics
 from spectral_jax.truncation import resize_features as resize_features
@@ -80,3 +80,60 @@ try:
     __version__ = _metadata.version("spectral_jax")
 except _metadata.PackageNotFoundError:
     __version__ = "0+unknown"
+
+__all__ = [
+    "ConvLayer",
+    "FlopCount",
+    "IoUTerms",
+    "LayerHead",
+    "MagnitudeProfiles",
+    "ParsevalWarning",
+    "SpectralStatistics",
+    "band_index",
+    "band_limit_of_grid",
+    "band_limit_sweep",
+    "band_profile",
+    "band_sizes",
+    "blockwise_annotation",
+    "blockwise_annotation_numpy",
+    "ce_half_spectrum",
+    "ce_spectral_gradient",
+    "ce_spectrum",
+    "centered_frequencies",
+    "centered_spectrum",
+    "conv_layers",
+    "conv_macs",
+    "count_flops",
+    "diagonal_energy_fraction",
+    "energy_by_distance",
+    "fig4_frequencies",
+    "flat_frequency_indices",
+    "flops_per_iou",
+    "frequency_distance",
+    "grid_of_band_limit",
+    "half_band_index",
+    "half_spectrum_weights",
+    "iou_from_terms",
+    "layer_head",
+    "layer_output",
+    "layer_outputs",
+    "layer_paths",
+    "layer_spectral_gradient",
+    "magnitude_profiles",
+    "num_bands",
+    "ravel_frequencies",
+    "relative_discrepancy",
+    "resize_features",
+    "signed_frequencies",
+    "spectral_iou",
+    "spectral_iou_terms",
+    "spectral_jacobian",
+    "spectral_jacobian_band_energy",
+    "spectral_jacobian_columns",
+    "spectral_jacobian_rows",
+    "spectral_resize",
+    "sweep_from_band_profile",
+    "truncated_ce",
+    "unravel_frequencies",
+    "within_distance_energy_fraction",
+]

@@ -38,6 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: The label of ignored pixels (VOC's void border, Cityscapes' classes not evaluated):
+#: the default ``ignore_index`` of every function and data set of the package.
+IGNORE_INDEX = 255
+
 # How ignored pixels enter the CE decomposition (spectral_jax.loss_spectrum's docstring).
 IGNORE_MODES: tuple[str, ...] = ("labels", "both")
 

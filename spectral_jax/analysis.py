@@ -33,7 +33,7 @@ Example:
   >>> net = Net()
   >>> variables = net.init(jax.random.key(0), batches[0]["image"])
   >>> result = analyze(net.apply, variables, batches, num_classes=5, layers=["body"])
-  >>> result.num_images, result.ce_spectrum.shape, result.relative_discrepancy.shape
+  >>> result.num_images, result.ce_spectrum.shape, result.relative_discrepancy_curve.shape
   (2, (17, 17), (9,))
   >>> result.layers[0].row_indices  # i = 0, M/4, M/2 of the 17 x 17 map
   array([  0,  72, 144])
@@ -57,7 +57,7 @@ from spectral_jax import bands as bands_lib
 from spectral_jax import frequencies as frequencies_lib
 from spectral_jax import layers as layers_lib
 from spectral_jax import spectral_gradient as sg_lib
-from spectral_jax._checks import DataFormat
+from spectral_jax._checks import IGNORE_INDEX, DataFormat
 from spectral_jax.evaluation.evaluator import REPORTED_BAND_LIMITS, Evaluator
 from spectral_jax.loss_spectrum import IgnoreMode
 
@@ -96,6 +96,10 @@ class LayerAnalysis:
     diagonal_energy_fraction: np.ndarray
 
 
+#: The JSON key of each field of :class:`Analysis` whose key is not its name.
+_JSON_KEYS = {"relative_discrepancy_curve": "relative_discrepancy"}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Analysis:
     """The result of :func:`analyze` (plain NumPy and Python values).
@@ -109,7 +113,7 @@ class Analysis:
       mean_ce: mean over images of each image's mean CE (from the CE components).
       ce_spectrum: ``[H, W]`` mean over images of ``L_ce(nu)``, DFT layout (unshifted).
       band_profile: ``[R]`` mean over images of the band sums of ``L_ce``.
-      relative_discrepancy: ``[R]`` ``R(nu_max)`` for every band limit
+      relative_discrepancy_curve: ``[R]`` ``R(nu_max)`` for every band limit
         ``nu_max = 0 .. R - 1`` (Eq. 14, a ratio of means over the data set).
       spectral_iou: ``[C]`` IoU per class from the spectral terms of Eq. 8 (arg-max).
       spectral_mean_iou: their mean over the classes seen.
@@ -129,7 +133,7 @@ class Analysis:
     mean_ce: float
     ce_spectrum: np.ndarray
     band_profile: np.ndarray
-    relative_discrepancy: np.ndarray
+    relative_discrepancy_curve: np.ndarray
     spectral_iou: np.ndarray
     spectral_mean_iou: float
     mean_iou: float
@@ -146,13 +150,21 @@ class Analysis:
         raise KeyError(f"no layer {name!r}; analysed: {[layer.name for layer in self.layers]}.")
 
     def to_json(self) -> str:
-        """The result as JSON (arrays with their dtype and shape; complex as real, imag)."""
-        return json.dumps(_encode(dataclasses.asdict(self)), indent=1)
+        """The result as JSON (arrays with their dtype and shape; complex as real, imag).
+
+        The curve ``relative_discrepancy_curve`` keeps its earlier key
+        ``"relative_discrepancy"``, so that files written before read back.
+        """
+        fields = {
+            _JSON_KEYS.get(key, key): value for key, value in dataclasses.asdict(self).items()
+        }
+        return json.dumps(_encode(fields), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Analysis:
         """The :class:`Analysis` that :meth:`to_json` wrote."""
-        fields = _decode(json.loads(text))
+        field_of_key = {key: field for field, key in _JSON_KEYS.items()}
+        fields = {field_of_key.get(k, k): v for k, v in _decode(json.loads(text)).items()}
         layers = tuple(
             LayerAnalysis(**{**layer, "shape": tuple(layer["shape"])}) for layer in fields["layers"]
         )
@@ -336,7 +348,7 @@ def analyze(
     layers: Sequence[str] = (),
     band_limits: Sequence[int] | None = None,
     rows: Sequence[int | tuple[int, int]] | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = "labels",
     num_examples: int = 1,
     chunk_size: int = 64,
@@ -405,7 +417,7 @@ def analyze(
         raise ValueError("batches yielded no batch: nothing to analyse.")
     statistics = result.statistics
     image_shape = tuple(int(n) for n in statistics.shape)
-    discrepancy = np.asarray(statistics.relative_discrepancy(), np.float64)
+    discrepancy = np.asarray(statistics.relative_discrepancy_curve(), np.float64)
     num_bands = len(discrepancy)
     if band_limits is None:
         band_limits = tuple(nu for nu in REPORTED_BAND_LIMITS if nu < num_bands)
@@ -470,7 +482,7 @@ def analyze(
         mean_ce=float(statistics.mean_ce()),
         ce_spectrum=np.asarray(statistics.ce_spectrum(), np.float64),
         band_profile=np.asarray(statistics.band_profile(), np.float64),
-        relative_discrepancy=discrepancy,
+        relative_discrepancy_curve=discrepancy,
         spectral_iou=np.asarray(statistics.iou(), np.float64),
         spectral_mean_iou=float(statistics.mean_iou()),
         mean_iou=float(result.mean_iou),
@@ -514,7 +526,10 @@ def _write_report(analysis: Analysis, directory: pathlib.Path) -> pathlib.Path:
         "",
         "| nu_max | R(nu_max) |",
         "|---:|---:|",
-        *(f"| {nu} | {analysis.relative_discrepancy[nu]:.6g} |" for nu in analysis.band_limits),
+        *(
+            f"| {nu} | {analysis.relative_discrepancy_curve[nu]:.6g} |"
+            for nu in analysis.band_limits
+        ),
         "",
         "![CE band profile and R](ce_bands.png)",
         "",
@@ -530,7 +545,7 @@ def _write_report(analysis: Analysis, directory: pathlib.Path) -> pathlib.Path:
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     left.bar(np.arange(len(analysis.band_profile)), analysis.band_profile)
     left.set(xlabel="band r", ylabel="mean CE in band", title="CE band profile")
-    right.semilogy(np.maximum(analysis.relative_discrepancy, 1e-12))
+    right.semilogy(np.maximum(analysis.relative_discrepancy_curve, 1e-12))
     right.set(xlabel="nu_max", ylabel="R(nu_max)", title="relative discrepancy")
     figure.tight_layout()
     figure.savefig(directory / "ce_bands.png", dpi=80)

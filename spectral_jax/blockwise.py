@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import _checks
+from spectral_jax._checks import IGNORE_INDEX
 
 
 def _check_band_limit(band_limit) -> int:
@@ -78,7 +79,7 @@ def _check_labels(labels, num_classes: int, ignore_index: int) -> None:
     _checks.check_label_values(labels, num_classes, ignore_index)
 
 
-def block_partition(size: int, band_limit: int) -> np.ndarray:
+def _block_partition(size: int, band_limit: int) -> np.ndarray:
     """Block of every pixel along an axis of ``size`` pixels: ``floor(i * G / size)``.
 
     Args:
@@ -105,7 +106,7 @@ def blockwise_annotation(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> jax.Array:
     """Block-wise annotation of label maps at band limit ``band_limit`` (JAX).
 
@@ -132,8 +133,8 @@ def blockwise_annotation(
     _check_labels(labels, num_classes, ignore_index)
     labels = jnp.asarray(labels)
     height, width = labels.shape[-2:]
-    rows = block_partition(height, band_limit)
-    cols = block_partition(width, band_limit)
+    rows = _block_partition(height, band_limit)
+    cols = _block_partition(width, band_limit)
     # Block-membership matrices [Gh, H] and [Gw, W]: summing one-hot labels over a block
     # is two small matrix products, exact in float32 while a block has < 2**24 pixels.
     row_blocks = jnp.asarray(rows[None, :] == np.arange(rows[-1] + 1)[:, None], jnp.float32)
@@ -153,7 +154,7 @@ def blockwise_annotation_numpy(
     band_limit: int,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """Block-wise annotation of label maps at band limit ``band_limit`` (NumPy).
 
@@ -177,8 +178,8 @@ def blockwise_annotation_numpy(
     labels = np.asarray(labels)
     _check_labels(labels, num_classes, ignore_index)
     *batch_shape, height, width = labels.shape
-    rows = block_partition(height, band_limit)
-    cols = block_partition(width, band_limit)
+    rows = _block_partition(height, band_limit)
+    cols = _block_partition(width, band_limit)
     grid_h, grid_w = int(rows[-1]) + 1, int(cols[-1]) + 1
     flat = labels.reshape(-1, height, width).astype(np.int64)  # [B, H, W]
     num_images = flat.shape[0]

@@ -30,7 +30,7 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
-from spectral_jax._checks import DataFormat
+from spectral_jax._checks import IGNORE_INDEX, DataFormat
 
 
 def _checked(probs, labels, ignore_index: int, data_format: str):
@@ -132,7 +132,7 @@ def spectral_iou_terms(
     probs: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     binarize: bool = False,
     data_format: DataFormat = "NHWC",
 ) -> IoUTerms:
@@ -205,7 +205,7 @@ def spectral_iou(
     probs: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     binarize: bool = False,
     data_format: DataFormat = "NHWC",
 ) -> jax.Array:

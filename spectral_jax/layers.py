@@ -69,7 +69,7 @@ import numpy as np
 from spectral_jax import _checks
 from spectral_jax import frequencies as frequencies_lib
 from spectral_jax import spectral_gradient as sg_lib
-from spectral_jax._checks import DataFormat
+from spectral_jax._checks import IGNORE_INDEX, DataFormat
 from spectral_jax.loss_spectrum import DEFAULT_IGNORE_MODE, IgnoreMode
 
 ApplyFn = Callable[[Any, jax.Array], Any]
@@ -424,7 +424,7 @@ def layer_spectral_gradient(
     *,
     nu_i: chex.Array | None = None,
     in_projection: chex.Array | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     chunk_size: int = 64,
     mode: sg_lib.Mode = "forward",

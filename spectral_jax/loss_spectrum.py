@@ -87,6 +87,7 @@ import numpy as np
 
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.bands import Radius
 
 # Classes transformed per step of the scan over classes (see _half_spectrum_of_classes).
@@ -131,7 +132,7 @@ class _CESettings:
     take them; their defaults stand for the others.
     """
 
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     ignore_mode: str = DEFAULT_IGNORE_MODE
     max_classes_present: int | None = None
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE
@@ -463,7 +464,7 @@ def ce_half_spectrum(
     logits: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
@@ -509,7 +510,7 @@ def ce_spectrum(
     logits: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     max_classes_present: int | None = None,
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
@@ -640,7 +641,7 @@ def band_profile(
     logits: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
@@ -746,7 +747,7 @@ def truncated_ce(
     labels: chex.Array,
     band_limit: chex.Numeric,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     max_classes_present: int | None = None,
@@ -806,7 +807,7 @@ def relative_discrepancy(
     labels: chex.Array,
     band_limit: chex.Numeric,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     per_image: bool = False,
@@ -899,7 +900,7 @@ def band_limit_sweep(
     logits: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     per_image: bool = False,
@@ -980,7 +981,7 @@ def magnitude_profiles(
     logits: chex.Array,
     labels: chex.Array,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     radius: Radius = "chebyshev",
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,

@@ -93,6 +93,7 @@ import numpy as np
 from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import frequencies as frequencies_lib
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.loss_spectrum import (
     DEFAULT_IGNORE_MODE,
     IgnoreMode,
@@ -102,7 +103,6 @@ from spectral_jax.loss_spectrum import (
 Mode = Literal["forward", "reverse"]
 #: Layout of one map: channels last (``"HWC"``, Flax's) or first (``"CHW"``, PyTorch's).
 MapFormat = Literal["HWC", "CHW"]
-Distance = Literal["chebyshev", "euclidean"]
 _MODES = ("forward", "reverse")
 
 
@@ -794,7 +794,7 @@ def ce_spectral_gradient(
     *,
     nu_i: chex.Array | None = None,
     in_projection: chex.Array | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE,
     params: Any = None,
     batched: bool = False,
@@ -1051,7 +1051,7 @@ def frequency_distance(
     *,
     out_shape: tuple[int, ...],
     in_shape: tuple[int, ...],
-    distance: Distance = "chebyshev",
+    radius: bands_lib.Radius = "chebyshev",
 ) -> np.ndarray:
     """Distance ``|nu_i - nu_j|`` from output frequencies to every input frequency.
 
@@ -1060,19 +1060,20 @@ def frequency_distance(
     ``nu_i - nu_j`` is taken modulo the axis length and made signed); along an axis that
     is resampled (up-sampling) the signed frequencies are subtracted as they are. The
     distance is the Chebyshev ``max`` of the axes or the Euclidean
-    ``ceil(sqrt(sum of squares))``, as the bands of :mod:`spectral_jax.bands`.
+    ``ceil(sqrt(sum of squares))``, as the band radius of :mod:`spectral_jax.bands`.
 
     Args:
       nu_i: ``[K]`` concrete flat output-frequency indices, or ``[K, d]`` signed
         frequencies (:mod:`spectral_jax.frequencies`).
       out_shape: output spatial shape ``(H', W')`` or ``(L',)``.
       in_shape: input spatial shape ``(H, W)`` or ``(L,)``.
-      distance: ``"chebyshev"`` or ``"euclidean"``.
+      radius: the band radius that measures the distance, ``"chebyshev"`` or
+        ``"euclidean"`` (:mod:`spectral_jax.bands`).
 
     Returns:
       Integer NumPy array ``[K, M_in]``.
     """
-    bands_lib._check_radius(distance)
+    bands_lib._check_radius(radius)
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
     if len(out_shape) != len(in_shape):
         raise ValueError(f"out_shape {out_shape} and in_shape {in_shape} differ in rank.")
@@ -1090,7 +1091,7 @@ def frequency_distance(
             diff = bands_lib.signed_frequencies(n_in)[diff % n_in]
         squares = squares + diff**2
         largest = np.maximum(largest, np.abs(diff))
-    if distance == "chebyshev":
+    if radius == "chebyshev":
         return largest.astype(np.int64)
     root = np.ceil(np.sqrt(squares.astype(np.float64)) - 1e-9)
     return root.astype(np.int64)
@@ -1102,7 +1103,7 @@ def energy_by_distance(
     *,
     out_shape: tuple[int, ...],
     in_shape: tuple[int, ...],
-    distance: Distance = "chebyshev",
+    radius: bands_lib.Radius = "chebyshev",
     normalize: bool = True,
 ) -> jax.Array:
     """Off-diagonal decay: each row's energy ``|J[nu_i, nu_j]|^2`` by distance ``|nu_i - nu_j|``.
@@ -1111,7 +1112,7 @@ def energy_by_distance(
       rows: ``[K, M_in]`` rows of a spectral Jacobian (:func:`spectral_jacobian_rows`,
         rows of :func:`spectral_jacobian` or :func:`ce_spectral_gradient`).
       nu_i: ``[K]`` concrete flat output-frequency indices of the rows.
-      out_shape, in_shape, distance: as in :func:`frequency_distance`.
+      out_shape, in_shape, radius: as in :func:`frequency_distance`.
       normalize: divide by each row's total energy (rows of zero energy give zeros).
 
     Returns:
@@ -1119,7 +1120,7 @@ def energy_by_distance(
       ``d`` from ``nu_i[k]``; ``D`` is the largest distance plus one.
     """
     chex.assert_rank(rows, 2)
-    dist = frequency_distance(nu_i, out_shape=out_shape, in_shape=in_shape, distance=distance)
+    dist = frequency_distance(nu_i, out_shape=out_shape, in_shape=in_shape, radius=radius)
     if rows.shape != dist.shape:
         raise ValueError(
             f"rows must have shape [K, M_in] = {dist.shape} for nu_i and in_shape, "
@@ -1159,36 +1160,40 @@ def _check_diagonal_grids(out_shape: tuple[int, ...], in_shape: tuple[int, ...])
         )
 
 
-def within_radius_energy_fraction(
+def within_distance_energy_fraction(
     rows: chex.Array,
     nu_i: chex.Array,
     *,
     out_shape: tuple[int, ...],
     in_shape: tuple[int, ...],
-    radius: int,
-    distance: Distance = "chebyshev",
+    max_distance: int,
+    radius: bands_lib.Radius = "chebyshev",
 ) -> jax.Array:
-    """Fraction of each row's energy within ``radius`` of the diagonal, ``|nu_i - nu_j| <= r``.
+    """Fraction of each row's energy near the diagonal, ``|nu_i - nu_j| <= max_distance``.
 
     Args:
-      rows, nu_i, out_shape, in_shape, distance: as in :func:`energy_by_distance`.
-      radius: non-negative int ``r``; 0 gives :func:`diagonal_energy_fraction`.
+      rows, nu_i, out_shape, in_shape, radius: as in :func:`energy_by_distance`.
+      max_distance: non-negative int; 0 gives :func:`diagonal_energy_fraction`.
 
     Returns:
       ``[K]`` fractions in ``[0, 1]`` (0 for a row of zero energy).
 
     Raises:
-      ValueError: a bad ``radius``; an ``out_shape`` whose every axis is neither that
+      ValueError: a bad ``max_distance``; an ``out_shape`` whose every axis is neither that
         of ``in_shape`` nor its resampling by an integer factor (``ceil(n / s)``), for
         which the diagonal is not defined (a wrong ``out_shape`` would move it).
     """
-    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
-        raise ValueError(f"radius must be a non-negative int, got {radius!r}.")
+    if (
+        isinstance(max_distance, bool)
+        or not isinstance(max_distance, int | np.integer)
+        or max_distance < 0
+    ):
+        raise ValueError(f"max_distance must be a non-negative int, got {max_distance!r}.")
     _check_diagonal_grids(tuple(out_shape), tuple(in_shape))
     fractions = energy_by_distance(
-        rows, nu_i, out_shape=out_shape, in_shape=in_shape, distance=distance
+        rows, nu_i, out_shape=out_shape, in_shape=in_shape, radius=radius
     )
-    return jnp.sum(fractions[:, : radius + 1], axis=-1)
+    return jnp.sum(fractions[:, : max_distance + 1], axis=-1)
 
 
 def diagonal_energy_fraction(
@@ -1207,9 +1212,9 @@ def diagonal_energy_fraction(
       ``[K]`` fractions; 1 for a diagonal Jacobian such as a circular convolution's.
 
     Raises:
-      ValueError: as :func:`within_radius_energy_fraction`, for an ``out_shape`` that
+      ValueError: as :func:`within_distance_energy_fraction`, for an ``out_shape`` that
         does not fit ``in_shape``.
     """
-    return within_radius_energy_fraction(
-        rows, nu_i, out_shape=out_shape, in_shape=in_shape, radius=0
+    return within_distance_energy_fraction(
+        rows, nu_i, out_shape=out_shape, in_shape=in_shape, max_distance=0
     )

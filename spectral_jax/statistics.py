@@ -28,7 +28,7 @@ Example:
   ...     stats = stats.update(logits[i : i + 2], labels[i : i + 2])
   >>> stats.num_images
   Array(4, dtype=int32)
-  >>> stats.relative_discrepancy().shape  # R(nu_max) for nu_max = 0..4
+  >>> stats.relative_discrepancy_curve().shape  # R(nu_max) for nu_max = 0..4
   (5,)
   >>> spatial = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B, H, W]
   >>> bool(jnp.isclose(stats.mean_ce(), spatial.mean()))  # the bands sum to the CE
@@ -50,7 +50,7 @@ from spectral_jax import _checks
 from spectral_jax import bands as bands_lib
 from spectral_jax import iou as iou_lib
 from spectral_jax import loss_spectrum as ce_lib
-from spectral_jax._checks import DataFormat
+from spectral_jax._checks import IGNORE_INDEX, DataFormat
 from spectral_jax.bands import Radius
 from spectral_jax.loss_spectrum import IgnoreMode
 
@@ -97,7 +97,7 @@ class SpectralStatistics:
     shape: tuple[int, int] = flax.struct.field(pytree_node=False)
     num_classes: int = flax.struct.field(pytree_node=False)
     radius: str = flax.struct.field(pytree_node=False, default="chebyshev")
-    ignore_index: int = flax.struct.field(pytree_node=False, default=255)
+    ignore_index: int = flax.struct.field(pytree_node=False, default=IGNORE_INDEX)
     ignore_mode: str = flax.struct.field(pytree_node=False, default=ce_lib.DEFAULT_IGNORE_MODE)
     with_magnitudes: bool = flax.struct.field(pytree_node=False, default=False)
     max_classes_present: int | None = flax.struct.field(pytree_node=False, default=None)
@@ -109,7 +109,7 @@ class SpectralStatistics:
         num_classes: int,
         *,
         radius: Radius = "chebyshev",
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         ignore_mode: IgnoreMode = ce_lib.DEFAULT_IGNORE_MODE,
         with_magnitudes: bool = False,
         max_classes_present: int | None = None,
@@ -284,7 +284,7 @@ class SpectralStatistics:
         """``[R]`` mean over images of the truncated CE at every band limit (Eq. 13)."""
         return self._per_image(jnp.cumsum(self.band_ce))
 
-    def relative_discrepancy(self) -> jax.Array:
+    def relative_discrepancy_curve(self) -> jax.Array:
         """``[R]`` data-set ``R(nu_max)`` at every band limit (Eq. 14, ratio of means)."""
         return ce_lib.sweep_from_band_profile(self.band_ce[None, :])
 

@@ -12,7 +12,7 @@ and, for each comma-separated part of ``PARTS``,
   (:func:`train_steps`), saves the state from all processes into one orbax checkpoint in
   ``OUT/steps`` and its arrays to ``OUT/state<process>.npz``;
 * ``create_once``: creates ``OUT/created.txt`` through
-  :func:`spectral_jax.data.sharding.create_once` (:func:`create_file_once`);
+  :func:`spectral_jax.parallel.create_once` (:func:`create_file_once`);
 * ``train``: trains :func:`train_config` on :func:`train_pipeline` into ``OUT/run``.
 
 The test computes the single-process references from the same definitions.
@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import train as train_script
+from spectral_jax import parallel
 from spectral_jax.data import pipeline as pipeline_lib
-from spectral_jax.data import sharding
 from spectral_jax.evaluation import EvaluationResult, Evaluator
 from spectral_jax.training import checkpointing, steps, train_and_evaluate, train_state
 from tests.helpers.training import generated_pipeline, tiny_test_config
@@ -116,11 +116,11 @@ def evaluate(mesh=None) -> EvaluationResult:
     evaluator = Evaluator(
         APPLY_FN,
         mesh=mesh,
-        batch_size=sharding.local_batch_size(EVAL_BATCH_SIZE, mesh),
+        batch_size=parallel.local_batch_size(EVAL_BATCH_SIZE, mesh),
         **settings,
     )
     batches = evaluation_batches(jax.process_index(), jax.process_count())
-    return evaluator(sharding.replicate(variables, mesh), batches)
+    return evaluator(parallel.replicate(variables, mesh), batches)
 
 
 def result_arrays(result: EvaluationResult) -> dict[str, np.ndarray]:
@@ -164,20 +164,20 @@ def train_steps(mesh=None) -> train_state.TrainState:
     if mesh is None:
         step_fn = jax.jit(step)
     else:
-        replicated = sharding.replicated_sharding(mesh)
-        batch_sharding = sharding.batch_sharding(mesh)
+        replicated = parallel.replicated_sharding(mesh)
+        batch_sharding = parallel.batch_sharding(mesh)
         step_fn = jax.jit(
             step,
             in_shardings=(replicated, {"image": batch_sharding, "label": batch_sharding}),
             out_shardings=(replicated, replicated),
         )
-        state = sharding.replicate(state, mesh)
+        state = parallel.replicate(state, mesh)
     for index in range(TRAIN_STEPS):
         batch = train_batch(index)
         if mesh is not None:
-            rows = sharding.local_batch_size(TRAIN_BATCH_SIZE, mesh)
+            rows = parallel.local_batch_size(TRAIN_BATCH_SIZE, mesh)
             first = jax.process_index() * rows
-            batch = sharding.shard_batch(
+            batch = parallel.shard_batch(
                 {name: value[first : first + rows] for name, value in batch.items()}, mesh
             )
         state, _ = step_fn(state, batch)
@@ -212,7 +212,7 @@ def create_file_once(out: str) -> None:
             file.write(str(jax.process_index()))
         os.replace(partial, target)
 
-    sharding.create_once("multiprocess_worker: created.txt", lambda: os.path.exists(target), create)
+    parallel.create_once("multiprocess_worker: created.txt", lambda: os.path.exists(target), create)
     with (
         open(target) as file,
         open(os.path.join(out, f"seen{jax.process_index()}.txt"), "w") as seen,
@@ -224,11 +224,11 @@ def main(argv: list[str]) -> None:
     out, parts = argv[1], argv[2].split(",")
     jax.distributed.initialize(**train_script.distributed_arguments())
     if "evaluate" in parts:
-        result = evaluate(sharding.create_mesh())
+        result = evaluate(parallel.create_mesh())
         np.savez(os.path.join(out, f"evaluator{jax.process_index()}.npz"), **result_arrays(result))
     if "step" in parts:
         # All processes save into one checkpoint (orbax), which the test restores in one.
-        state = train_steps(sharding.create_mesh())
+        state = train_steps(parallel.create_mesh())
         manager = checkpointing.create_checkpoint_manager(os.path.join(out, "steps"))
         checkpointing.save_checkpoint(manager, TRAIN_STEPS, state, {"steps": TRAIN_STEPS})
         manager.wait_until_finished()

@@ -9,6 +9,8 @@ perturbation of the layer (through ``nn.intercept_methods``) for the Jacobian ro
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,8 +89,8 @@ def test_data_set_quantities_match_float64_numpy(analysed):
     np.testing.assert_allclose(result.mean_ce, ce.mean(), rtol=1e-5)
     truncated = np.cumsum(profiles.sum(axis=0))
     expected_r = np.abs(truncated - ce.sum()) / ce.sum()
-    assert result.relative_discrepancy.shape == (17,)
-    np.testing.assert_allclose(result.relative_discrepancy, expected_r, rtol=1e-4, atol=1e-6)
+    assert result.relative_discrepancy_curve.shape == (17,)
+    np.testing.assert_allclose(result.relative_discrepancy_curve, expected_r, rtol=1e-4, atol=1e-6)
     assert result.band_limits == (8, 16)
     intersection, union = references.hard_iou_counts(logits, labels)
     expected_iou = intersection.sum(axis=0) / union.sum(axis=0)
@@ -157,8 +159,11 @@ def test_json_round_trip(analysed):
     back = analysis.Analysis.from_json(text)
     for field in ("num_classes", "image_shape", "num_images", "band_limits", "mean_ce"):
         assert getattr(back, field) == getattr(result, field), field
-    for field in ("ce_spectrum", "band_profile", "relative_discrepancy", "spectral_iou"):
+    for field in ("ce_spectrum", "band_profile", "relative_discrepancy_curve", "spectral_iou"):
         np.testing.assert_array_equal(getattr(back, field), getattr(result, field))
+    # The curve keeps the JSON key of the files written before its rename.
+    keys = json.loads(text)
+    assert "relative_discrepancy" in keys and "relative_discrepancy_curve" not in keys
     layer, back_layer = result.layers[0], back.layers[0]
     assert back_layer.name == layer.name and back_layer.shape == layer.shape
     assert back_layer.rows.dtype == layer.rows.dtype == np.complex64
@@ -176,7 +181,7 @@ def test_write_report(analysed, tmp_path):
     report = result.write_report(tmp_path / "report")
     text = report.read_text()
     assert f"| mIoU (confusion matrix) | {result.mean_iou:.4f} |" in text
-    assert f"| 16 | {result.relative_discrepancy[16]:.6g} |" in text
+    assert f"| 16 | {result.relative_discrepancy_curve[16]:.6g} |" in text
     fraction = result.layers[0].diagonal_energy_fraction.mean(axis=0)[1]
     assert f"| (2, -3) | 96 | {fraction:.4f} |" in text
     for name in ("ce_bands.png", "ce_spectrum.png", "encoder_features.png", "encoder_rows.png"):
@@ -198,7 +203,9 @@ def test_torch_channels_first_batches_give_the_same_analysis(analysed):
         for b in batches
     ]
     again = sj_analyze(net.apply, variables, as_torch, data_format="NCHW")
-    np.testing.assert_allclose(again.relative_discrepancy, result.relative_discrepancy, rtol=1e-6)
+    np.testing.assert_allclose(
+        again.relative_discrepancy_curve, result.relative_discrepancy_curve, rtol=1e-6
+    )
     np.testing.assert_allclose(again.spectral_iou, result.spectral_iou, rtol=1e-6)
     layer, again_layer = result.layer("encoder"), again.layer("encoder")
     np.testing.assert_allclose(again_layer.feature_profile, layer.feature_profile, rtol=1e-6)

@@ -2,7 +2,8 @@
 
 The paper's core sits at the top of ``spectral_jax``; the related methods
 (``spectral_jax.related``) build on the core only; models build on the core and the
-related methods; data, evaluation and training sit above them; ``experiments`` and
+related methods; the device mesh (``spectral_jax.parallel``) builds on the core only;
+data, evaluation and training sit above the models and the mesh; ``experiments`` and
 ``benchmarks`` use everything and are used by nothing in the library. These tests parse
 every module (no import needed) and fail on an upward import, an import cycle, or a
 first-party import hidden inside a function.
@@ -17,7 +18,11 @@ import types
 import pytest
 
 import spectral_jax
+import spectral_jax.data
+import spectral_jax.evaluation
+import spectral_jax.models
 import spectral_jax.related as related
+import spectral_jax.training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "spectral_jax"
@@ -45,11 +50,12 @@ ALLOWED = {
     **{name: set(CORE) for name in CORE},
     "related": set(CORE),
     "plotting": {*CORE, "related"},
+    "parallel": set(CORE),
     "models": {*CORE, "related"},
-    "data": {*CORE, "related"},
-    "evaluation": {*CORE, "related", "models", "data"},
-    "training": {*CORE, "related", "models", "data", "evaluation"},
-    "analysis": {*CORE, "related", "plotting", "models", "data", "evaluation"},
+    "data": {*CORE, "related", "parallel"},
+    "evaluation": {*CORE, "related", "parallel", "models", "data"},
+    "training": {*CORE, "related", "parallel", "models", "data", "evaluation"},
+    "analysis": {*CORE, "related", "plotting", "parallel", "models", "data", "evaluation"},
 }
 
 
@@ -207,9 +213,21 @@ def test_top_level_exports_only_the_core():
         if getattr(value, "__module__", None) not in core_modules
     }
     assert not outside, outside
-    # 55 names: bands 10, blockwise 3, flops 6, frequencies 4, iou 4, layers 6,
+    # 54 names: bands 10, blockwise 2, flops 6, frequencies 4, iou 4, layers 6,
     # loss_spectrum 10, spectral_gradient 9, statistics 1, truncation 2.
-    assert len(public) == 55, sorted(public)
+    assert len(public) == 54, sorted(public)
+
+
+@pytest.mark.parametrize("package", ["", "data", "evaluation", "models", "related", "training"])
+def test_packages_declare_what_they_export(package):
+    """``__all__`` of the package and of each subpackage lists exactly its public names."""
+    module = getattr(spectral_jax, package) if package else spectral_jax
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert sorted(module.__all__) == sorted(public)
 
 
 def test_related_namespace_is_one_import_away():
@@ -239,3 +257,46 @@ def test_benchmark_scripts_do_not_import_each_other(everything):
     ]
     assert len(scripts) >= 15, sorted(scripts)
     assert not violations, "\n".join(violations)
+
+
+def test_ignore_index_is_defined_once(everything):
+    """``IGNORE_INDEX`` is assigned in ``spectral_jax._checks`` only, and no ``ignore_index``
+    default (argument, field, ``flax.struct.field(default=...)``) is a literal number."""
+    definitions, literals = [], []
+
+    def literal(value: ast.AST | None) -> bool:
+        if isinstance(value, ast.Call):
+            value = next((k.value for k in value.keywords if k.arg == "default"), None)
+        return isinstance(value, ast.Constant) and isinstance(value.value, int)
+
+    for module, tree in everything.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {t.id for t in targets if isinstance(t, ast.Name)}
+                if "IGNORE_INDEX" in names:
+                    definitions.append(module)
+                if "ignore_index" in names and literal(node.value):
+                    literals.append(f"{module}:{node.lineno}")
+            if isinstance(node, ast.FunctionDef):
+                arguments = node.args
+                positional = arguments.posonlyargs + arguments.args
+                pairs = list(
+                    zip(
+                        positional[len(positional) - len(arguments.defaults) :],
+                        arguments.defaults,
+                        strict=True,
+                    )
+                )
+                pairs += [
+                    (a, d)
+                    for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+                    if d
+                ]
+                literals += [
+                    f"{module}:{node.lineno}"
+                    for a, d in pairs
+                    if a.arg == "ignore_index" and literal(d)
+                ]
+    assert definitions == ["spectral_jax._checks"], definitions
+    assert not literals, "ignore_index defaults written as a number at " + ", ".join(literals)

@@ -118,7 +118,7 @@ def test_ties_go_to_the_smallest_class_and_empty_blocks_are_ignored():
 @pytest.mark.parametrize("size", [1, 5, 33, 513, 1000])
 @pytest.mark.parametrize("band_limit", [0, 1, 16, 256])
 def test_block_partition_is_balanced(size, band_limit):
-    blocks = blockwise.block_partition(size, band_limit)
+    blocks = blockwise._block_partition(size, band_limit)
     grid = min(2 * band_limit + 1, size)
     counts = np.bincount(blocks)
     assert len(counts) == grid and np.all(np.diff(blocks) >= 0)

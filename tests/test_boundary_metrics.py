@@ -103,14 +103,14 @@ def test_dilate_square_matches_scipy(rng, size, shape):
     mask = rng.uniform(size=(2, *shape)) < 0.02
     mask[0, 0, 0] = mask[1, -1, -3] = True  # dilation at the borders
     np.testing.assert_array_equal(
-        bm.dilate_square(jnp.asarray(mask), size=size), _reference_dilate(mask, size)
+        bm._dilate_square(jnp.asarray(mask), size=size), _reference_dilate(mask, size)
     )
 
 
 @pytest.mark.parametrize("size", [0, 4, 15.0])
 def test_dilate_square_rejects_bad_sizes(size):
     with pytest.raises(ValueError, match="size"):
-        bm.dilate_square(jnp.zeros((1, 4, 4), bool), size=size)
+        bm._dilate_square(jnp.zeros((1, 4, 4), bool), size=size)
 
 
 @pytest.mark.parametrize(("shape", "dilation"), [((40, 40), 15), ((33, 27), 15), ((24, 31), 5)])

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from spectral_jax.flops import conv_layers
-from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus, dct_stage_dilations
+from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus, _dct_stage_dilations
 from spectral_jax.models.dct_gate import gate_regularizer
 from spectral_jax.models.deeplab import DeepLabV3Plus
 from spectral_jax.models.resnet import stage_dilations
@@ -38,21 +38,21 @@ def _pattern(num_channels, shape="square"):
 
 
 def test_stage_plan():
-    assert dct_stage_dilations(16, input_stride=8) == ((1, 1), (2, 1), (1, 2), (1, 4))
-    assert dct_stage_dilations(8, input_stride=8) == ((1, 1), (1, 2), (1, 4), (1, 8))
+    assert _dct_stage_dilations(16, input_stride=8) == ((1, 1), (2, 1), (1, 2), (1, 4))
+    assert _dct_stage_dilations(8, input_stride=8) == ((1, 1), (1, 2), (1, 4), (1, 8))
     # Input at stride 8 instead of 4: the RGB plan of half the output stride.
-    assert dct_stage_dilations(16, input_stride=8) == stage_dilations(8)
-    assert dct_stage_dilations(32, input_stride=8) == stage_dilations(16)
+    assert _dct_stage_dilations(16, input_stride=8) == stage_dilations(8)
+    assert _dct_stage_dilations(32, input_stride=8) == stage_dilations(16)
     for output_stride in (8, 16, 32):
         # The segmentation layout enters stage 1 at the stride of the RGB stem's output.
-        assert dct_stage_dilations(output_stride, input_stride=4) == stage_dilations(output_stride)
+        assert _dct_stage_dilations(output_stride, input_stride=4) == stage_dilations(output_stride)
         for input_stride in (4, 8):
-            plan = dct_stage_dilations(output_stride, input_stride=input_stride)
+            plan = _dct_stage_dilations(output_stride, input_stride=input_stride)
             assert input_stride * np.prod([s for s, _ in plan]) == output_stride
     with pytest.raises(ValueError, match="output_stride"):
-        dct_stage_dilations(4, input_stride=4)
+        _dct_stage_dilations(4, input_stride=4)
     with pytest.raises(ValueError, match="input_stride"):
-        dct_stage_dilations(16, input_stride=2)
+        _dct_stage_dilations(16, input_stride=2)
 
 
 @functools.cache

@@ -27,7 +27,7 @@ def _softmax(z):
 def test_hard_sample_is_exactly_one_hot_of_gumbel_argmax(rng, shape):
     logits = jnp.asarray(rng.normal(size=shape), jnp.float32)
     key = jax.random.key(3)
-    sample = np.asarray(dct_gate.gumbel_softmax(key, logits, temperature=0.7))
+    sample = np.asarray(dct_gate._gumbel_softmax(key, logits, temperature=0.7))
     assert set(np.unique(sample)) <= {0.0, 1.0}
     np.testing.assert_array_equal(sample.sum(-1), 1.0)
     noisy = np.asarray(logits) + np.asarray(jax.random.gumbel(key, shape, jnp.float32))
@@ -36,9 +36,9 @@ def test_hard_sample_is_exactly_one_hot_of_gumbel_argmax(rng, shape):
 
 def test_same_key_same_sample_other_key_other_sample(rng):
     logits = jnp.asarray(rng.normal(size=(64, 2)), jnp.float32)
-    first = dct_gate.binary_gates(jax.random.key(0), logits)
-    np.testing.assert_array_equal(first, dct_gate.binary_gates(jax.random.key(0), logits))
-    assert np.any(first != dct_gate.binary_gates(jax.random.key(1), logits))
+    first = dct_gate._binary_gates(jax.random.key(0), logits)
+    np.testing.assert_array_equal(first, dct_gate._binary_gates(jax.random.key(0), logits))
+    assert np.any(first != dct_gate._binary_gates(jax.random.key(1), logits))
 
 
 @pytest.mark.parametrize("num_classes, temperature", [(2, 0.5), (2, 1.0), (3, 3.0)])
@@ -48,10 +48,10 @@ def test_straight_through_gradient_is_the_soft_sample_gradient(x64, rng, tempera
     key = jax.random.key(7)
 
     def objective(z):
-        return jnp.sum(weights * dct_gate.gumbel_softmax(key, z, temperature=temperature))
+        return jnp.sum(weights * dct_gate._gumbel_softmax(key, z, temperature=temperature))
 
     grad = np.asarray(jax.grad(objective)(logits))
-    soft = np.asarray(dct_gate.gumbel_softmax(key, logits, temperature=temperature, hard=False))
+    soft = np.asarray(dct_gate._gumbel_softmax(key, logits, temperature=temperature, hard=False))
     # d y_i / d l_j = y_i (delta_ij - y_j) / tau for y = softmax((l + g) / tau).
     jacobian = (
         np.einsum("bi,ij->bij", soft, np.eye(num_classes)) - soft[:, :, None] * soft[:, None, :]
@@ -63,10 +63,10 @@ def test_straight_through_gradient_is_the_soft_sample_gradient(x64, rng, tempera
 
 def test_deterministic_gates_are_the_argmax_with_softmax_gradient(x64, rng):
     logits = rng.normal(size=(6, 2))
-    gates = np.asarray(dct_gate.binary_gates(None, logits, temperature=2.0))
+    gates = np.asarray(dct_gate._binary_gates(None, logits, temperature=2.0))
     np.testing.assert_array_equal(gates, (logits[:, 1] > logits[:, 0]).astype(float))
     grad = np.asarray(
-        jax.grad(lambda z: jnp.sum(dct_gate.binary_gates(None, z, temperature=2.0)))(logits)
+        jax.grad(lambda z: jnp.sum(dct_gate._binary_gates(None, z, temperature=2.0)))(logits)
     )
     p = _softmax(logits / 2.0)[:, 1]
     np.testing.assert_allclose(grad, np.stack([-p * (1 - p), p * (1 - p)], -1) / 2.0, atol=1e-12)
@@ -75,7 +75,7 @@ def test_deterministic_gates_are_the_argmax_with_softmax_gradient(x64, rng):
 def test_hard_samples_follow_the_softmax_probabilities():
     logits = jnp.asarray([[0.0, 0.0], [1.5, -0.5], [-2.0, 1.0]], jnp.float32)
     keys = jax.random.split(jax.random.key(11), 4000)
-    samples = jax.vmap(lambda k: dct_gate.gumbel_softmax(k, logits))(keys)
+    samples = jax.vmap(lambda k: dct_gate._gumbel_softmax(k, logits))(keys)
     frequency = np.asarray(samples.mean(0))
     p = _softmax(np.asarray(logits, np.float64))
     standard_error = np.sqrt(p * (1 - p) / keys.shape[0])
@@ -89,10 +89,10 @@ def test_temperature_limits(rng):
     top2 = np.sort(noisy, -1)
     separated = top2[:, -1] - top2[:, -2] > 0.05  # exp(-0.05 / 1e-3) is negligible
     assert separated.mean() > 0.8
-    cold = np.asarray(dct_gate.gumbel_softmax(key, logits, temperature=1e-3, hard=False))
-    hard = np.asarray(dct_gate.gumbel_softmax(key, logits, temperature=1e-3))
+    cold = np.asarray(dct_gate._gumbel_softmax(key, logits, temperature=1e-3, hard=False))
+    hard = np.asarray(dct_gate._gumbel_softmax(key, logits, temperature=1e-3))
     np.testing.assert_allclose(cold[separated], hard[separated], atol=1e-6)
-    hot = dct_gate.gumbel_softmax(key, logits, temperature=1e6, hard=False)
+    hot = dct_gate._gumbel_softmax(key, logits, temperature=1e6, hard=False)
     np.testing.assert_allclose(hot, 1 / 3, atol=1e-4)
 
 
@@ -102,7 +102,7 @@ def test_temperature_is_traced_without_retracing(rng):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def soft(temperature):
-        return dct_gate.gumbel_softmax(
+        return dct_gate._gumbel_softmax(
             jax.random.key(0), logits, temperature=temperature, hard=False
         )
 
@@ -161,7 +161,7 @@ def test_regularizer_counts_open_gates_and_passes_the_straight_through_gradient(
     logits = rng.normal(size=(4, 10, 2))
 
     def regularizer(z):
-        return dct_gate.gate_regularizer(dct_gate.binary_gates(None, z))
+        return dct_gate.gate_regularizer(dct_gate._binary_gates(None, z))
 
     want = float((logits[..., 1] > logits[..., 0]).sum()) / 4
     np.testing.assert_allclose(regularizer(logits), want)

@@ -96,11 +96,11 @@ def test_sweep_row_equals_spectral_statistics(run, restored):
     assert sweep.shape == (4, sj.num_bands(labels.shape[1:]))
     assert results["sweep"]["compilations"] == 1
     np.testing.assert_allclose(
-        sweep[0], np.asarray(stats.relative_discrepancy()), rtol=1e-3, atol=1e-5
+        sweep[0], np.asarray(stats.relative_discrepancy_curve()), rtol=1e-3, atol=1e-5
     )
     np.testing.assert_allclose(
         results["ce_spectrum"]["trained"]["relative_discrepancy"],
-        np.asarray(stats.relative_discrepancy()),
+        np.asarray(stats.relative_discrepancy_curve()),
         rtol=1e-4,
         atol=1e-6,
     )

@@ -118,7 +118,7 @@ def test_spectral_statistics_and_boundary_equal_direct_accumulation(rng, model_a
     np.testing.assert_allclose(got.label_magnitude, stats.label_magnitude, rtol=1e-5)
     np.testing.assert_allclose(result.mean_ce, float(stats.mean_ce()), rtol=1e-5)
     np.testing.assert_allclose(result.band_profile, stats.band_profile(), rtol=1e-5, atol=1e-6)
-    assert result.relative_discrepancy == {}  # 12 x 12: bands 0..6, none reported.
+    assert result.relative_discrepancy_at == {}  # 12 x 12: bands 0..6, none reported.
     for name, want, value in zip(
         boundary._fields, boundary, result.boundary_statistics, strict=True
     ):

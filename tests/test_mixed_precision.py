@@ -105,7 +105,7 @@ def _model_and_input(case: str, dtype: str):
     """The tiny model of ``case`` through the registry, and its input shape ``[2, ...]``."""
     config = _model_config(dtype, **MODEL_CONFIGS[case])
     model = registry.create_model(config, num_classes=3)
-    image_size = 64 if registry.is_dct_model(config) else 33
+    image_size = 64 if registry._is_dct_model(config) else 33
     return model, image_size, (2, *registry.input_shape(config, image_size=image_size))
 
 

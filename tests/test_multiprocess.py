@@ -32,7 +32,8 @@ import pytest
 
 from experiments import launch
 from experiments import train as train_script
-from spectral_jax.data import load_split, sharding
+from spectral_jax import parallel
+from spectral_jax.data import load_split
 from spectral_jax.training import checkpointing
 from tests import multiprocess_worker as worker
 
@@ -160,7 +161,7 @@ def test_evaluation_in_two_processes_equals_one(two_processes):
 
 
 def test_create_once_creates_on_process_zero_while_the_other_waits(two_processes):
-    """``sharding.create_once``: one creation (process 0's, which takes 1 s), and both
+    """``parallel.create_once``: one creation (process 0's, which takes 1 s), and both
     processes read it after the call."""
     assert (two_processes / "creators.log").read_text() == "0\n"
     for index in range(2):
@@ -176,7 +177,7 @@ def test_create_once_in_one_process(tmp_path):
         target.write_text("x")
 
     for _ in range(2):
-        sharding.create_once("one process", target.exists, create)
+        parallel.create_once("one process", target.exists, create)
     assert created == [1] and target.read_text() == "x"
 
 
@@ -184,7 +185,7 @@ def test_train_steps_in_two_processes_equal_one_and_restore_in_one(two_processes
     """Three train steps over 2 processes equal those in 1, and their checkpoint (written
     by both processes) restores in this single process to the state they held.
 
-    Tolerance as in ``tests/test_sharding.py``: the gradient and the BatchNorm statistics
+    Tolerance as in ``tests/test_parallel.py``: the gradient and the BatchNorm statistics
     are summed per process then across processes, ``rtol=1e-5, atol=1e-6``. The
     checkpoint holds the float32 arrays as they were: exact.
     """
@@ -480,7 +481,7 @@ def test_checkpoint_of_two_by_two_resumes_on_another_topology(
 
     The restored state is the saved one (orbax stores each array once, whatever the
     devices); the remaining 2 steps then differ by the reduction order only: 1e-3 of
-    each array's largest entry (as tests/test_sharding.py's 4-against-1 training test).
+    each array's largest entry (as tests/test_parallel.py's 4-against-1 training test).
     """
     reference, _ = two_by_two
     workdir = tmp_path / "resumed"

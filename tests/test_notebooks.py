@@ -37,7 +37,7 @@ _EXPORT_ANALYSIS = """
 import json as _json
 _images = np.concatenate([b["image"] for b in batches])
 print(_json.dumps({
-    "r": result.relative_discrepancy.tolist(),
+    "r": result.relative_discrepancy_curve.tolist(),
     "mean_iou": result.mean_iou,
     "logits": np.asarray(jax.jit(model.apply)(variables, _images)).tolist(),
     "labels": np.concatenate([b["label"] for b in batches]).tolist(),

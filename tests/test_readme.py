@@ -108,7 +108,7 @@ def test_array_quickstart_gives_the_reference(sections):
     ]
     np.testing.assert_allclose(namespace["r"], expected, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(
-        np.asarray(namespace["stats"].relative_discrepancy())[[4, 8, 16]],
+        np.asarray(namespace["stats"].relative_discrepancy_curve())[[4, 8, 16]],
         np.asarray(expected)[[4, 8, 16]],
         rtol=1e-4,
         atol=1e-7,
@@ -165,7 +165,7 @@ def test_analyse_your_own_model_in_fifteen_lines(sections, readme_dir):
     profile = references.band_sums(references.ce_spectrum(logits, labels), "chebyshev")
     total = profile.sum(axis=-1)
     expected = [references.ratio_of_sums(profile[:, : r + 1].sum(-1), total) for r in range(17)]
-    np.testing.assert_allclose(result.relative_discrepancy, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.relative_discrepancy_curve, expected, rtol=1e-4, atol=1e-6)
     intersection, union = references.hard_iou_counts(logits, labels)
     np.testing.assert_allclose(
         result.mean_iou, np.nanmean(intersection.sum(0) / union.sum(0)), rtol=1e-12

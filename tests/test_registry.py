@@ -83,7 +83,7 @@ def test_every_name_builds_its_class_and_input(name, layout, cls, shape):
     model = create_model(config, num_classes=4)
     assert type(model) is cls and model.num_classes == 4
     assert registry.input_shape(config, image_size=64) == shape
-    assert registry.is_dct_model(config) == (name == "dct_deeplabv3plus")
+    assert registry._is_dct_model(config) == (name == "dct_deeplabv3plus")
     # The input the registry names initialises the model, which predicts at 64 x 64.
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)

@@ -1,4 +1,6 @@
-"""Tests of the stacked ResNet blocks (``scan_blocks``, spectral_jax.models.resnet).
+"""Tests of the stacked ResNet blocks (``scan_blocks``, spectral_jax.models.resnet), of
+the conversion of their variables (spectral_jax.models.block_stacking) and of the
+convolution they run (spectral_jax.models.loop_friendly_conv).
 
 The reference is the unrolled model (``scan_blocks=False``, one module per block) with
 the same per-block variables: both run the same operations on the same values, so
@@ -20,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spectral_jax.models import loop_friendly_conv, stack_blocks, unstack_blocks
 from spectral_jax.models import resnet as resnet_lib
-from spectral_jax.models import stack_blocks, unstack_blocks
 from tests.helpers.models import DEEP_TINY_STAGES, num_params, random_variables
 
 SHAPE = (2, 33, 33, 3)
@@ -187,8 +189,9 @@ def _unrolled_gradient_case(remat: bool):
 def test_gradients_of_stacked_blocks_are_the_unrolled_ones(remat, branch, monkeypatch):
     """``branch``: the gradient the stacked blocks' convolutions take (None: the
     platform's, the forward-style one on the CPU). ``"native"`` runs on the CPU the
-    branch that GPUs and TPUs take (:data:`spectral_jax.models.resnet._FORCED_GRADIENT`)."""
-    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
+    branch that GPUs and TPUs take
+    (:data:`spectral_jax.models.loop_friendly_conv._FORCED_GRADIENT`)."""
+    monkeypatch.setattr(loop_friendly_conv, "_FORCED_GRADIENT", branch)
     stacked_model, _ = _models(remat_blocks=remat)
     per_block, x, expected = _unrolled_gradient_case(remat)
     actual = unstack_blocks(_gradients(stacked_model, stack_blocks(per_block), x))
@@ -307,7 +310,7 @@ def test_loop_friendly_conv_has_the_native_values_and_gradients(
     """Its gradients (on the CPU a forward convolution and a patch product; with
     ``branch="native"`` the other platforms' branch, forced) equal the native ones to
     float64 rounding."""
-    monkeypatch.setattr(resnet_lib, "_FORCED_GRADIENT", branch)
+    monkeypatch.setattr(loop_friendly_conv, "_FORCED_GRADIENT", branch)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)))
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 4)))
     numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
@@ -323,7 +326,7 @@ def test_loop_friendly_conv_has_the_native_values_and_gradients(
         )
 
     native = lambda x, w: conv(jax.lax.conv_general_dilated, x, w)
-    friendly = lambda x, w: conv(resnet_lib.loop_friendly_conv_general_dilated, x, w)
+    friendly = lambda x, w: conv(loop_friendly_conv.loop_friendly_conv_general_dilated, x, w)
     expected, native_vjp = jax.vjp(native, x, w)
     actual, friendly_vjp = jax.vjp(friendly, x, w)
     np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)

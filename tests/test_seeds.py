@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from spectral_jax.data import sharding
+from spectral_jax import parallel
 from spectral_jax.models import create_model
 from spectral_jax.models import pruning as pruning_lib
 from spectral_jax.training import (
@@ -219,11 +219,11 @@ def test_soft_pruning_of_replicas_prunes_each_by_its_own_norms():
 
 
 def test_replica_batches_are_split_along_their_second_axis():
-    mesh = sharding.create_mesh()
+    mesh = parallel.create_mesh()
     batch = {"label": np.arange(2 * 4 * 3, dtype=np.int32).reshape(2, 4, 3)}
-    placed = sharding.shard_batch(batch, mesh, batch_axis=1)["label"]
+    placed = parallel.shard_batch(batch, mesh, batch_axis=1)["label"]
     assert placed.shape == (2, 4, 3)
-    assert placed.sharding.spec == jax.sharding.PartitionSpec(None, sharding.DATA_AXIS)
+    assert placed.sharding.spec == jax.sharding.PartitionSpec(None, parallel.DATA_AXIS)
     np.testing.assert_array_equal(np.asarray(placed), batch["label"])
     with pytest.raises(ValueError, match="batch_axis"):
-        sharding.batch_sharding(mesh, batch_axis=-1)
+        parallel.batch_sharding(mesh, batch_axis=-1)

@@ -332,7 +332,7 @@ def test_frequency_distance_small_cases():
     cheb = sj.frequency_distance(np.array([0]), out_shape=(4, 4), in_shape=(4, 4))
     np.testing.assert_array_equal(cheb.reshape(4, 4), sj.band_index((4, 4)))
     eucl = sj.frequency_distance(
-        np.array([0]), out_shape=(5, 5), in_shape=(5, 5), distance="euclidean"
+        np.array([0]), out_shape=(5, 5), in_shape=(5, 5), radius="euclidean"
     )
     np.testing.assert_array_equal(eucl.reshape(5, 5), sj.band_index((5, 5), radius="euclidean"))
 
@@ -358,7 +358,7 @@ def test_summaries_of_diagonal_and_relu_rows(rng):
     np.testing.assert_allclose(
         sj.energy_by_distance(rows, nu_i, **kwargs), expected, rtol=1e-5, atol=1e-7
     )
-    within = sj.within_radius_energy_fraction(rows, nu_i, radius=1, **kwargs)
+    within = sj.within_distance_energy_fraction(rows, nu_i, max_distance=1, **kwargs)
     np.testing.assert_allclose(within, expected[:, :2].sum(-1), rtol=1e-5)
     # ReLU's diagonal holds mean(mask)^2 / (mean(mask^2) = mean(mask)) of each row's energy:
     # J[i, i] = m_hat(0) / N and sum_j |J[i, j]|^2 = sum |m_hat|^2 / N^2 = mean(mask).
@@ -473,9 +473,9 @@ def test_bad_inputs_raise_clear_errors(rng):
         sj.ce_spectral_gradient(head, x, np.full((16, 16), 7, np.int32))
     with pytest.raises(ValueError, match=r"nu_i must lie in \[0, 256\)"):
         sj.ce_spectral_gradient(head, x, np.zeros((16, 16), np.int32), nu_i=np.array([256]))
-    with pytest.raises(ValueError, match="radius must be a non-negative int"):
-        sj.within_radius_energy_fraction(
-            jnp.ones((1, 64)), np.array([0]), out_shape=(8, 8), in_shape=(8, 8), radius=-1
+    with pytest.raises(ValueError, match="max_distance must be a non-negative int"):
+        sj.within_distance_energy_fraction(
+            jnp.ones((1, 64)), np.array([0]), out_shape=(8, 8), in_shape=(8, 8), max_distance=-1
         )
 
 
@@ -594,8 +594,8 @@ def test_diagonal_fraction_refuses_an_out_shape_that_does_not_fit(rng, out_shape
     with pytest.raises(ValueError, match=rf"out_shape {re.escape(str(out_shape))} does not fit"):
         sj.diagonal_energy_fraction(rows, nu_i, out_shape=out_shape, in_shape=in_shape)
     with pytest.raises(ValueError, match="does not fit"):
-        sj.within_radius_energy_fraction(
-            rows, nu_i, out_shape=out_shape, in_shape=in_shape, radius=1
+        sj.within_distance_energy_fraction(
+            rows, nu_i, out_shape=out_shape, in_shape=in_shape, max_distance=1
         )
     # With the true output grid the diagonal holds every row's energy.
     fractions = sj.diagonal_energy_fraction(rows, nu_i, out_shape=in_shape, in_shape=in_shape)

@@ -6,7 +6,8 @@ The ``t`` quantile against its closed forms (1 and 2 degrees of freedom) and
 ``scipy.stats.spearmanr`` (with ties); the bootstrap against a loop that draws the same
 indices and calls ``scipy.stats.spearmanr`` per resample, against
 ``scipy.stats.bootstrap`` (same method, other draws: statistical agreement) and against
-the closed form of a monotone relation (every defined resample has rho = 1).
+the closed form of a monotone relation (every defined resample has rho = 1). The text of
+these numbers in the reports (``experiments.report``) is checked where the values are.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from experiments.report import claim_verdict, format_spread, interval_side
 from spectral_jax.evaluation import spread as spread_lib
 
 
@@ -25,14 +27,14 @@ def test_t_quantile_closed_forms(probability):
     # Cauchy (1 dof): tan(pi (p - 1/2)); 2 dof: (2p - 1) / sqrt(2 p (1 - p)).
     expected_1 = math.tan(math.pi * (probability - 0.5))
     expected_2 = (2 * probability - 1) / math.sqrt(2 * probability * (1 - probability))
-    np.testing.assert_allclose(spread_lib.student_t_quantile(probability, 1), expected_1, 1e-12)
-    np.testing.assert_allclose(spread_lib.student_t_quantile(probability, 2), expected_2, 1e-12)
+    np.testing.assert_allclose(spread_lib._student_t_quantile(probability, 1), expected_1, 1e-12)
+    np.testing.assert_allclose(spread_lib._student_t_quantile(probability, 2), expected_2, 1e-12)
 
 
 @pytest.mark.parametrize("dof", [1, 3, 7, 30])
 def test_t_quantile_matches_scipy(dof):
     np.testing.assert_allclose(
-        spread_lib.student_t_quantile(0.975, dof), scipy.stats.t.ppf(0.975, dof), rtol=1e-12
+        spread_lib._student_t_quantile(0.975, dof), scipy.stats.t.ppf(0.975, dof), rtol=1e-12
     )
 
 
@@ -75,9 +77,9 @@ def test_one_seed_has_no_spread():
     result = spread_lib.compute_spread([0.815])
     assert result.mean == 0.815 and result.n == 1
     assert math.isnan(result.std) and math.isnan(result.low) and math.isnan(result.high)
-    assert spread_lib.format_spread(result) == "0.815 (n=1, no spread)"
-    assert spread_lib.interval_side(result, 0.0) == "across"
-    assert spread_lib.claim_verdict(result, 1.0, expected="below") == "cannot decide"
+    assert format_spread(result) == "0.815 (n=1, no spread)"
+    assert interval_side(result, 0.0) == "across"
+    assert claim_verdict(result, 1.0, expected="below") == "cannot decide"
 
 
 @pytest.mark.parametrize(
@@ -95,31 +97,6 @@ def test_spread_rejects_bad_confidence(confidence):
         spread_lib.compute_spread([1.0, 2.0], confidence=confidence)
 
 
-def test_format_spread():
-    result = spread_lib.compute_spread([0.80, 0.82, 0.81, 0.83])
-    half = scipy.stats.t.ppf(0.975, 3) * np.std([0.80, 0.82, 0.81, 0.83], ddof=1) / 2
-    expected = f"0.815 ± 0.013 (95 % CI {0.815 - half:.3f} to {0.815 + half:.3f}, n=4)"
-    assert spread_lib.format_spread(result) == expected
-    negative = spread_lib.compute_spread([-0.5, -0.25])
-    assert spread_lib.format_spread(negative, digits=2).startswith("−0.38 ± 0.18 (95 % CI −")
-
-
-@pytest.mark.parametrize(
-    ("values", "reference", "side", "verdict_below"),
-    [
-        ([0.9, 0.91, 0.92], 1.0, "below", "supports"),
-        ([1.1, 1.12, 1.11], 1.0, "above", "contradicts"),
-        ([0.9, 1.1, 1.0], 1.0, "across", "cannot decide"),
-    ],
-)
-def test_interval_side_and_verdict(values, reference, side, verdict_below):
-    result = spread_lib.compute_spread(values)
-    assert spread_lib.interval_side(result, reference) == side
-    assert spread_lib.claim_verdict(result, reference, expected="below") == verdict_below
-    with pytest.raises(ValueError, match="expected"):
-        spread_lib.claim_verdict(result, reference, expected="equal")
-
-
 @pytest.mark.parametrize("n", [2, 5, 12, 31])
 @pytest.mark.parametrize("ties", [False, True])
 def test_rank_data_and_spearman_match_scipy(rng, n, ties):
@@ -128,7 +105,7 @@ def test_rank_data_and_spearman_match_scipy(rng, n, ties):
     if ties:
         x = np.round(x)  # many ties
         y[: n // 2] = y[0]
-    np.testing.assert_array_equal(spread_lib.rank_data(x), scipy.stats.rankdata(x))
+    np.testing.assert_array_equal(spread_lib._rank_data(x), scipy.stats.rankdata(x))
     expected = scipy.stats.spearmanr(x, y).statistic
     np.testing.assert_allclose(
         spread_lib.spearman_correlation(x, y), expected, rtol=1e-12, atol=1e-12
@@ -138,7 +115,7 @@ def test_rank_data_and_spearman_match_scipy(rng, n, ties):
 def test_rank_data_of_rows_matches_scipy(rng):
     values = np.round(rng.normal(size=(6, 9)))
     np.testing.assert_array_equal(
-        spread_lib.rank_data(values), scipy.stats.rankdata(values, axis=-1)
+        spread_lib._rank_data(values), scipy.stats.rankdata(values, axis=-1)
     )
 
 
@@ -202,7 +179,7 @@ def test_bootstrap_of_a_monotone_relation_is_one():
     x = np.arange(10.0)
     result = spread_lib.bootstrap_spearman(x, x**3, rng=np.random.default_rng(0), resamples=500)
     assert (result.rho, result.low, result.high) == (1.0, 1.0, 1.0)
-    text = spread_lib.format_spread(result)
+    text = format_spread(result)
     assert text == "1.000 (95 % bootstrap CI 1.000 to 1.000, 10 points)"
 
 
@@ -227,4 +204,4 @@ def test_bootstrap_with_mostly_undefined_resamples_has_no_interval():
     )
     np.testing.assert_allclose(result.defined / 2000, 12 / 27, atol=0.04)
     assert math.isnan(result.low) and math.isnan(result.high)
-    assert "nan to nan" in spread_lib.format_spread(result)
+    assert "nan to nan" in format_spread(result)

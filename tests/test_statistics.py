@@ -58,7 +58,7 @@ def read(stats):
         "band_profile": np.asarray(stats.band_profile()),
         "ce_spectrum": np.asarray(stats.ce_spectrum()),
         "truncated_ce": np.asarray(stats.truncated_ce()),
-        "relative_discrepancy": np.asarray(stats.relative_discrepancy()),
+        "relative_discrepancy": np.asarray(stats.relative_discrepancy_curve()),
         "iou": np.asarray(stats.iou()),
         "mean_iou": np.asarray(stats.mean_iou()),
         "num_images": int(stats.num_images),
@@ -101,7 +101,7 @@ def test_discrepancy_equals_band_limit_sweep_over_all_images(batches):
     logits = np.concatenate([b[0] for b in batches]).astype(np.float32)
     labels = np.concatenate([b[1] for b in batches])
     sweep = jax.jit(sj.band_limit_sweep)(logits, labels)
-    np.testing.assert_allclose(stats.relative_discrepancy(), sweep, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.relative_discrepancy_curve(), sweep, rtol=1e-5, atol=1e-6)
 
 
 def test_update_traces_once_for_batches_of_one_shape(batches):
@@ -212,7 +212,7 @@ def test_out_of_range_label_under_jit_is_never_silently_counted(batches):
     bad[1, 0, 0] = NUM_CLASSES
     stats = stream(sj.SpectralStatistics.create(SHAPE, NUM_CLASSES), [(logits, bad)])
     assert np.isnan(stats.mean_ce())
-    assert np.all(np.isnan(stats.relative_discrepancy()[:-1]))
+    assert np.all(np.isnan(stats.relative_discrepancy_curve()[:-1]))
 
 
 def test_statistics_are_a_pytree_of_arrays(batches):
@@ -221,7 +221,9 @@ def test_statistics_are_a_pytree_of_arrays(batches):
     assert all(isinstance(leaf, jax.Array) for leaf in leaves)  # the settings are static
     doubled = jax.tree.map(lambda x: 2 * x, stats)
     np.testing.assert_allclose(doubled.band_profile(), stats.band_profile(), rtol=1e-6)
-    np.testing.assert_allclose(doubled.relative_discrepancy(), stats.relative_discrepancy())
+    np.testing.assert_allclose(
+        doubled.relative_discrepancy_curve(), stats.relative_discrepancy_curve()
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -14,12 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.data import (
-    dct_channel_statistics,
-    dct_input_pipeline,
-    dct_pipeline,
-    load_dct_statistics,
-)
+from spectral_jax.data import dct_input_pipeline, dct_pipeline, load_dct_statistics
 from spectral_jax.evaluation import BOUNDARY_SCORES
 from spectral_jax.models import create_model
 from spectral_jax.related import boundary_metrics
@@ -108,7 +103,9 @@ def test_dct_statistics_dc_mean_is_the_luma_mean(tmp_path, layout, grid):
     """Channel 0 (Y DC, orthonormal DCT) has mean ``8 (mean(Y) - 128)`` over the batches
     (bilinear 2x up-scaling with replicated edges keeps the mean)."""
     pipeline = generated_pipeline(crop_size=32)
-    statistics = dct_channel_statistics(pipeline, batch_size=4, num_batches=2, layout=layout)
+    statistics = dct_pipeline._dct_channel_statistics(
+        pipeline, batch_size=4, num_batches=2, layout=layout
+    )
     batches = pipeline.train_batches(0, 4, 0, 1)
     images = np.concatenate([next(batches)["image"] for _ in range(2)]).astype(np.float64)
     rgb = 255.0 * images

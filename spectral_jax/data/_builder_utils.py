@@ -29,10 +29,11 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
-# The ignore label and ImageNet's RGB statistics on the [0, 1] scale, as the pipeline
-# normalises (``(image / 255 - mean) / std``); the backbones are pre-trained on ImageNet-1k.
+from spectral_jax._checks import IGNORE_INDEX
+
+# ImageNet's RGB statistics on the [0, 1] scale, as the pipeline normalises
+# (``(image / 255 - mean) / std``); the backbones are pre-trained on ImageNet-1k.
 # Defined here, below the builders, so that the pipeline can import the builder modules.
-IGNORE_INDEX = 255
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 from etils import epath
 
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data import _builder_utils as utils
 
 # (label id, name, train id) of the official label table; 255 = not evaluated.
@@ -72,7 +73,9 @@ LABEL_TABLE = (
 LABEL_ID_TO_TRAIN_ID = {label_id: train_id for label_id, _, train_id in LABEL_TABLE}
 NUM_CLASSES = 19
 CLASS_NAMES = tuple(
-    name for _, name, train_id in sorted(LABEL_TABLE, key=lambda row: row[2]) if train_id != 255
+    name
+    for _, name, train_id in sorted(LABEL_TABLE, key=lambda row: row[2])
+    if train_id != IGNORE_INDEX
 )
 SPLIT_SIZES = (("train", 2975), ("validation", 500))
 
@@ -148,7 +151,7 @@ INFO = utils.RealDatasetInfo(
     name="cityscapes",
     builder_class=CityscapesFine,
     num_classes=NUM_CLASSES,
-    ignore_index=utils.IGNORE_INDEX,
+    ignore_index=IGNORE_INDEX,
     class_names=CLASS_NAMES,
     mean=utils.IMAGENET_MEAN,
     std=utils.IMAGENET_STD,

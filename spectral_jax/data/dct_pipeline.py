@@ -6,7 +6,7 @@ data set (:class:`spectral_jax.data.inputs.InputPipeline`) through
 ``[B, H / s, W / s, 192]`` (:func:`spectral_jax.related.dct_input.images_to_dct`) in the
 model's layout, ``config.model.layout`` (``"segmentation"``, ``s = 4``, by default;
 ``"classification"``, ``s = 8``), normalised per channel by statistics of the first
-training batches (:func:`dct_channel_statistics`), on the host's CPU device as part of
+training batches (:func:`_dct_channel_statistics`), on the host's CPU device as part of
 the input pipeline. :func:`dct_run_pipeline` computes
 those statistics at the start of a fresh run and keeps them, with the layout, in the
 work directory (:data:`DCT_STATISTICS_FILE`), so that a resumed run and a later
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spectral_jax.data import sharding
+from spectral_jax import parallel
 from spectral_jax.data.inputs import Batch, InputPipeline
 from spectral_jax.related import dct_input as dct_input_lib
 
@@ -79,7 +79,7 @@ def _normalized_dct(images, image_mean, image_std, mean, std, *, layout):
     )
 
 
-def dct_channel_statistics(
+def _dct_channel_statistics(
     pipeline: InputPipeline,
     *,
     batch_size: int,
@@ -139,7 +139,7 @@ def dct_input_pipeline(
 
     Args:
       pipeline: the RGB input pipeline.
-      mean, std: ``[192]`` per-channel statistics (:func:`dct_channel_statistics`, of
+      mean, std: ``[192]`` per-channel statistics (:func:`_dct_channel_statistics`, of
         the same layout).
       layout: the DCT layout, the model's ``layout``.
 
@@ -225,7 +225,7 @@ def dct_run_pipeline(
     path = os.path.join(os.fspath(workdir), DCT_STATISTICS_FILE)
 
     def compute_and_save():
-        statistics = dct_channel_statistics(
+        statistics = _dct_channel_statistics(
             pipeline,
             batch_size=int(config.batch_size),
             num_batches=int(config.dct_statistics_batches),
@@ -244,7 +244,7 @@ def dct_run_pipeline(
         os.replace(partial, path)
 
     # Several processes: process 0 computes and writes them, the others wait and read.
-    sharding.create_once(
+    parallel.create_once(
         f"dct_run_pipeline: {DCT_STATISTICS_FILE}", lambda: os.path.exists(path), compute_and_save
     )
     mean, std = load_dct_statistics(workdir, layout=layout)

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data import _builder_utils as utils
 
 # (name, RGB colour) in class order.
@@ -199,7 +200,7 @@ INFO = utils.RealDatasetInfo(
     name="deepglobe_land_cover",
     builder_class=DeepglobeLandCover,
     num_classes=NUM_CLASSES,
-    ignore_index=utils.IGNORE_INDEX,
+    ignore_index=IGNORE_INDEX,
     class_names=CLASS_NAMES,
     mean=utils.IMAGENET_MEAN,
     std=utils.IMAGENET_STD,

@@ -51,8 +51,9 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import flags
 
-from spectral_jax.data import cityscapes, deepglobe, sharding, synthetic, voc_sbd
-from spectral_jax.data._builder_utils import IGNORE_INDEX as IGNORE_INDEX
+from spectral_jax import parallel
+from spectral_jax._checks import IGNORE_INDEX as IGNORE_INDEX
+from spectral_jax.data import cityscapes, deepglobe, synthetic, voc_sbd
 from spectral_jax.data._builder_utils import IMAGENET_MEAN as IMAGENET_MEAN
 from spectral_jax.data._builder_utils import IMAGENET_STD as IMAGENET_STD
 
@@ -177,7 +178,7 @@ def load_split(
         ``~/tensorflow_datasets``).
       build: build the data set (``download_and_prepare(file_format="array_record")``)
         when it is missing. With several processes (``jax.distributed``) process 0
-        builds it while the others wait (:func:`spectral_jax.data.sharding.create_once`):
+        builds it while the others wait (:func:`spectral_jax.parallel.create_once`):
         every process must then call this function.
       builder_kwargs: passed to ``tfds.builder`` (e.g. ``config=SyntheticScenesConfig(...)``,
         which replaces the ``/config`` part of ``name``).
@@ -212,7 +213,7 @@ def load_split(
         builder.download_and_prepare(file_format="array_record", download_config=download_config)
 
     # Several processes: process 0 builds a missing data set while the others wait.
-    sharding.create_once(f"load_split: prepare {tfds_name}", builder.is_prepared, prepare)
+    parallel.create_once(f"load_split: prepare {tfds_name}", builder.is_prepared, prepare)
     # A fresh builder: another process may have prepared the data set after this one
     # was created.
     builder = tfds.builder(tfds_name, data_dir=data_dir, **kwargs)
@@ -302,7 +303,7 @@ def _check_example(example, position) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def augment_example(
+def _augment_example(
     image: np.ndarray,
     label: np.ndarray,
     rng: np.random.Generator,
@@ -414,7 +415,7 @@ class TrainBatchFn:
         for position, index in zip(self.positions(step), self.example_indices(step), strict=True):
             image, label = _check_example(self.source[int(index)], int(index))
             rng = np.random.default_rng((self.seed, 1, int(position)))
-            image, label = augment_example(
+            image, label = _augment_example(
                 image,
                 label,
                 rng,

@@ -17,8 +17,8 @@ learn the classes; the *label maps* mimic the label spectra of the paper's three
   regions, the arg-max of very smooth periodic random fields, sometimes an ``unknown`` patch, with ragged boundaries (a small
   amount of fine-scale noise added to the fields); no ignore pixels.
 
-Label spectra, measured (:func:`preset_relative_discrepancy`, the 50 validation scenes of
-129 x 129 per preset, float64): the prediction is the ground truth blurred by a Gaussian
+Label spectra, measured (:class:`spectral_jax.SpectralStatistics` over the 50 validation
+scenes of 129 x 129 per preset, float64, as ``tests/test_synthetic_data.py`` does): the prediction is the ground truth blurred by a Gaussian
 of 1 pixel and mixed with 10 % of the uniform distribution
 (:func:`blurred_label_logits`), and ``R(nu_max)`` (Eq. 14, Chebyshev bands) of its CE is
 
@@ -64,15 +64,13 @@ import dataclasses
 import functools
 import io
 
-import jax
 import numpy as np
 import PIL.Image
 import scipy.ndimage
 import tensorflow_datasets as tfds
 
-from spectral_jax.statistics import SpectralStatistics
+from spectral_jax._checks import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 SPLITS: tuple[str, ...] = ("train", "validation")
 _SPLIT_CODES = {"train": 0, "validation": 1}
 # Appearance (class colours and textures) is fixed per scene kind, not per config seed, so
@@ -550,51 +548,3 @@ def blurred_label_logits(
     total = blurred.sum(-1, keepdims=True)
     probabilities = np.where(total > 0, blurred / np.maximum(total, 1e-300), 1.0 / num_classes)
     return np.log((1 - smoothing) * probabilities + smoothing / num_classes)
-
-
-def preset_relative_discrepancy(
-    config: SyntheticScenesConfig | str,
-    *,
-    split: str = "validation",
-    num_examples: int | None = None,
-    sigma: float = 1.0,
-    smoothing: float = 0.1,
-    batch_size: int = 10,
-) -> np.ndarray:
-    """Data-set ``R(nu_max)`` of :func:`blurred_label_logits` over a preset's scenes.
-
-    Generates the examples directly (no build) and accumulates
-    :class:`spectral_jax.SpectralStatistics` in float64 (Chebyshev bands).
-
-    Args:
-      config: a :class:`SyntheticScenesConfig` or a preset name.
-      split: split to measure.
-      num_examples: first examples of the split to use (default: all).
-      sigma, smoothing: the prediction, as in :func:`blurred_label_logits`.
-      batch_size: images per statistics update.
-
-    Returns:
-      ``[R]`` float64 ``R(nu_max)`` for ``nu_max = 0 .. R - 1`` (``R = image_size // 2 + 1``).
-    """
-    if isinstance(config, str):
-        config = preset(config)
-    total = config.num_train if split == "train" else config.num_validation
-    count = total if num_examples is None else min(int(num_examples), total)
-    size = config.image_size
-    with jax.enable_x64(True):
-        stats = SpectralStatistics.create(
-            (size, size), config.num_classes, dtype=np.float64, ignore_index=IGNORE_INDEX
-        )
-        update = jax.jit(SpectralStatistics.update)  # one compilation per batch shape
-        for start in range(0, count, batch_size):
-            labels = np.stack(
-                [
-                    generate_example(config, split, i)["label"]
-                    for i in range(start, min(start + batch_size, count))
-                ]
-            ).astype(np.int32)
-            logits = blurred_label_logits(
-                labels, num_classes=config.num_classes, sigma=sigma, smoothing=smoothing
-            )
-            stats = update(stats, logits, labels)
-        return np.asarray(stats.relative_discrepancy())

@@ -38,6 +38,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from etils import epath
 
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data import _builder_utils as utils
 
 NUM_CLASSES = 21
@@ -68,7 +69,7 @@ SPLIT_SIZES = (("train", 10582), ("validation", 1449))
 # Sizes of the full source lists, used to check the train_aug logic on the full data.
 _FULL_SOURCE_SIZES = {"sbd_train": 8498, "sbd_val": 2857, "voc_train": 1464, "voc_val": 1449}
 
-_ALLOWED_LABELS = (*range(NUM_CLASSES), utils.IGNORE_INDEX)
+_ALLOWED_LABELS = (*range(NUM_CLASSES), IGNORE_INDEX)
 
 LAYOUT = """\
 <manual_dir>/
@@ -220,7 +221,7 @@ INFO = utils.RealDatasetInfo(
     name="voc_sbd",
     builder_class=VocSbd,
     num_classes=NUM_CLASSES,
-    ignore_index=utils.IGNORE_INDEX,
+    ignore_index=IGNORE_INDEX,
     class_names=CLASS_NAMES,
     mean=utils.IMAGENET_MEAN,
     std=utils.IMAGENET_STD,

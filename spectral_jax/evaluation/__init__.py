@@ -23,10 +23,26 @@ from spectral_jax.evaluation.spread import CONFIDENCE as CONFIDENCE
 from spectral_jax.evaluation.spread import RankCorrelation as RankCorrelation
 from spectral_jax.evaluation.spread import Spread as Spread
 from spectral_jax.evaluation.spread import bootstrap_spearman as bootstrap_spearman
-from spectral_jax.evaluation.spread import claim_verdict as claim_verdict
 from spectral_jax.evaluation.spread import compute_spread as compute_spread
-from spectral_jax.evaluation.spread import format_spread as format_spread
-from spectral_jax.evaluation.spread import interval_side as interval_side
-from spectral_jax.evaluation.spread import rank_data as rank_data
 from spectral_jax.evaluation.spread import spearman_correlation as spearman_correlation
-from spectral_jax.evaluation.spread import student_t_quantile as student_t_quantile
+
+__all__ = [
+    "BOUNDARY_SCORES",
+    "CONFIDENCE",
+    "EvaluationResult",
+    "Evaluator",
+    "REPORTED_BAND_LIMITS",
+    "RankCorrelation",
+    "Spread",
+    "bootstrap_spearman",
+    "compute_spread",
+    "confusion_matrix",
+    "cross_entropy_loss",
+    "eval_step",
+    "inference_apply_fn",
+    "iou_from_confusion",
+    "mean_iou",
+    "pixel_accuracy",
+    "spearman_correlation",
+    "valid_region_boundary_statistics",
+]

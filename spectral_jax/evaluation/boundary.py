@@ -12,6 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.related import boundary_metrics as boundary_lib
 
 #: The boundary metrics (Chen, Gu, Fu 2024) that an evaluation reports.
@@ -40,7 +41,7 @@ def valid_region_boundary_statistics(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     dilation: int = 15,
 ) -> boundary_lib.BoundaryStatistics:
     """Boundary-metric counts of padded evaluation crops, on the unpadded images only.

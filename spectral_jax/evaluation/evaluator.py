@@ -18,7 +18,7 @@ batch's sums; it is compiled once per predict function, settings, mesh and batch
 and shared by all evaluators with those (short batches are padded, :func:`spectral_jax.
 data.inputs.pad_batch`). The host adds up a batch's sums (int64 counts, float64 sums)
 while the device computes the next batch. With a ``mesh`` the batch is split over its ``"data"`` axis and
-the rest replicated (:mod:`spectral_jax.data.sharding`), as the trainer runs.
+the rest replicated (:mod:`spectral_jax.parallel`), as the trainer runs.
 
 Several processes (``jax.distributed``, a mesh over all their devices): each process
 passes its own rows of every global batch (``pipeline.eval_batches(B, process_index,
@@ -26,7 +26,7 @@ process_count)``) and every process gets the single-process result. The confusio
 matrix, the loss, the boundary counts and the spectral statistics are summed over the
 global batch inside the step; the example count and the output sums, summed by each
 host over its rows, are added up across the processes at the end
-(:func:`spectral_jax.data.sharding.sum_over_processes`); kept examples are gathered.
+(:func:`spectral_jax.parallel.sum_over_processes`); kept examples are gathered.
 
 Example (a trained run, as the experiments evaluate it)::
 
@@ -41,7 +41,7 @@ Example (a trained run, as the experiments evaluate it)::
       num_examples=4,
   )
   result = evaluator(variables, pipeline.eval_batches(config.eval_batch_size, 0, 1))
-  result.mean_iou, result.relative_discrepancy[16], result.examples["prediction"]
+  result.mean_iou, result.relative_discrepancy_at[16], result.examples["prediction"]
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from spectral_jax import _checks
-from spectral_jax.data import sharding
+from spectral_jax import _checks, parallel
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
 from spectral_jax.evaluation import metrics as metrics_lib
@@ -102,7 +102,7 @@ def eval_step(
     *,
     apply_fn: ApplyFn,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     boundary_metrics: bool = False,
 ) -> tuple[dict[str, Any], SpectralStatistics | None, dict[str, jax.Array]]:
     """Forward pass in inference mode; the batch's confusion matrix and loss sums.
@@ -226,11 +226,11 @@ class EvaluationResult:
         return None if self.statistics is None else float(self.statistics.parseval_error())
 
     @property
-    def relative_discrepancy(self) -> dict[int, float] | None:
+    def relative_discrepancy_at(self) -> dict[int, float] | None:
         """``R(nu_max)`` at the :data:`REPORTED_BAND_LIMITS` the grid holds, or None."""
         if self.statistics is None:
             return None
-        discrepancy = np.asarray(self.statistics.relative_discrepancy())
+        discrepancy = np.asarray(self.statistics.relative_discrepancy_curve())
         return {nu: float(discrepancy[nu]) for nu in REPORTED_BAND_LIMITS if nu < len(discrepancy)}
 
     @property
@@ -250,7 +250,7 @@ class EvaluationResult:
         }
         if self.statistics is not None:
             scalars[f"{prefix}spectral_mean_ce"] = self.mean_ce
-            for nu, value in self.relative_discrepancy.items():
+            for nu, value in self.relative_discrepancy_at.items():
                 scalars[f"{prefix}relative_discrepancy_{nu}"] = value
         for name, value in (self.boundary or {}).items():
             scalars[f"{prefix}{name}"] = value
@@ -272,8 +272,8 @@ def _jitted_step(apply_fn: ApplyFn, settings: _StepSettings, mesh: Mesh | None):
     step = functools.partial(eval_step, apply_fn=apply_fn, **dataclasses.asdict(settings))
     if mesh is None:
         return jax.jit(step)
-    replicated = sharding.replicated_sharding(mesh)
-    batch = sharding.batch_sharding(mesh)
+    replicated = parallel.replicated_sharding(mesh)
+    batch = parallel.batch_sharding(mesh)
     return jax.jit(
         step,
         in_shardings=(replicated, {"image": batch, "label": batch}, replicated),
@@ -320,11 +320,11 @@ class _HostTotals:
                 else [a + b for a, b in zip(self.boundary, counts, strict=True)]
             )
         for name, value in outputs.items():
-            local = sharding.process_local_rows(value)
+            local = parallel.process_local_rows(value)
             total = np.sum(local[mask], axis=0, dtype=np.float64)
             self.output_sums[name] = self.output_sums.get(name, 0.0) + total
         for name, value in examples.items():
-            self.kept.setdefault(name, []).append(sharding.gather_rows(value)[rows])
+            self.kept.setdefault(name, []).append(parallel.gather_rows(value)[rows])
 
 
 def _spans_processes(mesh: Mesh | None) -> bool:
@@ -340,7 +340,7 @@ def _pad_to_processes_size(batch: Batch, ignore_index: int) -> Batch:
     size, the one a single process would pad the whole batch to. A collective.
     """
     height, width = batch["label"].shape[1:3]
-    sizes = sharding.gather_rows(np.asarray([[height, width]], np.int32))  # [P, 2]
+    sizes = parallel.gather_rows(np.asarray([[height, width]], np.int32))  # [P, 2]
     target_height, target_width = (int(n) for n in sizes.max(axis=0))
     if (target_height, target_width) == (height, width):
         return batch
@@ -392,7 +392,7 @@ class Evaluator:
         with several processes every process gets the same ones).
       batch_size: pad every batch to this many (host-local) examples; None: to the size
         of the first batch. With a mesh it must suit the mesh
-        (:func:`spectral_jax.data.sharding.local_batch_size`).
+        (:func:`spectral_jax.parallel.local_batch_size`).
 
     Raises:
       ValueError: for a non-positive ``num_classes``, a negative ``num_examples`` or an
@@ -407,7 +407,7 @@ class Evaluator:
       >>> evaluator = Evaluator(model.apply, num_classes=3, spectral_statistics=True,
       ...                       num_examples=1)
       >>> result = evaluator(variables, batches)
-      >>> int(result.confusion.sum()), result.num_evaluated, sorted(result.relative_discrepancy)
+      >>> int(result.confusion.sum()), result.num_evaluated, sorted(result.relative_discrepancy_at)
       (2048, 2, [8, 16])
       >>> result.examples["prediction"].shape
       (1, 32, 32)
@@ -418,7 +418,7 @@ class Evaluator:
         apply_fn: ApplyFn,
         *,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         spectral_statistics: bool = False,
         ignore_mode: str = "labels",
         with_magnitudes: bool = False,
@@ -456,7 +456,7 @@ class Evaluator:
             ignore_mode=self.ignore_mode,
             with_magnitudes=self.with_magnitudes,
         )
-        return statistics if self.mesh is None else sharding.replicate(statistics, self.mesh)
+        return statistics if self.mesh is None else parallel.replicate(statistics, self.mesh)
 
     def __call__(self, variables: Any, batches: Iterable[Batch]) -> EvaluationResult:
         """Evaluates ``variables`` on every batch of ``batches``.
@@ -489,13 +489,13 @@ class Evaluator:
             if statistics is None and self.spectral_statistics:
                 statistics = self._create_statistics(batch["label"])
             if self.mesh is not None:
-                batch = sharding.shard_batch(batch, self.mesh)
+                batch = parallel.shard_batch(batch, self.mesh)
             sums, statistics, per_example = self._step(variables, batch, statistics)
             outputs = {k: v for k, v in per_example.items() if k != "prediction"}
             rows = np.zeros((0,), np.int64)
             if num_kept < self.num_examples:
                 # Rows of the global batch: every process keeps the same examples.
-                global_mask = sharding.gather_rows(mask) if self._spans_processes else mask
+                global_mask = parallel.gather_rows(mask) if self._spans_processes else mask
                 rows = np.flatnonzero(global_mask)[: self.num_examples - num_kept]
             num_kept += len(rows)
             examples = {"image": batch["image"], "label": batch["label"], **per_example}
@@ -523,7 +523,7 @@ class Evaluator:
         if self._spans_processes:
             # The confusion matrix, the loss, the boundary counts and the statistics are
             # sums over the global batch (replicated); these two are over this host's rows.
-            totals.num_evaluated, totals.output_sums = sharding.sum_over_processes(
+            totals.num_evaluated, totals.output_sums = parallel.sum_over_processes(
                 (totals.num_evaluated, totals.output_sums)
             )
         return EvaluationResult(

@@ -30,10 +30,11 @@ import numpy as np
 import optax
 
 from spectral_jax import _checks
+from spectral_jax._checks import IGNORE_INDEX
 
 
 def cross_entropy_loss(
-    logits: chex.Array, labels: chex.Array, *, ignore_index: int = 255
+    logits: chex.Array, labels: chex.Array, *, ignore_index: int = IGNORE_INDEX
 ) -> tuple[jax.Array, jax.Array]:
     r"""Pixel cross-entropy, the mean over the valid pixels of the whole batch.
 
@@ -103,7 +104,7 @@ def confusion_matrix(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> jax.Array:
     """Pixel counts by (true class, predicted class).
 

@@ -20,19 +20,15 @@ Rank correlations (the paper's Fig. 6 relates ``R(nu_max)`` to the relative mIoU
 block-wise training) are Spearman's :func:`spearman_correlation`, with a percentile
 bootstrap interval over the paired points (:func:`bootstrap_spearman`).
 
-:func:`format_spread` is the one way the reports write these numbers, e.g.
-``0.815 ± 0.012 (95 % CI 0.785 to 0.845, n=4)``; :func:`interval_side` says whether an
-interval lies above, below or across a reference value, which is how the reports decide
-whether a claim is supported.
+The experiments' reports write these numbers and judge the paper's claims by them
+(``experiments/report.py``).
 
 Example:
   >>> s = compute_spread([0.80, 0.82, 0.81, 0.83])
   >>> s.n, round(s.mean, 3), round(s.std, 4)
   (4, 0.815, 0.0129)
-  >>> format_spread(s)
-  '0.815 ± 0.013 (95 % CI 0.794 to 0.836, n=4)'
-  >>> interval_side(s, 0.79)
-  'above'
+  >>> round(s.low, 3), round(s.high, 3)
+  (0.794, 0.836)
 """
 
 from __future__ import annotations
@@ -40,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import scipy.special
@@ -99,7 +94,7 @@ class Spread:
         }
 
 
-def student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
+def _student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
     """The ``probability`` quantile of Student's ``t`` with ``degrees_of_freedom``.
 
     Raises:
@@ -135,12 +130,12 @@ def compute_spread(values: Sequence[float], *, confidence: float = CONFIDENCE) -
         std = low = high = float("nan")
     else:
         std = float(np.std(array, ddof=1))
-        half_width = student_t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
+        half_width = _student_t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
         low, high = mean - half_width, mean + half_width
     return Spread(mean, std, low, high, n, confidence, tuple(float(v) for v in array))
 
 
-def rank_data(values: Sequence[float]) -> np.ndarray:
+def _rank_data(values: Sequence[float]) -> np.ndarray:
     r"""Ranks ``1..n`` along the last axis, tied values sharing the mean of their ranks.
 
     .. math::
@@ -154,7 +149,7 @@ def rank_data(values: Sequence[float]) -> np.ndarray:
       ``[..., n]`` float64 ranks.
 
     Example:
-      >>> rank_data([0.5, 0.1, 0.5]).tolist()
+      >>> _rank_data([0.5, 0.1, 0.5]).tolist()
       [2.5, 1.0, 2.5]
     """
     values = np.asarray(values, np.float64)
@@ -169,8 +164,8 @@ def rank_data(values: Sequence[float]) -> np.ndarray:
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``[...]`` Spearman's rho of each row of ``x``, ``y`` ``[..., n]`` (NaN: a constant row)."""
-    rx = rank_data(x)
-    ry = rank_data(y)
+    rx = _rank_data(x)
+    ry = _rank_data(y)
     rx = rx - rx.mean(axis=-1, keepdims=True)
     ry = ry - ry.mean(axis=-1, keepdims=True)
     denominator = np.sqrt(np.sum(rx * rx, axis=-1) * np.sum(ry * ry, axis=-1))
@@ -199,7 +194,7 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
        \rho = \frac{\sum_i (r_i - \bar r)(s_i - \bar s)}
                    {\sqrt{\sum_i (r_i - \bar r)^2 \sum_i (s_i - \bar s)^2}}
 
-    with ``r``, ``s`` the ranks of ``x``, ``y`` (:func:`rank_data`).
+    with ``r``, ``s`` the ranks of ``x``, ``y`` (:func:`_rank_data`).
 
     Args:
       x, y: ``[n]`` finite paired values, ``n >= 2``.
@@ -298,79 +293,3 @@ def bootstrap_spearman(
         resamples=resamples,
         defined=int(defined.size),
     )
-
-
-def _number(value: float, digits: int) -> str:
-    return f"{value:.{digits}f}".replace("-", "−") if math.isfinite(value) else "nan"
-
-
-def format_spread(estimate: Spread | RankCorrelation, digits: int = 3) -> str:
-    """The reports' one text form of a :class:`Spread` or a :class:`RankCorrelation`.
-
-    ``0.815 ± 0.013 (95 % CI 0.794 to 0.836, n=4)`` for a spread over seeds,
-    ``0.815 (n=1, no spread)`` for a single seed, and ``−0.600 (95 % bootstrap CI
-    −0.886 to −0.143, 18 points)`` for a rank correlation.
-
-    Args:
-      estimate: the spread or the correlation.
-      digits: decimals of every number.
-    """
-    if digits < 0:
-        raise ValueError(f"digits must be non-negative, got {digits}.")
-    percent = f"{100 * estimate.confidence:g} %"
-    if isinstance(estimate, RankCorrelation):
-        interval = f"{_number(estimate.low, digits)} to {_number(estimate.high, digits)}"
-        return (
-            f"{_number(estimate.rho, digits)} ({percent} bootstrap CI {interval}, "
-            f"{estimate.n} points)"
-        )
-    if estimate.n == 1:
-        return f"{_number(estimate.mean, digits)} (n=1, no spread)"
-    interval = f"{_number(estimate.low, digits)} to {_number(estimate.high, digits)}"
-    return (
-        f"{_number(estimate.mean, digits)} ± {_number(estimate.std, digits)} "
-        f"({percent} CI {interval}, n={estimate.n})"
-    )
-
-
-def interval_side(
-    estimate: Spread | RankCorrelation, reference: float
-) -> Literal["above", "below", "across"]:
-    """Where the interval of ``estimate`` lies relative to ``reference``.
-
-    Returns:
-      ``"above"`` if the whole interval is above ``reference``, ``"below"`` if below,
-      ``"across"`` if it contains ``reference`` or is undefined (one seed, too few
-      defined resamples): the data cannot decide.
-    """
-    low, high = estimate.low, estimate.high
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "across"
-    if low > reference:
-        return "above"
-    if high < reference:
-        return "below"
-    return "across"
-
-
-def claim_verdict(
-    estimate: Spread | RankCorrelation,
-    reference: float,
-    *,
-    expected: Literal["above", "below"],
-) -> Literal["supports", "contradicts", "cannot decide"]:
-    """What the interval of ``estimate`` says of a claim "the value is ``expected`` ``reference``".
-
-    Example: the paper's claim that block-wise labels cost mIoU is "relative mIoU below
-    1": an interval wholly below 1 ``"supports"`` it, wholly above ``"contradicts"`` it,
-    one containing 1 (or undefined) ``"cannot decide"``.
-
-    Raises:
-      ValueError: for ``expected`` other than ``"above"`` or ``"below"``.
-    """
-    if expected not in ("above", "below"):
-        raise ValueError(f"expected must be 'above' or 'below', got {expected!r}.")
-    side = interval_side(estimate, reference)
-    if side == "across":
-        return "cannot decide"
-    return "supports" if side == expected else "contradicts"

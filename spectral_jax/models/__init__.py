@@ -22,16 +22,15 @@ from spectral_jax.models.anti_aliasing import (
 from spectral_jax.models.anti_aliasing import (
     insert_de_aliasing_filters as insert_de_aliasing_filters,
 )
+from spectral_jax.models.block_stacking import stack_blocks as stack_blocks
+from spectral_jax.models.block_stacking import unstack_blocks as unstack_blocks
 from spectral_jax.models.dan import DAN as DAN
 from spectral_jax.models.dan import AggregationDecoder as AggregationDecoder
 from spectral_jax.models.dct_deeplab import DCTDeepLabV3Plus as DCTDeepLabV3Plus
 from spectral_jax.models.dct_deeplab import DCTResNet as DCTResNet
-from spectral_jax.models.dct_deeplab import dct_stage_dilations as dct_stage_dilations
 from spectral_jax.models.dct_gate import FrequencyGate as FrequencyGate
 from spectral_jax.models.dct_gate import GateFrequency as GateFrequency
-from spectral_jax.models.dct_gate import binary_gates as binary_gates
 from spectral_jax.models.dct_gate import gate_regularizer as gate_regularizer
-from spectral_jax.models.dct_gate import gumbel_softmax as gumbel_softmax
 from spectral_jax.models.dct_gate import selection_heat_map as selection_heat_map
 from spectral_jax.models.deeplab import ASPP as ASPP
 from spectral_jax.models.deeplab import Decoder as Decoder
@@ -56,16 +55,13 @@ from spectral_jax.models.registry import MODELS as MODELS
 from spectral_jax.models.registry import create_model as create_model
 from spectral_jax.models.registry import input_kind as input_kind
 from spectral_jax.models.registry import input_shape as input_shape
-from spectral_jax.models.registry import is_dct_model as is_dct_model
 from spectral_jax.models.resnet import RESNET_CONFIGS as RESNET_CONFIGS
 from spectral_jax.models.resnet import Bottleneck as Bottleneck
 from spectral_jax.models.resnet import ResNet as ResNet
 from spectral_jax.models.resnet import ResNetConfig as ResNetConfig
 from spectral_jax.models.resnet import Widths as Widths
 from spectral_jax.models.resnet import create_resnet as create_resnet
-from spectral_jax.models.resnet import stack_blocks as stack_blocks
 from spectral_jax.models.resnet import stage_dilations as stage_dilations
-from spectral_jax.models.resnet import unstack_blocks as unstack_blocks
 from spectral_jax.models.segmentation_checkpoints import LAYOUTS as LAYOUTS
 from spectral_jax.models.segmentation_checkpoints import (
     flax_to_torch_state_dict as flax_to_torch_state_dict,
@@ -76,3 +72,52 @@ from spectral_jax.models.segmentation_checkpoints import (
 from spectral_jax.models.segmentation_checkpoints import (
     torch_to_flax_variables as torch_to_flax_variables,
 )
+
+__all__ = [
+    "ASPP",
+    "AggregationDecoder",
+    "Bottleneck",
+    "DAN",
+    "DCTDeepLabV3Plus",
+    "DCTResNet",
+    "DOWNSAMPLE_FILTERS",
+    "DeAliasingFilter",
+    "Decoder",
+    "DeepLabV3Plus",
+    "FreqMix",
+    "FrequencyGate",
+    "GateFrequency",
+    "INPUT_KINDS",
+    "LAYOUTS",
+    "MODELS",
+    "PruningPlan",
+    "PruningRates",
+    "RESNET_CONFIGS",
+    "ResNet",
+    "ResNetConfig",
+    "Widths",
+    "aspp_rates",
+    "create_model",
+    "create_resnet",
+    "downsampling_aliasing_scores",
+    "downsampling_inputs_interceptor",
+    "flax_to_torch_state_dict",
+    "freqmix_params_from_torch",
+    "gate_regularizer",
+    "hard_prune",
+    "hard_pruned_model",
+    "input_kind",
+    "input_shape",
+    "insert_de_aliasing_filters",
+    "load_pretrained_backbone",
+    "load_segmentation_checkpoint",
+    "load_torchvision_state_dict",
+    "pruning_plan",
+    "selection_heat_map",
+    "soft_prune",
+    "stack_blocks",
+    "stage_dilations",
+    "torch_to_flax_variables",
+    "torchvision_to_flax_resnet",
+    "unstack_blocks",
+]

@@ -49,13 +49,13 @@ single layers (paths such as ``"decoder/stage2_conv"``) for hard filter pruning
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from spectral_jax.models.deeplab import (
+    SegmentationModel,
     _conv_bn_relu,
     create_encoder_and_aspp,
     decoder_grid,
@@ -126,56 +126,36 @@ class AggregationDecoder(nn.Module):
         return decoder_input, logits
 
 
-class DAN(nn.Module):
+class DAN(SegmentationModel):
     """Deep Aggregation Net with a static decoder grid (feature truncation, paper Sec. 3.2).
 
+    The fields shared with DeepLab v3+ (classes, backbone, ASPP, decoder grid, dtype,
+    widths, downsampling filter, stacked blocks) are those of
+    :class:`spectral_jax.models.deeplab.SegmentationModel`; the decoder's ``widths``
+    paths are ``"decoder/stage1_conv"``, ``"decoder/fuse1_conv"``, ...
+
     Attributes:
-      num_classes: output classes ``C``.
-      backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
-      output_stride: 8, 16 or 32.
-      feature_size: decoder grid ``F``; ``None`` for the stride-4 grid (untruncated,
-        129 at 513 input); 65 and 33 are the paper's truncations.
-      resample: ``"bilinear"``, ``"area"`` or ``"spectral"``
-        (:func:`spectral_jax.truncation.resize_features`).
-      aspp_channels: ASPP channels (256).
       projection_channels: channels of each stage's projection (48).
       decoder_channels: channels of the two 3x3 fusing convolutions (64).
-      dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
-        needs ``rngs={"dropout": key}``.
-      dtype: computation dtype.
-      widths: output channels of single layers, ``((path, channels), ...)`` with paths
-        such as ``"encoder/layer1_block0/conv1"``, ``"aspp/project_conv"``,
-        ``"decoder/stage1_conv"`` (a filter-pruned model); ``None`` for the standard.
-      downsample_filter: module factory applied to the input of every strided
-        bottleneck of the backbone (see :class:`spectral_jax.models.DeepLabV3Plus`).
-      scan_blocks, remat_blocks: stacked blocks under ``nn.scan`` and their
-        recomputation in the backward pass (see :class:`spectral_jax.models.DeepLabV3Plus`).
 
     Example:
-      Shapes only: ``jax.eval_shape`` traces ``init`` and ``apply`` without running them
-      (compiling even the tiny model takes seconds on a CPU).
+      The three aggregated stages and the ``F x F`` decoder grid, traced by
+      ``jax.eval_shape`` (shapes only: compiling even the tiny model takes seconds on a
+      CPU).
 
       >>> model = DAN(num_classes=3, backbone="resnet_tiny", feature_size=5)
-      >>> x = jnp.zeros((2, 33, 33, 3))
-      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
-      >>> jax.eval_shape(model.apply, variables, x).shape  # [B, H, W, num_classes]
+      >>> images = jnp.zeros((2, 33, 33, 3))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), images)
+      >>> apply = lambda v, x: model.apply(v, x, method=DAN.intermediates)
+      >>> outputs = jax.eval_shape(apply, variables, images)
+      >>> len(outputs["low_level"]), outputs["decoder_logits"].shape  # [B, F, F, C]
+      (3, (2, 5, 5, 3))
+      >>> outputs["logits"].shape  # [B, H, W, C]
       (2, 33, 33, 3)
     """
 
-    num_classes: int = 21
-    backbone: str = "resnet101"
-    output_stride: int = 16
-    feature_size: int | None = None
-    resample: Resample = "bilinear"
-    aspp_channels: int = 256
     projection_channels: int = 48
     decoder_channels: int = 64
-    dropout_rate: float = 0.5
-    dtype: jnp.dtype = jnp.float32
-    widths: Widths | None = None
-    downsample_filter: Callable[..., nn.Module] | None = None
-    scan_blocks: bool = True
-    remat_blocks: bool = False
 
     def setup(self):
         self.encoder, self.aspp = create_encoder_and_aspp(self)
@@ -202,9 +182,7 @@ class DAN(nn.Module):
           the outputs of stages 1, 2, 3, ``[B, Hk, Wk, 4 * width * 2**k]`` (129, 65, 33
           and 256, 512, 1024 channels at 513 input, ResNet-101, output stride 16).
         """
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
-        stages = self.encoder.stages(x, train)
+        stages = self.backbone_stages(x, train)
         low_level = tuple(stages[k] for k in AGGREGATED_STAGES)
         return self.aspp(stages[-1], train), low_level
 

@@ -29,7 +29,7 @@ Changes to :class:`spectral_jax.models.DeepLabV3Plus`:
   1x1 convolution and projection shortcut.
 * **Strides**: the input is already at stride ``s``. Stage 1 runs at stride ``s``; the
   later stages follow the atrous rule "a stride that would exceed the output stride
-  becomes a dilation" (:func:`dct_stage_dilations`). At ``s = 4`` this is the RGB plan
+  becomes a dilation" (:func:`_dct_stage_dilations`). At ``s = 4`` this is the RGB plan
   (:func:`spectral_jax.models.resnet.stage_dilations`). At ``s = 8``, output stride 16
   (w.r.t. the image) gives (stride, dilation) ``(1, 1), (2, 1), (1, 2), (1, 4)`` and
   output stride 8 gives ``(1, 1), (1, 2), (1, 4), (1, 8)``. The ASPP grid and rates are
@@ -90,7 +90,7 @@ from spectral_jax.related.dct_input import (
 from spectral_jax.truncation import Resample
 
 
-def dct_stage_dilations(output_stride: int, *, input_stride: int) -> tuple[tuple[int, int], ...]:
+def _dct_stage_dilations(output_stride: int, *, input_stride: int) -> tuple[tuple[int, int], ...]:
     """(stride, dilation) of the four stages when the input is at stride ``input_stride``.
 
     Strides ``(1, 2, 2, 2)`` as in ResNet after its stem; once the running stride would
@@ -153,7 +153,7 @@ class DCTResNet(nn.Module):
             train,
             stage_sizes=self.stage_sizes,
             width=self.width,
-            plan=dct_stage_dilations(self.output_stride, input_stride=self.input_stride),
+            plan=_dct_stage_dilations(self.output_stride, input_stride=self.input_stride),
             dtype=self.dtype,
             scan_blocks=self.scan_blocks,
         )

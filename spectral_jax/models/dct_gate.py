@@ -10,7 +10,7 @@ switches each frequency channel on or off per image:
    off, ``k = 1`` on (a per-channel, grouped second layer);
 4. a hard Gumbel-softmax sample over the two logits, straight-through: the forward
    value is exactly 0 or 1, the backward pass uses the gradient of the soft sample
-   ``softmax((logits + g) / tau)`` (:func:`gumbel_softmax`);
+   ``softmax((logits + g) / tau)`` (:func:`_gumbel_softmax`);
 5. ``x * gate`` per channel (Tensor 5).
 
 With ``deterministic=True`` (inference) the gate is ``argmax`` of the logits, without
@@ -61,7 +61,7 @@ def _straight_through(soft: jax.Array) -> jax.Array:
     return hard + (soft - jax.lax.stop_gradient(soft))
 
 
-def gumbel_softmax(
+def _gumbel_softmax(
     key: jax.Array | None,
     logits: chex.Array,
     *,
@@ -94,7 +94,7 @@ def gumbel_softmax(
     return _straight_through(soft) if hard else soft
 
 
-def binary_gates(
+def _binary_gates(
     key: jax.Array | None, logits: chex.Array, *, temperature: float | jax.Array = 1.0
 ) -> jax.Array:
     """Hard straight-through gates ``[...]`` in {0, 1} from ``logits [..., 2]`` (off, on).
@@ -106,7 +106,7 @@ def binary_gates(
     """
     if jnp.shape(logits)[-1] != 2:
         raise ValueError(f"logits must have shape [..., 2], got {jnp.shape(logits)}.")
-    return gumbel_softmax(key, logits, temperature=temperature, hard=True)[..., 1]
+    return _gumbel_softmax(key, logits, temperature=temperature, hard=True)[..., 1]
 
 
 def gate_regularizer(gates: chex.Array) -> jax.Array:
@@ -176,7 +176,7 @@ class FrequencyGate(nn.Module):
         bias = self.param("logit_bias", nn.initializers.zeros, (channels, 2))
         logits = hidden[..., None] * scale + bias  # [B, C, 2]
         key = None if deterministic else self.make_rng(GUMBEL_RNG)
-        gates = binary_gates(key, logits, temperature=self.temperature)
+        gates = _binary_gates(key, logits, temperature=self.temperature)
         return {
             "gated": x * gates[:, None, None, :].astype(x.dtype),
             "gates": gates,

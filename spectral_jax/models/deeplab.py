@@ -423,11 +423,10 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
     ``self.aspp``, which names them (``"encoder"``, ``"aspp"``) in the parameter tree.
 
     Args:
-      model: a module with the fields of :class:`DeepLabV3Plus` that configure the
-        encoder (``backbone``, ``output_stride``, ``feature_size``, ``resample``,
-        ``aspp_channels``, ``dropout_rate``, ``dtype``, ``widths``,
-        ``downsample_filter``, ``scan_blocks``, ``remat_blocks``): :class:`DeepLabV3Plus`
-        or DAN.
+      model: a :class:`SegmentationModel` (:class:`DeepLabV3Plus` or DAN), or a module
+        with its fields that configure the encoder (``backbone``, ``output_stride``,
+        ``feature_size``, ``resample``, ``aspp_channels``, ``dropout_rate``, ``dtype``,
+        ``widths``, ``downsample_filter``, ``scan_blocks``, ``remat_blocks``).
 
     Returns:
       ``(encoder, aspp)``: the dilated ResNet (:func:`create_resnet`) and the
@@ -495,21 +494,23 @@ def decoder_outputs(
     }
 
 
-class DeepLabV3Plus(nn.Module):
-    """DeepLab v3+ with a static decoder grid (feature truncation, paper Sec. 3.2).
+class SegmentationModel(nn.Module):
+    """The settings that DeepLab v3+ and DAN share: classes, backbone, ASPP, decoder grid.
+
+    The base of :class:`DeepLabV3Plus` and :class:`spectral_jax.models.DAN`, which add
+    their decoders' settings; :func:`create_encoder_and_aspp` builds the backbone and
+    the ASPP from these fields.
 
     Attributes:
-      num_classes: output classes ``C`` (21 for PASCAL VOC).
+      num_classes: output classes ``C``.
       backbone: ``"resnet101"``, ``"resnet50"`` or ``"resnet_tiny"``.
       output_stride: 8, 16 or 32.
-      feature_size: decoder grid ``F``; ``None`` for the low-level grid (untruncated,
+      feature_size: decoder grid ``F``; ``None`` for the stride-4 grid (untruncated,
         129 at 513 input); 65 and 33 are the paper's truncations (``nu_max`` = 32, 16,
         ``F = 2 nu_max + 1``).
       resample: ``"bilinear"``, ``"area"`` or ``"spectral"``
         (:func:`spectral_jax.truncation.resize_features`).
       aspp_channels: ASPP channels (256).
-      low_level_channels: low-level projection channels (48).
-      decoder_channels: channels of the decoder's 3x3 convolutions (256).
       dropout_rate: ASPP dropout in training; with a positive rate, ``train=True``
         needs ``rngs={"dropout": key}``.
       dtype: computation dtype of the convolutions and BatchNorm outputs (``float32``,
@@ -528,6 +529,42 @@ class DeepLabV3Plus(nn.Module):
       remat_blocks: recompute the scanned blocks in the backward pass
         (``jax.checkpoint``) instead of storing their activations: less memory, more
         compute.
+    """
+
+    num_classes: int = 21
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    feature_size: int | None = None
+    resample: Resample = "bilinear"
+    aspp_channels: int = 256
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+    widths: Widths | None = None
+    downsample_filter: Callable[..., nn.Module] | None = None
+    scan_blocks: bool = True
+    remat_blocks: bool = False
+
+    def backbone_stages(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+        """The four stage outputs of ``self.encoder`` for images ``x [B, H, W, 3]``.
+
+        Raises:
+          ValueError: for ``x`` of another rank.
+        """
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
+        return self.encoder.stages(x, train)
+
+
+class DeepLabV3Plus(SegmentationModel):
+    """DeepLab v3+ with a static decoder grid (feature truncation, paper Sec. 3.2).
+
+    The fields shared with DAN (classes, backbone, ASPP, decoder grid, dtype, widths,
+    downsampling filter, stacked blocks) are those of :class:`SegmentationModel`
+    (``num_classes=21`` for PASCAL VOC; ``feature_size=None``: the low-level grid).
+
+    Attributes:
+      low_level_channels: low-level projection channels (48).
+      decoder_channels: channels of the decoder's 3x3 convolutions (256).
       head: what follows the backbone. ``"deeplabv3plus"``: ASPP and the decoder above.
         ``"deeplabv3"``: DeepLab v3 ("Rethinking Atrous Convolution for Semantic Image
         Segmentation", arXiv:1706.05587), the ASPP and a :class:`ConvHead` with
@@ -568,20 +605,8 @@ class DeepLabV3Plus(nn.Module):
       (2, 33, 33, 3)
     """
 
-    num_classes: int = 21
-    backbone: str = "resnet101"
-    output_stride: int = 16
-    feature_size: int | None = None
-    resample: Resample = "bilinear"
-    aspp_channels: int = 256
     low_level_channels: int = 48
     decoder_channels: int = 256
-    dropout_rate: float = 0.5
-    dtype: jnp.dtype = jnp.float32
-    widths: Widths | None = None
-    downsample_filter: Callable[..., nn.Module] | None = None
-    scan_blocks: bool = True
-    remat_blocks: bool = False
     head: str = "deeplabv3plus"
     atrous_rates: tuple[int, int, int] | None = None
     separable_aspp: bool = False
@@ -654,9 +679,7 @@ class DeepLabV3Plus(nn.Module):
         return aspp, low_level
 
     def _encode_stages(self, x, train):
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"x must have shape [B, H, W, 3], got {jnp.shape(x)}.")
-        low_level, _, third, high_level = self.encoder.stages(x, train)
+        low_level, _, third, high_level = self.backbone_stages(x, train)
         if self.head != "fcn":
             high_level = self.aspp(high_level, train)
         return high_level, low_level, third

@@ -18,7 +18,7 @@ torchvision ``state_dict`` key          Flax variable
 Dilation does not change any shape, so one checkpoint serves every output stride. A
 backbone with stacked blocks (``scan_blocks=True``, the default) gets block ``b >= 1`` of
 stage ``s`` as slice ``b - 1`` of ``layer{s}_blocks``
-(:func:`spectral_jax.models.resnet.stack_blocks`): the conversion works on the per-block
+(:func:`spectral_jax.models.block_stacking.stack_blocks`): the conversion works on the per-block
 paths of the table and returns the target's layout.
 
 Reading a checkpoint does not need PyTorch. With torch installed,
@@ -56,7 +56,8 @@ import ml_dtypes  # comes with jax: bfloat16 as a NumPy dtype
 import numpy as np
 from flax import traverse_util
 
-from spectral_jax.models.resnet import ResNet, stack_blocks, unstack_blocks
+from spectral_jax.models.block_stacking import stack_blocks, unstack_blocks
+from spectral_jax.models.resnet import ResNet
 
 StateDict = dict[str, np.ndarray]
 Backend = Literal["auto", "torch", "numpy"]

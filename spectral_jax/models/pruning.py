@@ -48,8 +48,8 @@ All paths are the ``"/"``-joined keys of the per-block parameter tree, e.g.
 ``"encoder/layer1_block0/conv1"``; BatchNorm statistics live at the same paths under
 ``"batch_stats"``. A model with stacked blocks (``scan_blocks=True``, the default) keeps
 ``encoder/layer3_block5`` as slice 4 of ``encoder/layer3_blocks``: the functions here
-read and write its variables through :func:`spectral_jax.models.resnet.unstack_blocks`
-and :func:`~spectral_jax.models.resnet.stack_blocks`, so plans, masks and ``widths``
+read and write its variables through :func:`spectral_jax.models.block_stacking.unstack_blocks`
+and :func:`~spectral_jax.models.block_stacking.stack_blocks`, so plans, masks and ``widths``
 use the per-block paths whichever the layout, and variables come back in the layout
 they came in (or, from :func:`hard_prune`, in that of the pruned model).
 """
@@ -66,9 +66,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_jax.models.block_stacking import stack_blocks, unstack_blocks
 from spectral_jax.models.dan import DAN, AggregationDecoder
 from spectral_jax.models.deeplab import ASPP, Decoder, DeepLabV3Plus
-from spectral_jax.models.resnet import RESNET_CONFIGS, stack_blocks, unstack_blocks
+from spectral_jax.models.resnet import RESNET_CONFIGS
 
 GROUPS: tuple[str, ...] = ("encoder", "decoder")
 

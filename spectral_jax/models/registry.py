@@ -100,7 +100,7 @@ def input_kind(model_config: ml_collections.ConfigDict) -> str:
     return INPUT_KINDS[_check_name(model_config)]
 
 
-def is_dct_model(model_config: ml_collections.ConfigDict) -> bool:
+def _is_dct_model(model_config: ml_collections.ConfigDict) -> bool:
     """Whether the model takes DCT coefficients (``name == "dct_deeplabv3plus"``)."""
     return input_kind(model_config) == "dct"
 
@@ -115,7 +115,7 @@ def input_shape(model_config: ml_collections.ConfigDict, *, image_size: int) -> 
     Raises:
       ValueError: for an unknown model name or DCT layout.
     """
-    if is_dct_model(model_config):
+    if _is_dct_model(model_config):
         layout = dct_input.check_layout(model_config.get("layout", dct_input.DEFAULT_LAYOUT))
         size = image_size // dct_input.LAYOUT_STRIDES[layout]
         return (size, size, dct_input.NUM_DCT_CHANNELS)

@@ -27,12 +27,14 @@ XLA then compiles one block per stage instead of ``L``, so compiling ResNet-101 
 little more than ResNet-50. The first block of a stage (stride, dilation change,
 projection shortcut) stays a module of its own, ``layer{s}_block0``. A model with
 ``widths`` (a hard-pruned one, whose blocks differ in width) always runs unrolled, with
-one module ``layer{s}_block{b}`` per block. :func:`unstack_blocks` and
-:func:`stack_blocks` convert variables between the two forms; the per-block paths are
+one module ``layer{s}_block{b}`` per block.
+:func:`~spectral_jax.models.block_stacking.unstack_blocks` and
+:func:`~spectral_jax.models.block_stacking.stack_blocks` convert variables between the
+two forms; the per-block paths are
 the ones that pruning plans, ``widths`` and torchvision checkpoints use. A method
 interceptor sees the stacked blocks as one module traced once inside the scan (values
 it captures there are the loop body's tracers); to probe every block, use
-``scan_blocks=False`` with :func:`unstack_blocks` of the variables. The strided blocks
+``scan_blocks=False`` with ``unstack_blocks`` of the variables. The strided blocks
 are always the first of their stages, so the de-aliasing filters and downsampling
 probes of :mod:`spectral_jax.models.anti_aliasing` see the same modules in both forms.
 """
@@ -40,17 +42,14 @@ probes of :mod:`spectral_jax.models.anti_aliasing` see the same modules in both 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import chex
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from spectral_jax.models.loop_friendly_conv import loop_friendly_conv_general_dilated
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
@@ -141,165 +140,6 @@ def _batch_norm(
     )
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _stride_one_conv(x, kernel, padding, dilation, precision):
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        (1, 1),
-        padding,
-        rhs_dilation=dilation,
-        dimension_numbers=_NHWC,
-        precision=precision,
-    )
-
-
-def _forward_style_gradients(x, kernel, dy, padding, dilation, precision):
-    r"""Gradients of a stride-1 NHWC convolution, written as a forward convolution and a
-    matrix product.
-
-    .. math::
-
-       \partial x = \partial y \star \operatorname{flip}(W)^{\top}, \qquad
-       \partial W[a, b, i, o] = \sum_{n, h, w} \bar x[n, h + d a, w + d b, i]\,
-       \partial y[n, h, w, o]
-
-    with the transposed convolution's padding ``d (K - 1) - p`` and ``\bar x`` the input
-    padded by ``p``.
-    """
-    kh, kw, cin, cout = kernel.shape
-    transposed_padding = tuple(
-        (d * (k - 1) - low, d * (k - 1) - high)
-        for k, d, (low, high) in zip((kh, kw), dilation, padding, strict=True)
-    )
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [Kh, Kw, Cout, Cin]
-    dx = _stride_one_conv(dy, flipped, transposed_padding, dilation, precision)
-    # The kernel gradient tap by tap: the padded input shifted by the tap, against dy.
-    # (lax.conv_general_dilated_patches would be a convolution with an identity kernel,
-    # Kh Kw Cin times the work of the layer.)
-    _, height, width, _ = dy.shape
-    padded = jax.lax.pad(
-        x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
-    )
-    taps = [
-        [
-            jnp.einsum(
-                "nhwi,nhwo->io",
-                padded[
-                    :,
-                    a * dilation[0] : a * dilation[0] + height,
-                    b * dilation[1] : b * dilation[1] + width,
-                ],
-                dy,
-                precision=precision,
-            )
-            for b in range(kw)
-        ]
-        for a in range(kh)
-    ]
-    dkernel = jnp.stack([jnp.stack(row) for row in taps])  # [Kh, Kw, Cin, Cout]
-    return dx, dkernel.astype(kernel.dtype)
-
-
-#: Which gradient :func:`_loop_friendly_conv`'s VJP takes: None chooses by platform
-#: (the forward-style gradient on the CPU, the native one elsewhere); ``"native"`` or
-#: ``"forward_style"`` forces one on every platform. For tests only: the native branch
-#: is what every GPU and TPU user trains with, and it never runs on a CPU otherwise.
-#: Read when a function is traced (a jitted function keeps the branch it was traced with).
-_FORCED_GRADIENT: str | None = None
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _loop_friendly_conv(x, kernel, padding, dilation, precision):
-    return _stride_one_conv(x, kernel, padding, dilation, precision)
-
-
-def _loop_friendly_conv_forward(x, kernel, padding, dilation, precision):
-    return _stride_one_conv(x, kernel, padding, dilation, precision), (x, kernel)
-
-
-def _loop_friendly_conv_backward(padding, dilation, precision, residuals, dy):
-    x, kernel = residuals
-
-    def native(x, kernel, dy):
-        _, vjp = jax.vjp(
-            lambda x, kernel: _stride_one_conv(x, kernel, padding, dilation, precision), x, kernel
-        )
-        return vjp(dy)
-
-    def forward_style(x, kernel, dy):
-        return _forward_style_gradients(x, kernel, dy, padding, dilation, precision)
-
-    # XLA:CPU runs the native gradient convolutions many times slower inside a while
-    # loop (an `nn.scan` body) than outside it, the kernel gradient most (measured 22x
-    # for 22 stacked 3x3 convolutions; benchmarks/README.md); as a forward convolution
-    # and a matrix product they run at full speed there. Other platforms keep theirs.
-    if _FORCED_GRADIENT is not None:
-        return {"native": native, "forward_style": forward_style}[_FORCED_GRADIENT](x, kernel, dy)
-    return jax.lax.platform_dependent(x, kernel, dy, cpu=forward_style, default=native)
-
-
-_loop_friendly_conv.defvjp(_loop_friendly_conv_forward, _loop_friendly_conv_backward)
-
-
-def loop_friendly_conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    batch_group_count=1,
-    precision=None,
-    preferred_element_type=None,
-):
-    """``lax.conv_general_dilated`` whose gradient runs fast inside loops on the CPU.
-
-    Stride-1, undilated-input, ungrouped NHWC/HWIO convolutions (every convolution of
-    the stacked bottlenecks) get a custom VJP that, on the CPU,
-    computes the input gradient as a forward convolution with the flipped kernel and
-    the kernel gradient as a product of the input's patches with the output gradient
-    (:func:`_forward_style_gradients`); on other platforms the native gradient. The
-    values are those of ``lax.conv_general_dilated`` (float32 rounding aside); anything
-    else is passed to it unchanged. For ``nn.Conv(conv_general_dilated=...)``.
-    """
-    nhwc = jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _NHWC)
-    simple = (
-        jnp.ndim(lhs) == 4
-        and tuple(window_strides) == (1, 1)
-        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
-        == nhwc
-    )
-    if not simple:
-        return jax.lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
-    if isinstance(padding, str):  # "SAME" or "VALID" (nn.Conv's default is "SAME")
-        window = [d * (k - 1) + 1 for d, k in zip(dilation, jnp.shape(rhs)[:2], strict=True)]
-        padding = jax.lax.padtype_to_pads(jnp.shape(lhs)[1:3], window, (1, 1), padding)
-    padding = tuple((int(low), int(high)) for low, high in padding)
-    return _loop_friendly_conv(lhs, rhs, padding, dilation, precision)
-
-
 class Bottleneck(nn.Module):
     """Bottleneck block: 1x1, 3x3 (strided, dilated), 1x1 with ``4 * features`` outputs.
 
@@ -311,7 +151,8 @@ class Bottleneck(nn.Module):
         (parameters and BatchNorm statistics stay float32).
       conv1_features: outputs of ``conv1`` if not ``features`` (a pruned block).
       conv2_features: outputs of ``conv2`` if not ``features`` (a pruned block).
-      loop_friendly_convs: convolutions with :func:`loop_friendly_conv_general_dilated`
+      loop_friendly_convs: convolutions with
+        :func:`~spectral_jax.models.loop_friendly_conv.loop_friendly_conv_general_dilated`
         (set for the stacked blocks, which run inside a loop).
       downsample_filter: optional factory of a module ``[B, H, W, C] -> [B, H, W, C]``
         applied to the input of a strided block (feeding both its strided 3x3
@@ -761,182 +602,3 @@ def create_resnet(
         first_block_dilation=first_block_dilation,
         multi_grid=multi_grid,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Variables of the stacked and the unrolled form.
-
-_STACKED_NAME = re.compile(r"layer(\d+)_blocks")
-_BLOCK_NAME = re.compile(r"layer(\d+)_block(\d+)")
-
-
-def _slice_leaf(leaf: Any, index: int) -> Any:
-    if isinstance(leaf, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
-    return leaf[index]
-
-
-def _stack_leaves(*leaves: Any) -> Any:
-    first = leaves[0]
-    if isinstance(first, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct((len(leaves), *first.shape), first.dtype)
-    if all(isinstance(leaf, np.ndarray) for leaf in leaves):
-        return np.stack(leaves)
-    return jnp.stack(leaves)
-
-
-def _leading_size(tree: Any, path: str) -> int:
-    sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(tree)}
-    if len(sizes) != 1:
-        raise ValueError(f"variables: the stacked blocks at {path!r} have leading sizes {sizes}.")
-    return sizes.pop()
-
-
-def _unstack_node(node: Any, path: str) -> Any:
-    if not isinstance(node, Mapping):
-        return node
-    result = {}
-    for key, value in node.items():
-        match = _STACKED_NAME.fullmatch(key) if isinstance(key, str) else None
-        if match is None:
-            result[key] = _unstack_node(value, f"{path}/{key}" if path else key)
-            continue
-        stage = match.group(1)
-        for index in range(_leading_size(value, f"{path}/{key}")):
-            name = f"layer{stage}_block{index + 1}"
-            if name in node:
-                raise ValueError(f"variables hold both {key!r} and {name!r} under {path!r}.")
-            result[name] = jax.tree.map(lambda leaf, i=index: _slice_leaf(leaf, i), value)
-    return result
-
-
-def unstack_blocks(variables: Any) -> Any:
-    """The per-block form of variables: every ``layer{s}_blocks`` split into its blocks.
-
-    Slice ``i`` of the stacked module (leading axis) becomes ``layer{s}_block{i + 1}``,
-    wherever the stacked module sits in the tree (``params/encoder/layer3_blocks``, or
-    ``params/layer3_blocks`` for a bare :class:`ResNet`), in every collection. Variables
-    without stacked blocks come back unchanged (as plain dicts), so the function is
-    idempotent. Pure and jittable; leaves may be arrays or ``jax.ShapeDtypeStruct``.
-
-    Args:
-      variables: a tree of mappings, e.g. ``{"params": ..., "batch_stats": ...}`` of a
-        model with ``scan_blocks=True``.
-
-    Returns:
-      The same tree with per-block paths (``layer3_block5/conv1/kernel``); a
-      ``FrozenDict`` input gives a ``FrozenDict``.
-
-    Raises:
-      ValueError: if a stacked module's leaves disagree in their leading size, or a
-        block is present both stacked and unrolled.
-
-    Example:
-      >>> model = create_resnet("resnet50")
-      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
-      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
-      >>> variables["params"]["layer3_blocks"]["conv1"]["kernel"].shape  # [L - 1, ...]
-      (5, 1, 1, 1024, 256)
-      >>> unstack_blocks(variables)["params"]["layer3_block5"]["conv1"]["kernel"].shape
-      (1, 1, 1024, 256)
-    """
-    frozen = isinstance(variables, flax.core.FrozenDict)
-    result = _unstack_node(flax.core.unfreeze(variables) if frozen else variables, "")
-    return flax.core.freeze(result) if frozen else result
-
-
-def _stacked_paths(like: Any) -> set[tuple[str, ...]]:
-    """Paths (parent keys and ``layer{s}_blocks``) of the stacked modules in ``like``."""
-    found = set()
-
-    def visit(node: Any, path: tuple[str, ...]) -> None:
-        if not isinstance(node, Mapping):
-            return
-        for key, value in node.items():
-            if isinstance(key, str) and _STACKED_NAME.fullmatch(key):
-                found.add((*path, key))
-            else:
-                visit(value, (*path, key))
-
-    visit(like, ())
-    return found
-
-
-def _stack_node(node: Any, path: tuple[str, ...], wanted: set[tuple[str, ...]] | None) -> Any:
-    if not isinstance(node, Mapping):
-        return node
-    stages: dict[str, list[int]] = {}
-    for key in node:
-        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
-        if match is not None and int(match.group(2)) > 0:
-            stages.setdefault(match.group(1), []).append(int(match.group(2)))
-    stacked = {}
-    for stage, blocks in stages.items():
-        name = f"layer{stage}_blocks"
-        if wanted is not None and (*path, name) not in wanted:
-            continue
-        where = "/".join((*path, name))
-        if sorted(blocks) != list(range(1, len(blocks) + 1)):
-            raise ValueError(
-                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} are "
-                f"{sorted(blocks)}, not 1, 2, ...: they cannot be stacked as {where!r}."
-            )
-        if name in node:
-            raise ValueError(f"variables hold both {name!r} and unrolled blocks at {where!r}.")
-        trees = [node[f"layer{stage}_block{b}"] for b in range(1, len(blocks) + 1)]
-        layouts = {
-            (jax.tree.structure(tree), tuple(np.shape(leaf) for leaf in jax.tree.leaves(tree)))
-            for tree in trees
-        }
-        if len(layouts) != 1:
-            raise ValueError(
-                f"variables: the blocks of layer{stage} under {'/'.join(path)!r} differ in "
-                "structure or shape (a pruned model?) and cannot be stacked."
-            )
-        stacked[stage] = jax.tree.map(_stack_leaves, *trees)
-    result = {}
-    for key, value in node.items():
-        match = _BLOCK_NAME.fullmatch(key) if isinstance(key, str) else None
-        if match is not None and match.group(1) in stacked and int(match.group(2)) > 0:
-            continue
-        result[key] = _stack_node(value, (*path, key), wanted)
-    for stage, tree in stacked.items():
-        result[f"layer{stage}_blocks"] = tree
-    return result
-
-
-def stack_blocks(variables: Any, *, like: Any = None) -> Any:
-    """The stacked form of per-block variables, the inverse of :func:`unstack_blocks`.
-
-    Blocks ``layer{s}_block1``, ``layer{s}_block2``, ... of a stage become one
-    ``layer{s}_blocks`` whose leaves are the blocks' leaves stacked on a new leading
-    axis; ``layer{s}_block0`` stays as it is. Pure and jittable; leaves may be arrays
-    or ``jax.ShapeDtypeStruct``.
-
-    Args:
-      variables: a tree of mappings with per-block paths, e.g. from
-        :func:`unstack_blocks` or a torchvision conversion.
-      like: a variables tree of the target model (arrays or shapes): only the stages
-        that are stacked in ``like`` (same parent path, ``layer{s}_blocks``) are
-        stacked, so that the result has its layout; ``None`` stacks every stage with
-        more than one block.
-
-    Returns:
-      The stacked tree; a ``FrozenDict`` input gives a ``FrozenDict``.
-
-    Raises:
-      ValueError: if a stage to stack has missing blocks, or blocks that differ in
-        structure or shape (a hard-pruned model's), or already a stacked module.
-
-    Example:
-      >>> model = create_resnet("resnet50")
-      >>> x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
-      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
-      >>> per_block = unstack_blocks(variables)
-      >>> jax.tree.structure(stack_blocks(per_block)) == jax.tree.structure(variables)
-      True
-    """
-    wanted = None if like is None else _stacked_paths(like)
-    frozen = isinstance(variables, flax.core.FrozenDict)
-    result = _stack_node(flax.core.unfreeze(variables) if frozen else variables, (), wanted)
-    return flax.core.freeze(result) if frozen else result

@@ -53,6 +53,7 @@ import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 
+from spectral_jax.models.block_stacking import stack_blocks, unstack_blocks
 from spectral_jax.models.deeplab import DeepLabV3Plus
 from spectral_jax.models.pretrained import (
     _LEAF_NAMES,
@@ -63,7 +64,7 @@ from spectral_jax.models.pretrained import (
     _variable_shapes,
     load_checkpoint,
 )
-from spectral_jax.models.resnet import RESNET_CONFIGS, stack_blocks, unstack_blocks
+from spectral_jax.models.resnet import RESNET_CONFIGS
 
 StateDict = dict[str, np.ndarray]
 

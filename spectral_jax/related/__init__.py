@@ -26,7 +26,6 @@ from spectral_jax.related.boundary_metrics import BoundaryStatistics as Boundary
 from spectral_jax.related.boundary_metrics import boundary_regions as boundary_regions
 from spectral_jax.related.boundary_metrics import boundary_scores as boundary_scores
 from spectral_jax.related.boundary_metrics import boundary_statistics as boundary_statistics
-from spectral_jax.related.boundary_metrics import dilate_square as dilate_square
 from spectral_jax.related.boundary_metrics import label_edges as label_edges
 from spectral_jax.related.dct_input import ChannelStatistics as ChannelStatistics
 from spectral_jax.related.dct_input import block_dct as block_dct
@@ -55,3 +54,36 @@ from spectral_jax.related.frequency_masking import (
 from spectral_jax.related.frequency_masking import low_frequency_mask as low_frequency_mask
 from spectral_jax.related.frequency_masking import split_by_masking_ratio as split_by_masking_ratio
 from spectral_jax.related.frequency_masking import split_frequencies as split_frequencies
+
+__all__ = [
+    "BoundaryStatistics",
+    "ChannelStatistics",
+    "EQUIVALENT_SAMPLING_FACTOR",
+    "aliasing_score",
+    "band_energies",
+    "block_dct",
+    "block_idct",
+    "boundary_regions",
+    "boundary_scores",
+    "boundary_statistics",
+    "class_activation_maps",
+    "classifier_frequency_cams",
+    "cutoff_of_masking_ratio",
+    "dct_to_ycbcr",
+    "de_alias",
+    "frequency_class_activation_maps",
+    "images_to_dct",
+    "images_to_dct_420",
+    "label_edges",
+    "low_frequency_mask",
+    "normalize_channels",
+    "nyquist_cutoff",
+    "rgb_to_ycbcr",
+    "select_channels",
+    "selection_mask",
+    "selection_pattern",
+    "split_by_masking_ratio",
+    "split_frequencies",
+    "ycbcr_to_rgb",
+    "zigzag_order",
+]

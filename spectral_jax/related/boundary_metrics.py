@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import _checks
+from spectral_jax._checks import IGNORE_INDEX
 
 REGIONS: tuple[str, ...] = ("boundary", "false_response", "merging", "displacement")
 
@@ -117,7 +118,7 @@ def label_edges(labels: chex.Array) -> jax.Array:
     return laplacian != 0
 
 
-def dilate_square(mask: chex.Array, *, size: int = 15) -> jax.Array:
+def _dilate_square(mask: chex.Array, *, size: int = 15) -> jax.Array:
     """Binary dilation by a ``size x size`` square, centred; outside pixels add nothing.
 
     The square is separable, so this is a running maximum over ``size`` rows and then
@@ -161,8 +162,8 @@ def boundary_regions(
     Returns:
       Boolean ``[4, B, H, W]``: ``P | G``, ``P``, ``G``, ``P & G``.
     """
-    predicted = dilate_square(label_edges(predictions), size=dilation)
-    truth = dilate_square(label_edges(labels), size=dilation)
+    predicted = _dilate_square(label_edges(predictions), size=dilation)
+    truth = _dilate_square(label_edges(labels), size=dilation)
     return jnp.stack([predicted | truth, predicted, truth, predicted & truth])
 
 
@@ -200,7 +201,7 @@ def boundary_statistics(
     labels: chex.Array,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     dilation: int = 15,
 ) -> BoundaryStatistics:
     """Per-class counts of the boundary metrics for a batch (module docstring).

@@ -3,7 +3,7 @@
 The model comes from :func:`spectral_jax.models.create_model`, the data from
 :func:`spectral_jax.data.create_input_pipeline`, the evaluation from
 :class:`spectral_jax.evaluation.Evaluator`; the data mesh is
-:mod:`spectral_jax.data.sharding`. The fields of a run's configuration, with their
+:mod:`spectral_jax.parallel`. The fields of a run's configuration, with their
 defaults and the paper's values: :mod:`spectral_jax.training.config`.
 """
 
@@ -25,3 +25,22 @@ from spectral_jax.training.train_state import create_train_state as create_train
 from spectral_jax.training.train_state import init_variables as init_variables
 from spectral_jax.training.train_state import poly_schedule as poly_schedule
 from spectral_jax.training.train_state import run_keys as run_keys
+
+__all__ = [
+    "CheckpointError",
+    "InvalidLabelsError",
+    "TrainState",
+    "create_checkpoint_manager",
+    "create_optimizer",
+    "create_soft_prune_fn",
+    "create_train_state",
+    "init_variables",
+    "load_checkpoint",
+    "load_variables",
+    "poly_schedule",
+    "restore_latest",
+    "run_keys",
+    "save_checkpoint",
+    "train_and_evaluate",
+    "train_step",
+]

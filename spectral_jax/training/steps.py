@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.evaluation.metrics import cross_entropy_loss
 from spectral_jax.models import pruning as pruning_lib
 from spectral_jax.training import train_state as state_lib
@@ -42,7 +43,7 @@ def train_step(
     *,
     learning_rate_fn: optax.Schedule,
     dropout_key: jax.Array,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     r"""One SGD step: loss, gradient, optimizer update and metrics.
 

@@ -3,12 +3,12 @@
 :func:`train_and_evaluate` builds the run from its config (the model from
 :func:`spectral_jax.models.create_model`, the data from
 :func:`spectral_jax.data.create_input_pipeline`), compiles :func:`spectral_jax.training.
-steps.train_step` over the data mesh (:mod:`spectral_jax.data.sharding`), donating the
+steps.train_step` over the data mesh (:mod:`spectral_jax.parallel`), donating the
 train state, and evaluates with the library's one evaluation loop
 (:class:`spectral_jax.evaluation.Evaluator`).
 
 The loop keeps the devices busy: the next batches are placed on the mesh ahead of the
-step (:func:`spectral_jax.data.sharding.prefetch_to_device`, ``config.prefetch_batches``),
+step (:func:`spectral_jax.parallel.prefetch_to_device`, ``config.prefetch_batches``),
 the host reads device values only at log, evaluation and checkpoint steps (the metrics
 of the steps in between are fetched together), and orbax writes checkpoints in the
 background.
@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from spectral_jax.data import dct_pipeline, sharding
+from spectral_jax import parallel
+from spectral_jax.data import dct_pipeline
 from spectral_jax.data.inputs import InputPipeline, create_input_pipeline
 from spectral_jax.evaluation import (
     EvaluationResult,
@@ -144,8 +145,8 @@ def _training_program(
     ignore_index: int,
     devices: tuple[jax.Device, ...],
 ) -> _TrainingProgram:
-    mesh = sharding.create_mesh(list(devices))
-    replicated = sharding.replicated_sharding(mesh)
+    mesh = parallel.create_mesh(list(devices))
+    replicated = parallel.replicated_sharding(mesh)
     schedule = state_lib.poly_schedule(
         optimizer_settings.learning_rate,
         total_steps=optimizer_settings.total_steps,
@@ -191,7 +192,7 @@ def _training_program(
         ),
         jax.eval_shape(init_replica, jax.random.key(0)),
     )
-    batch_sharding = sharding.batch_sharding(mesh, batch_axis=int(num_replicas > 1))
+    batch_sharding = parallel.batch_sharding(mesh, batch_axis=int(num_replicas > 1))
     train_fn = jax.jit(
         train_state,
         in_shardings=(replicated, {"image": batch_sharding, "label": batch_sharding}, replicated),
@@ -288,7 +289,7 @@ def _with_variables(state, loaded: list[dict[str, Any]], program: _TrainingProgr
         jax.tree.map(lambda *leaves: np.stack(leaves), *loaded) if program.stacked else loaded[0]
     )
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-    return sharding.replicate(state, program.mesh)
+    return parallel.replicate(state, program.mesh)
 
 
 def _checkpoint_metadata(
@@ -383,7 +384,7 @@ def _result_summary(result: EvaluationResult, class_names: tuple[str, ...]) -> d
         "iou": dict(zip(class_names, result.iou.tolist(), strict=True)),
         "mean_ce": result.mean_ce,
         "parseval_error": result.parseval_error,
-        "relative_discrepancy": result.relative_discrepancy,
+        "relative_discrepancy": result.relative_discrepancy_at,
         "band_profile": result.band_profile,
         "boundary": result.boundary,
     }
@@ -530,8 +531,8 @@ def train_and_evaluate(
     mesh = program.mesh
     imported = _pretrained_weights(config, program.model)  # before anything is written
     init_keys, dropout_keys = replica_keys(seeds)
-    dropout_keys = sharding.replicate(dropout_keys, mesh)
-    sharding.local_batch_size(int(config.batch_size), mesh)  # Checks divisibility.
+    dropout_keys = parallel.replicate(dropout_keys, mesh)
+    parallel.local_batch_size(int(config.batch_size), mesh)  # Checks divisibility.
     evaluator = Evaluator(
         inference_apply_fn(program.model),
         num_classes=pipeline.num_classes,
@@ -539,7 +540,7 @@ def train_and_evaluate(
         spectral_statistics=bool(config.spectral_statistics),
         boundary_metrics=bool(config.get("boundary_metrics", True)),
         mesh=mesh,
-        batch_size=sharding.local_batch_size(int(config.eval_batch_size), mesh),
+        batch_size=parallel.local_batch_size(int(config.eval_batch_size), mesh),
     )
 
     manager = checkpointing.create_checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
@@ -572,7 +573,7 @@ def train_and_evaluate(
         log_every = max(1, int(config.log_every_steps))
         eval_every = int(config.eval_every_steps)
         checkpoint_every = int(config.checkpoint_every_steps)
-        batches = sharding.prefetch_to_device(
+        batches = parallel.prefetch_to_device(
             _replica_batches(pipeline, start_step, int(config.batch_size), seeds),
             mesh,
             size=int(config.get("prefetch_batches", 2)),

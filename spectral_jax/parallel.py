@@ -32,6 +32,22 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "create_mesh",
+    "create_once",
+    "gather_rows",
+    "local_batch_size",
+    "prefetch_to_device",
+    "process_local_rows",
+    "replicate",
+    "replicated_sharding",
+    "shard_batch",
+    "spans_processes",
+    "sum_over_processes",
+]
+
 DATA_AXIS = "data"
 
 

@@ -1,4 +1,4 @@
-"""Tests of spectral_jax.data.sharding: the sharded steps equal the single-device ones.
+"""Tests of spectral_jax.parallel: the sharded steps equal the single-device ones.
 
 The main test process has already initialised JAX with one CPU device, so the
 four-device runs happen in a subprocess started with
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from spectral_jax.data import sharding
+from spectral_jax import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ _SCRIPT = textwrap.dedent(
     import functools, sys
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
-    from spectral_jax.data import sharding
+    from spectral_jax import parallel
     from spectral_jax.evaluation import Evaluator, eval_step, inference_apply_fn
     from spectral_jax.statistics import SpectralStatistics
     from spectral_jax.training import steps, train_state
@@ -79,18 +79,18 @@ _SCRIPT = textwrap.dedent(
 
         single = run(state, batch, jax.jit(step), jax.jit(evaluate), stats)
 
-        mesh = sharding.create_mesh()
-        replicated = sharding.replicated_sharding(mesh)
-        shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
+        mesh = parallel.create_mesh()
+        replicated = parallel.replicated_sharding(mesh)
+        shardings = {"image": parallel.batch_sharding(mesh), "label": parallel.batch_sharding(mesh)}
         sharded_step = jax.jit(step, in_shardings=(replicated, shardings),
                                out_shardings=(replicated, replicated), donate_argnums=0)
         sharded_eval = jax.jit(evaluate, in_shardings=(replicated, shardings, replicated),
                                out_shardings=(replicated, replicated, shardings["label"]))
-        global_batch = sharding.shard_batch(batch, mesh)
+        global_batch = parallel.shard_batch(batch, mesh)
         assert len(global_batch["image"].sharding.device_set) == 4
         assert global_batch["image"].addressable_shards[0].data.shape == (2, size, size, 3)
-        multi = run(sharding.replicate(state, mesh), global_batch, sharded_step, sharded_eval,
-                    sharding.replicate(stats, mesh))
+        multi = run(parallel.replicate(state, mesh), global_batch, sharded_step, sharded_eval,
+                    parallel.replicate(stats, mesh))
         np.savez(f"{sys.argv[1]}/{size}.npz", **{"single/" + k: v for k, v in single.items()},
                  **{"multi/" + k: v for k, v in multi.items()})
 
@@ -103,7 +103,7 @@ _SCRIPT = textwrap.dedent(
         results = {
             "single": Evaluator(inference_apply_fn(model), **settings)(variables, batches),
             "multi": Evaluator(inference_apply_fn(model), mesh=mesh, batch_size=8, **settings)(
-                sharding.replicate(variables, mesh), batches
+                parallel.replicate(variables, mesh), batches
             ),
         }
         arrays = {}
@@ -120,14 +120,14 @@ _SCRIPT = textwrap.dedent(
         compare(size)
 
     # Prefetched batches are split over the 4 devices, in order, with their values.
-    mesh = sharding.create_mesh()
+    mesh = parallel.create_mesh()
     stream = [{"image": np.full((8, 2), i, np.float32)} for i in range(3)]
-    placed = list(sharding.prefetch_to_device(iter(stream), mesh, size=2))
+    placed = list(parallel.prefetch_to_device(iter(stream), mesh, size=2))
     assert [np.asarray(b["image"]).tolist() for b in placed] == [
         b["image"].tolist() for b in stream
     ]
     for batch in placed:
-        assert batch["image"].sharding == sharding.batch_sharding(mesh)
+        assert batch["image"].sharding == parallel.batch_sharding(mesh)
         assert [s.data.shape for s in batch["image"].addressable_shards] == [(2, 2)] * 4
     """
 )
@@ -195,19 +195,19 @@ def test_sharded_evaluator_equals_single_device(four_device_results, size):
 
 
 def test_mesh_and_shardings_in_process():
-    mesh = sharding.create_mesh()
+    mesh = parallel.create_mesh()
     assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
     batch = {"label": np.arange(2 * 3 * 3, dtype=np.int32).reshape(2, 3, 3)}
-    sharded = sharding.shard_batch(batch, mesh)
+    sharded = parallel.shard_batch(batch, mesh)
     np.testing.assert_array_equal(np.asarray(sharded["label"]), batch["label"])
-    assert sharded["label"].sharding == sharding.batch_sharding(mesh)
-    assert sharding.local_batch_size(8, mesh) == 8 // jax.process_count()
+    assert sharded["label"].sharding == parallel.batch_sharding(mesh)
+    assert parallel.local_batch_size(8, mesh) == 8 // jax.process_count()
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_prefetch_to_device_reads_size_minus_one_ahead(size):
     """Batches come out placed and in order; the source is read ``size - 1`` ahead."""
-    mesh = sharding.create_mesh()
+    mesh = parallel.create_mesh()
     read = []
 
     def source():
@@ -215,11 +215,11 @@ def test_prefetch_to_device_reads_size_minus_one_ahead(size):
             read.append(index)
             yield {"label": np.full((2, 3), index, np.int32), "image": np.ones((2, 4), np.float32)}
 
-    placed = sharding.prefetch_to_device(source(), mesh, size=size)
+    placed = parallel.prefetch_to_device(source(), mesh, size=size)
     for index in range(5):
         batch = next(placed)
         assert len(read) == min(index + size, 5)  # The batches placed so far.
-        assert batch["label"].sharding == sharding.batch_sharding(mesh)
+        assert batch["label"].sharding == parallel.batch_sharding(mesh)
         np.testing.assert_array_equal(np.asarray(batch["label"]), np.full((2, 3), index))
         assert batch["image"].dtype == np.float32
     assert next(placed, None) is None
@@ -227,13 +227,13 @@ def test_prefetch_to_device_reads_size_minus_one_ahead(size):
 
 def test_prefetch_to_device_size_must_be_positive():
     with pytest.raises(ValueError, match="size must be at least 1, got 0"):
-        next(sharding.prefetch_to_device(iter([]), sharding.create_mesh(), size=0))
+        next(parallel.prefetch_to_device(iter([]), parallel.create_mesh(), size=0))
 
 
 def test_batch_size_must_divide_devices():
-    mesh = sharding.create_mesh(jax.devices() * 3)  # Three "devices" for the check only.
+    mesh = parallel.create_mesh(jax.devices() * 3)  # Three "devices" for the check only.
     with pytest.raises(ValueError, match="batch_size=4"):
-        sharding.local_batch_size(4, mesh)
+        parallel.local_batch_size(4, mesh)
 
 
 _LOOP_SCRIPT = textwrap.dedent(
