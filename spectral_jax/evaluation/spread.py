@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import scipy.special
 
 #: The confidence of every interval in the reports.
@@ -140,7 +141,7 @@ def compute_spread(values: Sequence[float], *, confidence: float = CONFIDENCE) -
     return Spread(mean, std, low, high, n, confidence, tuple(float(v) for v in array))
 
 
-def rank_data(values: Sequence[float]) -> np.ndarray:
+def rank_data(values: npt.ArrayLike) -> np.ndarray:
     r"""Ranks ``1..n`` along the last axis, tied values sharing the mean of their ranks.
 
     .. math::
@@ -179,7 +180,7 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, numerator / safe, np.nan)
 
 
-def _paired_points(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _paired_points(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
@@ -191,7 +192,7 @@ def _paired_points(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, 
     return x, y
 
 
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman_correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     r"""Spearman's rank correlation: Pearson's correlation of the ranks (ties averaged).
 
     .. math::
@@ -249,8 +250,8 @@ class RankCorrelation:
 
 
 def bootstrap_spearman(
-    x: Sequence[float],
-    y: Sequence[float],
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
     *,
     rng: np.random.Generator,
     resamples: int = 10_000,
