@@ -1,7 +1,7 @@
 # Two-command setup: `make demo` and `make test` create .venv on first use.
 #
 #   make demo        the paper's analyses end to end on the embedded data, 4 seeds -> runs/demo/
-#   make test        ruff check, ruff format --check, then pytest -n 2 (PYTEST_WORKERS=2);
+#   make test        ruff check, ruff format --check, mypy, then pytest -n 2 (PYTEST_WORKERS=2);
 #                    installs the torch extra for the PyTorch comparisons
 #   make timings     times `make demo` and `make test` on a fresh clone (wall and CPU seconds)
 #   make test-slow   the tests marked `slow` (none collected counts as success)
@@ -45,7 +45,7 @@ export PIP_NO_INPUT := 1
 # Plots are written to files; never open a window (CI has no display).
 export MPLBACKEND := Agg
 
-.PHONY: help .venv venv demo test lint test-slow bench docs timings notebook dist clean distclean
+.PHONY: help .venv venv demo test lint typecheck test-slow bench docs timings notebook dist clean distclean
 
 help:
 	@sed -n '3,13s/^# \{0,1\}//p' $(MAKEFILE_LIST)
@@ -75,8 +75,13 @@ lint: .venv $(TORCH_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The library's type check ([tool.mypy] in pyproject.toml); the cache in .mypy_cache makes a
+# second run take about a second.
+typecheck: .venv
+	$(BIN)/mypy
+
 # pytest exits with 5 when it collects no tests; for `make test` that is a failure.
-test: lint
+test: lint typecheck
 	@rc=0; $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_DIST) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
@@ -116,7 +121,7 @@ timings: .venv
 	$(BIN)/python -m benchmarks.time_commands --clone
 
 clean:
-	rm -rf runs build dist .pytest_cache .ruff_cache .hypothesis *.egg-info docs/_build
+	rm -rf runs build dist .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info docs/_build
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

@@ -145,7 +145,7 @@ def as_array(x, name: str):
     """
     if _is_array(x) or not (hasattr(x, "__array__") or hasattr(x, "__dlpack__")):
         return x
-    errors = []
+    errors: list[Exception] = []
     if hasattr(x, "__array__"):
         try:
             return np.asarray(x)
@@ -186,7 +186,8 @@ def compute_dtype(dtype) -> jnp.dtype:
     float64 with ``jax_enable_x64`` stays float64; anything else (float16, bfloat16,
     float32, and float64 without x64) is computed in float32.
     """
-    if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64:
+    # jax.config's options are attributes added at run time, undeclared in its typing.
+    if jnp.dtype(dtype) == jnp.float64 and jax.config.jax_enable_x64:  # type: ignore[attr-defined]
         return jnp.dtype(jnp.float64)
     return jnp.dtype(jnp.float32)
 
@@ -197,7 +198,7 @@ def check_float64_available(name: str) -> None:
     float64 needs ``jax_enable_x64`` and a backend with float64 transforms (CPU, GPU;
     not TPU).
     """
-    if not jax.config.jax_enable_x64:
+    if not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
         raise ValueError(
             f"{name} asks for float64, but jax_enable_x64 is off: enable it "
             "(jax.config.update('jax_enable_x64', True), or JAX_ENABLE_X64=1) or use float32."
@@ -246,7 +247,7 @@ def check_floating(x, name: str) -> jnp.dtype:
     if (
         isinstance(x, np.ndarray | np.generic)
         and x.dtype == np.float64
-        and not (jax.config.jax_enable_x64)
+        and not (jax.config.jax_enable_x64)  # type: ignore[attr-defined]
     ):
         warn_float64_without_x64(name)
     try:

@@ -258,7 +258,7 @@ class _ApplyWithFeatures:
 
     apply_fn: Callable
     layers: tuple[str, ...]
-    radius: str
+    radius: bands_lib.Radius
 
     def __call__(self, variables, images):
         logits, outputs = layers_lib.layer_outputs(self.apply_fn, variables, images, self.layers)
@@ -401,7 +401,7 @@ def analyze(
         raise TypeError(f"band_limits must be ints, got {band_limits!r}.")
     # A partial of hashable arguments compared by value: equal ones share compilations.
     apply_fn = layers_lib._static_apply(apply_fn)
-    radius = "chebyshev"
+    radius: bands_lib.Radius = "chebyshev"
     predict = _ApplyWithFeatures(apply_fn, layer_names, radius) if layer_names else apply_fn
     evaluator = Evaluator(
         predict,
@@ -416,7 +416,8 @@ def analyze(
     if counter[0] == 0:
         raise ValueError("batches yielded no batch: nothing to analyse.")
     statistics = result.statistics
-    image_shape = tuple(int(n) for n in statistics.shape)
+    assert statistics is not None  # spectral_statistics=True
+    image_shape = (int(statistics.shape[0]), int(statistics.shape[1]))
     discrepancy = np.asarray(statistics.relative_discrepancy_curve(), np.float64)
     num_bands = len(discrepancy)
     if band_limits is None:
@@ -437,7 +438,8 @@ def analyze(
             variables,
             images[:1],
         )
-        layer_shape = tuple(int(n) for n in features.shape[1:3])
+        _, height, width, channels = (int(n) for n in features.shape)
+        layer_shape = (height, width)
         frequencies = _layer_row_frequencies(rows, layer_shape)
         nu_i = frequencies_lib.ravel_frequencies(frequencies, image_shape)
         gradient = layers_lib.layer_spectral_gradient(
@@ -464,7 +466,7 @@ def analyze(
         layer_results.append(
             LayerAnalysis(
                 name=name,
-                shape=tuple(int(n) for n in features.shape[1:]),
+                shape=(height, width, channels),
                 feature_profile=np.asarray(profile, np.float64),
                 row_indices=np.asarray(nu_i, np.int64),
                 row_frequencies=np.asarray(frequencies, np.int64),

@@ -262,7 +262,7 @@ def layer_outputs(
     apply_fn: ApplyFn,
     variables: Any,
     images: chex.Array,
-    layers: tuple[str, ...] | list[str],
+    layers: tuple[str | tuple[str, ...], ...] | list[str | tuple[str, ...]],
     *,
     data_format: DataFormat = "NHWC",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -133,10 +133,10 @@ class _CESettings:
     """
 
     ignore_index: int = IGNORE_INDEX
-    ignore_mode: str = DEFAULT_IGNORE_MODE
+    ignore_mode: IgnoreMode = DEFAULT_IGNORE_MODE
     max_classes_present: int | None = None
     class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE
-    radius: str = "chebyshev"
+    radius: Radius = "chebyshev"
     per_image: bool = False
     data_format: str = "NHWC"
 
@@ -352,7 +352,8 @@ def _half_spectrum_of_classes(logits, labels, valid, transformed, classes, chunk
     log_partition, class_logits, class_ids = _scan_inputs(logits, transformed, classes)
 
     def add_chunk(total, inputs):
-        y_hat, b = _class_spectra(log_partition, *inputs, labels, valid, transformed)
+        logit, class_id = inputs
+        y_hat, b = _class_spectra(log_partition, logit, class_id, labels, valid, transformed)
         products = y_hat.real * b.real + y_hat.imag * b.imag  # [k, B, H, Kw]
         return total + _sum_leading(products), None
 
@@ -618,7 +619,7 @@ def ce_spectrum(
     return settings.call(_ce_spectrum, logits, labels, parseval_name="ce_spectrum")
 
 
-def _band_sums(half, shape, radius: str):
+def _band_sums(half, shape, radius: Radius):
     """``[B, R]``: weighted half-spectrum sums per band."""
     index = bands_lib.half_band_index(shape, radius=radius)  # [H, Kw]
     weights = bands_lib.half_spectrum_weights(shape)  # [Kw]
@@ -959,7 +960,8 @@ def _magnitude_profiles(logits, labels, *, settings):
     log_partition, class_logits, class_ids = _scan_inputs(logits, transformed, None)
 
     def add_chunk(totals, inputs):  # a chunk of classes per step, as in the CE
-        spectra = _class_spectra(log_partition, *inputs, labels, valid, transformed)
+        logit, class_id = inputs
+        spectra = _class_spectra(log_partition, logit, class_id, labels, valid, transformed)
         return totals + _sum_leading(jnp.moveaxis(jnp.abs(spectra), 1, 0)), None
 
     batch = labels.shape[0]

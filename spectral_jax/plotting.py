@@ -12,7 +12,7 @@ the core and :mod:`spectral_jax.related`; nothing in the library imports it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -139,6 +139,7 @@ def plot_frequency_cams(
         )
     if not 0 <= class_index < cam_low.shape[-1]:
         raise ValueError(f"class_index must lie in [0, {cam_low.shape[-1]}), got {class_index}.")
+    panels: list[tuple[str, Any, str | None]]
     panels = [] if image is None else [("image", np.asarray(image), None)]
     panels += [
         ("low-frequency CAM", cam_low[..., class_index], "jet"),

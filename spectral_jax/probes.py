@@ -67,6 +67,7 @@ def conv(x: chex.Array, kernel: chex.Array, *, padding: Padding = "circular") ->
     spatial = _check_map_and_kernel(x, kernel)
     sizes = jnp.shape(kernel)[:spatial]
     pads = [((k - 1) // 2, k // 2) for k in sizes]
+    conv_padding: str | list[tuple[int, int]]
     if padding == "circular":
         x = jnp.pad(x, [*pads, (0, 0)], mode="wrap")
         conv_padding = "VALID"

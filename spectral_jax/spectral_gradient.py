@@ -367,14 +367,14 @@ def _phases(indices, shape: tuple[int, ...], dtype) -> jax.Array:
     # jnp.unravel_index clamps an out-of-range index; the DFT is periodic, so a traced
     # index outside [0, M) wraps onto its frequency mod M, as the module docstring says.
     coords = jnp.unravel_index(indices % math.prod(shape), shape)  # len(shape) arrays [K]
-    theta = 0.0
+    theta: jax.Array | float = 0.0
     for axis, (nu, n) in enumerate(zip(coords, shape, strict=True)):
         t = jnp.arange(n, dtype=jnp.int32)
         product = (nu[:, None] * t[None, :]) % n  # [K, n]
-        expand = [None] * len(shape)
+        expand: list[slice | None] = [None] * len(shape)
         expand[axis] = slice(None)
         theta = theta + (product.astype(dtype) / n)[(slice(None), *expand)]
-    return (2 * jnp.pi) * theta  # [K, *shape]
+    return (2 * jnp.pi) * jnp.asarray(theta)  # [K, *shape]
 
 
 def _fftn(z, ndim: int):
@@ -932,7 +932,7 @@ _ce_spectral_gradient = _jit_with_static_fn(
 # Band-aggregated energy, streamed.
 
 
-def _bands_of(shape: tuple[int, ...], radius: str) -> np.ndarray:
+def _bands_of(shape: tuple[int, ...], radius: bands_lib.Radius) -> np.ndarray:
     """Band of every frequency of a 1-D or 2-D grid, flattened: ``[M]``."""
     if len(shape) == 2:
         return bands_lib.band_index(shape, radius=radius).reshape(-1)
@@ -1082,7 +1082,7 @@ def frequency_distance(
         raise ValueError(f"nu_i must be [K] indices in [0, {math.prod(out_shape)}).")
     out_coords = np.unravel_index(nu_i, out_shape)
     in_grid = np.meshgrid(*[np.arange(n) for n in in_shape], indexing="ij")
-    squares, largest = 0, 0
+    squares = largest = np.zeros((), np.int64)
     for axis, (n_out, n_in) in enumerate(zip(out_shape, in_shape, strict=True)):
         nu_out = bands_lib.signed_frequencies(n_out)[out_coords[axis]][:, None]  # [K, 1]
         nu_in = bands_lib.signed_frequencies(n_in)[in_grid[axis].reshape(-1)][None, :]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Any
 
 import chex
 import flax.struct
@@ -96,9 +97,11 @@ class SpectralStatistics:
     logit_magnitude: jax.Array
     shape: tuple[int, int] = flax.struct.field(pytree_node=False)
     num_classes: int = flax.struct.field(pytree_node=False)
-    radius: str = flax.struct.field(pytree_node=False, default="chebyshev")
+    radius: Radius = flax.struct.field(pytree_node=False, default="chebyshev")
     ignore_index: int = flax.struct.field(pytree_node=False, default=IGNORE_INDEX)
-    ignore_mode: str = flax.struct.field(pytree_node=False, default=ce_lib.DEFAULT_IGNORE_MODE)
+    ignore_mode: IgnoreMode = flax.struct.field(
+        pytree_node=False, default=ce_lib.DEFAULT_IGNORE_MODE
+    )
     with_magnitudes: bool = flax.struct.field(pytree_node=False, default=False)
     max_classes_present: int | None = flax.struct.field(pytree_node=False, default=None)
 
@@ -140,7 +143,7 @@ class SpectralStatistics:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         _checks.check_ignore_mode(ignore_mode)
-        shape = tuple(int(n) for n in shape)
+        shape = bands_lib._check_spatial_shape(shape)
         bands = bands_lib.num_bands(shape, radius=radius)
         zeros_bands = jnp.zeros((bands,), dtype)
         zeros_classes = jnp.zeros((num_classes,), dtype)
@@ -307,7 +310,7 @@ class SpectralStatistics:
         )
 
 
-def _band_sums(half: jax.Array, shape: tuple[int, int], radius: str) -> jax.Array:
+def _band_sums(half: jax.Array, shape: tuple[int, int], radius: Radius) -> jax.Array:
     """``[B, R]`` band sums of half spectra ``[B, H, Kw]`` (:func:`spectral_jax.band_profile`)."""
     index = bands_lib.half_band_index(shape, radius=radius).reshape(-1)  # [H Kw]
     weights = jnp.asarray(bands_lib.half_spectrum_weights(shape), half.dtype)  # [Kw]
@@ -323,7 +326,7 @@ def _update(
     """The computation of :meth:`SpectralStatistics.update` (settings static in ``stats``),
     and the batch's own Parseval error (its sums, not the accumulators')."""
     logits = _checks.to_channels_last(logits, data_format)  # [B, H, W, C]
-    settings = dict(ignore_index=stats.ignore_index)
+    settings: dict[str, Any] = dict(ignore_index=stats.ignore_index)
     half = ce_lib.ce_half_spectrum(
         logits,
         labels,
@@ -359,7 +362,8 @@ def _update(
         updates["logit_magnitude"] = stats.logit_magnitude + jnp.sum(
             jnp.where(mask, magnitudes.logits, 0.0), axis=0
         ).astype(dtype)
-    return stats.replace(**updates), batch_error
+    # flax.struct.dataclass adds `replace` at run time; its typing does not declare it.
+    return stats.replace(**updates), batch_error  # type: ignore[attr-defined]
 
 
 def _relative_error(total, reference):

@@ -59,7 +59,7 @@ def _spectral_resize_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
     kept = kept * jnp.asarray(phase.reshape(shape), kept.dtype)
     out_shape = list(x.shape)
     out_shape[axis] = n_out
-    index = [slice(None)] * x.ndim
+    index: list[slice | np.ndarray] = [slice(None)] * x.ndim
     index[axis] = nu % n_out
     out = jnp.zeros(out_shape, kept.dtype).at[tuple(index)].set(kept)
     return jnp.fft.ifft(out, axis=axis)

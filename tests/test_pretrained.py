@@ -392,6 +392,22 @@ def test_corrupt_checkpoint_raises_naming_the_file(tmp_path, fmt, corrupt):
         load_torchvision_state_dict(path, backend="numpy")
 
 
+def test_legacy_tensor_outside_the_object_raises_naming_it(tmp_path):
+    # A legacy stream whose storage-key list is a pickled tensor instead of a list.
+    storages, entries, _ = _layout(example_arrays((4, 3, 3, 3), np.float32))
+    path = tmp_path / "broken-checkpoint.pth"
+    with open(path, "wb") as file:
+        file.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
+        file.write(pickle.dumps(1001, protocol=2))
+        file.write(pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2))
+        file.write(_pickle_tensors(entries, legacy=True))
+        file.write(_pickle_tensors(entries[:1], legacy=True))
+    with pytest.raises(
+        ValueError, match=r"broken-checkpoint\.pth.*UnpicklingError: tensor storage '0' in the"
+    ):
+        load_torchvision_state_dict(path, backend="numpy")
+
+
 def test_missing_file_and_bad_backend(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_torchvision_state_dict(tmp_path / "nowhere.pth")

@@ -154,6 +154,16 @@ def test_voc_sbd_info():
     np.testing.assert_allclose(info.std, [0.229, 0.224, 0.225])
 
 
+@pytest.mark.parametrize("module", [voc_sbd, cityscapes, deepglobe])
+def test_info_without_module_docstring(module, monkeypatch, tmp_path):
+    # `python -OO` strips docstrings; the description is the docstring's first paragraph.
+    described = module.INFO.builder_class(data_dir=str(tmp_path / "described")).info
+    assert described.description == module.__doc__.split("\n\n")[0]
+    monkeypatch.setattr(module, "__doc__", None)
+    builder = module.INFO.builder_class(data_dir=str(tmp_path / "stripped"))
+    assert builder.info.description == ""
+
+
 def test_check_split_sizes(voc_built):
     builder, _, _ = voc_built
     with pytest.raises(ValueError, match="train: expected 10582, found 6"):

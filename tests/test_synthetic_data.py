@@ -127,6 +127,16 @@ def test_tfds_build_and_data_source_round_trip(tmp_path, name):
     assert [c.name for c in synthetic.SyntheticScenes.BUILDER_CONFIGS] == PRESET_NAMES
 
 
+def test_info_without_module_docstring(monkeypatch, tmp_path):
+    # `python -OO` strips docstrings; the description is the docstring's first line.
+    config = _tiny(PRESET_NAMES[0])
+    described = synthetic.SyntheticScenes(config=config, data_dir=str(tmp_path / "a")).info
+    assert described.description == synthetic.__doc__.splitlines()[0]
+    monkeypatch.setattr(synthetic, "__doc__", None)
+    builder = synthetic.SyntheticScenes(config=config, data_dir=str(tmp_path / "b"))
+    assert builder.info.description == ""
+
+
 def test_bad_configs_and_indices_raise():
     with pytest.raises(ValueError, match="scene"):
         synthetic.generate_example(dataclasses.replace(_tiny("pascal_like"), scene="x"), "train", 0)

@@ -265,7 +265,8 @@ def remap_labels(label: np.ndarray, table: Mapping[int, int], *, path: epath.Pat
     return lookup[label]
 
 
-class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# TFDS's registration hook takes skip_registration; untyped TFDS leaves it to object's.
+class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """Base of the real builders: files in ``manual_dir`` -> :func:`segmentation_features`.
 
     A subclass sets TFDS's ``VERSION``, ``RELEASE_NOTES`` and
@@ -290,7 +291,8 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrati
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description=sys.modules[type(self).__module__].__doc__.split("\n\n")[0],
+            # No docstring under `python -OO`.
+            description=(sys.modules[type(self).__module__].__doc__ or "").split("\n\n")[0],
             features=segmentation_features(),
             supervised_keys=("image", "label"),
             # Keep the sorted order of the ids: source[split][i] is the i-th id.

@@ -56,7 +56,7 @@ def _host_cpu() -> jax.Device:
 _LAYOUT_OF_UNLABELLED_FILES = "classification"
 
 
-def dct_layout(config: ml_collections.ConfigDict) -> str:
+def dct_layout(config: ml_collections.ConfigDict) -> dct_input_lib.DCTLayout:
     """The DCT layout of a run: ``config.model.layout``, default
     :data:`spectral_jax.related.dct_input.DEFAULT_LAYOUT` (``"segmentation"``).
 

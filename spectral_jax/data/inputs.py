@@ -121,7 +121,7 @@ def input_pipeline_from_sources(
         # The config's ignore label replaces the data set's (padding included).
         info = dataclasses.replace(info, ignore_index=int(ignore_index))
     label_transform = blockwise_label_transform(config, info)
-    normalisation = dict(mean=info.mean, std=info.std)
+    normalisation: dict[str, Any] = dict(mean=info.mean, std=info.std)
 
     def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
         return pipeline_lib.train_batches(

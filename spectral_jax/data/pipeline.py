@@ -107,7 +107,9 @@ def _split_name(name: str) -> tuple[str, str | None]:
 
 
 @functools.cache
-def _synthetic_normalisation(config_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _synthetic_normalisation(
+    config_name: str,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and std of the first 32 training images of a synthetic preset."""
     config = synthetic.preset(config_name)
     count = min(32, config.num_train)
@@ -115,7 +117,12 @@ def _synthetic_normalisation(config_name: str) -> tuple[tuple[float, ...], tuple
         [synthetic.generate_example(config, "train", i)["image"] for i in range(count)]
     )
     pixels = pixels.reshape(-1, 3).astype(np.float64) / 255.0
-    return tuple(float(x) for x in pixels.mean(0)), tuple(float(x) for x in pixels.std(0))
+
+    def rgb(values: np.ndarray) -> tuple[float, float, float]:
+        red, green, blue = (float(x) for x in values)
+        return red, green, blue
+
+    return rgb(pixels.mean(0)), rgb(pixels.std(0))
 
 
 def _real_info(base: str):
@@ -338,9 +345,13 @@ def _augment_example(
     height, width = label.shape
     new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
     if (new_h, new_w) != (height, width):
-        image = np.asarray(PIL.Image.fromarray(image).resize((new_w, new_h), PIL.Image.BILINEAR))
+        image = np.asarray(
+            PIL.Image.fromarray(image).resize((new_w, new_h), PIL.Image.Resampling.BILINEAR)
+        )
         label = np.asarray(
-            PIL.Image.fromarray(label.astype(np.uint8)).resize((new_w, new_h), PIL.Image.NEAREST)
+            PIL.Image.fromarray(label.astype(np.uint8)).resize(
+                (new_w, new_h), PIL.Image.Resampling.NEAREST
+            )
         )
     # Offsets of the crop window in the bottom/right-padded map.
     top = int(rng.integers(0, max(new_h, crop_size) - crop_size + 1))

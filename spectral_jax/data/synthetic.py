@@ -464,7 +464,7 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
         size = self.builder_config.image_size
         return tfds.core.DatasetInfo(
             builder=self,
-            description=__doc__.splitlines()[0],
+            description=(__doc__ or "").split("\n")[0],  # no docstring under `python -OO`
             features=tfds.features.FeaturesDict(
                 {
                     # PNG bytes in, decoded by tfds.data_source without TensorFlow.

@@ -64,7 +64,7 @@ from spectral_jax._checks import IGNORE_INDEX
 from spectral_jax.data.inputs import Batch, pad_batch
 from spectral_jax.evaluation import boundary as boundary_lib
 from spectral_jax.evaluation import metrics as metrics_lib
-from spectral_jax.loss_spectrum import PARSEVAL_TOLERANCE, ParsevalWarning
+from spectral_jax.loss_spectrum import PARSEVAL_TOLERANCE, IgnoreMode, ParsevalWarning
 from spectral_jax.related import boundary_metrics
 from spectral_jax.statistics import SpectralStatistics
 
@@ -92,7 +92,8 @@ def inference_apply_fn(model: nn.Module, *, method: str | None = None) -> ApplyF
       method: the method to apply (``"intermediates"`` for a dict with ``"logits"``);
         None for ``__call__``.
     """
-    return functools.partial(model.apply, train=False, method=method)
+    # Flax types apply's result as (output, state) too, which only `mutable` gives.
+    return functools.partial(model.apply, train=False, method=method)  # type: ignore[return-value]
 
 
 def eval_step(
@@ -156,7 +157,7 @@ def eval_step(
     # A label outside [0, C) that is not ignore_index would be dropped from the confusion
     # matrix (mmseg counts its prediction in the union): counted here, refused on the host.
     invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
-    sums = {
+    sums: dict[str, Any] = {
         "confusion": confusion,
         "loss_sum": loss * num_valid,
         "num_valid": num_valid,
@@ -192,7 +193,7 @@ class EvaluationResult:
     num_evaluated: int
     statistics: SpectralStatistics | None = None
     boundary_statistics: boundary_metrics.BoundaryStatistics | None = None
-    output_sums: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    output_sums: dict[str, np.ndarray | np.float64] = dataclasses.field(default_factory=dict)
     examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
@@ -249,8 +250,8 @@ class EvaluationResult:
             f"{prefix}loss": self.loss,
         }
         if self.statistics is not None:
-            scalars[f"{prefix}spectral_mean_ce"] = self.mean_ce
-            for nu, value in self.relative_discrepancy_at.items():
+            scalars[f"{prefix}spectral_mean_ce"] = float(self.statistics.mean_ce())
+            for nu, value in (self.relative_discrepancy_at or {}).items():
                 scalars[f"{prefix}relative_discrepancy_{nu}"] = value
         for name, value in (self.boundary or {}).items():
             scalars[f"{prefix}{name}"] = value
@@ -289,7 +290,7 @@ class _HostTotals:
         self.loss_sum = self.num_valid = 0.0
         self.num_evaluated = 0
         self.boundary: list[np.ndarray] | None = None
-        self.output_sums: dict[str, np.ndarray] = {}
+        self.output_sums: dict[str, np.ndarray | np.float64] = {}
         self.kept: dict[str, list[np.ndarray]] = {}
 
     def add(self, sums, outputs, examples, mask: np.ndarray, rows: np.ndarray) -> None:
@@ -420,7 +421,7 @@ class Evaluator:
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
         spectral_statistics: bool = False,
-        ignore_mode: str = "labels",
+        ignore_mode: IgnoreMode = "labels",
         with_magnitudes: bool = False,
         boundary_metrics: bool = False,
         mesh: Mesh | None = None,

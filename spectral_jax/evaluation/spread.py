@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import scipy.special
 
 #: The confidence of every interval in the reports.
@@ -135,7 +136,7 @@ def compute_spread(values: Sequence[float], *, confidence: float = CONFIDENCE) -
     return Spread(mean, std, low, high, n, confidence, tuple(float(v) for v in array))
 
 
-def _rank_data(values: Sequence[float]) -> np.ndarray:
+def _rank_data(values: npt.ArrayLike) -> np.ndarray:
     r"""Ranks ``1..n`` along the last axis, tied values sharing the mean of their ranks.
 
     .. math::
@@ -174,7 +175,7 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, numerator / safe, np.nan)
 
 
-def _paired_points(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _paired_points(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
@@ -186,7 +187,7 @@ def _paired_points(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, 
     return x, y
 
 
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman_correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     r"""Spearman's rank correlation: Pearson's correlation of the ranks (ties averaged).
 
     .. math::
@@ -244,8 +245,8 @@ class RankCorrelation:
 
 
 def bootstrap_spearman(
-    x: Sequence[float],
-    y: Sequence[float],
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
     *,
     rng: np.random.Generator,
     resamples: int = 10_000,

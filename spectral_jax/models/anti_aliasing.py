@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import chex
 import flax.linen as nn
@@ -250,7 +250,7 @@ def freqmix_params_from_torch(
             "the authors' FreqMix weights do not fit one module (gate convolution "
             f"[2, C, 3, 3], attentions [C/r, C, 1, 1] and [C, C/r, 1, 1]): {mismatched}."
         )
-    params = {
+    params: dict[str, Any] = {
         "gate_conv": {
             "kernel": np.transpose(gate, (2, 3, 1, 0)),  # [2, C, 3, 3] -> [3, 3, C, 2]
             "bias": weights["freq_weight_conv.bias"],

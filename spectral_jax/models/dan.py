@@ -49,6 +49,7 @@ single layers (paths such as ``"decoder/stage2_conv"``) for hard filter pruning
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -168,9 +169,7 @@ class DAN(SegmentationModel):
             widths=_widths_under(self.widths, "decoder"),
         )
 
-    def encode(
-        self, x: jax.Array, train: bool = False
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """Backbone and ASPP.
 
         Args:
@@ -189,8 +188,8 @@ class DAN(SegmentationModel):
     def decode(
         self,
         aspp: jax.Array,
-        low_level: tuple[jax.Array, jax.Array, jax.Array],
-        image_size: tuple[int, int],
+        low_level: tuple[jax.Array, ...],
+        image_size: tuple[int, ...],
         train: bool = False,
     ) -> dict[str, jax.Array]:
         """Aggregation decoder on the ``F x F`` grid and bilinear up-sampling to the image.
@@ -215,7 +214,7 @@ class DAN(SegmentationModel):
         size = decoder_grid(self.feature_size, low_level[0].shape[1:3])
         return decoder_outputs(*self.decoder(aspp, tuple(low_level), size, train), image_size)
 
-    def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
         """One forward pass returning ``"aspp"``, ``"low_level"`` and :meth:`decode`'s dict."""
         aspp, low_level = self.encode(x, train)
         outputs = self.decode(aspp, low_level, x.shape[1:3], train)

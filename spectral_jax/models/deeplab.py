@@ -32,6 +32,7 @@ with ``model.apply(variables, x, method=...)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -55,7 +56,7 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     """ASPP atrous rates: (6, 12, 18) at output stride 16, doubled at 8, halved at 32."""
     stage_dilations(output_stride)
     scale = 16 / output_stride
-    return tuple(int(r * scale) for r in (6, 12, 18))
+    return int(6 * scale), int(12 * scale), int(18 * scale)
 
 
 def check_model_settings(backbone: str, resample: str, feature_size: int | None) -> None:
@@ -74,7 +75,7 @@ def check_model_settings(backbone: str, resample: str, feature_size: int | None)
 
 
 def decoder_grid(
-    feature_size: int | None, low_level_size: tuple[int, int], stride: int = 4
+    feature_size: int | None, low_level_size: tuple[int, ...], stride: int = 4
 ) -> tuple[int, int]:
     """The static decoder grid: ``feature_size`` squared, or the low-level grid if None.
 
@@ -87,7 +88,8 @@ def decoder_grid(
       ValueError: when ``feature_size`` exceeds the untruncated grid.
     """
     if feature_size is None:
-        return tuple(low_level_size)
+        height, width = low_level_size
+        return height, width
     if feature_size > min(low_level_size):
         raise ValueError(
             f"feature_size={feature_size} exceeds the untruncated decoder grid "
@@ -101,6 +103,7 @@ HEADS: tuple[str, ...] = ("deeplabv3plus", "deeplabv3", "fcn")
 
 def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
     """``[size_out, size_in]`` linear interpolation with the corner samples aligned."""
+    source: np.ndarray
     if size_out == 1:
         source = np.zeros(1)
     else:
@@ -114,7 +117,7 @@ def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
-def resize_bilinear(x: jax.Array, size: tuple[int, int], *, align_corners: bool) -> jax.Array:
+def resize_bilinear(x: jax.Array, size: tuple[int, ...], *, align_corners: bool) -> jax.Array:
     r"""Bilinear resizing ``[B, H, W, C] -> [B, h, w, C]`` in either of PyTorch's conventions.
 
     ``align_corners=False`` samples output pixel ``i`` at ``(i + 1/2) H / h - 1/2``
@@ -455,7 +458,7 @@ def create_encoder_and_aspp(model: nn.Module) -> tuple[ResNet, ASPP]:
 
 
 def upsample_logits(
-    decoder_logits: jax.Array, image_size: tuple[int, int], *, align_corners: bool = False
+    decoder_logits: jax.Array, image_size: tuple[int, ...], *, align_corners: bool = False
 ) -> jax.Array:
     """Bilinear up-sampling of the decoder's logits to the image (always bilinear).
 
@@ -473,7 +476,7 @@ def upsample_logits(
 def decoder_outputs(
     decoder_input: jax.Array,
     decoder_logits: jax.Array,
-    image_size: tuple[int, int],
+    image_size: tuple[int, ...],
     *,
     align_corners: bool = False,
 ) -> dict[str, jax.Array]:
@@ -631,7 +634,7 @@ class DeepLabV3Plus(SegmentationModel):
         self.encoder, self.aspp = create_encoder_and_aspp(self)
         width = RESNET_CONFIGS[self.backbone].width
         if self.head == "deeplabv3plus":
-            self.decoder = Decoder(
+            self.decoder: Decoder | ConvHead = Decoder(
                 self.num_classes,
                 self.resample,
                 self.low_level_channels,
@@ -688,7 +691,7 @@ class DeepLabV3Plus(SegmentationModel):
         self,
         aspp: jax.Array,
         low_level: jax.Array,
-        image_size: tuple[int, int],
+        image_size: tuple[int, ...],
         train: bool = False,
     ) -> dict[str, jax.Array]:
         """Decoder on the ``F x F`` grid and bilinear up-sampling to the image.
@@ -708,11 +711,11 @@ class DeepLabV3Plus(SegmentationModel):
         """
         if self.head == "deeplabv3plus":
             size = decoder_grid(self.feature_size, low_level.shape[1:3])
-            outputs = self.decoder(aspp, low_level, size, train)
+            outputs = cast(Decoder, self.decoder)(aspp, low_level, size, train)
         else:
             stride = self.output_stride
             size = decoder_grid(self.feature_size, aspp.shape[1:3], stride)
-            outputs = self.decoder(aspp, size, train)
+            outputs = cast(ConvHead, self.decoder)(aspp, size, train)
         return decoder_outputs(*outputs, image_size, align_corners=self.align_corners)
 
     def intermediates(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:

@@ -247,6 +247,13 @@ def _read_zip_checkpoint(archive: zipfile.ZipFile) -> Any:
     return _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
 
 
+def _no_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+    """``load_storage`` of the pickles of a legacy stream that hold no tensor."""
+    raise pickle.UnpicklingError(
+        f"tensor storage {key!r} in the header or the storage keys of a legacy checkpoint."
+    )
+
+
 def _read_legacy_checkpoint(stream: io.BufferedIOBase) -> Any:
     """The unpickled object of a pre-1.6 ``torch.save`` stream (no zip).
 
@@ -254,7 +261,7 @@ def _read_legacy_checkpoint(stream: io.BufferedIOBase) -> Any:
     storages as persistent ids), the pickled list of storage keys, then per key an
     8-byte element count and the raw elements.
     """
-    plain = _TensorUnpickler(stream, lambda *_: None)
+    plain = _TensorUnpickler(stream, _no_storage)
     if plain.load() != _LEGACY_MAGIC_NUMBER:
         raise pickle.UnpicklingError("not a PyTorch checkpoint (bad magic number).")
     if plain.load() != _LEGACY_PROTOCOL_VERSION:
@@ -273,7 +280,7 @@ def _read_legacy_checkpoint(stream: io.BufferedIOBase) -> Any:
     # object is unpickled twice: first to collect the storages, then from filled storages.
     start = stream.tell()
     _TensorUnpickler(stream, load_storage).load()
-    keys = _TensorUnpickler(stream, lambda *_: None).load()
+    keys = _TensorUnpickler(stream, _no_storage).load()
     if not isinstance(keys, list) or set(map(str, keys)) != set(requested):
         raise pickle.UnpicklingError("the storage keys do not match the pickled tensors.")
     count_format = "<q" if byteorder == "little" else ">q"
@@ -463,7 +470,10 @@ def _converted_tensor(
 
 
 def _variable_shapes(
-    target: nn.Module | Mapping[str, Any], *, module_type: type = nn.Module, image_size: int = 64
+    target: nn.Module | Mapping[str, Any],
+    *,
+    module_type: type[nn.Module] = nn.Module,
+    image_size: int = 64,
 ) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` shapes of a ``module_type`` model (``eval_shape`` of its
     init on one ``image_size`` square image) or of its variables."""
@@ -520,14 +530,16 @@ def torchvision_to_flax_resnet(
         non-floating dtype), all at once; or for a ``target`` that is not a ResNet's.
     """
     shapes = _variable_shapes(target, module_type=ResNet, image_size=32)
-    converted, missing, mismatched, used = {}, [], [], set()
+    converted, missing, used = {}, [], set()
+    mismatched: list[str] = []
     for collection, tree in unstack_blocks(shapes).items():
         for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
             key = _torch_key(collection, path)
-            expected = tuple(leaf.shape)
+            shape = tuple(leaf.shape)
+            expected: tuple[int, ...] | None = shape
             if path[-1] == "kernel":
                 # [Kh, Kw, I, O] -> [O, I, Kh, Kw]
-                expected = (expected[3], expected[2], *expected[:2]) if len(expected) == 4 else None
+                expected = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else None
             if key not in state_dict:
                 missing.append(key)
                 continue

@@ -264,6 +264,8 @@ def _structure(model) -> tuple[list[PrunableConv], list[ConvInputs]]:
     aspp_convs, aspp_inputs = _aspp_structure()
     convs += aspp_convs
     inputs += aspp_inputs
+    names: tuple[str, ...]
+    skips: tuple[str, ...]
     if isinstance(model, DeepLabV3Plus):
         names = Decoder.PRUNABLE_LAYERS  # low_level, fuse1, fuse2
         skips = ("decoder/low_level_conv",)

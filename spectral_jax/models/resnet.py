@@ -209,7 +209,8 @@ class Bottleneck(nn.Module):
 class _StackedBottleneck(Bottleneck):
     """A :class:`Bottleneck` in the ``(carry, x) -> (carry, y)`` form ``nn.scan`` runs."""
 
-    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, None]:
+    # The (carry, x) form is the point of this subclass, not a substitute for a Bottleneck.
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, None]:  # type: ignore[override]
         return super().__call__(x, train), None
 
 
@@ -539,7 +540,7 @@ class ResNet(nn.Module):
         )(x)
         x = nn.relu(_batch_norm(train, "bn1", self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        return bottleneck_stages(
+        first, second, third, fourth = bottleneck_stages(
             x,
             train,
             stage_sizes=self.stage_sizes,
@@ -553,6 +554,7 @@ class ResNet(nn.Module):
             first_block_dilation=self.first_block_dilation,
             multi_grid=self.multi_grid,
         )
+        return first, second, third, fourth
 
 
 def create_resnet(

@@ -353,7 +353,8 @@ def torch_to_flax_variables(
         for path, leaf in traverse_util.flatten_dict(dict(tree)).items()
     }
     has_aux = any(path[1] == "aux_decoder" for path in table)
-    converted, missing, mismatched, used = {}, [], [], set()
+    converted, missing, used = {}, [], set()
+    mismatched: list[str] = []
     for path, key in table.items():
         leaf = leaves[path]
         if key not in state_dict:

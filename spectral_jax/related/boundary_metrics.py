@@ -78,9 +78,9 @@ class BoundaryStatistics(NamedTuple):
       label_area: ``[4, C]`` pixels of label ``c``.
     """
 
-    intersection: jax.Array
-    prediction_area: jax.Array
-    label_area: jax.Array
+    intersection: jax.Array | np.ndarray
+    prediction_area: jax.Array | np.ndarray
+    label_area: jax.Array | np.ndarray
 
     @classmethod
     def zeros(cls, num_classes: int, dtype=jnp.int32) -> BoundaryStatistics:
@@ -231,7 +231,8 @@ def boundary_statistics(
     prediction_ok = (predictions >= 0) & (predictions < num_classes)
     counted = regions & (labels != ignore_index)  # [4, B, H, W]
     offsets = (jnp.arange(len(REGIONS)) * num_classes)[:, None, None, None]  # [4, 1, 1, 1]
-    count_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    # jax.config's options are attributes added at run time, undeclared in its typing.
+    count_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32  # type: ignore[attr-defined]
     length = len(REGIONS) * num_classes
 
     def count(classes, weights):

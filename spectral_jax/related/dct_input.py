@@ -95,7 +95,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import chex
 import flax.struct
@@ -282,7 +282,7 @@ def _planes_to_channels(planes: jax.Array) -> jax.Array:
     return jnp.concatenate(coefficients, axis=-1)
 
 
-def check_layout(layout) -> str:
+def check_layout(layout) -> DCTLayout:
     """``layout`` if it is one of :data:`DCT_LAYOUTS`.
 
     Raises:
@@ -290,7 +290,7 @@ def check_layout(layout) -> str:
     """
     if not isinstance(layout, str) or layout not in DCT_LAYOUTS:
         raise ValueError(f"layout must be one of {DCT_LAYOUTS}, got {layout!r}.")
-    return layout
+    return cast(DCTLayout, layout)  # one of DCT_LAYOUTS
 
 
 def _upscale_axis_2x(x: jax.Array, axis: int) -> jax.Array:
@@ -440,11 +440,10 @@ def zigzag_order() -> np.ndarray:
     Anti-diagonals ``u + v = s`` in increasing ``s``, walked towards larger ``u`` for odd
     ``s`` and towards smaller ``u`` for even ``s``: ``0, 1, 8, 16, 9, 2, 3, 10, ...``.
     """
-    order = []
+    order: list[int] = []
     for s in range(2 * BLOCK_SIZE - 1):
         rows = range(max(0, s - 7), min(s, 7) + 1)
-        rows = rows if s % 2 else reversed(rows)
-        order.extend(8 * u + (s - u) for u in rows)
+        order.extend(8 * u + (s - u) for u in (rows if s % 2 else reversed(rows)))
     return np.asarray(order)
 
 

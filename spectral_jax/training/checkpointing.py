@@ -191,7 +191,8 @@ def restore_latest(
         ) from error
     expected_leaves = jax.tree.leaves_with_path(abstract_state)
     restored_leaves = jax.tree.leaves_with_path(restored)
-    if jax.tree.structure(restored) != jax.tree.structure(abstract_state):
+    # jaxlib ships no type information for PyTreeDef, which compares by value.
+    if jax.tree.structure(restored) != jax.tree.structure(abstract_state):  # type: ignore[operator]
         raise CheckpointError(
             f"checkpoint {step_dir} has another tree structure than this run's state."
         )
@@ -258,7 +259,7 @@ def load_checkpoint(workdir: str | os.PathLike, *, step: int | None = None) -> t
 def num_replicas(tree: Any) -> int | None:
     """The replicas a checkpoint's state tree holds along its leading axis (a run with
     ``config.num_seeds = S > 1``: ``S``), or None for the state of one model."""
-    shape = getattr(tree["step"], "shape", ())
+    shape: tuple[int, ...] = getattr(tree["step"], "shape", ())
     return int(shape[0]) if len(shape) == 1 else None
 
 

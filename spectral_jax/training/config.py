@@ -402,7 +402,7 @@ def _model_attributes(model_name: Any) -> set[str]:
     model = registry.MODELS.get(model_name)
     if model is None:
         return set()
-    cls = getattr(model, "func", model)  # functools.partial of a preset
+    cls: Any = getattr(model, "func", model)  # functools.partial of a preset
     return {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
 
 

@@ -122,7 +122,7 @@ def train_step(
 
 
 def create_soft_prune_fn(
-    model: nn.Module, pruning: dict[str, float], *, over_replicas: bool = False
+    model: nn.Module, pruning: dict[str, Any], *, over_replicas: bool = False
 ) -> Callable[[state_lib.TrainState], state_lib.TrainState]:
     """Soft filter pruning (He et al. 2018) of a train state, for the ends of epochs.
 

@@ -175,15 +175,16 @@ def _training_program(
     # The replicas are initialised one after the other by one compiled function (a
     # vmapped init compiles for twice as long, and this one is exactly a plain run's).
     init_one = jax.jit(init_replica, out_shardings=replicated)
+    init_fn: Callable[[Any], Any]
     if num_replicas == 1:
         init_fn, train_state = init_one, train_replica
     else:
         stack = jax.jit(lambda *states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
 
-        def init_fn(init_keys):
+        def init_replicas(init_keys):
             return stack(*(init_one(key) for key in init_keys))
 
-        train_state = jax.vmap(train_replica)
+        init_fn, train_state = init_replicas, jax.vmap(train_replica)
 
     replica_axis = () if num_replicas == 1 else (num_replicas,)
     abstract_state = jax.tree.map(

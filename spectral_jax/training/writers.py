@@ -81,7 +81,7 @@ class JsonlWriter:
         self._file = open(self._path, "a", encoding="utf-8")
 
     def write_scalars(self, step: int, scalars: Scalars) -> None:
-        record = {"step": int(step)}
+        record: dict[str, float | None] = {"step": int(step)}
         for name, value in scalars.items():
             value = _as_float(value)
             record[name] = None if math.isnan(value) else value
