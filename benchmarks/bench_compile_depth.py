@@ -37,17 +37,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import statistics
 import sys
 
 import jax
-import optax
 
 from benchmarks import _deeplab_step as bench
 from benchmarks import timing
-from spectral_jax.training import steps as steps_lib
-from spectral_jax.training import train_state as state_lib
 
 VARIANTS = {
     "unrolled": {"scan_blocks": False},
@@ -67,22 +63,7 @@ def compile_config(backbone: str, batch_size: int, crop_size: int) -> bench.Benc
 def make_state_and_step(config: bench.BenchConfig, variant: str):
     """``(state, step)`` of ``bench_train_step`` for one variant; the step is not compiled."""
     model = config.flax_model().clone(**VARIANTS[variant])
-    variables = bench.init_variables(model, config)
-    schedule = optax.constant_schedule(bench.LEARNING_RATE)
-    optimizer = state_lib.create_optimizer(
-        schedule, momentum=bench.MOMENTUM, weight_decay=bench.WEIGHT_DECAY
-    )
-    state = state_lib.create_train_state(model, variables, optimizer)
-    step = jax.jit(
-        functools.partial(
-            steps_lib.train_step,
-            learning_rate_fn=schedule,
-            dropout_key=jax.random.key(1),
-            ignore_index=bench.IGNORE_INDEX,
-        ),
-        donate_argnums=0,
-    )
-    return state, step
+    return bench.make_jax_step(model, bench.init_variables(model, config))
 
 
 def time_compile(config: bench.BenchConfig, variant: str) -> dict[str, float]:
