@@ -15,10 +15,10 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks._variables import random_variables
 from spectral_jax.data import IGNORE_INDEX
 from spectral_jax.models import DeepLabV3Plus
 from spectral_jax.training import steps as steps_lib
@@ -91,20 +91,8 @@ def make_batch(config: BenchConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def init_variables(model: DeepLabV3Plus, config: BenchConfig, seed: int = 0) -> dict[str, Any]:
     """He-normal kernels, zero biases, identity BatchNorm, drawn in NumPy from the shapes."""
-    images = jax.ShapeDtypeStruct((1, config.crop_size, config.crop_size, 3), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
-        if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return dict(jax.tree_util.tree_map_with_path(fill, shapes))
+    shape = (1, config.crop_size, config.crop_size, 3)
+    return dict(random_variables(model, shape, seed))
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._variables import random_variables as random_variables
 from spectral_jax.models import DAN, DeepLabV3Plus
 
 TINY_DEEPLAB = dict(
@@ -32,28 +33,6 @@ TINY_DAN = dict(
 # (spectral_jax.models.resnet); register it with the `deep_tiny_backbone` fixture.
 DEEP_TINY_BACKBONE = "resnet_tiny_deep"
 DEEP_TINY_STAGES = (2, 3, 2, 2)
-
-
-def random_variables(model, shape, seed=0):
-    """He-normal kernels, zero biases, identity BatchNorm, from shapes only.
-
-    ``model.init`` compiles the random initialisers and a forward pass (seconds on the
-    CPU); filling ``jax.eval_shape``'s shapes with NumPy draws takes milliseconds.
-    """
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
-        if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def num_params(tree) -> int:
