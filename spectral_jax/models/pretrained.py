@@ -503,6 +503,12 @@ def _listing(keys: list[str]) -> str:
     return f"{shown}, ... ({more} more)" if more > 0 else shown
 
 
+def _key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The lines of a checkpoint-mismatch error: each non-empty kind of key, listed."""
+    kinds = (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+    return [f"{kind} keys ({len(keys)}): {_listing(keys)}" for kind, keys in kinds if keys]
+
+
 def torchvision_to_flax_resnet(
     state_dict: Mapping[str, np.ndarray], target: ResNet | Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -549,13 +555,7 @@ def torchvision_to_flax_resnet(
                 converted[(collection, *path)] = value
     unexpected = sorted(key for key in state_dict if key not in used and not _is_ignored(key))
     if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"mismatched keys ({len(mismatched)}): {_listing(mismatched)}")
+        problems = _key_problems(missing, unexpected, mismatched)
         raise ValueError(
             "the checkpoint does not match the ResNet backbone; " + "; ".join(problems) + "."
         )

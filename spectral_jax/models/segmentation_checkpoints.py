@@ -59,6 +59,7 @@ from spectral_jax.models.pretrained import (
     _LEAF_NAMES,
     Backend,
     _converted_tensor,
+    _key_problems,
     _listing,
     _torch_key,
     _variable_shapes,
@@ -372,12 +373,7 @@ def torch_to_flax_variables(
     )
     if missing or unexpected or mismatched:
         problems = _diagnosis(state_dict, table, shapes, layout)
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"mismatched keys ({len(mismatched)}): {_listing(mismatched)}")
+        problems += _key_problems(missing, unexpected, mismatched)
         raise ValueError(
             f"the checkpoint does not match the {layout!r} model; " + "; ".join(problems) + "."
         )
