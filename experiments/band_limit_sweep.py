@@ -374,8 +374,9 @@ def write_report(
     )
     report.heading("R(ν_max) per model and data set")
     report.paragraph(
-        f"{IGNORE_MODES_NOTE}. R at ν = 8, 16, 32 and the Nyquist band ({num_bands - 1}) "
-        "of both conventions" + (", beside Table 1's row." if stage == "trained" else ".")
+        f"{IGNORE_MODES_NOTE}. Each table gives R at ν = 8, 16, 32 and at the Nyquist "
+        f"band ({num_bands - 1}) under both conventions"
+        + (", beside Table 1's row." if stage == "trained" else ".")
     )
     for m, model in enumerate(models):
         for d, dataset in enumerate(datasets):
