@@ -825,7 +825,7 @@ def _grids_paragraph(report: Report, num_bands: int, *, model: str, dataset: str
         "the same frequencies; the highest band of each grid (paper 256, ours "
         f"{last}) holds the whole CE, R = 0 by definition."
     )
-    if last < 64:
+    if last <= 64:  # the paper's R(64) is CE our grid cannot hold
         r64 = paper_values.table1_relative_discrepancy(model, dataset, 64)
         text += f" The paper's R(64) = {r64:.3f} has no counterpart below our Nyquist band."
     report.paragraph(text)

@@ -118,6 +118,8 @@ def test_model_section_shows_the_cells_numbers_beside_its_table1_row(rng, tmp_pa
     assert (tmp_path / "spectrum_dan_cityscapes.png").stat().st_size > 10_000
     assert ("ours 129 x 129 (bands 0..64)" in text) == describe_grids
     assert ("513 crop of a Cityscapes image" in text) == describe_grids
+    # Table 1's R(64) of DAN on Cityscapes: CE above our Nyquist band (64).
+    assert ("The paper's R(64) = 0.012 has no counterpart" in text) == describe_grids
     for stage, result in per_seed[0].items():
         r = result["relative_discrepancy"]
         values = [result["mean_ce"], r[8], r[16], r[32], r[64]]
