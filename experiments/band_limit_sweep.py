@@ -622,11 +622,9 @@ def sweep_section(
     for mode, curves in sweep.relative_discrepancy_by_ignore_mode.items():
         for label, curve in zip(sweep.names, curves, strict=True):
             rows.append([label, IGNORE_MODE_TITLES[mode], *ce_spectrum.r_row(curve)])
-    rows += [
-        [f"paper {MODEL_TITLES[model]}, {dataset}", "(no ignore label)"]
-        + ce_spectrum.paper_r_row(model, dataset)
-        for model, dataset in paper
-    ]
+    for model, dataset in paper:
+        values = ce_spectrum.paper_r_row(model, dataset)  # checks model and dataset
+        rows.append([f"paper {MODEL_TITLES[model]}, {dataset}", "(no ignore label)", *values])
     header = ["prediction", "ignored pixels", "R(8)", "R(16)", "R(32)", "R(Nyquist)"]
     report.table(header, rows, digits=digits)
     if figure is not None:

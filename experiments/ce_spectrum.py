@@ -630,7 +630,15 @@ def r_row(discrepancy: np.ndarray) -> list[float]:
 
 
 def paper_r_row(model: str, dataset: str) -> list[float]:
-    """Table 1's ``R`` of ``model`` on ``dataset`` at :data:`MODEL_BAND_LIMITS` and 256."""
+    """Table 1's ``R`` of ``model`` on ``dataset`` at :data:`MODEL_BAND_LIMITS` and 256.
+
+    Raises:
+      ValueError: for a model or data set that Table 1 does not have.
+    """
+    if model not in paper_values.TABLE1_RELATIVE_DISCREPANCY:
+        raise ValueError(f"model must be one of {paper_values.MODELS}, got {model!r}.")
+    if dataset not in paper_values.TABLE1_RELATIVE_DISCREPANCY[model]:
+        raise ValueError(f"dataset must be one of {paper_values.DATASETS}, got {dataset!r}.")
     return [
         paper_values.table1_relative_discrepancy(model, dataset, nu)
         for nu in (*MODEL_BAND_LIMITS, 256)
@@ -797,7 +805,11 @@ def model_section(
       heading_level: Markdown level of ``heading``.
       describe_grids: whether to open with the paragraph on the CE components and the
         two grids (a report with a section per model says it once, above them).
+
+    Raises:
+      ValueError: for a model or data set that Table 1 does not have.
     """
+    paper_r_row(model, dataset)  # checks both before anything is added
     _first_seed_part(
         report,
         spectra.per_seed[0],

@@ -141,6 +141,29 @@ def test_model_section_shows_the_cells_numbers_beside_its_table1_row(rng, tmp_pa
     assert claim in text
 
 
+@pytest.mark.parametrize(
+    ("model", "dataset", "argument"), [("unet", "pascal", "model"), ("dan", "ade20k", "dataset")]
+)
+def test_paper_row_of_a_cell_table1_lacks_raises(tmp_path, model, dataset, argument):
+    with pytest.raises(
+        ValueError,
+        match=f"{argument} must be one of .*{dataset if argument == 'dataset' else model}",
+    ):
+        ce_spectrum.paper_r_row(model, dataset)
+    report = Report(tmp_path, "test")
+    with pytest.raises(ValueError, match=argument):
+        ce_spectrum.model_section(
+            report,
+            ce_spectrum.ModelSpectra([]),
+            heading="h",
+            title="t",
+            model=model,
+            dataset=dataset,
+            figure="f.png",
+        )
+    assert report.parts == ["# test", ""]  # nothing added
+
+
 # --------------------------------------------------------------------------------------
 # End to end.
 
