@@ -42,8 +42,11 @@ Writes ``report.md``, ``relative_discrepancy.csv`` (model, dataset, band_limit, 
 ``table.csv`` (R at 8/16/32/64 beside Table 1) and ``relative_discrepancy.png``;
 ``--save_predictions`` also writes the stacked ``predictions.npz`` (for checks).
 
-:func:`preset_section` is the demo's sweep: one trained model beside the blurred ground
-truth of the three embedded presets (computed by :func:`preset_sweep`).
+Each model on each data set gets a :func:`sweep_section` of its :class:`PredictionSweep`
+(:func:`cell_sweep`): R at 8 / 16 / 32 / Nyquist for both conventions for ignored pixels,
+beside Table 1. The demo's sweep is the same section of another :class:`PredictionSweep`:
+one trained model beside the blurred ground truth of the three embedded presets
+(:func:`preset_sweep`, introduced by :func:`preset_intro`).
 """
 
 from __future__ import annotations
@@ -324,6 +327,11 @@ def write_report(
     seconds,
     sweep_by_ignore_mode=None,
 ):
+    """``report.md``: the grid's Table 1, its figure and a :func:`sweep_section` per cell.
+
+    ``sweep`` is ``[M, D, R]`` (the default ``ignore_mode``), ``sweep_by_ignore_mode``
+    ``{ignore_mode: [M, D, R]}`` (default: ``sweep`` alone).
+    """
     report = Report(workdir, "Experiment 5: band-limit sweep in one vmapped computation")
     num_bands = sweep.shape[-1]
     report.paragraph(
@@ -357,23 +365,6 @@ def write_report(
         "the generated presets (see experiment 1's report for the differences). At "
         "initialisation the paper gives no values."
     )
-    if sweep_by_ignore_mode:
-        report.heading("R(ν_max) by the convention for ignored pixels")
-        header = ["model", "data set", "ignored pixels"]
-        header += [f"ν={nu}" for nu in TABLE_BAND_LIMITS]
-        rows = []
-        for m, model in enumerate(models):
-            for d, dataset in enumerate(datasets):
-                for mode, values in sweep_by_ignore_mode.items():
-                    cells = [
-                        f"{float(values[m, d, min(nu, num_bands - 1)]):.4f}"
-                        for nu in TABLE_BAND_LIMITS
-                    ]
-                    rows.append(
-                        [MODEL_TITLES[model], DATASET_TITLES[dataset], IGNORE_MODE_TITLES[mode]]
-                    )
-                    rows[-1] += cells
-        report.table(header, rows)
     fig = plot_curves(models, datasets, np.arange(num_bands), sweep)
     report.figure(
         fig,
@@ -381,11 +372,31 @@ def write_report(
         "R(ν_max) of every model (solid DeepLab v3+, dashed DAN) on every data set "
         "(colour), log scale; dotted lines at ν = 8, 16, 32, 64.",
     )
+    report.heading("R(ν_max) per model and data set")
+    report.paragraph(
+        f"{IGNORE_MODES_NOTE}. Each table gives R at ν = 8, 16, 32 and at the Nyquist "
+        f"band ({num_bands - 1}) under both conventions"
+        + (", beside Table 1's row." if stage == "trained" else ".")
+    )
+    for m, model in enumerate(models):
+        for d, dataset in enumerate(datasets):
+            title = f"{MODEL_TITLES[model]}, {DATASET_TITLES[dataset]}"
+            cell = cell_sweep(
+                sweep_by_ignore_mode or {DEFAULT_IGNORE_MODE: sweep},
+                m,
+                d,
+                name=f"{title} ({stage})",
+                compilations=compilations,
+                seconds=seconds,
+            )
+            paper = [(model, dataset)] if stage == "trained" else []
+            sweep_section(report, cell, heading=title, paper=paper, heading_level=3, digits=4)
     return report.write()
 
 
 # --------------------------------------------------------------------------------------
-# One trained model beside the blurred ground truth of the presets (the demo).
+# Named predictions' R beside Table 1: one section per cell of the grid, and the demo's
+# trained model beside the blurred ground truth of the presets.
 
 
 def blurred_label_predictions(num_images: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,13 +437,17 @@ def _order_sentence(preset_r: np.ndarray) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class PresetSweep:
-    """R(nu_max) of one model's predictions and of the presets' blurred ground truth.
+class PredictionSweep:
+    """R(nu_max) of ``P`` named predictions at every band limit, for each ``ignore_mode``.
+
+    The demo's sweep (:func:`preset_sweep`: one model's predictions and the presets'
+    blurred ground truth) and one cell (model, data set) of the grid sweep
+    (:func:`cell_sweep`) are both one.
 
     Attributes:
-      names: ``[4]`` the predictions: the model's, then the three presets'.
-      relative_discrepancy: ``[4, R]`` R at every band limit, the default ``ignore_mode``.
-      relative_discrepancy_by_ignore_mode: the same ``[4, R]`` for each of
+      names: ``[P]`` the predictions.
+      relative_discrepancy: ``[P, R]`` R at every band limit, the default ``ignore_mode``.
+      relative_discrepancy_by_ignore_mode: the same ``[P, R]`` for each of
         :data:`spectral_jax.loss_spectrum.IGNORE_MODES`.
       compilations: XLA compilations of the default mode's call.
       seconds: of that call, compiling included.
@@ -458,7 +473,7 @@ class PresetSweep:
         }
 
 
-def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> PresetSweep:
+def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> PredictionSweep:
     """R(nu_max) of a model's predictions and of the presets' blurred ground truth.
 
     One jitted :func:`relative_discrepancy_grid` call over the four predictions (as four
@@ -470,8 +485,7 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> Preset
       name: the model's name.
 
     Returns:
-      The four predictions' R at every band limit, for each ``ignore_mode``
-      (:class:`PresetSweep`).
+      The four predictions' R at every band limit, for each ``ignore_mode``.
     """
     num_images = len(labels)
     preset_logits, preset_labels = blurred_label_predictions(num_images, logits.shape[-1])
@@ -489,7 +503,7 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> Preset
             other = grid(all_logits[None], all_labels, band_limits, ignore_mode=mode)
             by_mode[mode] = np.asarray(other)[0]
     presets = [paper_values.PRESET_OF_DATASET[d].split("/")[1] for d in paper_values.DATASETS]
-    return PresetSweep(
+    return PredictionSweep(
         names=[name] + [f"blurred ground truth, {preset}" for preset in presets],
         relative_discrepancy=r,
         relative_discrepancy_by_ignore_mode=by_mode,
@@ -498,23 +512,51 @@ def preset_sweep(logits: np.ndarray, labels: np.ndarray, *, name: str) -> Preset
     )
 
 
-def preset_section(report: Report, sweep: PresetSweep, *, heading: str, num_images: int) -> None:
-    """Adds :func:`preset_sweep` (on ``num_images`` scenes) beside Table 1's DeepLab v3+ rows."""
+def cell_sweep(
+    sweep_by_ignore_mode: dict[str, np.ndarray],
+    model_index: int,
+    dataset_index: int,
+    *,
+    name: str,
+    compilations: int,
+    seconds: float,
+) -> PredictionSweep:
+    """One model on one data set of the grid sweep, as a one-prediction sweep.
+
+    Args:
+      sweep_by_ignore_mode: ``{ignore_mode: [M, D, R]}`` the grid's R.
+      model_index: the model's index ``m``.
+      dataset_index: the data set's index ``d``.
+      name: the prediction's name.
+      compilations: XLA compilations of the grid's call (every cell shares it).
+      seconds: of the grid's call.
+    """
+    by_mode = {
+        mode: values[model_index, dataset_index][None]  # [1, R]
+        for mode, values in sweep_by_ignore_mode.items()
+    }
+    return PredictionSweep(
+        names=[name],
+        relative_discrepancy=by_mode[DEFAULT_IGNORE_MODE],
+        relative_discrepancy_by_ignore_mode=by_mode,
+        compilations=compilations,
+        seconds=seconds,
+    )
+
+
+#: What the two conventions for ignored pixels are (the sweep sections' tables show both).
+IGNORE_MODES_NOTE = (
+    "Both conventions for ignored pixels (`ignore_mode`, see `spectral_jax.ce_spectrum`): "
+    "the paper's Eq. 1 read directly zeroes only the labels there (the default); the "
+    "other convention zeroes the log-probabilities too. The CE is the same; R differs "
+    "wherever boundaries are ignored"
+)
+
+
+def preset_intro(sweep: PredictionSweep, *, num_images: int) -> list[str]:
+    """The paragraphs that introduce :func:`preset_sweep`'s section (on ``num_images`` scenes)."""
     names, r = sweep.names, sweep.relative_discrepancy
-    fig, ax = pyplot().subplots(figsize=(7, 4), layout="constrained")
-    for k, (label, curve) in enumerate(zip(names, r, strict=True)):
-        shown = curve > 0
-        ax.semilogy(np.arange(curve.size)[shown], curve[shown], color=f"C{k}", label=label)
-    for k, dataset in enumerate(paper_values.DATASETS):
-        paper = ce_spectrum.paper_r_row(dataset)[:3]
-        label = f"paper DeepLab, {dataset}"
-        limits = ce_spectrum.MODEL_BAND_LIMITS
-        ax.semilogy(limits, paper, "o", mfc="none", color=f"C{k + 1}", label=label)
-    ax.set(xlabel="ν_max", ylabel="R(ν_max)", title="one vmap over predictions x band limits")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="x-small")
-    report.heading(heading)
-    report.paragraph(
+    return [
         f"`jax.vmap` of `relative_discrepancy` over {len(names)} predictions x {r.shape[1]} "
         f"band limits on {num_images} scenes each (`relative_discrepancy_grid`), "
         f"compiled {sweep.compilations} time(s) (XLA compilations counted) and called once "
@@ -522,24 +564,77 @@ def preset_section(report: Report, sweep: PresetSweep, *, heading: str, num_imag
         "selects bands, so it is traced. The three presets' rows use the ground truth "
         "blurred by a 1-pixel Gaussian with 10 % uniform mixing (the presets' own yardstick, "
         "`spectral_jax.data.blurred_label_logits`), logits padded to 21 classes with "
-        f"{PAD_LOGIT:g} (a padded class changes no component). " + _order_sentence(r[1:])
-    )
+        f"{PAD_LOGIT:g} (a padded class changes no component). " + _order_sentence(r[1:]),
+        IGNORE_MODES_NOTE + " (deepglobe_like has no ignored pixels).",
+    ]
+
+
+def _plot_sweep(sweep: PredictionSweep, paper: Sequence[tuple[str, str]]):
+    """R(nu_max) of every prediction; the paper's rows as circles, in the colours of the
+    last ``len(paper)`` predictions (the demo: each preset beside its data set's row)."""
+    names, r = sweep.names, sweep.relative_discrepancy
+    fig, ax = pyplot().subplots(figsize=(7, 4), layout="constrained")
+    for k, (label, curve) in enumerate(zip(names, r, strict=True)):
+        shown = curve > 0
+        ax.semilogy(np.arange(curve.size)[shown], curve[shown], color=f"C{k}", label=label)
+    offset = max(len(names) - len(paper), 0)
+    for k, (model, dataset) in enumerate(paper):
+        values = ce_spectrum.paper_r_row(model, dataset)[:3]
+        label = f"paper {MODEL_TITLES[model]}, {dataset}"
+        limits = ce_spectrum.MODEL_BAND_LIMITS
+        ax.semilogy(limits, values, "o", mfc="none", color=f"C{offset + k}", label=label)
+    ax.set(xlabel="ν_max", ylabel="R(ν_max)", title="one vmap over predictions x band limits")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return fig
+
+
+def sweep_section(
+    report: Report,
+    sweep: PredictionSweep,
+    *,
+    heading: str,
+    paper: Sequence[tuple[str, str]],
+    intro: Sequence[str] = (),
+    figure: str | None = None,
+    heading_level: int = 2,
+    digits: int = 3,
+) -> None:
+    """Adds R(nu_max) of ``sweep``'s predictions at 8 / 16 / 32 / Nyquist beside Table 1.
+
+    A table row per prediction and ``ignore_mode``, then Table 1's row of each
+    ``(model, dataset)`` in ``paper``; optionally a figure of the curves.
+
+    Args:
+      report: the report to add the section to.
+      sweep: the predictions' R (:func:`preset_sweep`, :func:`cell_sweep`).
+      heading: the section's heading.
+      paper: ``(model, dataset)`` of the rows of Table 1 shown beside ours.
+      intro: paragraphs between the heading and the table.
+      figure: file name of the figure (PNG); ``None`` draws none.
+      heading_level: Markdown level of ``heading``.
+      digits: decimals of R in the table.
+    """
+    report.heading(heading, heading_level)
+    for paragraph in intro:
+        report.paragraph(paragraph)
     rows = []
     for mode, curves in sweep.relative_discrepancy_by_ignore_mode.items():
-        for label, curve in zip(names, curves, strict=True):
+        for label, curve in zip(sweep.names, curves, strict=True):
             rows.append([label, IGNORE_MODE_TITLES[mode], *ce_spectrum.r_row(curve)])
-    rows += [
-        [f"paper DeepLab v3+, {d}", "(no ignore label)", *ce_spectrum.paper_r_row(d)]
-        for d in paper_values.DATASETS
-    ]
-    report.paragraph(
-        "Both conventions for ignored pixels (`ignore_mode`, see `spectral_jax.ce_spectrum`): "
-        "the paper's Eq. 1 read directly zeroes only the labels there (the default); the "
-        "other convention zeroes the log-probabilities too. The CE is the same; R differs "
-        "wherever boundaries are ignored (deepglobe_like has no ignored pixels)."
-    )
-    report.table(["prediction", "ignored pixels", "R(8)", "R(16)", "R(32)", "R(Nyquist)"], rows)
-    report.figure(fig, "band_limit_sweep.png", "R(ν_max) of four predictions, one vmapped call.")
+    for model, dataset in paper:
+        values = ce_spectrum.paper_r_row(model, dataset)  # checks model and dataset
+        rows.append([f"paper {MODEL_TITLES[model]}, {dataset}", "(no ignore label)", *values])
+    header = ["prediction", "ignored pixels", "R(8)", "R(16)", "R(32)", "R(Nyquist)"]
+    report.table(header, rows, digits=digits)
+    if figure is not None:
+        caption = f"R(ν_max) of {_number_word(len(sweep.names))} predictions, one vmapped call."
+        report.figure(_plot_sweep(sweep, paper), figure, caption)
+
+
+def _number_word(count: int) -> str:
+    """``count`` in words up to five ("four predictions"), else in digits."""
+    return {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}.get(count, str(count))
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ first use, no download) the script composes the experiments' sections:
    beside Table 1, magnitude profiles, of the first seed; ``R(nu_max)`` of every seed);
 4. sweeps every band limit in one jitted, vmapped call over the first seed's
    predictions and the three presets' blurred ground truth
-   (:func:`experiments.band_limit_sweep.preset_section`);
+   (:func:`experiments.band_limit_sweep.sweep_section`);
 5. computes exact spectral-Jacobian rows of the CE at the ASPP features and of the trained
    decoder's first convolution (first seed) (:func:`experiments.spectral_gradient.model_section`);
 6. evaluates every seed's trained model with its decoder truncated to Table 2's grids, with MACs
@@ -311,7 +311,15 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     spectra = ce_spectrum.ModelSpectra(spectra_per_seed)
     heading = "3. The spectrum of the CE (Fig. 1, Fig. 2, Table 1)"
     title = f"tiny DeepLab v3+ (seed {seed_runs.seeds[0]})"
-    ce_spectrum.model_section(report, spectra, heading=heading, title=title)
+    ce_spectrum.model_section(
+        report,
+        spectra,
+        heading=heading,
+        title=title,
+        model="deeplab",
+        dataset="pascal",
+        figure="ce_spectrum.png",
+    )
     results["ce_spectrum"] = spectra.to_json()
 
     progress("[4/7] band-limit sweep: one vmap over predictions and band limits (first seed)")
@@ -321,7 +329,14 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         logits, labels, name="tiny DeepLab v3+ (trained), pascal_like"
     )
     heading = "4. Band-limit sweep in one vmap (data sets differ)"
-    band_limit_sweep.preset_section(report, sweep, heading=heading, num_images=num_eval)
+    band_limit_sweep.sweep_section(
+        report,
+        sweep,
+        heading=heading,
+        intro=band_limit_sweep.preset_intro(sweep, num_images=num_eval),
+        paper=[("deeplab", dataset) for dataset in paper_values.DATASETS],
+        figure="band_limit_sweep.png",
+    )
     results["sweep"] = sweep.to_json()
 
     progress("[5/7] spectral Jacobians of the trained model (first seed)")

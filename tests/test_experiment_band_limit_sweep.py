@@ -16,6 +16,7 @@ import pytest
 
 import spectral_jax as sj
 from experiments import band_limit_sweep
+from experiments.report import Report
 from spectral_jax.data import dataset_info
 from tests.helpers import references
 from tests.helpers.outputs import read_csv
@@ -116,6 +117,44 @@ def test_pad_classes_rejects_fewer_classes():
         band_limit_sweep.pad_classes(np.zeros((1, 2, 2, 5)), 4)
 
 
+def test_sweep_section_of_a_grid_cell_shows_its_values_beside_table1(rng, tmp_path):
+    by_mode = {mode: rng.uniform(0.0, 1.0, (2, 3, 65)) for mode in ("labels", "both")}
+    cell = band_limit_sweep.cell_sweep(
+        by_mode, 1, 2, name="DAN, Cityscapes (trained)", compilations=1, seconds=0.5
+    )
+    assert cell.names == ["DAN, Cityscapes (trained)"]
+    np.testing.assert_array_equal(cell.relative_discrepancy, by_mode["labels"][1, 2][None])
+    np.testing.assert_array_equal(
+        cell.relative_discrepancy_by_ignore_mode["both"], by_mode["both"][1, 2][None]
+    )
+    report = Report(tmp_path, "test")
+    band_limit_sweep.sweep_section(
+        report,
+        cell,
+        heading="DAN, Cityscapes",
+        paper=[("dan", "cityscapes")],
+        heading_level=3,
+        digits=4,
+    )
+    band_limit_sweep.sweep_section(
+        report, cell, heading="with a figure", paper=[], figure="cell.png"
+    )
+    text = report.write().read_text()
+    first, second = text.split("### DAN, Cityscapes", 1)[1].split("## with a figure")
+    for mode, title in band_limit_sweep.IGNORE_MODE_TITLES.items():
+        values = by_mode[mode][1, 2]
+        row = " | ".join(f"{values[nu]:.4f}" for nu in (8, 16, 32, 64))
+        assert f"| DAN, Cityscapes (trained) | {title} | {row} |" in first
+        row = " | ".join(f"{values[nu]:.3f}" for nu in (8, 16, 32, 64))
+        assert f"| DAN, Cityscapes (trained) | {title} | {row} |" in second
+    # Table 1, DAN on Cityscapes: R(8), R(16), R(32), R(256).
+    assert (
+        "| paper DAN, cityscapes | (no ignore label) | 1.3070 | 0.2550 | 0.0290 | 0.0000 |" in first
+    )
+    assert "paper" not in second and "![" not in first
+    assert "(cell.png)" in second and (tmp_path / "cell.png").stat().st_size > 5_000
+
+
 @pytest.mark.slow
 def test_tiny_run_at_initialisation(tmp_path):
     workdir = tmp_path / "sweep"
@@ -148,3 +187,22 @@ def test_tiny_run_at_initialisation(tmp_path):
                 ]
                 np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-5)
     assert '"compilations": 1' in (workdir / "compilations.json").read_text()
+    # Each cell's section shows the CSV's R at 8 / 16 / 32 / Nyquist, and no paper row
+    # (the paper gives no values at initialisation).
+    text = report.read_text()
+    for model, dataset, next_heading in [
+        ("DeepLab v3+", "PASCAL", "### DeepLab v3+, DeepGlobe"),
+        ("DAN", "DeepGlobe", None),
+    ]:
+        section = text.split(f"### {model}, {dataset}\n", 1)[1]
+        section = section.split(next_heading)[0] if next_heading else section
+        assert "paper" not in section
+        key = {"DeepLab v3+": "deeplab", "DAN": "dan"}[model], dataset.lower()
+        for mode, title in band_limit_sweep.IGNORE_MODE_TITLES.items():
+            curve = {
+                int(r["band_limit"]): float(r["R"])
+                for r in rows
+                if (r["model"], r["dataset"], r["ignore_mode"]) == (*key, mode)
+            }
+            values = " | ".join(f"{curve[nu]:.4f}" for nu in (8, 16, 32, 64))
+            assert f"| {model}, {dataset} (init) | {title} | {values} |" in section

@@ -17,6 +17,7 @@ import scipy.stats
 
 from experiments import band_limit_sweep, ce_spectrum, runs
 from experiments.configs import cityscapes, pascal, tiny
+from experiments.report import Report
 from tests.helpers import references
 from tests.helpers.outputs import read_csv
 
@@ -66,6 +67,101 @@ def test_table_band_limits_map_above_the_grid_to_its_last_band(num_bands):
     pairs = ce_spectrum.table_band_limits(num_bands)
     assert [p for p, _ in pairs] == [8, 16, 32, 64, 256]
     assert [o for _, o in pairs] == [min(p, num_bands - 1) for p, _ in pairs]
+
+
+# --------------------------------------------------------------------------------------
+# The per-model section (the demo's, and each cell's of the grid report).
+
+
+def _stage_spectra(rng, band_profile: np.ndarray) -> dict:
+    """One stage of :func:`ce_spectrum.evaluate_spectra` on 129 x 129 maps (65 bands)."""
+    discrepancy = np.sort(rng.uniform(0.0, 0.5, 65))[::-1].copy()
+    discrepancy[-1] = 0.0
+    return {
+        "band_profile": band_profile,
+        "relative_discrepancy": discrepancy,
+        "label_magnitude": rng.uniform(0.1, 1.0, 65),
+        "logit_magnitude": rng.uniform(0.1, 1.0, 65),
+        "mean_ce": float(rng.uniform(1.0, 3.0)),
+        "parseval_error": float(rng.uniform(1e-8, 1e-6)),
+        "mean_iou": 0.5,
+        "num_images": 4,
+    }
+
+
+def _seed_spectra(rng, low_band_ratio: float) -> dict:
+    """Both stages of one seed; training scales the band profile by ``low_band_ratio``."""
+    initial = rng.uniform(0.5, 1.5, 65)
+    return {
+        "init": _stage_spectra(rng, initial),
+        "trained": _stage_spectra(rng, low_band_ratio * initial),
+    }
+
+
+@pytest.mark.parametrize("describe_grids", [True, False])
+def test_model_section_shows_the_cells_numbers_beside_its_table1_row(rng, tmp_path, describe_grids):
+    per_seed = [_seed_spectra(rng, ratio) for ratio in (0.5, 0.52)]
+    report = Report(tmp_path, "test")
+    ce_spectrum.model_section(
+        report,
+        ce_spectrum.ModelSpectra(per_seed),
+        heading="DAN, Cityscapes",
+        title="DAN (seed 3)",
+        model="dan",
+        dataset="cityscapes",
+        figure="spectrum_dan_cityscapes.png",
+        heading_level=3,
+        describe_grids=describe_grids,
+    )
+    text = (report.write()).read_text()
+    assert "### DAN, Cityscapes" in text
+    assert (tmp_path / "spectrum_dan_cityscapes.png").stat().st_size > 10_000
+    assert ("ours 129 x 129 (bands 0..64)" in text) == describe_grids
+    assert ("513 crop of a Cityscapes image" in text) == describe_grids
+    # Table 1's R(64) of DAN on Cityscapes: CE above our Nyquist band (64).
+    assert ("The paper's R(64) = 0.012 has no counterpart" in text) == describe_grids
+    for stage, result in per_seed[0].items():
+        r = result["relative_discrepancy"]
+        values = [result["mean_ce"], r[8], r[16], r[32], r[64]]
+        row = f"| DAN (seed 3), {stage} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+        assert row in text
+    # Table 1, DAN on Cityscapes: R(8), R(16), R(32), R(256).
+    assert "| DAN (paper, Table 1, Cityscapes) | - | 1.307 | 0.255 | 0.029 | 0.000 |" in text
+    # Fig. 2's claim: CE of bands 0-8, trained / initial, over the two seeds.
+    ratios = [
+        s["trained"]["band_profile"][:9].sum() / s["init"]["band_profile"][:9].sum()
+        for s in per_seed
+    ]
+    mean, std = np.mean(ratios), np.std(ratios, ddof=1)
+    half = scipy.stats.t.ppf(0.975, 1) * std / np.sqrt(2)
+    claim = (
+        f"training lowers the CE of bands 0-8 (trained / initial below 1): {mean:.3f} ± "
+        f"{std:.3f} (95 % CI {mean - half:.3f} to {mean + half:.3f}, n=2): **supports**."
+    )
+    assert claim in text
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "argument"), [("unet", "pascal", "model"), ("dan", "ade20k", "dataset")]
+)
+def test_paper_row_of_a_cell_table1_lacks_raises(tmp_path, model, dataset, argument):
+    with pytest.raises(
+        ValueError,
+        match=f"{argument} must be one of .*{dataset if argument == 'dataset' else model}",
+    ):
+        ce_spectrum.paper_r_row(model, dataset)
+    report = Report(tmp_path, "test")
+    with pytest.raises(ValueError, match=argument):
+        ce_spectrum.model_section(
+            report,
+            ce_spectrum.ModelSpectra([]),
+            heading="h",
+            title="t",
+            model=model,
+            dataset=dataset,
+            figure="f.png",
+        )
+    assert report.parts == ["# test", ""]  # nothing added
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +264,29 @@ def test_table1_spread_is_recomputed_from_the_seeds(tiny_run):
 
 
 @pytest.mark.slow
+def test_report_section_of_the_cell_shows_its_csv_numbers(tiny_run):
+    workdir = tiny_run[0]
+    text = (workdir / "report.md").read_text()
+    section = text.split("### DeepLab v3+, PASCAL", 1)[1].split("## Ours against the paper")[0]
+    assert "(spectrum_deeplab_pascal.png)" in section
+    assert (workdir / "spectrum_deeplab_pascal.png").stat().st_size > 10_000
+    summary = [r for r in read_csv(workdir / "summary.csv") if r["seed"] == "0"]
+    for row in summary:
+        assert f"| DeepLab v3+ (seed 0), {row['stage']} | {float(row['mean_ce']):.3f} |" in section
+        assert f"{float(row['parseval_error']):.1e} ({row['stage']})" in section
+    spreads = read_csv(workdir / "table1_spread.csv")
+    for stage in ce_spectrum.STAGES:
+        line = next(line for line in section.splitlines() if line.startswith(f"| {stage} |"))
+        cells = line.strip("| ").split(" | ")[1:]
+        by_band = {r["nu_max"]: r for r in spreads if r["stage"] == stage}
+        for cell, nu in zip(cells, ("8", "16", "32"), strict=True):
+            mean = float(by_band[nu]["relative_discrepancy_mean"])
+            std = float(by_band[nu]["relative_discrepancy_std"])
+            expected = f"{mean:.4f} ± {std:.4f}".replace("-", "−")
+            assert cell.startswith(expected), (cell, expected)
+
+
+@pytest.mark.slow
 def test_summary_agrees_with_the_trainers_evaluation(tiny_run):
     workdir = tiny_run[0]
     summary = [r for r in read_csv(workdir / "summary.csv") if r["stage"] == "trained"]
@@ -207,3 +326,15 @@ def test_band_limit_sweep_of_the_trained_runs_equals_experiment_1(tiny_run, tmp_
         nu = int(row["nu_max"])
         assert ours[nu] == pytest.approx(float(row["relative_discrepancy"]), abs=1e-6)
     assert json.loads((sweep_dir / "compilations.json").read_text())["compilations"] == 1
+    # The cell's section: both conventions (the CSV's values) and Table 1's row.
+    report = (sweep_dir / "report.md").read_text()
+    section = report.split("### DeepLab v3+, PASCAL", 1)[1]
+    rows = read_csv(sweep_dir / "relative_discrepancy.csv")
+    for mode, title in band_limit_sweep.IGNORE_MODE_TITLES.items():
+        curve = {int(r["band_limit"]): float(r["R"]) for r in rows if r["ignore_mode"] == mode}
+        values = " | ".join(f"{curve[nu]:.4f}" for nu in (8, 16, 32, 64))
+        assert f"| DeepLab v3+, PASCAL (trained) | {title} | {values} |" in section
+    assert (
+        "| paper DeepLab v3+, pascal | (no ignore label) | 0.2750 | 0.0400 | 0.0180 | 0.0000 |"
+        in section
+    )
