@@ -46,7 +46,8 @@ claims the intervals support, contradict or cannot decide.
 Writes ``report.md``, ``blockwise_annotation.csv`` (per seed), ``blockwise_spread.csv``
 (over seeds), ``correlation.csv``,
 ``relative_iou_vs_r.png``, ``examples.png`` with its arrays ``examples_<dataset>.npz``,
-and one training directory per setting and seed; rerunning resumes (finished runs are
+``blockwise_<model>_<dataset>.png`` (the figure of each model's and data set's section,
+:func:`model_section`, as the demo's), and one training directory per setting and seed; rerunning resumes (finished runs are
 read back from ``run.json``).
 """
 

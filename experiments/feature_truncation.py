@@ -52,9 +52,16 @@ drop and the FPI as mean ± std with the 95 % t interval of the mean and says wh
 the paper's claims (truncation and pruning cost mIoU, lower the FPI) the intervals
 support, contradict or cannot decide.
 
+Beside the grid, each model's and data set's unpruned, untruncated cell (0 %, 129) is also
+evaluated as the demo does (:func:`untruncated_cell_truncation`, :func:`model_section`):
+the same trained weights with the decoder truncated to the three grids, no retraining.
+
 Writes ``report.md``, ``feature_truncation.csv`` (per seed),
-``feature_truncation_spread.csv`` (over seeds), ``fpi.png`` and one training directory
-per cell and seed; rerunning resumes (finished cells are read back from ``cell.json``).
+``feature_truncation_spread.csv`` (over seeds), ``fpi.png``, ``truncated_weights.json``
+(the same weights truncated: per model and data set, ``rows`` over seeds and ``per_seed``,
+as the demo's ``results.json``) and one training directory per cell and seed; rerunning
+resumes (finished cells are read back from ``cell.json``, the truncated weights' numbers
+from ``truncated.json``).
 """
 
 from __future__ import annotations

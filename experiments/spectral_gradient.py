@@ -56,8 +56,10 @@ about 6-10 minutes on 2 CPU cores. The paper configs (``pascal.py``, ``deepglobe
 set and analyse a 513 x 513 validation crop (ASPP map 33 x 33). ``config.seed`` also
 seeds the probes' input and kernel.
 
-:func:`model_section` is the demo's short version: the CE rows and the trained decoder's
-first convolution of one DeepLab v3+.
+:func:`model_section` is the section of one trained model: the demo's (the CE rows and
+the trained decoder's first convolution of one DeepLab v3+, :func:`model_jacobians`) and
+the report's per model and data set (the CE rows of the case,
+:meth:`ModelJacobians.from_case`).
 """
 
 from __future__ import annotations
