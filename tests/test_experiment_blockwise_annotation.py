@@ -102,6 +102,34 @@ def _restored_logits(workdir, band_limit, data_dir):
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def _check_cell_section(text, rows, bands):
+    """The DeepLab v3+ / pascal section's Table 3 rows are the spreads over the two seeds
+    of the per-seed CSV ``rows`` (``{(band, seed): row}``), recomputed in NumPy, and its
+    Fig. 6 line the cell's rank correlation (scipy)."""
+    (section,) = text.split("### DeepLab v3+ on pascal (synthetic_scenes/pascal_like)")[1:]
+    section = section.split("\n## ")[0]
+
+    def spread_text(name, band):
+        values = np.array([float(rows[band, s][name]) for s in ("0", "1")])
+        half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+        numbers = [values.mean(), values.std(ddof=1), values.mean() - half, values.mean() + half]
+        mean, std, low, high = (f"{v:.3f}".replace("-", "−") for v in numbers)
+        return f"{mean} ± {std} (95 % CI {low} to {high}, n=2)"
+
+    for band, crop_band, paper_band, paper_index in bands:
+        paper_relative = paper_values.TABLE3_RELATIVE_MIOU["deeplab"]["pascal"][paper_index]
+        cells = [crop_band, band, paper_band, spread_text("mean_iou", band)]
+        cells += [spread_text("relative_iou", band), f"{paper_relative:.3f}"]
+        cells.append(spread_text("relative_discrepancy", band))
+        assert "| " + " | ".join(map(str, cells)) + " | " in section
+    points = [rows[b, s] for b, *_ in bands for s in ("0", "1")]
+    x = [float(r["relative_discrepancy"]) for r in points]
+    y = [float(r["relative_iou"]) for r in points]
+    rho = scipy.stats.spearmanr(x, y).statistic
+    assert "over the 4 (seed, band limit) points" in section
+    assert f"18): {rho:.3f} (95 % bootstrap CI".replace("-", "−") in section
+
+
 def _row(model, dataset, band, seed, mean_iou, relative_iou, r_value):
     return {
         "model": model,
@@ -223,27 +251,9 @@ def test_main_smallest_setting(tmp_path, data_dir):
     text = (workdir / "report.md").read_text()
     assert "n=2" in text and "What the intervals say" in text
 
-    # The cell's section (the demo's model_section): its Table 3 rows are the spreads of
-    # the per-seed rows, recomputed here, and its Fig. 6 line the cell's rank correlation.
-    (section,) = text.split("### DeepLab v3+ on pascal (synthetic_scenes/pascal_like)")[1:]
-    section = section.split("\n## ")[0]
-
-    def spread_text(name, band):
-        values = np.array([float(rows[band, s][name]) for s in ("0", "1")])
-        half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
-        numbers = [values.mean(), values.std(ddof=1), values.mean() - half, values.mean() + half]
-        mean, std, low, high = (f"{v:.3f}".replace("-", "−") for v in numbers)
-        return f"{mean} ± {std} (95 % CI {low} to {high}, n=2)"
-
-    for band, crop_band, paper_band, paper_index in (("4", 1, 16, 1), ("8", 2, 32, 2)):
-        paper_relative = paper_values.TABLE3_RELATIVE_MIOU["deeplab"]["pascal"][paper_index]
-        cells = [crop_band, band, paper_band, spread_text("mean_iou", band)]
-        cells += [spread_text("relative_iou", band), f"{paper_relative:.3f}"]
-        cells.append(spread_text("relative_discrepancy", band))
-        assert "| " + " | ".join(map(str, cells)) + " | " in section
-    rho = scipy.stats.spearmanr(x, y).statistic
-    assert "over the 4 (seed, band limit) points" in section
-    assert f"18): {rho:.3f} (95 % bootstrap CI".replace("-", "−") in section
+    # The cell's section (the demo's model_section), against the per-seed rows.
+    bands = (("4", 1, 16, 1), ("8", 2, 32, 2))  # band, on the crop, the paper's, its index
+    _check_cell_section(text, rows, bands)
     assert (workdir / "blockwise_deeplab_pascal.png").stat().st_size > 0
 
     # The example figure's arrays.
