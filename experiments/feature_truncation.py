@@ -735,6 +735,7 @@ def write_report(
                 retrained_by="so does the table above",
                 level=3,
             )
+    report.heading("The paper's claims over the grid (Tables 2, 4, Fig. 5)")
     report.paragraph(_claims(rows, per_seed))
     report.figure(
         plot_fpi(rows),
