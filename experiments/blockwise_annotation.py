@@ -46,7 +46,8 @@ claims the intervals support, contradict or cannot decide.
 Writes ``report.md``, ``blockwise_annotation.csv`` (per seed), ``blockwise_spread.csv``
 (over seeds), ``correlation.csv``,
 ``relative_iou_vs_r.png``, ``examples.png`` with its arrays ``examples_<dataset>.npz``,
-and one training directory per setting and seed; rerunning resumes (finished runs are
+``blockwise_<model>_<dataset>.png`` (the figure of each model's and data set's section,
+:func:`model_section`, as the demo's), and one training directory per setting and seed; rerunning resumes (finished runs are
 read back from ``run.json``).
 """
 
@@ -55,8 +56,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -573,25 +575,12 @@ def _fmt_band(band, eval_size) -> str:
     return f"pixel-wise ({(eval_size - 1) // 2})" if band == PIXELWISE else str(band)
 
 
-def _claims(spreads: Sequence[dict[str, Any]], correlations: Sequence[dict[str, Any]]) -> str:
-    """What the intervals say of Table 3's and Fig. 6's claims, one line per setting."""
-    lines = ["What the intervals say of the paper's claims:"]
-    for row in spreads:
-        if row["band_limit"] == PIXELWISE or "relative_iou_mean" not in row:
-            continue
-        spread = _spread_from_columns(row, "relative_iou")
-        paper = row["paper_relative_iou"]
-        paper_text = "" if paper is None else f"; paper {paper:.3f}"
-        lines.append(
-            claim_line(
-                f"Table 3, {MODEL_TITLES[row['model']]}, {row['dataset']}, ν_max = "
-                f"{row['band_limit']}: block-wise labels cost mIoU (relative IoU below 1"
-                f"{paper_text})",
-                spread,
-                reference=1.0,
-                expected="below",
-            )
-        )
+def _claims(correlations: Sequence[dict[str, Any]]) -> str:
+    """What the intervals say of Fig. 6's claim over the pooled runs, one line per group.
+
+    (Table 3's claims, per setting, are in each cell's :func:`model_section`.)
+    """
+    lines = ["What the intervals say of the paper's Fig. 6 over the pooled runs:"]
     for row in correlations:
         if row["source"] != "ours":
             continue
@@ -648,7 +637,14 @@ def write_report(
     config_file: str,
     from_ce_spectrum: str | None,
     figures: dict[str, Any],
+    examples: dict[str, dict[str, np.ndarray]],
 ) -> pathlib.Path:
+    """``report.md``: Table 3 per model, then per model and data set the demo's
+    :func:`model_section` (:func:`cell_blockwise`), Fig. 6 and Fig. 7.
+
+    Args:
+      examples: per data set, :func:`example_arrays` (the sections show scene 0's labels).
+    """
     report = Report(workdir, "Block-wise annotation (Table 3, Fig. 6, Fig. 7)")
     first = rows[0]
     num_seeds = max(r["relative_iou_n"] for r in spreads if "relative_iou_n" in r)
@@ -683,6 +679,7 @@ def write_report(
         "R(nu_max)",
         "paper R(nu_max)",
     ]
+    first_cell = True
     for model in sorted({r["model"] for r in spreads}):
         report.heading(f"{MODEL_TITLES[model]}: Table 3 (a) mIoU and (b) relative IoU")
         report.table(
@@ -703,6 +700,26 @@ def write_report(
                 if r["model"] == model
             ],
         )
+        for dataset in sorted({r["dataset"] for r in rows if r["model"] == model}):
+            cell = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)]
+            model_section(
+                report,
+                cell_blockwise(rows, model=model, dataset=dataset),
+                examples[dataset]["labels"][0],
+                heading=f"{MODEL_TITLES[model]} on {dataset} ({cell[0]['data']})",
+                num_classes=dataset_info(cell[0]["data"]).num_classes,
+                model=model,
+                dataset=dataset,
+                paper_band_limits={
+                    r["band_limit"]: r["paper_band_limit"]
+                    for r in cell
+                    if r["band_limit"] != PIXELWISE
+                },
+                figure=f"blockwise_{model}_{dataset}.png",
+                level=3,
+                explain=first_cell,
+            )
+            first_cell = False
     report.heading("Correlation of relative IoU with R(nu_max) (Fig. 6)")
     report.paragraph(
         "Spearman's rank correlation over the block-wise runs, one point per seed and "
@@ -725,7 +742,7 @@ def write_report(
             for c in correlations
         ],
     )
-    report.paragraph(_claims(spreads, correlations))
+    report.paragraph(_claims(correlations))
     report.figure(
         figures["scatter"],
         "relative_iou_vs_r.png",
@@ -898,15 +915,78 @@ def model_blockwise(
         settings.append(
             BlockwiseSetting(band_limit, nu, list(map(float, weak)), relative, r_values)
         )
-    x = [v for s in settings for v in s.relative_discrepancy_per_seed]
-    y = [v for s in settings for v in s.relative_mean_iou_per_seed]
-    correlation = None
-    if len(x) >= 2:
-        correlation = bootstrap_spearman(x, y, rng=np.random.default_rng(bootstrap_seed))
-    return ModelBlockwise(settings, pixelwise, correlation, crop_size)
+    return ModelBlockwise(
+        settings, pixelwise, _settings_correlation(settings, bootstrap_seed), crop_size
+    )
 
 
-def _plot_model(settings: Sequence[BlockwiseSetting], labels: np.ndarray, num_classes: int):
+def _settings_correlation(
+    settings: Sequence[BlockwiseSetting], bootstrap_seed: int
+) -> RankCorrelation | None:
+    """Spearman's rho of the settings' (R, relative mIoU) points of every seed (finite R)."""
+    points = [
+        (r, y)
+        for s in settings
+        for r, y in zip(s.relative_discrepancy_per_seed, s.relative_mean_iou_per_seed, strict=True)
+        if np.isfinite(r) and np.isfinite(y)
+    ]
+    if len(points) < 2:
+        return None
+    x, y = zip(*points, strict=True)
+    return bootstrap_spearman(list(x), list(y), rng=np.random.default_rng(bootstrap_seed))
+
+
+def cell_blockwise(
+    rows: Sequence[dict[str, Any]], *, model: str, dataset: str, bootstrap_seed: int = 0
+) -> ModelBlockwise:
+    """The experiment's runs of one model and data set (:func:`table_rows`) as the demo's
+    :class:`ModelBlockwise`.
+
+    Each block-wise band limit (on the evaluation grid) becomes a
+    :class:`BlockwiseSetting` with its training band limit, and its per-seed mIoU, relative
+    IoU and ``R(nu_max)`` of the rows (a missing value as NaN), seeds in the rows' order;
+    the correlation is over the cell's points only (the experiment's
+    ``correlation.csv`` pools the cells).
+
+    Raises:
+      ValueError: if the rows hold no pixel-wise run of ``model`` on ``dataset``.
+    """
+    selected = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)]
+    pixelwise = [r for r in selected if r["band_limit"] == PIXELWISE]
+    if not pixelwise:
+        raise ValueError(f"no pixel-wise run of model {model!r} on dataset {dataset!r}.")
+
+    def value(v) -> float:
+        return math.nan if v is None else float(v)
+
+    settings = []
+    for band in sorted({r["band_limit"] for r in selected} - {PIXELWISE}, key=int):
+        at_band = [r for r in selected if r["band_limit"] == band]
+        settings.append(
+            BlockwiseSetting(
+                band_limit=int(at_band[0]["train_band_limit"]),
+                eval_band_limit=int(band),
+                mean_iou_per_seed=[value(r["mean_iou"]) for r in at_band],
+                relative_mean_iou_per_seed=[value(r["relative_iou"]) for r in at_band],
+                relative_discrepancy_per_seed=[value(r["relative_discrepancy"]) for r in at_band],
+            )
+        )
+    return ModelBlockwise(
+        settings,
+        [float(r["mean_iou"]) for r in pixelwise],
+        _settings_correlation(settings, bootstrap_seed),
+        int(pixelwise[0]["crop_size"]),
+    )
+
+
+def _plot_model(
+    settings: Sequence[BlockwiseSetting],
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    model: str,
+    dataset: str,
+):
     """Block-wise labels of one scene at each band limit, and relative mIoU against R."""
     plt = pyplot()
     figure, axes = plt.subplots(
@@ -925,8 +1005,9 @@ def _plot_model(settings: Sequence[BlockwiseSetting], labels: np.ndarray, num_cl
     x = [v for s in settings for v in s.relative_discrepancy_per_seed]
     y = [v for s in settings for v in s.relative_mean_iou_per_seed]
     scatter.plot(x, y, "o", alpha=0.6, label="ours (one point per seed)")
-    paper = [(x, y) for m, d, _, x, y in _paper_points() if (m, d) == ("deeplab", "pascal")]
-    scatter.plot(*zip(*paper, strict=True), "s", mfc="none", label="paper, PASCAL")
+    paper = [(x, y) for m, d, _, x, y in _paper_points() if (m, d) == (model, dataset)]
+    label = f"paper, {dataset.upper()}" if model == "deeplab" else f"paper, DAN, {dataset}"
+    scatter.plot(*zip(*paper, strict=True), "s", mfc="none", label=label)
     scatter.set(xscale="log", xlabel="R(ν_max)", ylabel="relative mIoU")
     scatter.xaxis.set_minor_formatter(plt.NullFormatter())
     scatter.legend(fontsize="small")
@@ -935,73 +1016,93 @@ def _plot_model(settings: Sequence[BlockwiseSetting], labels: np.ndarray, num_cl
 
 
 def model_section(
-    report: Report, result: ModelBlockwise, labels: np.ndarray, *, heading: str, num_classes: int
+    report: Report,
+    result: ModelBlockwise,
+    labels: np.ndarray,
+    *,
+    heading: str,
+    num_classes: int,
+    model: str = "deeplab",
+    dataset: str = "pascal",
+    paper_band_limits: Mapping[int, int | None] | None = None,
+    figure: str = "blockwise.png",
+    level: int = 2,
+    explain: bool = True,
 ) -> None:
-    """Adds :func:`model_blockwise` beside the paper's Table 3 and Fig. 6 (PASCAL-like).
+    """Adds :func:`model_blockwise` (or :func:`cell_blockwise`) beside the paper's Table 3
+    and Fig. 6 for ``model`` on ``dataset``.
+
+    The demo's section of one DeepLab v3+ (PASCAL-like); the experiment's
+    :func:`write_report` adds one per model and data set.
 
     Args:
       report: the report to add the section to.
       result: the block-wise runs paired with the pixel-wise ones.
       labels: ``[N, N]`` the labels of one validation scene (``N`` the evaluation size).
-      heading: the section's heading.
+      heading: the section's heading, at ``level``.
       num_classes: the data set's classes.
+      model: the paper's model whose values stand beside ours.
+      dataset: the paper's data set whose values stand beside ours.
+      paper_band_limits: the paper's band limit beside each of ours on the scene (a
+        column of its own); None: the same number (the demo's).
+      figure: file name of the figure (block-wise labels, relative mIoU against R).
+      level: of the heading.
+      explain: whether to add the paragraph that says how the runs are made and paired
+        (the experiment explains once, at its first cell).
     """
     settings, crop_size, correlation = result.settings, result.crop_size, result.correlation
     num_seeds, size = len(result.pixelwise_mean_iou), labels.shape[0]
-    rows = []
+
+    def paper_band(nu: int) -> int | None:
+        return nu if paper_band_limits is None else paper_band_limits.get(nu)
+
+    rows, claims = [], ["What the intervals say of the paper's claims:"]
     for setting in settings:
         nu = setting.eval_band_limit
+        paper_nu = paper_band(nu)
         paper_relative = paper_r = None
-        if nu in paper_values.TABLE3_BAND_LIMITS:
-            paper_relative = paper_values.table3_relative_miou("deeplab", "pascal", nu)
-        if nu in paper_values.TABLE1_BAND_LIMITS:
-            paper_r = paper_values.table1_relative_discrepancy("deeplab", "pascal", nu)
-        rows.append(
-            [
-                setting.band_limit,
-                nu,
-                format_spread(compute_spread(setting.mean_iou_per_seed)),
-                format_spread(compute_spread(setting.relative_mean_iou_per_seed)),
-                paper_relative,
-                format_spread(compute_spread(setting.relative_discrepancy_per_seed)),
-                paper_r,
-            ]
-        )
-    pixel_spread = compute_spread(result.pixelwise_mean_iou)
-    rows.append(["pixel-wise", "-", format_spread(pixel_spread), 1.0, 1.0, None, None])
-    report.heading(heading)
-    report.paragraph(
-        f"The same model and steps trained on block-wise labels: every training crop "
-        f"({crop_size} x {crop_size}) is replaced by the majority label of each block of a "
-        "(2ν_max + 1)-sized grid (`config.block_band_limit`), evaluation on the pixel-wise "
-        f"validation labels. A band limit ν on the {crop_size}-pixel crop makes blocks of the "
-        f"size that ν x {size}/{crop_size} makes on the {size} scene; the latter, in "
-        "cycles per image, is set beside the paper's ν_max. Relative mIoU = mIoU(ν_max) / "
-        "mIoU(pixel-wise) of the same seed; R(ν_max) is the trained pixel-wise model's of "
-        "that seed. The paper's relation (Fig. 6): the smaller R(ν_max), the less "
-        f"block-wise labels cost. Every setting is trained with {num_seeds} seeds: mean ± "
-        "std over the seeds and the 95 % t interval of the mean."
-    )
-    header = ["ν_max (crop)", "ν_max (scene)", "mIoU", "relative mIoU", "paper relative mIoU"]
-    report.table([*header, "R(ν_max), ours", "R(ν_max), paper"], rows)
-    lines = ["What the intervals say of the paper's claims:"]
-    for setting in settings:
-        nu = setting.eval_band_limit
-        paper_relative = None
-        if nu in paper_values.TABLE3_BAND_LIMITS:
-            paper_relative = paper_values.table3_relative_miou("deeplab", "pascal", nu)
+        if paper_nu in paper_values.TABLE3_BAND_LIMITS:
+            paper_relative = paper_values.table3_relative_miou(model, dataset, paper_nu)
+        if paper_nu in paper_values.TABLE1_BAND_LIMITS:
+            paper_r = paper_values.table1_relative_discrepancy(model, dataset, paper_nu)
+        relative = compute_spread(setting.relative_mean_iou_per_seed)
+        row = [setting.band_limit, nu, format_spread(compute_spread(setting.mean_iou_per_seed))]
+        row += [format_spread(relative), paper_relative]
+        row += [format_spread(compute_spread(setting.relative_discrepancy_per_seed)), paper_r]
+        rows.append(row if paper_band_limits is None else [*row[:2], paper_nu, *row[2:]])
         paper_text = "" if paper_relative is None else f"; paper {paper_relative:.3f}"
-        lines.append(
+        claims.append(
             claim_line(
                 f"Table 3: block-wise labels at ν_max = {nu} cost mIoU "
                 f"(relative mIoU below 1{paper_text})",
-                compute_spread(setting.relative_mean_iou_per_seed),
+                relative,
                 reference=1.0,
                 expected="below",
             )
         )
+    pixel_spread = compute_spread(result.pixelwise_mean_iou)
+    pixel_row = ["pixel-wise", "-", format_spread(pixel_spread), 1.0, 1.0, None, None]
+    rows.append(pixel_row if paper_band_limits is None else [*pixel_row[:2], "-", *pixel_row[2:]])
+    report.heading(heading, level)
+    if explain:
+        report.paragraph(
+            f"The same model and steps trained on block-wise labels: every training crop "
+            f"({crop_size} x {crop_size}) is replaced by the majority label of each block of a "
+            "(2ν_max + 1)-sized grid (`config.block_band_limit`), evaluation on the pixel-wise "
+            f"validation labels. A band limit ν on the {crop_size}-pixel crop makes blocks of "
+            f"the size that ν x {size}/{crop_size} makes on the {size} scene; the latter, in "
+            "cycles per image, is set beside the paper's ν_max. Relative mIoU = mIoU(ν_max) / "
+            "mIoU(pixel-wise) of the same seed; R(ν_max) is the trained pixel-wise model's of "
+            "that seed. The paper's relation (Fig. 6): the smaller R(ν_max), the less "
+            f"block-wise labels cost. Every setting is trained with {num_seeds} seeds: mean ± "
+            "std over the seeds and the 95 % t interval of the mean."
+        )
+    header = ["ν_max (crop)", "ν_max (scene)", "mIoU", "relative mIoU", "paper relative mIoU"]
+    if paper_band_limits is not None:
+        header.insert(2, "paper ν_max")
+    report.table([*header, "R(ν_max), ours", "R(ν_max), paper"], rows)
     if correlation is not None:
-        lines.append(
+        claims.append(
             claim_line(
                 f"Fig. 6: the larger R(ν_max), the lower the relative mIoU (Spearman's rho "
                 f"below 0 over the {correlation.n} (seed, band limit) points; paper "
@@ -1011,15 +1112,17 @@ def model_section(
                 expected="below",
             )
         )
-    report.paragraph("\n".join(lines))
-    report.paragraph(
-        "The scenes' objects are large and smooth, so blocks of a few pixels change few "
-        "labels (mostly the one-pixel ignore contours and narrow limbs); the paper's PASCAL "
-        "loss at ν_max = 8 (relative 0.868) comes from real object shapes at 513 x 513."
-    )
+    report.paragraph("\n".join(claims))
+    if (model, dataset) == ("deeplab", "pascal"):
+        report.paragraph(
+            "The scenes' objects are large and smooth, so blocks of a few pixels change few "
+            "labels (mostly the one-pixel ignore contours and narrow limbs); the paper's "
+            "PASCAL loss at ν_max = 8 (relative 0.868) comes from real object shapes at "
+            "513 x 513."
+        )
     report.figure(
-        _plot_model(settings, labels, num_classes),
-        "blockwise.png",
+        _plot_model(settings, labels, num_classes, model=model, dataset=dataset),
+        figure,
         "Block-wise labels of scene 0 and relative mIoU vs R (one point per seed).",
     )
 
@@ -1108,6 +1211,7 @@ def main(argv: Sequence[str]) -> pathlib.Path:
         config_file=cli.config_file(flag_values),
         from_ce_spectrum=from_ce_spectrum,
         figures=figures,
+        examples=examples,
     )
     print(path)
     return path

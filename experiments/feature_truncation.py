@@ -52,9 +52,16 @@ drop and the FPI as mean ± std with the 95 % t interval of the mean and says wh
 the paper's claims (truncation and pruning cost mIoU, lower the FPI) the intervals
 support, contradict or cannot decide.
 
+Beside the grid, each model's and data set's unpruned, untruncated cell (0 %, 129) is also
+evaluated as the demo does (:func:`untruncated_cell_truncation`, :func:`model_section`):
+the same trained weights with the decoder truncated to the three grids, no retraining.
+
 Writes ``report.md``, ``feature_truncation.csv`` (per seed),
-``feature_truncation_spread.csv`` (over seeds), ``fpi.png`` and one training directory
-per cell and seed; rerunning resumes (finished cells are read back from ``cell.json``).
+``feature_truncation_spread.csv`` (over seeds), ``fpi.png``, ``truncated_weights.json``
+(the same weights truncated: per model and data set, ``rows`` over seeds and ``per_seed``,
+as the demo's ``results.json``) and one training directory per cell and seed; rerunning
+resumes (finished cells are read back from ``cell.json``, the truncated weights' numbers
+from ``truncated.json``).
 """
 
 from __future__ import annotations
@@ -210,6 +217,59 @@ def _full_size_counts(model: str, paper_feature_size: int, rates: tuple) -> dict
 # One cell of the grid.
 
 
+def cell_config(
+    config: ml_collections.ConfigDict,
+    *,
+    model: str,
+    dataset: str,
+    paper_feature_size: int,
+    encoder_rate: float,
+) -> ml_collections.ConfigDict:
+    """The training config of one cell: ``config`` with the model, the data set, the
+    training feature size (:func:`feature_size_for` of the crop) and the SFP rates
+    (:func:`pruning_rates`) set."""
+    config = runs.experiment_config(config, model=model, dataset=dataset, self_evaluated=True)
+    rates = pruning_rates(encoder_rate)
+    config.model.feature_size = feature_size_for(paper_feature_size, int(config.crop_size))
+    config.pruning.encoder = rates["encoder"]
+    config.pruning.decoder = rates["decoder"]
+    return config
+
+
+def untruncated_cell_truncation(
+    config: ml_collections.ConfigDict,
+    *,
+    model: str,
+    dataset: str,
+    workdir: pathlib.Path,
+    num_seeds: int,
+) -> ModelTruncation:
+    """The demo's truncation of the unpruned, untruncated cell's trained models.
+
+    Every seed's model of the cell at 0 % pruning and the paper's 129 (trained by
+    :func:`run_cell` in ``workdir``; a missing training is run) is evaluated with its
+    decoder on the three grids (:func:`truncated_model_rows`): the same weights at every
+    grid, no retraining, beside the grid's cells that train each size. Each seed's
+    records are cached in its ``truncated.json``.
+    """
+    config = cell_config(
+        config, model=model, dataset=dataset, paper_feature_size=129, encoder_rate=0.0
+    )
+    seed_runs = runs.train_seeds(config, workdir, num_seeds=num_seeds)
+    trained_model = runs.create_model(config)
+    per_seed = []
+    for k in range(num_seeds):
+        path = seed_runs.seed_workdir(k) / "truncated.json"
+        if path.exists():
+            records = [GridResult(**r) for r in json.loads(path.read_text())]
+        else:
+            log(f"  {path.parent}: the same weights with the decoder truncated")
+            records = truncated_model_rows(trained_model, seed_runs.variables(k), config)
+            path.write_text(json.dumps([dataclasses.asdict(r) for r in records], indent=2))
+        per_seed.append(records)
+    return ModelTruncation(per_seed, int(config.eval_crop_size))
+
+
 def run_cell(
     config: ml_collections.ConfigDict,
     *,
@@ -235,14 +295,15 @@ def run_cell(
     Returns:
       One dict per seed (``seed``, ``run_dir``, mIoU, MACs, ...).
     """
-    config = runs.experiment_config(config, model=model, dataset=dataset, self_evaluated=True)
+    config = cell_config(
+        config,
+        model=model,
+        dataset=dataset,
+        paper_feature_size=paper_feature_size,
+        encoder_rate=encoder_rate,
+    )
     rates = pruning_rates(encoder_rate)
-    train_size = feature_size_for(paper_feature_size, int(config.crop_size))
-    eval_input = int(config.eval_crop_size)
-    eval_size = feature_size_for(paper_feature_size, eval_input)
-    config.model.feature_size = train_size
-    config.pruning.encoder = rates["encoder"]
-    config.pruning.decoder = rates["decoder"]
+    eval_size = feature_size_for(paper_feature_size, int(config.eval_crop_size))
     seed_runs = runs.train_seeds(config, workdir, num_seeds=num_seeds)
     return [
         _evaluate_seed(
@@ -573,8 +634,14 @@ def write_report(
     *,
     config_file: str,
     crop: int,
+    truncations: dict[tuple[str, str], ModelTruncation] | None = None,
 ) -> pathlib.Path:
-    """``report.md`` from the spread rows (:func:`spread_rows`) and the per-seed rows."""
+    """``report.md`` from the spread rows (:func:`spread_rows`) and the per-seed rows.
+
+    ``truncations``: per model and data set, the unpruned, untruncated cell's weights with
+    the decoder truncated (:func:`untruncated_cell_truncation`), each added after the
+    cell's table by the demo's :func:`model_section`.
+    """
     report = Report(workdir, "Feature truncation with soft filter pruning (Tables 2, 4)")
     example = rows[0]
     num_seeds = max(r.get("mean_iou_n", 1) for r in rows)
@@ -657,6 +724,18 @@ def write_report(
             ],
             digits=2,
         )
+        if (model, dataset) in (truncations or {}):
+            model_section(
+                report,
+                truncations[model, dataset],
+                heading=f"The unpruned 129 cell's weights with the decoder truncated "
+                f"({MODEL_TITLES[model]}, {dataset})",
+                model=model,
+                dataset=dataset,
+                retrained_by="so does the table above",
+                level=3,
+            )
+    report.heading("The paper's claims over the grid (Tables 2, 4, Fig. 5)")
     report.paragraph(_claims(rows, per_seed))
     report.figure(
         plot_fpi(rows),
@@ -669,7 +748,13 @@ def write_report(
     report.paragraph(_differences(rows))
     report.paragraph(
         "All values: `feature_truncation.csv` (per seed), `feature_truncation_spread.csv` "
-        "(mean, std and 95 % interval over seeds)."
+        "(mean, std and 95 % interval over seeds)"
+        + (
+            ", `truncated_weights.json` (the unpruned 129 cells' weights with the decoder "
+            "truncated, per seed and over seeds)."
+            if truncations
+            else "."
+        )
     )
     return report.write()
 
@@ -848,17 +933,41 @@ def seed_rows(records_per_seed: Sequence[Sequence[GridResult]]) -> list[dict[str
     return rows
 
 
-def model_section(report: Report, truncation: ModelTruncation, *, heading: str) -> None:
-    """Adds :func:`truncated_model_rows` of every seed beside Table 2, with mean ± std and
-    95 % intervals over the seeds."""
+def model_section(
+    report: Report,
+    truncation: ModelTruncation,
+    *,
+    heading: str,
+    model: str = "deeplab",
+    dataset: str = "pascal",
+    retrained_by: str = "`experiments/feature_truncation.py` does",
+    level: int = 2,
+) -> None:
+    """Adds :func:`truncated_model_rows` of every seed beside the paper's unpruned row of
+    Table 2 (Table 4 for DAN) on ``dataset``, with mean ± std and 95 % intervals over the
+    seeds.
+
+    The demo's section of one DeepLab v3+ (PASCAL-like); the experiment's
+    :func:`write_report` adds one per model and data set for its unpruned, untruncated
+    cell (:func:`untruncated_cell_truncation`).
+
+    Args:
+      report: the report to add the section to.
+      truncation: every seed's records.
+      heading: the section's heading, at ``level``.
+      model: the paper's model whose values stand beside ours.
+      dataset: the paper's data set whose values stand beside ours.
+      retrained_by: what trains every size instead, as the text names it.
+      level: of the heading.
+    """
     records_per_seed, input_size = truncation.per_seed, truncation.input_size
     rows = seed_rows(records_per_seed)
     num_seeds = len(records_per_seed)
     table = []
     for index, row in enumerate(rows):
         feature_size, macs = row["feature_size"], row["macs"]
-        paper_miou = paper_values.TABLE2_MIOU[0.0]["pascal"][index] / 100
-        paper_fpi = flops.flops_per_iou(paper_values.TABLE2_FLOPS[0.0][index], paper_miou)
+        paper = _paper_cell(model, dataset, 0.0, row["paper_feature_size"])
+        paper_miou, paper_fpi = paper["paper_miou"], paper["paper_fpi"]
         saving = 100 * (1 - macs / rows[0]["macs"])
         grid = f"{feature_size} (ν_max {(feature_size - 1) // 2})"
         values = {
@@ -870,15 +979,14 @@ def model_section(report: Report, truncation: ModelTruncation, *, heading: str) 
             + [macs / 1e6, saving, format_spread(values["fpi"], 2), paper_fpi]
         )
     sizes = [row["feature_size"] for row in rows]
-    report.heading(heading)
+    report.heading(heading, level)
     report.paragraph(
         f"The trained models' decoder run on smaller grids: at {input_size} x {input_size} "
         f"input the untruncated decoder grid (stride 4) is {sizes[0]}, band limit "
         f"{(sizes[0] - 1) // 2}; a half and a quarter of that band limit give F = "
         f"{sizes[1]} and {sizes[2]} (F = 2ν_max + 1), as 129 -> 65 -> 33 in the paper at 513. "
         "The parameters do not depend on the grid, so the same weights are evaluated "
-        "(no fine-tuning: the paper trains every size; `experiments/feature_truncation.py` "
-        f"does). FLOPs: multiply-accumulates of every convolution at one {input_size} x "
+        f"(no fine-tuning: the paper trains every size; {retrained_by}). FLOPs: multiply-accumulates of every convolution at one {input_size} x "
         f"{input_size} image (`flops.conv_layers`, taps inside the unpadded input, as XLA "
         "counts); FPI = FLOPs / mIoU (M MACs per unit mIoU; the paper's G FLOPs per unit "
         f"mIoU). mIoU and FPI: mean ± std over {num_seeds} seeds, with the 95 % t interval "
@@ -886,8 +994,9 @@ def model_section(report: Report, truncation: ModelTruncation, *, heading: str) 
     )
     header = ["decoder grid F", "paper's F", "mIoU", "paper mIoU", "M MACs", "saving %"]
     report.table([*header, "FPI (ours, M)", "FPI (paper, G)"], table)
-    lines = ["What the intervals say of Table 2's claims (paired by seed):"]
-    paper = paper_values.TABLE2_MIOU[0.0]["pascal"]
+    table_name = "Table 2" if model == "deeplab" else "Table 4"
+    lines = [f"What the intervals say of {table_name}'s claims (paired by seed):"]
+    paper = paper_values.MIOU_BY_MODEL[model][0.0][dataset]
     for index in (1, 2):
         row = rows[index]
         drop = compute_spread(
@@ -987,12 +1096,26 @@ def main(argv: Sequence[str]) -> pathlib.Path:
     spreads = spread_rows(rows)
     write_csv(workdir / "feature_truncation.csv", rows)
     write_csv(workdir / "feature_truncation_spread.csv", spreads)
+    truncations = {}
+    if 0.0 in rates and 129 in sizes:
+        for model, dataset in [(m, d) for m in models for d in datasets]:
+            log(f"{model}_{dataset}_enc00_f129: the same weights truncated")
+            truncations[model, dataset] = untruncated_cell_truncation(
+                config,
+                model=model,
+                dataset=dataset,
+                workdir=workdir / f"{model}_{dataset}_enc00_f129",
+                num_seeds=num_seeds,
+            )
+        same_weights = {f"{m}_{d}": t.to_json() for (m, d), t in truncations.items()}
+        (workdir / "truncated_weights.json").write_text(json.dumps(same_weights, indent=1))
     path = write_report(
         workdir,
         spreads,
         rows,
         config_file=cli.config_file(flag_values),
         crop=int(config.crop_size),
+        truncations=truncations,
     )
     print(path)
     return path

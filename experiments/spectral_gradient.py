@@ -56,8 +56,10 @@ about 6-10 minutes on 2 CPU cores. The paper configs (``pascal.py``, ``deepglobe
 set and analyse a 513 x 513 validation crop (ASPP map 33 x 33). ``config.seed`` also
 seeds the probes' input and kernel.
 
-:func:`model_section` is the demo's short version: the CE rows and the trained decoder's
-first convolution of one DeepLab v3+.
+:func:`model_section` is the section of one trained model: the demo's (the CE rows and
+the trained decoder's first convolution of one DeepLab v3+, :func:`model_jacobians`) and
+the report's per model and data set (the CE rows of the case,
+:meth:`ModelJacobians.from_case`).
 """
 
 from __future__ import annotations
@@ -665,6 +667,7 @@ def write_report(
     _table(report, share_rows, kind="probe")
 
     titles = {d: f"{d} ({t.split('/')[-1]})" for d, t in datasets.items()}
+    first_cell = True
     for model_name, by_dataset in ce_cases.items():
         figure_name = "fig4_ce_deeplab.png" if model_name == "deeplab" else "fig8_ce_dan.png"
         paper_figure = "Fig. 4 (right)" if model_name == "deeplab" else "Fig. 8"
@@ -693,6 +696,18 @@ def write_report(
             ["data set", "validation mIoU", "training s (this run)", "Jacobian rows s"],
             table_rows,
         )
+        for dataset, case in by_dataset.items():
+            model_section(
+                report,
+                ModelJacobians.from_case(case),
+                heading=f"{MODEL_TITLES[model_name]} on {dataset} ({datasets[dataset]})",
+                scene=f"validation image {image_index}",
+                ce_figure=None,
+                level=3,
+                explain=first_cell,
+            )
+            first_cell = False
+    report.heading("Within-radius shares of the CE rows (Fig. 4, Fig. 8)")
     _table(report, share_rows, kind="ce")
 
     report.heading("Energy by distance")
@@ -787,48 +802,67 @@ def _compile_fast(fn, *args):
 
 @dataclasses.dataclass(frozen=True)
 class ModelJacobians:
-    """Fig. 4-style rows of one trained DeepLab v3+ on one image (:func:`model_jacobians`).
+    """Fig. 4-style rows of one trained model on one image (:func:`model_jacobians`).
 
     Attributes:
       ce_rows: ``[3, M]`` rows ``i = 0, M/4, M/2`` of dL_ce(nu_i)/dx(nu_j) at the ASPP
         output (channels summed), ``M`` the frequencies of the image grid.
-      layer_rows: per probed layer, ``[3, F F]`` rows of its spectral Jacobian.
       aspp_shape: ``(h, w, Ca)`` of the ASPP output.
       image_size: ``(H, W)`` of the image (the CE grid).
-      kernel_shape: ``(3, 3, Cin, Cout)`` of the probed convolution.
       ce_rows_output_index: ``[3]`` flat indices of ``nu_i`` in the image grid.
       ce_diagonal_fraction: ``[3]`` share of each CE row's energy at ``nu_j = nu_i``.
       ce_within_1_fraction: ``[3]`` the same within Chebyshev distance 1.
-      layer_grid: ``(F, F)`` of the probed layer's input.
-      layer_rows_index: ``[3]`` flat indices of the layer rows.
+      layer_rows: per probed layer, ``[3, F F]`` rows of its spectral Jacobian; empty
+        where no layer was probed (:meth:`from_case`).
+      kernel_shape: ``(3, 3, Cin, Cout)`` of the probed convolution (None: no probe).
+      layer_grid: ``(F, F)`` of the probed layer's input (None: no probe).
+      layer_rows_index: ``[3]`` flat indices of the layer rows (None: no probe).
       layer_diagonal_fraction: per probed layer, ``[3]`` diagonal energy shares.
     """
 
     ce_rows: np.ndarray
-    layer_rows: dict[str, np.ndarray]
     aspp_shape: tuple[int, ...]
     image_size: tuple[int, int]
-    kernel_shape: tuple[int, ...]
     ce_rows_output_index: np.ndarray
     ce_diagonal_fraction: np.ndarray
     ce_within_1_fraction: np.ndarray
-    layer_grid: tuple[int, int]
-    layer_rows_index: np.ndarray
-    layer_diagonal_fraction: dict[str, np.ndarray]
+    layer_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    kernel_shape: tuple[int, ...] | None = None
+    layer_grid: tuple[int, int] | None = None
+    layer_rows_index: np.ndarray | None = None
+    layer_diagonal_fraction: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_case(cls, case: dict[str, np.ndarray]) -> ModelJacobians:
+        """The CE rows of one cell of the experiment (:func:`ce_rows_of_model`), no layer probe.
+
+        The diagonal and within-1 fractions are the case's ``share_r0`` and ``share_r1``
+        (the columns ``share_r0``, ``share_r1`` of ``diagonal_energy.csv``).
+        """
+        return cls(
+            ce_rows=np.asarray(case["rows"]),
+            aspp_shape=(*map(int, case["in_shape"]), int(case["channels"])),
+            image_size=tuple(map(int, case["out_shape"])),
+            ce_rows_output_index=np.asarray(case["nu_i"]),
+            ce_diagonal_fraction=np.asarray(case["share_r0"]),
+            ce_within_1_fraction=np.asarray(case["share_r1"]),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The numbers of the section (indices, diagonal energy fractions, shapes) as lists."""
-        return {
+        record = {
             "aspp_shape": list(self.aspp_shape),
             "ce_rows_output_index": self.ce_rows_output_index.tolist(),
             "ce_diagonal_fraction": self.ce_diagonal_fraction.tolist(),
             "ce_within_1_fraction": self.ce_within_1_fraction.tolist(),
-            "layer_grid": list(self.layer_grid),
-            "layer_rows_index": self.layer_rows_index.tolist(),
-            "layer_diagonal_fraction": {
-                k: v.tolist() for k, v in self.layer_diagonal_fraction.items()
-            },
         }
+        if self.layer_rows:
+            record["layer_grid"] = list(self.layer_grid)
+            record["layer_rows_index"] = self.layer_rows_index.tolist()
+            record["layer_diagonal_fraction"] = {
+                k: v.tolist() for k, v in self.layer_diagonal_fraction.items()
+            }
+        return record
 
 
 def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> ModelJacobians:
@@ -909,43 +943,82 @@ def model_jacobians(model, variables, image: np.ndarray, labels: np.ndarray) -> 
     )
 
 
-def model_section(report: Report, jacobians: ModelJacobians, *, heading: str) -> None:
-    """Adds :func:`model_jacobians` (of validation scene 0) and its figures to ``report``."""
+def model_section(
+    report: Report,
+    jacobians: ModelJacobians,
+    *,
+    heading: str,
+    scene: str = "validation scene 0",
+    ce_figure: str | None = "ce_spectral_gradient.png",
+    layer_figure: str = "layer_spectral_rows.png",
+    level: int = 2,
+    explain: bool = True,
+) -> None:
+    """Adds :func:`model_jacobians` (or :meth:`ModelJacobians.from_case`) to ``report``.
+
+    The demo's section of one DeepLab v3+; the experiment's :func:`write_report` adds one
+    per model and data set.
+
+    Args:
+      report: the report to add the section to.
+      jacobians: the rows and their diagonal energy fractions.
+      heading: the section's heading, at ``level``.
+      scene: the image the rows are of, as the text names it.
+      ce_figure: file name of the CE rows' figure; None leaves the figure out (the
+        experiment draws every cell's rows in one figure, as the paper's Fig. 4).
+      layer_figure: file name of the layer probe's figure (drawn if there is a probe).
+      level: of the heading.
+      explain: whether to add the paragraph that says what the rows are; otherwise a
+        line with the shapes only (the experiment explains once, at its first cell).
+    """
     aspp_shape, image_size = jacobians.aspp_shape, jacobians.image_size
     in_shape, grid = aspp_shape[:2], jacobians.layer_grid
     kernel_shape = jacobians.kernel_shape
     out_index, probe_index = jacobians.ce_rows_output_index, jacobians.layer_rows_index
     ce_diag, ce_near = jacobians.ce_diagonal_fraction, jacobians.ce_within_1_fraction
     layer_diag = jacobians.layer_diagonal_fraction
-    report.heading(heading)
-    report.paragraph(
-        f"Exact rows (two `jax.vjp` pullbacks each) of dL_ce(ν_i)/dx̂(ν_j) with x the "
-        f"trained model's ASPP output ({in_shape[0]} x {in_shape[1]} x {aspp_shape[2]}) on "
-        "validation scene 0, through the decoder and the bilinear up-sampling to the "
-        f"{image_size[0]} x {image_size[1]} image (low-level features held fixed, channels "
-        "summed: `in_projection` of ones). Rows i = 0, M/4, M/2 with M the number of input "
-        "frequencies, taken at the same signed frequency of the CE grid. The diagonal "
-        "fraction is the share of a row's |·|² at ν_j = ν_i (Eq. 12 says the rows "
-        "concentrate there). The layer probe is the trained decoder's first 3x3 "
-        f"convolution ({kernel_shape[2]} -> {kernel_shape[3]} channels, BatchNorm left "
-        f"out) on its own {grid[0]} x {grid[1]} input: circular padding makes it exactly "
-        "diagonal (Eq. 10), zero padding and ReLU spread the rows."
+    shapes_text = (
+        f"ASPP output ({in_shape[0]} x {in_shape[1]} x {aspp_shape[2]}) on {scene}, "
+        f"through the decoder and the bilinear up-sampling to the {image_size[0]} x "
+        f"{image_size[1]} image"
     )
+    report.heading(heading, level)
+    if explain:
+        text = (
+            f"Exact rows (two `jax.vjp` pullbacks each) of dL_ce(ν_i)/dx̂(ν_j) with x the "
+            f"trained model's {shapes_text} (low-level features held fixed, channels "
+            "summed: `in_projection` of ones). Rows i = 0, M/4, M/2 with M the number of "
+            "input frequencies, taken at the same signed frequency of the CE grid. The "
+            "diagonal fraction is the share of a row's |·|² at ν_j = ν_i (Eq. 12 says the "
+            "rows concentrate there)."
+        )
+        if jacobians.layer_rows:
+            text += (
+                " The layer probe is the trained decoder's first 3x3 "
+                f"convolution ({kernel_shape[2]} -> {kernel_shape[3]} channels, BatchNorm left "
+                f"out) on its own {grid[0]} x {grid[1]} input: circular padding makes it "
+                "exactly diagonal (Eq. 10), zero padding and ReLU spread the rows."
+            )
+        report.paragraph(text)
+    else:
+        report.paragraph(f"dL_ce(ν_i)/dx̂(ν_j), x the trained model's {shapes_text}.")
     table = [
         ["dL_ce/dx̂, ASPP (diagonal)", *ce_diag.tolist()],
         ["dL_ce/dx̂, ASPP (|ν_i − ν_j| ≤ 1)", *ce_near.tolist()],
     ]
     table += [[f"dŷ/dx̂, {name} (diagonal)", *v.tolist()] for name, v in layer_diag.items()]
     report.table(["Jacobian", "i = 0", "i = M/4", "i = M/2"], table)
-    title = "dL_ce(ν_i)/dx̂(ν_j), trained ASPP features"
-    shapes = {"out_shape": image_size, "in_shape": in_shape}
-    figure = plot_spectral_rows(jacobians.ce_rows, out_index, **shapes, title=title)
-    report.figure(figure, "ce_spectral_gradient.png", "Rows of the CE spectral gradient.")
-    name = "3x3 conv + ReLU, zero padding"
-    figure = plot_spectral_rows(
-        jacobians.layer_rows[name], probe_index, in_shape=grid, title=f"dŷ/dx̂, {name}"
-    )
-    report.figure(figure, "layer_spectral_rows.png", f"Rows of the spectral Jacobian, {name}.")
+    if ce_figure is not None:
+        title = "dL_ce(ν_i)/dx̂(ν_j), trained ASPP features"
+        shapes = {"out_shape": image_size, "in_shape": in_shape}
+        figure = plot_spectral_rows(jacobians.ce_rows, out_index, **shapes, title=title)
+        report.figure(figure, ce_figure, "Rows of the CE spectral gradient.")
+    if jacobians.layer_rows:
+        name = "3x3 conv + ReLU, zero padding"
+        figure = plot_spectral_rows(
+            jacobians.layer_rows[name], probe_index, in_shape=grid, title=f"dŷ/dx̂, {name}"
+        )
+        report.figure(figure, layer_figure, f"Rows of the spectral Jacobian, {name}.")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,74 @@ def _restored_logits(workdir, band_limit, data_dir):
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def _check_cell_section(text, rows, bands):
+    """The DeepLab v3+ / pascal section's Table 3 rows are the spreads over the two seeds
+    of the per-seed CSV ``rows`` (``{(band, seed): row}``), recomputed in NumPy, and its
+    Fig. 6 line the cell's rank correlation (scipy)."""
+    (section,) = text.split("### DeepLab v3+ on pascal (synthetic_scenes/pascal_like)")[1:]
+    section = section.split("\n## ")[0]
+
+    def spread_text(name, band):
+        values = np.array([float(rows[band, s][name]) for s in ("0", "1")])
+        half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+        numbers = [values.mean(), values.std(ddof=1), values.mean() - half, values.mean() + half]
+        mean, std, low, high = (f"{v:.3f}".replace("-", "−") for v in numbers)
+        return f"{mean} ± {std} (95 % CI {low} to {high}, n=2)"
+
+    for band, crop_band, paper_band, paper_index in bands:
+        paper_relative = paper_values.TABLE3_RELATIVE_MIOU["deeplab"]["pascal"][paper_index]
+        cells = [crop_band, band, paper_band, spread_text("mean_iou", band)]
+        cells += [spread_text("relative_iou", band), f"{paper_relative:.3f}"]
+        cells.append(spread_text("relative_discrepancy", band))
+        assert "| " + " | ".join(map(str, cells)) + " | " in section
+    points = [rows[b, s] for b, *_ in bands for s in ("0", "1")]
+    x = [float(r["relative_discrepancy"]) for r in points]
+    y = [float(r["relative_iou"]) for r in points]
+    rho = scipy.stats.spearmanr(x, y).statistic
+    assert "over the 4 (seed, band limit) points" in section
+    assert f"18): {rho:.3f} (95 % bootstrap CI".replace("-", "−") in section
+
+
+def _row(model, dataset, band, seed, mean_iou, relative_iou, r_value):
+    return {
+        "model": model,
+        "dataset": dataset,
+        "band_limit": band,
+        "seed": seed,
+        "train_band_limit": None if band == bw.PIXELWISE else band // 2,
+        "crop_size": 65,
+        "mean_iou": mean_iou,
+        "relative_iou": relative_iou,
+        "relative_discrepancy": r_value,
+    }
+
+
+def test_cell_blockwise_selects_the_cell_and_pairs_by_seed():
+    rows = [
+        _row("deeplab", "pascal", 4, 0, 0.2, 0.5, 0.01),
+        _row("deeplab", "pascal", bw.PIXELWISE, 0, 0.4, 1.0, 0.0),
+        _row("deeplab", "pascal", 2, 0, 0.3, 0.75, 0.05),
+        _row("deeplab", "pascal", 2, 1, 0.1, 0.2, None),
+        _row("deeplab", "pascal", bw.PIXELWISE, 1, 0.5, 1.0, 0.0),
+        _row("deeplab", "pascal", 4, 1, 0.25, 0.5, 0.02),
+        _row("deeplab", "cityscapes", 2, 0, 0.9, 9.0, 0.9),
+        _row("dan", "pascal", 2, 0, 0.8, 8.0, 0.8),
+    ]
+    cell = bw.cell_blockwise(rows, model="deeplab", dataset="pascal")
+    assert cell.pixelwise_mean_iou == [0.4, 0.5] and cell.crop_size == 65
+    assert [(s.band_limit, s.eval_band_limit) for s in cell.settings] == [(1, 2), (2, 4)]
+    assert cell.settings[0].mean_iou_per_seed == [0.3, 0.1]
+    assert cell.settings[1].relative_mean_iou_per_seed == [0.5, 0.5]
+    r_values = cell.settings[0].relative_discrepancy_per_seed
+    assert r_values[0] == 0.05 and np.isnan(r_values[1])  # a missing R is NaN
+    # The correlation leaves out the point without R: three points, against scipy.
+    assert cell.correlation.n == 3
+    expected = scipy.stats.spearmanr([0.05, 0.01, 0.02], [0.75, 0.5, 0.5]).statistic
+    np.testing.assert_allclose(cell.correlation.rho, expected)
+    with pytest.raises(ValueError, match="no pixel-wise run of model 'dan' on dataset 'pascal'"):
+        bw.cell_blockwise(rows[-1:], model="dan", dataset="pascal")
+
+
 @pytest.mark.slow
 def test_main_smallest_setting(tmp_path, data_dir):
     workdir = tmp_path / "run"
@@ -182,6 +250,11 @@ def test_main_smallest_setting(tmp_path, data_dir):
     )
     text = (workdir / "report.md").read_text()
     assert "n=2" in text and "What the intervals say" in text
+
+    # The cell's section (the demo's model_section), against the per-seed rows.
+    bands = (("4", 1, 16, 1), ("8", 2, 32, 2))  # band, on the crop, the paper's, its index
+    _check_cell_section(text, rows, bands)
+    assert (workdir / "blockwise_deeplab_pascal.png").stat().st_size > 0
 
     # The example figure's arrays.
     with np.load(workdir / "examples_pascal.npz") as f:

@@ -87,6 +87,34 @@ def _float(value):
     return None if value in ("", "None") else float(value)
 
 
+def _check_same_weights(workdir, per_seed, rows, report):
+    """The unpruned 129 cell's weights with the decoder truncated (the demo's section): at
+    the untruncated grid they are the cell's model (same mIoU and MACs as its CSV row); at
+    F = 9 the architecture of the trained 0 %, 33 cell (same MACs); the section's F = 9
+    mIoU is their spread over the seeds, recomputed in NumPy."""
+    same_weights = json.loads((workdir / "truncated_weights.json").read_text())
+    records = same_weights["deeplab_pascal"]["per_seed"]  # [S][3]
+    assert [[r["feature_size"] for r in seed] for seed in records] == [[33, 17, 9]] * 2
+    for seed, seed_records in zip(("0", "1"), records, strict=True):
+        (base_row,) = [
+            r
+            for r in per_seed
+            if (float(r["encoder_rate"]), int(r["paper_feature_size"]), r["seed"])
+            == (0.0, 129, seed)
+        ]
+        assert seed_records[0]["mean_iou"] == float(base_row["mean_iou"])
+        assert seed_records[0]["macs"] == float(base_row["macs_eval"])
+        assert seed_records[2]["macs"] == float(rows[(0.0, 33)]["macs_eval"])
+    (section,) = report.split("### The unpruned 129 cell's weights")[1:]
+    values = np.array([seed[2]["mean_iou"] for seed in records])
+    half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+    numbers = [values.mean(), values.std(ddof=1), values.mean() - half, values.mean() + half]
+    mean, std, low, high = (f"{v:.3f}".replace("-", "−") for v in numbers)
+    paper = paper_values.TABLE2_MIOU[0.0]["pascal"][2] / 100
+    row = f"| 9 (ν_max 4) | 33 | {mean} ± {std} (95 % CI {low} to {high}, n=2) | {paper:.3f} |"
+    assert row in section
+
+
 @pytest.mark.slow
 def test_main_smallest_grid(tmp_path, data_dir):
     workdir = tmp_path / "run"
@@ -198,6 +226,8 @@ def test_main_smallest_grid(tmp_path, data_dir):
         assert _float(row["gmacs_513"]) is None
     # Truncation and pruning both cut the MACs.
     assert float(rows[(0.0, 33)]["macs_eval"]) < float(base["macs_eval"])
+
+    _check_same_weights(workdir, per_seed, rows, report)
     assert float(rows[(0.4, 129)]["macs_eval"]) < float(base["macs_eval"])
 
     # Hard pruning keeps the function: the soft-pruned full-width model, truncated the

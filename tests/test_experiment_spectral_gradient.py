@@ -267,3 +267,23 @@ def test_main_resumes_without_recomputing(run):
     stamp = (workdir / "cases" / "ce_deeplab_pascal.npz").stat().st_mtime_ns
     exp.main(argv)
     assert (workdir / "cases" / "ce_deeplab_pascal.npz").stat().st_mtime_ns == stamp
+
+
+@pytestmark_main
+def test_main_cell_section_gives_the_rows_diagonal_shares(run):
+    """The per-cell section (the demo's :func:`exp.model_section`) shows each Fig. 4 row's
+    share of |row|^2 at nu_i and within distance 1, recomputed in NumPy from the saved rows."""
+    workdir, report, _, _ = run
+    section = report.read_text().split("### DeepLab v3+ on pascal (synthetic_scenes/pascal_like)")
+    assert len(section) == 2
+    section = section[1].split("\n## ")[0]
+    case = _case(workdir, "ce_deeplab_pascal")
+    in_shape, out_shape = tuple(case["in_shape"]), tuple(case["out_shape"])
+    power = np.abs(case["rows"].astype(np.complex128)) ** 2
+    dist = _numpy_distance(case["nu_i"], out_shape, in_shape, mirrored=False)
+    for radius, name in ((0, "diagonal"), (1, "|ν_i − ν_j| ≤ 1")):
+        shares = [power[k][dist[k] <= radius].sum() / power[k].sum() for k in range(3)]
+        line = f"| dL_ce/dx̂, ASPP ({name}) | " + " | ".join(f"{v:.3f}" for v in shares) + " |"
+        assert line in section
+    aspp = f"{in_shape[0]} x {in_shape[1]} x {int(case['channels'])}"
+    assert f"ASPP output ({aspp}) on validation image 0" in section
