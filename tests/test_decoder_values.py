@@ -220,6 +220,13 @@ def test_aspp_against_numpy_reference(x64, rng, output_stride, grid):
     _assert_float64_close(out, expected)
 
 
+@functools.cache
+def _jitted_decode(model, image_size):
+    """One jitted ``model.decode`` per (model, image size): the tests of an equal model
+    (the low-level-path test and the decoder test at the same grid) share its program."""
+    return jax.jit(lambda v, aspp, low: model.apply(v, aspp, low, image_size, method=model.decode))
+
+
 # --------------------------------------------------------------------------------------
 # DeepLab v3+ decoder
 
@@ -239,7 +246,7 @@ def _deeplab_decode(rng, feature_size, method, shapes):
     low_channels = params["low_level_conv"]["kernel"].shape[2]
     aspp = rng.normal(size=(2, *aspp_grid, TINY_DEEPLAB["aspp_channels"]))
     low_level = rng.normal(size=(2, *low_grid, low_channels))
-    decode = jax.jit(lambda v, a, ll: model.apply(v, a, ll, image_size, method=model.decode))
+    decode = _jitted_decode(model, image_size)
     out = decode(_to_jax(numpy_variables), jnp.asarray(aspp), jnp.asarray(low_level))
     return out, aspp, low_level, params, stats
 
@@ -313,7 +320,7 @@ def test_dan_decoder_against_numpy_reference(x64, rng, feature_size, method, sha
         for k, grid in enumerate(stage_grids)
     )
     aspp = rng.normal(size=(2, *aspp_grid, TINY_DAN["aspp_channels"]))
-    decode = jax.jit(lambda v, a, s: model.apply(v, a, s, image_size, method=model.decode))
+    decode = _jitted_decode(model, image_size)
     out = decode(_to_jax(numpy_variables), jnp.asarray(aspp), tuple(map(jnp.asarray, stages)))
 
     size = stage_grids[0] if feature_size is None else (feature_size, feature_size)
