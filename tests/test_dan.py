@@ -141,7 +141,15 @@ def _projection_reference(stage, params, name):
 
 
 @pytest.mark.parametrize(
-    "feature_size, method", [(None, "bilinear"), (5, "spectral"), (4, "area"), (3, "bilinear")]
+    "feature_size, method",
+    [
+        (None, "bilinear"),
+        (5, "spectral"),
+        (4, "area"),
+        # Slow: the branches of grid 4 (stages 1 and 2 resampled first, stage 3 projected
+        # first); tests/test_decoder_values.py checks the decoder at grids 4 and 5 too.
+        pytest.param(3, "bilinear", marks=pytest.mark.slow),
+    ],
 )
 def test_decoder_input_against_numpy_reference(rng, feature_size, method):
     """The decoder input is [aspp, stage1, stage2, stage3], each stage projected on the
