@@ -192,13 +192,16 @@ def _intermediate_logits(model, variables, x):
         # The model (and hard-pruned model) of the test that zeroes only the filters: the
         # same two compiled programs.
         ("deeplab", 5, "bilinear", 16, jnp.float32),
-        ("dan", None, "area", 16, jnp.float64),
         ("dan", 4, "spectral", 16, jnp.float32),
         # Slow: the same pruning code on the same layer graph (the resampling and the
         # output stride do not change which channels are kept or how the consumers are
-        # sliced); the default cases above cover both models, float32 and float64.
+        # sliced). In float64 the agreement is 1e-12 instead of 1e-5; a pruning error is
+        # of the order of the outputs (above 1e-2 when only the BatchNorm zeroing is
+        # left out: test_zeroing_only_the_filters_would_change_the_hard_pruned_outputs),
+        # so the float32 cases above already fail on one.
         pytest.param("deeplab", None, "bilinear", 8, jnp.float32, marks=pytest.mark.slow),
         pytest.param("deeplab", 5, "spectral", 16, jnp.float64, marks=pytest.mark.slow),
+        pytest.param("dan", None, "area", 16, jnp.float64, marks=pytest.mark.slow),
     ],
 )
 def test_soft_pruned_equals_hard_pruned(rng, name, feature_size, resample, output_stride, dtype):
