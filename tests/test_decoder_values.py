@@ -251,17 +251,33 @@ def _deeplab_decode(rng, feature_size, method, shapes):
     return out, aspp, low_level, params, stats
 
 
-@pytest.mark.parametrize("shapes", DEEPLAB_SHAPES)
+def _grid_cases(settings, shapes, default_square):
+    """``(feature_size, method, shapes)`` cases: every setting on the even non-square
+    grids (``shapes[1]``, where a swapped height and width shows), and on the odd square
+    grids (``shapes[0]``) only ``default_square`` in the default suite, the rest slow:
+    the decoder composes its layers the same way on both."""
+    cases = []
+    for feature_size, method in settings:
+        marks = () if (feature_size, method) in default_square else pytest.mark.slow
+        cases.append(pytest.param(feature_size, method, shapes[0], marks=marks))
+        cases.append(pytest.param(feature_size, method, shapes[1]))
+    return cases
+
+
 @pytest.mark.parametrize(
-    "feature_size, method",
-    [
-        (None, "bilinear"),
-        (None, "spectral"),
-        (5, "bilinear"),
-        (5, "area"),
-        (5, "spectral"),
-        (4, "area"),
-    ],
+    "feature_size, method, shapes",
+    _grid_cases(
+        [
+            (None, "bilinear"),
+            (None, "spectral"),
+            (5, "bilinear"),
+            (5, "area"),
+            (5, "spectral"),
+            (4, "area"),
+        ],
+        DEEPLAB_SHAPES,
+        default_square={(None, "bilinear"), (5, "spectral")},
+    ),
 )
 def test_deeplab_decoder_against_numpy_reference(x64, rng, feature_size, method, shapes):
     """decode's decoder input, grid logits and up-sampled logits equal the NumPy decoder
@@ -301,10 +317,13 @@ DAN_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shapes", DAN_SHAPES)
 @pytest.mark.parametrize(
-    "feature_size, method",
-    [(None, "bilinear"), (None, "area"), (5, "spectral"), (5, "area"), (4, "bilinear")],
+    "feature_size, method, shapes",
+    _grid_cases(
+        [(None, "bilinear"), (None, "area"), (5, "spectral"), (5, "area"), (4, "bilinear")],
+        DAN_SHAPES,
+        default_square={(None, "bilinear"), (5, "spectral")},
+    ),
 )
 def test_dan_decoder_against_numpy_reference(x64, rng, feature_size, method, shapes):
     """DAN.decode's decoder input, grid logits and up-sampled logits equal the NumPy
