@@ -259,8 +259,9 @@ def _grid_cases(settings, shapes, default_square):
     cases = []
     for feature_size, method in settings:
         marks = () if (feature_size, method) in default_square else pytest.mark.slow
-        cases.append(pytest.param(feature_size, method, shapes[0], marks=marks))
-        cases.append(pytest.param(feature_size, method, shapes[1]))
+        name = f"{feature_size}-{method}"
+        cases.append(pytest.param(feature_size, method, shapes[0], marks=marks, id=f"{name}-odd"))
+        cases.append(pytest.param(feature_size, method, shapes[1], id=f"{name}-even"))
     return cases
 
 
