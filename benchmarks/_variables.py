@@ -25,8 +25,9 @@ def random_variables(model, shape: tuple[int, ...], seed: int = 0) -> Any:
         if name == "kernel":
             fan_in = int(np.prod(leaf.shape[:-1]))
             return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), leaf.dtype)
+        # From NumPy: jnp.ones and jnp.zeros would compile one program per shape.
         if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
+            return jnp.asarray(np.ones(leaf.shape), leaf.dtype)
+        return jnp.asarray(np.zeros(leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)

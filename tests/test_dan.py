@@ -78,15 +78,30 @@ def test_full_size_shapes_at_513(feature_size, decoder_size):
     assert out["logits"].shape == (2, 513, 513, 21)
 
 
+@functools.cache
+def _tiny_variable_shapes():
+    """The tiny DAN's variable shapes, which depend neither on the output stride, the
+    feature size nor the resampling (tests.helpers.models.tiny_variables)."""
+    x = jax.ShapeDtypeStruct((2, 33, 33, 3), jnp.float32)
+    return jax.eval_shape(DAN(**TINY_DAN).init, jax.random.key(0), x)
+
+
+# Every grid at output stride 16; at output stride 8 (which changes only the stage-3 and
+# ASPP grids, checked by the untruncated case) the other grids are slow.
+TINY_GRIDS = [(None, 9), (9, 9), (6, 6), (5, 5), (4, 4), (3, 3)]
+
+
 @pytest.mark.parametrize("method", truncation.RESAMPLE_METHODS)
 @pytest.mark.parametrize(
-    "feature_size, decoder_size", [(None, 9), (9, 9), (6, 6), (5, 5), (4, 4), (3, 3)]
+    "output_stride, feature_size, decoder_size",
+    [(16, *grid) for grid in TINY_GRIDS]
+    + [(8, *TINY_GRIDS[0])]
+    + [pytest.param(8, *grid, marks=pytest.mark.slow) for grid in TINY_GRIDS[1:]],
 )
-@pytest.mark.parametrize("output_stride", [8, 16])
 def test_tiny_shapes(method, feature_size, decoder_size, output_stride):
     model = DAN(**TINY_DAN, output_stride=output_stride, feature_size=feature_size, resample=method)
     x = jax.ShapeDtypeStruct((2, 33, 33, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    variables = _tiny_variable_shapes()  # apply checks every parameter's shape
     out = jax.eval_shape(functools.partial(model.apply, method=model.intermediates), variables, x)
     aspp_size = 33 // output_stride + 1
     stage3_size = 5 if output_stride == 8 else 3
@@ -105,10 +120,17 @@ def test_tiny_shapes(method, feature_size, decoder_size, output_stride):
 def test_non_square_input(feature_size, decoder_shape):
     model = DAN(**TINY_DAN, feature_size=feature_size)
     x = jax.ShapeDtypeStruct((1, 33, 17, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    variables = _tiny_variable_shapes()
     out = jax.eval_shape(functools.partial(model.apply, method=model.intermediates), variables, x)
     assert out["decoder_input"].shape == (1, *decoder_shape, TINY_DECODER_INPUT)
     assert out["logits"].shape == (1, 33, 17, 3)
+
+
+@functools.cache
+def _jitted_intermediates(model):
+    """One jitted ``intermediates`` per model (models are hashable): tests of an equal
+    model share its compiled program."""
+    return jax.jit(functools.partial(model.apply, method="intermediates"))
 
 
 def _projection_reference(stage, params, name):
@@ -119,7 +141,15 @@ def _projection_reference(stage, params, name):
 
 
 @pytest.mark.parametrize(
-    "feature_size, method", [(None, "bilinear"), (5, "spectral"), (4, "area"), (3, "bilinear")]
+    "feature_size, method",
+    [
+        (None, "bilinear"),
+        (5, "spectral"),
+        (4, "area"),
+        # Slow: the branches of grid 4 (stages 1 and 2 resampled first, stage 3 projected
+        # first); tests/test_decoder_values.py checks the decoder at grids 4 and 5 too.
+        pytest.param(3, "bilinear", marks=pytest.mark.slow),
+    ],
 )
 def test_decoder_input_against_numpy_reference(rng, feature_size, method):
     """The decoder input is [aspp, stage1, stage2, stage3], each stage projected on the
@@ -127,7 +157,7 @@ def test_decoder_input_against_numpy_reference(rng, feature_size, method):
     model = DAN(**TINY_DAN, feature_size=feature_size, resample=method)
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     variables = tiny_variables(DAN)
-    out = jax.jit(functools.partial(model.apply, method="intermediates"))(variables, x)
+    out = _jitted_intermediates(model)(variables, x)
     size = 9 if feature_size is None else feature_size
     resize = lambda y: np.asarray(
         truncation.resize_features(jnp.asarray(y, jnp.float32), size, method=method)
@@ -148,7 +178,8 @@ def test_encode_decode_split_equals_call_and_grad(rng):
     model = DAN(**TINY_DAN, feature_size=5, resample="spectral")
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     variables = tiny_variables(DAN)
-    logits = jax.jit(model.apply)(variables, x)
+    # The compiled intermediates of test_decoder_input_against_numpy_reference[5-spectral].
+    logits = _jitted_intermediates(model)(variables, x)["logits"]
     aspp, low_level = jax.jit(functools.partial(model.apply, method="encode"))(variables, x)
     decode = functools.partial(model.apply, method=model.decode, image_size=(33, 33))
     decoded = jax.jit(decode)(variables, aspp, low_level)
@@ -164,6 +195,7 @@ def test_encode_decode_split_equals_call_and_grad(rng):
     assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
     # A central difference along the gradient agrees with it (float32: 2 % relative).
     step = 1e-2 * grad / jnp.linalg.norm(grad)
+    loss = jax.jit(loss)  # one program for both points, not each operation eagerly
     difference = (loss(aspp + step) - loss(aspp - step)) / 2
     np.testing.assert_allclose(difference, jnp.vdot(grad, step), rtol=2e-2)
 
@@ -171,9 +203,11 @@ def test_encode_decode_split_equals_call_and_grad(rng):
 def test_untruncated_equals_explicit_stride4_size(rng):
     x = jnp.asarray(rng.normal(size=(2, 33, 33, 3)), jnp.float32)
     variables = tiny_variables(DAN)
-    untruncated = jax.jit(DAN(**TINY_DAN, feature_size=None).apply)(variables, x)
-    explicit = jax.jit(DAN(**TINY_DAN, feature_size=9).apply)(variables, x)
-    np.testing.assert_allclose(untruncated, explicit, atol=1e-5)
+    # The first is compiled by test_decoder_input_against_numpy_reference[None-bilinear].
+    untruncated = _jitted_intermediates(DAN(**TINY_DAN, feature_size=None))(variables, x)
+    explicit = _jitted_intermediates(DAN(**TINY_DAN, feature_size=9))(variables, x)
+    assert untruncated["decoder_input"].shape[1:3] == (9, 9)
+    np.testing.assert_allclose(untruncated["logits"], explicit["logits"], atol=1e-5)
 
 
 def test_dan_train_mode_updates_batch_stats_without_retracing(rng):

@@ -288,17 +288,22 @@ def test_gate_sows_its_weighted_regulariser_in_training(rng):
     model = DCTDeepLabV3Plus(**CLASSIFICATION, gate=True, gate_weight=0.25)
     variables = random_variables(model, (2, GRID, GRID, 192))
     x = jnp.asarray(rng.normal(size=(2, GRID, GRID, 192)), jnp.float32)
-    out, updates = model.apply(
-        variables,
-        x,
-        train=True,
-        method=model.intermediates,
-        rngs={"gumbel": jax.random.key(0), "dropout": jax.random.key(1)},
-        mutable=["batch_stats", "losses", "metrics"],
+    # Jitted: one program each instead of every operation of the model compiled eagerly.
+    train = jax.jit(
+        lambda variables, x: model.apply(
+            variables,
+            x,
+            train=True,
+            method=model.intermediates,
+            rngs={"gumbel": jax.random.key(0), "dropout": jax.random.key(1)},
+            mutable=["batch_stats", "losses", "metrics"],
+        )
     )
+    out, updates = train(variables, x)
     regularizer = gate_regularizer(out["gates"])
     assert updates["losses"] == {"gate": (0.25 * regularizer,)}
     assert updates["metrics"] == {"gate_regularizer": (regularizer,)}
     # Inference sows nothing, even into mutable collections.
-    _, updates = model.apply(variables, x, mutable=["losses", "metrics"])
+    infer = jax.jit(lambda variables, x: model.apply(variables, x, mutable=["losses", "metrics"]))
+    _, updates = infer(variables, x)
     assert not updates.get("losses") and not updates.get("metrics")

@@ -50,7 +50,7 @@ def test_straight_through_gradient_is_the_soft_sample_gradient(x64, rng, tempera
     def objective(z):
         return jnp.sum(weights * dct_gate._gumbel_softmax(key, z, temperature=temperature))
 
-    grad = np.asarray(jax.grad(objective)(logits))
+    grad = np.asarray(jax.jit(jax.grad(objective))(logits))  # one program
     soft = np.asarray(dct_gate._gumbel_softmax(key, logits, temperature=temperature, hard=False))
     # d y_i / d l_j = y_i (delta_ij - y_j) / tau for y = softmax((l + g) / tau).
     jacobian = (
@@ -66,7 +66,9 @@ def test_deterministic_gates_are_the_argmax_with_softmax_gradient(x64, rng):
     gates = np.asarray(dct_gate._binary_gates(None, logits, temperature=2.0))
     np.testing.assert_array_equal(gates, (logits[:, 1] > logits[:, 0]).astype(float))
     grad = np.asarray(
-        jax.grad(lambda z: jnp.sum(dct_gate._binary_gates(None, z, temperature=2.0)))(logits)
+        jax.jit(jax.grad(lambda z: jnp.sum(dct_gate._binary_gates(None, z, temperature=2.0))))(
+            logits
+        )
     )
     p = _softmax(logits / 2.0)[:, 1]
     np.testing.assert_allclose(grad, np.stack([-p * (1 - p), p * (1 - p)], -1) / 2.0, atol=1e-12)
@@ -134,7 +136,7 @@ def test_gate_matches_numpy_forward(x64, rng, batch, h, w, channels):
     shapes = jax.eval_shape(gate.init, jax.random.key(0), x)
     variables = _gate_variables(rng, channels)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, shapes)
-    out = gate.apply(variables, x)
+    out = jax.jit(gate.apply)(variables, x)  # one program, not each operation
     p = variables["params"]
     hidden = np.maximum(x.mean((1, 2)) @ p["excite"]["kernel"] + p["excite"]["bias"], 0)
     logits = hidden[..., None] * p["logit_scale"] + p["logit_bias"]
@@ -145,8 +147,13 @@ def test_gate_matches_numpy_forward(x64, rng, batch, h, w, channels):
     np.testing.assert_array_equal(out["gated"], x * gates[:, None, None, :])
     # Training: Gumbel noise from the "gumbel" stream, reproducible by key.
     key = jax.random.key(4)
-    noisy = gate.apply(variables, x, deterministic=False, rngs={"gumbel": key})
-    again = gate.apply(variables, x, deterministic=False, rngs={"gumbel": key})
+    train = jax.jit(
+        lambda variables, x, key: gate.apply(
+            variables, x, deterministic=False, rngs={"gumbel": key}
+        )
+    )
+    noisy = train(variables, x, key)
+    again = train(variables, x, key)
     np.testing.assert_array_equal(noisy["gates"], again["gates"])
     assert set(np.unique(noisy["gates"])) <= {0.0, 1.0}
 
@@ -165,7 +172,7 @@ def test_regularizer_counts_open_gates_and_passes_the_straight_through_gradient(
 
     want = float((logits[..., 1] > logits[..., 0]).sum()) / 4
     np.testing.assert_allclose(regularizer(logits), want)
-    grad = np.asarray(jax.grad(regularizer)(logits))
+    grad = np.asarray(jax.jit(jax.grad(regularizer))(logits))  # one program
     p = _softmax(logits)[..., 1]
     np.testing.assert_allclose(grad[..., 1], p * (1 - p) / 4, atol=1e-12)
     np.testing.assert_allclose(grad[..., 0], -p * (1 - p) / 4, atol=1e-12)

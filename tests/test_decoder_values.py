@@ -220,6 +220,13 @@ def test_aspp_against_numpy_reference(x64, rng, output_stride, grid):
     _assert_float64_close(out, expected)
 
 
+@functools.cache
+def _jitted_decode(model, image_size):
+    """One jitted ``model.decode`` per (model, image size): the tests of an equal model
+    (the low-level-path test and the decoder test at the same grid) share its program."""
+    return jax.jit(lambda v, aspp, low: model.apply(v, aspp, low, image_size, method=model.decode))
+
+
 # --------------------------------------------------------------------------------------
 # DeepLab v3+ decoder
 
@@ -239,22 +246,39 @@ def _deeplab_decode(rng, feature_size, method, shapes):
     low_channels = params["low_level_conv"]["kernel"].shape[2]
     aspp = rng.normal(size=(2, *aspp_grid, TINY_DEEPLAB["aspp_channels"]))
     low_level = rng.normal(size=(2, *low_grid, low_channels))
-    decode = jax.jit(lambda v, a, ll: model.apply(v, a, ll, image_size, method=model.decode))
+    decode = _jitted_decode(model, image_size)
     out = decode(_to_jax(numpy_variables), jnp.asarray(aspp), jnp.asarray(low_level))
     return out, aspp, low_level, params, stats
 
 
-@pytest.mark.parametrize("shapes", DEEPLAB_SHAPES)
+def _grid_cases(settings, shapes, default_square):
+    """``(feature_size, method, shapes)`` cases: every setting on the even non-square
+    grids (``shapes[1]``, where a swapped height and width shows), and on the odd square
+    grids (``shapes[0]``) only ``default_square`` in the default suite, the rest slow:
+    the decoder composes its layers the same way on both."""
+    cases = []
+    for feature_size, method in settings:
+        marks = () if (feature_size, method) in default_square else pytest.mark.slow
+        name = f"{feature_size}-{method}"
+        cases.append(pytest.param(feature_size, method, shapes[0], marks=marks, id=f"{name}-odd"))
+        cases.append(pytest.param(feature_size, method, shapes[1], id=f"{name}-even"))
+    return cases
+
+
 @pytest.mark.parametrize(
-    "feature_size, method",
-    [
-        (None, "bilinear"),
-        (None, "spectral"),
-        (5, "bilinear"),
-        (5, "area"),
-        (5, "spectral"),
-        (4, "area"),
-    ],
+    "feature_size, method, shapes",
+    _grid_cases(
+        [
+            (None, "bilinear"),
+            (None, "spectral"),
+            (5, "bilinear"),
+            (5, "area"),
+            (5, "spectral"),
+            (4, "area"),
+        ],
+        DEEPLAB_SHAPES,
+        default_square={(None, "bilinear"), (5, "spectral")},
+    ),
 )
 def test_deeplab_decoder_against_numpy_reference(x64, rng, feature_size, method, shapes):
     """decode's decoder input, grid logits and up-sampled logits equal the NumPy decoder
@@ -294,10 +318,13 @@ DAN_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shapes", DAN_SHAPES)
 @pytest.mark.parametrize(
-    "feature_size, method",
-    [(None, "bilinear"), (None, "area"), (5, "spectral"), (5, "area"), (4, "bilinear")],
+    "feature_size, method, shapes",
+    _grid_cases(
+        [(None, "bilinear"), (None, "area"), (5, "spectral"), (5, "area"), (4, "bilinear")],
+        DAN_SHAPES,
+        default_square={(None, "bilinear"), (5, "spectral")},
+    ),
 )
 def test_dan_decoder_against_numpy_reference(x64, rng, feature_size, method, shapes):
     """DAN.decode's decoder input, grid logits and up-sampled logits equal the NumPy
@@ -313,7 +340,7 @@ def test_dan_decoder_against_numpy_reference(x64, rng, feature_size, method, sha
         for k, grid in enumerate(stage_grids)
     )
     aspp = rng.normal(size=(2, *aspp_grid, TINY_DAN["aspp_channels"]))
-    decode = jax.jit(lambda v, a, s: model.apply(v, a, s, image_size, method=model.decode))
+    decode = _jitted_decode(model, image_size)
     out = decode(_to_jax(numpy_variables), jnp.asarray(aspp), tuple(map(jnp.asarray, stages)))
 
     size = stage_grids[0] if feature_size is None else (feature_size, feature_size)

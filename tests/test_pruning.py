@@ -175,17 +175,33 @@ def test_rate_zero_is_identity(rng):
     assert jax.tree.map(jnp.shape, small_variables) == jax.tree.map(jnp.shape, variables)
 
 
+@functools.cache
+def _jitted_apply(model):
+    """One jitted ``model.apply`` per model (models are hashable), so that tests running
+    an equal model on variables of the same shapes share its compiled program."""
+    return jax.jit(model.apply)
+
+
 def _intermediate_logits(model, variables, x):
-    return jax.jit(model.apply)(variables, x)
+    return _jitted_apply(model)(variables, x)
 
 
 @pytest.mark.parametrize(
     "name, feature_size, resample, output_stride, dtype",
     [
-        ("deeplab", None, "bilinear", 8, jnp.float32),
-        ("deeplab", 5, "spectral", 16, jnp.float64),
-        ("dan", None, "area", 16, jnp.float64),
+        # The model (and hard-pruned model) of the test that zeroes only the filters: the
+        # same two compiled programs.
+        ("deeplab", 5, "bilinear", 16, jnp.float32),
         ("dan", 4, "spectral", 16, jnp.float32),
+        # Slow: the same pruning code on the same layer graph (the resampling and the
+        # output stride do not change which channels are kept or how the consumers are
+        # sliced). In float64 the agreement is 1e-12 instead of 1e-5; a pruning error is
+        # of the order of the outputs (above 1e-2 when only the BatchNorm zeroing is
+        # left out: test_zeroing_only_the_filters_would_change_the_hard_pruned_outputs),
+        # so the float32 cases above already fail on one.
+        pytest.param("deeplab", None, "bilinear", 8, jnp.float32, marks=pytest.mark.slow),
+        pytest.param("deeplab", 5, "spectral", 16, jnp.float64, marks=pytest.mark.slow),
+        pytest.param("dan", None, "area", 16, jnp.float64, marks=pytest.mark.slow),
     ],
 )
 def test_soft_pruned_equals_hard_pruned(rng, name, feature_size, resample, output_stride, dtype):
@@ -361,7 +377,10 @@ def _conv_paths(model, shape):
     return paths
 
 
-@pytest.mark.parametrize("name", ["deeplab", "dan"])
+# DeepLab v3+ has consumers of several producers too (the ASPP projection, the decoder's
+# first fusion), and the pruned DAN's shapes are checked by test_soft_pruned_equals_hard_pruned
+# (its outputs) and test_pruning_twice_composes_widths: the DAN count is slow.
+@pytest.mark.parametrize("name", ["deeplab", pytest.param("dan", marks=pytest.mark.slow)])
 def test_hard_pruned_flops_equal_analytic_count(rng, name):
     cls, _ = MODELS[name]
     # 256-channel heads, so that the convolutions dominate the compiled program, as in
