@@ -433,14 +433,33 @@ def test_without_torch_auto_reads_with_numpy_and_torch_backend_raises(tmp_path, 
 # Conversion.
 
 
+@functools.cache
+def backbone_at(backbone: str, output_stride: int):
+    """``(variable shapes, jitted apply)`` of ``backbone`` at ``output_stride``.
+
+    Shared by the tests that compare it with a reference: one trace of the model's
+    ``init`` per backbone and stride, and one compiled program per image shape. The
+    variables' shapes do not depend on the stride; the conversion from a model is
+    tested in :func:`test_conversion_maps_every_key_with_torchvision_layouts`.
+    """
+    model = create_resnet(backbone, output_stride=output_stride)
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), images), jax.jit(model.apply)
+
+
+# Image sizes of the comparisons with references: one square, one non-square with an
+# even and an odd side.
+SIZES = ((33, 33), (40, 37))
+
+
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
-@pytest.mark.parametrize("size", [(33, 33), (40, 37)])
+@pytest.mark.parametrize("size", SIZES)
 def test_converted_tiny_backbone_matches_numpy_reference(output_stride, size):
     state = random_state_dict("resnet_tiny", seed=output_stride)
-    model = create_resnet("resnet_tiny", output_stride=output_stride)
-    variables = torchvision_to_flax_resnet(state, model)
+    shapes, apply = backbone_at("resnet_tiny", output_stride)
+    variables = torchvision_to_flax_resnet(state, shapes)
     images = np.random.default_rng(1).normal(size=(2, *size, 3))
-    low, high = jax.jit(model.apply)(variables, jnp.asarray(images, jnp.float32))
+    low, high = apply(variables, jnp.asarray(images, jnp.float32))
     expected_low, expected_high = np_resnet(images, state, "resnet_tiny", output_stride)
     assert_close(low, expected_low)
     assert_close(high, expected_high)
@@ -713,19 +732,21 @@ def _compare_with_torch(tmp_path, backbone, size, output_strides, seed=0):
         assert with_torch.keys() == without_torch.keys()
         for key, value in with_torch.items():
             np.testing.assert_array_equal(without_torch[key], value, strict=True)
-        model = create_resnet(backbone, output_stride=output_stride)
-        variables = torchvision_to_flax_resnet(without_torch, model)
-        actual = jax.jit(model.apply)(variables, jnp.asarray(images))
+        shapes, apply = backbone_at(backbone, output_stride)
+        variables = torchvision_to_flax_resnet(without_torch, shapes)
+        actual = apply(variables, jnp.asarray(images))
         for a, e in zip(actual, expected, strict=True):
             assert_close(a, e)
 
 
-@pytest.mark.parametrize("size", [(33, 33), (42, 39)])
+@pytest.mark.usefixtures("torch_one_thread")
+@pytest.mark.parametrize("size", SIZES)  # the programs of the NumPy comparison
 def test_tiny_backbone_matches_torch(tmp_path, size):
     _compare_with_torch(tmp_path, "resnet_tiny", size, (8, 16, 32))
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
 def test_resnet50_matches_torch(tmp_path):
     _compare_with_torch(tmp_path, "resnet50", (65, 65), (8, 16, 32))
 
