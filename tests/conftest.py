@@ -37,21 +37,6 @@ def deep_tiny_backbone(monkeypatch) -> str:
     return DEEP_TINY_BACKBONE
 
 
-@pytest.fixture(scope="module")
-def torch_one_thread():
-    """PyTorch's CPU operations on one thread for a module's references (restored after).
-
-    With two threads per process, the pytest workers' PyTorch threads outnumber a 2-core
-    CPU's cores and spin waiting for each other: a reference forward pass took ten times
-    the CPU seconds it takes on one thread. The results agree to rounding.
-    """
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """The TFDS directory the experiment tests build the embedded data sets into.

@@ -28,8 +28,6 @@ from tests.helpers import references
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
-# The PyTorch model runs on one thread (see tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 DATASET = "synthetic_scenes/pascal_like"
 SPLIT = "validation[:3]"

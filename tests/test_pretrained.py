@@ -739,14 +739,12 @@ def _compare_with_torch(tmp_path, backbone, size, output_strides, seed=0):
             assert_close(a, e)
 
 
-@pytest.mark.usefixtures("torch_one_thread")
 @pytest.mark.parametrize("size", SIZES)  # the programs of the NumPy comparison
 def test_tiny_backbone_matches_torch(tmp_path, size):
     _compare_with_torch(tmp_path, "resnet_tiny", size, (8, 16, 32))
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("torch_one_thread")
 def test_resnet50_matches_torch(tmp_path):
     _compare_with_torch(tmp_path, "resnet50", (65, 65), (8, 16, 32))
 

@@ -35,8 +35,6 @@ _torch_deeplab = pytest.importorskip("benchmarks._torch_deeplab")
 ReferenceDeepLab = _torch_deeplab.ReferenceRepositoryDeepLab
 nn = torch.nn
 functional = torch.nn.functional
-# The PyTorch references run on one thread (see tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 # float32 Flax against float32 PyTorch: max |difference| / max |reference logit|.
 TOLERANCE = 1e-4
