@@ -90,7 +90,7 @@ def test_aspp_rows_equal_the_hand_carved_head_float32(deeplab, aspp_reference):
     call = functools.partial(sj.layer_spectral_gradient, layer="aspp", nu_i=ROWS)
     jax.clear_caches()  # no earlier test's compilation is reused
     with compile_counting.count_compilations() as first:
-        doubled = jax.tree.map(lambda v: v * 1.5, variables)
+        doubled = jax.tree.map(lambda v: np.asarray(v) * np.float32(1.5), variables)
         doubled_rows = call(functools.partial(model.apply, train=False), doubled, images, labels)
         jax.block_until_ready(doubled_rows)
     assert first, "the first call compiles"
@@ -172,7 +172,7 @@ def test_layer_head_is_the_gradient_of_the_whole_model(user_net, rng):
         log_probs = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(log_probs, labels[0][..., None], -1))
 
-    grad = jax.grad(loss_of_perturbation)(jnp.zeros((9, 9, 4)))  # [h, w, c]
+    grad = jax.jit(jax.grad(loss_of_perturbation))(jnp.zeros((9, 9, 4)))  # [h, w, c]
     # sum_i G[i, j] = d(mean CE)/d x_hat(nu_j) with the channel-summed direction:
     # (1/M) sum_t sum_c grad(t, c) exp(+2 pi i <nu_j, t>/N) = ifft2 of the channel sum.
     expected = np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
@@ -250,7 +250,7 @@ def _ce_gradient_sum(net, variables, image, labels, path, shape):
         log_probs = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], -1))
 
-    grad = jax.grad(loss_of_perturbation)(jnp.zeros(shape))  # [h, w, c]
+    grad = jax.jit(jax.grad(loss_of_perturbation))(jnp.zeros(shape))  # [h, w, c]
     return np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
 
 
