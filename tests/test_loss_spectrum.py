@@ -865,66 +865,6 @@ def test_bad_class_chunk_size_raises(small_batch, bad):
             fn(logits, labels, class_chunk_size=bad)
 
 
-def _batch(rng, batch, height, width, num_classes):
-    logits, labels = references.make_batch(
-        rng, batch, height, width, num_classes, ignore_fraction=0.2
-    )
-    return logits.astype(np.float32), labels
-
-
-EAGER_CALLS = {
-    **ALL_FUNCTIONS,
-    "ce_spectrum[max_classes_present=2]": functools.partial(sj.ce_spectrum, max_classes_present=2),
-    "band_limit_sweep[per_image, euclidean]": functools.partial(
-        sj.band_limit_sweep, per_image=True, radius="euclidean"
-    ),
-    "relative_discrepancy[per_image]": functools.partial(
-        sj.relative_discrepancy, band_limit=3, per_image=True
-    ),
-}
-
-
-@pytest.mark.parametrize("name", EAGER_CALLS)
-def test_repeated_eager_calls_compile_once_per_shape(rng, name):
-    # Eager calls (a notebook's) compile one executable per shape and setting, and
-    # nothing else: no tracing of the class scan on every call, no eager op around it.
-    first = _batch(rng, 3, 10, 11, 4)
-    same_shapes = (first[0] + 1.0, first[1][::-1].copy())
-    new_shapes = _batch(rng, 2, 10, 11, 4)
-    compile_counting.assert_compiles_once_per_shape(
-        EAGER_CALLS[name], first, same_shapes, new_shapes
-    )
-
-
-def test_eager_band_limits_and_settings_compile_as_expected(rng):
-    logits, labels = _batch(rng, 2, 9, 10, 3)
-    jax.clear_caches()
-    assert len(compilations(sj.truncated_ce, logits, labels, 2)) == 1
-    # A band limit is traced: other values compile nothing.
-    for band_limit in (0, 3, 100, -1):
-        assert compilations(sj.truncated_ce, logits, labels, band_limit) == []
-    # A shape-setting argument is static: a new value compiles once, then never again.
-    assert len(compilations(sj.truncated_ce, logits, labels, 2, radius="euclidean")) == 1
-    assert compilations(sj.truncated_ce, logits, labels, 1, radius="euclidean") == []
-    assert len(compilations(sj.truncated_ce, logits, labels, 2, class_chunk_size=2)) == 1
-    assert compilations(sj.truncated_ce, logits, labels, 2) == []
-    # jax.vmap over band limits, eagerly: one batched executable.
-    limits = jnp.arange(5)
-    vmapped = jax.vmap(lambda r: sj.relative_discrepancy(logits, labels, r))
-    assert len(compilations(vmapped, limits)) == 1
-    assert compilations(vmapped, limits[::-1]) == []
-
-
-def test_sweep_from_band_profile_compiles_once_per_shape(rng):
-    first = (rng.normal(size=(3, 6)).astype(np.float32),)
-    compile_counting.assert_compiles_once_per_shape(
-        sj.sweep_from_band_profile,
-        first,
-        (first[0] + 1.0,),
-        (rng.normal(size=(2, 3, 6)).astype(np.float32),),
-    )
-
-
 # ---------------------------------------------------------------------------------------
 # Magnitude profiles.
 
@@ -1091,12 +1031,14 @@ def test_a_sentinel_is_harmless_in_the_both_mode_and_recorded_under_jit(small_ba
     assert float(update(stats, logits, labels).parseval_error()) < 1e-5
 
 
-# The identities of the decomposition over random content, compiled once per canvas and
-# dtype: an example draws its image size inside a fixed canvas (the rest is ignored
+# The identities of the decomposition over random content, compiled once per canvas (each
+# with its dtype): an example draws its image size inside a fixed canvas (the rest is ignored
 # padding with random logits, which the "labels" mode transforms), its class pool, ignore
 # pattern, logit scale and band limits; both ignore modes and both radii are computed in
 # the same program.
-CANVASES = ((2, 7, 9, 4), (3, 8, 6, 6))  # [B, H, W, C]: odd and even grids
+# [B, H, W, C] and logits dtype: odd and even grids, float32 and bfloat16 (upcast to
+# float32 on entry, whatever the grid).
+CANVASES = (((2, 7, 9, 4), "bfloat16"), ((3, 8, 6, 6), "float32"))
 SPARSE_K = 2  # max_classes_present of the class-sparse path
 
 
@@ -1124,9 +1066,8 @@ def _identities(logits, labels, band_limits, canvas):
 
 @st.composite
 def decomposition_cases(draw):
-    canvas = draw(st.sampled_from(CANVASES))
+    canvas, dtype = draw(st.sampled_from(CANVASES))
     batch, height, width, num_classes = canvas
-    dtype = draw(st.sampled_from(["float32", "bfloat16"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows, cols = draw(st.integers(1, height)), draw(st.integers(1, width))
     pool = draw(st.integers(1, num_classes))  # classes an image may hold
@@ -1191,4 +1132,69 @@ def test_property_decomposition_identities_in_both_ignore_modes(case):
     # The two modes differ in the components, never in the CE.
     np.testing.assert_allclose(
         out["labels", "spectrum"].sum((1, 2)), out["both", "spectrum"].sum((1, 2)), atol=tolerance
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Eager calls. Last in the module: clearing JAX's caches (to count compilations) would
+# make every later test compile again what an earlier one compiled.
+
+
+def _batch(rng, batch, height, width, num_classes):
+    logits, labels = references.make_batch(
+        rng, batch, height, width, num_classes, ignore_fraction=0.2
+    )
+    return logits.astype(np.float32), labels
+
+
+EAGER_CALLS = {
+    **ALL_FUNCTIONS,
+    "ce_spectrum[max_classes_present=2]": functools.partial(sj.ce_spectrum, max_classes_present=2),
+    "band_limit_sweep[per_image, euclidean]": functools.partial(
+        sj.band_limit_sweep, per_image=True, radius="euclidean"
+    ),
+    "relative_discrepancy[per_image]": functools.partial(
+        sj.relative_discrepancy, band_limit=3, per_image=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EAGER_CALLS)
+def test_repeated_eager_calls_compile_once_per_shape(rng, name):
+    # Eager calls (a notebook's) compile one executable per shape and setting, and
+    # nothing else: no tracing of the class scan on every call, no eager op around it.
+    first = _batch(rng, 3, 10, 11, 4)
+    same_shapes = (first[0] + 1.0, first[1][::-1].copy())
+    new_shapes = _batch(rng, 2, 10, 11, 4)
+    compile_counting.assert_compiles_once_per_shape(
+        EAGER_CALLS[name], first, same_shapes, new_shapes
+    )
+
+
+def test_eager_band_limits_and_settings_compile_as_expected(rng):
+    logits, labels = _batch(rng, 2, 9, 10, 3)
+    jax.clear_caches()
+    assert len(compilations(sj.truncated_ce, logits, labels, 2)) == 1
+    # A band limit is traced: other values compile nothing.
+    for band_limit in (0, 3, 100, -1):
+        assert compilations(sj.truncated_ce, logits, labels, band_limit) == []
+    # A shape-setting argument is static: a new value compiles once, then never again.
+    assert len(compilations(sj.truncated_ce, logits, labels, 2, radius="euclidean")) == 1
+    assert compilations(sj.truncated_ce, logits, labels, 1, radius="euclidean") == []
+    assert len(compilations(sj.truncated_ce, logits, labels, 2, class_chunk_size=2)) == 1
+    assert compilations(sj.truncated_ce, logits, labels, 2) == []
+    # jax.vmap over band limits, eagerly: one batched executable.
+    limits = jnp.arange(5)
+    vmapped = jax.vmap(lambda r: sj.relative_discrepancy(logits, labels, r))
+    assert len(compilations(vmapped, limits)) == 1
+    assert compilations(vmapped, limits[::-1]) == []
+
+
+def test_sweep_from_band_profile_compiles_once_per_shape(rng):
+    first = (rng.normal(size=(3, 6)).astype(np.float32),)
+    compile_counting.assert_compiles_once_per_shape(
+        sj.sweep_from_band_profile,
+        first,
+        (first[0] + 1.0,),
+        (rng.normal(size=(2, 3, 6)).astype(np.float32),),
     )
