@@ -468,7 +468,7 @@ def test_ce_spectral_gradient_rows_sum_to_gradient_of_mean_ce(rng):
         log_probs = jax.nn.log_softmax(head(f), axis=-1)
         return -jnp.mean(jnp.take_along_axis(log_probs, jnp.asarray(labels)[..., None], -1))
 
-    spatial = np.asarray(jax.grad(mean_ce)(features), np.float64).sum(-1)  # u = ones
+    spatial = np.asarray(jax.jit(jax.grad(mean_ce))(features), np.float64).sum(-1)  # u = ones
     expected = np.fft.ifft2(spatial).ravel()
     np.testing.assert_allclose(np.asarray(gradient).sum(0), expected, atol=1e-6)
 
@@ -692,7 +692,7 @@ def test_new_params_and_recreated_partials_compile_nothing(rng):
         sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": kernel}
     )
     assert len(first) == 1, first
-    new_kernel = 2 * kernel + 1
+    new_kernel = 2 * np.asarray(kernel) + 1  # NumPy: no eager JAX op to compile
     new = compile_counting.compilations(
         sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": new_kernel}
     )
@@ -720,20 +720,29 @@ def test_new_params_and_recreated_partials_compile_nothing(rng):
         "float32",
     )
     # The CE spectral gradient with a Flax head's variables as params.
-    module, variables = probes.init_decoder_head(jax.random.key(0), (4, 4, 2), upsample=2)
+    modules = []  # the module, from the trace of the initialisation
+
+    def init_variables(key):
+        module, variables = probes.init_decoder_head(key, (4, 4, 2), upsample=2)
+        modules.append(module)
+        return variables
+
+    variables = jax.jit(init_variables)(jax.random.key(0))  # one program, not op by op
+    (module,) = modules
     head = probes.decoder_head_fn(module)
     labels = rng.integers(0, 3, size=(8, 8))
+    corner = np.asarray(x)[:4, :4]
     first = compile_counting.compilations(
-        sj.ce_spectral_gradient, head, x[:4, :4], labels, params=variables
+        sj.ce_spectral_gradient, head, corner, labels, params=variables
     )
     assert len(first) == 1, first
-    doubled = jax.tree.map(lambda v: 2 * v, variables)
+    doubled = jax.tree.map(lambda v: 2 * np.asarray(v), variables)
     new = compile_counting.compilations(
-        sj.ce_spectral_gradient, probes.decoder_head_fn(module), x[:4, :4], labels, params=doubled
+        sj.ce_spectral_gradient, probes.decoder_head_fn(module), corner, labels, params=doubled
     )
     assert new == [], f"new Flax variables compiled {new}"
-    by_params = sj.ce_spectral_gradient(head, x[:4, :4], labels, params=doubled)
-    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), x[:4, :4], labels)
+    by_params = sj.ce_spectral_gradient(head, corner, labels, params=doubled)
+    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), corner, labels)
     _assert_close(by_params, by_closure, "float32")
 
 
@@ -747,25 +756,33 @@ def test_batched_form_is_the_per_image_result_in_one_program(rng):
         sj.spectral_jacobian_rows, _conv_relu, xs, nu_i, params=params, batched=True
     )
     assert len(compiled) == 1, compiled
-    batched = sj.spectral_jacobian_rows(_conv_relu, xs, nu_i, params=params, batched=True)
+    batched = np.asarray(
+        sj.spectral_jacobian_rows(_conv_relu, xs, nu_i, params=params, batched=True)
+    )  # NumPy from here on: indexing compiles no eager JAX op
     assert batched.shape == (3, 3, 36)
     layer = lambda z: _conv_relu(params, z)  # noqa: E731
     references_by_image = _dense_references(layer, xs)  # one program for the 3 images
     for b in range(3):
         _assert_close(batched[b], references_by_image[b][nu_i], "float32")
-    full = sj.spectral_jacobian(_conv_relu, xs, params=params, batched=True, chunk_size=8)
+    full = np.asarray(
+        sj.spectral_jacobian(_conv_relu, xs, params=params, batched=True, chunk_size=8)
+    )
     _assert_close(full[2], references_by_image[2], "float32")
-    columns = sj.spectral_jacobian_columns(
-        _conv_relu, xs, np.array([1, 4]), params=params, batched=True
+    columns = np.asarray(
+        sj.spectral_jacobian_columns(_conv_relu, xs, np.array([1, 4]), params=params, batched=True)
     )
     _assert_close(columns[1], full[1][:, [1, 4]], "float32")
-    energy = sj.spectral_jacobian_band_energy(_conv_relu, xs, params=params, batched=True)
+    energy = np.asarray(
+        sj.spectral_jacobian_band_energy(_conv_relu, xs, params=params, batched=True)
+    )
     assert energy.shape[0] == 3
     assert np.allclose(energy.sum(axis=(1, 2)), (np.abs(full) ** 2).sum(axis=(1, 2)), rtol=1e-4)
     weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
     labels = rng.integers(0, 3, size=(3, 12, 12))
-    gradient = sj.ce_spectral_gradient(
-        _head_with_params, xs, labels, params={"weights": weights}, batched=True
+    gradient = np.asarray(
+        sj.ce_spectral_gradient(
+            _head_with_params, xs, labels, params={"weights": weights}, batched=True
+        )
     )
     head = _linear_head(weights)  # one static fn: one compilation for the 3 images
     for b, image in enumerate(np.asarray(xs)):
