@@ -21,6 +21,14 @@ from spectral_jax.related import boundary_metrics as bm
 
 IGNORE = 255
 
+# Numeric tests call jitted wrappers: one program per shape, where an eager call compiles
+# each operation (about 4x the CPU time). The eager path is compared with the jitted one
+# in test_statistics_accumulate_over_batches_and_jit; the errors are raised eagerly.
+boundary_statistics = jax.jit(
+    bm.boundary_statistics, static_argnames=("num_classes", "dilation", "ignore_index")
+)
+label_edges = jax.jit(bm.label_edges)
+
 
 def _reference_edges(labels: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.laplace(y.astype(np.float64), mode="mirror") != 0 for y in labels])
@@ -81,7 +89,7 @@ def _blocky_labels(rng, batch, h, w, num_classes, block=5, noise=0.05):
 def test_label_edges_match_scipy_laplace(rng, shape):
     labels = _blocky_labels(rng, 3, *shape, num_classes=4, block=3, noise=0.1)
     labels[0, :2, :] = IGNORE  # an ignored region has edges too
-    np.testing.assert_array_equal(bm.label_edges(jnp.asarray(labels)), _reference_edges(labels))
+    np.testing.assert_array_equal(label_edges(jnp.asarray(labels)), _reference_edges(labels))
 
 
 def test_label_edges_hand_cases():
@@ -89,12 +97,12 @@ def test_label_edges_hand_cases():
     # its middle (neighbours sum to 4 x 2); reflect-101 borders add no edge to a flat map.
     step = np.array([[0, 0, 1, 1]] * 3)
     np.testing.assert_array_equal(
-        bm.label_edges(jnp.asarray(step[None]))[0], [[False, True, True, False]] * 3
+        label_edges(jnp.asarray(step[None]))[0], [[False, True, True, False]] * 3
     )
     ramp = np.array([[1, 2, 3]] * 3)
-    edges = np.asarray(bm.label_edges(jnp.asarray(ramp[None]))[0])
+    edges = np.asarray(label_edges(jnp.asarray(ramp[None]))[0])
     assert not edges[1, 1] and edges[1, 0] and edges[1, 2]
-    assert not np.asarray(bm.label_edges(jnp.full((1, 5, 4), 7))).any()
+    assert not np.asarray(label_edges(jnp.full((1, 5, 4), 7))).any()
 
 
 @pytest.mark.parametrize("size", [1, 3, 15])
@@ -122,7 +130,7 @@ def test_statistics_and_metrics_match_the_reference(rng, shape, dilation):
     wrong = rng.uniform(size=pred.shape) < 0.15
     pred[wrong] = rng.integers(0, num_classes, size=wrong.sum())
     pred[labels == IGNORE] = rng.integers(0, num_classes, size=(labels == IGNORE).sum())
-    stats = bm.boundary_statistics(
+    stats = boundary_statistics(
         jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes, dilation=dilation
     )
     reference = _reference_statistics(pred, labels, num_classes, dilation)
@@ -165,7 +173,7 @@ def _square(top, left, side, value=1):
 
 
 def _metrics(pred, labels, num_classes=2):
-    stats = bm.boundary_statistics(jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes)
+    stats = boundary_statistics(jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes)
     return {k: v for k, v in bm.boundary_scores(stats).items() if np.ndim(v) == 0}
 
 
@@ -277,7 +285,7 @@ def test_ignored_pixels_count_nowhere():
     pred = np.zeros_like(labels)
     ignored = labels.copy()
     ignored[labels == 1] = IGNORE  # the object is ignored: no object pixel counts
-    stats = bm.boundary_statistics(jnp.asarray(pred), jnp.asarray(ignored), num_classes=2)
+    stats = boundary_statistics(jnp.asarray(pred), jnp.asarray(ignored), num_classes=2)
     np.testing.assert_array_equal(stats.label_area[:, 1], 0)
     np.testing.assert_array_equal(stats.prediction_area[2:, 1], 0)
     # The ignored region's border is a ground-truth edge (as in the authors' code).
