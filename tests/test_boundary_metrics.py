@@ -21,6 +21,14 @@ from spectral_jax.related import boundary_metrics as bm
 
 IGNORE = 255
 
+# Numeric tests call jitted wrappers: one program per shape, where an eager call compiles
+# each operation (about 4x the CPU time). The eager path is compared with the jitted one
+# in test_statistics_accumulate_over_batches_and_jit; the errors are raised eagerly.
+boundary_statistics = jax.jit(
+    bm.boundary_statistics, static_argnames=("num_classes", "dilation", "ignore_index")
+)
+label_edges = jax.jit(bm.label_edges)
+
 
 def _reference_edges(labels: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.laplace(y.astype(np.float64), mode="mirror") != 0 for y in labels])
@@ -81,7 +89,7 @@ def _blocky_labels(rng, batch, h, w, num_classes, block=5, noise=0.05):
 def test_label_edges_match_scipy_laplace(rng, shape):
     labels = _blocky_labels(rng, 3, *shape, num_classes=4, block=3, noise=0.1)
     labels[0, :2, :] = IGNORE  # an ignored region has edges too
-    np.testing.assert_array_equal(bm.label_edges(jnp.asarray(labels)), _reference_edges(labels))
+    np.testing.assert_array_equal(label_edges(jnp.asarray(labels)), _reference_edges(labels))
 
 
 def test_label_edges_hand_cases():
@@ -89,12 +97,12 @@ def test_label_edges_hand_cases():
     # its middle (neighbours sum to 4 x 2); reflect-101 borders add no edge to a flat map.
     step = np.array([[0, 0, 1, 1]] * 3)
     np.testing.assert_array_equal(
-        bm.label_edges(jnp.asarray(step[None]))[0], [[False, True, True, False]] * 3
+        label_edges(jnp.asarray(step[None]))[0], [[False, True, True, False]] * 3
     )
     ramp = np.array([[1, 2, 3]] * 3)
-    edges = np.asarray(bm.label_edges(jnp.asarray(ramp[None]))[0])
+    edges = np.asarray(label_edges(jnp.asarray(ramp[None]))[0])
     assert not edges[1, 1] and edges[1, 0] and edges[1, 2]
-    assert not np.asarray(bm.label_edges(jnp.full((1, 5, 4), 7))).any()
+    assert not np.asarray(label_edges(jnp.full((1, 5, 4), 7))).any()
 
 
 @pytest.mark.parametrize("size", [1, 3, 15])
@@ -122,7 +130,7 @@ def test_statistics_and_metrics_match_the_reference(rng, shape, dilation):
     wrong = rng.uniform(size=pred.shape) < 0.15
     pred[wrong] = rng.integers(0, num_classes, size=wrong.sum())
     pred[labels == IGNORE] = rng.integers(0, num_classes, size=(labels == IGNORE).sum())
-    stats = bm.boundary_statistics(
+    stats = boundary_statistics(
         jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes, dilation=dilation
     )
     reference = _reference_statistics(pred, labels, num_classes, dilation)
@@ -152,14 +160,20 @@ def test_statistics_accumulate_over_batches_and_jit(rng):
         np.testing.assert_array_equal(a, b)
 
 
-def _square(h, w, top, left, side, value=1):
-    labels = np.zeros((1, h, w), np.int32)
+# The canvas of the hand-made cases: every band of a case (8 pixels around its edges)
+# lies inside it, so the counts are those of an unbounded background; one canvas for
+# every case compiles the statistics once.
+CANVAS = (64, 80)
+
+
+def _square(top, left, side, value=1):
+    labels = np.zeros((1, *CANVAS), np.int32)
     labels[0, top : top + side, left : left + side] = value
     return labels
 
 
 def _metrics(pred, labels, num_classes=2):
-    stats = bm.boundary_statistics(jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes)
+    stats = boundary_statistics(jnp.asarray(pred), jnp.asarray(labels), num_classes=num_classes)
     return {k: v for k, v in bm.boundary_scores(stats).items() if np.ndim(v) == 0}
 
 
@@ -175,7 +189,7 @@ N0 = (S + 16) ** 2 - 4 - S**2  # 892 background pixels in the band
 
 
 def test_perfect_prediction():
-    labels = _square(48, 48, 14, 14, S)
+    labels = _square(14, 14, S)
     m = _metrics(labels, labels)
     assert m["biou"] == m["bacc"] == 1.0
     assert m["ferr"] == m["merr"] == m["derr"] == 0.0
@@ -186,7 +200,7 @@ def test_missed_object():
     # (NaN). In the ground-truth band every object pixel is wrong, every background pixel
     # right: MErr = 1 - (0 + 1) / 2. BIoU on the same band: class 0 has IoU N0 / (N0 + N1)
     # (everything predicted 0), class 1 has 0.
-    labels = _square(48, 48, 14, 14, S)
+    labels = _square(14, 14, S)
     m = _metrics(np.zeros_like(labels), labels)
     assert np.isnan(m["ferr"]) and np.isnan(m["derr"])
     assert m["merr"] == pytest.approx(0.5)
@@ -204,8 +218,8 @@ def test_square_shifted_by_k_pixels():
     # 36 * 34 - 4 - 400 = 820; P | G: 36 * 38 - 4 - 400 = 964.
     k = 2
     errors = k * S
-    labels = _square(48, 52, 14, 14, S)
-    pred = _square(48, 52, 14, 14 + k, S)
+    labels = _square(14, 14, S)
+    pred = _square(14, 14 + k, S)
     m = _metrics(pred, labels)
 
     def err(objects, background):
@@ -227,9 +241,9 @@ def test_merged_hole_is_a_merging_mistake_only():
     # out of P: FErr = DErr = 0 exactly. In G the 4 hole pixels are the only errors, among
     # 4 + (40 + 16)**2 - 4 - 40**2 = 1536 background pixels (the hole's band is object
     # otherwise): MErr = 1 - (1 + (1536 - 4) / 1536) / 2 = 2 / 1536.
-    labels = _square(64, 64, 12, 12, 40)
+    labels = _square(12, 12, 40)
     labels[0, 31:33, 31:33] = 0
-    pred = _square(64, 64, 12, 12, 40)
+    pred = _square(12, 12, 40)
     m = _metrics(pred, labels)
     assert m["ferr"] == 0.0 and m["derr"] == 0.0
     assert m["merr"] == pytest.approx(2 / 1536)
@@ -243,10 +257,10 @@ def test_split_object_merged_by_the_prediction():
     # MErr = 1 - (1 + 988 / 1028) / 2 = 20 / 1028. P: the prediction's band holds the gap
     # pixels within 8 rows of its top or bottom edge (2 * 8 * 2 = 32) and the same 988
     # outside pixels: background 1020, FErr = 16 / 1020. P lies inside G, so DErr = FErr.
-    labels = np.zeros((1, 48, 56), np.int32)
+    labels = np.zeros((1, *CANVAS), np.int32)
     labels[0, 14:34, 14:26] = 1
     labels[0, 14:34, 28:40] = 1
-    pred = _square(48, 56, 14, 14, 20)
+    pred = _square(14, 14, 20)
     pred[0, 14:34, 14:40] = 1
     m = _metrics(pred, labels)
     assert m["merr"] == pytest.approx(20 / 1028)
@@ -258,7 +272,7 @@ def test_spurious_blob_is_a_false_response_only():
     # The prediction adds a 2 x 2 object blob far from the true square. Its band (the blob
     # grown by 8, minus 4 corners: 18**2 - 4 = 320 pixels, 4 of them the blob) is in P
     # only: MErr = DErr = 0, and FErr = 1 - (1 + (N0 + 320 - 4) / (N0 + 320)) / 2.
-    labels = _square(48, 80, 14, 14, S)
+    labels = _square(14, 14, S)
     pred = labels.copy()
     pred[0, 20:22, 60:62] = 1
     m = _metrics(pred, labels)
@@ -267,11 +281,11 @@ def test_spurious_blob_is_a_false_response_only():
 
 
 def test_ignored_pixels_count_nowhere():
-    labels = _square(48, 48, 14, 14, S)
+    labels = _square(14, 14, S)
     pred = np.zeros_like(labels)
     ignored = labels.copy()
     ignored[labels == 1] = IGNORE  # the object is ignored: no object pixel counts
-    stats = bm.boundary_statistics(jnp.asarray(pred), jnp.asarray(ignored), num_classes=2)
+    stats = boundary_statistics(jnp.asarray(pred), jnp.asarray(ignored), num_classes=2)
     np.testing.assert_array_equal(stats.label_area[:, 1], 0)
     np.testing.assert_array_equal(stats.prediction_area[2:, 1], 0)
     # The ignored region's border is a ground-truth edge (as in the authors' code).

@@ -25,15 +25,13 @@ IMAGE = 33  # ASPP map 3 x 3 at output stride 16
 ROWS = np.array([0, 70, 560, 1088])  # flat indices of the 33 x 33 CE components
 
 
-def _deeplab(dtype=jnp.float32):
-    model = DeepLabV3Plus(**TINY_DEEPLAB, dtype=dtype)
-    variables = random_variables(model, (1, IMAGE, IMAGE, 3))
-    variables = jax.tree.map(lambda v: jnp.asarray(v, dtype), variables)
-    return model, variables
+def _deeplab():
+    model = DeepLabV3Plus(**TINY_DEEPLAB)
+    return model, random_variables(model, (1, IMAGE, IMAGE, 3))
 
 
-def _batch(rng, dtype=np.float32):
-    images = rng.normal(size=(2, IMAGE, IMAGE, 3)).astype(dtype)
+def _batch(rng):
+    images = rng.normal(size=(2, IMAGE, IMAGE, 3)).astype(np.float32)
     labels = rng.integers(0, 3, size=(2, IMAGE, IMAGE))
     labels[0, :4, :4] = 255  # some ignored pixels
     return images, labels
@@ -68,25 +66,52 @@ def deeplab():
     return _deeplab()
 
 
-def test_aspp_rows_equal_the_hand_carved_head_float32(deeplab, rng):
+@pytest.fixture(scope="module")
+def aspp_reference(deeplab):
+    """The float64 DeepLab (the float32 variables, exactly), a batch, and its hand-carved
+    float64 rows ``[2, len(ROWS), 9]`` and ASPP features, as NumPy arrays."""
     model, variables = deeplab
-    images, labels = _batch(rng)
+    images, labels = _batch(np.random.default_rng(7))
+    with jax.enable_x64(True):
+        model64 = DeepLabV3Plus(**TINY_DEEPLAB, dtype=jnp.float64)
+        variables64 = jax.tree.map(lambda v: np.asarray(v, np.float64), variables)
+        rows, parts = _hand_carved_rows(
+            model64, variables64, images.astype(np.float64), labels, ROWS
+        )
+        features = np.asarray(parts["aspp"])
+    return model64, variables64, images, labels, np.asarray(rows), features
+
+
+def test_aspp_rows_equal_the_hand_carved_head_float32(deeplab, aspp_reference):
+    # Against the float64 head of the same variables and images; also: new variables,
+    # other images and a re-created partial compile nothing.
+    model, variables = deeplab
+    _, _, images, labels, expected, expected_features = aspp_reference
+    call = functools.partial(sj.layer_spectral_gradient, layer="aspp", nu_i=ROWS)
+    jax.clear_caches()  # no earlier test's compilation is reused
+    with compile_counting.count_compilations() as first:
+        doubled = jax.tree.map(lambda v: np.asarray(v) * np.float32(1.5), variables)
+        doubled_rows = call(functools.partial(model.apply, train=False), doubled, images, labels)
+        jax.block_until_ready(doubled_rows)
+    assert first, "the first call compiles"
     apply_fn = functools.partial(model.apply, train=False)
-    rows = sj.layer_spectral_gradient(apply_fn, variables, images, labels, "aspp", nu_i=ROWS)
-    expected, parts = _hand_carved_rows(model, variables, images, labels, ROWS)
+    with compile_counting.count_compilations() as again:
+        rows = jax.block_until_ready(call(apply_fn, variables, images[::-1], labels[::-1]))
+    assert again == [], f"new variables and a re-created partial compiled {again}"
+    rows = np.asarray(rows)[::-1]
     assert rows.shape == (2, len(ROWS), 9) and rows.dtype == np.complex64
     assert _relative_error(rows, expected) < 1e-5  # float32 rounding
+    assert _relative_error(doubled_rows, expected) > 1e-2  # the new variables were used
     features = sj.layer_output(apply_fn, variables, images, "aspp")
-    assert _relative_error(features, parts["aspp"]) < 1e-5
+    assert _relative_error(features, expected_features) < 1e-5
 
 
 @pytest.mark.usefixtures("x64")
-def test_aspp_rows_equal_the_hand_carved_head_float64(rng):
-    model, variables = _deeplab(jnp.float64)
-    images, labels = _batch(rng, np.float64)
+def test_aspp_rows_equal_the_hand_carved_head_float64(aspp_reference):
+    model, variables, images, labels, expected, _ = aspp_reference
     apply_fn = functools.partial(model.apply, train=False)
+    images = images.astype(np.float64)
     rows = sj.layer_spectral_gradient(apply_fn, variables, images, labels, "aspp", nu_i=ROWS)
-    expected, _ = _hand_carved_rows(model, variables, images, labels, ROWS)
     assert rows.dtype == np.complex128
     assert _relative_error(rows, expected) < 1e-12  # float64 rounding
 
@@ -147,28 +172,12 @@ def test_layer_head_is_the_gradient_of_the_whole_model(user_net, rng):
         log_probs = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(log_probs, labels[0][..., None], -1))
 
-    grad = jax.grad(loss_of_perturbation)(jnp.zeros((9, 9, 4)))  # [h, w, c]
+    grad = jax.jit(jax.grad(loss_of_perturbation))(jnp.zeros((9, 9, 4)))  # [h, w, c]
     # sum_i G[i, j] = d(mean CE)/d x_hat(nu_j) with the channel-summed direction:
     # (1/M) sum_t sum_c grad(t, c) exp(+2 pi i <nu_j, t>/N) = ifft2 of the channel sum.
     expected = np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
     actual = np.asarray(rows[0]).sum(axis=0)
     assert _relative_error(actual, expected) < 1e-5
-
-
-def test_new_variables_and_recreated_partials_compile_nothing(deeplab, rng):
-    model, variables = deeplab
-    images, labels = _batch(rng)
-    call = functools.partial(sj.layer_spectral_gradient, layer="aspp", nu_i=ROWS[:2])
-    jax.clear_caches()
-    first = compile_counting.compilations(
-        call, functools.partial(model.apply, train=False), variables, images, labels
-    )
-    assert first, "the first call compiles"
-    doubled = jax.tree.map(lambda v: v * 1.5, variables)
-    again = compile_counting.compilations(
-        call, functools.partial(model.apply, train=False), doubled, images[::-1], labels
-    )
-    assert again == [], f"new variables and a re-created partial compiled {again}"
 
 
 def test_bad_layers_get_clear_errors(user_net):
@@ -241,7 +250,7 @@ def _ce_gradient_sum(net, variables, image, labels, path, shape):
         log_probs = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(log_probs, labels[..., None], -1))
 
-    grad = jax.grad(loss_of_perturbation)(jnp.zeros(shape))  # [h, w, c]
+    grad = jax.jit(jax.grad(loss_of_perturbation))(jnp.zeros(shape))  # [h, w, c]
     return np.fft.ifft2(np.asarray(grad, np.float64).sum(-1)).reshape(-1)
 
 

@@ -72,8 +72,20 @@ def _dft_matrix(shape: tuple[int, ...]) -> np.ndarray:
 
 def _dense_reference(fn, x, in_projection=None, out_projection=None) -> np.ndarray:
     """``F_out (v^T x I) A (I x u) F_in^{-1}`` in float64 NumPy, ``A`` from ``jax.jacfwd``."""
+    jac = jax.jit(jax.jacfwd(fn))(x)  # [*S', Cout, *S, Cin]
+    return _dense_from_jacobian(fn, x, jac, in_projection, out_projection)
+
+
+def _dense_references(fn, xs) -> list[np.ndarray]:
+    """:func:`_dense_reference` of each ``xs[b]``, the Jacobians in one compilation."""
+    jacs = np.asarray(jax.jit(jax.vmap(jax.jacfwd(fn)))(xs))
+    xs = np.asarray(xs)
+    return [_dense_from_jacobian(fn, x, jac) for x, jac in zip(xs, jacs, strict=True)]
+
+
+def _dense_from_jacobian(fn, x, jac, in_projection=None, out_projection=None) -> np.ndarray:
     y = jax.eval_shape(fn, x)
-    jac = np.asarray(jax.jit(jax.jacfwd(fn))(x), np.float64)  # [*S', Cout, *S, Cin]
+    jac = np.asarray(jac, np.float64)
     u = np.ones(x.shape[-1]) if in_projection is None else np.asarray(in_projection)
     v = np.ones(y.shape[-1]) if out_projection is None else np.asarray(out_projection)
     jac = np.moveaxis(jac, y.ndim - 1, -1)  # [*S', *S, Cin, Cout]
@@ -149,8 +161,18 @@ def test_relu_is_circulant_of_mask_spectrum(rng, shape, dtype):
         _assert_close(jac, expected, dtype)
 
 
-@pytest.mark.parametrize("factor", [2, 4])
-@pytest.mark.parametrize("shape", [(8, 8), (9, 7), (16,)])
+@pytest.mark.parametrize(
+    ("shape", "factor"),
+    [
+        ((8, 8), 4),
+        ((9, 7), 2),
+        ((16,), 4),
+        # Each grid and each factor is in a case above (slow suite: the other pairs).
+        pytest.param((8, 8), 2, marks=pytest.mark.slow),
+        pytest.param((9, 7), 4, marks=pytest.mark.slow),
+        pytest.param((16,), 2, marks=pytest.mark.slow),
+    ],
+)
 def test_bilinear_upsampling_against_interpolation_matrix(rng, shape, factor):
     x = _map(rng, shape)
     fn = functools.partial(probes.upsample_bilinear, factor=factor)
@@ -184,7 +206,8 @@ def _softplus_conv_errors(rng_seed: int, eps: float, alpha: float):
     x = jnp.asarray(alpha * rng.uniform(-1, 1, size=(*shape, 1)))
     kernel = jnp.asarray(eps * rng.normal(size=(3, 3, 1, 1)) / 3)
     fn = functools.partial(probes.conv_activation, kernel=kernel, activation="softplus")
-    jac = np.asarray(spectral_jacobian(fn, x, chunk_size=64))
+    # Eager: the partial's kernel is traced, so the six (eps, alpha) compile once.
+    jac = np.asarray(sj.spectral_jacobian(fn, x, chunk_size=64))
     # The paper's k(nu) is for a convolution; lax.conv correlates, so k(nu) = conj(k_hat).
     k_paper = np.conj(np.fft.fft2(probes.embedded_kernel(kernel, shape)[..., 0, 0])).ravel()
     eq10 = 0.5 * np.diag(k_paper)
@@ -235,7 +258,13 @@ def _probe_functions(rng, spatial):
 
 @pytest.mark.parametrize(
     "shape, dtype",
-    [((8, 8), "float32"), ((9, 7), "float32"), ((9, 7), "float64"), ((17,), "float64")],
+    [
+        ((8, 8), "float32"),
+        # The float64 case of the same grid checks the same paths to 1e-11 (slow suite).
+        pytest.param((9, 7), "float32", marks=pytest.mark.slow),
+        ((9, 7), "float64"),
+        ((17,), "float64"),
+    ],
 )
 def test_forward_reverse_rows_columns_agree_with_dense(rng, shape, dtype):
     with jax.enable_x64(dtype == "float64"):
@@ -272,15 +301,15 @@ def test_traced_out_of_range_indices_wrap_around_the_grid(rng):
     np.testing.assert_allclose(columns, dense[:, indices % m_in], atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 13, 64, 1000])
-def test_chunk_size_does_not_change_the_result(rng, chunk_size):
+def test_chunk_size_does_not_change_the_result(rng):
     x = _map(rng, (8, 8))
     fn = _probe_functions(rng, 2)["conv_softplus_zero"]
     fn_single = lambda z: fn(jnp.concatenate([z, z], -1))
-    reference = spectral_jacobian(fn_single, x, chunk_size=64)
-    for mode in ("forward", "reverse"):
-        jac = spectral_jacobian(fn_single, x, chunk_size=chunk_size, mode=mode)
-        np.testing.assert_allclose(jac, reference, atol=1e-6)
+    reference = spectral_jacobian(fn_single, x, chunk_size=64)  # one chunk of 64
+    for chunk_size in (1, 13, 64, 1000):  # one function: its reference compiles once
+        for mode in ("forward", "reverse"):
+            jac = spectral_jacobian(fn_single, x, chunk_size=chunk_size, mode=mode)
+            np.testing.assert_allclose(jac, reference, atol=1e-6, err_msg=f"{chunk_size} {mode}")
 
 
 def test_jit_at_the_edge_compiles_once(rng):
@@ -305,8 +334,20 @@ def test_jit_at_the_edge_compiles_once(rng):
 # Band energy and summaries.
 
 
-@pytest.mark.parametrize("radius", ["chebyshev", "euclidean"])
-@pytest.mark.parametrize("shape", [(8, 8), (9, 7), (16,), (17,)])
+@pytest.mark.parametrize(
+    ("shape", "radius"),
+    [
+        ((8, 8), "chebyshev"),
+        ((8, 8), "euclidean"),
+        ((9, 7), "chebyshev"),
+        ((9, 7), "euclidean"),
+        ((16,), "chebyshev"),
+        ((17,), "chebyshev"),
+        # In 1-D the band is |nu| for either radius: the same numbers (slow suite).
+        pytest.param((16,), "euclidean", marks=pytest.mark.slow),
+        pytest.param((17,), "euclidean", marks=pytest.mark.slow),
+    ],
+)
 def test_band_energy_streams_the_dense_band_sums(rng, shape, radius):
     # In 1-D the band is |nu| for either radius.
     x = _map(rng, shape)
@@ -427,7 +468,7 @@ def test_ce_spectral_gradient_rows_sum_to_gradient_of_mean_ce(rng):
         log_probs = jax.nn.log_softmax(head(f), axis=-1)
         return -jnp.mean(jnp.take_along_axis(log_probs, jnp.asarray(labels)[..., None], -1))
 
-    spatial = np.asarray(jax.grad(mean_ce)(features), np.float64).sum(-1)  # u = ones
+    spatial = np.asarray(jax.jit(jax.grad(mean_ce))(features), np.float64).sum(-1)  # u = ones
     expected = np.fft.ifft2(spatial).ravel()
     np.testing.assert_allclose(np.asarray(gradient).sum(0), expected, atol=1e-6)
 
@@ -651,7 +692,7 @@ def test_new_params_and_recreated_partials_compile_nothing(rng):
         sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": kernel}
     )
     assert len(first) == 1, first
-    new_kernel = 2 * kernel + 1
+    new_kernel = 2 * np.asarray(kernel) + 1  # NumPy: no eager JAX op to compile
     new = compile_counting.compilations(
         sj.spectral_jacobian_rows, _conv_relu, x, nu_i, params={"kernel": new_kernel}
     )
@@ -679,20 +720,29 @@ def test_new_params_and_recreated_partials_compile_nothing(rng):
         "float32",
     )
     # The CE spectral gradient with a Flax head's variables as params.
-    module, variables = probes.init_decoder_head(jax.random.key(0), (4, 4, 2), upsample=2)
+    modules = []  # the module, from the trace of the initialisation
+
+    def init_variables(key):
+        module, variables = probes.init_decoder_head(key, (4, 4, 2), upsample=2)
+        modules.append(module)
+        return variables
+
+    variables = jax.jit(init_variables)(jax.random.key(0))  # one program, not op by op
+    (module,) = modules
     head = probes.decoder_head_fn(module)
     labels = rng.integers(0, 3, size=(8, 8))
+    corner = np.asarray(x)[:4, :4]
     first = compile_counting.compilations(
-        sj.ce_spectral_gradient, head, x[:4, :4], labels, params=variables
+        sj.ce_spectral_gradient, head, corner, labels, params=variables
     )
     assert len(first) == 1, first
-    doubled = jax.tree.map(lambda v: 2 * v, variables)
+    doubled = jax.tree.map(lambda v: 2 * np.asarray(v), variables)
     new = compile_counting.compilations(
-        sj.ce_spectral_gradient, probes.decoder_head_fn(module), x[:4, :4], labels, params=doubled
+        sj.ce_spectral_gradient, probes.decoder_head_fn(module), corner, labels, params=doubled
     )
     assert new == [], f"new Flax variables compiled {new}"
-    by_params = sj.ce_spectral_gradient(head, x[:4, :4], labels, params=doubled)
-    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), x[:4, :4], labels)
+    by_params = sj.ce_spectral_gradient(head, corner, labels, params=doubled)
+    by_closure = sj.ce_spectral_gradient(probes.decoder_head_fn(module, doubled), corner, labels)
     _assert_close(by_params, by_closure, "float32")
 
 
@@ -706,28 +756,37 @@ def test_batched_form_is_the_per_image_result_in_one_program(rng):
         sj.spectral_jacobian_rows, _conv_relu, xs, nu_i, params=params, batched=True
     )
     assert len(compiled) == 1, compiled
-    batched = sj.spectral_jacobian_rows(_conv_relu, xs, nu_i, params=params, batched=True)
+    batched = np.asarray(
+        sj.spectral_jacobian_rows(_conv_relu, xs, nu_i, params=params, batched=True)
+    )  # NumPy from here on: indexing compiles no eager JAX op
     assert batched.shape == (3, 3, 36)
+    layer = lambda z: _conv_relu(params, z)  # noqa: E731
+    references_by_image = _dense_references(layer, xs)  # one program for the 3 images
     for b in range(3):
-        reference = _dense_reference(lambda z: _conv_relu(params, z), xs[b])[nu_i]
-        _assert_close(batched[b], reference, "float32")
-    full = sj.spectral_jacobian(_conv_relu, xs, params=params, batched=True, chunk_size=8)
-    _assert_close(full[2], _dense_reference(lambda z: _conv_relu(params, z), xs[2]), "float32")
-    columns = sj.spectral_jacobian_columns(
-        _conv_relu, xs, np.array([1, 4]), params=params, batched=True
+        _assert_close(batched[b], references_by_image[b][nu_i], "float32")
+    full = np.asarray(
+        sj.spectral_jacobian(_conv_relu, xs, params=params, batched=True, chunk_size=8)
+    )
+    _assert_close(full[2], references_by_image[2], "float32")
+    columns = np.asarray(
+        sj.spectral_jacobian_columns(_conv_relu, xs, np.array([1, 4]), params=params, batched=True)
     )
     _assert_close(columns[1], full[1][:, [1, 4]], "float32")
-    energy = sj.spectral_jacobian_band_energy(_conv_relu, xs, params=params, batched=True)
+    energy = np.asarray(
+        sj.spectral_jacobian_band_energy(_conv_relu, xs, params=params, batched=True)
+    )
     assert energy.shape[0] == 3
     assert np.allclose(energy.sum(axis=(1, 2)), (np.abs(full) ** 2).sum(axis=(1, 2)), rtol=1e-4)
     weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
     labels = rng.integers(0, 3, size=(3, 12, 12))
-    gradient = sj.ce_spectral_gradient(
-        _head_with_params, xs, labels, params={"weights": weights}, batched=True
+    gradient = np.asarray(
+        sj.ce_spectral_gradient(
+            _head_with_params, xs, labels, params={"weights": weights}, batched=True
+        )
     )
-    for b in range(3):
-        one = ce_spectral_gradient(_linear_head(weights), xs[b], labels[b])
-        _assert_close(gradient[b], one, "float32")
+    head = _linear_head(weights)  # one static fn: one compilation for the 3 images
+    for b, image in enumerate(np.asarray(xs)):
+        _assert_close(gradient[b], ce_spectral_gradient(head, image, labels[b]), "float32")
 
 
 def test_params_and_batched_errors_name_the_argument(rng):
@@ -784,7 +843,9 @@ def test_torch_channels_first_maps_match_the_float64_reference(rng):
     kernel = _kernel(rng, 3, 2, (2, 3))
     x = _map(rng, (6, 5), 2)  # [H, W, Cin]
     params = {"kernel": torch.tensor(np.asarray(kernel))}  # torch params too
-    expected = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), x)
+    xs = jnp.stack([x, _map(rng, (6, 5), 2)])  # [B, H, W, Cin], for the batched form below
+    references_by_image = _dense_references(lambda z: _conv_relu({"kernel": kernel}, z), xs)
+    expected = references_by_image[0]
     x_chw = torch.from_numpy(np.moveaxis(np.asarray(x), -1, 0).copy())  # [Cin, H, W]
     settings = dict(params=params, data_format="CHW")
     _assert_close(sj.spectral_jacobian(_conv_relu_chw, x_chw, **settings), expected, "float32")
@@ -796,12 +857,10 @@ def test_torch_channels_first_maps_match_the_float64_reference(rng):
     energy = sj.spectral_jacobian_band_energy(_conv_relu_chw, x_chw, chunk_size=8, **settings)
     assert np.isclose(float(energy.sum()), np.sum(np.abs(expected) ** 2), rtol=1e-4)
     # A batch of channels-first maps: the layout of each map, the batch axis first.
-    xs = jnp.stack([x, _map(rng, (6, 5), 2)])  # [B, H, W, Cin]
     xs_chw = torch.from_numpy(np.moveaxis(np.asarray(xs), -1, 1).copy())  # [B, Cin, H, W]
     batched = sj.spectral_jacobian_rows(_conv_relu_chw, xs_chw, nu_i, batched=True, **settings)
     for b in range(2):
-        reference = _dense_reference(lambda z: _conv_relu({"kernel": kernel}, z), xs[b])
-        _assert_close(batched[b], reference[nu_i.numpy()], "float32")
+        _assert_close(batched[b], references_by_image[b][nu_i.numpy()], "float32")
     # The CE gradient of a channels-first head (logits [C, H', W']) on torch labels.
     weights = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
     labels = rng.integers(0, 3, size=(12, 10))

@@ -51,18 +51,26 @@ def data_set_reference(batches, radius, dtype="float32"):
     return logits, labels, counted, profiles, spectra
 
 
+@jax.jit
+def _read_outs(stats):
+    """The read-outs in one program (eagerly, each operation would compile on its own)."""
+    return {
+        "mean_ce": stats.mean_ce(),
+        "band_profile": stats.band_profile(),
+        "ce_spectrum": stats.ce_spectrum(),
+        "truncated_ce": stats.truncated_ce(),
+        "relative_discrepancy": stats.relative_discrepancy_curve(),
+        "iou": stats.iou(),
+        "mean_iou": stats.mean_iou(),
+        "num_images": stats.num_images,
+    }
+
+
 def read(stats):
     """All the read-outs as NumPy arrays (converted inside the x64 context)."""
-    return {
-        "mean_ce": np.asarray(stats.mean_ce()),
-        "band_profile": np.asarray(stats.band_profile()),
-        "ce_spectrum": np.asarray(stats.ce_spectrum()),
-        "truncated_ce": np.asarray(stats.truncated_ce()),
-        "relative_discrepancy": np.asarray(stats.relative_discrepancy_curve()),
-        "iou": np.asarray(stats.iou()),
-        "mean_iou": np.asarray(stats.mean_iou()),
-        "num_images": int(stats.num_images),
-    }
+    out = jax.tree.map(np.asarray, _read_outs(stats))
+    out["num_images"] = int(out["num_images"])
+    return out
 
 
 @pytest.mark.parametrize(
@@ -244,22 +252,6 @@ def test_parseval_error_compares_band_sums_with_the_spatial_ce(batches, dtype):
     assert float(sj.SpectralStatistics.create(SHAPE, NUM_CLASSES).parseval_error()) == 0.0
 
 
-@pytest.mark.parametrize("with_magnitudes", [False, True])
-def test_repeated_eager_updates_compile_once_per_batch_shape(batches, with_magnitudes):
-    # Eager updates in a loop (no jax.jit at the call site) compile one executable per
-    # batch shape and settings, and the statistics (arrays) do not recompile it.
-    stats = sj.SpectralStatistics.create(SHAPE, NUM_CLASSES, with_magnitudes=with_magnitudes)
-    updated = update(stats, batches[0][0].astype(np.float32), batches[0][1])
-    (logits, labels), (other_logits, other_labels) = batches[1], batches[2]
-    logits, other_logits = logits.astype(np.float32), other_logits.astype(np.float32)
-    compile_counting.assert_compiles_once_per_shape(
-        sj.SpectralStatistics.update,
-        (stats, logits, labels),
-        (updated, other_logits, other_labels),
-        (stats, logits[:1], labels[:1]),
-    )
-
-
 def test_mean_iou_skips_a_class_absent_from_labels_and_predictions(batches):
     # Class 3 is never labelled and never the arg-max: its IoU is NaN and the mean IoU is
     # the mean over the other classes (a plain mean would make it NaN).
@@ -274,3 +266,23 @@ def test_mean_iou_skips_a_class_absent_from_labels_and_predictions(batches):
     expected = intersection.sum(axis=0)[:3] / union.sum(axis=0)[:3]
     assert np.isnan(got["iou"][3]) and np.all(np.isfinite(got["iou"][:3]))
     np.testing.assert_allclose(got["mean_iou"], expected.mean(), rtol=1e-5)
+
+
+# Last in the module: clearing JAX's caches (to count compilations) would make every
+# later test compile again what an earlier one compiled.
+
+
+@pytest.mark.parametrize("with_magnitudes", [False, True])
+def test_repeated_eager_updates_compile_once_per_batch_shape(batches, with_magnitudes):
+    # Eager updates in a loop (no jax.jit at the call site) compile one executable per
+    # batch shape and settings, and the statistics (arrays) do not recompile it.
+    stats = sj.SpectralStatistics.create(SHAPE, NUM_CLASSES, with_magnitudes=with_magnitudes)
+    updated = update(stats, batches[0][0].astype(np.float32), batches[0][1])
+    (logits, labels), (other_logits, other_labels) = batches[1], batches[2]
+    logits, other_logits = logits.astype(np.float32), other_logits.astype(np.float32)
+    compile_counting.assert_compiles_once_per_shape(
+        sj.SpectralStatistics.update,
+        (stats, logits, labels),
+        (updated, other_logits, other_labels),
+        (stats, logits[:1], labels[:1]),
+    )
