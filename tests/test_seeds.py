@@ -41,9 +41,6 @@ def _config(*, num_seeds: int, seed: int):
     config.learning_rate = LEARNING_RATE
     config.num_seeds = num_seeds
     config.seed = seed
-    # Not compared here (the evaluation is the plain runs' one per replica, and its
-    # boundary metrics have tests of their own): an evaluation step without them.
-    config.boundary_metrics = False
     return config
 
 
