@@ -186,7 +186,17 @@ def _unrolled_gradient_case():
     return per_block, x, _gradients(unrolled_model, per_block, x)
 
 
-@pytest.mark.parametrize("remat, branch", [(False, None), (True, None), (False, "native")])
+@pytest.mark.parametrize(
+    "remat, branch",
+    [
+        (False, None),
+        (True, None),
+        # Slow: the native branch is checked against the native convolution in every
+        # padding, dilation and stride (test_loop_friendly_conv_has_the_native_values_and_
+        # gradients), and the stacking's gradient path by the cases above.
+        pytest.param(False, "native", marks=pytest.mark.slow),
+    ],
+)
 def test_gradients_of_stacked_blocks_are_the_unrolled_ones(remat, branch, monkeypatch):
     """``branch``: the gradient the stacked blocks' convolutions take (None: the
     platform's, the forward-style one on the CPU). ``"native"`` runs on the CPU the
