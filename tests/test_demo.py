@@ -26,6 +26,7 @@ from experiments.configs import demo as demo_config
 from spectral_jax import flops
 from spectral_jax.data import synthetic
 from spectral_jax.models import DeepLabV3Plus
+from spectral_jax.training import train_state
 from tests.helpers import references
 
 NUM_EVAL = 4
@@ -234,17 +235,29 @@ def test_circular_convolution_is_diagonal(run):
 
 
 def test_initial_variables_are_the_trainers(run):
-    """The demo's initial variables are the trainer's (its key split, a jitted init)."""
+    """The demo's initial variables are the trainer's: its key split (the first of the two
+    keys of the seed) and its initialisation on a zero batch of the training crops.
+
+    The trainer initialises with ``train_state.init_variables`` (whose values are
+    ``model.init``'s: tests/test_training.py); called here with the key and the size
+    derived by hand, it reuses the demo's compilation instead of compiling ``init`` again.
+    """
     _, _, _, config = run
     model = DeepLabV3Plus(
         num_classes=21, **{k: v for k, v in config.model.to_dict().items() if k != "name"}
     )
     variables = runs.initial_variables(model, config)
     key = jax.random.split(jax.random.key(int(config.seed)))[0]
-    zeros = np.zeros((1, config.crop_size, config.crop_size, 3), np.float32)
-    # Compiled like the demo's (without backend optimisations: 4 s instead of 12 s), but
-    # through model.init directly rather than the trainer's init_variables.
-    compiled = jax.jit(model.init).lower(key, zeros)
-    expected = compiled.compile(compiler_options={"xla_backend_optimization_level": 0})(key, zeros)
+    expected = train_state.init_variables(model, key, image_size=int(config.crop_size))
+    assert jax.tree.structure(variables) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a, b)
+    # The unsplit key gives other variables: the comparison sees the key.
+    other = train_state.init_variables(
+        model, jax.random.key(int(config.seed)), image_size=int(config.crop_size)
+    )
+    differ = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(variables), strict=True)
+    ]
+    assert any(differ)

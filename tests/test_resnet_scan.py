@@ -175,17 +175,28 @@ def _gradients(model, variables, x):
 
 
 @functools.cache
-def _unrolled_gradient_case(remat: bool):
-    """``(per_block variables, x, gradients of the unrolled model)``, computed once per
-    ``remat``: the reference of every gradient branch."""
+def _unrolled_gradient_case():
+    """``(per_block variables, x, gradients of the unrolled model)``, computed once: the
+    reference of every gradient branch. Without recomputation: ``remat_blocks`` changes
+    how the backward pass gets its activations, not the gradient."""
     rng = np.random.default_rng(20240601)
-    _, unrolled_model = _models(remat_blocks=remat)
+    _, unrolled_model = _models()
     per_block = _per_block_variables(unrolled_model, rng)
     x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
     return per_block, x, _gradients(unrolled_model, per_block, x)
 
 
-@pytest.mark.parametrize("remat, branch", [(False, None), (True, None), (False, "native")])
+@pytest.mark.parametrize(
+    "remat, branch",
+    [
+        (False, None),
+        (True, None),
+        # Slow: the native branch is checked against the native convolution in every
+        # padding, dilation and stride (test_loop_friendly_conv_has_the_native_values_and_
+        # gradients), and the stacking's gradient path by the cases above.
+        pytest.param(False, "native", marks=pytest.mark.slow),
+    ],
+)
 def test_gradients_of_stacked_blocks_are_the_unrolled_ones(remat, branch, monkeypatch):
     """``branch``: the gradient the stacked blocks' convolutions take (None: the
     platform's, the forward-style one on the CPU). ``"native"`` runs on the CPU the
@@ -193,7 +204,7 @@ def test_gradients_of_stacked_blocks_are_the_unrolled_ones(remat, branch, monkey
     (:data:`spectral_jax.models.loop_friendly_conv._FORCED_GRADIENT`)."""
     monkeypatch.setattr(loop_friendly_conv, "_FORCED_GRADIENT", branch)
     stacked_model, _ = _models(remat_blocks=remat)
-    per_block, x, expected = _unrolled_gradient_case(remat)
+    per_block, x, expected = _unrolled_gradient_case()
     actual = unstack_blocks(_gradients(stacked_model, stack_blocks(per_block), x))
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     jax.tree.map(_assert_close, actual, expected)
@@ -212,9 +223,14 @@ def _equation_count(jaxpr) -> int:
     return count
 
 
-def _train_program_size(name: str, scan_blocks: bool) -> tuple[int, int]:
-    """``(equations, bottleneck traces)`` of one training-mode gradient of a backbone."""
-    model = resnet_lib.create_resnet(name, scan_blocks=scan_blocks)
+def _train_program_size(depth: str | tuple[int, ...], scan_blocks: bool) -> tuple[int, int]:
+    """``(equations, bottleneck traces)`` of one training-mode gradient of a backbone:
+    ``depth`` a name of :data:`RESNET_CONFIGS` or the stage sizes of a 4-channel ResNet
+    (the traced program does not depend on the width)."""
+    if isinstance(depth, str):
+        model = resnet_lib.create_resnet(depth, scan_blocks=scan_blocks)
+    else:
+        model = resnet_lib.ResNet(depth, width=4, scan_blocks=scan_blocks)
     x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     traces = []
@@ -238,18 +254,31 @@ def _train_program_size(name: str, scan_blocks: bool) -> tuple[int, int]:
     return _equation_count(jaxpr.jaxpr), len(traces)
 
 
-def test_traced_program_does_not_grow_with_depth():
-    """What XLA compiles: ResNet-101's program is as large as ResNet-50's when stacked
-    (one traced block per stage), 1.8x as large when unrolled (33 blocks against 16)."""
-    stacked50, traces50 = _train_program_size("resnet50", scan_blocks=True)
-    stacked101, traces101 = _train_program_size("resnet101", scan_blocks=True)
-    unrolled50, unrolled_traces50 = _train_program_size("resnet50", scan_blocks=False)
-    unrolled101, unrolled_traces101 = _train_program_size("resnet101", scan_blocks=False)
-    assert traces101 == traces50  # block0 and one scanned body per stage
-    assert (unrolled_traces50, unrolled_traces101) == (16, 33)
-    assert stacked101 <= 1.05 * stacked50
-    assert unrolled101 >= 1.5 * unrolled50  # the count does see depth
-    assert stacked101 < 0.7 * unrolled101
+@pytest.mark.parametrize(
+    "shallow, deep",
+    [
+        # Stage 3 deepened by 9 blocks, as ResNet-50 -> ResNet-101 deepens it by 17: the
+        # same check at a third of the tracing (18 and 9 blocks unrolled, not 33 and 16).
+        ((2, 2, 3, 2), (2, 2, 12, 2)),
+        pytest.param("resnet50", "resnet101", marks=pytest.mark.slow),
+    ],
+)
+def test_traced_program_does_not_grow_with_depth(shallow, deep):
+    """What XLA compiles: the deeper backbone's program (ResNet-101's) is as large as the
+    shallower one's (ResNet-50's) when stacked (one traced block per stage), larger in
+    proportion to the blocks when unrolled (33 blocks against 16)."""
+    stacked_shallow, traces_shallow = _train_program_size(shallow, scan_blocks=True)
+    stacked_deep, traces_deep = _train_program_size(deep, scan_blocks=True)
+    unrolled_shallow, unrolled_traces_shallow = _train_program_size(shallow, scan_blocks=False)
+    unrolled_deep, unrolled_traces_deep = _train_program_size(deep, scan_blocks=False)
+    assert traces_deep == traces_shallow  # block0 and one scanned body per stage
+    blocks = lambda depth: sum(
+        resnet_lib.RESNET_CONFIGS[depth].stage_sizes if isinstance(depth, str) else depth
+    )
+    assert (unrolled_traces_shallow, unrolled_traces_deep) == (blocks(shallow), blocks(deep))
+    assert stacked_deep <= 1.05 * stacked_shallow
+    assert unrolled_deep >= 1.5 * unrolled_shallow  # the count does see depth
+    assert stacked_deep < 0.7 * unrolled_deep
 
 
 def test_widths_select_the_unrolled_form():

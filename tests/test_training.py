@@ -20,6 +20,7 @@ import pytest
 from jax._src import array as array_lib
 from orbax.checkpoint.checkpoint_manager import is_async_checkpointer
 
+from spectral_jax.evaluation import evaluator as evaluator_lib
 from spectral_jax.models import create_model, flax_to_torch_state_dict
 from spectral_jax.training import checkpointing, train, train_and_evaluate, train_state, writers
 from tests.helpers import references
@@ -86,12 +87,24 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """The uninterrupted run, evaluated at steps 2 and 4 (6 evaluation examples in batches
+    of 4: one short batch, padded), with the names of the functions it compiled.
+
+    The loop's program and the evaluator's step are created afresh (their caches
+    cleared, nothing else), so that the run compiles them even when an earlier test in
+    the process trained with the same settings.
+    """
     config = tiny_test_config(steps=STEPS)
     config.tensorboard = True
+    config.eval_every_steps = 2
+    config.boundary_metrics = True
     pipeline = generated_pipeline(crop_size=config.crop_size)
     workdir = tmp_path_factory.mktemp("run")
-    summary = train_and_evaluate(config, workdir, input_pipeline=pipeline)
-    return config, pipeline, workdir, summary
+    train._training_program.cache_clear()
+    evaluator_lib._jitted_step.cache_clear()
+    with count_compilations() as compiled:
+        summary = train_and_evaluate(config, workdir, input_pipeline=pipeline)
+    return config, pipeline, workdir, summary, compiled
 
 
 def _eval_logits_and_labels(config, pipeline, workdir):
@@ -107,7 +120,9 @@ def test_a_label_outside_the_classes_stops_training_at_its_step(trained_run, tmp
     # A label -1 (PyTorch's ignore value) was trained as class C - 1, silently. Now the
     # step's loss is NaN and the loop stops at the next log step (4), before it logs,
     # evaluates or saves, naming step 3 (batch 2 of the stream).
-    config, pipeline, _, _ = trained_run
+    config, pipeline, _, _, _ = trained_run
+    config = config.copy_and_resolve_references()
+    config.eval_every_steps = -1  # Only at the end, which the run does not reach.
 
     def train_batches(start_step, batch_size, shard_index, shard_count, seed=None):
         stream = pipeline.train_batches(start_step, batch_size, shard_index, shard_count, seed)
@@ -133,7 +148,7 @@ def test_a_label_outside_the_classes_stops_training_at_its_step(trained_run, tmp
 
 
 def test_config_ignore_index_must_match_the_pipeline(trained_run, tmp_path):
-    config, pipeline, _, _ = trained_run
+    config, pipeline, _, _, _ = trained_run
     config = config.copy_and_resolve_references()
     config.ignore_index = -1
     with pytest.raises(ValueError, match=r"config.ignore_index=-1 differs from the input pipeline"):
@@ -141,13 +156,13 @@ def test_config_ignore_index_must_match_the_pipeline(trained_run, tmp_path):
 
 
 def test_summary_and_metric_files(trained_run):
-    config, _, workdir, summary = trained_run
+    config, _, workdir, summary, _ = trained_run
     assert json.loads((workdir / "summary.json").read_text()) == summary
     assert summary["steps"] == STEPS and summary["resumed_from_step"] is None
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "train/loss" in r]
     eval_steps = [r["step"] for r in records if "eval/mean_iou" in r]
-    assert train_steps == [2, 4] and eval_steps == [4]
+    assert train_steps == [2, 4] and eval_steps == [2, 4]
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     if writers.tensorboard_available():
         assert list(workdir.glob("events.out.tfevents.*"))
@@ -157,7 +172,7 @@ def test_summary_and_metric_files(trained_run):
 
 def test_summary_matches_numpy_evaluation(trained_run):
     """mIoU, per-class IoU and mean CE recomputed in NumPy from the final checkpoint."""
-    config, pipeline, workdir, summary = trained_run
+    config, pipeline, workdir, summary, _ = trained_run
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     image_ces = []
     for logits, labels in _eval_logits_and_labels(config, pipeline, workdir):
@@ -184,7 +199,7 @@ def test_resume_in_process_equals_uninterrupted(trained_run, tmp_path):
     state is the saved float32 state, the step-t dropout key is folded from t, and the
     same XLA program on the same device repeats the same arithmetic.
     """
-    config, pipeline, workdir, summary = trained_run
+    config, pipeline, workdir, summary, _ = trained_run
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir, resumed)
     shutil.rmtree(resumed / "checkpoints" / "4")
@@ -202,7 +217,7 @@ def test_resume_in_process_equals_uninterrupted(trained_run, tmp_path):
 
 
 def test_incompatible_model_config_is_refused(trained_run, tmp_path):
-    config, pipeline, workdir, _ = trained_run
+    config, pipeline, workdir, _, _ = trained_run
     other = tmp_path / "other"
     shutil.copytree(workdir, other)
     config = config.copy_and_resolve_references()
@@ -219,6 +234,7 @@ from tests.test_training import STEPS
 from tests.helpers.training import generated_pipeline, tiny_test_config
 config = tiny_test_config(steps=STEPS)
 config.tensorboard = True
+config.eval_every_steps = 2
 try:
     train_and_evaluate(
         config, sys.argv[1], input_pipeline=generated_pipeline(crop_size=config.crop_size)
@@ -231,7 +247,7 @@ except checkpointing.CheckpointError as error:
 
 def test_corrupt_checkpoint_is_refused(trained_run, tmp_path):
     """The loop refuses a garbled checkpoint instead of starting afresh over it."""
-    _, _, workdir, _ = trained_run
+    _, _, workdir, _, _ = trained_run
     corrupt = tmp_path / "corrupt"
     shutil.copytree(workdir, corrupt)
     for path in (corrupt / "checkpoints" / "4" / "state").rglob("*"):
@@ -252,7 +268,7 @@ def test_soft_filter_pruning_at_epoch_ends(trained_run, tmp_path):
     """
     from spectral_jax.models import pruning
 
-    config, _, _, _ = trained_run
+    config, _, _, _, _ = trained_run
     config = config.copy_and_resolve_references()
     config.pruning.encoder = 0.5
     config.pruning.decoder = 0.25
@@ -278,7 +294,7 @@ def test_pretrained_backbone_is_loaded_into_the_fresh_state(trained_run, tmp_pat
     """config.pretrained_backbone goes to models.pretrained.load_pretrained_backbone."""
     from spectral_jax.models import pretrained
 
-    config, pipeline, workdir, _ = trained_run
+    config, pipeline, workdir, _, _ = trained_run
     config = config.copy_and_resolve_references()
     config.pretrained_backbone = "/weights/resnet.pth"
     calls = []
@@ -300,6 +316,10 @@ def test_pretrained_backbone_is_loaded_into_the_fresh_state(trained_run, tmp_pat
     assert len(calls) == 1
 
 
+class _StopBeforeTheFirstStep(Exception):
+    """Raised by a spy (:func:`_spy_on_train_fn`) to end a run at its first step."""
+
+
 def test_pretrained_weights_of_a_whole_network_start_the_run(tmp_path, monkeypatch):
     """config.pretrained_weights: a trained PyTorch network's checkpoint (here an .npz of
     torchvision DeepLab v3's state dict) is the fresh state; a checkpoint of another
@@ -314,12 +334,16 @@ def test_pretrained_weights_of_a_whole_network_start_the_run(tmp_path, monkeypat
     config.pretrained_weights = str(path)
     first_states = []
 
-    def keep_first(state):  # a host copy: the step donates the state's buffers
-        if not first_states:
-            first_states.append(jax.tree.map(np.asarray, (state.params, state.batch_stats)))
+    def keep_first(state):
+        # A host copy of the state the first step gets; then the run stops, before it
+        # compiles the step of this model, which the test does not need.
+        first_states.append(jax.tree.map(np.asarray, (state.params, state.batch_stats)))
+        raise _StopBeforeTheFirstStep
 
     _spy_on_train_fn(monkeypatch, keep_first)
-    train_and_evaluate(config, tmp_path / "run", input_pipeline=pipeline)
+    with pytest.raises(_StopBeforeTheFirstStep):
+        train_and_evaluate(config, tmp_path / "run", input_pipeline=pipeline)
+    assert len(first_states) == 1
     started = {"params": first_states[0][0], "batch_stats": first_states[0][1]}
     jax.tree.map(np.testing.assert_array_equal, started, variables)
 
@@ -361,13 +385,13 @@ def test_host_reads_device_values_only_at_log_and_evaluation_steps(tmp_path, mon
     Every read of an array's value (``float``, ``int``, ``bool``, ``.tolist()``,
     ``jax.device_get``: all go through ``ArrayImpl._value``) and every
     ``block_until_ready`` on the loop's thread is recorded with the number of steps
-    dispatched so far; they may happen only after the log and evaluation steps (here 3
-    and 6) and before the first step. ``np.asarray`` of a CPU array is not seen (it
+    dispatched so far; they may happen only after the log and evaluation steps (here 2
+    and 4) and before the first step. ``np.asarray`` of a CPU array is not seen (it
     reads the buffer without ``_value``, zero-copy); on an accelerator it goes through
     ``_value``.
     """
-    config = tiny_test_config(steps=6)
-    config.log_every_steps = 3
+    config = tiny_test_config(steps=STEPS)  # trained_run's settings: compiled once.
+    config.log_every_steps = 2
     config.checkpoint_every_steps = -1  # Only the final checkpoint.
     dispatched = [0]
     reads: list[int] = []
@@ -396,9 +420,9 @@ def test_host_reads_device_values_only_at_log_and_evaluation_steps(tmp_path, mon
     monkeypatch.setattr(array_lib.ArrayImpl, "_value", property(spied_value))
     monkeypatch.setattr(jax, "block_until_ready", spied_block_until_ready)
     train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
-    assert dispatched[0] == 6
-    assert 3 in reads and 6 in reads  # The log points read (the spy sees the reads).
-    assert set(reads) <= {0, 3, 6}, f"device values read after steps {sorted(set(reads))}"
+    assert dispatched[0] == STEPS
+    assert 2 in reads and 4 in reads  # The log points read (the spy sees the reads).
+    assert set(reads) <= {0, 2, 4}, f"device values read after steps {sorted(set(reads))}"
 
 
 def test_async_checkpoints_are_complete_and_exact_when_the_run_returns(tmp_path, monkeypatch):
@@ -440,24 +464,19 @@ def test_async_checkpoints_are_complete_and_exact_when_the_run_returns(tmp_path,
     )
 
 
-def test_train_and_evaluation_steps_compile_once(tmp_path):
+def test_train_and_evaluation_steps_compile_once(trained_run, tmp_path):
     """Two evaluations (one short batch padded) and four steps: one executable each.
 
     A second run with the same settings in the process, another seed included, compiles
     nothing: the loop's program and the evaluator's step are shared (the seed's keys are
     arguments of the compiled functions).
     """
-    config = tiny_test_config(steps=4)
-    config.eval_every_steps = 2
-    config.boundary_metrics = True
-    pipeline = generated_pipeline(crop_size=config.crop_size)  # 6 evaluation examples
-    jax.clear_caches()
-    with count_compilations() as compiled:
-        train_and_evaluate(config, tmp_path / "first", input_pipeline=pipeline)
+    config, pipeline, workdir, _, compiled = trained_run
     assert compiled.count("jit(train_replica)") == 1, compiled
     assert compiled.count("jit(eval_step)") == 1, compiled
-    records = (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()
+    records = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in records if "eval/mean_iou" in r] == [2, 4]
+    config = config.copy_and_resolve_references()
     config.seed = 1
     with count_compilations() as compiled:
         train_and_evaluate(config, tmp_path / "second", input_pipeline=pipeline)

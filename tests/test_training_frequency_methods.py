@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +59,7 @@ def _dct_config(*, gate, crop_size=32, steps=3):
     config.model.gate_weight = 0.01
     config.dct_statistics_batches = 2
     config.spectral_statistics = False
+    config.boundary_metrics = False
     return config
 
 
@@ -74,6 +76,7 @@ def test_dct_model_trains_with_gate_regularizer(tmp_path, gate):
     records = _train_metrics(tmp_path)
     assert records and all(np.isfinite(r["train/loss"]) for r in records)
     assert np.isfinite(summary["mean_iou"])
+    assert summary["boundary"] is None, "boundary_metrics=False must leave no boundary scores"
     if gate:
         for record in records:
             # Mean open gates per image among the 48, and total = CE + lambda * gates.
@@ -160,8 +163,39 @@ def test_dct_model_rejects_crops_not_multiple_of_16(tmp_path):
         train_and_evaluate(config, tmp_path, input_pipeline=generated_pipeline(crop_size=33))
 
 
-# FreqMix compiles slowly (an FFT pair per strided block, forward and backward).
-@pytest.mark.parametrize("name", ["daf", pytest.param("freqmix", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["daf", "freqmix"])
+def test_downsample_filter_configs_build_their_filters(name):
+    """``config.model.downsample_filter`` puts the named filter before the strided blocks
+    of the model the trainer creates (traced only: ``jax.eval_shape``)."""
+    config = tiny_test_config(crop_size=33)
+    config.model.downsample_filter = name
+    model = create_model(config.model, num_classes=NUM_CLASSES)
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__":
+            called.append(type(context.module).__name__)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(
+            functools.partial(model.init, train=False),
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32),
+        )
+    filter_name = {"daf": "DeAliasingFilter", "freqmix": "FreqMix"}[name]
+    # Before the strided blocks of layer2 and layer3 (output stride 16: layer4 dilates).
+    assert called.count(filter_name) == 2, called
+    names = repr(jax.tree_util.tree_structure(variables["params"]))
+    assert ("'downsample_filter'" in names) == (name == "freqmix")
+
+
+# Slow: the filters' values and gradients have tests of their own
+# (tests/test_anti_aliasing.py), the configuration's model the test above, and the
+# loop trains every model alike. FreqMix compiles slowly (an FFT pair per strided block,
+# forward and backward); the DAF is a fixed filter.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["daf", "freqmix"])
 def test_downsample_filter_configs_train(tmp_path, name):
     """Each filter trains; with the boundary metrics switched off (a run of its own costs
     20 s of compilation), the summary has none."""
