@@ -50,40 +50,45 @@ import spectral_jax
 pytest_plugins = ("tests.optional_dependencies",)
 
 
-# The test modules that take longest on 2 cores (``pytest --durations``), longest first.
+# The test modules that take longest on 2 cores (CPU seconds per module, child processes
+# included), longest first.
 # `make test` distributes whole modules over the workers (``--dist loadscope``), so that a
 # module's shared fixture (a trained run, the demo, a compiled model) is computed by one
 # worker instead of both; starting with the longest modules keeps one worker from being
 # left alone with a long module at the end. The other modules follow in collection order.
 LONGEST_MODULES = (
+    "test_multiprocess",
+    "test_loss_spectrum",
+    "test_demo",
+    "test_spectral_gradient",
     "test_segmentation_checkpoints",
     "test_pruning",
-    "test_training",
-    "test_spectral_gradient",
-    "test_seeds",
-    "test_resnet_scan",
-    "test_sharding",
-    "test_demo",
-    "test_multiprocess",
-    "test_layers",
-    "test_accelerator_check",
-    "test_training_frequency_methods",
-    "test_statistics",
-    "test_loss_spectrum",
-    "test_pretrained",
-    "test_analysis",
-    "test_docs",
-    "test_readme",
-    "test_experiment_spectral_gradient",
     "test_experiment_analyze",
-    "test_truncation",
-    "test_flops",
-    "test_evaluator",
-    "test_iou",
-    "test_synthetic_data",
-    "test_frequency_masking",
+    "test_docs",
+    "test_seeds",
+    "test_training",
+    "test_layers",
+    "test_resnet_scan",
+    "test_anti_aliasing",
     "test_mixed_precision",
-    "test_experiment_feature_truncation",
+    "test_notebooks",
+    "test_dan",
+    "test_dct_deeplab",
+    "test_parallel",
+    "test_decoder_values",
+    "test_flops",
+    "test_training_frequency_methods",
+    "test_pretrained",
+    "test_aliasing",
+    "test_truncation",
+    "test_deeplab",
+    "test_readme",
+    "test_statistics",
+    "test_notebook_band_limit_sweeps",
+    "test_frequency_masking",
+    "test_analysis",
+    "test_accelerator_check",
+    "test_evaluator",
 )
 
 
