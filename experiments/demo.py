@@ -49,7 +49,7 @@ checkpoint; the analyses are recomputed (seconds). Progress goes to stderr, the 
 path to stdout. The report's "Run" section gives the wall and CPU time of the run.
 
 Measured (``make timings``: ``make demo`` on a fresh clone, the data set built from
-scratch, nothing else running; jax 0.10.2, 2-core CPU): 144 s wall, 219 s CPU
+scratch, nothing else running; jax 0.10.2, 2-core CPU): 138 s wall, 211 s CPU
 with the 4 default seeds and 400 steps.
 """
 
