@@ -119,7 +119,7 @@ def test_build_makes_a_typed_wheel_and_a_complete_sdist(distributions):
         "spectral_jax/py.typed",
         "experiments/configs/tiny.py",
         "notebooks/analyze_your_model.ipynb",
-        "tests/references.py",
+        "tests/helpers/references.py",
     ):
         assert name in members, name
 
