@@ -49,16 +49,24 @@ class BenchConfig:
     decoder_channels: int = 256
     dropout_rate: float = 0.5
 
-    def flax_model(self, *, dropout_rate: float | None = None) -> DeepLabV3Plus:
-        return DeepLabV3Plus(
-            num_classes=self.num_classes,
+    def model_settings(self) -> dict[str, Any]:
+        """The architecture's keyword arguments, the same for the Flax model and its
+        PyTorch mirrors."""
+        return dict(
             backbone=self.backbone,
             output_stride=self.output_stride,
+            num_classes=self.num_classes,
             aspp_channels=self.aspp_channels,
             low_level_channels=self.low_level_channels,
             decoder_channels=self.decoder_channels,
-            dropout_rate=self.dropout_rate if dropout_rate is None else dropout_rate,
+            dropout_rate=self.dropout_rate,
         )
+
+    def flax_model(self, *, dropout_rate: float | None = None) -> DeepLabV3Plus:
+        settings = self.model_settings()
+        if dropout_rate is not None:
+            settings["dropout_rate"] = dropout_rate
+        return DeepLabV3Plus(**settings)
 
 
 CONFIGS = {
@@ -99,23 +107,10 @@ def init_variables(model: DeepLabV3Plus, config: BenchConfig, seed: int = 0) -> 
 # The PyTorch mirror of DeepLabV3Plus (benchmarks/_torch_deeplab.py).
 
 
-def torch_settings(config: BenchConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`benchmarks._torch_deeplab.mirror_deeplab` for ``config``."""
-    return dict(
-        backbone=config.backbone,
-        output_stride=config.output_stride,
-        num_classes=config.num_classes,
-        aspp_channels=config.aspp_channels,
-        low_level_channels=config.low_level_channels,
-        decoder_channels=config.decoder_channels,
-        dropout_rate=config.dropout_rate,
-    )
-
-
 def build_torch_deeplab(config: BenchConfig, torch):
     """``torch.nn`` DeepLab v3+ with the Flax model's layers, order and parameter names."""
     del torch  # benchmarks._torch_deeplab imports it.
-    return _torch_deeplab.mirror_deeplab(**torch_settings(config))
+    return _torch_deeplab.mirror_deeplab(**config.model_settings())
 
 
 def copy_flax_to_torch(variables: dict[str, Any], module, torch) -> None:

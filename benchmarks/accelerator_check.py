@@ -710,7 +710,7 @@ def _torch_train_row(sizes: CheckSizes, batch, dtype: str) -> Row:
         return Row("train_step", name, None, "steps/s", note="torch not installed")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        module = _torch_deeplab.torchvision_deeplab(**_deeplab_step.torch_settings(bench))
+        module = _torch_deeplab.torchvision_deeplab(**bench.model_settings())
     except ImportError:
         return Row("train_step", name, None, "steps/s", note="torchvision not installed")
     module = module.to(device)
