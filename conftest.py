@@ -12,26 +12,10 @@ from __future__ import annotations
 
 import os
 
-# The tests compile hundreds of small programs and run each a few times: compilation is
-# most of their time. Two XLA settings make it cheaper, measured on `tests/test_pruning.py`
-# (2-core CPU; backend compile seconds of its 543 programs, from `jax.monitoring`):
-# - the LLVM back end at optimisation level 0 (the default run took 7.0 instead of 9.8
-#   minutes);
-# - XLA's older loop emitters instead of its fusion emitters
-#   (`--xla_cpu_use_fusion_emitters=false`): 10.8 instead of 20.0 s, 37 instead of 52 CPU-s.
-# The HLO is the same; the machine code differs, and float32 results can differ from the
-# default code's at the rounding level (reduction order). Set before JAX creates its
-# backend (it reads XLA_FLAGS then); the processes the tests start inherit them (tests
-# that set XLA_FLAGS for a child append to it). A value given in XLA_FLAGS wins:
-# `XLA_FLAGS="--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true"
-# make test` tests the code that users' runs compile.
-_TEST_XLA_FLAGS = {
-    "--xla_backend_optimization_level": "0",
-    "--xla_cpu_use_fusion_emitters": "false",
-}
-for _flag, _value in _TEST_XLA_FLAGS.items():
-    if _flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
+from tests.helpers import compiler
+
+# The tests' cheaper XLA settings (see the module), set before JAX creates its backend.
+os.environ["XLA_FLAGS"] = compiler.with_test_flags(os.environ.get("XLA_FLAGS", ""))
 # PyTorch (the reference models) and NumPy's BLAS on one thread per process: `make test`
 # runs two pytest workers on a 2-core CPU, and two threads per worker outnumber the cores
 # and spin waiting for each other (a reference ResNet-101 forward pass took 3.3 CPU-s on

@@ -36,6 +36,7 @@ from spectral_jax import parallel
 from spectral_jax.data import load_split
 from spectral_jax.training import checkpointing
 from tests import multiprocess_worker as worker
+from tests.helpers import compiler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -298,23 +299,12 @@ def _launch_command(workdir, processes: int, devices: int, *flags: str) -> list[
     ]
 
 
-# The XLA settings the root conftest.py gives the tests (cheaper compilation, other
-# machine code): a comparison whose tolerance was measured with XLA's defaults runs
-# without them.
-_TEST_ONLY_XLA_FLAGS = ("--xla_backend_optimization_level", "--xla_cpu_use_fusion_emitters")
-
-
 def _launch_env(*, users_compiler: bool = False) -> dict[str, str]:
     """The launcher's environment; ``users_compiler`` drops the tests' XLA settings."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     if users_compiler:
-        kept = [
-            flag
-            for flag in env.get("XLA_FLAGS", "").split()
-            if not flag.startswith(_TEST_ONLY_XLA_FLAGS)
-        ]
-        env["XLA_FLAGS"] = " ".join(kept)
+        env["XLA_FLAGS"] = compiler.without_test_flags(env.get("XLA_FLAGS", ""))
     return env
 
 

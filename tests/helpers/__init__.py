@@ -5,6 +5,7 @@
 * :mod:`tests.helpers.training`: tiny training configs, generated input pipelines, and
   Python run in a fresh process;
 * :mod:`tests.helpers.compile_counting`: XLA compilations counted around a call;
+* :mod:`tests.helpers.compiler`: the XLA settings the tests compile with;
 * :mod:`tests.helpers.notebooks`: the notebooks and how the tests execute them;
 * :mod:`tests.helpers.fake_trees`: directory trees shaped like the real data sets;
 * :mod:`tests.helpers.outputs`: the experiments' output files read back.
